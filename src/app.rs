@@ -1,0 +1,204 @@
+//! Builds the gateway from a config and owns its lifetime: the cancellation tokens and task
+//! trackers of services, listeners, connections and the API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, Listen};
+use crate::event::Event;
+use crate::service::ServiceHandle;
+use crate::store::Store;
+use crate::{api, backend, listener, service};
+
+/// What client connections share: their tracker, and the two steps of a graceful shutdown.
+#[derive(Clone)]
+pub struct Connections {
+    pub tracker: TaskTracker,
+    /// Fired first: listeners stop accepting; open connections go on.
+    pub stop_accepting: CancellationToken,
+    /// Fired when the grace period is over: open and held connections are closed.
+    pub close_all: CancellationToken,
+}
+
+/// A running gateway.
+pub struct App {
+    services: Vec<ServiceHandle>,
+    listeners: Vec<(String, SocketAddr)>,
+    api: SocketAddr,
+    events: broadcast::Sender<Event>,
+    store: Arc<Store>,
+    connections: Connections,
+    background: TaskTracker,
+    stop_background: CancellationToken,
+    grace: Duration,
+}
+
+impl App {
+    /// Opens the store, binds every socket (so a port in use fails before anything starts),
+    /// then starts the services, listeners and API.
+    pub async fn start(config: Config) -> anyhow::Result<App> {
+        let store = Arc::new(Store::open(&config.gateway.data_dir)?);
+        let mut bound = Vec::new();
+        for service in &config.services {
+            for listen in &service.listeners {
+                let Listen::Tcp { bind } = listen;
+                let socket = TcpListener::bind(bind).await.with_context(|| {
+                    format!(
+                        "cannot listen on tcp {bind} for service `{}`; is another program using that port?",
+                        service.name
+                    )
+                })?;
+                bound.push((service.name.clone(), socket));
+            }
+        }
+        let api_socket = TcpListener::bind(config.gateway.api)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot serve the API on {}; set [gateway] api to a free address",
+                    config.gateway.api
+                )
+            })?;
+
+        let (events, _) = broadcast::channel(1024);
+        let background = TaskTracker::new();
+        let stop_background = CancellationToken::new();
+        let services: Vec<ServiceHandle> = config
+            .services
+            .iter()
+            .map(|s| {
+                service::spawn(
+                    s,
+                    backend::build(s, &config.gateway.data_dir),
+                    store.clone(),
+                    events.clone(),
+                    &background,
+                    stop_background.child_token(),
+                )
+            })
+            .collect();
+
+        let connections = Connections {
+            tracker: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+            close_all: CancellationToken::new(),
+        };
+        let mut listeners = Vec::new();
+        for (name, socket) in bound {
+            let addr = socket.local_addr()?;
+            info!(service = %name, bind = %addr, "Listening.");
+            let handle = services.iter().find(|s| s.name() == name).unwrap().clone();
+            background.spawn(listener::tcp::run(socket, handle, connections.clone()));
+            listeners.push((name, addr));
+        }
+
+        let api = api_socket.local_addr()?;
+        if !api.ip().is_loopback() {
+            warn!(api = %api, "The API is open to the network and has no authentication yet; bind it to 127.0.0.1 unless a firewall protects it.");
+        }
+        info!(api = %format!("http://{api}"), "API ready.");
+        let router = api::router(services.clone().into());
+        let api_stop = stop_background.clone();
+        background.spawn(async move {
+            let serve = axum::serve(api_socket, router)
+                .with_graceful_shutdown(async move { api_stop.cancelled().await });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "The API server stopped.");
+            }
+        });
+
+        Ok(App {
+            services,
+            listeners,
+            api,
+            events,
+            store,
+            connections,
+            background,
+            stop_background,
+            grace: config.gateway.shutdown_grace,
+        })
+    }
+
+    pub fn services(&self) -> &[ServiceHandle] {
+        &self.services
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceHandle> {
+        self.services.iter().find(|s| s.name() == name)
+    }
+
+    /// Where a service's first listener is bound (the real port when the config said 0).
+    pub fn listen_addr(&self, service: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, addr)| *addr)
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+    }
+
+    /// Live events of every service.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Graceful shutdown: stop accepting, let open connections finish within the grace period,
+    /// close the rest, then stop the services (each backend decides what shutdown means).
+    pub async fn shutdown(self) {
+        let open = self
+            .services
+            .iter()
+            .map(ServiceHandle::connections)
+            .sum::<usize>();
+        info!(open_connections = open, grace = %humantime::format_duration(self.grace), "Shutting down.");
+        self.connections.stop_accepting.cancel();
+        self.connections.tracker.close();
+        if tokio::time::timeout(self.grace, self.connections.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("The grace period is over; closing the remaining connections.");
+        }
+        self.connections.close_all.cancel();
+        self.connections.tracker.wait().await;
+        self.stop_background.cancel();
+        self.background.close();
+        self.background.wait().await;
+        info!("Stopped.");
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let app = App::start(config).await?;
+    shutdown_signal().await?;
+    app.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received."),
+        _ = int.recv() => info!("SIGINT received."),
+    }
+    Ok(())
+}

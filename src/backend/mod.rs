@@ -1,0 +1,134 @@
+//! Backends: how a service is started, stopped, asked for its status and found. One file per
+//! kind; the service actor only sees the [`Backend`] trait.
+
+mod exec;
+mod pidfd;
+mod process;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+
+use crate::config;
+
+pub use exec::ExecBackend;
+pub use process::ProcessBackend;
+
+/// What a backend says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
+    Stopped,
+    /// The backend has no way to tell (an `exec` backend without a `status` command).
+    Unknown,
+}
+
+/// How a backend went away on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// "exit code 1", "signal 9 (SIGKILL)", or "exited" when it was not our child.
+    pub status: String,
+    /// The last lines of its output, oldest first.
+    pub log_tail: String,
+}
+
+/// Why a backend action failed. Each message says what to look at next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("{action} command exited with {status}{}", tail_suffix(stderr))]
+    CommandFailed {
+        action: &'static str,
+        status: String,
+        stderr: String,
+    },
+    #[error(
+        "{action} command did not finish within {}; raise `timeout` or fix the command",
+        humantime::format_duration(*timeout)
+    )]
+    TimedOut {
+        action: &'static str,
+        timeout: std::time::Duration,
+    },
+    #[error("cannot run {what}: {reason}; check the command and that it is installed")]
+    Spawn { what: String, reason: String },
+    #[error("the process exited with {}{}", exit.status, tail_suffix(&exit.log_tail))]
+    Exited { exit: Exit },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn tail_suffix(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n{}", tail.trim_end())
+    }
+}
+
+/// Start, stop, status, and where the server is now.
+#[async_trait]
+pub trait Backend: Send {
+    /// The `type` of the backend, for logs and the API.
+    fn kind(&self) -> &'static str;
+
+    /// Starts the server; returns once it has been asked to start (readiness is probed apart).
+    async fn start(&mut self) -> Result<(), BackendError>;
+
+    /// Stops the server and returns once it has stopped.
+    async fn stop(&mut self) -> Result<(), BackendError>;
+
+    /// Asks what is really running (used to reconcile at start-up).
+    async fn status(&mut self) -> Result<Status, BackendError>;
+
+    /// Where the server listens now, `host:port`; asked after every start.
+    async fn address(&mut self) -> Result<String, BackendError>;
+
+    /// Resolves when the server goes away on its own. Backends that cannot notice that never
+    /// resolve. Must be cancel-safe: it is raced against other work.
+    async fn exited(&mut self) -> Exit {
+        std::future::pending().await
+    }
+
+    /// Called once when wakegate shuts down gracefully; returns whether the server was stopped.
+    async fn shutdown(&mut self) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+}
+
+/// Builds the backend a service's config describes.
+pub fn build(service: &config::Service, data_dir: &Path) -> Box<dyn Backend> {
+    match &service.backend {
+        config::Backend::Exec(c) => Box::new(ExecBackend::new(&service.name, c.clone(), data_dir)),
+        config::Backend::Process(c) => {
+            Box::new(ProcessBackend::new(&service.name, c.clone(), data_dir))
+        }
+    }
+}
+
+/// The last `lines` lines of a file (reading at most its last 16 KiB).
+pub(crate) fn tail_of_file(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(16 * 1024);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Describes an exit status in words.
+pub(crate) fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        _ => "an unknown status".to_string(),
+    }
+}

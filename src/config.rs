@@ -1,0 +1,829 @@
+//! Configuration: strict structs read from TOML (`*Config`), then `validate()` into the runtime
+//! types the rest of wakegate uses. Every problem in a file is collected, not just the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+/// The commented template printed by `wakegate config example`.
+pub const EXAMPLE: &str = include_str!("../examples/wakegate.toml");
+
+// ---------------------------------------------------------------------------------------------
+// Runtime types: what the gateway runs on once a file has been validated.
+
+/// A whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub services: Vec<Service>,
+}
+
+/// Settings of the daemon itself.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    /// How long open connections may go on after SIGINT/SIGTERM before they are closed.
+    pub shutdown_grace: Duration,
+}
+
+/// One thing that sleeps and wakes.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub idle_timeout: Duration,
+    pub min_awake: Duration,
+    pub wake_timeout: Duration,
+    pub max_held: usize,
+    pub backend: Backend,
+    pub listeners: Vec<Listen>,
+}
+
+/// How a service is started, stopped and found.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Exec(Exec),
+    Process(Process),
+}
+
+impl Backend {
+    /// Where the backend listens once it is up (`host:port`).
+    pub fn address(&self) -> &str {
+        match self {
+            Backend::Exec(e) => &e.address,
+            Backend::Process(p) => &p.address,
+        }
+    }
+}
+
+/// User hook commands run by `sh -c`.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    pub start: String,
+    pub stop: String,
+    pub status: Option<String>,
+    pub timeout: Duration,
+    pub address: String,
+    pub env: Vec<(String, Secret)>,
+}
+
+/// A server that wakegate runs as its own child process.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, Secret)>,
+    pub address: String,
+    pub stop: StopMethod,
+    pub stop_timeout: Duration,
+    pub on_shutdown: OnShutdown,
+}
+
+/// How a `process` backend is asked to stop before it is killed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopMethod {
+    /// Write this line to the child's stdin (e.g. `stop` for Minecraft).
+    Stdin(String),
+    /// Send this signal (by number).
+    Signal(i32),
+}
+
+/// What a graceful shutdown of wakegate does to a running `process` child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnShutdown {
+    /// Stop the child the way an idle stop would (the default: nothing is left unwatched).
+    Stop,
+    /// Leave it running; the next `wakegate run` finds it again by its pid file and adopts it.
+    Leave,
+}
+
+/// Where clients arrive.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    Tcp { bind: SocketAddr },
+}
+
+impl Listen {
+    pub fn bind(&self) -> SocketAddr {
+        match self {
+            Listen::Tcp { bind } => *bind,
+        }
+    }
+}
+
+/// A value that may come from `"${ENV_VAR}"` and is never printed back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The real value, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File types: exactly what may be written in a file.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_api")]
+    api: SocketAddr,
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    shutdown_grace: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            data_dir: default_data_dir(),
+            api: default_api(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+/// The keys of a `[[service]]` table other than `backend` and `listen`, which are read apart
+/// so that a mistake in one part does not hide mistakes in the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceConfig {
+    name: Spanned<String>,
+    #[serde(default = "default_idle", deserialize_with = "duration")]
+    idle_timeout: Duration,
+    #[serde(default, deserialize_with = "duration")]
+    min_awake: Duration,
+    #[serde(default = "default_wake_timeout", deserialize_with = "duration")]
+    wake_timeout: Duration,
+    #[serde(default = "default_max_held")]
+    max_held: Spanned<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecConfig {
+    start: String,
+    stop: String,
+    status: Option<String>,
+    #[serde(default = "default_hook_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+    address: Spanned<String>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessConfig {
+    command: Spanned<Vec<String>>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    address: Spanned<String>,
+    stop_command: Option<String>,
+    stop_signal: Option<Spanned<String>>,
+    #[serde(default = "default_stop_timeout", deserialize_with = "duration")]
+    stop_timeout: Duration,
+    #[serde(default = "default_on_shutdown")]
+    on_shutdown: OnShutdown,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpListenConfig {
+    bind: Spanned<SocketAddr>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./wakegate-data")
+}
+fn default_api() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7070))
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_wake_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_max_held() -> Spanned<usize> {
+    Spanned::new(0..0, 256)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_on_shutdown() -> OnShutdown {
+    OnShutdown::Stop
+}
+
+/// Reads a humantime duration ("30s", "10m", "1h 30m").
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write it like \"30s\", \"10m\" or \"1h 30m\""
+        ))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// One problem found in a file: where, what, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: String,
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; check the path, or pass --config FILE")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(path, problems))]
+    Invalid {
+        path: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(path: &str, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "{path}: {} problem{} found",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str(&format!(
+            "\n{path}:{}:{}: {}\n    hint: {}",
+            p.line, p.column, p.message, p.hint
+        ));
+    }
+    out
+}
+
+/// Collects problems with their place in the source.
+struct Problems<'a> {
+    source: &'a str,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, span: Option<Range<usize>>, message: impl Into<String>, hint: &str) {
+        let (line, column) = span.map_or((1, 1), |s| line_col(self.source, s.start));
+        self.list.push(Problem {
+            line,
+            column,
+            message: message.into(),
+            hint: hint.to_string(),
+        });
+    }
+
+    fn add_toml(&mut self, e: toml::de::Error) {
+        let message = e.message().trim().to_string();
+        let hint = hint_for(&message);
+        self.add(e.span(), message, hint);
+    }
+}
+
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+fn hint_for(message: &str) -> &'static str {
+    if message.contains("unknown field") {
+        "remove the key or fix its spelling; `wakegate config example` shows every key"
+    } else if message.contains("missing field") {
+        "add the key; `wakegate config example` shows it with a comment"
+    } else if message.contains("duration") {
+        "durations are written like \"500ms\", \"30s\", \"10m\" or \"1h 30m\""
+    } else if message.contains("socket address") {
+        "write an address as \"IP:PORT\", e.g. \"127.0.0.1:7070\" or \"0.0.0.0:25565\""
+    } else {
+        "compare with `wakegate config example`"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&source, &path.display().to_string())
+}
+
+/// Validates config text; `origin` names it in messages.
+pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
+    let mut problems = Problems {
+        source,
+        list: Vec::new(),
+    };
+    let config = parse_into(source, &mut problems);
+    match config {
+        Some(config) if problems.list.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid {
+            path: origin.to_string(),
+            problems: problems.list,
+        }),
+    }
+}
+
+fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
+    let (root, syntax) = DeTable::parse_recoverable(source);
+    if !syntax.is_empty() {
+        for e in syntax {
+            problems.add_toml(e);
+        }
+        return None;
+    }
+    let mut root = root.into_inner();
+    let gateway = match root.remove("gateway") {
+        Some(value) => read::<GatewayConfig>(value, problems),
+        None => Some(GatewayConfig::default()),
+    };
+    let services = match root.remove("service") {
+        Some(value) => read_services(value, problems),
+        None => {
+            problems.add(
+                None,
+                "no [[service]] is configured",
+                "add at least one [[service]] with a [service.backend] and a [[service.listen]]",
+            );
+            None
+        }
+    };
+    for (key, _) in root.iter() {
+        problems.add(
+            Some(key.span()),
+            format!("unknown top-level key `{}`", key.get_ref()),
+            "the top level holds only [gateway] and [[service]] tables",
+        );
+    }
+    let gateway = gateway?;
+    let services = services?;
+    let config = Config {
+        gateway: Gateway {
+            data_dir: gateway.data_dir,
+            api: gateway.api,
+            shutdown_grace: gateway.shutdown_grace,
+        },
+        services,
+    };
+    check_binds(&config, problems);
+    Some(config)
+}
+
+/// Deserializes one spanned value, recording its problem on failure.
+fn read<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    problems: &mut Problems<'_>,
+) -> Option<T> {
+    T::deserialize(ValueDeserializer::from(value))
+        .map_err(|e| problems.add_toml(e))
+        .ok()
+}
+
+fn read_services(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Vec<Service>> {
+    let span = value.span();
+    let DeValue::Array(items) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            "`service` must be an array of tables",
+            "write each service as a [[service]] table",
+        );
+        return None;
+    };
+    let mut services = Vec::new();
+    let mut all_ok = true;
+    let mut names: HashMap<String, Range<usize>> = HashMap::new();
+    for item in items {
+        match read_service(item, problems) {
+            Some((service, name_span)) => {
+                if names
+                    .insert(service.name.clone(), name_span.clone())
+                    .is_some()
+                {
+                    problems.add(
+                        Some(name_span),
+                        format!("service name `{}` is used twice", service.name),
+                        "give every [[service]] its own name",
+                    );
+                }
+                services.push(service);
+            }
+            None => all_ok = false,
+        }
+    }
+    all_ok.then_some(services)
+}
+
+fn read_service(
+    item: Spanned<DeValue<'_>>,
+    problems: &mut Problems<'_>,
+) -> Option<(Service, Range<usize>)> {
+    let span = item.span();
+    let DeValue::Table(mut table) = item.into_inner() else {
+        problems.add(
+            Some(span),
+            "each `service` must be a table",
+            "write each service as a [[service]] table",
+        );
+        return None;
+    };
+    let backend = table.remove("backend");
+    let listen = table.remove("listen");
+    let fields = read::<ServiceConfig>(Spanned::new(span.clone(), DeValue::Table(table)), problems);
+
+    let backend = match backend {
+        Some(value) => read_backend(value, problems),
+        None => {
+            problems.add(
+                Some(span.clone()),
+                "this service has no [service.backend]",
+                "add a [service.backend] table with `type = \"exec\"` or `type = \"process\"`",
+            );
+            None
+        }
+    };
+    let listeners = match listen {
+        Some(value) => read_listeners(value, problems),
+        None => {
+            problems.add(
+                Some(span.clone()),
+                "this service has no [[service.listen]]",
+                "add a [[service.listen]] table with `type = \"tcp\"` and `bind = \"IP:PORT\"`",
+            );
+            None
+        }
+    };
+    let fields = fields?;
+    let name_span = fields.name.span();
+    let name = fields.name.into_inner();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        problems.add(
+            Some(name_span.clone()),
+            format!("service name `{name}` is not allowed"),
+            "names use only a-z, 0-9 and '-', e.g. \"survival\" or \"staging-api\"",
+        );
+    }
+    if fields.max_held.get_ref() == &0 {
+        problems.add(
+            Some(fields.max_held.span()),
+            "max_held = 0 would refuse every client while the service wakes",
+            "set max_held to at least 1 (the default is 256)",
+        );
+    }
+    Some((
+        Service {
+            name,
+            idle_timeout: fields.idle_timeout,
+            min_awake: fields.min_awake,
+            wake_timeout: fields.wake_timeout,
+            max_held: *fields.max_held.get_ref(),
+            backend: backend?,
+            listeners: listeners?,
+        },
+        name_span,
+    ))
+}
+
+/// Splits the `type` key off a tagged table, so the rest can be read by the variant's struct.
+fn split_type<'i>(
+    value: Spanned<DeValue<'i>>,
+    what: &str,
+    kinds: &str,
+    problems: &mut Problems<'_>,
+) -> Option<(String, Spanned<DeValue<'i>>)> {
+    let span = value.span();
+    let DeValue::Table(mut table) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            format!("{what} must be a table"),
+            "see `wakegate config example`",
+        );
+        return None;
+    };
+    let Some(kind) = table.remove("type") else {
+        problems.add(
+            Some(span),
+            format!("{what} has no `type`"),
+            &format!("add `type = ...` with one of: {kinds}"),
+        );
+        return None;
+    };
+    let kind_span = kind.span();
+    let Some(kind) = kind.get_ref().as_str().map(str::to_string) else {
+        problems.add(
+            Some(kind_span),
+            format!("{what} `type` must be a string"),
+            &format!("use one of: {kinds}"),
+        );
+        return None;
+    };
+    Some((kind, Spanned::new(kind_span, DeValue::Table(table))))
+}
+
+fn read_backend(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Backend> {
+    let kinds = "exec, process";
+    let (kind, rest) = split_type(value, "[service.backend]", kinds, problems)?;
+    let type_span = rest.span();
+    match kind.as_str() {
+        "exec" => {
+            let c: ExecConfig = read(rest, problems)?;
+            let env = expand_env(c.env, problems);
+            let address = check_address(c.address, problems);
+            Some(Backend::Exec(Exec {
+                start: c.start,
+                stop: c.stop,
+                status: c.status,
+                timeout: c.timeout,
+                address: address?,
+                env: env?,
+            }))
+        }
+        "process" => {
+            let c: ProcessConfig = read(rest, problems)?;
+            let env = expand_env(c.env, problems);
+            let address = check_address(c.address, problems);
+            if c.command.get_ref().is_empty() {
+                problems.add(
+                    Some(c.command.span()),
+                    "`command` is empty",
+                    "give the program and its arguments, e.g. [\"java\", \"-jar\", \"server.jar\", \"nogui\"]",
+                );
+            }
+            let stop = match (c.stop_command, c.stop_signal) {
+                (Some(_), Some(signal)) => {
+                    problems.add(
+                        Some(signal.span()),
+                        "both `stop_command` and `stop_signal` are set",
+                        "choose one way to ask the process to stop",
+                    );
+                    None
+                }
+                (Some(line), None) => Some(StopMethod::Stdin(line)),
+                (None, Some(signal)) => match signal_number(signal.get_ref()) {
+                    Some(n) => Some(StopMethod::Signal(n)),
+                    None => {
+                        problems.add(
+                            Some(signal.span()),
+                            format!("unknown signal `{}`", signal.get_ref()),
+                            "use one of SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGKILL",
+                        );
+                        None
+                    }
+                },
+                (None, None) => Some(StopMethod::Signal(SIGTERM)),
+            };
+            Some(Backend::Process(Process {
+                command: c.command.into_inner(),
+                cwd: c.cwd,
+                env: env?,
+                address: address?,
+                stop: stop?,
+                stop_timeout: c.stop_timeout,
+                on_shutdown: c.on_shutdown,
+            }))
+        }
+        other => {
+            problems.add(
+                Some(type_span),
+                format!("unknown backend type `{other}`"),
+                &format!("use one of: {kinds}"),
+            );
+            None
+        }
+    }
+}
+
+const SIGTERM: i32 = 15;
+
+fn signal_number(name: &str) -> Option<i32> {
+    let name = name.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => SIGTERM,
+        _ => return None,
+    })
+}
+
+fn read_listeners(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Vec<Listen>> {
+    let span = value.span();
+    let DeValue::Array(items) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            "`listen` must be an array of tables",
+            "write each listener as a [[service.listen]] table",
+        );
+        return None;
+    };
+    let kinds = "tcp";
+    let mut listeners = Vec::new();
+    let mut all_ok = true;
+    for item in items {
+        let listen =
+            split_type(item, "[[service.listen]]", kinds, problems).and_then(|(kind, rest)| {
+                match kind.as_str() {
+                    "tcp" => read::<TcpListenConfig>(rest, problems).map(|c| Listen::Tcp {
+                        bind: c.bind.into_inner(),
+                    }),
+                    other => {
+                        problems.add(
+                            Some(rest.span()),
+                            format!("unknown listener type `{other}`"),
+                            &format!("use one of: {kinds}"),
+                        );
+                        None
+                    }
+                }
+            });
+        match listen {
+            Some(l) => listeners.push(l),
+            None => all_ok = false,
+        }
+    }
+    if all_ok && listeners.is_empty() {
+        problems.add(
+            Some(span),
+            "this service has no listener",
+            "add a [[service.listen]] table with `type = \"tcp\"` and `bind = \"IP:PORT\"`",
+        );
+        return None;
+    }
+    all_ok.then_some(listeners)
+}
+
+/// A backend address must be `host:port`; the host is resolved on every wake.
+fn check_address(address: Spanned<String>, problems: &mut Problems<'_>) -> Option<String> {
+    let text = address.get_ref();
+    let valid = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if valid {
+        Some(address.into_inner())
+    } else {
+        problems.add(
+            Some(address.span()),
+            format!("backend address `{text}` is not host:port"),
+            "write where the server listens, e.g. \"127.0.0.1:25566\" or \"mc.internal:25565\"",
+        );
+        None
+    }
+}
+
+/// Replaces `"${VAR}"` values with the variable's value, keeping them secret.
+fn expand_env(
+    env: BTreeMap<String, Spanned<String>>,
+    problems: &mut Problems<'_>,
+) -> Option<Vec<(String, Secret)>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (key, value) in env {
+        match expand(value.get_ref()) {
+            Ok(v) => out.push((key, v)),
+            Err(var) => {
+                ok = false;
+                problems.add(
+                    Some(value.span()),
+                    format!("environment variable `{var}` is not set"),
+                    "export it before starting wakegate, or write the value itself",
+                );
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+/// Expands a whole-value `${VAR}` reference; other strings are taken literally.
+pub fn expand(value: &str) -> Result<Secret, String> {
+    match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
+        Some(var) => std::env::var(var).map(Secret).map_err(|_| var.to_string()),
+        None => Ok(Secret(value.to_string())),
+    }
+}
+
+/// Two listeners of any services cannot share a plain TCP socket.
+fn check_binds(config: &Config, problems: &mut Problems<'_>) {
+    let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
+    for service in &config.services {
+        for listen in &service.listeners {
+            let bind = listen.bind();
+            if let Some(other) = seen.insert(bind, &service.name) {
+                problems.add(
+                    None,
+                    format!(
+                        "services `{other}` and `{}` both listen on tcp {bind}",
+                        service.name
+                    ),
+                    "give each tcp listener its own port",
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_with_its_line() {
+        let src = r#"
+[gateway]
+api = "nowhere"
+
+[[service]]
+name = "Bad Name"
+idle_timeout = "ten minutes"
+[service.backend]
+type = "exec"
+start = "true"
+stop = "true"
+address = "127.0.0.1:9"
+colour = "blue"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:7000"
+"#;
+        let ConfigError::Invalid { problems, .. } = parse(src, "x.toml").unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![3, 7, 13], "{problems:#?}");
+        assert!(problems[2].message.contains("colour"));
+    }
+
+    #[test]
+    fn secrets_expand_and_never_print() {
+        // PATH is set for every test process; setting a variable of our own would need unsafe.
+        let path = std::env::var("PATH").unwrap();
+        let secret = expand("${PATH}").unwrap();
+        assert_eq!(secret.expose(), path);
+        assert_eq!(format!("{secret:?}"), "Secret(****)");
+        assert_eq!(
+            expand("${WAKEGATE_TEST_NOT_SET_ANYWHERE}").unwrap_err(),
+            "WAKEGATE_TEST_NOT_SET_ANYWHERE"
+        );
+        assert_eq!(expand("plain").unwrap().expose(), "plain");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

@@ -1,0 +1,177 @@
+//! `wakegate demo`: a gateway in front of a tiny web server that wakegate runs itself (its own
+//! binary in the hidden `demo-backend` mode), so the whole cycle can be seen with nothing
+//! installed: asleep, a browser connects, waking, awake, idle, stopping, asleep.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::app::{self, App};
+use crate::config::{self, Config, Gateway, OnShutdown, Service, StopMethod};
+use crate::event::{Kind, format_time};
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find wakegate's own binary")?;
+    // The demo server gets a free port of its own next to the gateway.
+    let backend = std::net::TcpListener::bind((listen.ip(), 0))
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free port for the demo server")?;
+    let data_dir = std::env::temp_dir().join("wakegate-demo");
+    let config = Config {
+        gateway: Gateway {
+            data_dir: data_dir.clone(),
+            api,
+            shutdown_grace: Duration::from_secs(5),
+        },
+        services: vec![Service {
+            name: "demo".into(),
+            idle_timeout: idle,
+            min_awake: Duration::ZERO,
+            wake_timeout: Duration::from_secs(30),
+            max_held: 256,
+            backend: config::Backend::Process(config::Process {
+                command: vec![
+                    exe.display().to_string(),
+                    "demo-backend".into(),
+                    "--listen".into(),
+                    backend.to_string(),
+                    "--boot-delay".into(),
+                    "2s".into(),
+                ],
+                cwd: None,
+                env: vec![],
+                address: backend.to_string(),
+                stop: StopMethod::Signal(15),
+                stop_timeout: Duration::from_secs(10),
+                on_shutdown: OnShutdown::Stop,
+            }),
+            listeners: vec![config::Listen::Tcp { bind: listen }],
+        }],
+    };
+    let app = App::start(config).await?;
+    let mut events = app.subscribe();
+    println!("wakegate demo");
+    println!();
+    println!(
+        "  open http://{} — the demo server wakes (it takes 2 s to boot),",
+        app.listen_addr("demo").unwrap_or(listen)
+    );
+    println!(
+        "  and it goes back to sleep after {} without a connection.",
+        humantime::format_duration(idle)
+    );
+    println!(
+        "  state: `wakegate status --api {}`   data: {}",
+        app.api_addr(),
+        data_dir.display()
+    );
+    println!("  Ctrl-C stops the demo.");
+    println!();
+    if let Some(demo) = app.service("demo") {
+        let status = demo.status();
+        let time = format_time(status.since);
+        println!(
+            "{}  {:<8}  (now)",
+            time.get(11..19).unwrap_or(&time),
+            status.state
+        );
+    }
+    let shown = async {
+        while let Ok(event) = events.recv().await {
+            let time = format_time(event.time);
+            let clock = time.get(11..19).unwrap_or(&time);
+            match event.kind {
+                Kind::Transition => println!("{clock}  {:<8}  {}", event.state, event.reason),
+                Kind::Progress => println!("{clock}  {:<8}  … {}", "", event.reason),
+            }
+        }
+    };
+    tokio::select! {
+        () = shown => {}
+        signal = app::shutdown_signal() => signal?,
+    }
+    app.shutdown().await;
+    Ok(())
+}
+
+/// The demo's backend: after `boot_delay` it listens on `listen` and answers each connection
+/// with a small web page, or echoes bytes back with `echo`. It stops on SIGTERM/SIGINT or when
+/// `stop` is written to its stdin.
+pub async fn backend(listen: SocketAddr, boot_delay: Duration, echo: bool) -> anyhow::Result<()> {
+    // Booting is what the demo shows: a real server takes a while before its port opens.
+    tokio::time::sleep(boot_delay).await;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let started = format_time(std::time::SystemTime::now());
+    eprintln!("demo-backend: listening on {listen}");
+    let serve = async {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let started = started.clone();
+            tokio::spawn(async move {
+                let _ = if echo {
+                    echo_back(stream).await
+                } else {
+                    page(stream, &started).await
+                };
+            });
+        }
+    };
+    let stdin_stop = async {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == "stop" {
+                return;
+            }
+        }
+        // No stdin (or it closed): only a signal stops us.
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = serve => {}
+        () = stdin_stop => eprintln!("demo-backend: stop requested on stdin"),
+        signal = app::shutdown_signal() => signal?,
+    }
+    eprintln!("demo-backend: stopped");
+    Ok(())
+}
+
+async fn echo_back(mut stream: TcpStream) -> std::io::Result<()> {
+    let (mut read, mut write) = stream.split();
+    tokio::io::copy(&mut read, &mut write).await?;
+    write.shutdown().await
+}
+
+async fn page(mut stream: TcpStream, started: &str) -> std::io::Result<()> {
+    // Read the request head; the page is the same for every path.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>wakegate demo</title>\
+         <body style=\"font-family:system-ui;max-width:40em;margin:4em auto\">\
+         <h1>Awake!</h1><p>This page comes from the demo server (pid {}), \
+         which wakegate started at {started} because you connected.</p>\
+         <p>Leave it alone and it goes back to sleep; reload to wake it again.</p>",
+        std::process::id()
+    );
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,118 @@
+//! Events: every transition and notable step of a service, stored durably with an increasing id
+//! and published live.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The lifecycle state of a service (`asleep → waking → awake → stopping → asleep`, or `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Asleep,
+    Waking,
+    Awake,
+    Stopping,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Asleep => "asleep",
+            State::Waking => "waking",
+            State::Awake => "awake",
+            State::Stopping => "stopping",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        [
+            State::Asleep,
+            State::Waking,
+            State::Awake,
+            State::Stopping,
+            State::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The service moved to `state`.
+    Transition,
+    /// A step inside the current state, e.g. "start command finished" during a wake.
+    Progress,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Transition => "transition",
+            Kind::Progress => "progress",
+        }
+    }
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Durable, strictly increasing across restarts.
+    pub id: i64,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub service: String,
+    pub kind: Kind,
+    /// The state after this event.
+    pub state: State,
+    /// What happened and why, as a sentence ("client 10.0.0.7:51234 connected").
+    pub reason: String,
+    /// Structured facts: `previous`, `client`, `exit`, `log_tail`, `duration_ms`, …
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// An event before the store gave it an id.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub kind: Kind,
+    pub state: State,
+    pub reason: String,
+    pub detail: serde_json::Value,
+}
+
+/// Formats a time as RFC 3339 with milliseconds, in UTC.
+pub fn format_time(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+pub fn rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*time))
+}
+
+pub fn rfc3339_opt<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+pub(crate) fn to_millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}

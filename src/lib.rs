@@ -1,0 +1,16 @@
+//! wakegate: one daemon that stands in front of servers that cost money while they run. It
+//! answers clients on their behalf, wakes a server when a real client arrives, forwards its
+//! traffic once ready, and puts it back to sleep when nobody has used it for a while.
+#![deny(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod listener;
+pub mod probe;
+pub mod service;
+pub mod store;

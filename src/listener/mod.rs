@@ -1,0 +1,4 @@
+//! Listeners: where clients arrive. One accept loop per bound socket; each client gets its own
+//! task on the connections tracker.
+
+pub mod tcp;

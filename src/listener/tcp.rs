@@ -1,0 +1,76 @@
+//! `tcp` listener: accept, get a ticket from the service (which holds the client while the
+//! backend wakes), connect to the backend and copy bytes both ways, half-close included.
+
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::super::app::Connections;
+use crate::service::ServiceHandle;
+
+/// Buffer per direction: large enough that a bulk stream needs few syscalls.
+const BUFFER: usize = 64 * 1024;
+
+/// Accepts clients until `connections.stop_accepting` fires.
+pub async fn run(listener: TcpListener, service: ServiceHandle, connections: Connections) {
+    loop {
+        let accepted = tokio::select! {
+            () = connections.stop_accepting.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                let span = info_span!("client", service = service.name(), %peer);
+                connections.tracker.spawn(
+                    serve(client, peer, service.clone(), connections.clone()).instrument(span),
+                );
+            }
+            Err(e) => {
+                // Usually out of file descriptors: wait a little instead of spinning.
+                warn!(error = %e, "Cannot accept a connection.");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    service: ServiceHandle,
+    connections: Connections,
+) {
+    let ticket = tokio::select! {
+        ticket = service.connect(peer) => ticket,
+        () = connections.close_all.cancelled() => return,
+    };
+    let ticket = match ticket {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            info!(error = %e, "Closing the client.");
+            return;
+        }
+    };
+    let mut backend = match TcpStream::connect(ticket.address).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!(backend = %ticket.address, error = %e, "Cannot connect to the backend; closing the client.");
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = backend.set_nodelay(true);
+    let copied = tokio::select! {
+        copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, BUFFER, BUFFER) => copied,
+        () = connections.close_all.cancelled() => {
+            debug!("Closing the connection: wakegate is shutting down.");
+            return;
+        }
+    };
+    match copied {
+        Ok((up, down)) => debug!(bytes_in = up, bytes_out = down, "Connection closed."),
+        Err(e) => debug!(error = %e, "Connection ended with an error."),
+    }
+    drop(ticket);
+}
