@@ -1,0 +1,890 @@
+//! The TCP benchmark: wakegate's data path, wake path and idle cost, each printed next to a
+//! reference measured in the same run, all on loopback.
+//!
+//! 1. One long stream (iperf3, one stream): direct, through haproxy in TCP mode, through wakegate.
+//! 2. Short connections per second (connect, a 32-byte echo, close; a few concurrent clients).
+//! 3. Readiness latency: from the backend's port opening to the first byte at a held client.
+//! 4. Idle footprint with 10 sleeping services: RSS, and wake-ups (context switches) in 5 s.
+//!
+//! Why these four: once awake, wakegate is a plain TCP proxy and should cost about what haproxy
+//! costs; a held client should see its server soon after the server's port opens; and a gateway
+//! in front of sleeping servers must sleep too. Absolute figures depend on the machine: compare
+//! the ratios of one run. `bench/run` installs haproxy and iperf3 and runs this file;
+//! `cargo bench --bench gateway` runs it alone.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// The gateway under test. Cargo builds it with the bench profile (the release settings) for
+/// this target, so the figures are always those of the current tree.
+const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
+
+/// Length of the iperf3 stream.
+const STREAM_SECONDS: u64 = 5;
+/// Short connections: how many clients at once, for how long, at most how many each.
+const SHORT_CLIENTS: usize = 4;
+const SHORT_WARMUP: Duration = Duration::from_millis(300);
+const SHORT_WINDOW: Duration = Duration::from_secs(3);
+const SHORT_MAX_PER_CLIENT: u64 = 100_000;
+/// What each short connection sends and expects back.
+const MESSAGE: &[u8; 32] = b"wakegate bench: short conn ping\n";
+/// Readiness: how many wakes, and how long the backend stays down after the client arrives:
+/// long enough that wakegate's readiness probe retries at its steady pace, as during a real
+/// boot. Wake `i` waits `READINESS_DELAY + i * READINESS_SPREAD / READINESS_RUNS`: with one fixed
+/// delay every run would open the port at the same point of the probe's retry cycle and show
+/// one figure ten times; spread over a cycle (the probe's longest pause, 100 ms), the runs show
+/// the whole range a real server meets.
+const READINESS_RUNS: usize = 10;
+const READINESS_DELAY: Duration = Duration::from_millis(300);
+const READINESS_SPREAD: Duration = Duration::from_millis(100);
+const READINESS_TARGET_MS: f64 = 100.0;
+/// Idle footprint: how many sleeping services, and the window in which wake-ups are counted.
+const IDLE_SERVICES: usize = READINESS_RUNS;
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+const RSS_TARGET_MIB: f64 = 15.0;
+/// Every wait for a peer (a port, a state, one exchange, a stop) is bounded by this.
+const PATIENCE: Duration = Duration::from_secs(10);
+/// How often those waits look again.
+const POLL: Duration = Duration::from_millis(10);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let figures = runtime.block_on(run())?;
+    print!("{}", figures.table());
+    Ok(())
+}
+
+/// Runs every measurement, in an order that keeps them apart: the traffic tests first, with
+/// their peers stopped before the idle ones are counted.
+async fn run() -> anyhow::Result<Figures> {
+    let haproxy_version = version_of("haproxy", "-v")?;
+    let iperf3_version = version_of("iperf3", "-v")?;
+    // Declared first so it is removed last, after every process using it has been stopped.
+    let dir = TempDir::new()?;
+
+    let (stream, short) = traffic(&dir.0).await?;
+    let (idle, readiness) = wake_and_idle(&dir.0).await?;
+
+    Ok(Figures {
+        setup: format!(
+            "{} CPUs, Linux {}; {haproxy_version}; {iperf3_version}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim(),
+        ),
+        stream,
+        short,
+        readiness,
+        idle,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1 and 2: the data path, once awake.
+
+/// Measures the stream and the short connections: direct, through haproxy, through wakegate.
+async fn traffic(dir: &Path) -> anyhow::Result<(Triple, Triple)> {
+    let [iperf_port, echo_port, haproxy_stream, haproxy_echo] = free_ports()?;
+    let [api, wakegate_stream, wakegate_echo] = free_ports()?;
+    let iperf = loopback(iperf_port);
+    let echo = loopback(echo_port);
+
+    let mut iperf3 = Proc::spawn(
+        "iperf3",
+        Command::new("iperf3").args(["-s", "-B", "127.0.0.1", "-p", &iperf_port.to_string()]),
+        dir,
+    )?;
+    let mut echo_server = Proc::spawn(
+        "echo",
+        Command::new(WAKEGATE).args(["demo-backend", "--echo", "--listen", &echo.to_string()]),
+        dir,
+    )?;
+    let mut haproxy = Haproxy::start(
+        dir,
+        "haproxy",
+        &[(haproxy_stream, iperf), (haproxy_echo, echo)],
+    )
+    .await?;
+    iperf3.wait_listening(iperf_port).await?;
+    echo_server.wait_listening(echo_port).await?;
+
+    // Awake before measuring, with an idle timeout no run comes near: this measures the
+    // proxy, not the wake.
+    let mut wakegate = Wakegate::start(
+        dir,
+        "proxy",
+        api,
+        &[wakegate_stream, wakegate_echo],
+        &[("stream".into(), iperf), ("echo".into(), echo)],
+    )
+    .await?;
+    wakegate.wake("stream").await?;
+    wakegate.wake("echo").await?;
+
+    let mut stream = Triple::default();
+    for (label, target, slot) in [
+        ("direct", iperf, &mut stream.direct),
+        ("haproxy", loopback(haproxy_stream), &mut stream.haproxy),
+        ("wakegate", loopback(wakegate_stream), &mut stream.wakegate),
+    ] {
+        all_running(&mut [&mut iperf3, &mut haproxy.proc, &mut wakegate.proc])?;
+        let gbits = iperf3_stream(target).await?;
+        progress(&format!("stream, {label}: {gbits:.2} Gbit/s"));
+        *slot = gbits;
+    }
+
+    let mut short = Triple::default();
+    for (label, target, slot) in [
+        ("direct", echo, &mut short.direct),
+        ("haproxy", loopback(haproxy_echo), &mut short.haproxy),
+        ("wakegate", loopback(wakegate_echo), &mut short.wakegate),
+    ] {
+        all_running(&mut [&mut echo_server, &mut haproxy.proc, &mut wakegate.proc])?;
+        short_connections(target, SHORT_WARMUP).await?;
+        let rate = short_connections(target, SHORT_WINDOW).await?;
+        progress(&format!("short connections, {label}: {rate:.0} conn/s"));
+        *slot = rate;
+    }
+    Ok((stream, short))
+}
+
+/// One iperf3 stream to `target` (its control connection goes the same way); Gbit/s received.
+async fn iperf3_stream(target: SocketAddr) -> anyhow::Result<f64> {
+    let run = tokio::process::Command::new("iperf3")
+        .args([
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+        ])
+        .args(["-t", &STREAM_SECONDS.to_string(), "-J"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(STREAM_SECONDS) + PATIENCE, run)
+        .await
+        .context("iperf3 did not finish in time")?
+        .context("cannot run iperf3")?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("iperf3 printed no JSON report ({})", out.status))?;
+    if let Some(error) = report["error"].as_str() {
+        bail!("iperf3 to {target} failed: {error}");
+    }
+    let bits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3's report has no end.sum_received.bits_per_second")?;
+    Ok(bits / 1e9)
+}
+
+/// Short connections to an echo server at `target` for `window`; connections per second.
+async fn short_connections(target: SocketAddr, window: Duration) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let end = started + window;
+    let mut clients = JoinSet::new();
+    for _ in 0..SHORT_CLIENTS {
+        clients.spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < end && done < SHORT_MAX_PER_CLIENT {
+                tokio::time::timeout(PATIENCE, echo_once(target))
+                    .await
+                    .with_context(|| format!("an echo through {target} hung"))??;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        });
+    }
+    let mut total = 0;
+    while let Some(done) = clients.join_next().await {
+        total += done??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One short connection: connect, send [`MESSAGE`], read it back, close.
+async fn echo_once(target: SocketAddr) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(target)
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    stream.set_nodelay(true)?;
+    stream.write_all(MESSAGE).await?;
+    let mut back = [0u8; MESSAGE.len()];
+    stream
+        .read_exact(&mut back)
+        .await
+        .with_context(|| format!("no echo from {target}"))?;
+    ensure!(&back == MESSAGE, "the echo through {target} differs");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3 and 4: the wake path and the idle cost.
+
+/// Counts the idle footprint of wakegate with sleeping services (and of haproxy with as many
+/// frontends), then wakes those services one by one to measure readiness. One gateway serves
+/// both: before the first wake it is exactly the idle gateway item 4 asks about.
+async fn wake_and_idle(dir: &Path) -> anyhow::Result<(Idle, Vec<Duration>)> {
+    // The backends' ports are free now; the bench opens them itself during the readiness runs.
+    let ports = free_ports::<{ 3 * IDLE_SERVICES + 1 }>()?;
+    let (backends, rest) = ports.split_at(IDLE_SERVICES);
+    let (listens, rest) = rest.split_at(IDLE_SERVICES);
+    let (frontends, api) = rest.split_at(IDLE_SERVICES);
+    let services: Vec<(String, SocketAddr)> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| (format!("sleeper-{i}"), loopback(port)))
+        .collect();
+    let wakegate = Wakegate::start(dir, "sleepers", api[0], listens, &services).await?;
+    for (name, _) in &services {
+        wakegate.wait_state(name, "asleep").await?;
+    }
+    let routes: Vec<(u16, SocketAddr)> = frontends
+        .iter()
+        .zip(&services)
+        .map(|(&port, (_, backend))| (port, *backend))
+        .collect();
+    let haproxy = Haproxy::start(dir, "haproxy-idle", &routes).await?;
+
+    let ticks = clock_ticks_per_second();
+    let idle = Idle {
+        wakegate: footprint(wakegate.proc.pid(), ticks).await?,
+        haproxy: footprint(haproxy.proc.pid(), ticks).await?,
+    };
+    drop(haproxy);
+    for (label, f) in [("wakegate", &idle.wakegate), ("haproxy", &idle.haproxy)] {
+        progress(&format!(
+            "idle, {label}: {:.1} MiB, {} wake-ups, {:.0} ms CPU in {} s ({} threads)",
+            f.rss_mib,
+            f.wakeups,
+            f.cpu_ms,
+            IDLE_WINDOW.as_secs(),
+            f.threads
+        ));
+    }
+
+    let mut readiness = Vec::new();
+    for (i, (name, backend)) in services.iter().enumerate() {
+        let down = READINESS_DELAY + READINESS_SPREAD * i as u32 / READINESS_RUNS as u32;
+        let latency = readiness_once(&wakegate, name, *backend, down).await?;
+        progress(&format!(
+            "readiness, {name} (port opened after {} ms): {:.1} ms",
+            down.as_millis(),
+            latency.as_secs_f64() * 1e3
+        ));
+        readiness.push(latency);
+    }
+    Ok((idle, readiness))
+}
+
+/// One wake of a sleeping service, with the bench as its backend, which stays down for `down`
+/// after the client arrives: the time from binding the backend's port (T0, the instant it
+/// opens) to the held client reading the byte the backend sends (T1).
+async fn readiness_once(
+    wakegate: &Wakegate,
+    service: &str,
+    backend: SocketAddr,
+    down: Duration,
+) -> anyhow::Result<Duration> {
+    let mut client = TcpStream::connect(wakegate.listener(service)?).await?;
+    wakegate.wait_state(service, "waking").await?;
+    tokio::time::sleep(down).await;
+
+    let t0 = Instant::now();
+    let listener = TcpListener::bind(backend)
+        .await
+        .with_context(|| format!("cannot open the backend port {backend}"))?;
+    let first_byte = async {
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).await?;
+        Ok::<_, std::io::Error>(Instant::now())
+    };
+    let t1 = tokio::time::timeout(PATIENCE, async {
+        tokio::select! {
+            t1 = first_byte => t1.context("the held client was closed instead of forwarded"),
+            e = greet_every_connection(&listener) => Err(e).context("the backend cannot accept"),
+        }
+    })
+    .await
+    .with_context(|| format!("no byte reached the client held by `{service}`"))??;
+    Ok(t1 - t0)
+}
+
+/// The backend of the readiness runs: writes one byte to each connection it accepts. The first
+/// is usually wakegate's readiness probe, which closes at once; the held client's follows.
+/// Returns only on an accept error; the connections stay open until it is dropped.
+async fn greet_every_connection(listener: &TcpListener) -> std::io::Error {
+    let mut open = Vec::new();
+    loop {
+        match listener.accept().await {
+            Ok((mut stream, _)) => {
+                // A probe that has already gone makes this fail, which is fine.
+                let _ = stream.write_all(b"!").await;
+                open.push(stream);
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+/// What an idle process costs: its memory, and how often it ran during [`IDLE_WINDOW`].
+struct Footprint {
+    rss_mib: f64,
+    /// Context switches, voluntary and not, summed over all threads: each time a thread ran.
+    wakeups: u64,
+    cpu_ms: f64,
+    threads: usize,
+}
+
+async fn footprint(pid: u32, ticks_per_second: f64) -> anyhow::Result<Footprint> {
+    // Let the last start-up work and our own checks (API requests to wakegate) finish, so the
+    // window sees the steady idle state.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: f64 = proc_field(&status, "VmRSS:")
+        .context("no VmRSS in /proc/PID/status")?
+        .parse()?;
+    let (switches_before, cpu_before) = (context_switches(pid)?, cpu_ticks(pid)?);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let (switches_after, cpu_after) = (context_switches(pid)?, cpu_ticks(pid)?);
+    // Per thread, so that a thread born in the window counts in full. One that ended in the
+    // window is left out: /proc keeps nothing of it.
+    let wakeups = switches_after
+        .iter()
+        .map(|(tid, after)| {
+            let before = switches_before
+                .iter()
+                .find(|(t, _)| t == tid)
+                .map_or(0, |(_, n)| *n);
+            after.saturating_sub(before)
+        })
+        .sum();
+    Ok(Footprint {
+        rss_mib: rss_kib / 1024.0,
+        wakeups,
+        cpu_ms: cpu_after.saturating_sub(cpu_before) as f64 * 1e3 / ticks_per_second,
+        threads: switches_after.len(),
+    })
+}
+
+/// Voluntary plus involuntary context switches of each thread of `pid`, by thread id.
+fn context_switches(pid: u32) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        // A thread may end between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let count = |key| -> anyhow::Result<u64> {
+            Ok(proc_field(&status, key)
+                .with_context(|| format!("no {key} in a thread's status"))?
+                .parse()?)
+        };
+        let switches = count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?;
+        threads.push((task.file_name().to_string_lossy().into_owned(), switches));
+    }
+    Ok(threads)
+}
+
+/// utime + stime of the whole process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it start with the state
+    // (field 3), so utime and stime (fields 14 and 15) are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("short /proc/PID/stat")?.parse()?)
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// The first word after `key` in a `/proc` status file.
+fn proc_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))?
+        .split_whitespace()
+        .next()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // Almost always 100 on Linux; asking keeps the CPU figure right where it is not.
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peers: wakegate, haproxy and plain child processes.
+
+/// A child process, stopped when dropped (panics included) so no run leaves one behind. Its
+/// stdout and stderr go to `<name>.log` in the bench's temp dir.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails, with the end of the process's log, if it has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{} exited ({status}); its output:\n{}",
+                self.name,
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits until something listens on 127.0.0.1:`port`, read from /proc/net/tcp so that no
+    /// test connection reaches the peer (iperf3 and haproxy would count it as a client).
+    async fn wait_listening(&mut self, port: u16) -> anyhow::Result<()> {
+        let local = format!("0100007F:{port:04X}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.check_running()?;
+            let table = std::fs::read_to_string("/proc/net/tcp")?;
+            let listening = table.lines().skip(1).any(|line| {
+                let mut columns = line.split_whitespace().skip(1);
+                // "0A" is TCP_LISTEN.
+                columns.next() == Some(local.as_str()) && columns.nth(1) == Some("0A")
+            });
+            if listening {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} does not listen on port {port}",
+                self.name
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SIGTERM first, so wakegate and haproxy exit the way they do in real use; SIGKILL
+        // after a few seconds.
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A peer that has died makes the next figure fail with a puzzling error: name it instead.
+fn all_running(peers: &mut [&mut Proc]) -> anyhow::Result<()> {
+    peers.iter_mut().try_for_each(|peer| peer.check_running())
+}
+
+/// A running `wakegate run` with one `exec` service per backend (`start` and `stop` do
+/// nothing: the backend is already there, or the bench opens it itself).
+struct Wakegate {
+    proc: Proc,
+    api: SocketAddr,
+    /// Service name and where its listener is.
+    listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Wakegate {
+    /// Starts wakegate with the API on `api_port` and, for each service (name, backend), a
+    /// listener on the next of `listen_ports`. Explicit ports rather than port 0: wakegate's
+    /// config check takes two `127.0.0.1:0` listeners for a clash.
+    async fn start(
+        dir: &Path,
+        name: &str,
+        api_port: u16,
+        listen_ports: &[u16],
+        services: &[(String, SocketAddr)],
+    ) -> anyhow::Result<Wakegate> {
+        ensure!(
+            listen_ports.len() == services.len(),
+            "one listen port per service"
+        );
+        let api = loopback(api_port);
+        let data_dir = dir.join(format!("{name}-data"));
+        let mut config = format!(
+            "[gateway]\ndata_dir = {}\napi = \"{api}\"\nshutdown_grace = \"1s\"\n",
+            toml::Value::from(data_dir.to_string_lossy().into_owned())
+        );
+        let mut listeners = Vec::new();
+        for ((service, backend), &port) in services.iter().zip(listen_ports) {
+            // The idle timeout is never reached in a run: the bench wakes each service at
+            // most once.
+            config.push_str(&format!(
+                "\n[[service]]\nname = \"{service}\"\nidle_timeout = \"1h\"\n\
+                 [service.backend]\ntype = \"exec\"\nstart = \"true\"\nstop = \"true\"\n\
+                 address = \"{backend}\"\n\
+                 [[service.listen]]\ntype = \"tcp\"\nbind = \"{}\"\n",
+                loopback(port)
+            ));
+            listeners.push((service.clone(), loopback(port)));
+        }
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config)?;
+        let mut proc = Proc::spawn(
+            name,
+            Command::new(WAKEGATE)
+                .arg("run")
+                .arg("--config")
+                .arg(&path)
+                // Fixed, so that a caller's RUST_LOG=debug (a log line per connection) cannot
+                // change the figures.
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1"),
+            dir,
+        )?;
+        // wakegate binds every listener before it starts serving the API: the API port is
+        // the last to open.
+        for &port in listen_ports.iter().chain([&api_port]) {
+            proc.wait_listening(port).await?;
+        }
+        Ok(Wakegate {
+            proc,
+            api,
+            listeners,
+        })
+    }
+
+    fn listener(&self, service: &str) -> anyhow::Result<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, addr)| *addr)
+            .with_context(|| format!("the bench gave no listener to `{service}`"))
+    }
+
+    /// The service's state from `GET /api/v1/services/NAME`.
+    async fn state(&self, service: &str) -> anyhow::Result<String> {
+        let exchange = async {
+            let mut api = TcpStream::connect(self.api).await?;
+            let request = format!(
+                "GET /api/v1/services/{service} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+                self.api
+            );
+            api.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            api.read_to_end(&mut response).await?;
+            anyhow::Ok(response)
+        };
+        let response = tokio::time::timeout(PATIENCE, exchange)
+            .await
+            .context("the API did not answer")??;
+        let response = String::from_utf8_lossy(&response);
+        let body = response
+            .split_once("\r\n\r\n")
+            .context("the API's answer has no body")?
+            .1;
+        let view: serde_json::Value = serde_json::from_str(body)
+            .with_context(|| format!("the API answered something else than JSON: {response}"))?;
+        view["state"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("the API's answer has no state: {body}"))
+    }
+
+    async fn wait_state(&self, service: &str, want: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let state = self.state(service).await?;
+            if state == want {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "`{service}` is still {state}, not {want}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Wakes a service the way a client does, by connecting, and waits until it is awake.
+    async fn wake(&self, service: &str) -> anyhow::Result<()> {
+        let _client = TcpStream::connect(self.listener(service)?).await?;
+        self.wait_state(service, "awake").await
+    }
+}
+
+/// haproxy in the foreground in TCP mode, one frontend per route: (frontend port, server).
+struct Haproxy {
+    proc: Proc,
+}
+
+impl Haproxy {
+    async fn start(
+        dir: &Path,
+        name: &str,
+        routes: &[(u16, SocketAddr)],
+    ) -> anyhow::Result<Haproxy> {
+        let mut config = String::from(
+            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n",
+        );
+        for (port, server) in routes {
+            config.push_str(&format!(
+                "\nfrontend in{port}\n    bind 127.0.0.1:{port}\n    default_backend out{port}\n\
+                 \nbackend out{port}\n    server s {server}\n"
+            ));
+        }
+        let path = dir.join(format!("{name}.cfg"));
+        std::fs::write(&path, config)?;
+        let mut proc = Proc::spawn(
+            name,
+            Command::new("haproxy").arg("-f").arg(&path).arg("-db"),
+            dir,
+        )?;
+        for (port, _) in routes {
+            proc.wait_listening(*port).await?;
+        }
+        Ok(Haproxy { proc })
+    }
+}
+
+/// The bench's own directory under the system temp dir, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("wakegate-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `N` distinct free ports on 127.0.0.1. They are picked while all of them are held, and the
+/// ports a run uses are never picked twice (a port given back to the system may come out again).
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    let mut held = Vec::new();
+    let mut ports = [0; N];
+    for port in &mut ports {
+        // Bounded: a port already given is skipped, and there are only so many of them.
+        for _ in 0..=given.len() {
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+            *port = listener.local_addr()?.port();
+            held.push(listener);
+            if !given.contains(port) {
+                break;
+            }
+        }
+        ensure!(!given.contains(port), "no new free port on 127.0.0.1");
+        given.push(*port);
+    }
+    Ok(ports)
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The first line `tool FLAG` prints, or why the tool cannot be used.
+fn version_of(tool: &str, flag: &str) -> anyhow::Result<String> {
+    let out = Command::new(tool).arg(flag).output().with_context(|| {
+        format!("{tool} is needed; bench/run installs it (apt-get install haproxy iperf3)")
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "HAProxy version 2.6.12-1 2023/03/17 - https://…", "iperf 3.12 (cJSON 1.7.15)": keep the
+    // words up to the first that starts with a digit, the version.
+    let mut words = Vec::new();
+    for word in text.split_whitespace() {
+        words.push(word);
+        if word.starts_with(|c: char| c.is_ascii_digit()) {
+            break;
+        }
+    }
+    Ok(words.join(" "))
+}
+
+/// Progress goes to stderr, the table to stdout.
+fn progress(line: &str) {
+    eprintln!("  {line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report.
+
+/// One figure measured three ways.
+#[derive(Default)]
+struct Triple {
+    direct: f64,
+    haproxy: f64,
+    wakegate: f64,
+}
+
+struct Idle {
+    wakegate: Footprint,
+    haproxy: Footprint,
+}
+
+struct Figures {
+    setup: String,
+    stream: Triple,
+    short: Triple,
+    readiness: Vec<Duration>,
+    idle: Idle,
+}
+
+impl Figures {
+    fn table(&self) -> String {
+        let mut ms: Vec<f64> = self
+            .readiness
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let median = if ms.len() % 2 == 0 {
+            (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
+        } else {
+            ms[ms.len() / 2]
+        };
+        let (w, h) = (&self.idle.wakegate, &self.idle.haproxy);
+        let row = |label: &str, cells: [String; 5]| {
+            let line = format!(
+                "{label:<25}{:<12}{:<12}{:<12}{:<18}{}",
+                cells[0], cells[1], cells[2], cells[3], cells[4]
+            );
+            format!("{}\n", line.trim_end())
+        };
+        let triple = |label: &str, t: &Triple, decimals: usize| {
+            row(
+                label,
+                [
+                    format!("{:.decimals$}", t.direct),
+                    format!("{:.decimals$}", t.haproxy),
+                    format!("{:.decimals$}", t.wakegate),
+                    format!("{:.2}", t.wakegate / t.haproxy),
+                    format!("{:.2}", t.wakegate / t.direct),
+                ],
+            )
+        };
+        let idle = |label: &str, haproxy: String, wakegate: String, note: String| {
+            row(label, ["-".into(), haproxy, wakegate, note, String::new()])
+        };
+        let mut out = format!("\nwakegate TCP benchmark, loopback: {}\n\n", self.setup);
+        out += &row(
+            "",
+            [
+                "direct",
+                "haproxy",
+                "wakegate",
+                "wakegate/haproxy",
+                "wakegate/direct",
+            ]
+            .map(String::from),
+        );
+        out += &triple("stream (Gbit/s)", &self.stream, 2);
+        out += &triple("short conns (conn/s)", &self.short, 0);
+        out += &format!(
+            "{:<25}min {:.1} .. median {:.1} .. max {:.1}  (target ≤ {READINESS_TARGET_MS:.0}){}\n",
+            "readiness (ms)",
+            ms[0],
+            median,
+            ms[ms.len() - 1],
+            if ms[ms.len() - 1] <= READINESS_TARGET_MS {
+                ""
+            } else {
+                "  OVER TARGET"
+            },
+        );
+        out += &idle(
+            "idle RSS (MiB)",
+            format!("{:.1}", h.rss_mib),
+            format!("{:.1}", w.rss_mib),
+            format!(
+                "({IDLE_SERVICES} services; target ≤ {RSS_TARGET_MIB:.0}){}",
+                if w.rss_mib <= RSS_TARGET_MIB {
+                    ""
+                } else {
+                    "  OVER TARGET"
+                }
+            ),
+        );
+        out += &idle(
+            &format!("idle wake-ups in {} s", IDLE_WINDOW.as_secs()),
+            h.wakeups.to_string(),
+            w.wakeups.to_string(),
+            "(target ~0)".into(),
+        );
+        out += &idle(
+            &format!("idle CPU in {} s (ms)", IDLE_WINDOW.as_secs()),
+            format!("{:.0}", h.cpu_ms),
+            format!("{:.0}", w.cpu_ms),
+            format!("(threads: haproxy {}, wakegate {})", h.threads, w.threads),
+        );
+        let last_down = READINESS_DELAY
+            + READINESS_SPREAD * (READINESS_RUNS as u32 - 1) / READINESS_RUNS as u32;
+        out += &format!(
+            "\nstream: iperf3, one stream, {STREAM_SECONDS} s (its control connection goes the same way).\n\
+             short conns: {SHORT_CLIENTS} clients for {} s, each connection a {}-byte echo.\n\
+             readiness: {READINESS_RUNS} wakes; the backend's port opens {}..{} ms after the client arrives.\n\
+             idle: {IDLE_SERVICES} sleeping services (haproxy: {IDLE_SERVICES} frontends); \
+             wake-ups = context switches of all threads.\n\
+             Compare ratios within one run, not figures across runs or machines.\n",
+            SHORT_WINDOW.as_secs(),
+            MESSAGE.len(),
+            READINESS_DELAY.as_millis(),
+            last_down.as_millis(),
+        );
+        out
+    }
+}
