@@ -86,6 +86,11 @@ impl App {
             })
             .collect();
 
+        // Clients wait in the listen backlog until every service knows what really runs.
+        for service in &services {
+            service.reconciled().await;
+        }
+
         let connections = Connections {
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),

@@ -363,6 +363,7 @@ pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
         list: Vec::new(),
     };
     let config = parse_into(source, &mut problems);
+    problems.list.sort_by_key(|p| (p.line, p.column));
     match config {
         Some(config) if problems.list.is_empty() => Ok(config),
         _ => Err(ConfigError::Invalid {
@@ -762,6 +763,10 @@ fn check_binds(config: &Config, problems: &mut Problems<'_>) {
     for service in &config.services {
         for listen in &service.listeners {
             let bind = listen.bind();
+            // Port 0 asks the system for a free port: those never collide.
+            if bind.port() == 0 {
+                continue;
+            }
             if let Some(other) = seen.insert(bind, &service.name) {
                 problems.add(
                     None,

@@ -1,5 +1,5 @@
 //! Probes: how wakegate knows a backend is ready. Readiness is a TCP connect to the backend,
-//! retried with a short backoff capped at 100 ms, so a port that opens is noticed quickly.
+//! retried with a short backoff capped at 50 ms, so a port that opens is noticed quickly.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 const FIRST_RETRY: Duration = Duration::from_millis(5);
-const MAX_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_millis(50);
 /// A connect to a host that drops packets could hang for minutes; give up on one attempt sooner.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -34,13 +34,14 @@ pub struct Status {
     /// Since when no connection is open, while awake.
     pub idle_since: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Clients waiting for the wake to finish.
+    pub held: usize,
 }
 
 /// Counters shared with the data path; written without locks.
 #[derive(Debug, Default)]
 struct Shared {
     connections: AtomicUsize,
-    held: AtomicUsize,
     refused: AtomicU64,
     /// Signalled when a connection closes, so the actor can start the idle countdown.
     closed: Notify,
@@ -123,14 +124,15 @@ impl ServiceHandle {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
-    /// Clients waiting for a wake.
-    pub fn held(&self) -> usize {
-        self.shared.held.load(Ordering::Relaxed)
-    }
-
     /// Clients refused because `max_held` were already waiting.
     pub fn refused(&self) -> u64 {
         self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the actor has asked the backend what really runs (see `reconcile`).
+    pub async fn reconciled(&self) {
+        let mut status = self.status.clone();
+        let _ = status.changed().await;
     }
 
     /// Asks for the backend on behalf of `client`; waits while the service wakes.
@@ -162,12 +164,15 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> ServiceHandle {
     let (commands_tx, commands) = mpsc::channel(64);
+    // Until the backend has been asked, the best knowledge is what was last recorded.
+    let last = store.service(&service.name).ok().flatten();
     let initial = Status {
-        state: State::Asleep,
-        since: SystemTime::now(),
+        state: last.as_ref().map_or(State::Asleep, |r| r.state),
+        since: last.as_ref().map_or_else(SystemTime::now, |r| r.since),
         address: None,
         idle_since: None,
-        last_error: None,
+        last_error: last.and_then(|r| r.last_error),
+        held: 0,
     };
     let (status_tx, status) = watch::channel(initial);
     let shared = Arc::new(Shared::default());
@@ -189,8 +194,8 @@ pub fn spawn(
         backend,
         store,
         events,
-        status: status_tx,
         lobby: Lobby {
+            status: status_tx,
             commands,
             waiters: Vec::new(),
             shared,
@@ -210,11 +215,14 @@ pub fn spawn(
 /// A client waiting for the wake to finish.
 struct Waiter {
     client: SocketAddr,
+    /// The state the service was in when the client arrived.
+    arrived_while: State,
     reply: oneshot::Sender<Result<Ticket, ConnectError>>,
 }
 
 /// The part of the actor that takes requests while the backend is busy starting or stopping.
 struct Lobby {
+    status: watch::Sender<Status>,
     commands: mpsc::Receiver<Command>,
     waiters: Vec<Waiter>,
     shared: Arc<Shared>,
@@ -229,23 +237,37 @@ enum Outcome<T> {
 
 impl Lobby {
     /// Adds a client to the waiting list, or refuses it at once when the list is full.
-    fn hold(&mut self, client: SocketAddr, reply: oneshot::Sender<Result<Ticket, ConnectError>>) {
+    fn hold(
+        &mut self,
+        client: SocketAddr,
+        arrived_while: State,
+        reply: oneshot::Sender<Result<Ticket, ConnectError>>,
+    ) {
         self.waiters.retain(|w| !w.reply.is_closed());
         if self.waiters.len() >= self.max_held {
             self.shared.refused.fetch_add(1, Ordering::Relaxed);
             warn!(%client, max_held = self.max_held, "Too many clients waiting; refusing one.");
             let _ = reply.send(Err(ConnectError::TooManyHeld(self.max_held)));
         } else {
-            self.waiters.push(Waiter { client, reply });
+            self.waiters.push(Waiter {
+                client,
+                arrived_while,
+                reply,
+            });
         }
-        self.shared
-            .held
-            .store(self.waiters.len(), Ordering::Relaxed);
+        self.publish_held();
+    }
+
+    fn publish_held(&self) {
+        let held = self.waiters.len();
+        self.status
+            .send_if_modified(|s| std::mem::replace(&mut s.held, held) != held);
     }
 
     /// Runs `work` (a backend call) while holding every client that arrives meanwhile.
     async fn serve_while<T>(
         &mut self,
+        state: State,
         work: impl Future<Output = T>,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
@@ -264,7 +286,7 @@ impl Lobby {
                 () = &mut expired => return Outcome::TimedOut,
                 () = cancel.cancelled() => return Outcome::Cancelled,
                 Some(command) = self.commands.recv() => match command {
-                    Command::Connect { client, reply } => self.hold(client, reply),
+                    Command::Connect { client, reply } => self.hold(client, state, reply),
                 },
             }
         }
@@ -280,7 +302,7 @@ impl Lobby {
                 let _ = waiter.reply.send(answer(&self.shared));
             }
         }
-        self.shared.held.store(0, Ordering::Relaxed);
+        self.publish_held();
     }
 }
 
@@ -299,7 +321,6 @@ struct Actor {
     backend: Box<dyn Backend>,
     store: Arc<Store>,
     events: broadcast::Sender<Event>,
-    status: watch::Sender<Status>,
     lobby: Lobby,
     cancel: CancellationToken,
     /// The backend was found running at start-up: the next wake only checks readiness.
@@ -335,11 +356,19 @@ impl Actor {
     }
 
     fn state(&self) -> State {
-        self.status.borrow().state
+        self.lobby.status.borrow().state
     }
 
-    /// Records an event durably, then publishes it.
-    fn emit(&mut self, kind: Kind, state: State, reason: String, detail: serde_json::Value) {
+    /// Stores an event durably. The caller publishes it once what it describes is visible in
+    /// the status, so a subscriber that reads the status on an event sees the new state.
+    fn record(
+        &self,
+        kind: Kind,
+        state: State,
+        reason: String,
+        detail: serde_json::Value,
+    ) -> Option<Event> {
+        info!(state = %state, kind = kind.as_str(), "{reason}");
         let last_error = (state == State::Failed).then(|| reason.clone());
         let event = NewEvent {
             kind,
@@ -347,17 +376,21 @@ impl Actor {
             reason,
             detail,
         };
-        match self
-            .store
-            .record(&self.name, event.clone(), last_error.as_deref())
-        {
-            Ok(event) => {
-                let _ = self.events.send(event);
+        match self.store.record(&self.name, event, last_error.as_deref()) {
+            Ok(event) => Some(event),
+            // The gateway keeps serving; the event is in the log line above but, without a
+            // durable id, it is not published.
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "Cannot store an event.");
+                None
             }
-            // The gateway keeps serving; the event is still logged below and published.
-            Err(e) => error!(error = %format!("{e:#}"), "Cannot store an event."),
         }
-        info!(state = %event.state, kind = event.kind.as_str(), "{}", event.reason);
+    }
+
+    fn publish(&self, event: Option<Event>) {
+        if let Some(event) = event {
+            let _ = self.events.send(event);
+        }
     }
 
     /// Moves to `state`, recording why.
@@ -369,10 +402,10 @@ impl Actor {
             detail = json!({ "previous": previous });
         }
         let failed = (state == State::Failed).then(|| reason.clone());
-        self.emit(Kind::Transition, state, reason, detail);
-        self.status.send_modify(|s| {
+        let event = self.record(Kind::Transition, state, reason, detail);
+        self.lobby.status.send_modify(|s| {
             s.state = state;
-            s.since = SystemTime::now();
+            s.since = event.as_ref().map_or_else(SystemTime::now, |e| e.time);
             if state != State::Awake {
                 s.address = None;
                 s.idle_since = None;
@@ -381,21 +414,23 @@ impl Actor {
                 s.last_error = failed;
             }
         });
+        self.publish(event);
     }
 
     fn progress(&mut self, reason: String, detail: serde_json::Value) {
-        let state = self.state();
-        self.emit(Kind::Progress, state, reason, detail);
+        let event = self.record(Kind::Progress, self.state(), reason, detail);
+        self.publish(event);
     }
 
-    /// Finds out what really runs and adopts it.
+    /// Finds out what really runs and adopts it. Always ends with a transition, which is how
+    /// [`ServiceHandle::reconciled`] knows it is over.
     async fn reconcile(&mut self) -> Flow {
         let last = self.store.service(&self.name).ok().flatten();
         let was = last.as_ref().map(|r| r.state);
         let was_text = was.map_or("never recorded".to_string(), |s| format!("was {s}"));
         let status = match self
             .lobby
-            .serve_while(self.backend.status(), None, &self.cancel)
+            .serve_while(State::Asleep, self.backend.status(), None, &self.cancel)
             .await
         {
             Outcome::Done(status) => status,
@@ -435,6 +470,18 @@ impl Actor {
 
     /// Asleep or failed: wait for a client (and retry a failed stop with backoff).
     async fn resting(&mut self) -> Flow {
+        // Clients that arrived while the backend was busy (stopping, or being asked for its
+        // status at start-up) wake it now.
+        self.lobby.waiters.retain(|w| !w.reply.is_closed());
+        if let Some(first) = self.lobby.waiters.first() {
+            let (client, was) = (first.client, first.arrived_while);
+            self.transition(
+                State::Waking,
+                format!("client {client} connected while the service was {was}"),
+                json!({ "trigger": "client", "client": client.to_string() }),
+            );
+            return Flow::Continue;
+        }
         let retry_at = self.stop_retry.map(|(at, _)| at);
         let retry = async {
             match retry_at {
@@ -450,7 +497,7 @@ impl Actor {
             }
             command = self.lobby.commands.recv() => match command {
                 Some(Command::Connect { client, reply }) => {
-                    self.lobby.hold(client, reply);
+                    self.lobby.hold(client, self.state(), reply);
                     self.transition(
                         State::Waking,
                         format!("client {client} connected"),
@@ -477,7 +524,7 @@ impl Actor {
                     format!("backend ready at {address} after {}", round(took)),
                     json!({ "address": address.to_string(), "duration_ms": took.as_millis() as u64 }),
                 );
-                self.status.send_modify(|s| s.address = Some(address));
+                self.lobby.status.send_modify(|s| s.address = Some(address));
                 self.lobby.answer_all(|shared| Ok(ticket(shared, address)));
                 self.idle_since = None;
                 self.mark_idle_if_unused();
@@ -512,7 +559,12 @@ impl Actor {
         if !std::mem::take(&mut self.adopting) {
             match self
                 .lobby
-                .serve_while(self.backend.start(), Some(deadline), &self.cancel)
+                .serve_while(
+                    State::Waking,
+                    self.backend.start(),
+                    Some(deadline),
+                    &self.cancel,
+                )
                 .await
             {
                 Outcome::Done(Ok(())) => {}
@@ -540,7 +592,7 @@ impl Actor {
             }
         };
         self.lobby
-            .serve_while(ready, Some(deadline), &self.cancel)
+            .serve_while(State::Waking, ready, Some(deadline), &self.cancel)
             .await
     }
 
@@ -553,7 +605,7 @@ impl Actor {
         // wake never leaves a server running unnoticed.
         let cleanup = self
             .lobby
-            .serve_while(self.backend.stop(), None, &self.cancel)
+            .serve_while(State::Failed, self.backend.stop(), None, &self.cancel)
             .await;
         let mut detail = json!({ "duration_ms": started.elapsed().as_millis() as u64 });
         if let Outcome::Done(Err(e)) = &cleanup {
@@ -578,12 +630,13 @@ impl Actor {
         match (unused, self.idle_since.is_some()) {
             (true, false) => {
                 self.idle_since = Some(Instant::now());
-                self.status
+                self.lobby
+                    .status
                     .send_modify(|s| s.idle_since = Some(SystemTime::now()));
             }
             (false, true) => {
                 self.idle_since = None;
-                self.status.send_modify(|s| s.idle_since = None);
+                self.lobby.status.send_modify(|s| s.idle_since = None);
             }
             _ => {}
         }
@@ -592,6 +645,7 @@ impl Actor {
     /// Awake: hand out tickets, count use, and stop after the idle timeout.
     async fn awake(&mut self) -> Flow {
         let address = self
+            .lobby
             .status
             .borrow()
             .address
@@ -643,7 +697,7 @@ impl Actor {
         let started = Instant::now();
         let result = match self
             .lobby
-            .serve_while(self.backend.stop(), None, &self.cancel)
+            .serve_while(State::Stopping, self.backend.stop(), None, &self.cancel)
             .await
         {
             Outcome::Done(result) => result,
@@ -657,15 +711,6 @@ impl Actor {
                     format!("backend stopped after {}", round(started.elapsed())),
                     json!({ "duration_ms": started.elapsed().as_millis() as u64 }),
                 );
-                self.lobby.waiters.retain(|w| !w.reply.is_closed());
-                if let Some(first) = self.lobby.waiters.first() {
-                    let client = first.client;
-                    self.transition(
-                        State::Waking,
-                        format!("client {client} connected while the backend was stopping"),
-                        json!({ "trigger": "client", "client": client.to_string() }),
-                    );
-                }
             }
             Err(e) => {
                 let reason = format!("the stop failed: {e}");

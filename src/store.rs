@@ -76,6 +76,7 @@ impl Store {
     }
 
     /// Stores an event and, for a transition, the service's new state, in one transaction.
+    /// `last_error` replaces the recorded one only when given.
     pub fn record(
         &self,
         service: &str,
@@ -105,7 +106,7 @@ impl Store {
                 "INSERT INTO services (name, state, since_ms, last_error) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (name) DO UPDATE SET
                     state = excluded.state, since_ms = excluded.since_ms,
-                    last_error = excluded.last_error",
+                    last_error = COALESCE(excluded.last_error, last_error)",
                 params![service, event.state.as_str(), to_millis(time), last_error],
             )?;
         }

@@ -41,7 +41,7 @@ impl ServiceView {
             backend: handle.backend_kind(),
             address: status.address.map(|a| a.to_string()),
             connections: handle.connections(),
-            held: handle.held(),
+            held: status.held,
             refused: handle.refused(),
             idle_since: status.idle_since,
             last_error: status.last_error,

@@ -1,0 +1,124 @@
+//! Shared helpers for the integration tests: temp dirs, free ports, configs, waiting on states.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wakegate::event::{Event, Kind, State};
+use wakegate::service::ServiceHandle;
+
+/// The wakegate binary built for these tests.
+pub const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
+
+/// Generous: the machine may be busy; a passing test never waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Logs of the gateway go to the test's output (shown when a test fails).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A fresh, empty directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wakegate-test-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A port nobody listens on right now, for a backend that opens it later.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// TOML for a gateway with its data in `dir`, an API on a free port, and `services`.
+pub fn gateway_toml(dir: &std::path::Path, services: &str) -> String {
+    format!(
+        "[gateway]\ndata_dir = {:?}\napi = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n\n{services}",
+        dir.display().to_string()
+    )
+}
+
+/// The demo backend as an echo server command (TOML array), opening its port after `delay`.
+pub fn echo_command(listen: SocketAddr, delay: &str) -> String {
+    format!(
+        "[{:?}, \"demo-backend\", \"--echo\", \"--listen\", \"{listen}\", \"--boot-delay\", \"{delay}\"]",
+        WAKEGATE
+    )
+}
+
+/// Waits until the service is in `state`.
+pub async fn wait_state(service: &ServiceHandle, state: State) {
+    let mut watch = service.watch();
+    tokio::time::timeout(DEADLINE, watch.wait_for(|s| s.state == state))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} did not become {state}; it is {:?}",
+                service.name(),
+                service.status()
+            )
+        })
+        .unwrap();
+}
+
+/// Collects transitions from `events` until one reaches `state`.
+pub async fn transitions_until(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    state: State,
+) -> Vec<Event> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == Kind::Transition {
+                let done = event.state == state;
+                seen.push(event);
+                if done {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no transition to {state}; saw {seen:#?}"));
+    seen
+}
+
+/// Sends `payload`, half-closes, and returns everything read back until EOF.
+pub async fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(payload).await?;
+    stream.shutdown().await?;
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await?;
+    Ok(back)
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,150 @@
+//! Config files: every example must pass `config check`, every file in tests/config/invalid/
+//! must fail with the messages its `# expect:` lines name.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::WAKEGATE;
+
+fn toml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn check(file: &Path) -> std::process::Output {
+    Command::new(WAKEGATE)
+        .args(["config", "check"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_example_passes_config_check() {
+    let examples = toml_files("examples");
+    assert!(!examples.is_empty(), "examples/ holds no config");
+    for file in examples {
+        let out = check(&file);
+        assert!(
+            out.status.success(),
+            "{} fails:\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    }
+}
+
+#[test]
+fn the_printed_example_is_the_checked_one_and_passes() {
+    let out = Command::new(WAKEGATE)
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dir = common::temp_dir("example");
+    let file = dir.join("wakegate.toml");
+    std::fs::write(&file, &out.stdout).unwrap();
+    assert!(check(&file).status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .count()
+            > 20
+    );
+}
+
+#[test]
+fn every_invalid_file_fails_with_its_expected_messages() {
+    let invalid = toml_files("tests/config/invalid");
+    assert!(!invalid.is_empty(), "tests/config/invalid/ holds no config");
+    for file in invalid {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expected: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "{} has no `# expect:` line",
+            file.display()
+        );
+        let out = check(&file);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{} passed config check",
+            file.display()
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for want in expected {
+            assert!(
+                stderr.contains(want),
+                "{}: expected {want:?} in:\n{stderr}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_secret_from_the_environment_is_never_printed() {
+    let dir = common::temp_dir("secret");
+    let file = dir.join("wakegate.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[service]]
+name = "web"
+idle_timeout = "soon"
+[service.backend]
+type = "process"
+command = ["./server"]
+address = "127.0.0.1:8080"
+[service.backend.env]
+API_TOKEN = "${WAKEGATE_TEST_TOKEN}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:8081"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(WAKEGATE)
+        .args(["config", "check"])
+        .arg(&file)
+        .env("WAKEGATE_TEST_TOKEN", "s3cr3t-value")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("`soon` is not a duration"), "{all}");
+    assert!(!all.contains("s3cr3t-value"), "{all}");
+}
+
+#[test]
+fn run_reads_the_config_from_the_environment() {
+    let out = Command::new(WAKEGATE)
+        .arg("run")
+        .env("WAKEGATE_CONFIG", "/nonexistent/wakegate.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read config file /nonexistent/wakegate.toml"),
+        "{err}"
+    );
+}

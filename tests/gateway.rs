@@ -1,0 +1,564 @@
+//! The TCP gateway end to end, in process: real sockets, real child processes and hooks.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wakegate::app::App;
+use wakegate::event::{Kind, State};
+
+async fn start(dir: &std::path::Path, services: &str) -> App {
+    init_logs();
+    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    App::start(config).await.unwrap()
+}
+
+/// An `exec` service whose hooks run the echo server in the background, count the starts in
+/// `starts`, and take `stop_delay` to stop (like a server that saves its world first).
+fn hooked_echo(
+    name: &str,
+    dir: &std::path::Path,
+    backend: std::net::SocketAddr,
+    idle: &str,
+    stop_delay: &str,
+) -> String {
+    let pid = dir.join(format!("{name}.echo.pid"));
+    let starts = dir.join(format!("{name}.starts"));
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+idle_timeout = "{idle}"
+wake_timeout = "15s"
+[service.backend]
+type = "exec"
+start = "echo start >> '{starts}'; '{exe}' demo-backend --echo --listen {backend} --boot-delay 300ms >/dev/null 2>&1 & echo $! > '{pid}'"
+stop = "sleep {stop_delay}; kill $(cat '{pid}')"
+status = "kill -0 $(cat '{pid}' 2>/dev/null) 2>/dev/null"
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        starts = starts.display(),
+        pid = pid.display(),
+        exe = WAKEGATE,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_at_once_get_one_start_and_their_own_bytes() {
+    let dir = temp_dir("crowd");
+    let backend = free_addr();
+    let app = start(&dir, &hooked_echo("crowd", &dir, backend, "2s", "0")).await;
+    let service = app.service("crowd").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let gateway = app.listen_addr("crowd").unwrap();
+
+    let clients = (0..200).map(|i| {
+        tokio::spawn(async move {
+            // Different sizes and contents, so a mix-up between clients would show.
+            let payload: Vec<u8> = (0..1000 + i * 37).map(|b| (b * 7 + i) as u8).collect();
+            let back = round_trip(gateway, &payload).await.unwrap();
+            assert!(
+                back == payload,
+                "client {i} got {} bytes back, not its own {}",
+                back.len(),
+                payload.len()
+            );
+        })
+    });
+    for client in futures_join(clients).await {
+        client.unwrap();
+    }
+    let starts = std::fs::read_to_string(dir.join("crowd.starts")).unwrap();
+    assert_eq!(
+        starts.lines().count(),
+        1,
+        "the start hook ran more than once"
+    );
+    assert_eq!(service.refused(), 0);
+    wait_state(&service, State::Asleep).await;
+    app.shutdown().await;
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_after_idle_timeout_but_not_before_min_awake() {
+    let dir = temp_dir("idle");
+    let backend = free_addr();
+    let services = format!(
+        r#"
+[[service]]
+name = "idle"
+idle_timeout = "200ms"
+min_awake = "1500ms"
+[service.backend]
+type = "process"
+command = {command}
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        command = echo_command(backend, "0s")
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("idle").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = service.subscribe();
+
+    let back = round_trip(app.listen_addr("idle").unwrap(), b"hello")
+        .await
+        .unwrap();
+    assert_eq!(back, b"hello");
+    let seen = transitions_until(&mut events, State::Asleep).await;
+    let states: Vec<State> = seen.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [State::Waking, State::Awake, State::Stopping, State::Asleep]
+    );
+    assert!(
+        seen[0].reason.contains("client 127.0.0.1:"),
+        "{}",
+        seen[0].reason
+    );
+    let awake_for = seen[2].time.duration_since(seen[1].time).unwrap();
+    assert!(
+        awake_for >= Duration::from_millis(1500),
+        "stopped after {awake_for:?}, before min_awake"
+    );
+    assert!(
+        seen[2].reason.starts_with("no connection for"),
+        "{}",
+        seen[2].reason
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_keeps_it_awake_and_idle_counts_from_its_close() {
+    let dir = temp_dir("busy");
+    let backend = free_addr();
+    let services = format!(
+        r#"
+[[service]]
+name = "busy"
+idle_timeout = "300ms"
+[service.backend]
+type = "process"
+command = {command}
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        command = echo_command(backend, "0s")
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("busy").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = service.subscribe();
+
+    let mut stream = TcpStream::connect(app.listen_addr("busy").unwrap())
+        .await
+        .unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(service.connections(), 1);
+    // Several idle timeouts pass while the connection stays open: each echo proves it is up.
+    for _ in 0..4 {
+        let mut timer = service.watch();
+        let changed = tokio::time::timeout(
+            Duration::from_millis(400),
+            timer.wait_for(|s| s.state != State::Awake),
+        )
+        .await;
+        assert!(
+            changed.is_err(),
+            "the service left awake while a connection was open"
+        );
+        stream.write_all(b"pong").await.unwrap();
+        stream.read_exact(&mut buf).await.unwrap();
+    }
+    let closed_at = SystemTime::now();
+    drop(stream);
+    let seen = transitions_until(&mut events, State::Stopping).await;
+    let stopping = seen.last().unwrap();
+    assert!(
+        stopping.time.duration_since(closed_at).unwrap_or_default() >= Duration::from_millis(290)
+    );
+    wait_state(&service, State::Asleep).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_arrives_while_stopping_is_served_after_a_new_wake() {
+    let dir = temp_dir("stopping");
+    let backend = free_addr();
+    let app = start(&dir, &hooked_echo("slowstop", &dir, backend, "300ms", "1")).await;
+    let service = app.service("slowstop").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let gateway = app.listen_addr("slowstop").unwrap();
+    let mut events = service.subscribe();
+    assert_eq!(round_trip(gateway, b"first").await.unwrap(), b"first");
+    transitions_until(&mut events, State::Stopping).await;
+
+    let back = round_trip(gateway, b"second").await.unwrap();
+    assert_eq!(back, b"second");
+    let seen = transitions_until(&mut events, State::Awake).await;
+    let states: Vec<State> = seen.iter().map(|e| e.state).collect();
+    assert_eq!(states, [State::Asleep, State::Waking, State::Awake]);
+    assert!(
+        seen[1].reason.contains("while the service was stopping"),
+        "{}",
+        seen[1].reason
+    );
+    let starts = std::fs::read_to_string(dir.join("slowstop.starts")).unwrap();
+    assert_eq!(starts.lines().count(), 2);
+    app.shutdown().await;
+}
+
+/// Reads until EOF and returns what came; a held client that is let go gets nothing.
+async fn held_client_outcome(gateway: std::net::SocketAddr) -> Vec<u8> {
+    let mut stream = TcpStream::connect(gateway).await.unwrap();
+    let _ = stream.write_all(b"anyone?").await;
+    let mut back = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut back))
+        .await
+        .expect("the held client was never let go");
+    back
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_start_hook_fails_the_wake_and_the_next_client_retries() {
+    let dir = temp_dir("hookfail");
+    let backend = free_addr();
+    let marker = dir.join("failed-once");
+    let pid = dir.join("echo.pid");
+    // The first start fails with a message on stderr; later ones work.
+    let services = format!(
+        r#"
+[[service]]
+name = "flaky"
+idle_timeout = "10m"
+[service.backend]
+type = "exec"
+start = "if [ ! -e '{marker}' ]; then touch '{marker}'; echo 'quota exceeded in us-east-1' >&2; exit 1; fi; '{exe}' demo-backend --echo --listen {backend} >/dev/null 2>&1 & echo $! > '{pid}'"
+stop = "[ -e '{pid}' ] && kill $(cat '{pid}') || true"
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        marker = marker.display(),
+        pid = pid.display(),
+        exe = WAKEGATE,
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("flaky").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = service.subscribe();
+    let gateway = app.listen_addr("flaky").unwrap();
+
+    assert_eq!(
+        held_client_outcome(gateway).await,
+        b"",
+        "a failed wake must close the client"
+    );
+    let seen = transitions_until(&mut events, State::Failed).await;
+    let failed = seen.last().unwrap();
+    assert!(failed.reason.contains("exit code 1"), "{}", failed.reason);
+    assert!(
+        failed.reason.contains("quota exceeded in us-east-1"),
+        "{}",
+        failed.reason
+    );
+    assert_eq!(
+        service.status().last_error.as_deref(),
+        Some(failed.reason.as_str())
+    );
+
+    assert_eq!(round_trip(gateway, b"again").await.unwrap(), b"again");
+    assert_eq!(service.status().state, State::Awake);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_exits_at_once_fails_the_wake_with_its_output() {
+    let dir = temp_dir("crash");
+    let services = r#"
+[[service]]
+name = "crash"
+[service.backend]
+type = "process"
+command = ["sh", "-c", "echo 'Error: Unable to access jarfile server.jar' >&2; exit 3"]
+address = "127.0.0.1:9"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#;
+    let app = start(&dir, services).await;
+    let service = app.service("crash").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = service.subscribe();
+
+    assert_eq!(
+        held_client_outcome(app.listen_addr("crash").unwrap()).await,
+        b""
+    );
+    let seen = transitions_until(&mut events, State::Failed).await;
+    let failed = seen.last().unwrap();
+    assert!(failed.reason.contains("exit code 3"), "{}", failed.reason);
+    assert!(
+        failed.reason.contains("Unable to access jarfile"),
+        "{}",
+        failed.reason
+    );
+    let log = std::fs::read_to_string(dir.join("crash.log")).unwrap();
+    assert!(log.contains("Unable to access jarfile"));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_never_ready_times_out_is_stopped_and_the_next_wake_works() {
+    let dir = temp_dir("never");
+    let backend = free_addr();
+    // The first process "boots" for an hour; the config is then the same, so the second wake
+    // would hang too: instead the test shows the first one was stopped, not left running.
+    let services = format!(
+        r#"
+[[service]]
+name = "never"
+wake_timeout = "700ms"
+[service.backend]
+type = "process"
+command = {command}
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        command = echo_command(backend, "1h")
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("never").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = service.subscribe();
+    let gateway = app.listen_addr("never").unwrap();
+
+    let client = tokio::spawn(held_client_outcome(gateway));
+    let started = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == Kind::Progress {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("no progress event during the wake");
+    assert!(started.reason.contains("waiting for"), "{}", started.reason);
+    let pid_file = dir.join("never.pid");
+    let pid: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pid_file).unwrap()).unwrap();
+    let pid = pid["pid"].as_u64().unwrap() as u32;
+    assert!(alive(pid));
+
+    assert_eq!(client.await.unwrap(), b"");
+    let seen = transitions_until(&mut events, State::Failed).await;
+    let failed = seen.last().unwrap();
+    assert!(
+        failed
+            .reason
+            .contains("not ready within wake_timeout (700ms)"),
+        "{}",
+        failed.reason
+    );
+    assert!(
+        !alive(pid),
+        "the process that never became ready was left running"
+    );
+    assert!(!pid_file.exists());
+
+    // Open the port ourselves, as a backend that finally works: the next client wakes again
+    // (a fresh process, which fails to bind) and is served by what listens there.
+    let listener = tokio::net::TcpListener::bind(backend).await.unwrap();
+    // Every connection gets the answer: the readiness probe's as well as the client's.
+    let serve = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = s.write_all(b"served").await;
+        }
+    });
+    let mut stream = TcpStream::connect(gateway).await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"served");
+    serve.abort();
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_held_refuses_the_excess_at_once() {
+    let dir = temp_dir("maxheld");
+    let backend = free_addr();
+    let services = format!(
+        r#"
+[[service]]
+name = "small"
+max_held = 2
+[service.backend]
+type = "process"
+command = {command}
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        command = echo_command(backend, "1s")
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("small").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let gateway = app.listen_addr("small").unwrap();
+
+    let first = tokio::spawn(round_trip(gateway, b"one"));
+    let second = tokio::spawn(round_trip(gateway, b"two"));
+    let mut watch = service.watch();
+    tokio::time::timeout(DEADLINE, watch.wait_for(|s| s.held == 2))
+        .await
+        .unwrap_or_else(|_| panic!("two clients were never held: {:?}", service.status()))
+        .unwrap();
+    // The third is refused while the service is still waking.
+    assert_eq!(held_client_outcome(gateway).await, b"");
+    assert_eq!(service.status().state, State::Waking);
+    assert_eq!(service.refused(), 1);
+    assert_eq!(first.await.unwrap().unwrap(), b"one");
+    assert_eq!(second.await.unwrap().unwrap(), b"two");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_awake_is_failed_with_the_exit_status_at_once() {
+    let dir = temp_dir("awakecrash");
+    let backend = free_addr();
+    let services = format!(
+        r#"
+[[service]]
+name = "fragile"
+[service.backend]
+type = "process"
+command = {command}
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        command = echo_command(backend, "0s")
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("fragile").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    assert_eq!(
+        round_trip(app.listen_addr("fragile").unwrap(), b"x")
+            .await
+            .unwrap(),
+        b"x"
+    );
+    let mut events = service.subscribe();
+    let pid: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("fragile.pid")).unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(pid["pid"].as_i64().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+
+    let seen = transitions_until(&mut events, State::Failed).await;
+    let failed = seen.last().unwrap();
+    assert!(
+        failed.reason.contains("stopped on its own"),
+        "{}",
+        failed.reason
+    );
+    assert!(failed.reason.contains("signal 9"), "{}", failed.reason);
+    assert_eq!(failed.detail["exit"], "signal 9");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reports_services_and_unknown_names_clearly() {
+    let dir = temp_dir("api");
+    let services = format!(
+        r#"
+[[service]]
+name = "web"
+[service.backend]
+type = "exec"
+start = "true"
+stop = "true"
+address = "{}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        free_addr()
+    );
+    let app = start(&dir, &services).await;
+    wait_state(app.service("web").unwrap(), State::Asleep).await;
+    let api = app.api_addr().to_string();
+
+    let status = std::process::Command::new(WAKEGATE)
+        .args(["status", "--json", "--api", &api])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(list[0]["state"], "asleep");
+    assert_eq!(list[0]["connections"], 0);
+    assert!(list[0]["since"].as_str().unwrap().ends_with('Z'));
+
+    let table = std::process::Command::new(WAKEGATE)
+        .args(["status", "web", "--api", &api])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.lines().nth(1).unwrap().starts_with("web "), "{table}");
+
+    let missing = std::process::Command::new(WAKEGATE)
+        .args(["status", "nope", "--api", &api])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8(missing.stderr).unwrap();
+    assert!(
+        err.contains("404") && err.contains("no service is named `nope`"),
+        "{err}"
+    );
+
+    let events = app.store().events(0, Some("web"), 10).unwrap();
+    assert_eq!(events[0].kind, Kind::Transition);
+    assert!(
+        events[0].reason.contains("found the backend stopped"),
+        "{}",
+        events[0].reason
+    );
+    app.shutdown().await;
+}
