@@ -1,4 +1,5 @@
 //! Listeners: where clients arrive. One accept loop per bound socket; each client gets its own
 //! task on the connections tracker.
 
+pub mod copy;
 pub mod tcp;

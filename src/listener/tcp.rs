@@ -6,11 +6,9 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::super::app::Connections;
+use super::copy;
+use crate::app::Connections;
 use crate::service::ServiceHandle;
-
-/// Buffer per direction: large enough that a bulk stream needs few syscalls.
-const BUFFER: usize = 64 * 1024;
 
 /// Accepts clients until `connections.stop_accepting` fires.
 pub async fn run(listener: TcpListener, service: ServiceHandle, connections: Connections) {
@@ -36,7 +34,7 @@ pub async fn run(listener: TcpListener, service: ServiceHandle, connections: Con
 }
 
 async fn serve(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     service: ServiceHandle,
     connections: Connections,
@@ -52,7 +50,7 @@ async fn serve(
             return;
         }
     };
-    let mut backend = match TcpStream::connect(ticket.address).await {
+    let backend = match TcpStream::connect(ticket.address).await {
         Ok(stream) => stream,
         Err(e) => {
             warn!(backend = %ticket.address, error = %e, "Cannot connect to the backend; closing the client.");
@@ -62,7 +60,7 @@ async fn serve(
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let copied = tokio::select! {
-        copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, BUFFER, BUFFER) => copied,
+        copied = copy::bidirectional(&client, &backend) => copied,
         () = connections.close_all.cancelled() => {
             debug!("Closing the connection: wakegate is shutting down.");
             return;
