@@ -578,7 +578,7 @@ impl Actor {
             Err(e) => return Outcome::Done(Err(e)),
         };
         self.progress(
-            format!("backend started; waiting for {address} to accept connections"),
+            format!("waiting for {address} to accept connections"),
             json!({ "step": "probing", "address": address }),
         );
         let backend = &mut self.backend;
