@@ -186,18 +186,21 @@ async fn get(api: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .with_context(unreachable)?;
-    let driver = tokio::spawn(conn);
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, api)
         .body(Empty::<Bytes>::new())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .with_context(unreachable)?;
-    let code = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    driver.abort();
-    Ok((code, body))
+    let exchange = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(unreachable)?;
+        let code = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((code, body))
+        // `sender` is dropped here, which lets the connection below finish.
+    };
+    let (answer, _) = tokio::join!(exchange, conn);
+    answer
 }
 
 #[derive(Debug, Deserialize)]

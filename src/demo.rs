@@ -109,13 +109,14 @@ pub async fn backend(listen: SocketAddr, boot_delay: Duration, echo: bool) -> an
         .with_context(|| format!("cannot listen on {listen}"))?;
     let started = format_time(std::time::SystemTime::now());
     eprintln!("demo-backend: listening on {listen}");
+    let connections = tokio_util::task::TaskTracker::new();
     let serve = async {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let started = started.clone();
-            tokio::spawn(async move {
+            connections.spawn(async move {
                 let _ = if echo {
                     echo_back(stream).await
                 } else {

@@ -519,12 +519,13 @@ impl Actor {
             Outcome::Done(Ok(address)) => {
                 let took = started.elapsed();
                 self.awake_at = Instant::now();
+                // The address first, so whoever sees `awake` also sees where.
+                self.lobby.status.send_modify(|s| s.address = Some(address));
                 self.transition(
                     State::Awake,
                     format!("backend ready at {address} after {}", round(took)),
                     json!({ "address": address.to_string(), "duration_ms": took.as_millis() as u64 }),
                 );
-                self.lobby.status.send_modify(|s| s.address = Some(address));
                 self.lobby.answer_all(|shared| Ok(ticket(shared, address)));
                 self.idle_since = None;
                 self.mark_idle_if_unused();
