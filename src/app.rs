@@ -106,11 +106,17 @@ impl App {
         }
 
         let api = api_socket.local_addr()?;
-        if !api.ip().is_loopback() {
-            warn!(api = %api, "The API is open to the network and has no authentication yet; bind it to 127.0.0.1 unless a firewall protects it.");
+        if config.gateway.tokens.is_empty() {
+            warn!(api = %api, "The API has no [[gateway.token]]: anyone who can reach {api} can use it.");
         }
         info!(api = %format!("http://{api}"), "API ready.");
-        let router = api::router(services.clone().into());
+        let router = api::router(api::Api::new(
+            services.clone(),
+            store.clone(),
+            events.clone(),
+            config.gateway.tokens.clone(),
+            config.gateway.cors_origins.clone(),
+        ));
         let api_stop = stop_background.clone();
         background.spawn(async move {
             let serve = axum::serve(api_socket, router)
@@ -188,11 +194,18 @@ impl App {
     }
 }
 
-/// Runs the gateway until SIGINT or SIGTERM.
+/// Runs the gateway until SIGINT or SIGTERM. A second signal ends a shutdown that takes too
+/// long; what still runs is found again by the next start.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = App::start(config).await?;
     shutdown_signal().await?;
-    app.shutdown().await;
+    tokio::select! {
+        () = app.shutdown() => {}
+        second = shutdown_signal() => {
+            second?;
+            warn!("Second signal: exiting without waiting for connections and backends.");
+        }
+    }
     Ok(())
 }
 

@@ -33,12 +33,38 @@ pub struct Gateway {
     pub api: SocketAddr,
     /// How long open connections may go on after SIGINT/SIGTERM before they are closed.
     pub shutdown_grace: Duration,
+    /// Bearer tokens of the API; none means an open API, allowed only on loopback.
+    pub tokens: Vec<Token>,
+    /// Origins allowed to call the API from a browser page served elsewhere (CORS).
+    pub cors_origins: Vec<String>,
+}
+
+/// An API token and what it may do.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub name: String,
+    pub secret: Secret,
+    pub role: Role,
+}
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// See services, events and metrics.
+    Read,
+    /// Also wake, sleep and hold leases.
+    Operate,
+    /// Everything.
+    Admin,
 }
 
 /// One thing that sleeps and wakes.
 #[derive(Debug, Clone)]
 pub struct Service {
     pub name: String,
+    /// What an hour awake costs, to report the money saved by sleeping.
+    pub hourly_cost: Option<f64>,
     pub idle_timeout: Duration,
     pub min_awake: Duration,
     pub wake_timeout: Duration,
@@ -149,9 +175,13 @@ struct GatewayConfig {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     #[serde(default = "default_api")]
-    api: SocketAddr,
+    api: Spanned<SocketAddr>,
     #[serde(default = "default_grace", deserialize_with = "duration")]
     shutdown_grace: Duration,
+    #[serde(default)]
+    token: Vec<TokenConfig>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -160,8 +190,18 @@ impl Default for GatewayConfig {
             data_dir: default_data_dir(),
             api: default_api(),
             shutdown_grace: default_grace(),
+            token: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenConfig {
+    name: Spanned<String>,
+    secret: Spanned<String>,
+    role: Role,
 }
 
 /// The keys of a `[[service]]` table other than `backend` and `listen`, which are read apart
@@ -170,6 +210,7 @@ impl Default for GatewayConfig {
 #[serde(deny_unknown_fields)]
 struct ServiceConfig {
     name: Spanned<String>,
+    hourly_cost: Option<Spanned<f64>>,
     #[serde(default = "default_idle", deserialize_with = "duration")]
     idle_timeout: Duration,
     #[serde(default, deserialize_with = "duration")]
@@ -218,8 +259,8 @@ struct TcpListenConfig {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./wakegate-data")
 }
-fn default_api() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 7070))
+fn default_api() -> Spanned<SocketAddr> {
+    Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 7070)))
 }
 fn default_grace() -> Duration {
     Duration::from_secs(10)
@@ -404,18 +445,72 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
             "the top level holds only [gateway] and [[service]] tables",
         );
     }
-    let gateway = gateway?;
+    let gateway = read_gateway(gateway?, problems);
     let services = services?;
     let config = Config {
-        gateway: Gateway {
-            data_dir: gateway.data_dir,
-            api: gateway.api,
-            shutdown_grace: gateway.shutdown_grace,
-        },
+        gateway: gateway?,
         services,
     };
     check_binds(&config, problems);
     Some(config)
+}
+
+/// Minimum length of a token secret: shorter ones can be guessed.
+const MIN_SECRET_LEN: usize = 16;
+
+fn read_gateway(c: GatewayConfig, problems: &mut Problems<'_>) -> Option<Gateway> {
+    let mut tokens = Vec::new();
+    let mut ok = true;
+    let mut names = std::collections::HashSet::new();
+    for t in c.token {
+        if !names.insert(t.name.get_ref().clone()) {
+            problems.add(
+                Some(t.name.span()),
+                format!("token name `{}` is used twice", t.name.get_ref()),
+                "give every [[gateway.token]] its own name",
+            );
+            ok = false;
+        }
+        match expand(t.secret.get_ref()) {
+            Ok(secret) if secret.expose().len() >= MIN_SECRET_LEN => tokens.push(Token {
+                name: t.name.into_inner(),
+                secret,
+                role: t.role,
+            }),
+            Ok(_) => {
+                problems.add(
+                    Some(t.secret.span()),
+                    format!("the secret of token `{}` is too short to be safe", t.name.get_ref()),
+                    "use at least 16 characters, e.g. from `openssl rand -hex 32`, kept in an environment variable",
+                );
+                ok = false;
+            }
+            Err(var) => {
+                problems.add(
+                    Some(t.secret.span()),
+                    format!("environment variable `{var}` is not set"),
+                    "export it before starting wakegate, or write the value itself",
+                );
+                ok = false;
+            }
+        }
+    }
+    let api = *c.api.get_ref();
+    if tokens.is_empty() && ok && !api.ip().is_loopback() {
+        problems.add(
+            Some(c.api.span()),
+            format!("the API on {api} is reachable from the network but no [[gateway.token]] is configured"),
+            "add a [[gateway.token]] with a secret, or bind the API to 127.0.0.1",
+        );
+        ok = false;
+    }
+    ok.then_some(Gateway {
+        data_dir: c.data_dir,
+        api,
+        shutdown_grace: c.shutdown_grace,
+        tokens,
+        cors_origins: c.cors_origins,
+    })
 }
 
 /// Deserializes one spanned value, recording its problem on failure.
@@ -515,6 +610,15 @@ fn read_service(
             "names use only a-z, 0-9 and '-', e.g. \"survival\" or \"staging-api\"",
         );
     }
+    if let Some(cost) = &fields.hourly_cost
+        && !(cost.get_ref().is_finite() && *cost.get_ref() >= 0.0)
+    {
+        problems.add(
+            Some(cost.span()),
+            "hourly_cost must be a positive number",
+            "write what an hour awake costs, e.g. hourly_cost = 0.17",
+        );
+    }
     if fields.max_held.get_ref() == &0 {
         problems.add(
             Some(fields.max_held.span()),
@@ -525,6 +629,7 @@ fn read_service(
     Some((
         Service {
             name,
+            hourly_cost: fields.hourly_cost.map(|c| c.into_inner()),
             idle_timeout: fields.idle_timeout,
             min_awake: fields.min_awake,
             wake_timeout: fields.wake_timeout,

@@ -26,9 +26,12 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
             data_dir: data_dir.clone(),
             api,
             shutdown_grace: Duration::from_secs(5),
+            tokens: Vec::new(),
+            cors_origins: Vec::new(),
         },
         services: vec![Service {
             name: "demo".into(),
+            hourly_cost: None,
             idle_timeout: idle,
             min_awake: Duration::ZERO,
             wake_timeout: Duration::from_secs(30),
@@ -86,7 +89,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
             let clock = time.get(11..19).unwrap_or(&time);
             match event.kind {
                 Kind::Transition => println!("{clock}  {:<8}  {}", event.state, event.reason),
-                Kind::Progress => println!("{clock}  {:<8}  … {}", "", event.reason),
+                _ => println!("{clock}  {:<8}  … {}", "", event.reason),
             }
         }
     };

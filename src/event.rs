@@ -54,14 +54,26 @@ pub enum Kind {
     Transition,
     /// A step inside the current state, e.g. "start command finished" during a wake.
     Progress,
+    /// A keep-awake lease was taken, ended or expired.
+    Lease,
+    /// Someone asked for something: a wake or a sleep through the API.
+    Action,
 }
 
 impl Kind {
+    const ALL: [Kind; 4] = [Kind::Transition, Kind::Progress, Kind::Lease, Kind::Action];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Transition => "transition",
             Kind::Progress => "progress",
+            Kind::Lease => "lease",
+            Kind::Action => "action",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod listener;
+pub mod metrics;
 pub mod probe;
 pub mod service;
 pub mod store;

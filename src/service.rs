@@ -1,5 +1,5 @@
-//! The per-service actor: it owns the backend, the state machine and the idle timer. Listeners
-//! and the API talk to it through a cloneable [`ServiceHandle`].
+//! The per-service actor: it owns the backend, the state machine, the idle timer and the
+//! keep-awake leases. Listeners and the API talk to it through a cloneable [`ServiceHandle`].
 //!
 //! A client asks the actor for a [`Ticket`] (the backend's address plus a guard that counts the
 //! connection). The actor answers at once when awake, or holds the request until the wake it
@@ -21,8 +21,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::backend::{Backend, BackendError, Status as BackendStatus};
 use crate::config;
 use crate::event::{Event, Kind, NewEvent, State};
+use crate::metrics::{Failure, Metrics, Trigger};
 use crate::probe;
-use crate::store::Store;
+use crate::store::{Lease, Store};
 
 /// What a service looks like right now; published on a `watch` channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,16 +34,20 @@ pub struct Status {
     pub address: Option<SocketAddr>,
     /// Since when no connection is open, while awake.
     pub idle_since: Option<SystemTime>,
+    /// When the backend will be stopped if nothing changes, while awake and unused.
+    pub idle_deadline: Option<SystemTime>,
     pub last_error: Option<String>,
     /// Clients waiting for the wake to finish.
     pub held: usize,
+    /// Keep-awake leases in force.
+    pub leases: Vec<Lease>,
 }
 
-/// Counters shared with the data path; written without locks.
+/// What the data path and the actor share; written without locks.
 #[derive(Debug, Default)]
 struct Shared {
     connections: AtomicUsize,
-    refused: AtomicU64,
+    metrics: Metrics,
     /// Signalled when a connection closes, so the actor can start the idle countdown.
     closed: Notify,
 }
@@ -63,7 +68,15 @@ pub enum ConnectError {
 #[derive(Debug)]
 pub struct Ticket {
     pub address: SocketAddr,
-    _guard: ConnectionGuard,
+    guard: ConnectionGuard,
+}
+
+impl Ticket {
+    /// Counters for bytes (client → backend, backend → client), bumped by the data path.
+    pub fn byte_counters(&self) -> (&AtomicU64, &AtomicU64) {
+        let metrics = &self.guard.0.metrics;
+        (&metrics.bytes_in, &metrics.bytes_out)
+    }
 }
 
 #[derive(Debug)]
@@ -82,13 +95,38 @@ enum Command {
         client: SocketAddr,
         reply: oneshot::Sender<Result<Ticket, ConnectError>>,
     },
+    Wake {
+        by: String,
+        reply: oneshot::Sender<State>,
+    },
+    Sleep {
+        by: String,
+        reply: oneshot::Sender<State>,
+    },
+    AddLease {
+        duration: Duration,
+        reason: String,
+        by: String,
+        reply: oneshot::Sender<anyhow::Result<Lease>>,
+    },
+    EndLease {
+        id: i64,
+        by: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
+
+/// The actor has stopped: wakegate is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("wakegate is shutting down")]
+pub struct Gone;
 
 /// A cloneable way to talk to one service's actor.
 #[derive(Clone)]
 pub struct ServiceHandle {
     name: Arc<str>,
     backend_kind: &'static str,
+    hourly_cost: Option<f64>,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     events: broadcast::Sender<Event>,
@@ -102,6 +140,10 @@ impl ServiceHandle {
 
     pub fn backend_kind(&self) -> &'static str {
         self.backend_kind
+    }
+
+    pub fn hourly_cost(&self) -> Option<f64> {
+        self.hourly_cost
     }
 
     /// The current status.
@@ -126,7 +168,11 @@ impl ServiceHandle {
 
     /// Clients refused because `max_held` were already waiting.
     pub fn refused(&self) -> u64 {
-        self.shared.refused.load(Ordering::Relaxed)
+        self.shared.metrics.refused.load(Ordering::Relaxed)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     /// Waits until the actor has asked the backend what really runs (see `reconcile`).
@@ -137,16 +183,54 @@ impl ServiceHandle {
 
     /// Asks for the backend on behalf of `client`; waits while the service wakes.
     pub async fn connect(&self, client: SocketAddr) -> Result<Ticket, ConnectError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Connect { client, reply })
+        self.ask(|reply| Command::Connect { client, reply })
             .await
-            .map_err(|_| ConnectError::ShuttingDown)?;
-        answer.await.map_err(|_| ConnectError::ShuttingDown)?
+            .map_err(|_| ConnectError::ShuttingDown)?
+    }
+
+    /// Starts a wake unless it is awake or waking; returns the state it was in.
+    pub async fn wake(&self, by: &str) -> Result<State, Gone> {
+        let by = by.to_string();
+        self.ask(|reply| Command::Wake { by, reply }).await
+    }
+
+    /// Stops it (ending its leases) once it is awake; returns the state it was in.
+    pub async fn sleep(&self, by: &str) -> Result<State, Gone> {
+        let by = by.to_string();
+        self.ask(|reply| Command::Sleep { by, reply }).await
+    }
+
+    /// Keeps it awake (waking it) for `duration`.
+    pub async fn add_lease(
+        &self,
+        duration: Duration,
+        reason: &str,
+        by: &str,
+    ) -> Result<anyhow::Result<Lease>, Gone> {
+        let (reason, by) = (reason.to_string(), by.to_string());
+        self.ask(|reply| Command::AddLease {
+            duration,
+            reason,
+            by,
+            reply,
+        })
+        .await
+    }
+
+    /// Ends a lease; false when no such lease is in force.
+    pub async fn end_lease(&self, id: i64, by: &str) -> Result<bool, Gone> {
+        let by = by.to_string();
+        self.ask(|reply| Command::EndLease { id, by, reply }).await
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).await.map_err(|_| Gone)?;
+        answer.await.map_err(|_| Gone)
     }
 }
 
-/// Timings and limits of one service.
+/// Timings of one service.
 #[derive(Debug, Clone)]
 struct Policy {
     idle_timeout: Duration,
@@ -171,35 +255,40 @@ pub fn spawn(
         since: last.as_ref().map_or_else(SystemTime::now, |r| r.since),
         address: None,
         idle_since: None,
+        idle_deadline: None,
         last_error: last.and_then(|r| r.last_error),
         held: 0,
+        leases: store.active_leases(&service.name).unwrap_or_default(),
     };
     let (status_tx, status) = watch::channel(initial);
     let shared = Arc::new(Shared::default());
     let handle = ServiceHandle {
         name: service.name.as_str().into(),
         backend_kind: backend.kind(),
+        hourly_cost: service.hourly_cost,
         commands: commands_tx,
         status,
         events: events.clone(),
         shared: shared.clone(),
     };
     let actor = Actor {
-        name: service.name.clone(),
         policy: Policy {
             idle_timeout: service.idle_timeout,
             min_awake: service.min_awake,
             wake_timeout: service.wake_timeout,
         },
         backend,
-        store,
-        events,
-        lobby: Lobby {
+        core: Core {
+            name: service.name.clone(),
+            store,
+            events,
             status: status_tx,
             commands,
             waiters: Vec::new(),
             shared,
             max_held: service.max_held,
+            wake_request: None,
+            sleep_request: None,
         },
         cancel,
         adopting: false,
@@ -220,13 +309,25 @@ struct Waiter {
     reply: oneshot::Sender<Result<Ticket, ConnectError>>,
 }
 
-/// The part of the actor that takes requests while the backend is busy starting or stopping.
-struct Lobby {
+/// A wake or sleep asked for while the backend was busy, done when it is free.
+struct Request {
+    trigger: Trigger,
+    reason: String,
+}
+
+/// Everything of the actor but the backend: it keeps taking requests (holding clients,
+/// recording leases) while a backend call is under way.
+struct Core {
+    name: String,
+    store: Arc<Store>,
+    events: broadcast::Sender<Event>,
     status: watch::Sender<Status>,
     commands: mpsc::Receiver<Command>,
     waiters: Vec<Waiter>,
     shared: Arc<Shared>,
     max_held: usize,
+    wake_request: Option<Request>,
+    sleep_request: Option<String>,
 }
 
 enum Outcome<T> {
@@ -235,7 +336,126 @@ enum Outcome<T> {
     Cancelled,
 }
 
-impl Lobby {
+impl Core {
+    fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
+    fn address(&self) -> Option<SocketAddr> {
+        self.status.borrow().address
+    }
+
+    /// Takes one request. Tickets are handed out only when awake; everything else that needs
+    /// the backend is left as a request for the state machine.
+    fn handle(&mut self, command: Command) {
+        let state = self.state();
+        match command {
+            Command::Connect { client, reply } => match (state, self.address()) {
+                (State::Awake, Some(address)) => {
+                    let _ = reply.send(Ok(ticket(&self.shared, address)));
+                }
+                _ => self.hold(client, state, reply),
+            },
+            Command::Wake { by, reply } => {
+                self.sleep_request = None;
+                if matches!(state, State::Asleep | State::Failed | State::Stopping) {
+                    self.action(format!("wake requested by {by}"));
+                    self.wake_request.get_or_insert(Request {
+                        trigger: Trigger::Api,
+                        reason: format!("wake requested by {by}"),
+                    });
+                }
+                let _ = reply.send(state);
+            }
+            Command::Sleep { by, reply } => {
+                self.wake_request = None;
+                self.end_leases(&format!("ended by the sleep requested by {by}"));
+                if matches!(state, State::Waking | State::Awake) {
+                    self.action(format!("sleep requested by {by}"));
+                    self.sleep_request = Some(format!("sleep requested by {by}"));
+                }
+                let _ = reply.send(state);
+            }
+            Command::AddLease {
+                duration,
+                reason,
+                by,
+                reply,
+            } => {
+                let lease = self.store.add_lease(&self.name, &reason, &by, duration);
+                if let Ok(lease) = &lease {
+                    self.sleep_request = None;
+                    self.status.send_modify(|s| s.leases.push(lease.clone()));
+                    let text = format!(
+                        "lease #{} taken by {by} for {}: {reason}",
+                        lease.id,
+                        humantime::format_duration(duration)
+                    );
+                    self.emit(Kind::Lease, text.clone(), json!({ "lease": lease }));
+                    if !matches!(state, State::Waking | State::Awake) {
+                        self.wake_request.get_or_insert(Request {
+                            trigger: Trigger::Lease,
+                            reason: text,
+                        });
+                    }
+                }
+                let _ = reply.send(lease);
+            }
+            Command::EndLease { id, by, reply } => {
+                let ended = self.store.end_lease(&self.name, id).unwrap_or(false);
+                if ended {
+                    self.status.send_modify(|s| s.leases.retain(|l| l.id != id));
+                    self.emit(
+                        Kind::Lease,
+                        format!("lease #{id} ended by {by}"),
+                        json!({ "lease_id": id }),
+                    );
+                }
+                let _ = reply.send(ended);
+            }
+        }
+    }
+
+    /// Drops the leases that have expired, with an event each.
+    fn expire_leases(&mut self) {
+        let now = SystemTime::now();
+        let expired: Vec<Lease> = self
+            .status
+            .borrow()
+            .leases
+            .iter()
+            .filter(|l| l.expires <= now)
+            .cloned()
+            .collect();
+        for lease in expired {
+            self.status
+                .send_modify(|s| s.leases.retain(|l| l.id != lease.id));
+            self.emit(
+                Kind::Lease,
+                format!("lease #{} of {} expired", lease.id, lease.by),
+                json!({ "lease_id": lease.id }),
+            );
+        }
+    }
+
+    fn end_leases(&mut self, why: &str) {
+        let leases = self.status.borrow().leases.clone();
+        for lease in leases {
+            let _ = self.store.end_lease(&self.name, lease.id);
+            self.emit(
+                Kind::Lease,
+                format!("lease #{} of {} {why}", lease.id, lease.by),
+                json!({ "lease_id": lease.id }),
+            );
+        }
+        self.status.send_modify(|s| s.leases.clear());
+    }
+
+    /// When the last lease in force expires.
+    fn leased_until(&self) -> Option<SystemTime> {
+        self.status.borrow().leases.iter().map(|l| l.expires).max()
+    }
+
     /// Adds a client to the waiting list, or refuses it at once when the list is full.
     fn hold(
         &mut self,
@@ -245,7 +465,7 @@ impl Lobby {
     ) {
         self.waiters.retain(|w| !w.reply.is_closed());
         if self.waiters.len() >= self.max_held {
-            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            self.shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
             warn!(%client, max_held = self.max_held, "Too many clients waiting; refusing one.");
             let _ = reply.send(Err(ConnectError::TooManyHeld(self.max_held)));
         } else {
@@ -264,30 +484,22 @@ impl Lobby {
             .send_if_modified(|s| std::mem::replace(&mut s.held, held) != held);
     }
 
-    /// Runs `work` (a backend call) while holding every client that arrives meanwhile.
+    /// Runs `work` (a backend call) while taking every request that arrives meanwhile.
     async fn serve_while<T>(
         &mut self,
-        state: State,
         work: impl Future<Output = T>,
         deadline: Option<Instant>,
         cancel: &CancellationToken,
     ) -> Outcome<T> {
         tokio::pin!(work);
-        let expired = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let expired = sleep_until(deadline);
         tokio::pin!(expired);
         loop {
             tokio::select! {
                 out = &mut work => return Outcome::Done(out),
                 () = &mut expired => return Outcome::TimedOut,
                 () = cancel.cancelled() => return Outcome::Cancelled,
-                Some(command) = self.commands.recv() => match command {
-                    Command::Connect { client, reply } => self.hold(client, state, reply),
-                },
+                Some(command) = self.commands.recv() => self.handle(command),
             }
         }
     }
@@ -303,60 +515,6 @@ impl Lobby {
             }
         }
         self.publish_held();
-    }
-}
-
-/// Counts a connection and hands out the backend's address.
-fn ticket(shared: &Arc<Shared>, address: SocketAddr) -> Ticket {
-    shared.connections.fetch_add(1, Ordering::AcqRel);
-    Ticket {
-        address,
-        _guard: ConnectionGuard(shared.clone()),
-    }
-}
-
-struct Actor {
-    name: String,
-    policy: Policy,
-    backend: Box<dyn Backend>,
-    store: Arc<Store>,
-    events: broadcast::Sender<Event>,
-    lobby: Lobby,
-    cancel: CancellationToken,
-    /// The backend was found running at start-up: the next wake only checks readiness.
-    adopting: bool,
-    awake_at: Instant,
-    idle_since: Option<Instant>,
-    /// When to try again to stop a backend whose stop failed, and the backoff used.
-    stop_retry: Option<(Instant, Duration)>,
-}
-
-/// What the main loop does after a phase.
-enum Flow {
-    Continue,
-    Exit,
-}
-
-impl Actor {
-    async fn run(mut self) {
-        if let Flow::Continue = self.reconcile().await {
-            loop {
-                let flow = match self.state() {
-                    State::Asleep | State::Failed => self.resting().await,
-                    State::Waking => self.waking().await,
-                    State::Awake => self.awake().await,
-                    State::Stopping => self.stopping().await,
-                };
-                if let Flow::Exit = flow {
-                    break;
-                }
-            }
-        }
-        self.shutdown().await;
-    }
-
-    fn state(&self) -> State {
-        self.lobby.status.borrow().state
     }
 
     /// Stores an event durably. The caller publishes it once what it describes is visible in
@@ -393,6 +551,20 @@ impl Actor {
         }
     }
 
+    /// Records and publishes an event that does not change the state.
+    fn emit(&self, kind: Kind, reason: String, detail: serde_json::Value) {
+        let event = self.record(kind, self.state(), reason, detail);
+        self.publish(event);
+    }
+
+    fn progress(&self, reason: String, detail: serde_json::Value) {
+        self.emit(Kind::Progress, reason, detail);
+    }
+
+    fn action(&self, reason: String) {
+        self.emit(Kind::Action, reason, serde_json::Value::Null);
+    }
+
     /// Moves to `state`, recording why.
     fn transition(&mut self, state: State, reason: String, mut detail: serde_json::Value) {
         let previous = self.state();
@@ -403,12 +575,14 @@ impl Actor {
         }
         let failed = (state == State::Failed).then(|| reason.clone());
         let event = self.record(Kind::Transition, state, reason, detail);
-        self.lobby.status.send_modify(|s| {
+        self.shared.metrics.entered(state);
+        self.status.send_modify(|s| {
             s.state = state;
             s.since = event.as_ref().map_or_else(SystemTime::now, |e| e.time);
             if state != State::Awake {
                 s.address = None;
                 s.idle_since = None;
+                s.idle_deadline = None;
             }
             if failed.is_some() {
                 s.last_error = failed;
@@ -417,20 +591,83 @@ impl Actor {
         self.publish(event);
     }
 
-    fn progress(&mut self, reason: String, detail: serde_json::Value) {
-        let event = self.record(Kind::Progress, self.state(), reason, detail);
-        self.publish(event);
+    /// Starts a wake, counting what started it.
+    fn start_wake(&mut self, trigger: Trigger, reason: String, detail: serde_json::Value) {
+        self.shared.metrics.wake(trigger);
+        self.transition(State::Waking, reason, detail);
+    }
+}
+
+/// Counts a connection and hands out the backend's address.
+fn ticket(shared: &Arc<Shared>, address: SocketAddr) -> Ticket {
+    shared.connections.fetch_add(1, Ordering::AcqRel);
+    shared
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    Ticket {
+        address,
+        guard: ConnectionGuard(shared.clone()),
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Actor {
+    policy: Policy,
+    backend: Box<dyn Backend>,
+    core: Core,
+    cancel: CancellationToken,
+    /// The backend was found running at start-up: the next wake only checks readiness.
+    adopting: bool,
+    awake_at: Instant,
+    idle_since: Option<Instant>,
+    /// When to try again to stop a backend whose stop failed, and the backoff used.
+    stop_retry: Option<(Instant, Duration)>,
+}
+
+/// What the main loop does after a phase.
+enum Flow {
+    Continue,
+    Exit,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        if let Flow::Continue = self.reconcile().await {
+            loop {
+                let flow = match self.core.state() {
+                    State::Asleep | State::Failed => self.resting().await,
+                    State::Waking => self.waking().await,
+                    State::Awake => self.awake().await,
+                    State::Stopping => self.stopping().await,
+                };
+                if let Flow::Exit = flow {
+                    break;
+                }
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Finds out what really runs and adopts it. Always ends with a transition, which is how
     /// [`ServiceHandle::reconciled`] knows it is over.
     async fn reconcile(&mut self) -> Flow {
-        let last = self.store.service(&self.name).ok().flatten();
-        let was = last.as_ref().map(|r| r.state);
-        let was_text = was.map_or("never recorded".to_string(), |s| format!("was {s}"));
+        let was = self.core.state();
+        let recorded = self.core.store.service(&self.core.name).ok().flatten();
+        let was_text = match recorded {
+            Some(_) => format!("was {was}"),
+            None => "never recorded".to_string(),
+        };
         let status = match self
-            .lobby
-            .serve_while(State::Asleep, self.backend.status(), None, &self.cancel)
+            .core
+            .serve_while(self.backend.status(), None, &self.cancel)
             .await
         {
             Outcome::Done(status) => status,
@@ -449,17 +686,17 @@ impl Actor {
             // Without a way to ask, assume a service that was not asleep still runs: it then
             // gets a fresh idle countdown and is stopped if nobody uses it. Assuming the
             // opposite could leave it running forever.
-            BackendStatus::Unknown => was.is_some_and(|s| s != State::Asleep),
+            BackendStatus::Unknown => recorded.is_some() && was != State::Asleep,
         };
         if running {
             self.adopting = true;
-            self.transition(
-                State::Waking,
+            self.core.start_wake(
+                Trigger::Reconcile,
                 format!("wakegate started and found the backend running ({was_text}); checking that it is ready"),
                 json!({ "trigger": "reconcile" }),
             );
         } else {
-            self.transition(
+            self.core.transition(
                 State::Asleep,
                 format!("wakegate started and found the backend stopped ({was_text})"),
                 json!({ "trigger": "reconcile" }),
@@ -468,67 +705,71 @@ impl Actor {
         Flow::Continue
     }
 
-    /// Asleep or failed: wait for a client (and retry a failed stop with backoff).
+    /// Asleep or failed: wait for a client, a wake request or a lease (and retry a failed
+    /// stop with backoff).
     async fn resting(&mut self) -> Flow {
-        // Clients that arrived while the backend was busy (stopping, or being asked for its
-        // status at start-up) wake it now.
-        self.lobby.waiters.retain(|w| !w.reply.is_closed());
-        if let Some(first) = self.lobby.waiters.first() {
-            let (client, was) = (first.client, first.arrived_while);
-            self.transition(
-                State::Waking,
-                format!("client {client} connected while the service was {was}"),
-                json!({ "trigger": "client", "client": client.to_string() }),
-            );
-            return Flow::Continue;
-        }
-        let retry_at = self.stop_retry.map(|(at, _)| at);
-        let retry = async {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+        loop {
+            self.core.expire_leases();
+            // Clients that arrived while the backend was busy (stopping, or being asked for
+            // its status at start-up), and wakes asked for meanwhile, wake it now.
+            self.core.waiters.retain(|w| !w.reply.is_closed());
+            if let Some(first) = self.core.waiters.first() {
+                let (client, was) = (first.client, first.arrived_while);
+                let reason = if was == self.core.state() {
+                    format!("client {client} connected")
+                } else {
+                    format!("client {client} connected while the service was {was}")
+                };
+                self.core.start_wake(
+                    Trigger::Client,
+                    reason,
+                    json!({ "trigger": "client", "client": client.to_string() }),
+                );
+                return Flow::Continue;
             }
-        };
-        tokio::select! {
-            () = self.cancel.cancelled() => Flow::Exit,
-            () = retry => {
-                self.transition(State::Stopping, "retrying the stop that failed".into(), json!({ "trigger": "retry" }));
-                Flow::Continue
+            if let Some(request) = self.core.wake_request.take() {
+                let detail = json!({ "trigger": request.trigger.as_str() });
+                self.core
+                    .start_wake(request.trigger, request.reason, detail);
+                return Flow::Continue;
             }
-            command = self.lobby.commands.recv() => match command {
-                Some(Command::Connect { client, reply }) => {
-                    self.lobby.hold(client, self.state(), reply);
-                    self.transition(
-                        State::Waking,
-                        format!("client {client} connected"),
-                        json!({ "trigger": "client", "client": client.to_string() }),
-                    );
-                    Flow::Continue
+            let retry_at = self.stop_retry.map(|(at, _)| at);
+            tokio::select! {
+                () = self.cancel.cancelled() => return Flow::Exit,
+                () = sleep_until(retry_at) => {
+                    self.core.transition(State::Stopping, "retrying the stop that failed".into(), json!({ "trigger": "retry" }));
+                    return Flow::Continue;
                 }
-                None => Flow::Exit,
-            },
+                command = self.core.commands.recv() => match command {
+                    Some(command) => self.core.handle(command),
+                    None => return Flow::Exit,
+                },
+            }
         }
     }
 
     /// Starts the backend (unless adopting) and waits until it accepts connections.
     async fn waking(&mut self) -> Flow {
         let started = Instant::now();
+        let adopted = self.adopting;
         let deadline = started + self.policy.wake_timeout;
-        let result = self.wake_steps(deadline).await;
-        match result {
+        match self.wake_steps(deadline).await {
             Outcome::Done(Ok(address)) => {
                 let took = started.elapsed();
                 self.awake_at = Instant::now();
+                self.stop_retry = None;
+                if !adopted {
+                    self.core.shared.metrics.wake_took(took);
+                }
                 // The address first, so whoever sees `awake` also sees where.
-                self.lobby.status.send_modify(|s| s.address = Some(address));
-                self.transition(
+                self.core.status.send_modify(|s| s.address = Some(address));
+                self.core.transition(
                     State::Awake,
                     format!("backend ready at {address} after {}", round(took)),
-                    json!({ "address": address.to_string(), "duration_ms": took.as_millis() as u64 }),
+                    json!({ "address": address.to_string(), "duration_ms": took.as_millis() as u64, "adopted": adopted }),
                 );
-                self.lobby.answer_all(|shared| Ok(ticket(shared, address)));
+                self.core.answer_all(|shared| Ok(ticket(shared, address)));
                 self.idle_since = None;
-                self.mark_idle_if_unused();
                 Flow::Continue
             }
             Outcome::Done(Err(e)) => {
@@ -539,7 +780,10 @@ impl Actor {
                 let reason = format!(
                     "the backend was not ready within wake_timeout ({}); check that it listens on {} or raise wake_timeout",
                     humantime::format_duration(self.policy.wake_timeout),
-                    self.address_hint().await
+                    self.backend
+                        .address()
+                        .await
+                        .unwrap_or_else(|_| "its address".into())
                 );
                 self.fail_wake(reason, started).await;
                 Flow::Continue
@@ -548,24 +792,12 @@ impl Actor {
         }
     }
 
-    async fn address_hint(&mut self) -> String {
-        self.backend
-            .address()
-            .await
-            .unwrap_or_else(|_| "its address".into())
-    }
-
-    /// The steps of a wake, raced against the deadline while clients keep arriving.
+    /// The steps of a wake, raced against the deadline while requests keep arriving.
     async fn wake_steps(&mut self, deadline: Instant) -> Outcome<Result<SocketAddr, BackendError>> {
         if !std::mem::take(&mut self.adopting) {
             match self
-                .lobby
-                .serve_while(
-                    State::Waking,
-                    self.backend.start(),
-                    Some(deadline),
-                    &self.cancel,
-                )
+                .core
+                .serve_while(self.backend.start(), Some(deadline), &self.cancel)
                 .await
             {
                 Outcome::Done(Ok(())) => {}
@@ -578,7 +810,7 @@ impl Actor {
             Ok(a) => a,
             Err(e) => return Outcome::Done(Err(e)),
         };
-        self.progress(
+        self.core.progress(
             format!("waiting for {address} to accept connections"),
             json!({ "step": "probing", "address": address }),
         );
@@ -592,30 +824,33 @@ impl Actor {
                 exit = backend.exited() => Err(BackendError::Exited { exit }),
             }
         };
-        self.lobby
-            .serve_while(State::Waking, ready, Some(deadline), &self.cancel)
+        self.core
+            .serve_while(ready, Some(deadline), &self.cancel)
             .await
     }
 
     /// Ends a failed wake: tells the held clients, cleans up, and records why.
     async fn fail_wake(&mut self, reason: String, started: Instant) {
         warn!(reason = %reason, "Wake failed.");
+        self.core.shared.metrics.failure(Failure::Wake);
         let error = ConnectError::WakeFailed(reason.clone());
-        self.lobby.answer_all(|_| Err(error.clone()));
+        self.core.answer_all(|_| Err(error.clone()));
         // The backend may be half up (a process that never became ready): stop it, so a failed
         // wake never leaves a server running unnoticed.
         let cleanup = self
-            .lobby
-            .serve_while(State::Failed, self.backend.stop(), None, &self.cancel)
+            .core
+            .serve_while(self.backend.stop(), None, &self.cancel)
             .await;
         let mut detail = json!({ "duration_ms": started.elapsed().as_millis() as u64 });
         if let Outcome::Done(Err(e)) = &cleanup {
             detail["cleanup_error"] = json!(e.to_string());
             self.schedule_stop_retry();
         }
-        // Clients that arrived during the clean-up share this wake's fate; the next one retries.
-        self.lobby.answer_all(|_| Err(error.clone()));
-        self.transition(State::Failed, reason, detail);
+        // Clients and wakes that came during the clean-up share this wake's fate; the next
+        // client retries.
+        self.core.answer_all(|_| Err(error.clone()));
+        self.core.wake_request = None;
+        self.core.transition(State::Failed, reason, detail);
     }
 
     fn schedule_stop_retry(&mut self) {
@@ -625,64 +860,81 @@ impl Actor {
         self.stop_retry = Some((Instant::now() + backoff, backoff));
     }
 
-    /// Starts the idle countdown if no connection is open.
-    fn mark_idle_if_unused(&mut self) {
-        let unused = self.lobby.shared.connections.load(Ordering::Acquire) == 0;
-        match (unused, self.idle_since.is_some()) {
-            (true, false) => {
-                self.idle_since = Some(Instant::now());
-                self.lobby
-                    .status
-                    .send_modify(|s| s.idle_since = Some(SystemTime::now()));
-            }
-            (false, true) => {
-                self.idle_since = None;
-                self.lobby.status.send_modify(|s| s.idle_since = None);
-            }
-            _ => {}
+    /// Follows the number of open connections: the idle countdown starts (again) whenever it
+    /// falls to zero, and stops while a connection is open.
+    fn track_idle(&mut self) {
+        let unused = self.core.shared.connections.load(Ordering::Acquire) == 0;
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        self.idle_since = unused.then(|| self.idle_since.unwrap_or(now));
+        let idle_since = self.idle_since.map(|since| wall - (now - since));
+        self.core
+            .status
+            .send_if_modified(|s| std::mem::replace(&mut s.idle_since, idle_since) != idle_since);
+    }
+
+    /// When to stop if nothing changes: after the idle timeout, not before `min_awake`, and
+    /// not while a lease is in force.
+    fn stop_at(&self) -> Option<Instant> {
+        let since = self.idle_since?;
+        let mut at = (since + self.policy.idle_timeout).max(self.awake_at + self.policy.min_awake);
+        if let Some(until) = self.core.leased_until()
+            && let Ok(left) = until.duration_since(SystemTime::now())
+        {
+            at = at.max(Instant::now() + left);
         }
+        Some(at)
     }
 
     /// Awake: hand out tickets, count use, and stop after the idle timeout.
     async fn awake(&mut self) -> Flow {
-        let address = self
-            .lobby
-            .status
-            .borrow()
-            .address
-            .expect("an awake service has an address");
         loop {
-            let stop_at = self.idle_since.map(|since| {
-                (since + self.policy.idle_timeout).max(self.awake_at + self.policy.min_awake)
+            if let Some(reason) = self.core.sleep_request.take() {
+                self.core
+                    .transition(State::Stopping, reason, json!({ "trigger": "api" }));
+                return Flow::Continue;
+            }
+            self.core.expire_leases();
+            self.track_idle();
+            let stop_at = self.stop_at();
+            let deadline =
+                stop_at.map(|at| SystemTime::now() + at.saturating_duration_since(Instant::now()));
+            self.core.status.send_if_modified(|s| {
+                std::mem::replace(&mut s.idle_deadline, deadline) != deadline
             });
-            let idle_expired = async {
-                match stop_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let next_expiry = self
+                .core
+                .status
+                .borrow()
+                .leases
+                .iter()
+                .map(|l| l.expires)
+                .min();
+            let next_expiry = next_expiry
+                .map(|e| Instant::now() + e.duration_since(SystemTime::now()).unwrap_or_default());
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
-                command = self.lobby.commands.recv() => match command {
-                    Some(Command::Connect { reply, .. }) => {
-                        let _ = reply.send(Ok(ticket(&self.lobby.shared, address)));
-                        self.mark_idle_if_unused();
-                    }
+                command = self.core.commands.recv() => match command {
+                    Some(command) => self.core.handle(command),
                     None => return Flow::Exit,
                 },
-                () = self.lobby.shared.closed.notified() => self.mark_idle_if_unused(),
+                () = self.core.shared.closed.notified() => {
+                    // The countdown starts from this close, not from an earlier idle moment.
+                    self.idle_since = None;
+                }
+                () = sleep_until(next_expiry) => {}
                 exit = self.backend.exited() => {
+                    self.core.shared.metrics.failure(Failure::Crash);
                     let reason = BackendError::Exited { exit: exit.clone() }.to_string();
-                    self.transition(
+                    self.core.transition(
                         State::Failed,
                         format!("the backend stopped on its own while awake: {reason}"),
                         json!({ "exit": exit.status, "log_tail": exit.log_tail }),
                     );
                     return Flow::Continue;
                 }
-                () = idle_expired => {
+                () = sleep_until(stop_at) => {
                     let idle = self.idle_since.map(|s| s.elapsed()).unwrap_or_default();
-                    self.transition(
+                    self.core.transition(
                         State::Stopping,
                         format!("no connection for {}", round(idle)),
                         json!({ "trigger": "idle", "idle_ms": idle.as_millis() as u64 }),
@@ -697,8 +949,8 @@ impl Actor {
     async fn stopping(&mut self) -> Flow {
         let started = Instant::now();
         let result = match self
-            .lobby
-            .serve_while(State::Stopping, self.backend.stop(), None, &self.cancel)
+            .core
+            .serve_while(self.backend.stop(), None, &self.cancel)
             .await
         {
             Outcome::Done(result) => result,
@@ -707,18 +959,20 @@ impl Actor {
         match result {
             Ok(()) => {
                 self.stop_retry = None;
-                self.transition(
+                self.core.transition(
                     State::Asleep,
                     format!("backend stopped after {}", round(started.elapsed())),
                     json!({ "duration_ms": started.elapsed().as_millis() as u64 }),
                 );
             }
             Err(e) => {
+                self.core.shared.metrics.failure(Failure::Stop);
                 let reason = format!("the stop failed: {e}");
-                self.lobby
+                self.core
                     .answer_all(|_| Err(ConnectError::WakeFailed(reason.clone())));
                 self.schedule_stop_retry();
-                self.transition(State::Failed, reason, json!({ "trigger": "stop" }));
+                self.core
+                    .transition(State::Failed, reason, json!({ "trigger": "stop" }));
             }
         }
         Flow::Continue
@@ -726,9 +980,9 @@ impl Actor {
 
     /// wakegate is shutting down: release held clients and let the backend decide.
     async fn shutdown(&mut self) {
-        self.lobby.answer_all(|_| Err(ConnectError::ShuttingDown));
+        self.core.answer_all(|_| Err(ConnectError::ShuttingDown));
         match self.backend.shutdown().await {
-            Ok(true) => self.transition(
+            Ok(true) => self.core.transition(
                 State::Asleep,
                 "wakegate shut down and stopped the backend".into(),
                 json!({ "trigger": "shutdown" }),

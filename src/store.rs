@@ -9,11 +9,12 @@ use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 
-use crate::event::{Event, Kind, NewEvent, State, from_millis, to_millis};
+use crate::event::{self, Event, Kind, NewEvent, State, from_millis, to_millis};
 
 /// Schema changes, in order; never edit one that has shipped, add a new one.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE events (
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE events (
         id      INTEGER PRIMARY KEY AUTOINCREMENT,
         time_ms INTEGER NOT NULL,
         service TEXT NOT NULL,
@@ -29,7 +30,21 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         since_ms   INTEGER NOT NULL,
         last_error TEXT
     );",
-)];
+    ),
+    M::up(
+        "CREATE TABLE leases (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        service    TEXT NOT NULL,
+        reason     TEXT NOT NULL,
+        holder     TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        ended_ms   INTEGER
+    );
+    CREATE INDEX leases_by_service ON leases (service, expires_ms);
+    CREATE INDEX transitions_by_service ON events (service, kind, time_ms);",
+    ),
+];
 
 /// The last state a service was recorded in.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +52,22 @@ pub struct ServiceRecord {
     pub state: State,
     pub since: SystemTime,
     pub last_error: Option<String>,
+}
+
+/// When a service entered a state.
+pub type Transition = (SystemTime, State);
+
+/// A keep-awake lease: the service counts as in use until it expires or is ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Lease {
+    pub id: i64,
+    pub reason: String,
+    /// Who took it (the API token's name).
+    pub by: String,
+    #[serde(serialize_with = "event::rfc3339")]
+    pub created: SystemTime,
+    #[serde(serialize_with = "event::rfc3339")]
+    pub expires: SystemTime,
 }
 
 /// A handle to the database. A std `Mutex` is right here: every call is a short synchronous
@@ -147,6 +178,136 @@ impl Store {
         }))
     }
 
+    /// The newest `limit` events, oldest first, optionally of one service.
+    pub fn latest_events(&self, service: Option<&str>, limit: usize) -> anyhow::Result<Vec<Event>> {
+        let after = {
+            let conn = self.conn.lock().unwrap();
+            conn.query_row(
+                "SELECT COALESCE(MIN(id) - 1, 0) FROM (SELECT id FROM events
+                 WHERE (?1 IS NULL OR service = ?1) ORDER BY id DESC LIMIT ?2)",
+                params![service, limit as i64],
+                |row| row.get::<_, i64>(0),
+            )?
+        };
+        self.events(after, service, limit)
+    }
+
+    /// The id of the newest event (0 when there is none).
+    pub fn last_event_id(&self) -> anyhow::Result<i64> {
+        let conn = self.conn.lock().unwrap();
+        Ok(
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
+                row.get(0)
+            })?,
+        )
+    }
+
+    /// The transitions of a service from `since` on, preceded by the last one before it, and
+    /// the time of its first event ever.
+    pub fn transitions_since(
+        &self,
+        service: &str,
+        since: SystemTime,
+    ) -> anyhow::Result<(Vec<Transition>, Option<SystemTime>)> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(
+            "SELECT time_ms, state FROM events WHERE service = ?1 AND kind = 'transition' AND (
+                time_ms >= ?2 OR id = (SELECT MAX(id) FROM events
+                    WHERE service = ?1 AND kind = 'transition' AND time_ms < ?2))
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![service, to_millis(since)], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (time, state) = row?;
+            if let Some(state) = State::parse(&state) {
+                out.push((from_millis(time), state));
+            }
+        }
+        let first: Option<i64> = conn.query_row(
+            "SELECT MIN(time_ms) FROM events WHERE service = ?1",
+            [service],
+            |row| row.get(0),
+        )?;
+        Ok((out, first.map(from_millis)))
+    }
+
+    /// How long the last `limit` wakes that started the backend took, oldest first.
+    pub fn boot_durations(&self, service: &str, limit: usize) -> anyhow::Result<Vec<u64>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(
+            "SELECT json_extract(detail, '$.duration_ms') FROM events
+             WHERE service = ?1 AND kind = 'transition' AND state = 'awake'
+               AND json_extract(detail, '$.adopted') IS NOT 1
+               AND json_extract(detail, '$.duration_ms') IS NOT NULL
+             ORDER BY id DESC LIMIT ?2",
+        )?;
+        let mut durations: Vec<u64> = stmt
+            .query_map(params![service, limit as i64], |row| row.get::<_, i64>(0))?
+            .filter_map(|d| d.ok().map(|d| d.max(0) as u64))
+            .collect();
+        durations.reverse();
+        Ok(durations)
+    }
+
+    /// Records a new lease.
+    pub fn add_lease(
+        &self,
+        service: &str,
+        reason: &str,
+        by: &str,
+        duration: std::time::Duration,
+    ) -> anyhow::Result<Lease> {
+        let created = from_millis(to_millis(SystemTime::now()));
+        let expires = created + duration;
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "INSERT INTO leases (service, reason, holder, created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![service, reason, by, to_millis(created), to_millis(expires)],
+        )?;
+        Ok(Lease {
+            id: conn.last_insert_rowid(),
+            reason: reason.to_string(),
+            by: by.to_string(),
+            created,
+            expires: from_millis(to_millis(expires)),
+        })
+    }
+
+    /// Ends a lease before it expires; false when it was not active.
+    pub fn end_lease(&self, service: &str, id: i64) -> anyhow::Result<bool> {
+        let conn = self.conn.lock().unwrap();
+        let now = to_millis(SystemTime::now());
+        let changed = conn.execute(
+            "UPDATE leases SET ended_ms = ?3
+             WHERE service = ?1 AND id = ?2 AND ended_ms IS NULL AND expires_ms > ?3",
+            params![service, id, now],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Leases of a service that have neither expired nor been ended.
+    pub fn active_leases(&self, service: &str) -> anyhow::Result<Vec<Lease>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, reason, holder, created_ms, expires_ms FROM leases
+             WHERE service = ?1 AND ended_ms IS NULL AND expires_ms > ?2 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![service, to_millis(SystemTime::now())], |row| {
+            Ok(Lease {
+                id: row.get(0)?,
+                reason: row.get(1)?,
+                by: row.get(2)?,
+                created: from_millis(row.get(3)?),
+                expires: from_millis(row.get(4)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Events with an id above `after`, oldest first, optionally of one service.
     pub fn events(
         &self,
@@ -167,11 +328,7 @@ impl Store {
                 id: row.get(0)?,
                 time: from_millis(row.get(1)?),
                 service: row.get(2)?,
-                kind: if kind == "progress" {
-                    Kind::Progress
-                } else {
-                    Kind::Transition
-                },
+                kind: Kind::parse(&kind).unwrap_or(Kind::Progress),
                 state: State::parse(&state).unwrap_or(State::Failed),
                 reason: row.get(5)?,
                 detail: detail

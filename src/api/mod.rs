@@ -1,17 +1,302 @@
-//! The HTTP API on `gateway.api`: health, and the state of every service as JSON.
+//! The HTTP API on `gateway.api`: services and what they cost, actions (wake, sleep, leases),
+//! events (history, SSE, WebSocket), Prometheus metrics and the dashboard. Bearer tokens with
+//! roles guard everything but `/healthz` and the dashboard page itself.
+
+pub mod events;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use tracing::error;
 
-use crate::event::{self, State as ServiceState};
-use crate::service::ServiceHandle;
+use crate::config::{Role, Token};
+use crate::event::{self, Event, State as ServiceState};
+use crate::metrics;
+use crate::service::{Gone, ServiceHandle};
+use crate::store::{Lease, Store};
+
+/// The dashboard: one self-contained page, embedded in the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The longest a lease may be taken for.
+const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Api {
+    services: Arc<[ServiceHandle]>,
+    store: Arc<Store>,
+    events: broadcast::Sender<Event>,
+    tokens: Arc<[Token]>,
+    cors_origins: Arc<[String]>,
+}
+
+impl Api {
+    pub fn new(
+        services: Vec<ServiceHandle>,
+        store: Arc<Store>,
+        events: broadcast::Sender<Event>,
+        tokens: Vec<Token>,
+        cors_origins: Vec<String>,
+    ) -> Api {
+        Api {
+            services: services.into(),
+            store,
+            events,
+            tokens: tokens.into(),
+            cors_origins: cors_origins.into(),
+        }
+    }
+
+    fn service(&self, name: &str) -> Result<&ServiceHandle, ApiError> {
+        self.services
+            .iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| ApiError::NoSuchService(name.to_string()))
+    }
+}
+
+/// Who is calling, as found by the token check.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Errors as JSON, with a message that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no service is named `{0}`; GET /api/v1/services lists them")]
+    NoSuchService(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error(
+        "token `{name}` has the {role:?} role; this needs {needed:?} (ask an admin for a token with that role)"
+    )]
+    Forbidden {
+        name: String,
+        role: Role,
+        needed: Role,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "service `{service}` has no lease #{id} in force; GET /api/v1/services/{service}/leases lists them"
+    )]
+    NoSuchLease { service: String, id: i64 },
+    #[error("wakegate is shutting down; try again once it is back")]
+    ShuttingDown,
+    #[error("internal error: {0}; the log of wakegate has the details")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn internal(e: anyhow::Error) -> ApiError {
+        error!(error = %format!("{e:#}"), "API request failed.");
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<Gone> for ApiError {
+    fn from(_: Gone) -> ApiError {
+        ApiError::ShuttingDown
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::NoSuchService(_) | ApiError::NoSuchLease { .. } => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut response = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The API's routes.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/services", get(list))
+        .route("/api/v1/services/{name}", get(one))
+        .route("/api/v1/services/{name}/wake", post(wake))
+        .route("/api/v1/services/{name}/sleep", post(sleep))
+        .route(
+            "/api/v1/services/{name}/leases",
+            get(leases).post(add_lease),
+        )
+        .route("/api/v1/services/{name}/leases/{id}", delete(end_lease))
+        .route("/api/v1/events", get(events::history))
+        .route("/api/v1/events/stream", get(events::sse))
+        .route("/api/v1/ws", get(events::ws))
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(api.clone(), cors))
+        .with_state(api)
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let (x, y) = (
+            a.get(i).copied().unwrap_or(0),
+            b.get(i).copied().unwrap_or(0),
+        );
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// The token a request presents: `Authorization: Bearer T`, or `?access_token=T` for the
+/// streams, which browsers open without custom headers.
+fn presented_token(request: &Request) -> Option<String> {
+    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        return value.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    }
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        access_token: Option<String>,
+    }
+    Query::<TokenQuery>::try_from_uri(request.uri())
+        .ok()
+        .and_then(|q| q.0.access_token)
+}
+
+/// Checks the token and its role: reading needs `read`, anything else `operate`.
+async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == "/" || path == "/healthz" {
+        return next.run(request).await;
+    }
+    let needed = if matches!(*request.method(), Method::GET | Method::HEAD) {
+        Role::Read
+    } else {
+        Role::Operate
+    };
+    let caller = if api.tokens.is_empty() {
+        // Allowed only on loopback (checked with the config): whoever can reach it is local.
+        Caller {
+            name: "local".into(),
+            role: Role::Admin,
+        }
+    } else {
+        let Some(presented) = presented_token(&request) else {
+            return ApiError::Unauthorized(
+                "this API needs a token: send `Authorization: Bearer TOKEN` (the CLI reads WAKEGATE_TOKEN)".into(),
+            )
+            .into_response();
+        };
+        // Every token is compared, so the time taken does not tell which one nearly matched.
+        let mut found = None;
+        for token in api.tokens.iter() {
+            if same_secret(token.secret.expose().as_bytes(), presented.as_bytes()) {
+                found = Some(token);
+            }
+        }
+        let Some(token) = found else {
+            return ApiError::Unauthorized(
+                "this token is not known to wakegate; check WAKEGATE_TOKEN or the [[gateway.token]] entries".into(),
+            )
+            .into_response();
+        };
+        Caller {
+            name: token.name.clone(),
+            role: token.role,
+        }
+    };
+    if caller.role < needed {
+        return ApiError::Forbidden {
+            name: caller.name,
+            role: caller.role,
+            needed,
+        }
+        .into_response();
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// Allows the configured origins to call the API from their pages; no CORS otherwise.
+async fn cors(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| {
+            api.cors_origins
+                .iter()
+                .any(|a| a.as_bytes() == o.as_bytes())
+        })
+        .cloned();
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let mut response = if request.method() == Method::OPTIONS {
+        let mut preflight = StatusCode::NO_CONTENT.into_response();
+        let headers = preflight.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, last-event-id"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        preflight
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&api.services),
+    )
+}
 
 /// One service as the API shows it.
 #[derive(Debug, Serialize)]
@@ -24,77 +309,228 @@ pub struct ServiceView {
     /// Where the backend was found on its last wake, while awake.
     pub address: Option<String>,
     pub connections: usize,
+    /// Online players, for listeners that can tell (none yet).
+    pub players: Option<u32>,
     pub held: usize,
     pub refused: u64,
     #[serde(serialize_with = "event::rfc3339_opt")]
     pub idle_since: Option<SystemTime>,
+    /// When it will be stopped if nothing changes.
+    #[serde(serialize_with = "event::rfc3339_opt")]
+    pub idle_deadline: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// How long its recent wakes took, oldest first.
+    pub boot_durations_ms: Vec<u64>,
+    /// The expected duration of the next wake (the median of the recent ones).
+    pub eta_ms: Option<u64>,
+    pub awake_seconds_day: f64,
+    pub awake_seconds_30d: f64,
+    pub hourly_cost: Option<f64>,
+    /// What sleeping saved over the last 30 days (or since wakegate first ran it), against
+    /// running it all the time.
+    pub cost_saved_30d: Option<f64>,
+    pub leases: Vec<Lease>,
 }
 
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
 impl ServiceView {
-    pub fn of(handle: &ServiceHandle) -> ServiceView {
+    pub fn of(handle: &ServiceHandle, store: &Store) -> Result<ServiceView, ApiError> {
         let status = handle.status();
-        ServiceView {
+        let now = SystemTime::now();
+        let month_ago = now - 30 * DAY;
+        let (transitions, first) = store
+            .transitions_since(handle.name(), month_ago)
+            .map_err(ApiError::internal)?;
+        let boot_durations_ms = store
+            .boot_durations(handle.name(), 10)
+            .map_err(ApiError::internal)?;
+        let awake_seconds_30d = running_seconds(&transitions, month_ago, now);
+        let window_start = first.map_or(now, |f| f.max(month_ago));
+        let window_hours = now
+            .duration_since(window_start)
+            .unwrap_or_default()
+            .as_secs_f64()
+            / 3600.0;
+        Ok(ServiceView {
             name: handle.name().to_string(),
             state: status.state,
             since: status.since,
             backend: handle.backend_kind(),
             address: status.address.map(|a| a.to_string()),
             connections: handle.connections(),
+            players: None,
             held: status.held,
             refused: handle.refused(),
             idle_since: status.idle_since,
+            idle_deadline: status.idle_deadline,
             last_error: status.last_error,
+            eta_ms: median(&boot_durations_ms),
+            boot_durations_ms,
+            awake_seconds_day: running_seconds(&transitions, now - DAY, now),
+            awake_seconds_30d,
+            hourly_cost: handle.hourly_cost(),
+            cost_saved_30d: handle
+                .hourly_cost()
+                .map(|cost| cost * (window_hours - awake_seconds_30d / 3600.0).max(0.0)),
+            leases: status.leases,
+        })
+    }
+}
+
+fn median(values: &[u64]) -> Option<u64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
+}
+
+/// Seconds between `from` and `now` that the backend ran (waking, awake or stopping), from
+/// the transitions in time order (the first may be before `from`).
+fn running_seconds(
+    transitions: &[(SystemTime, ServiceState)],
+    from: SystemTime,
+    now: SystemTime,
+) -> f64 {
+    let mut total = Duration::ZERO;
+    for (i, (start, state)) in transitions.iter().enumerate() {
+        if !matches!(
+            state,
+            ServiceState::Waking | ServiceState::Awake | ServiceState::Stopping
+        ) {
+            continue;
         }
+        let end = transitions.get(i + 1).map_or(now, |(t, _)| *t);
+        let start = (*start).max(from);
+        total += end.duration_since(start).unwrap_or_default();
     }
+    total.as_secs_f64()
 }
 
-/// Errors as JSON, with a message that says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("no service is named `{0}`; GET /api/v1/services lists them")]
-    NoSuchService(String),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match self {
-            ApiError::NoSuchService(_) => StatusCode::NOT_FOUND,
-        };
-        (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
-    }
-}
-
-type Services = Arc<[ServiceHandle]>;
-
-/// The API's routes over the given services.
-pub fn router(services: Services) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/api/v1/services", get(list))
-        .route("/api/v1/services/{name}", get(one))
-        .with_state(services)
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn list(State(services): State<Services>) -> Json<Vec<ServiceView>> {
-    Json(services.iter().map(ServiceView::of).collect())
+async fn list(State(api): State<Api>) -> Result<Json<Vec<ServiceView>>, ApiError> {
+    api.services
+        .iter()
+        .map(|s| ServiceView::of(s, &api.store))
+        .collect::<Result<_, _>>()
+        .map(Json)
 }
 
 async fn one(
-    State(services): State<Services>,
+    State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    services
-        .iter()
-        .find(|s| s.name() == name)
-        .map(|s| Json(ServiceView::of(s)))
-        .ok_or(ApiError::NoSuchService(name))
+    ServiceView::of(api.service(&name)?, &api.store).map(Json)
+}
+
+async fn wake(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
+    let service = api.service(&name)?;
+    service.wake(&format!("API token {}", caller.name)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ServiceView::of(service, &api.store)?),
+    ))
+}
+
+async fn sleep(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
+    let service = api.service(&name)?;
+    service.sleep(&format!("API token {}", caller.name)).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ServiceView::of(service, &api.store)?),
+    ))
+}
+
+async fn leases(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Lease>>, ApiError> {
+    Ok(Json(api.service(&name)?.status().leases))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeaseRequest {
+    /// A humantime duration: "2h", "90m".
+    duration: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn add_lease(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<LeaseRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Lease>), ApiError> {
+    let service = api.service(&name)?;
+    let Json(request) = body.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "{}; send JSON like {{\"duration\": \"2h\", \"reason\": \"raid night\"}}",
+            e.body_text()
+        ))
+    })?;
+    let duration = humantime::parse_duration(&request.duration)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= MAX_LEASE)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "`{}` is not a lease duration; write one between 1s and 30 days, like \"2h\" or \"90m\"",
+                request.duration
+            ))
+        })?;
+    let lease = service
+        .add_lease(duration, &request.reason, &caller.name)
+        .await?
+        .map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(lease)))
+}
+
+async fn end_lease(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+    Path((name, id)): Path<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    let service = api.service(&name)?;
+    if service.end_lease(id, &caller.name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NoSuchLease { service: name, id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcdeg"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcde"));
+        assert!(!same_secret(b"", b"x"));
+    }
+
+    #[test]
+    fn running_time_is_clipped_to_the_window() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = |s| t0 + Duration::from_secs(s);
+        let transitions = [
+            (at(0), ServiceState::Waking),
+            (at(10), ServiceState::Awake),
+            (at(100), ServiceState::Stopping),
+            (at(110), ServiceState::Asleep),
+            (at(200), ServiceState::Waking),
+        ];
+        assert_eq!(running_seconds(&transitions, at(0), at(250)), 160.0);
+        assert_eq!(running_seconds(&transitions, at(50), at(250)), 110.0);
+        assert_eq!(median(&[5, 1, 9]), Some(5));
+        assert_eq!(median(&[]), None);
+    }
 }

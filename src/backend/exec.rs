@@ -73,7 +73,8 @@ impl ExecBackend {
         };
         if status.success() {
             Ok(true)
-        } else if action == "status" && status.code().is_some() {
+        } else if action == "status" && status.code().is_some_and(|c| c != 126 && c != 127) {
+            // 126 and 127 are the shell saying the command cannot run: that is no answer.
             Ok(false)
         } else {
             Err(BackendError::CommandFailed {

@@ -2,8 +2,9 @@
 //!
 //! Output goes to `<data_dir>/<service>.log`. A pid file (`<service>.pid`, holding the pid, its
 //! kernel start time and command line) lets a wakegate that was killed with -9 find the server
-//! again; the start time and command must still match, so a reused pid is never adopted. An exit
-//! is noticed at once: `wait()` on our own child, a pidfd for an adopted one.
+//! again; the start time and command line must still match, so a reused pid is never adopted.
+//! An exit is noticed at once: `wait()` on our own child, a pidfd for an adopted one. The child
+//! leads its own process group, and stop signals go to the whole group.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use async_trait::async_trait;
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::{Pid, Signal, kill_process_group};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
@@ -131,9 +132,11 @@ impl ProcessBackend {
         let bytes = std::fs::read(&self.pid_path).ok()?;
         let record: PidFile = serde_json::from_slice(&bytes).ok()?;
         let pid = Pid::from_raw(record.pid)?;
+        // The pid, its start time and its command line must all match what was recorded: a
+        // reused pid is never mistaken for our server. A changed `command` in the config does
+        // not matter: that process is ours and must be watched and stopped all the same.
         let same = start_time(pid) == Some(record.start_time)
-            && command_line(pid).as_ref() == Some(&record.command)
-            && record.command == self.config.command;
+            && command_line(pid).as_ref() == Some(&record.command);
         if !same {
             // The process is gone, or the pid now belongs to something else.
             let _ = std::fs::remove_file(&self.pid_path);
@@ -198,7 +201,8 @@ impl ProcessBackend {
             StopMethod::Signal(n) => Signal::from_named_raw(n).unwrap_or(Signal::TERM),
             StopMethod::Stdin(_) => Signal::TERM,
         };
-        let _ = kill_process(pid, signal);
+        // The whole group: a wrapper script that did not `exec` the server must not leave it.
+        let _ = kill_process_group(pid, signal);
     }
 }
 
@@ -226,7 +230,7 @@ impl Backend for ProcessBackend {
                 let pid = self.running.as_ref().map(Running::pid);
                 warn!(service = %self.service, timeout = %humantime::format_duration(self.config.stop_timeout), "The process did not stop in time; killing it.");
                 if let Some(pid) = pid {
-                    let _ = kill_process(pid, Signal::KILL);
+                    let _ = kill_process_group(pid, Signal::KILL);
                 }
                 self.wait_exit().await
             }

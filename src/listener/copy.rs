@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::net::Shutdown;
 use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
@@ -15,11 +16,19 @@ use tokio::net::TcpStream;
 const CHUNK: usize = 256 * 1024;
 
 /// Copies until both directions have ended; returns bytes (client → backend, backend → client).
-pub async fn bidirectional(client: &TcpStream, backend: &TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(client, backend), one_way(backend, client))
+/// `counted` are bumped as bytes go by (client → backend, backend → client).
+pub async fn bidirectional(
+    client: &TcpStream,
+    backend: &TcpStream,
+    counted: (&AtomicU64, &AtomicU64),
+) -> io::Result<(u64, u64)> {
+    tokio::try_join!(
+        one_way(client, backend, counted.0),
+        one_way(backend, client, counted.1)
+    )
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::Result<u64> {
     let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     // A bigger pipe means fewer system calls per byte; the default (64 KiB) still works.
     let _ = rustix::pipe::fcntl_setpipe_size(&pipe_in, CHUNK);
@@ -36,6 +45,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             left -= splice_ready(to, Interest::WRITABLE, &pipe_out, to, left).await?;
         }
         total += n as u64;
+        counted.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

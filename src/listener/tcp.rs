@@ -60,7 +60,7 @@ async fn serve(
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     let copied = tokio::select! {
-        copied = copy::bidirectional(&client, &backend) => copied,
+        copied = copy::bidirectional(&client, &backend, ticket.byte_counters()) => copied,
         () = connections.close_all.cancelled() => {
             debug!("Closing the connection: wakegate is shutting down.");
             return;

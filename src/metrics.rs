@@ -1,0 +1,351 @@
+//! Counters of each service, kept in atomics the data path can bump without a lock, and their
+//! Prometheus text exposition with the process's own metrics.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::event::State;
+use crate::service::ServiceHandle;
+
+/// What started a wake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Client,
+    Api,
+    Lease,
+    Reconcile,
+}
+
+impl Trigger {
+    const ALL: [Trigger; 4] = [
+        Trigger::Client,
+        Trigger::Api,
+        Trigger::Lease,
+        Trigger::Reconcile,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Client => "client",
+            Trigger::Api => "api",
+            Trigger::Lease => "lease",
+            Trigger::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// What went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Wake,
+    Stop,
+    Crash,
+}
+
+impl Failure {
+    const ALL: [Failure; 3] = [Failure::Wake, Failure::Stop, Failure::Crash];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Wake => "wake",
+            Failure::Stop => "stop",
+            Failure::Crash => "crash",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the wake-duration histogram: from a local process to a VM.
+const WAKE_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// One service's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_total: AtomicU64,
+    /// Bytes from clients to the backend.
+    pub bytes_in: AtomicU64,
+    /// Bytes from the backend to clients.
+    pub bytes_out: AtomicU64,
+    pub refused: AtomicU64,
+    wakes: [AtomicU64; 4],
+    failures: [AtomicU64; 3],
+    wake_buckets: [AtomicU64; 12],
+    wake_count: AtomicU64,
+    wake_micros: AtomicU64,
+    awake_millis: AtomicU64,
+    /// Set while the backend runs (waking, awake, stopping). Touched on transitions only.
+    running_since: Mutex<Option<Instant>>,
+}
+
+impl Metrics {
+    pub fn wake(&self, trigger: Trigger) {
+        self.wakes[trigger as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn failure(&self, failure: Failure) {
+        self.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn wake_took(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        for (bucket, bound) in self.wake_buckets.iter().zip(WAKE_BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.wake_count.fetch_add(1, Ordering::Relaxed);
+        self.wake_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Follows a transition, to count the time the backend runs (and costs).
+    pub fn entered(&self, state: State) {
+        let running = matches!(state, State::Waking | State::Awake | State::Stopping);
+        let mut since = self.running_since.lock().unwrap();
+        match (running, *since) {
+            (true, None) => *since = Some(Instant::now()),
+            (false, Some(start)) => {
+                self.awake_millis
+                    .fetch_add(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                *since = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// Seconds the backend has run since wakegate started.
+    fn running_seconds(&self) -> f64 {
+        let current = self
+            .running_since
+            .lock()
+            .unwrap()
+            .map_or(0, |s| s.elapsed().as_millis() as u64);
+        (self.awake_millis.load(Ordering::Relaxed) + current) as f64 / 1000.0
+    }
+}
+
+/// The Prometheus text exposition of every service and of the process.
+pub fn render(services: &[ServiceHandle]) -> String {
+    let mut out = String::new();
+    let states = [
+        State::Asleep,
+        State::Waking,
+        State::Awake,
+        State::Stopping,
+        State::Failed,
+    ];
+    header(
+        &mut out,
+        "wakegate_service_state",
+        "gauge",
+        "1 for the state each service is in.",
+    );
+    for s in services {
+        let current = s.status().state;
+        for state in states {
+            let v = u8::from(state == current);
+            let _ = writeln!(
+                out,
+                "wakegate_service_state{{service=\"{}\",state=\"{state}\"}} {v}",
+                s.name()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "wakegate_wakes_total",
+        "counter",
+        "Wakes started, by what started them.",
+    );
+    for s in services {
+        for t in Trigger::ALL {
+            let v = s.metrics().wakes[t as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "wakegate_wakes_total{{service=\"{}\",trigger=\"{}\"}} {v}",
+                s.name(),
+                t.as_str()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "wakegate_failures_total",
+        "counter",
+        "Failed wakes and stops, and crashes while awake.",
+    );
+    for s in services {
+        for f in Failure::ALL {
+            let v = s.metrics().failures[f as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "wakegate_failures_total{{service=\"{}\",kind=\"{}\"}} {v}",
+                s.name(),
+                f.as_str()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "wakegate_wake_duration_seconds",
+        "histogram",
+        "Time from the start of a wake to the backend being ready.",
+    );
+    for s in services {
+        let m = s.metrics();
+        for (bucket, bound) in m.wake_buckets.iter().zip(WAKE_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "wakegate_wake_duration_seconds_bucket{{service=\"{}\",le=\"{bound}\"}} {}",
+                s.name(),
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = m.wake_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "wakegate_wake_duration_seconds_bucket{{service=\"{}\",le=\"+Inf\"}} {count}",
+            s.name()
+        );
+        let _ = writeln!(
+            out,
+            "wakegate_wake_duration_seconds_sum{{service=\"{}\"}} {}",
+            s.name(),
+            m.wake_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "wakegate_wake_duration_seconds_count{{service=\"{}\"}} {count}",
+            s.name()
+        );
+    }
+    let per_service: [PerService; 7] = [
+        (
+            "wakegate_awake_seconds_total",
+            "counter",
+            "Seconds the backend ran (waking, awake or stopping) since wakegate started.",
+            |s| s.metrics().running_seconds(),
+        ),
+        (
+            "wakegate_connections",
+            "gauge",
+            "Open proxied connections.",
+            |s| s.connections() as f64,
+        ),
+        (
+            "wakegate_connections_total",
+            "counter",
+            "Proxied connections since wakegate started.",
+            |s| s.metrics().connections_total.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wakegate_received_bytes_total",
+            "counter",
+            "Bytes from clients forwarded to the backend.",
+            |s| s.metrics().bytes_in.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wakegate_sent_bytes_total",
+            "counter",
+            "Bytes from the backend forwarded to clients.",
+            |s| s.metrics().bytes_out.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wakegate_held_clients",
+            "gauge",
+            "Clients waiting for a wake to finish.",
+            |s| s.status().held as f64,
+        ),
+        (
+            "wakegate_refused_clients_total",
+            "counter",
+            "Clients refused because max_held were already waiting.",
+            |s| s.metrics().refused.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, kind, help, value) in per_service {
+        header(&mut out, name, kind, help);
+        for s in services {
+            let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", s.name(), value(s));
+        }
+    }
+    process(&mut out);
+    out
+}
+
+/// A metric with one value per service: name, type, help, and how to read it.
+type PerService = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ServiceHandle) -> f64,
+);
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The standard process metrics, read from /proc.
+fn process(out: &mut String) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, counted after the name (field 2).
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    let cpu = (ticks(11) + ticks(12)) / hz;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let start = boot + ticks(19) / hz;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let gauges = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss_kib * 1024.0,
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent in seconds.",
+            cpu,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds as f64,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch in seconds.",
+            start,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
