@@ -30,6 +30,7 @@ pub struct Connections {
 
 /// A running gateway.
 pub struct App {
+    router: axum::Router,
     services: Vec<ServiceHandle>,
     listeners: Vec<(String, SocketAddr)>,
     api: SocketAddr,
@@ -118,8 +119,9 @@ impl App {
             config.gateway.cors_origins.clone(),
         ));
         let api_stop = stop_background.clone();
+        let served = router.clone();
         background.spawn(async move {
-            let serve = axum::serve(api_socket, router)
+            let serve = axum::serve(api_socket, served)
                 .with_graceful_shutdown(async move { api_stop.cancelled().await });
             if let Err(e) = serve.await {
                 warn!(error = %e, "The API server stopped.");
@@ -127,6 +129,7 @@ impl App {
         });
 
         Ok(App {
+            router,
             services,
             listeners,
             api,
@@ -153,6 +156,11 @@ impl App {
             .iter()
             .find(|(name, _)| name == service)
             .map(|(_, addr)| *addr)
+    }
+
+    /// The API's routes, to call without a socket.
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
     }
 
     pub fn api_addr(&self) -> SocketAddr {

@@ -179,8 +179,6 @@ struct GatewayConfig {
     #[serde(default = "default_grace", deserialize_with = "duration")]
     shutdown_grace: Duration,
     #[serde(default)]
-    token: Vec<TokenConfig>,
-    #[serde(default)]
     cors_origins: Vec<String>,
 }
 
@@ -190,7 +188,6 @@ impl Default for GatewayConfig {
             data_dir: default_data_dir(),
             api: default_api(),
             shutdown_grace: default_grace(),
-            token: Vec::new(),
             cors_origins: Vec::new(),
         }
     }
@@ -423,9 +420,9 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         return None;
     }
     let mut root = root.into_inner();
-    let gateway = match root.remove("gateway") {
-        Some(value) => read::<GatewayConfig>(value, problems),
-        None => Some(GatewayConfig::default()),
+    let (gateway, tokens) = match root.remove("gateway") {
+        Some(value) => read_gateway_tables(value, problems),
+        None => (Some(GatewayConfig::default()), Vec::new()),
     };
     let services = match root.remove("service") {
         Some(value) => read_services(value, problems),
@@ -445,7 +442,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
             "the top level holds only [gateway] and [[service]] tables",
         );
     }
-    let gateway = read_gateway(gateway?, problems);
+    let gateway = read_gateway(gateway?, tokens, problems);
     let services = services?;
     let config = Config {
         gateway: gateway?,
@@ -458,11 +455,52 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
 /// Minimum length of a token secret: shorter ones can be guessed.
 const MIN_SECRET_LEN: usize = 16;
 
-fn read_gateway(c: GatewayConfig, problems: &mut Problems<'_>) -> Option<Gateway> {
+/// Reads `[gateway]`, and each of its `[[gateway.token]]` tables apart, so that every mistake
+/// is reported.
+fn read_gateway_tables(
+    value: Spanned<DeValue<'_>>,
+    problems: &mut Problems<'_>,
+) -> (Option<GatewayConfig>, Vec<Option<TokenConfig>>) {
+    let span = value.span();
+    let DeValue::Table(mut table) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            "`gateway` must be a table",
+            "write it as [gateway]",
+        );
+        return (None, Vec::new());
+    };
+    let tokens = match table.remove("token") {
+        None => Vec::new(),
+        Some(tokens) => {
+            let token_span = tokens.span();
+            match tokens.into_inner() {
+                DeValue::Array(items) => items.into_iter().map(|t| read(t, problems)).collect(),
+                _ => {
+                    problems.add(
+                        Some(token_span),
+                        "`gateway.token` must be an array of tables",
+                        "write each token as a [[gateway.token]] table",
+                    );
+                    vec![None]
+                }
+            }
+        }
+    };
+    let gateway = read::<GatewayConfig>(Spanned::new(span, DeValue::Table(table)), problems);
+    (gateway, tokens)
+}
+
+fn read_gateway(
+    c: GatewayConfig,
+    token_configs: Vec<Option<TokenConfig>>,
+    problems: &mut Problems<'_>,
+) -> Option<Gateway> {
     let mut tokens = Vec::new();
-    let mut ok = true;
+    // A token that could not be read was reported already.
+    let mut ok = token_configs.iter().all(Option::is_some);
     let mut names = std::collections::HashSet::new();
-    for t in c.token {
+    for t in token_configs.into_iter().flatten() {
         if !names.insert(t.name.get_ref().clone()) {
             problems.add(
                 Some(t.name.span()),

@@ -363,7 +363,14 @@ impl ServiceView {
             held: status.held,
             refused: handle.refused(),
             idle_since: status.idle_since,
-            idle_deadline: status.idle_deadline,
+            // A lease just taken may not be in the actor's deadline yet; it always counts.
+            idle_deadline: status.idle_deadline.map(|d| {
+                status
+                    .leases
+                    .iter()
+                    .map(|l| l.expires)
+                    .fold(d, SystemTime::max)
+            }),
             last_error: status.last_error,
             eta_ms: median(&boot_durations_ms),
             boot_durations_ms,
