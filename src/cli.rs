@@ -3,14 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use serde::Deserialize;
 
+use crate::client::{self, Client};
 use crate::{app, config, demo};
 
 /// Wake costly idle servers on demand, forward their traffic, and put them back to sleep.
@@ -50,15 +48,43 @@ enum Command {
     Status {
         /// Only this service.
         name: Option<String>,
-        /// Print JSON instead of a table.
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Wake a service.
+    Wake {
+        name: String,
+        /// Follow the wake until the service is awake (exit 0) or failed (exit 1).
         #[arg(long)]
-        json: bool,
-        /// The API address (default: `api` from the config, else 127.0.0.1:7070).
+        wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Put a service to sleep (ending its leases).
+    Sleep {
+        name: String,
+        /// Follow it until the service is asleep (exit 0) or failed (exit 1).
         #[arg(long)]
-        api: Option<String>,
-        /// The config file to read the API address from.
-        #[arg(long, env = "WAKEGATE_CONFIG")]
-        config: Option<PathBuf>,
+        wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show recent events; with --follow, every new one as it happens.
+    Events {
+        /// Keep printing new events.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this service's events.
+        #[arg(long)]
+        service: Option<String>,
+        /// Events after this id (default: the latest ones).
+        #[arg(long)]
+        after: Option<i64>,
+        /// How many to show first.
+        #[arg(long, default_value = "20")]
+        limit: usize,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// The demo's backend: a tiny web (or echo) server. Used by `demo` and the tests.
     #[command(hide = true)]
@@ -72,6 +98,37 @@ enum Command {
         #[arg(long)]
         echo: bool,
     },
+}
+
+/// How to reach a running gateway's API.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The API address (default: `api` from the config, else 127.0.0.1:7070).
+    #[arg(long)]
+    api: Option<String>,
+    /// The config file to read the API address from.
+    #[arg(long, env = "WAKEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// An API token (`[[gateway.token]]`).
+    #[arg(long, env = "WAKEGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        let api = match (&self.api, &self.config) {
+            (Some(api), _) => api
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string(),
+            (None, Some(path)) => config::load(path)?.gateway.api.to_string(),
+            (None, None) => "127.0.0.1:7070".to_string(),
+        };
+        Ok(Client::new(api, self.token.clone()))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,14 +197,38 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Config {
             action: ConfigAction::Example,
         } => print!("{}", config::EXAMPLE),
-        Command::Status {
-            name,
-            json,
+        Command::Status { name, api } => {
+            let client = api.client()?;
+            return runtime()?.block_on(client::status(&client, name.as_deref(), api.json));
+        }
+        Command::Wake { name, wait, api } => {
+            let client = api.client()?;
+            return runtime()?.block_on(client::steer(
+                &client, &name, "wake", "awake", wait, api.json,
+            ));
+        }
+        Command::Sleep { name, wait, api } => {
+            let client = api.client()?;
+            return runtime()?.block_on(client::steer(
+                &client, &name, "sleep", "asleep", wait, api.json,
+            ));
+        }
+        Command::Events {
+            follow,
+            service,
+            after,
+            limit,
             api,
-            config,
         } => {
-            let api = api_address(api, config)?;
-            return runtime()?.block_on(status(&api, name.as_deref(), json));
+            let client = api.client()?;
+            return runtime()?.block_on(client::events(
+                &client,
+                service.as_deref(),
+                after,
+                limit,
+                follow,
+                api.json,
+            ));
         }
         Command::DemoBackend {
             listen,
@@ -156,114 +237,4 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => runtime()?.block_on(demo::backend(listen, boot_delay, echo))?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `--api`, else the config's `api`, else the default.
-fn api_address(flag: Option<String>, config: Option<PathBuf>) -> anyhow::Result<String> {
-    if let Some(api) = flag {
-        return Ok(api
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string());
-    }
-    if let Some(path) = config {
-        return Ok(config::load(&path)?.gateway.api.to_string());
-    }
-    Ok("127.0.0.1:7070".to_string())
-}
-
-/// GETs a path of the API; returns the status code and body.
-async fn get(api: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
-    let unreachable = || {
-        format!(
-            "cannot reach the wakegate API at {api}; is `wakegate run` running? Pass --api HOST:PORT if it listens elsewhere"
-        )
-    };
-    let stream = tokio::net::TcpStream::connect(api)
-        .await
-        .with_context(unreachable)?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .with_context(unreachable)?;
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, api)
-        .body(Empty::<Bytes>::new())?;
-    let exchange = async move {
-        let response = sender
-            .send_request(request)
-            .await
-            .with_context(unreachable)?;
-        let code = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((code, body))
-        // `sender` is dropped here, which lets the connection below finish.
-    };
-    let (answer, _) = tokio::join!(exchange, conn);
-    answer
-}
-
-#[derive(Debug, Deserialize)]
-struct ServiceRow {
-    name: String,
-    state: String,
-    since: String,
-    address: Option<String>,
-    connections: usize,
-    held: usize,
-    last_error: Option<String>,
-}
-
-async fn status(api: &str, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
-    let path = match name {
-        Some(name) => format!("/api/v1/services/{name}"),
-        None => "/api/v1/services".to_string(),
-    };
-    let (code, body) = get(api, &path).await?;
-    if code != 200 {
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        bail!("the API answered {code}: {message}");
-    }
-    if json {
-        println!("{}", String::from_utf8_lossy(&body));
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<ServiceRow> = if name.is_some() {
-        vec![serde_json::from_slice(&body)?]
-    } else {
-        serde_json::from_slice(&body)?
-    };
-    println!(
-        "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} LAST ERROR",
-        "NAME", "STATE", "FOR", "CONNS", "HELD", "ADDRESS"
-    );
-    for row in rows {
-        println!(
-            "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} {}",
-            row.name,
-            row.state,
-            ago(&row.since).unwrap_or_else(|_| row.since.clone()),
-            row.connections,
-            row.held,
-            row.address.as_deref().unwrap_or("-"),
-            row.last_error
-                .as_deref()
-                .map(|e| e.lines().next().unwrap_or(""))
-                .unwrap_or("-"),
-        );
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// "3m 12s" since an RFC 3339 time.
-fn ago(since: &str) -> anyhow::Result<String> {
-    let since = humantime::parse_rfc3339(since).map_err(|e| anyhow!("{e}"))?;
-    let elapsed = SystemTime::now()
-        .duration_since(since)
-        .unwrap_or_default()
-        .as_secs();
-    Ok(humantime::format_duration(Duration::from_secs(elapsed)).to_string())
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod backend;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod event;

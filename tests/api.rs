@@ -597,3 +597,105 @@ async fn history_pages_the_latest_events_and_after_an_id() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.shutdown().await;
 }
+
+/// Runs the CLI against the gateway with a token in WAKEGATE_TOKEN.
+async fn cli(app: &App, token: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(WAKEGATE)
+        .args(args)
+        .args(["--api", &app.api_addr().to_string()])
+        .env("WAKEGATE_TOKEN", token)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_wakes_follows_and_sleeps_with_exit_codes_that_say_how_it_went() {
+    let dir = temp_dir("cli");
+    let (app, _backend) = gateway(&dir, "").await;
+
+    let denied = cli(&app, READ, &["wake", "web"]).await;
+    assert_eq!(denied.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("403") && err.contains("Operate"), "{err}");
+
+    let woken = cli(&app, OPERATE, &["wake", "web", "--wait"]).await;
+    let out = String::from_utf8_lossy(&woken.stdout);
+    assert!(
+        woken.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&woken.stderr)
+    );
+    assert!(out.contains("wake requested by API token ops"), "{out}");
+    assert!(
+        out.lines().last().unwrap().contains("backend ready at"),
+        "{out}"
+    );
+    assert_eq!(app.service("web").unwrap().status().state, State::Awake);
+
+    let events = cli(
+        &app,
+        READ,
+        &["events", "--service", "web", "--json", "--limit", "3"],
+    )
+    .await;
+    assert!(events.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[2]["state"], "awake");
+
+    // --follow prints what happens next, as it happens.
+    let mut follow = tokio::process::Command::new(WAKEGATE)
+        .args([
+            "events",
+            "--follow",
+            "--limit",
+            "0",
+            "--api",
+            &app.api_addr().to_string(),
+        ])
+        .env("WAKEGATE_TOKEN", READ)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(follow.stdout.take().unwrap()));
+    let slept = cli(&app, OPERATE, &["sleep", "web", "--wait", "--json"]).await;
+    assert!(
+        slept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&slept.stderr)
+    );
+    let last: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&slept.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["state"], "asleep");
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("events --follow ended");
+            if line.contains("backend stopped") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("events --follow did not show the stop");
+    follow.kill().await.unwrap();
+
+    let missing = cli(&app, READ, &["status", "nope"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no service is named `nope`"));
+    app.shutdown().await;
+}

@@ -1,0 +1,358 @@
+//! The commands that talk to a running gateway through its API: `status`, `wake`, `sleep` and
+//! `events`. A small HTTP/1.1 client of our own (hyper), with the token from WAKEGATE_TOKEN.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow, bail};
+use http_body_util::{BodyExt, Empty};
+use hyper::Method;
+use hyper::body::{Bytes, Incoming};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+/// A connection-per-request client of the API.
+pub struct Client {
+    api: String,
+    token: Option<String>,
+}
+
+/// An open Server-Sent Events stream.
+struct Stream {
+    body: Incoming,
+    buffer: String,
+    /// Drives the connection; ended with the stream.
+    driver: JoinHandle<()>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl Stream {
+    /// The data of the next event (comments and keep-alives skipped).
+    async fn next(&mut self) -> anyhow::Result<Option<(String, String)>> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let message: String = self.buffer.drain(..end + 2).collect();
+                let mut kind = "message".to_string();
+                let mut data = String::new();
+                for line in message.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if !data.is_empty() {
+                    return Ok(Some((kind, data)));
+                }
+                continue;
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(frame) => {
+                    if let Some(data) = frame?.data_ref() {
+                        self.buffer.push_str(&String::from_utf8_lossy(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    pub fn new(api: String, token: Option<String>) -> Client {
+        Client { api, token }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> anyhow::Result<(hyper::Response<Incoming>, JoinHandle<()>)> {
+        let unreachable = || {
+            format!(
+                "cannot reach the wakegate API at {}; is `wakegate run` running? Pass --api HOST:PORT if it listens elsewhere",
+                self.api
+            )
+        };
+        let stream = tokio::net::TcpStream::connect(&self.api)
+            .await
+            .with_context(unreachable)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .with_context(unreachable)?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.api);
+        if let Some(token) = &self.token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new())?)
+            .await
+            .with_context(unreachable)?;
+        Ok((response, driver))
+    }
+
+    /// A JSON answer, or the API's error message.
+    async fn json(&self, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
+        let (response, driver) = self.send(method, path).await?;
+        let code = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        driver.abort();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        });
+        if !code.is_success() {
+            let message = value["error"]
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_string);
+            bail!("the API answered {}: {message}", code.as_u16());
+        }
+        Ok(value)
+    }
+
+    async fn stream(&self, path: &str) -> anyhow::Result<Stream> {
+        let (response, driver) = self.send(Method::GET, path).await?;
+        if !response.status().is_success() {
+            let code = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            driver.abort();
+            bail!(
+                "the API answered {code}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(Stream {
+            body: response.into_body(),
+            buffer: String::new(),
+            driver,
+        })
+    }
+
+    /// The id of the newest event of a service.
+    async fn last_event_id(&self, service: Option<&str>) -> anyhow::Result<i64> {
+        let path = match service {
+            Some(name) => format!("/api/v1/events?limit=1&service={name}"),
+            None => "/api/v1/events?limit=1".to_string(),
+        };
+        Ok(self.json(Method::GET, &path).await?["last_id"]
+            .as_i64()
+            .unwrap_or(0))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ServiceRow {
+    name: String,
+    state: String,
+    since: String,
+    address: Option<String>,
+    connections: usize,
+    held: usize,
+    last_error: Option<String>,
+}
+
+/// `wakegate status [NAME]`.
+pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+    let path = match name {
+        Some(name) => format!("/api/v1/services/{name}"),
+        None => "/api/v1/services".to_string(),
+    };
+    let value = client.json(Method::GET, &path).await?;
+    if json {
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<ServiceRow> = if name.is_some() {
+        vec![serde_json::from_value(value)?]
+    } else {
+        serde_json::from_value(value)?
+    };
+    println!(
+        "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} LAST ERROR",
+        "NAME", "STATE", "FOR", "CONNS", "HELD", "ADDRESS"
+    );
+    for row in rows {
+        println!(
+            "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} {}",
+            row.name,
+            row.state,
+            ago(&row.since).unwrap_or_else(|_| row.since.clone()),
+            row.connections,
+            row.held,
+            row.address.as_deref().unwrap_or("-"),
+            row.last_error
+                .as_deref()
+                .map(|e| e.lines().next().unwrap_or(""))
+                .unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "3m 12s" since an RFC 3339 time.
+fn ago(since: &str) -> anyhow::Result<String> {
+    let since = humantime::parse_rfc3339(since).map_err(|e| anyhow!("{e}"))?;
+    let elapsed = SystemTime::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        .as_secs();
+    Ok(humantime::format_duration(Duration::from_secs(elapsed)).to_string())
+}
+
+/// `wakegate wake NAME [--wait]` and `wakegate sleep NAME [--wait]`: asks, then with `wait`
+/// follows the service's events until it reaches `goal` (exit 0) or `failed` (exit 1).
+pub async fn steer(
+    client: &Client,
+    name: &str,
+    action: &str,
+    goal: &str,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // Where the event log stands first, so no event of this action can be missed.
+    let after = client.last_event_id(Some(name)).await?;
+    let before = client
+        .json(Method::GET, &format!("/api/v1/services/{name}"))
+        .await?;
+    let view = client
+        .json(Method::POST, &format!("/api/v1/services/{name}/{action}"))
+        .await?;
+    if !wait || before["state"] == goal {
+        if json {
+            println!("{view}");
+        } else {
+            println!("{name} is {}", view["state"].as_str().unwrap_or(""));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stream = client
+        .stream(&format!(
+            "/api/v1/events/stream?service={name}&after={after}"
+        ))
+        .await?;
+    let spinner = !json && std::io::stdout().is_terminal();
+    let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut line = format!("{action} requested");
+    let mut frame = 0;
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next?,
+            _ = tick.tick(), if spinner => {
+                frame = (frame + 1) % frames.len();
+                print!("\r\x1b[2K{} {name}: {line} ({}s)", frames[frame], started.elapsed().as_secs());
+                let _ = std::io::stdout().flush();
+                continue;
+            }
+        };
+        let Some((_, data)) = next else {
+            bail!("the event stream ended before {name} was {goal}");
+        };
+        let event: serde_json::Value = serde_json::from_str(&data)?;
+        if json {
+            println!("{event}");
+        } else if !spinner {
+            println!("{}", event_line(&event));
+        }
+        let reason = event["reason"].as_str().unwrap_or("").to_string();
+        let reached = event["kind"] == "transition" && event["state"] == goal;
+        let failed = event["kind"] == "transition" && event["state"] == "failed";
+        if spinner {
+            line = reason.clone();
+            if reached || failed {
+                print!("\r\x1b[2K");
+                let mark = if reached { '✓' } else { '✗' };
+                println!(
+                    "{mark} {name} is {}: {reason}",
+                    event["state"].as_str().unwrap_or("")
+                );
+            }
+        }
+        if reached {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if failed {
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+}
+
+/// One event as a line of text.
+fn event_line(event: &serde_json::Value) -> String {
+    let time = event["time"].as_str().unwrap_or("");
+    let state = event["state"].as_str().unwrap_or("");
+    let state = if event["kind"] == "transition" {
+        state.to_string()
+    } else {
+        format!("…{}", event["kind"].as_str().unwrap_or(""))
+    };
+    format!(
+        "{:>6}  {}  {:<16} {:<10} {}",
+        event["id"],
+        time.get(..19).unwrap_or(time).replace('T', " "),
+        event["service"].as_str().unwrap_or(""),
+        state,
+        event["reason"].as_str().unwrap_or("")
+    )
+}
+
+/// `wakegate events [--follow]`: the latest events (or those after an id), then with `follow`
+/// each new one as it happens.
+pub async fn events(
+    client: &Client,
+    service: Option<&str>,
+    after: Option<i64>,
+    limit: usize,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut query = format!("limit={limit}");
+    if let Some(name) = service {
+        query.push_str(&format!("&service={name}"));
+    }
+    if let Some(after) = after {
+        query.push_str(&format!("&after={after}"));
+    }
+    let page = client
+        .json(Method::GET, &format!("/api/v1/events?{query}"))
+        .await?;
+    let print = |event: &serde_json::Value| {
+        if json {
+            println!("{event}");
+        } else {
+            println!("{}", event_line(event));
+        }
+    };
+    for event in page["events"].as_array().into_iter().flatten() {
+        print(event);
+    }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let last = page["last_id"].as_i64().unwrap_or(0);
+    let mut path = format!("/api/v1/events/stream?after={last}");
+    if let Some(name) = service {
+        path.push_str(&format!("&service={name}"));
+    }
+    let mut stream = client.stream(&path).await?;
+    while let Some((kind, data)) = stream.next().await? {
+        if kind == "lagged" {
+            continue;
+        }
+        print(&serde_json::from_str(&data)?);
+    }
+    bail!("the event stream ended: wakegate stopped")
+}
