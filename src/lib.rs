@@ -14,5 +14,6 @@ pub mod event;
 pub mod listener;
 pub mod metrics;
 pub mod probe;
+pub mod schedule;
 pub mod service;
 pub mod store;
