@@ -1,0 +1,121 @@
+//! The dashboard in a real headless Chromium (tests/browser/dashboard.mjs, playwright-core):
+//! a person signs in with a token, sees the sleeping service, clicks Wake and watches it wake
+//! through the live stream. The gateway runs in process with a real child process behind it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use wakegate::app::App;
+use wakegate::event::{Kind, State};
+
+const OPERATE_SECRET: &str = "dashboard-test-operate-0123456789";
+const READ_SECRET: &str = "dashboard-test-read-0123456789";
+
+/// Chromium's start and the page's steps together; a passing run takes a few seconds.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Where the screenshots stay after the run, for people to look at.
+fn artifacts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_wakes_a_service_from_the_dashboard() {
+    init_logs();
+    let dir = temp_dir("dashboard");
+    let backend = free_addr();
+    // The echo server takes 1.5 s to open its port, so the wake has steps to show.
+    let services = format!(
+        r#"
+[[gateway.token]]
+name = "ops"
+secret = "{OPERATE_SECRET}"
+role = "operate"
+
+[[gateway.token]]
+name = "viewer"
+secret = "{READ_SECRET}"
+role = "read"
+
+[[service]]
+name = "web"
+idle_timeout = "10m"
+hourly_cost = 0.25
+[service.backend]
+type = "process"
+command = {command}
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        command = echo_command(backend, "1500ms")
+    );
+    let config = wakegate::config::parse(&gateway_toml(&dir, &services), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = App::start(config).await.unwrap();
+    let service = app.service("web").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+
+    let artifacts = artifacts();
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.mjs");
+    let browser = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(format!("http://{}", app.api_addr()))
+        .arg(OPERATE_SECRET)
+        .arg(&screenshot)
+        .arg(READ_SECRET)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(BROWSER_DEADLINE, browser)
+        .await
+        .expect("the browser test did not finish in time")
+        .expect("cannot run node; scripts/test installs it, Chromium and playwright-core");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser test failed ({}); run `npm ci --prefix tests/browser` if playwright-core is missing\n{stdout}{stderr}",
+        output.status
+    );
+    println!("{stdout}");
+
+    // The click really woke it, and only the operate token's click did.
+    assert_eq!(service.status().state, State::Awake);
+    let actions: Vec<String> = app
+        .store()
+        .events(0, Some("web"), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == Kind::Action)
+        .map(|e| e.reason)
+        .collect();
+    assert!(
+        actions.len() == 1 && actions[0].ends_with(" ops"),
+        "one wake, by the operate token, was expected: {actions:?}"
+    );
+    assert_eq!(
+        round_trip(app.listen_addr("web").unwrap(), b"hello")
+            .await
+            .unwrap(),
+        b"hello"
+    );
+
+    for shot in [screenshot, artifacts.join("dashboard-phone.png")] {
+        let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
+        assert!(
+            png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+            "{} is not a PNG of a page",
+            shot.display()
+        );
+    }
+    app.shutdown().await;
+}
