@@ -75,8 +75,23 @@ bind = "127.0.0.1:0"
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(BROWSER_DEADLINE, browser)
-        .await
+    let run = tokio::time::timeout(BROWSER_DEADLINE, browser).await;
+
+    // What the click did, read before the gateway shuts down (which stops the service); the
+    // gateway is shut down before any assertion, so a failure leaves no server running.
+    let state = service.status().state;
+    let actions: Vec<String> = app
+        .store()
+        .events(0, Some("web"), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == Kind::Action)
+        .map(|e| e.reason)
+        .collect();
+    let echoed = round_trip(app.listen_addr("web").unwrap(), b"hello").await;
+    app.shutdown().await;
+
+    let output = run
         .expect("the browser test did not finish in time")
         .expect("cannot run node; scripts/test installs it, Chromium and playwright-core");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -89,25 +104,12 @@ bind = "127.0.0.1:0"
     println!("{stdout}");
 
     // The click really woke it, and only the operate token's click did.
-    assert_eq!(service.status().state, State::Awake);
-    let actions: Vec<String> = app
-        .store()
-        .events(0, Some("web"), 100)
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == Kind::Action)
-        .map(|e| e.reason)
-        .collect();
+    assert_eq!(state, State::Awake);
     assert!(
         actions.len() == 1 && actions[0].ends_with(" ops"),
         "one wake, by the operate token, was expected: {actions:?}"
     );
-    assert_eq!(
-        round_trip(app.listen_addr("web").unwrap(), b"hello")
-            .await
-            .unwrap(),
-        b"hello"
-    );
+    assert_eq!(echoed.unwrap(), b"hello");
 
     for shot in [screenshot, artifacts.join("dashboard-phone.png")] {
         let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("{}: {e}", shot.display()));
@@ -117,5 +119,4 @@ bind = "127.0.0.1:0"
             shot.display()
         );
     }
-    app.shutdown().await;
 }
