@@ -16,7 +16,7 @@ use crate::config::{Config, Listen};
 use crate::event::Event;
 use crate::service::ServiceHandle;
 use crate::store::Store;
-use crate::{api, backend, listener, service};
+use crate::{api, backend, listener, notify, service};
 
 /// What client connections share: their tracker, and the two steps of a graceful shutdown.
 #[derive(Clone)]
@@ -72,6 +72,15 @@ impl App {
         let (events, _) = broadcast::channel(1024);
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
+        // Before the services: a new target's cursor is set before their first events.
+        notify::spawn(
+            &config.notify,
+            &store,
+            &events,
+            &background,
+            &stop_background,
+        )
+        .context("cannot start the notifications")?;
         let services: Vec<ServiceHandle> = config
             .services
             .iter()

@@ -13,6 +13,9 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use crate::probe::{Check, Probe};
+use crate::schedule::Window;
+
 /// The commented template printed by `wakegate config example`.
 pub const EXAMPLE: &str = include_str!("../examples/wakegate.toml");
 
@@ -24,6 +27,8 @@ pub const EXAMPLE: &str = include_str!("../examples/wakegate.toml");
 pub struct Config {
     pub gateway: Gateway,
     pub services: Vec<Service>,
+    /// Where events are delivered (`[[notify]]`).
+    pub notify: Vec<crate::notify::Target>,
 }
 
 /// Settings of the daemon itself.
@@ -70,7 +75,76 @@ pub struct Service {
     pub wake_timeout: Duration,
     pub max_held: usize,
     pub backend: Backend,
+    /// Empty only for an `always_on` service that nobody reaches through wakegate.
     pub listeners: Vec<Listen>,
+    /// What "ready" means at the end of a wake (default: the address accepts a connection).
+    pub readiness: Check,
+    /// Checks run while awake.
+    pub health: Vec<Health>,
+    /// Keep it running and repair it, whatever the activity.
+    pub always_on: bool,
+    pub policy: Policies,
+}
+
+/// Policies beyond the idle timeout.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    /// Stop after this long awake, however busy.
+    pub max_runtime: Option<Duration>,
+    /// How long before `max_runtime` a warning event goes out.
+    pub max_runtime_warning: Duration,
+    pub min_players: Option<MinPlayers>,
+    /// Windows that keep it awake.
+    pub awake_during: Vec<Window>,
+    /// Windows in which it may not wake (and is put to sleep).
+    pub asleep_during: Vec<Window>,
+    /// The crash-loop breaker: at most this many restarts within `restart_window`.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for Policies {
+    fn default() -> Policies {
+        Policies {
+            max_runtime: None,
+            max_runtime_warning: default_runtime_warning(),
+            min_players: None,
+            awake_during: Vec::new(),
+            asleep_during: Vec::new(),
+            max_restarts: default_max_restarts(),
+            restart_window: default_restart_window(),
+        }
+    }
+}
+
+/// Stop when fewer players than `count` are on, after `warnings` warnings `interval` apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinPlayers {
+    pub count: u32,
+    pub warnings: u32,
+    pub interval: Duration,
+}
+
+/// A health check run while awake.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub check: Check,
+    pub interval: Duration,
+    /// Consecutive failures before acting.
+    pub tolerance: u32,
+    pub action: HealthAction,
+}
+
+/// What a failing health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthAction {
+    /// Stop and start the backend (within the crash-loop breaker's limits).
+    Restart,
+    /// Only record a warning event (which notifications can pick up).
+    Notify,
+    /// Put it to sleep.
+    Sleep,
 }
 
 /// How a service is started, stopped and found.
@@ -216,6 +290,53 @@ struct ServiceConfig {
     wake_timeout: Duration,
     #[serde(default = "default_max_held")]
     max_held: Spanned<usize>,
+    #[serde(default = "default_always_on")]
+    always_on: Spanned<bool>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    max_runtime: Option<Duration>,
+    #[serde(default = "default_runtime_warning", deserialize_with = "duration")]
+    max_runtime_warning: Duration,
+    min_players: Option<u32>,
+    #[serde(default = "default_warnings")]
+    warnings: u32,
+    #[serde(default = "default_player_interval", deserialize_with = "duration")]
+    player_check_interval: Duration,
+    #[serde(default)]
+    awake_during: Vec<Spanned<String>>,
+    #[serde(default)]
+    asleep_during: Vec<Spanned<String>>,
+    #[serde(default = "default_max_restarts")]
+    max_restarts: u32,
+    #[serde(default = "default_restart_window", deserialize_with = "duration")]
+    restart_window: Duration,
+}
+
+/// The keys of a probe table other than `type` (and, for a health check, its schedule).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeConfig {
+    url: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    status: Vec<u16>,
+    body_contains: Option<String>,
+    pattern: Option<Spanned<String>>,
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+}
+
+/// When and how a health check acts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthConfig {
+    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    interval: Duration,
+    #[serde(default = "default_tolerance")]
+    tolerance: Spanned<u32>,
+    #[serde(default = "default_health_action")]
+    action: HealthAction,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +392,36 @@ fn default_wake_timeout() -> Duration {
 fn default_max_held() -> Spanned<usize> {
     Spanned::new(0..0, 256)
 }
+fn default_always_on() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+fn default_runtime_warning() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_warnings() -> u32 {
+    3
+}
+fn default_player_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_restarts() -> u32 {
+    3
+}
+fn default_restart_window() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_tolerance() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
+}
+fn default_health_action() -> HealthAction {
+    HealthAction::Restart
+}
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -281,8 +432,13 @@ fn default_on_shutdown() -> OnShutdown {
     OnShutdown::Stop
 }
 
+/// Reads an optional humantime duration.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 /// Reads a humantime duration ("30s", "10m", "1h 30m").
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -335,13 +491,18 @@ fn render(path: &str, problems: &[Problem]) -> String {
 }
 
 /// Collects problems with their place in the source.
-struct Problems<'a> {
+pub(crate) struct Problems<'a> {
     source: &'a str,
     list: Vec<Problem>,
 }
 
 impl Problems<'_> {
-    fn add(&mut self, span: Option<Range<usize>>, message: impl Into<String>, hint: &str) {
+    pub(crate) fn add(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: &str,
+    ) {
         let (line, column) = span.map_or((1, 1), |s| line_col(self.source, s.start));
         self.list.push(Problem {
             line,
@@ -435,11 +596,12 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
             None
         }
     };
+    let notify = crate::notify::read_targets(root.remove("notify"), services.as_deref(), problems);
     for (key, _) in root.iter() {
         problems.add(
             Some(key.span()),
             format!("unknown top-level key `{}`", key.get_ref()),
-            "the top level holds only [gateway] and [[service]] tables",
+            "the top level holds only [gateway], [[service]] and [[notify]] tables",
         );
     }
     let gateway = read_gateway(gateway?, tokens, problems);
@@ -447,13 +609,14 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
     let config = Config {
         gateway: gateway?,
         services,
+        notify: notify?,
     };
     check_binds(&config, problems);
     Some(config)
 }
 
 /// Minimum length of a token secret: shorter ones can be guessed.
-const MIN_SECRET_LEN: usize = 16;
+pub(crate) const MIN_SECRET_LEN: usize = 16;
 
 /// Reads `[gateway]`, and each of its `[[gateway.token]]` tables apart, so that every mistake
 /// is reported.
@@ -552,7 +715,7 @@ fn read_gateway(
 }
 
 /// Deserializes one spanned value, recording its problem on failure.
-fn read<T: DeserializeOwned>(
+pub(crate) fn read<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
     problems: &mut Problems<'_>,
 ) -> Option<T> {
@@ -610,7 +773,22 @@ fn read_service(
     };
     let backend = table.remove("backend");
     let listen = table.remove("listen");
+    let readiness = table.remove("readiness");
+    let health = table.remove("health");
+    let always_on = matches!(
+        table.get("always_on").map(|v| v.get_ref()),
+        Some(DeValue::Boolean(true))
+    );
     let fields = read::<ServiceConfig>(Spanned::new(span.clone(), DeValue::Table(table)), problems);
+    let readiness = match readiness {
+        Some(value) => split_type(value, "[service.readiness]", "tcp, http, minecraft, log", problems)
+            .and_then(|(kind, rest)| read_probe(&kind, rest, true, problems)),
+        None => Some(Check::default()),
+    };
+    let health = match health {
+        Some(value) => read_health(value, problems),
+        None => Some(Vec::new()),
+    };
 
     let backend = match backend {
         Some(value) => read_backend(value, problems),
@@ -625,6 +803,8 @@ fn read_service(
     };
     let listeners = match listen {
         Some(value) => read_listeners(value, problems),
+        // A watchdog keeps a server running that clients reach by other ways.
+        None if always_on => Some(Vec::new()),
         None => {
             problems.add(
                 Some(span.clone()),
@@ -657,6 +837,15 @@ fn read_service(
             "write what an hour awake costs, e.g. hourly_cost = 0.17",
         );
     }
+    if *fields.always_on.get_ref() && fields.max_runtime.is_some() {
+        problems.add(
+            Some(fields.always_on.span()),
+            "an always_on service cannot have a max_runtime",
+            "remove one of the two: always_on keeps it running, max_runtime stops it",
+        );
+    }
+    let awake_during = read_windows(fields.awake_during, problems);
+    let asleep_during = read_windows(fields.asleep_during, problems);
     if fields.max_held.get_ref() == &0 {
         problems.add(
             Some(fields.max_held.span()),
@@ -674,13 +863,199 @@ fn read_service(
             max_held: *fields.max_held.get_ref(),
             backend: backend?,
             listeners: listeners?,
+            readiness: readiness?,
+            health: health?,
+            always_on: *fields.always_on.get_ref(),
+            policy: Policies {
+                max_runtime: fields.max_runtime,
+                max_runtime_warning: fields.max_runtime_warning,
+                min_players: fields.min_players.map(|count| MinPlayers {
+                    count,
+                    warnings: fields.warnings,
+                    interval: fields.player_check_interval,
+                }),
+                awake_during: awake_during?,
+                asleep_during: asleep_during?,
+                max_restarts: fields.max_restarts,
+                restart_window: fields.restart_window,
+            },
         },
         name_span,
     ))
 }
 
+fn read_windows(
+    texts: Vec<Spanned<String>>,
+    problems: &mut Problems<'_>,
+) -> Option<Vec<Window>> {
+    let mut ok = true;
+    let mut windows = Vec::new();
+    for text in texts {
+        match Window::parse(text.get_ref()) {
+            Ok(w) => windows.push(w),
+            Err(e) => {
+                problems.add(
+                    Some(text.span()),
+                    e,
+                    "days are Mon..Sun, ranges like Mon-Fri or lists like Sat,Sun, or daily",
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(windows)
+}
+
+/// Reads a probe of `kind` from a table without its `type`.
+fn read_probe(
+    kind: &str,
+    rest: Spanned<DeValue<'_>>,
+    readiness: bool,
+    problems: &mut Problems<'_>,
+) -> Option<Check> {
+    let span = rest.span();
+    let c: ProbeConfig = read(rest, problems)?;
+    let only = |key: &str, problems: &mut Problems<'_>, span: Range<usize>| {
+        problems.add(
+            Some(span),
+            format!("`{key}` does not belong to a `{kind}` probe"),
+            "remove it; `wakegate config example` shows the keys of each probe type",
+        );
+        None
+    };
+    let probe = match kind {
+        "tcp" | "minecraft" => {
+            if let Some(url) = &c.url {
+                return only("url", problems, url.span());
+            }
+            if let Some(pattern) = &c.pattern {
+                return only("pattern", problems, pattern.span());
+            }
+            if kind == "tcp" { Probe::Tcp } else { Probe::Minecraft }
+        }
+        "http" => {
+            let Some(url) = c.url else {
+                problems.add(
+                    Some(span),
+                    "an http probe needs a `url`",
+                    "e.g. url = \"http://{address}/healthz\" ({address} is the backend's address)",
+                );
+                return None;
+            };
+            if !url.get_ref().starts_with("http://") {
+                problems.add(
+                    Some(url.span()),
+                    format!("`{}` is not an http:// URL", url.get_ref()),
+                    "probes speak plain HTTP to the backend: use http://{address}/path",
+                );
+                return None;
+            }
+            let method = match &c.method {
+                None => hyper::Method::GET,
+                Some(m) => match hyper::Method::from_bytes(m.get_ref().as_bytes()) {
+                    Ok(method) => method,
+                    Err(_) => {
+                        problems.add(Some(m.span()), format!("`{}` is not an HTTP method", m.get_ref()), "use GET, HEAD or POST");
+                        return None;
+                    }
+                },
+            };
+            Probe::Http {
+                url: url.into_inner(),
+                method,
+                headers: c.headers.into_iter().collect(),
+                status: c.status,
+                body_contains: c.body_contains,
+            }
+        }
+        "log" if readiness => {
+            let Some(pattern) = c.pattern else {
+                problems.add(
+                    Some(span),
+                    "a log probe needs a `pattern`",
+                    "e.g. pattern = 'Done \\(' for a Minecraft server",
+                );
+                return None;
+            };
+            match regex::Regex::new(pattern.get_ref()) {
+                Ok(re) => Probe::LogLine(re),
+                Err(e) => {
+                    problems.add(Some(pattern.span()), format!("`{}` is not a regular expression: {e}", pattern.get_ref()), "check the pattern's syntax (Rust regex)");
+                    return None;
+                }
+            }
+        }
+        other => {
+            let kinds = if readiness { "tcp, http, minecraft, log" } else { "tcp, http, minecraft" };
+            problems.add(
+                Some(span),
+                format!("unknown probe type `{other}`"),
+                &format!("use one of: {kinds}"),
+            );
+            return None;
+        }
+    };
+    Some(Check {
+        probe,
+        timeout: c.timeout,
+    })
+}
+
+fn read_health(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Vec<Health>> {
+    let span = value.span();
+    let DeValue::Array(items) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            "`health` must be an array of tables",
+            "write each check as a [[service.health]] table",
+        );
+        return None;
+    };
+    let mut checks = Vec::new();
+    let mut ok = true;
+    for item in items {
+        let check = split_type(item, "[[service.health]]", "tcp, http, minecraft", problems).and_then(
+            |(kind, rest)| {
+                let rest_span = rest.span();
+                let DeValue::Table(mut table) = rest.into_inner() else {
+                    return None;
+                };
+                let mut timing = DeTable::new();
+                for key in ["interval", "tolerance", "action"] {
+                    if let Some((k, v)) = table.remove_entry(key) {
+                        timing.insert(k, v);
+                    }
+                }
+                let health: Option<HealthConfig> =
+                    read(Spanned::new(rest_span.clone(), DeValue::Table(timing)), problems);
+                let check = read_probe(&kind, Spanned::new(rest_span, DeValue::Table(table)), false, problems);
+                let health = health?;
+                if *health.tolerance.get_ref() == 0 {
+                    problems.add(
+                        Some(health.tolerance.span()),
+                        "tolerance = 0 would act before any check failed",
+                        "set tolerance to the number of failures in a row to wait for, e.g. 3",
+                    );
+                    return None;
+                }
+                Some(Health {
+                    check: check?,
+                    interval: health.interval,
+                    tolerance: *health.tolerance.get_ref(),
+                    action: health.action,
+                })
+            },
+        );
+        match check {
+            Some(c) => checks.push(c),
+            None => ok = false,
+        }
+    }
+    ok.then_some(checks)
+}
+
 /// Splits the `type` key off a tagged table, so the rest can be read by the variant's struct.
-fn split_type<'i>(
+pub(crate) fn split_type<'i>(
     value: Spanned<DeValue<'i>>,
     what: &str,
     kinds: &str,

@@ -53,7 +53,12 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
                 on_shutdown: OnShutdown::Stop,
             }),
             listeners: vec![config::Listen::Tcp { bind: listen }],
+            readiness: Default::default(),
+            health: Vec::new(),
+            always_on: false,
+            policy: Default::default(),
         }],
+        notify: Vec::new(),
     };
     let app = App::start(config).await?;
     let mut events = app.subscribe();

@@ -58,10 +58,19 @@ pub enum Kind {
     Lease,
     /// Someone asked for something: a wake or a sleep through the API.
     Action,
+    /// Something needs attention: a failing health check, a coming max_runtime stop, too few
+    /// players.
+    Warning,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Transition, Kind::Progress, Kind::Lease, Kind::Action];
+    pub const ALL: [Kind; 5] = [
+        Kind::Transition,
+        Kind::Progress,
+        Kind::Lease,
+        Kind::Action,
+        Kind::Warning,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,6 +78,7 @@ impl Kind {
             Kind::Progress => "progress",
             Kind::Lease => "lease",
             Kind::Action => "action",
+            Kind::Warning => "warning",
         }
     }
 

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod event;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod schedule;
 pub mod service;

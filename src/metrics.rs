@@ -18,14 +18,19 @@ pub enum Trigger {
     Api,
     Lease,
     Reconcile,
+    Schedule,
+    /// A restart after a failed health check or a crash, or an always-on service kept up.
+    Restart,
 }
 
 impl Trigger {
-    const ALL: [Trigger; 4] = [
+    const ALL: [Trigger; 6] = [
         Trigger::Client,
         Trigger::Api,
         Trigger::Lease,
         Trigger::Reconcile,
+        Trigger::Schedule,
+        Trigger::Restart,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +39,8 @@ impl Trigger {
             Trigger::Api => "api",
             Trigger::Lease => "lease",
             Trigger::Reconcile => "reconcile",
+            Trigger::Schedule => "schedule",
+            Trigger::Restart => "restart",
         }
     }
 }
@@ -72,7 +79,7 @@ pub struct Metrics {
     /// Bytes from the backend to clients.
     pub bytes_out: AtomicU64,
     pub refused: AtomicU64,
-    wakes: [AtomicU64; 4],
+    wakes: [AtomicU64; 6],
     failures: [AtomicU64; 3],
     wake_buckets: [AtomicU64; 12],
     wake_count: AtomicU64,

@@ -1,15 +1,71 @@
-//! Probes: how wakegate knows a backend is ready. Readiness is a TCP connect to the backend,
-//! retried with a short backoff capped at 50 ms, so a port that opens is noticed quickly.
+//! Probes: how wakegate knows a backend is ready or healthy. A TCP connect, an HTTP request, a
+//! Minecraft status ping, or (for readiness of a `process` backend) a line in its log.
+//! Readiness retries with a short backoff capped at 50 ms, so a ready backend is noticed fast.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use regex::Regex;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const FIRST_RETRY: Duration = Duration::from_millis(5);
 const MAX_RETRY: Duration = Duration::from_millis(50);
-/// A connect to a host that drops packets could hang for minutes; give up on one attempt sooner.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most of an answer a probe reads (an HTTP body, a Minecraft status).
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// What a probe checks.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// The address accepts a TCP connection.
+    Tcp,
+    /// An HTTP request answers as expected. `{address}` in the URL is the backend's address.
+    Http {
+        url: String,
+        method: hyper::Method,
+        headers: Vec<(String, String)>,
+        /// Accepted status codes; empty means any 2xx.
+        status: Vec<u16>,
+        body_contains: Option<String>,
+    },
+    /// A Minecraft Java status ping is answered.
+    Minecraft,
+    /// A line matching the pattern appears in the backend's log after the start.
+    LogLine(Regex),
+}
+
+/// A probe and how long one attempt may take.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub probe: Probe,
+    pub timeout: Duration,
+}
+
+impl Default for Check {
+    fn default() -> Check {
+        Check {
+            probe: Probe::Tcp,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a successful probe learned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// Players online, from a Minecraft status ping.
+    pub players: Option<u32>,
+}
+
+/// Where a log-line probe reads: the file and the offset the current start began at.
+#[derive(Debug, Clone)]
+pub struct LogCursor<'a> {
+    pub path: &'a Path,
+    pub from: u64,
+}
 
 /// Resolves `host:port` to one address (asked on every wake: addresses change).
 pub async fn resolve(address: &str) -> Result<SocketAddr, String> {
@@ -23,15 +79,238 @@ pub async fn resolve(address: &str) -> Result<SocketAddr, String> {
 
 /// Returns once `address` accepts a TCP connection. The caller bounds it with a deadline.
 pub async fn tcp_ready(address: SocketAddr) {
+    ready(&Check::default(), address, None, &mut String::new()).await;
+}
+
+/// Returns once the check passes, retrying with a short backoff. The caller bounds it with a
+/// deadline; the last failure is kept in `last_error` for the message.
+pub async fn ready(
+    check: &Check,
+    address: SocketAddr,
+    log: Option<LogCursor<'_>>,
+    last_error: &mut String,
+) {
     let mut pause = FIRST_RETRY;
     loop {
-        if let Ok(Ok(_stream)) =
-            tokio::time::timeout(ATTEMPT_TIMEOUT, TcpStream::connect(address)).await
-        {
-            return;
+        match run(check, address, log.clone()).await {
+            Ok(_) => return,
+            Err(e) => *last_error = e,
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_RETRY);
+    }
+}
+
+/// One attempt of a check.
+pub async fn run(
+    check: &Check,
+    address: SocketAddr,
+    log: Option<LogCursor<'_>>,
+) -> Result<Answer, String> {
+    let attempt = async {
+        match &check.probe {
+            Probe::Tcp => TcpStream::connect(address)
+                .await
+                .map(|_| Answer::default())
+                .map_err(|e| format!("{address} does not accept connections: {e}")),
+            Probe::Http {
+                url,
+                method,
+                headers,
+                status,
+                body_contains,
+            } => http(address, url, method, headers, status, body_contains.as_deref()).await,
+            Probe::Minecraft => minecraft_status(address).await,
+            Probe::LogLine(pattern) => match log {
+                Some(log) => log_line(pattern, log).await,
+                None => Err("this backend has no log to read".into()),
+            },
+        }
+    };
+    tokio::time::timeout(check.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer within {}",
+                humantime::format_duration(check.timeout)
+            ))
+        })
+}
+
+async fn http(
+    address: SocketAddr,
+    url: &str,
+    method: &hyper::Method,
+    headers: &[(String, String)],
+    status: &[u16],
+    body_contains: Option<&str>,
+) -> Result<Answer, String> {
+    let url = url.replace("{address}", &address.to_string());
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{url}` has no host"))?
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let target = if uri.port().is_some() {
+        authority.clone()
+    } else {
+        format!("{authority}:{port}")
+    };
+    let stream = TcpStream::connect(&target)
+        .await
+        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP to {target} failed: {e}"))?;
+    let mut request = hyper::Request::builder()
+        .method(method.clone())
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(hyper::header::HOST, &authority);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let exchange = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{method} {url} failed: {e}"))?;
+        let code = response.status().as_u16();
+        let accepted = if status.is_empty() {
+            (200..300).contains(&code)
+        } else {
+            status.contains(&code)
+        };
+        if !accepted {
+            return Err(format!("{method} {url} answered {code}"));
+        }
+        if let Some(wanted) = body_contains {
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("cannot read the answer of {url}: {e}"))?
+                .to_bytes();
+            if !String::from_utf8_lossy(&body).contains(wanted) {
+                return Err(format!("the answer of {url} does not contain `{wanted}`"));
+            }
+        }
+        Ok(Answer::default())
+    };
+    let (answer, _) = tokio::join!(exchange, conn);
+    answer
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u32) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+async fn read_varint(stream: &mut TcpStream) -> Result<u32, String> {
+    let mut value = 0u32;
+    for i in 0..5 {
+        let byte = stream.read_u8().await.map_err(|e| e.to_string())?;
+        value |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err("a VarInt longer than 5 bytes".into())
+}
+
+/// A packet: its length, then id and payload.
+fn packet(id: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![id];
+    body.extend_from_slice(payload);
+    let mut out = Vec::new();
+    put_varint(&mut out, body.len() as u32);
+    out.extend(body);
+    out
+}
+
+/// A Java edition status ping: handshake (next state 1), status request, status response.
+async fn minecraft_status(address: SocketAddr) -> Result<Answer, String> {
+    let failed = |e: String| format!("Minecraft status of {address} failed: {e}");
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let host = address.ip().to_string();
+    let mut handshake = Vec::new();
+    put_varint(&mut handshake, 765); // the version is ignored in a status exchange
+    put_varint(&mut handshake, host.len() as u32);
+    handshake.extend_from_slice(host.as_bytes());
+    handshake.extend_from_slice(&address.port().to_be_bytes());
+    put_varint(&mut handshake, 1);
+    let mut out = packet(0, &handshake);
+    out.extend(packet(0, &[]));
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let length = read_varint(&mut stream).await.map_err(failed)? as usize;
+    if length > MAX_ANSWER {
+        return Err(failed(format!("a status of {length} bytes")));
+    }
+    let mut body = vec![0; length];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    // Packet id 0, then the JSON as a string (a VarInt length and UTF-8).
+    let mut rest = body.get(1..).unwrap_or_default();
+    let mut json_len = 0usize;
+    for i in 0..5 {
+        let Some((&byte, tail)) = rest.split_first() else {
+            break;
+        };
+        rest = tail;
+        json_len |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let json = rest
+        .get(..json_len)
+        .ok_or_else(|| failed("a truncated status".into()))?;
+    let status: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| failed(format!("a status that is not JSON: {e}")))?;
+    Ok(Answer {
+        players: status["players"]["online"].as_u64().map(|n| n as u32),
+    })
+}
+
+/// Looks for a matching line in what the log gained since the start.
+async fn log_line(pattern: &Regex, log: LogCursor<'_>) -> Result<Answer, String> {
+    let mut file = tokio::fs::File::open(log.path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", log.path.display()))?;
+    file.seek(std::io::SeekFrom::Start(log.from))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    file.take(64 * 1024 * 1024)
+        .read_to_end(&mut text)
+        .await
+        .map_err(|e| e.to_string())?;
+    if String::from_utf8_lossy(&text)
+        .lines()
+        .any(|line| pattern.is_match(line))
+    {
+        Ok(Answer::default())
+    } else {
+        Err(format!("no line of the log matches `{pattern}` yet"))
     }
 }
 
@@ -61,5 +340,28 @@ mod tests {
         assert_eq!(resolve("127.0.0.1:80").await.unwrap().port(), 80);
         let err = resolve("no-such-host.invalid:80").await.unwrap_err();
         assert!(err.contains("no-such-host.invalid"), "{err}");
+    }
+
+    #[test]
+    fn varints_are_little_groups_of_seven_bits() {
+        let mut out = Vec::new();
+        put_varint(&mut out, 300);
+        assert_eq!(out, [0xac, 0x02]);
+        assert_eq!(packet(0, &[]), [1, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_log_line_is_found_only_after_the_start_offset() {
+        let dir = std::env::temp_dir().join(format!("wakegate-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.log");
+        std::fs::write(&path, "Done (1.2s)! from the last run\nStarting\n").unwrap();
+        let from = std::fs::metadata(&path).unwrap().len();
+        let pattern = Regex::new(r"Done \(").unwrap();
+        let cursor = LogCursor { path: &path, from };
+        assert!(log_line(&pattern, cursor.clone()).await.is_err());
+        std::fs::write(&path, format!("{}Preparing level\nDone (3.4s)!\n", "x".repeat(from as usize))).unwrap();
+        assert!(log_line(&pattern, cursor).await.is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -18,11 +18,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use std::collections::VecDeque;
+
 use crate::backend::{Backend, BackendError, Status as BackendStatus};
-use crate::config;
+use crate::config::{self, HealthAction, Policies};
 use crate::event::{Event, Kind, NewEvent, State};
 use crate::metrics::{Failure, Metrics, Trigger};
-use crate::probe;
+use crate::probe::{self, Check};
+use crate::schedule::{self, Window};
 use crate::store::{Lease, Store};
 
 /// What a service looks like right now; published on a `watch` channel.
@@ -61,6 +64,18 @@ pub enum ConnectError {
     WakeFailed(String),
     #[error("wakegate is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Asleep(String),
+}
+
+/// Why a wake or a lease was not granted.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum Denied {
+    /// An `asleep_during` window is open.
+    #[error("{0}")]
+    Schedule(String),
+    #[error("cannot record the lease: {0}")]
+    Store(String),
 }
 
 /// Permission to use the backend: its address, and a guard that counts the connection as
@@ -97,7 +112,7 @@ enum Command {
     },
     Wake {
         by: String,
-        reply: oneshot::Sender<State>,
+        reply: oneshot::Sender<Result<State, Denied>>,
     },
     Sleep {
         by: String,
@@ -107,12 +122,17 @@ enum Command {
         duration: Duration,
         reason: String,
         by: String,
-        reply: oneshot::Sender<anyhow::Result<Lease>>,
+        reply: oneshot::Sender<Result<Lease, Denied>>,
     },
     EndLease {
         id: i64,
         by: String,
         reply: oneshot::Sender<bool>,
+    },
+    /// A health check failed `tolerance` times in a row.
+    Unhealthy {
+        action: HealthAction,
+        reason: String,
     },
 }
 
@@ -189,7 +209,7 @@ impl ServiceHandle {
     }
 
     /// Starts a wake unless it is awake or waking; returns the state it was in.
-    pub async fn wake(&self, by: &str) -> Result<State, Gone> {
+    pub async fn wake(&self, by: &str) -> Result<Result<State, Denied>, Gone> {
         let by = by.to_string();
         self.ask(|reply| Command::Wake { by, reply }).await
     }
@@ -206,7 +226,7 @@ impl ServiceHandle {
         duration: Duration,
         reason: &str,
         by: &str,
-    ) -> Result<anyhow::Result<Lease>, Gone> {
+    ) -> Result<Result<Lease, Denied>, Gone> {
         let (reason, by) = (reason.to_string(), by.to_string());
         self.ask(|reply| Command::AddLease {
             duration,
@@ -221,6 +241,14 @@ impl ServiceHandle {
     pub async fn end_lease(&self, id: i64, by: &str) -> Result<bool, Gone> {
         let by = by.to_string();
         self.ask(|reply| Command::EndLease { id, by, reply }).await
+    }
+
+    /// Reports a failing health check (see `health.rs`).
+    pub async fn unhealthy(&self, action: HealthAction, reason: String) -> Result<(), Gone> {
+        self.commands
+            .send(Command::Unhealthy { action, reason })
+            .await
+            .map_err(|_| Gone)
     }
 
     async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {
@@ -277,6 +305,15 @@ pub fn spawn(
             min_awake: service.min_awake,
             wake_timeout: service.wake_timeout,
         },
+        readiness: service.readiness.clone(),
+        always_on: service.always_on,
+        rules: service.policy.clone(),
+        restarts: VecDeque::new(),
+        wake_retry: None,
+        runtime_warned: false,
+        player_check_at: None,
+        player_warnings: 0,
+        fail_after_stop: None,
         backend,
         core: Core {
             name: service.name.clone(),
@@ -289,6 +326,8 @@ pub fn spawn(
             max_held: service.max_held,
             wake_request: None,
             sleep_request: None,
+            restart_request: None,
+            asleep_during: service.policy.asleep_during.clone(),
         },
         cancel,
         adopting: false,
@@ -328,6 +367,9 @@ struct Core {
     max_held: usize,
     wake_request: Option<Request>,
     sleep_request: Option<String>,
+    /// A restart asked for by a failing health check.
+    restart_request: Option<String>,
+    asleep_during: Vec<Window>,
 }
 
 enum Outcome<T> {
@@ -354,9 +396,21 @@ impl Core {
                 (State::Awake, Some(address)) => {
                     let _ = reply.send(Ok(ticket(&self.shared, address)));
                 }
-                _ => self.hold(client, state, reply),
+                _ => match self.asleep_by_schedule() {
+                    Some(why) => {
+                        self.shared.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                        info!(%client, "{why}; closing the client.");
+                        let _ = reply.send(Err(ConnectError::Asleep(why)));
+                    }
+                    None => self.hold(client, state, reply),
+                },
             },
             Command::Wake { by, reply } => {
+                if let Some(why) = self.asleep_by_schedule() {
+                    self.action(format!("wake requested by {by} refused: {why}"));
+                    let _ = reply.send(Err(Denied::Schedule(why)));
+                    return;
+                }
                 self.sleep_request = None;
                 if matches!(state, State::Asleep | State::Failed | State::Stopping) {
                     self.action(format!("wake requested by {by}"));
@@ -365,7 +419,7 @@ impl Core {
                         reason: format!("wake requested by {by}"),
                     });
                 }
-                let _ = reply.send(state);
+                let _ = reply.send(Ok(state));
             }
             Command::Sleep { by, reply } => {
                 self.wake_request = None;
@@ -382,7 +436,14 @@ impl Core {
                 by,
                 reply,
             } => {
-                let lease = self.store.add_lease(&self.name, &reason, &by, duration);
+                if let Some(why) = self.asleep_by_schedule() {
+                    let _ = reply.send(Err(Denied::Schedule(why)));
+                    return;
+                }
+                let lease = self
+                    .store
+                    .add_lease(&self.name, &reason, &by, duration)
+                    .map_err(|e| Denied::Store(e.to_string()));
                 if let Ok(lease) = &lease {
                     self.sleep_request = None;
                     self.status.send_modify(|s| s.leases.push(lease.clone()));
@@ -413,7 +474,32 @@ impl Core {
                 }
                 let _ = reply.send(ended);
             }
+            Command::Unhealthy { action, reason } => {
+                if state != State::Awake {
+                    return;
+                }
+                self.emit(Kind::Warning, reason.clone(), json!({ "action": format!("{action:?}").to_lowercase() }));
+                match action {
+                    HealthAction::Notify => {}
+                    HealthAction::Sleep => self.sleep_request = Some(reason),
+                    HealthAction::Restart => self.restart_request = Some(reason),
+                }
+            }
         }
+    }
+
+    /// Why it may not wake now, when an `asleep_during` window is open.
+    fn asleep_by_schedule(&self) -> Option<String> {
+        let now = jiff::Timestamp::now();
+        let window = schedule::any_contains(&self.asleep_during, now)?;
+        let until = window
+            .next_change(now)
+            .map_or(String::new(), |t| format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC")));
+        Some(format!(
+            "{} sleeps by schedule ({}){until}",
+            self.name,
+            window.text()
+        ))
     }
 
     /// Drops the leases that have expired, with an event each.
@@ -621,6 +707,10 @@ async fn sleep_until(at: Option<Instant>) {
 
 struct Actor {
     policy: Policy,
+    /// What "ready" means at the end of a wake.
+    readiness: Check,
+    always_on: bool,
+    rules: Policies,
     backend: Box<dyn Backend>,
     core: Core,
     cancel: CancellationToken,
@@ -630,12 +720,37 @@ struct Actor {
     idle_since: Option<Instant>,
     /// When to try again to stop a backend whose stop failed, and the backoff used.
     stop_retry: Option<(Instant, Duration)>,
+    /// When an always-on service whose wake failed is tried again, and the backoff used.
+    wake_retry: Option<(Instant, Duration)>,
+    /// Automatic restarts within the crash-loop breaker's window.
+    restarts: VecDeque<Instant>,
+    /// The max_runtime warning went out for this wake.
+    runtime_warned: bool,
+    /// When the next min_players check is due, and how many warnings went out in a row.
+    player_check_at: Option<Instant>,
+    player_warnings: u32,
+    /// After this stop, the service is `failed` (the crash-loop breaker tripped) with this reason.
+    fail_after_stop: Option<String>,
 }
 
 /// What the main loop does after a phase.
 enum Flow {
     Continue,
     Exit,
+}
+
+/// The next backoff: one second at first, doubling up to five minutes.
+fn backoff(previous: Option<(Instant, Duration)>) -> (Instant, Duration) {
+    let wait = previous.map_or(Duration::from_secs(1), |(_, b)| {
+        (b * 2).min(Duration::from_secs(300))
+    });
+    (Instant::now() + wait, wait)
+}
+
+/// The `Instant` of a wall-clock time (now when it has passed).
+fn instant_of(at: jiff::Timestamp) -> Instant {
+    let left = at.duration_since(jiff::Timestamp::now());
+    Instant::now() + Duration::try_from(left).unwrap_or_default()
 }
 
 impl Actor {
@@ -705,8 +820,50 @@ impl Actor {
         Flow::Continue
     }
 
-    /// Asleep or failed: wait for a client, a wake request or a lease (and retry a failed
-    /// stop with backoff).
+    /// Whether the crash-loop breaker allows one more automatic restart (and counts it).
+    fn may_restart(&mut self) -> bool {
+        let window = self.rules.restart_window;
+        while self.restarts.front().is_some_and(|t| t.elapsed() > window) {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() >= self.rules.max_restarts as usize {
+            return false;
+        }
+        self.restarts.push_back(Instant::now());
+        true
+    }
+
+    fn crash_loop(&self) -> String {
+        format!(
+            "restarted {} times within {}: not restarting again; fix the server, then wake it by hand",
+            self.restarts.len(),
+            humantime::format_duration(self.rules.restart_window)
+        )
+    }
+
+    /// Why a sleeping service should wake by itself now: always-on, or an awake_during window.
+    fn wake_by_rule(&self) -> Option<(Trigger, String)> {
+        let now = jiff::Timestamp::now();
+        if self.core.state() != State::Asleep || self.core.asleep_by_schedule().is_some() {
+            return None;
+        }
+        if self.always_on {
+            return Some((Trigger::Restart, "always_on: keeping it running".into()));
+        }
+        schedule::any_contains(&self.rules.awake_during, now)
+            .map(|w| (Trigger::Schedule, format!("awake by schedule ({})", w.text())))
+    }
+
+    /// When a schedule window next opens or closes.
+    fn schedule_change(&self) -> Option<Instant> {
+        let now = jiff::Timestamp::now();
+        let awake = schedule::next_change(&self.rules.awake_during, now);
+        let asleep = schedule::next_change(&self.rules.asleep_during, now);
+        awake.into_iter().chain(asleep).min().map(instant_of)
+    }
+
+    /// Asleep or failed: wait for a client, a wake request, a lease or a rule that wakes it
+    /// (and retry a failed stop, or an always-on service's failed wake, with backoff).
     async fn resting(&mut self) -> Flow {
         loop {
             self.core.expire_leases();
@@ -728,18 +885,39 @@ impl Actor {
                 return Flow::Continue;
             }
             if let Some(request) = self.core.wake_request.take() {
+                if request.trigger != Trigger::Restart {
+                    // Asked for by someone: the breaker's count starts over.
+                    self.restarts.clear();
+                }
                 let detail = json!({ "trigger": request.trigger.as_str() });
                 self.core
                     .start_wake(request.trigger, request.reason, detail);
                 return Flow::Continue;
             }
-            let retry_at = self.stop_retry.map(|(at, _)| at);
+            if let Some((trigger, reason)) = self.wake_by_rule() {
+                let detail = json!({ "trigger": trigger.as_str() });
+                self.core.start_wake(trigger, reason, detail);
+                return Flow::Continue;
+            }
+            let stop_retry = self.stop_retry.map(|(at, _)| at);
+            let wake_retry = self.wake_retry.map(|(at, _)| at);
+            let schedule_change = self.schedule_change();
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
-                () = sleep_until(retry_at) => {
+                () = sleep_until(stop_retry) => {
                     self.core.transition(State::Stopping, "retrying the stop that failed".into(), json!({ "trigger": "retry" }));
                     return Flow::Continue;
                 }
+                () = sleep_until(wake_retry) => {
+                    self.wake_retry = None;
+                    if self.may_restart() {
+                        self.core.start_wake(Trigger::Restart, "always_on: trying the wake again".into(), json!({ "trigger": "restart" }));
+                        return Flow::Continue;
+                    }
+                    let reason = self.crash_loop();
+                    self.core.transition(State::Failed, reason, json!({ "trigger": "breaker" }));
+                }
+                () = sleep_until(schedule_change) => {}
                 command = self.core.commands.recv() => match command {
                     Some(command) => self.core.handle(command),
                     None => return Flow::Exit,
@@ -748,16 +926,24 @@ impl Actor {
         }
     }
 
-    /// Starts the backend (unless adopting) and waits until it accepts connections.
+    /// Starts the backend (unless adopting) and waits until it is ready.
     async fn waking(&mut self) -> Flow {
         let started = Instant::now();
         let adopted = self.adopting;
         let deadline = started + self.policy.wake_timeout;
-        match self.wake_steps(deadline).await {
+        let mut last_error = String::new();
+        match self.wake_steps(deadline, &mut last_error).await {
             Outcome::Done(Ok(address)) => {
                 let took = started.elapsed();
                 self.awake_at = Instant::now();
                 self.stop_retry = None;
+                self.wake_retry = None;
+                self.runtime_warned = false;
+                self.player_warnings = 0;
+                self.player_check_at = self
+                    .rules
+                    .min_players
+                    .map(|m| self.awake_at + m.interval);
                 if !adopted {
                     self.core.shared.metrics.wake_took(took);
                 }
@@ -768,7 +954,8 @@ impl Actor {
                     format!("backend ready at {address} after {}", round(took)),
                     json!({ "address": address.to_string(), "duration_ms": took.as_millis() as u64, "adopted": adopted }),
                 );
-                self.core.answer_all(|shared| Ok(ticket(shared, address)));
+                self.core
+                    .answer_all(|shared| Ok(ticket(shared, address)));
                 self.idle_since = None;
                 Flow::Continue
             }
@@ -777,13 +964,19 @@ impl Actor {
                 Flow::Continue
             }
             Outcome::TimedOut => {
+                let address = self
+                    .backend
+                    .address()
+                    .await
+                    .unwrap_or_else(|_| "its address".into());
+                let last = if last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last check: {last_error})")
+                };
                 let reason = format!(
-                    "the backend was not ready within wake_timeout ({}); check that it listens on {} or raise wake_timeout",
+                    "the backend was not ready within wake_timeout ({}){last}; check that it listens on {address} or raise wake_timeout",
                     humantime::format_duration(self.policy.wake_timeout),
-                    self.backend
-                        .address()
-                        .await
-                        .unwrap_or_else(|_| "its address".into())
                 );
                 self.fail_wake(reason, started).await;
                 Flow::Continue
@@ -793,7 +986,17 @@ impl Actor {
     }
 
     /// The steps of a wake, raced against the deadline while requests keep arriving.
-    async fn wake_steps(&mut self, deadline: Instant) -> Outcome<Result<SocketAddr, BackendError>> {
+    async fn wake_steps(
+        &mut self,
+        deadline: Instant,
+        last_error: &mut String,
+    ) -> Outcome<Result<SocketAddr, BackendError>> {
+        // A log-line readiness only counts what the server writes from this start on.
+        let log_from = self
+            .backend
+            .log_file()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len());
         if !std::mem::take(&mut self.adopting) {
             match self
                 .core
@@ -810,17 +1013,26 @@ impl Actor {
             Ok(a) => a,
             Err(e) => return Outcome::Done(Err(e)),
         };
+        let waiting_for = match &self.readiness.probe {
+            probe::Probe::Tcp => format!("waiting for {address} to accept connections"),
+            probe::Probe::Http { url, .. } => format!("waiting for {url} to answer", url = url.replace("{address}", &address)),
+            probe::Probe::Minecraft => format!("waiting for {address} to answer a Minecraft status ping"),
+            probe::Probe::LogLine(p) => format!("waiting for a log line matching `{p}`"),
+        };
         self.core.progress(
-            format!("waiting for {address} to accept connections"),
+            waiting_for,
             json!({ "step": "probing", "address": address }),
         );
+        let readiness = &self.readiness;
         let backend = &mut self.backend;
         let ready = async {
             let resolved = probe::resolve(&address)
                 .await
                 .map_err(BackendError::Other)?;
+            let log = backend.log_file().map(|p| p.to_path_buf());
+            let cursor = log.as_deref().map(|path| probe::LogCursor { path, from: log_from });
             tokio::select! {
-                () = probe::tcp_ready(resolved) => Ok(resolved),
+                () = probe::ready(readiness, resolved, cursor, last_error) => Ok(resolved),
                 exit = backend.exited() => Err(BackendError::Exited { exit }),
             }
         };
@@ -844,20 +1056,16 @@ impl Actor {
         let mut detail = json!({ "duration_ms": started.elapsed().as_millis() as u64 });
         if let Outcome::Done(Err(e)) = &cleanup {
             detail["cleanup_error"] = json!(e.to_string());
-            self.schedule_stop_retry();
+            self.stop_retry = Some(backoff(self.stop_retry));
         }
         // Clients and wakes that came during the clean-up share this wake's fate; the next
         // client retries.
         self.core.answer_all(|_| Err(error.clone()));
         self.core.wake_request = None;
+        if self.always_on {
+            self.wake_retry = Some(backoff(self.wake_retry));
+        }
         self.core.transition(State::Failed, reason, detail);
-    }
-
-    fn schedule_stop_retry(&mut self) {
-        let backoff = self.stop_retry.map_or(Duration::from_secs(1), |(_, b)| {
-            (b * 2).min(Duration::from_secs(300))
-        });
-        self.stop_retry = Some((Instant::now() + backoff, backoff));
     }
 
     /// Follows the number of open connections: the idle countdown starts (again) whenever it
@@ -867,14 +1075,17 @@ impl Actor {
         let (now, wall) = (Instant::now(), SystemTime::now());
         self.idle_since = unused.then(|| self.idle_since.unwrap_or(now));
         let idle_since = self.idle_since.map(|since| wall - (now - since));
-        self.core
-            .status
-            .send_if_modified(|s| std::mem::replace(&mut s.idle_since, idle_since) != idle_since);
+        self.core.status.send_if_modified(|s| {
+            std::mem::replace(&mut s.idle_since, idle_since) != idle_since
+        });
     }
 
     /// When to stop if nothing changes: after the idle timeout, not before `min_awake`, and
-    /// not while a lease is in force.
+    /// not while a lease or an awake_during window is in force; never for always_on.
     fn stop_at(&self) -> Option<Instant> {
+        if self.always_on {
+            return None;
+        }
         let since = self.idle_since?;
         let mut at = (since + self.policy.idle_timeout).max(self.awake_at + self.policy.min_awake);
         if let Some(until) = self.core.leased_until()
@@ -882,15 +1093,88 @@ impl Actor {
         {
             at = at.max(Instant::now() + left);
         }
+        let now = jiff::Timestamp::now();
+        if let Some(window) = schedule::any_contains(&self.rules.awake_during, now) {
+            at = at.max(window.next_change(now).map_or(at, instant_of));
+        }
         Some(at)
     }
 
-    /// Awake: hand out tickets, count use, and stop after the idle timeout.
+    /// Why it must stop now, whatever the activity: a rule, or a request.
+    fn must_stop(&mut self) -> Option<(String, &'static str)> {
+        if let Some(reason) = self.core.sleep_request.take() {
+            return Some((reason, "api"));
+        }
+        if let Some(why) = self.core.asleep_by_schedule() {
+            return Some((why, "schedule"));
+        }
+        if let Some(max) = self.rules.max_runtime
+            && self.awake_at.elapsed() >= max
+        {
+            return Some((
+                format!("it ran for max_runtime ({})", humantime::format_duration(max)),
+                "max_runtime",
+            ));
+        }
+        None
+    }
+
+    /// Counts players (open connections, until a listener reports real players) and warns,
+    /// then stops, when fewer than `min_players` are on.
+    fn check_players(&mut self) -> Option<String> {
+        let rule = self.rules.min_players?;
+        self.player_check_at = Some(Instant::now() + rule.interval);
+        let players = self.core.shared.connections.load(Ordering::Acquire) as u32;
+        if players >= rule.count {
+            self.player_warnings = 0;
+            return None;
+        }
+        if self.player_warnings >= rule.warnings {
+            return Some(format!(
+                "fewer than {} players for {} checks in a row",
+                rule.count,
+                rule.warnings + 1
+            ));
+        }
+        self.player_warnings += 1;
+        self.core.emit(
+            Kind::Warning,
+            format!(
+                "{players} player(s) online, fewer than min_players ({}): warning {} of {}; it stops after the last one",
+                rule.count, self.player_warnings, rule.warnings
+            ),
+            json!({ "players": players, "warning": self.player_warnings, "of": rule.warnings }),
+        );
+        None
+    }
+
+    /// Awake: hand out tickets, count use, apply the rules, and stop when they say so.
     async fn awake(&mut self) -> Flow {
         loop {
-            if let Some(reason) = self.core.sleep_request.take() {
+            if let Some(reason) = self.core.restart_request.take() {
+                if self.may_restart() {
+                    self.core.wake_request = Some(Request {
+                        trigger: Trigger::Restart,
+                        reason: format!("restarting: {reason}"),
+                    });
+                    self.core.transition(
+                        State::Stopping,
+                        format!("restarting: {reason}"),
+                        json!({ "trigger": "health" }),
+                    );
+                } else {
+                    self.fail_after_stop = Some(self.crash_loop());
+                    self.core.transition(
+                        State::Stopping,
+                        format!("stopping for good: {reason}"),
+                        json!({ "trigger": "breaker" }),
+                    );
+                }
+                return Flow::Continue;
+            }
+            if let Some((reason, trigger)) = self.must_stop() {
                 self.core
-                    .transition(State::Stopping, reason, json!({ "trigger": "api" }));
+                    .transition(State::Stopping, reason, json!({ "trigger": trigger }));
                 return Flow::Continue;
             }
             self.core.expire_leases();
@@ -901,16 +1185,15 @@ impl Actor {
             self.core.status.send_if_modified(|s| {
                 std::mem::replace(&mut s.idle_deadline, deadline) != deadline
             });
-            let next_expiry = self
-                .core
-                .status
-                .borrow()
-                .leases
-                .iter()
-                .map(|l| l.expires)
-                .min();
-            let next_expiry = next_expiry
-                .map(|e| Instant::now() + e.duration_since(SystemTime::now()).unwrap_or_default());
+            let next_expiry = self.core.status.borrow().leases.iter().map(|l| l.expires).min();
+            let next_expiry = next_expiry.map(|e| {
+                Instant::now() + e.duration_since(SystemTime::now()).unwrap_or_default()
+            });
+            let schedule_change = self.schedule_change();
+            let runtime_end = self.rules.max_runtime.map(|m| self.awake_at + m);
+            let runtime_warning = runtime_end
+                .filter(|_| !self.runtime_warned)
+                .map(|end| end.checked_sub(self.rules.max_runtime_warning).unwrap_or(self.awake_at));
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
                 command = self.core.commands.recv() => match command {
@@ -922,14 +1205,39 @@ impl Actor {
                     self.idle_since = None;
                 }
                 () = sleep_until(next_expiry) => {}
+                () = sleep_until(schedule_change) => {}
+                () = sleep_until(runtime_end) => {}
+                () = sleep_until(runtime_warning) => {
+                    self.runtime_warned = true;
+                    let left = runtime_end.map(|e| e.saturating_duration_since(Instant::now())).unwrap_or_default();
+                    self.core.emit(
+                        Kind::Warning,
+                        format!("it stops in {} (max_runtime)", round(left)),
+                        json!({ "stops_in_ms": left.as_millis() as u64 }),
+                    );
+                }
+                () = sleep_until(self.player_check_at) => {
+                    if let Some(reason) = self.check_players() {
+                        self.core.transition(State::Stopping, reason, json!({ "trigger": "min_players" }));
+                        return Flow::Continue;
+                    }
+                }
                 exit = self.backend.exited() => {
                     self.core.shared.metrics.failure(Failure::Crash);
                     let reason = BackendError::Exited { exit: exit.clone() }.to_string();
-                    self.core.transition(
-                        State::Failed,
-                        format!("the backend stopped on its own while awake: {reason}"),
-                        json!({ "exit": exit.status, "log_tail": exit.log_tail }),
-                    );
+                    let detail = json!({ "exit": exit.status, "log_tail": exit.log_tail });
+                    if self.always_on && self.may_restart() {
+                        self.core.start_wake(Trigger::Restart, format!("restarting after a crash: {reason}"), detail);
+                    } else if self.always_on {
+                        let reason = format!("{}; it last crashed: {reason}", self.crash_loop());
+                        self.core.transition(State::Failed, reason, detail);
+                    } else {
+                        self.core.transition(
+                            State::Failed,
+                            format!("the backend stopped on its own while awake: {reason}"),
+                            detail,
+                        );
+                    }
                     return Flow::Continue;
                 }
                 () = sleep_until(stop_at) => {
@@ -959,18 +1267,24 @@ impl Actor {
         match result {
             Ok(()) => {
                 self.stop_retry = None;
-                self.core.transition(
-                    State::Asleep,
-                    format!("backend stopped after {}", round(started.elapsed())),
-                    json!({ "duration_ms": started.elapsed().as_millis() as u64 }),
-                );
+                match self.fail_after_stop.take() {
+                    Some(reason) => {
+                        self.core.wake_request = None;
+                        self.core.transition(State::Failed, reason, json!({ "trigger": "breaker" }));
+                    }
+                    None => self.core.transition(
+                        State::Asleep,
+                        format!("backend stopped after {}", round(started.elapsed())),
+                        json!({ "duration_ms": started.elapsed().as_millis() as u64 }),
+                    ),
+                }
             }
             Err(e) => {
                 self.core.shared.metrics.failure(Failure::Stop);
                 let reason = format!("the stop failed: {e}");
                 self.core
                     .answer_all(|_| Err(ConnectError::WakeFailed(reason.clone())));
-                self.schedule_stop_retry();
+                self.stop_retry = Some(backoff(self.stop_retry));
                 self.core
                     .transition(State::Failed, reason, json!({ "trigger": "stop" }));
             }

@@ -44,6 +44,15 @@ const MIGRATIONS: &[M<'static>] = &[
     CREATE INDEX leases_by_service ON leases (service, expires_ms);
     CREATE INDEX transitions_by_service ON events (service, kind, time_ms);",
     ),
+    // The notification outbox: per [[notify]] target, the id of the last event it is done with
+    // (delivered, refused for good, or filtered out). The events table is the queue.
+    M::up(
+        "CREATE TABLE notify_cursors (
+        target     TEXT PRIMARY KEY,
+        last_id    INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );",
+    ),
 ];
 
 /// The last state a service was recorded in.
@@ -337,6 +346,35 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The cursor of a notification target: the id of the last event it is done with. A target
+    /// seen for the first time starts at the newest event (it is not sent the whole history).
+    pub fn notify_cursor(&self, target: &str) -> anyhow::Result<i64> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "INSERT INTO notify_cursors (target, last_id, updated_ms)
+             VALUES (?1, (SELECT COALESCE(MAX(id), 0) FROM events), ?2)
+             ON CONFLICT (target) DO NOTHING",
+            params![target, to_millis(SystemTime::now())],
+        )?;
+        Ok(conn.query_row(
+            "SELECT last_id FROM notify_cursors WHERE target = ?1",
+            [target],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Moves a notification target's cursor forward (never back) to `id`.
+    pub fn set_notify_cursor(&self, target: &str, id: i64) -> anyhow::Result<()> {
+        let conn = self.conn.lock().unwrap();
+        conn.execute(
+            "INSERT INTO notify_cursors (target, last_id, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (target) DO UPDATE SET
+                last_id = MAX(last_id, excluded.last_id), updated_ms = excluded.updated_ms",
+            params![target, id, to_millis(SystemTime::now())],
+        )?;
+        Ok(())
     }
 }
 

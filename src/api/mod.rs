@@ -20,7 +20,7 @@ use tracing::error;
 use crate::config::{Role, Token};
 use crate::event::{self, Event, State as ServiceState};
 use crate::metrics;
-use crate::service::{Gone, ServiceHandle};
+use crate::service::{Denied, Gone, ServiceHandle};
 use crate::store::{Lease, Store};
 
 /// The dashboard: one self-contained page, embedded in the binary.
@@ -92,6 +92,8 @@ pub enum ApiError {
         "service `{service}` has no lease #{id} in force; GET /api/v1/services/{service}/leases lists them"
     )]
     NoSuchLease { service: String, id: i64 },
+    #[error("{0}")]
+    Conflict(String),
     #[error("wakegate is shutting down; try again once it is back")]
     ShuttingDown,
     #[error("internal error: {0}; the log of wakegate has the details")]
@@ -102,6 +104,15 @@ impl ApiError {
     fn internal(e: anyhow::Error) -> ApiError {
         error!(error = %format!("{e:#}"), "API request failed.");
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> ApiError {
+        match denied {
+            Denied::Schedule(why) => ApiError::Conflict(why),
+            Denied::Store(e) => ApiError::Internal(e),
+        }
     }
 }
 
@@ -118,6 +129,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -140,6 +152,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
+        .route("/api/v1/me", get(me))
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(list))
         .route("/api/v1/services/{name}", get(one))
@@ -282,6 +295,11 @@ async fn cors(State(api): State<Api>, request: Request, next: Next) -> Response 
 
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
+}
+
+/// Who the token belongs to and what it may do (the dashboard greys out what it may not).
+async fn me(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "name": caller.name, "role": caller.role }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -434,7 +452,7 @@ async fn wake(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = api.service(&name)?;
-    service.wake(&format!("API token {}", caller.name)).await?;
+    service.wake(&format!("API token {}", caller.name)).await??;
     Ok((
         StatusCode::ACCEPTED,
         Json(ServiceView::of(service, &api.store)?),
@@ -494,8 +512,7 @@ async fn add_lease(
         })?;
     let lease = service
         .add_lease(duration, &request.reason, &caller.name)
-        .await?
-        .map_err(ApiError::internal)?;
+        .await??;
     Ok((StatusCode::CREATED, Json(lease)))
 }
 

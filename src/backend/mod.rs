@@ -89,6 +89,11 @@ pub trait Backend: Send {
         std::future::pending().await
     }
 
+    /// The file the server's output goes to, for readiness by a log line.
+    fn log_file(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Called once when wakegate shuts down gracefully; returns whether the server was stopped.
     async fn shutdown(&mut self) -> Result<bool, BackendError> {
         Ok(false)

@@ -259,6 +259,10 @@ impl Backend for ProcessBackend {
         Ok(self.config.address.clone())
     }
 
+    fn log_file(&self) -> Option<&Path> {
+        Some(&self.log_path)
+    }
+
     async fn exited(&mut self) -> Exit {
         if self.running.is_none() {
             return std::future::pending().await;
