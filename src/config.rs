@@ -781,8 +781,13 @@ fn read_service(
     );
     let fields = read::<ServiceConfig>(Spanned::new(span.clone(), DeValue::Table(table)), problems);
     let readiness = match readiness {
-        Some(value) => split_type(value, "[service.readiness]", "tcp, http, minecraft, log", problems)
-            .and_then(|(kind, rest)| read_probe(&kind, rest, true, problems)),
+        Some(value) => split_type(
+            value,
+            "[service.readiness]",
+            "tcp, http, minecraft, log",
+            problems,
+        )
+        .and_then(|(kind, rest)| read_probe(&kind, rest, true, problems)),
         None => Some(Check::default()),
     };
     let health = match health {
@@ -884,10 +889,7 @@ fn read_service(
     ))
 }
 
-fn read_windows(
-    texts: Vec<Spanned<String>>,
-    problems: &mut Problems<'_>,
-) -> Option<Vec<Window>> {
+fn read_windows(texts: Vec<Spanned<String>>, problems: &mut Problems<'_>) -> Option<Vec<Window>> {
     let mut ok = true;
     let mut windows = Vec::new();
     for text in texts {
@@ -931,7 +933,11 @@ fn read_probe(
             if let Some(pattern) = &c.pattern {
                 return only("pattern", problems, pattern.span());
             }
-            if kind == "tcp" { Probe::Tcp } else { Probe::Minecraft }
+            if kind == "tcp" {
+                Probe::Tcp
+            } else {
+                Probe::Minecraft
+            }
         }
         "http" => {
             let Some(url) = c.url else {
@@ -955,7 +961,11 @@ fn read_probe(
                 Some(m) => match hyper::Method::from_bytes(m.get_ref().as_bytes()) {
                     Ok(method) => method,
                     Err(_) => {
-                        problems.add(Some(m.span()), format!("`{}` is not an HTTP method", m.get_ref()), "use GET, HEAD or POST");
+                        problems.add(
+                            Some(m.span()),
+                            format!("`{}` is not an HTTP method", m.get_ref()),
+                            "use GET, HEAD or POST",
+                        );
                         return None;
                     }
                 },
@@ -980,13 +990,21 @@ fn read_probe(
             match regex::Regex::new(pattern.get_ref()) {
                 Ok(re) => Probe::LogLine(re),
                 Err(e) => {
-                    problems.add(Some(pattern.span()), format!("`{}` is not a regular expression: {e}", pattern.get_ref()), "check the pattern's syntax (Rust regex)");
+                    problems.add(
+                        Some(pattern.span()),
+                        format!("`{}` is not a regular expression: {e}", pattern.get_ref()),
+                        "check the pattern's syntax (Rust regex)",
+                    );
                     return None;
                 }
             }
         }
         other => {
-            let kinds = if readiness { "tcp, http, minecraft, log" } else { "tcp, http, minecraft" };
+            let kinds = if readiness {
+                "tcp, http, minecraft, log"
+            } else {
+                "tcp, http, minecraft"
+            };
             problems.add(
                 Some(span),
                 format!("unknown probe type `{other}`"),
@@ -1014,8 +1032,8 @@ fn read_health(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opti
     let mut checks = Vec::new();
     let mut ok = true;
     for item in items {
-        let check = split_type(item, "[[service.health]]", "tcp, http, minecraft", problems).and_then(
-            |(kind, rest)| {
+        let check = split_type(item, "[[service.health]]", "tcp, http, minecraft", problems)
+            .and_then(|(kind, rest)| {
                 let rest_span = rest.span();
                 let DeValue::Table(mut table) = rest.into_inner() else {
                     return None;
@@ -1026,9 +1044,16 @@ fn read_health(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opti
                         timing.insert(k, v);
                     }
                 }
-                let health: Option<HealthConfig> =
-                    read(Spanned::new(rest_span.clone(), DeValue::Table(timing)), problems);
-                let check = read_probe(&kind, Spanned::new(rest_span, DeValue::Table(table)), false, problems);
+                let health: Option<HealthConfig> = read(
+                    Spanned::new(rest_span.clone(), DeValue::Table(timing)),
+                    problems,
+                );
+                let check = read_probe(
+                    &kind,
+                    Spanned::new(rest_span, DeValue::Table(table)),
+                    false,
+                    problems,
+                );
                 let health = health?;
                 if *health.tolerance.get_ref() == 0 {
                     problems.add(
@@ -1044,8 +1069,7 @@ fn read_health(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opti
                     tolerance: *health.tolerance.get_ref(),
                     action: health.action,
                 })
-            },
-        );
+            });
         match check {
             Some(c) => checks.push(c),
             None => ok = false,

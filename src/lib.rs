@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

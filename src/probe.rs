@@ -119,7 +119,17 @@ pub async fn run(
                 headers,
                 status,
                 body_contains,
-            } => http(address, url, method, headers, status, body_contains.as_deref()).await,
+            } => {
+                http(
+                    address,
+                    url,
+                    method,
+                    headers,
+                    status,
+                    body_contains.as_deref(),
+                )
+                .await
+            }
             Probe::Minecraft => minecraft_status(address).await,
             Probe::LogLine(pattern) => match log {
                 Some(log) => log_line(pattern, log).await,
@@ -284,8 +294,8 @@ async fn minecraft_status(address: SocketAddr) -> Result<Answer, String> {
     let json = rest
         .get(..json_len)
         .ok_or_else(|| failed("a truncated status".into()))?;
-    let status: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| failed(format!("a status that is not JSON: {e}")))?;
+    let status: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| failed(format!("a status that is not JSON: {e}")))?;
     Ok(Answer {
         players: status["players"]["online"].as_u64().map(|n| n as u32),
     })
@@ -304,9 +314,10 @@ async fn log_line(pattern: &Regex, log: LogCursor<'_>) -> Result<Answer, String>
         .read_to_end(&mut text)
         .await
         .map_err(|e| e.to_string())?;
+    // wakegate's own header lines (which quote the command) are not the server's words.
     if String::from_utf8_lossy(&text)
         .lines()
-        .any(|line| pattern.is_match(line))
+        .any(|line| !line.starts_with("--- wakegate ") && pattern.is_match(line))
     {
         Ok(Answer::default())
     } else {
@@ -360,7 +371,14 @@ mod tests {
         let pattern = Regex::new(r"Done \(").unwrap();
         let cursor = LogCursor { path: &path, from };
         assert!(log_line(&pattern, cursor.clone()).await.is_err());
-        std::fs::write(&path, format!("{}Preparing level\nDone (3.4s)!\n", "x".repeat(from as usize))).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "{}Preparing level\nDone (3.4s)!\n",
+                "x".repeat(from as usize)
+            ),
+        )
+        .unwrap();
         assert!(log_line(&pattern, cursor).await.is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }

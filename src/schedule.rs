@@ -23,7 +23,8 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 fn day_index(text: &str) -> Option<usize> {
     let text = text.to_ascii_lowercase();
-    DAYS.iter().position(|d| text.starts_with(d) && d.len() >= 3 && text.len() <= 9)
+    DAYS.iter()
+        .position(|d| text.starts_with(d) && d.len() >= 3 && text.len() <= 9)
 }
 
 fn minutes(text: &str) -> Option<u16> {
@@ -117,7 +118,8 @@ impl Window {
 
     /// Whether `at` falls inside the window.
     pub fn contains(&self, at: Timestamp) -> bool {
-        self.instances(at).any(|(start, end)| start <= at && at < end)
+        self.instances(at)
+            .any(|(start, end)| start <= at && at < end)
     }
 
     /// The next instant after `at` at which the window opens or closes.
@@ -157,8 +159,14 @@ mod tests {
         assert!(!w.contains(at("2026-11-20T17:00:00Z")));
         // Saturday: closed; it next opens on Monday 09:00 Paris.
         assert!(!w.contains(at("2026-11-21T10:00:00Z")));
-        assert_eq!(w.next_change(at("2026-11-21T10:00:00Z")), Some(at("2026-11-23T08:00:00Z")));
-        assert_eq!(w.next_change(at("2026-11-20T12:00:00Z")), Some(at("2026-11-20T17:00:00Z")));
+        assert_eq!(
+            w.next_change(at("2026-11-21T10:00:00Z")),
+            Some(at("2026-11-23T08:00:00Z"))
+        );
+        assert_eq!(
+            w.next_change(at("2026-11-20T12:00:00Z")),
+            Some(at("2026-11-20T17:00:00Z"))
+        );
     }
 
     #[test]
@@ -169,7 +177,10 @@ mod tests {
         assert!(w.contains(at("2026-03-29T00:00:00Z")));
         assert!(w.contains(at("2026-03-29T01:59:00Z")));
         assert!(!w.contains(at("2026-03-29T02:00:00Z")));
-        assert_eq!(w.next_change(at("2026-03-29T00:30:00Z")), Some(at("2026-03-29T02:00:00Z")));
+        assert_eq!(
+            w.next_change(at("2026-03-29T00:30:00Z")),
+            Some(at("2026-03-29T02:00:00Z"))
+        );
         // 2026-10-25: clocks go back 03:00 → 02:00. 01:00 CEST = 23:00Z the day before,
         // 04:00 CET = 03:00Z: a window of four hours.
         assert!(w.contains(at("2026-10-24T23:00:00Z")));
@@ -183,7 +194,10 @@ mod tests {
         // 02:30 does not exist on 2026-03-29; the window opens at 03:30 CEST (01:30Z).
         assert!(!w.contains(at("2026-03-29T01:00:00Z")));
         assert!(w.contains(at("2026-03-29T01:30:00Z")));
-        assert_eq!(w.next_change(at("2026-03-29T00:00:00Z")), Some(at("2026-03-29T01:30:00Z")));
+        assert_eq!(
+            w.next_change(at("2026-03-29T00:00:00Z")),
+            Some(at("2026-03-29T01:30:00Z"))
+        );
     }
 
     #[test]

@@ -329,13 +329,14 @@ pub fn spawn(
             restart_request: None,
             asleep_during: service.policy.asleep_during.clone(),
         },
-        cancel,
+        cancel: cancel.clone(),
         adopting: false,
         awake_at: Instant::now(),
         idle_since: None,
         stop_retry: None,
     };
     let span = info_span!("service", service = %service.name);
+    crate::health::spawn(&service.health, &handle, tracker, &cancel);
     tracker.spawn(actor.run().instrument(span));
     handle
 }
@@ -478,7 +479,11 @@ impl Core {
                 if state != State::Awake {
                     return;
                 }
-                self.emit(Kind::Warning, reason.clone(), json!({ "action": format!("{action:?}").to_lowercase() }));
+                self.emit(
+                    Kind::Warning,
+                    reason.clone(),
+                    json!({ "action": format!("{action:?}").to_lowercase() }),
+                );
                 match action {
                     HealthAction::Notify => {}
                     HealthAction::Sleep => self.sleep_request = Some(reason),
@@ -492,9 +497,9 @@ impl Core {
     fn asleep_by_schedule(&self) -> Option<String> {
         let now = jiff::Timestamp::now();
         let window = schedule::any_contains(&self.asleep_during, now)?;
-        let until = window
-            .next_change(now)
-            .map_or(String::new(), |t| format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC")));
+        let until = window.next_change(now).map_or(String::new(), |t| {
+            format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC"))
+        });
         Some(format!(
             "{} sleeps by schedule ({}){until}",
             self.name,
@@ -850,8 +855,12 @@ impl Actor {
         if self.always_on {
             return Some((Trigger::Restart, "always_on: keeping it running".into()));
         }
-        schedule::any_contains(&self.rules.awake_during, now)
-            .map(|w| (Trigger::Schedule, format!("awake by schedule ({})", w.text())))
+        schedule::any_contains(&self.rules.awake_during, now).map(|w| {
+            (
+                Trigger::Schedule,
+                format!("awake by schedule ({})", w.text()),
+            )
+        })
     }
 
     /// When a schedule window next opens or closes.
@@ -940,10 +949,7 @@ impl Actor {
                 self.wake_retry = None;
                 self.runtime_warned = false;
                 self.player_warnings = 0;
-                self.player_check_at = self
-                    .rules
-                    .min_players
-                    .map(|m| self.awake_at + m.interval);
+                self.player_check_at = self.rules.min_players.map(|m| self.awake_at + m.interval);
                 if !adopted {
                     self.core.shared.metrics.wake_took(took);
                 }
@@ -954,8 +960,7 @@ impl Actor {
                     format!("backend ready at {address} after {}", round(took)),
                     json!({ "address": address.to_string(), "duration_ms": took.as_millis() as u64, "adopted": adopted }),
                 );
-                self.core
-                    .answer_all(|shared| Ok(ticket(shared, address)));
+                self.core.answer_all(|shared| Ok(ticket(shared, address)));
                 self.idle_since = None;
                 Flow::Continue
             }
@@ -1015,8 +1020,13 @@ impl Actor {
         };
         let waiting_for = match &self.readiness.probe {
             probe::Probe::Tcp => format!("waiting for {address} to accept connections"),
-            probe::Probe::Http { url, .. } => format!("waiting for {url} to answer", url = url.replace("{address}", &address)),
-            probe::Probe::Minecraft => format!("waiting for {address} to answer a Minecraft status ping"),
+            probe::Probe::Http { url, .. } => format!(
+                "waiting for {url} to answer",
+                url = url.replace("{address}", &address)
+            ),
+            probe::Probe::Minecraft => {
+                format!("waiting for {address} to answer a Minecraft status ping")
+            }
             probe::Probe::LogLine(p) => format!("waiting for a log line matching `{p}`"),
         };
         self.core.progress(
@@ -1030,7 +1040,10 @@ impl Actor {
                 .await
                 .map_err(BackendError::Other)?;
             let log = backend.log_file().map(|p| p.to_path_buf());
-            let cursor = log.as_deref().map(|path| probe::LogCursor { path, from: log_from });
+            let cursor = log.as_deref().map(|path| probe::LogCursor {
+                path,
+                from: log_from,
+            });
             tokio::select! {
                 () = probe::ready(readiness, resolved, cursor, last_error) => Ok(resolved),
                 exit = backend.exited() => Err(BackendError::Exited { exit }),
@@ -1075,9 +1088,9 @@ impl Actor {
         let (now, wall) = (Instant::now(), SystemTime::now());
         self.idle_since = unused.then(|| self.idle_since.unwrap_or(now));
         let idle_since = self.idle_since.map(|since| wall - (now - since));
-        self.core.status.send_if_modified(|s| {
-            std::mem::replace(&mut s.idle_since, idle_since) != idle_since
-        });
+        self.core
+            .status
+            .send_if_modified(|s| std::mem::replace(&mut s.idle_since, idle_since) != idle_since);
     }
 
     /// When to stop if nothing changes: after the idle timeout, not before `min_awake`, and
@@ -1112,7 +1125,10 @@ impl Actor {
             && self.awake_at.elapsed() >= max
         {
             return Some((
-                format!("it ran for max_runtime ({})", humantime::format_duration(max)),
+                format!(
+                    "it ran for max_runtime ({})",
+                    humantime::format_duration(max)
+                ),
                 "max_runtime",
             ));
         }
@@ -1185,15 +1201,22 @@ impl Actor {
             self.core.status.send_if_modified(|s| {
                 std::mem::replace(&mut s.idle_deadline, deadline) != deadline
             });
-            let next_expiry = self.core.status.borrow().leases.iter().map(|l| l.expires).min();
-            let next_expiry = next_expiry.map(|e| {
-                Instant::now() + e.duration_since(SystemTime::now()).unwrap_or_default()
-            });
+            let next_expiry = self
+                .core
+                .status
+                .borrow()
+                .leases
+                .iter()
+                .map(|l| l.expires)
+                .min();
+            let next_expiry = next_expiry
+                .map(|e| Instant::now() + e.duration_since(SystemTime::now()).unwrap_or_default());
             let schedule_change = self.schedule_change();
             let runtime_end = self.rules.max_runtime.map(|m| self.awake_at + m);
-            let runtime_warning = runtime_end
-                .filter(|_| !self.runtime_warned)
-                .map(|end| end.checked_sub(self.rules.max_runtime_warning).unwrap_or(self.awake_at));
+            let runtime_warning = runtime_end.filter(|_| !self.runtime_warned).map(|end| {
+                end.checked_sub(self.rules.max_runtime_warning)
+                    .unwrap_or(self.awake_at)
+            });
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
                 command = self.core.commands.recv() => match command {
@@ -1210,6 +1233,7 @@ impl Actor {
                 () = sleep_until(runtime_warning) => {
                     self.runtime_warned = true;
                     let left = runtime_end.map(|e| e.saturating_duration_since(Instant::now())).unwrap_or_default();
+                    let left = Duration::from_secs((left.as_millis() as u64 + 500) / 1000);
                     self.core.emit(
                         Kind::Warning,
                         format!("it stops in {} (max_runtime)", round(left)),
@@ -1270,7 +1294,11 @@ impl Actor {
                 match self.fail_after_stop.take() {
                     Some(reason) => {
                         self.core.wake_request = None;
-                        self.core.transition(State::Failed, reason, json!({ "trigger": "breaker" }));
+                        self.core.transition(
+                            State::Failed,
+                            reason,
+                            json!({ "trigger": "breaker" }),
+                        );
                     }
                     None => self.core.transition(
                         State::Asleep,

@@ -452,7 +452,9 @@ async fn wake(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = api.service(&name)?;
-    service.wake(&format!("API token {}", caller.name)).await??;
+    service
+        .wake(&format!("API token {}", caller.name))
+        .await??;
     Ok((
         StatusCode::ACCEPTED,
         Json(ServiceView::of(service, &api.store)?),

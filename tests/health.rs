@@ -1,0 +1,389 @@
+//! The watchdog and the policies: health checks that restart a real HTTP server, the
+//! crash-loop breaker, always-on services, readiness by a log line, max_runtime and
+//! min_players (on paused time), and schedules that refuse wakes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::net::TcpListener;
+use wakegate::app::App;
+use wakegate::event::{Event, Kind, State};
+
+async fn start(dir: &std::path::Path, services: &str) -> App {
+    init_logs();
+    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    App::start(config).await.unwrap()
+}
+
+/// Collects every event of a service until one matches `done`.
+async fn events_until(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    done: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            let stop = done(&event);
+            seen.push(event);
+            if stop {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the awaited event never came; saw {seen:#?}");
+    seen
+}
+
+fn flaky_server() -> String {
+    format!("{}/tests/peers/flaky_http.py", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_http_server_is_restarted_then_the_breaker_gives_up() {
+    let dir = temp_dir("health");
+    let backend = free_addr();
+    let services = format!(
+        r#"
+[[service]]
+name = "web"
+idle_timeout = "1h"
+max_restarts = 2
+restart_window = "1h"
+[service.backend]
+type = "exec"
+start = "python3 '{server}' {port} '{dir}' >/dev/null 2>&1 & echo $! > '{dir}/pid'"
+stop = "kill $(cat '{dir}/pid')"
+address = "{backend}"
+[service.readiness]
+type = "http"
+url = "http://{{address}}/ready"
+[[service.health]]
+type = "http"
+url = "http://{{address}}/healthz"
+body_contains = "ok"
+interval = "100ms"
+timeout = "300ms"
+tolerance = 3
+action = "restart"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        server = flaky_server(),
+        port = backend.port(),
+        dir = dir.display(),
+    );
+    let app = start(&dir, &services).await;
+    let web = app.service("web").unwrap().clone();
+    let mut events = web.subscribe();
+    web.wake("test").await.unwrap().unwrap();
+    wait_state(&web, State::Awake).await;
+
+    // It answers 500: after three failures in a row it is restarted.
+    std::fs::write(dir.join("sick"), "").unwrap();
+    let seen = events_until(&mut events, |e| e.kind == Kind::Warning).await;
+    let warning = seen.last().unwrap();
+    assert!(
+        warning.reason.contains("failed 3 times in a row"),
+        "{}",
+        warning.reason
+    );
+    assert!(
+        warning.reason.contains("answered 500"),
+        "{}",
+        warning.reason
+    );
+    std::fs::remove_file(dir.join("sick")).unwrap();
+    let seen = events_until(&mut events, |e| {
+        e.state == State::Awake && e.kind == Kind::Transition
+    })
+    .await;
+    let states: Vec<State> = seen
+        .iter()
+        .filter(|e| e.kind == Kind::Transition)
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        states,
+        [State::Stopping, State::Asleep, State::Waking, State::Awake]
+    );
+    assert!(
+        seen[0].reason.starts_with("restarting:"),
+        "{}",
+        seen[0].reason
+    );
+
+    // Then it stops answering at all: restarted once more (the second of two allowed).
+    std::fs::write(dir.join("hang"), "").unwrap();
+    let seen = events_until(&mut events, |e| e.kind == Kind::Warning).await;
+    assert!(
+        seen.last()
+            .unwrap()
+            .reason
+            .contains("no answer within 300ms"),
+        "{:?}",
+        seen.last()
+    );
+    std::fs::remove_file(dir.join("hang")).unwrap();
+    events_until(&mut events, |e| {
+        e.state == State::Awake && e.kind == Kind::Transition
+    })
+    .await;
+
+    // A third failure within the window trips the breaker: stopped, failed, no more restarts.
+    std::fs::write(dir.join("sick"), "").unwrap();
+    let seen = events_until(&mut events, |e| e.state == State::Failed).await;
+    let failed = seen.last().unwrap();
+    assert!(
+        failed.reason.contains("restarted 2 times within 1h"),
+        "{}",
+        failed.reason
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e.reason.starts_with("stopping for good")),
+        "{seen:#?}"
+    );
+    assert_eq!(web.status().state, State::Failed);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_log_line_not_the_open_port() {
+    let dir = temp_dir("logready");
+    let backend = free_addr();
+    // The port opens at once; the server says it is ready a second later.
+    let services = format!(
+        r#"
+[[service]]
+name = "mc"
+[service.backend]
+type = "process"
+command = ["sh", "-c", "'{exe}' demo-backend --echo --listen {backend} & sleep 1; echo 'Done (1.002s)! For help, type \"help\"'; wait"]
+address = "{backend}"
+[service.readiness]
+type = "log"
+pattern = 'Done \(\d'
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        exe = WAKEGATE,
+    );
+    let app = start(&dir, &services).await;
+    let mc = app.service("mc").unwrap().clone();
+    let mut events = mc.subscribe();
+    mc.wake("test").await.unwrap().unwrap();
+    let seen = events_until(&mut events, |e| e.kind == Kind::Progress).await;
+    assert!(
+        seen.last().unwrap().reason.contains("log line matching"),
+        "{seen:#?}"
+    );
+    // The port is open while wakegate still waits.
+    let open = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if tokio::net::TcpStream::connect(backend).await.is_ok() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(open.is_ok());
+    assert_eq!(
+        mc.status().state,
+        State::Waking,
+        "ready before the log line"
+    );
+    let seen = events_until(&mut events, |e| e.state == State::Awake).await;
+    let took = seen.last().unwrap().detail["duration_ms"].as_u64().unwrap();
+    assert!(took >= 1000, "awake after {took} ms, before the log line");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_on_service_is_kept_up_until_it_crash_loops() {
+    let dir = temp_dir("alwayson");
+    let backend = free_addr();
+    // It comes up, then dies half a second later, every time. No listener: a watchdog.
+    let services = format!(
+        r#"
+[[service]]
+name = "flappy"
+always_on = true
+max_restarts = 2
+[service.backend]
+type = "process"
+command = ["sh", "-c", "'{exe}' demo-backend --echo --listen {backend} & sleep 0.5; kill $!; exit 1"]
+address = "{backend}"
+"#,
+        exe = WAKEGATE,
+    );
+    let app = start(&dir, &services).await;
+    let flappy = app.service("flappy").unwrap().clone();
+    let mut events = flappy.subscribe();
+    events_until(&mut events, |e| e.state == State::Failed).await;
+    // From the start, including what happened before the test subscribed.
+    let seen = app.store().events(0, Some("flappy"), 1000).unwrap();
+    let wakes: Vec<&Event> = seen
+        .iter()
+        .filter(|e| e.kind == Kind::Transition && e.state == State::Waking)
+        .collect();
+    // Started by the rule, then restarted twice after crashes, then given up on.
+    assert!(wakes[0].reason.contains("always_on"), "{seen:#?}");
+    assert_eq!(wakes.len(), 3, "{seen:#?}");
+    assert!(
+        wakes[1].reason.starts_with("restarting after a crash"),
+        "{}",
+        wakes[1].reason
+    );
+    let failed = seen.last().unwrap();
+    assert!(
+        failed.reason.contains("restarted 2 times"),
+        "{}",
+        failed.reason
+    );
+    assert!(failed.reason.contains("exit code 1"), "{}", failed.reason);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asleep_during_refuses_clients_and_wakes_with_a_clear_message() {
+    let dir = temp_dir("asleep");
+    let backend = free_addr();
+    let services = format!(
+        r#"
+[[service]]
+name = "office"
+asleep_during = ["daily 00:00-24:00 UTC"]
+[service.backend]
+type = "exec"
+start = "true"
+stop = "true"
+address = "{backend}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#
+    );
+    let app = start(&dir, &services).await;
+    let office = app.service("office").unwrap().clone();
+    let refused = office.wake("test").await.unwrap().unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("office sleeps by schedule (daily 00:00-24:00 UTC) until"),
+        "{refused}"
+    );
+    // The client is closed without a byte (a reset, as it had sent data nobody read).
+    let closed = round_trip(app.listen_addr("office").unwrap(), b"hello").await;
+    assert!(closed.as_ref().map_or(true, |b| b.is_empty()), "{closed:?}");
+    assert_eq!(office.status().state, State::Asleep);
+    assert_eq!(office.refused(), 1);
+    app.shutdown().await;
+}
+
+/// A gateway whose one service wakes in real time, then lives on paused time.
+async fn awake_on_paused_time(dir: &std::path::Path, policy: &str) -> (App, TcpListener) {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let services = format!(
+        r#"
+[[service]]
+name = "game"
+idle_timeout = "100h"
+{policy}
+[service.backend]
+type = "exec"
+start = "true"
+stop = "true"
+address = "{}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        backend.local_addr().unwrap()
+    );
+    let app = start(dir, &services).await;
+    let game = app.service("game").unwrap().clone();
+    game.wake("test").await.unwrap().unwrap();
+    wait_state(&game, State::Awake).await;
+    // From here on, timers run on a clock the test owns: hours pass in no time.
+    tokio::time::pause();
+    (app, backend)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = false)]
+async fn max_runtime_warns_ahead_then_stops() {
+    let dir = temp_dir("maxruntime");
+    let (app, _backend) =
+        awake_on_paused_time(&dir, "max_runtime = \"4h\"\nmax_runtime_warning = \"15m\"").await;
+    let game = app.service("game").unwrap().clone();
+    let mut events = game.subscribe();
+    let awake = tokio::time::Instant::now();
+
+    let warning = events.recv().await.unwrap();
+    assert_eq!(warning.kind, Kind::Warning);
+    assert_eq!(warning.reason, "it stops in 15m (max_runtime)");
+    let at = awake.elapsed();
+    assert!(
+        at >= Duration::from_secs(3 * 3600 + 45 * 60)
+            && at < Duration::from_secs(3 * 3600 + 46 * 60),
+        "{at:?}"
+    );
+
+    let stopping = events.recv().await.unwrap();
+    // The stop hook runs on real time again.
+    tokio::time::resume();
+    assert_eq!(stopping.state, State::Stopping);
+    assert_eq!(stopping.reason, "it ran for max_runtime (4h)");
+    assert!(awake.elapsed() >= Duration::from_secs(4 * 3600));
+    wait_state(&game, State::Asleep).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = false)]
+async fn min_players_warns_each_interval_then_stops() {
+    let dir = temp_dir("minplayers");
+    let (app, _backend) = awake_on_paused_time(
+        &dir,
+        "min_players = 2\nwarnings = 3\nplayer_check_interval = \"5m\"",
+    )
+    .await;
+    let game = app.service("game").unwrap().clone();
+    let mut events = game.subscribe();
+    let awake = tokio::time::Instant::now();
+
+    for n in 1..=3u64 {
+        let warning = events.recv().await.unwrap();
+        assert_eq!(warning.kind, Kind::Warning, "{warning:?}");
+        assert!(
+            warning.reason.contains(&format!("warning {n} of 3")),
+            "{}",
+            warning.reason
+        );
+        assert!(
+            warning
+                .reason
+                .starts_with("0 player(s) online, fewer than min_players (2)")
+        );
+        let at = awake.elapsed().as_secs();
+        assert!(
+            (n * 300..n * 300 + 5).contains(&at),
+            "warning {n} at {at} s"
+        );
+    }
+    let stopping = events.recv().await.unwrap();
+    tokio::time::resume();
+    assert_eq!(stopping.state, State::Stopping);
+    assert_eq!(
+        stopping.reason,
+        "fewer than 2 players for 4 checks in a row"
+    );
+    wait_state(&game, State::Asleep).await;
+    app.shutdown().await;
+}
