@@ -130,6 +130,10 @@ async fn tokens_and_roles_guard_the_api_with_clear_errors() {
     );
     assert_eq!(app.service("web").unwrap().status().state, State::Asleep);
 
+    let (status, me, _) = call(&app, "GET", "/api/v1/me", Some(READ), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me, serde_json::json!({ "name": "viewer", "role": "read" }));
+
     let (status, body, _) = call(&app, "GET", "/api/v1/services/nope", Some(READ), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
