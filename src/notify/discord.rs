@@ -41,15 +41,19 @@ pub fn message(event: &Event) -> Value {
         };
         fields.push(json!({ "name": key, "value": truncate(&value, MAX_FIELD), "inline": true }));
     }
+    let mut embed = json!({
+        "title": title,
+        "color": colour(event.state),
+        "fields": fields,
+        "timestamp": format_time(event.time),
+        "footer": { "text": format!("wakegate event #{}", event.id) },
+    });
+    // Discord refuses an empty description.
+    if !event.reason.is_empty() {
+        embed["description"] = json!(truncate(&event.reason, MAX_DESCRIPTION));
+    }
     json!({
-        "embeds": [{
-            "title": title,
-            "description": truncate(&event.reason, MAX_DESCRIPTION),
-            "color": colour(event.state),
-            "fields": fields,
-            "timestamp": format_time(event.time),
-            "footer": { "text": format!("wakegate event #{}", event.id) },
-        }],
+        "embeds": [embed],
         // A reason may quote a server's output: never let it ping anyone.
         "allowed_mentions": { "parse": [] },
     })

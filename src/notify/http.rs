@@ -43,6 +43,9 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// Splits an `http://` or `https://` URL; the error says what is wrong without the URL.
     pub fn parse(url: &str) -> Result<Endpoint, &'static str> {
+        if !url.contains("://") {
+            return Err("is not a whole URL: it must start with https:// or http://");
+        }
         let uri: Uri = url.parse().map_err(|_| "is not a valid URL")?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
@@ -237,5 +240,91 @@ mod tests {
         assert!(Endpoint::parse("ftp://x/y").is_err());
         assert!(Endpoint::parse("discord.com/api").is_err());
         assert!(Endpoint::parse("not a url").is_err());
+    }
+
+    /// Reads a request's head and its body (by `content-length`).
+    async fn read_request(io: &mut (impl AsyncRead + Unpin)) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let n = io.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request ended early: {text}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn https_is_spoken_with_a_trusted_certificate_only() {
+        use tokio::io::AsyncWriteExt;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let ca = CertificateDer::from_pem_slice(include_bytes!("../../tests/tls/ca.pem")).unwrap();
+        let cert =
+            CertificateDer::from_pem_slice(include_bytes!("../../tests/tls/server.pem")).unwrap();
+        let key =
+            PrivateKeyDer::from_pem_slice(include_bytes!("../../tests/tls/server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}/hook?token=x",
+            listener.local_addr().unwrap().port()
+        );
+        let endpoint = Endpoint::parse(&url).unwrap();
+
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let trusting = Client::with_roots(roots, Duration::from_secs(10));
+        let serve = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let request = read_request(&mut tls).await;
+            tls.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            tls.shutdown().await.unwrap();
+            request
+        };
+        let body = Bytes::from_static(b"{\"id\":1}");
+        let (request, answer) = tokio::join!(serve, trusting.post(&endpoint, vec![], body.clone()));
+        assert_eq!(answer.unwrap().status, StatusCode::NO_CONTENT);
+        assert!(
+            request.starts_with("POST /hook?token=x HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("host: localhost:"), "{request}");
+        assert!(request.ends_with("{\"id\":1}"), "{request}");
+
+        // The built-in roots do not know this authority: the handshake fails, and the error
+        // names the host but not the URL.
+        let public_roots_only = Client::new(Duration::from_secs(10));
+        let refuse = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            acceptor.accept(tcp).await.is_err()
+        };
+        let (refused, answer) =
+            tokio::join!(refuse, public_roots_only.post(&endpoint, vec![], body));
+        let error = answer.unwrap_err();
+        assert!(refused);
+        assert!(error.starts_with("TLS with localhost failed"), "{error}");
+        assert!(!error.contains("token"), "{error}");
     }
 }
