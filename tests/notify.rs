@@ -541,3 +541,53 @@ secret = "${WAKEGATE_TEST_HOOK_SECRET}"
         assert!(!all.contains(secret), "{secret} printed in:\n{all}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_target_holds_up_neither_another_nor_the_gateway() {
+    let dir = temp_dir("notify-hanging");
+    let receiver = Receiver::start(&[], Reply::Ok).await;
+    // Accepts connections and never answers.
+    let hanging = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_addr = hanging.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = hanging.accept().await {
+            open.push(stream);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let notify = format!(
+        r#"
+[[notify]]
+type = "webhook"
+name = "stuck"
+url = "http://{hanging_addr}/hook"
+secret = "{SECRET}"
+timeout = "200ms"
+retry_min = "50ms"
+
+[[notify]]
+type = "webhook"
+name = "fine"
+url = "{}"
+secret = "{SECRET}"
+"#,
+        receiver.url("/hook")
+    );
+    let (app, _backends) = gateway(&dir, &["web"], &notify).await;
+    wake(&app, "web").await;
+    sleep(&app, "web").await;
+    let last = stored(&app).last().unwrap().id;
+    receiver
+        .wait_until("the last event", |log| log.accepted.contains(&last))
+        .await;
+    // The stuck target timed out and tried again: more than one connection.
+    for _ in 0..2 {
+        tokio::time::timeout(DEADLINE, accepted.recv())
+            .await
+            .expect("the stuck target retries")
+            .unwrap();
+    }
+    app.shutdown().await;
+}
