@@ -37,6 +37,8 @@ pub struct App {
     events: broadcast::Sender<Event>,
     store: Arc<Store>,
     connections: Connections,
+    /// The accept loops, apart: a shutdown waits for them to let go of their sockets.
+    accepting: TaskTracker,
     background: TaskTracker,
     stop_background: CancellationToken,
     grace: Duration,
@@ -107,11 +109,12 @@ impl App {
             close_all: CancellationToken::new(),
         };
         let mut listeners = Vec::new();
+        let accepting = TaskTracker::new();
         for (name, socket) in bound {
             let addr = socket.local_addr()?;
             info!(service = %name, bind = %addr, "Listening.");
             let handle = services.iter().find(|s| s.name() == name).unwrap().clone();
-            background.spawn(listener::tcp::run(socket, handle, connections.clone()));
+            accepting.spawn(listener::tcp::run(socket, handle, connections.clone()));
             listeners.push((name, addr));
         }
 
@@ -145,6 +148,7 @@ impl App {
             events,
             store,
             connections,
+            accepting,
             background,
             stop_background,
             grace: config.gateway.shutdown_grace,
@@ -195,6 +199,9 @@ impl App {
             .sum::<usize>();
         info!(open_connections = open, grace = %humantime::format_duration(self.grace), "Shutting down.");
         self.connections.stop_accepting.cancel();
+        self.accepting.close();
+        self.accepting.wait().await;
+        info!("No longer accepting connections.");
         self.connections.tracker.close();
         if tokio::time::timeout(self.grace, self.connections.tracker.wait())
             .await

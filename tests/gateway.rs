@@ -86,6 +86,16 @@ async fn two_hundred_clients_at_once_get_one_start_and_their_own_bytes() {
     app.shutdown().await;
 }
 
+/// Puts every service to sleep (an `exec` backend keeps running through a shutdown), then
+/// shuts the gateway down: a test leaves no server behind.
+async fn sleep_then_shutdown(app: App) {
+    for service in app.services() {
+        service.sleep("test").await.unwrap();
+        wait_state(service, State::Asleep).await;
+    }
+    app.shutdown().await;
+}
+
 async fn futures_join<T>(
     handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
 ) -> Vec<Result<T, tokio::task::JoinError>> {
@@ -230,7 +240,7 @@ async fn a_client_that_arrives_while_stopping_is_served_after_a_new_wake() {
     );
     let starts = std::fs::read_to_string(dir.join("slowstop.starts")).unwrap();
     assert_eq!(starts.lines().count(), 2);
-    app.shutdown().await;
+    sleep_then_shutdown(app).await;
 }
 
 /// Reads until EOF and returns what came; a held client that is let go gets nothing.
@@ -295,7 +305,7 @@ bind = "127.0.0.1:0"
 
     assert_eq!(round_trip(gateway, b"again").await.unwrap(), b"again");
     assert_eq!(service.status().state, State::Awake);
-    app.shutdown().await;
+    sleep_then_shutdown(app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

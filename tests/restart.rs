@@ -174,7 +174,7 @@ fn sigterm_lets_open_connections_finish_within_the_grace_then_stops_the_backend(
     let pid = backend_pid(&dir);
 
     gateway.signal(Signal::TERM);
-    gateway.wait_for("Shutting down.");
+    gateway.wait_for("No longer accepting connections.");
     // The open connection still works during the grace period; new clients are refused.
     assert_eq!(echo(&mut client, b"two"), b"two");
     assert!(
