@@ -990,9 +990,12 @@ fn read_probe(
             match regex::Regex::new(pattern.get_ref()) {
                 Ok(re) => Probe::LogLine(re),
                 Err(e) => {
+                    // The regex error draws the pattern over several lines; its last says why.
+                    let why = e.to_string();
+                    let why = why.lines().last().unwrap_or("").trim_start_matches("error: ");
                     problems.add(
                         Some(pattern.span()),
-                        format!("`{}` is not a regular expression: {e}", pattern.get_ref()),
+                        format!("`{}` is not a regular expression: {why}", pattern.get_ref()),
                         "check the pattern's syntax (Rust regex)",
                     );
                     return None;

@@ -50,9 +50,7 @@ async fn run(check: Health, service: ServiceHandle, cancel: CancellationToken) {
                     failures += 1;
                     debug!(service = service.name(), failures, error = %e, "Health check failed.");
                     if failures >= check.tolerance {
-                        let reason = format!(
-                            "health check failed {failures} times in a row: {e}"
-                        );
+                        let reason = format!("health check failed {failures} times in a row: {e}");
                         if service.unhealthy(check.action, reason).await.is_err() {
                             return;
                         }
