@@ -992,7 +992,11 @@ fn read_probe(
                 Err(e) => {
                     // The regex error draws the pattern over several lines; its last says why.
                     let why = e.to_string();
-                    let why = why.lines().last().unwrap_or("").trim_start_matches("error: ");
+                    let why = why
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim_start_matches("error: ");
                     problems.add(
                         Some(pattern.span()),
                         format!("`{}` is not a regular expression: {why}", pattern.get_ref()),
