@@ -74,6 +74,9 @@ pub enum Denied {
     /// An `asleep_during` window is open.
     #[error("{0}")]
     Schedule(String),
+    /// `always_on`, or an open `awake_during` window, keeps it awake.
+    #[error("{0}")]
+    Rule(String),
     #[error("cannot record the lease: {0}")]
     Store(String),
 }
@@ -116,7 +119,7 @@ enum Command {
     },
     Sleep {
         by: String,
-        reply: oneshot::Sender<State>,
+        reply: oneshot::Sender<Result<State, Denied>>,
     },
     AddLease {
         duration: Duration,
@@ -215,7 +218,7 @@ impl ServiceHandle {
     }
 
     /// Stops it (ending its leases) once it is awake; returns the state it was in.
-    pub async fn sleep(&self, by: &str) -> Result<State, Gone> {
+    pub async fn sleep(&self, by: &str) -> Result<Result<State, Denied>, Gone> {
         let by = by.to_string();
         self.ask(|reply| Command::Sleep { by, reply }).await
     }
@@ -327,6 +330,8 @@ pub fn spawn(
             wake_request: None,
             sleep_request: None,
             restart_request: None,
+            always_on: service.always_on,
+            awake_during: service.policy.awake_during.clone(),
             asleep_during: service.policy.asleep_during.clone(),
         },
         cancel: cancel.clone(),
@@ -370,6 +375,8 @@ struct Core {
     sleep_request: Option<String>,
     /// A restart asked for by a failing health check.
     restart_request: Option<String>,
+    always_on: bool,
+    awake_during: Vec<Window>,
     asleep_during: Vec<Window>,
 }
 
@@ -423,13 +430,18 @@ impl Core {
                 let _ = reply.send(Ok(state));
             }
             Command::Sleep { by, reply } => {
+                if let Some(why) = self.kept_awake_by_rule() {
+                    self.action(format!("sleep requested by {by} refused: {why}"));
+                    let _ = reply.send(Err(Denied::Rule(why)));
+                    return;
+                }
                 self.wake_request = None;
                 self.end_leases(&format!("ended by the sleep requested by {by}"));
                 if matches!(state, State::Waking | State::Awake) {
                     self.action(format!("sleep requested by {by}"));
                     self.sleep_request = Some(format!("sleep requested by {by}"));
                 }
-                let _ = reply.send(state);
+                let _ = reply.send(Ok(state));
             }
             Command::AddLease {
                 duration,
@@ -491,6 +503,27 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Why it may not be put to sleep by hand: it is always on, or an awake_during window is
+    /// open (it would only wake again at once).
+    fn kept_awake_by_rule(&self) -> Option<String> {
+        if self.always_on {
+            return Some(format!(
+                "{} is always_on; remove always_on from its config to let it sleep",
+                self.name
+            ));
+        }
+        let now = jiff::Timestamp::now();
+        let window = schedule::any_contains(&self.awake_during, now)?;
+        let until = window
+            .next_change(now)
+            .map_or(String::new(), |t| format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC")));
+        Some(format!(
+            "{} is awake by schedule ({}){until}",
+            self.name,
+            window.text()
+        ))
     }
 
     /// Why it may not wake now, when an `asleep_during` window is open.

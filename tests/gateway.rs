@@ -90,7 +90,7 @@ async fn two_hundred_clients_at_once_get_one_start_and_their_own_bytes() {
 /// shuts the gateway down: a test leaves no server behind.
 async fn sleep_then_shutdown(app: App) {
     for service in app.services() {
-        service.sleep("test").await.unwrap();
+        service.sleep("test").await.unwrap().unwrap();
         wait_state(service, State::Asleep).await;
     }
     app.shutdown().await;

@@ -387,3 +387,55 @@ async fn min_players_warns_each_interval_then_stops() {
     wait_state(&game, State::Asleep).await;
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awake_during_wakes_it_by_itself_and_a_sleep_by_hand_is_refused() {
+    let dir = temp_dir("awakeduring");
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let services = format!(
+        r#"
+[[service]]
+name = "office"
+idle_timeout = "1s"
+awake_during = ["daily 00:00-24:00 Europe/Paris"]
+[service.backend]
+type = "exec"
+start = "true"
+stop = "true"
+address = "{}"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+        backend.local_addr().unwrap()
+    );
+    let app = start(&dir, &services).await;
+    let office = app.service("office").unwrap().clone();
+    wait_state(&office, State::Awake).await;
+    let woken = app.store().latest_events(Some("office"), 10).unwrap();
+    assert!(
+        woken
+            .iter()
+            .any(|e| e.reason == "awake by schedule (daily 00:00-24:00 Europe/Paris)"),
+        "{woken:#?}"
+    );
+    // No connection, and an idle timeout of a second: the window keeps it awake.
+    let mut status = office.watch();
+    let deadline = tokio::time::timeout(DEADLINE, status.wait_for(|s| s.idle_deadline.is_some()))
+        .await
+        .expect("no idle deadline")
+        .unwrap()
+        .idle_deadline
+        .unwrap();
+    assert!(
+        deadline > std::time::SystemTime::now() + Duration::from_secs(60),
+        "{deadline:?}"
+    );
+    let refused = office.sleep("test").await.unwrap().unwrap_err();
+    assert!(
+        refused.to_string().contains("office is awake by schedule"),
+        "{refused}"
+    );
+    assert_eq!(office.status().state, State::Awake);
+    app.shutdown().await;
+}

@@ -223,7 +223,7 @@ async fn wake(app: &App, name: &str) {
 
 async fn sleep(app: &App, name: &str) {
     let service = app.service(name).unwrap();
-    service.sleep("the test").await.unwrap();
+    service.sleep("the test").await.unwrap().unwrap();
     wait_state(service, State::Asleep).await;
 }
 

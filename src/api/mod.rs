@@ -110,7 +110,7 @@ impl ApiError {
 impl From<Denied> for ApiError {
     fn from(denied: Denied) -> ApiError {
         match denied {
-            Denied::Schedule(why) => ApiError::Conflict(why),
+            Denied::Schedule(why) | Denied::Rule(why) => ApiError::Conflict(why),
             Denied::Store(e) => ApiError::Internal(e),
         }
     }
@@ -467,7 +467,9 @@ async fn sleep(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = api.service(&name)?;
-    service.sleep(&format!("API token {}", caller.name)).await?;
+    service
+        .sleep(&format!("API token {}", caller.name))
+        .await??;
     Ok((
         StatusCode::ACCEPTED,
         Json(ServiceView::of(service, &api.store)?),
