@@ -516,9 +516,9 @@ impl Core {
         }
         let now = jiff::Timestamp::now();
         let window = schedule::any_contains(&self.awake_during, now)?;
-        let until = window
-            .next_change(now)
-            .map_or(String::new(), |t| format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC")));
+        let until = window.next_change(now).map_or(String::new(), |t| {
+            format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC"))
+        });
         Some(format!(
             "{} is awake by schedule ({}){until}",
             self.name,
