@@ -2,4 +2,5 @@
 //! task on the connections tracker.
 
 pub mod copy;
+pub mod minecraft;
 pub mod tcp;
