@@ -256,7 +256,12 @@ pub async fn ws(
     let feed = api.feed(services.clone(), q.after)?;
     let start = subscribed(&feed, services);
     Ok(upgrade
-        .on_upgrade(move |socket| websocket(api, socket, feed, start))
+        // The default read buffer (128 KiB, zeroed before every read) would cost each idle
+        // subscriber that much memory and each delivery a large memset; clients only send
+        // short subscriptions.
+        .read_buffer_size(4 * 1024)
+        .max_message_size(64 * 1024)
+        .on_upgrade(move |socket| websocket(api, socket, feed, start.to_string()))
         .into_response())
 }
 
@@ -264,14 +269,11 @@ fn subscribed(feed: &Feed, services: Option<Vec<String>>) -> serde_json::Value {
     serde_json::json!({ "type": "subscribed", "after": feed.cursor, "services": services })
 }
 
-async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: serde_json::Value) {
+async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: String) {
     let mut outgoing = Some(start);
     loop {
         if let Some(message) = outgoing.take()
-            && socket
-                .send(Message::Text(message.to_string().into()))
-                .await
-                .is_err()
+            && socket.send(Message::Text(message.into())).await.is_err()
         {
             return;
         }
@@ -281,21 +283,21 @@ async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: serde
                     Ok(s) => match api.feed(s.subscribe.clone(), s.after) {
                         Ok(new) => {
                             feed = new;
-                            subscribed(&feed, s.subscribe)
+                            subscribed(&feed, s.subscribe).to_string()
                         }
-                        Err(e) => serde_json::json!({ "type": "error", "error": e.to_string() }),
+                        Err(e) => serde_json::json!({ "type": "error", "error": e.to_string() }).to_string(),
                     },
                     Err(e) => serde_json::json!({
                         "type": "error",
                         "error": format!("cannot read that message ({e}); send {{\"subscribe\": [\"name\"], \"after\": ID}}"),
-                    }),
+                    }).to_string(),
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => continue,
             },
             item = feed.next() => match item {
-                Ok(Item::Event(event)) => serde_json::to_value(&event).unwrap_or_default(),
-                Ok(Item::Lagged { resume_after }) => serde_json::json!({ "type": "lagged", "resume_after": resume_after }),
+                Ok(Item::Event(event)) => serde_json::to_string(&event).unwrap_or_default(),
+                Ok(Item::Lagged { resume_after }) => serde_json::json!({ "type": "lagged", "resume_after": resume_after }).to_string(),
                 Err(_) => return,
             },
         });
