@@ -27,12 +27,15 @@ use tokio::task::JoinSet;
 /// this target, so the figures are always those of the current tree.
 const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
 
-/// Length of the iperf3 stream.
-const STREAM_SECONDS: u64 = 5;
+/// Length of one iperf3 stream.
+const STREAM_SECONDS: u64 = 3;
+/// Each of the three is measured this many times, in turns, and the median is kept: on a
+/// small shared machine one run of a few seconds moves by a fifth from run to run.
+const ROUNDS: usize = 3;
 /// Short connections: how many clients at once, for how long, at most how many each.
 const SHORT_CLIENTS: usize = 4;
 const SHORT_WARMUP: Duration = Duration::from_millis(300);
-const SHORT_WINDOW: Duration = Duration::from_secs(3);
+const SHORT_WINDOW: Duration = Duration::from_secs(2);
 const SHORT_MAX_PER_CLIENT: u64 = 100_000;
 /// What each short connection sends and expects back.
 const MESSAGE: &[u8; 32] = b"wakegate bench: short conn ping\n";
@@ -133,31 +136,39 @@ async fn traffic(dir: &Path) -> anyhow::Result<(Triple, Triple)> {
     wakegate.wake("stream").await?;
     wakegate.wake("echo").await?;
 
-    let mut stream = Triple::default();
-    for (label, target, slot) in [
-        ("direct", iperf, &mut stream.direct),
-        ("haproxy", loopback(haproxy_stream), &mut stream.haproxy),
-        ("wakegate", loopback(wakegate_stream), &mut stream.wakegate),
-    ] {
-        all_running(&mut [&mut iperf3, &mut haproxy.proc, &mut wakegate.proc])?;
-        let gbits = iperf3_stream(target).await?;
-        progress(&format!("stream, {label}: {gbits:.2} Gbit/s"));
-        *slot = gbits;
+    let mut streams: [Vec<f64>; 3] = Default::default();
+    for round in 1..=ROUNDS {
+        for (label, target, runs) in [
+            ("direct", iperf, 0),
+            ("haproxy", loopback(haproxy_stream), 1),
+            ("wakegate", loopback(wakegate_stream), 2),
+        ] {
+            all_running(&mut [&mut iperf3, &mut haproxy.proc, &mut wakegate.proc])?;
+            let gbits = iperf3_stream(target).await?;
+            progress(&format!(
+                "stream {round}/{ROUNDS}, {label}: {gbits:.2} Gbit/s"
+            ));
+            streams[runs].push(gbits);
+        }
     }
 
-    let mut short = Triple::default();
-    for (label, target, slot) in [
-        ("direct", echo, &mut short.direct),
-        ("haproxy", loopback(haproxy_echo), &mut short.haproxy),
-        ("wakegate", loopback(wakegate_echo), &mut short.wakegate),
-    ] {
-        all_running(&mut [&mut echo_server, &mut haproxy.proc, &mut wakegate.proc])?;
-        short_connections(target, SHORT_WARMUP).await?;
-        let rate = short_connections(target, SHORT_WINDOW).await?;
-        progress(&format!("short connections, {label}: {rate:.0} conn/s"));
-        *slot = rate;
+    let mut shorts: [Vec<f64>; 3] = Default::default();
+    for round in 1..=ROUNDS {
+        for (label, target, runs) in [
+            ("direct", echo, 0),
+            ("haproxy", loopback(haproxy_echo), 1),
+            ("wakegate", loopback(wakegate_echo), 2),
+        ] {
+            all_running(&mut [&mut echo_server, &mut haproxy.proc, &mut wakegate.proc])?;
+            short_connections(target, SHORT_WARMUP).await?;
+            let rate = short_connections(target, SHORT_WINDOW).await?;
+            progress(&format!(
+                "short connections {round}/{ROUNDS}, {label}: {rate:.0} conn/s"
+            ));
+            shorts[runs].push(rate);
+        }
     }
-    Ok((stream, short))
+    Ok((Triple::medians(streams), Triple::medians(shorts)))
 }
 
 /// One iperf3 stream to `target` (its control connection goes the same way); Gbit/s received.
@@ -771,6 +782,21 @@ struct Triple {
     wakegate: f64,
 }
 
+impl Triple {
+    /// The median of each one's runs (direct, haproxy, wakegate).
+    fn medians(mut runs: [Vec<f64>; 3]) -> Triple {
+        let [direct, haproxy, wakegate] = runs.each_mut().map(|r| {
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        });
+        Triple {
+            direct,
+            haproxy,
+            wakegate,
+        }
+    }
+}
+
 struct Idle {
     wakegate: Footprint,
     haproxy: Footprint,
@@ -876,6 +902,7 @@ impl Figures {
         out += &format!(
             "\nstream: iperf3, one stream, {STREAM_SECONDS} s (its control connection goes the same way).\n\
              short conns: {SHORT_CLIENTS} clients for {} s, each connection a {}-byte echo.\n\
+             stream and short conns: the median of {ROUNDS} runs each, taken in turns.\n\
              readiness: {READINESS_RUNS} wakes; the backend's port opens {}..{} ms after the client arrives.\n\
              idle: {IDLE_SERVICES} sleeping services (haproxy: {IDLE_SERVICES} frontends); \
              wake-ups = context switches of all threads.\n\
