@@ -15,11 +15,12 @@
 //! subscribers' own parsing included. `bench/run` runs this file after the TCP benchmark;
 //! `cargo bench --bench events` runs it alone.
 
+mod support;
+
 use std::borrow::Cow;
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +32,7 @@ use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use support::{Proc, TempDir, cpu_ticks, progress as progress_line};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -114,7 +116,7 @@ fn raise_file_limit(need: u64) -> anyhow::Result<u64> {
 
 async fn run(files: u64) -> anyhow::Result<Figures> {
     // Declared first so it is removed last, after the gateway has been stopped.
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("wakegate-events-bench")?;
     // The service's "server": woken services find it listening, so wakes succeed at once.
     let backend = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a backend")?;
     let mut gateway = Gateway::start(&dir.0, backend.local_addr()?).await?;
@@ -737,114 +739,6 @@ impl Memory {
     }
 }
 
-/// utime + stime of the whole process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; utime and stime (fields 14 and 15) are
-    // the 12th and 13th after it.
-    let after_name = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields.get(i).context("short /proc/PID/stat")?.parse()?)
-    };
-    Ok(field(11)? + field(12)?)
-}
-
-/// A child process, stopped when dropped (panics included) so no run leaves one behind. Its
-/// stdout and stderr go to `<name>.log` in the bench's temp dir.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Proc> {
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
-        Ok(Proc {
-            name: name.into(),
-            child,
-            log,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails, with the end of the process's log, if it has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{} exited ({status}); its output:\n{}",
-                self.name,
-                tail.join("\n")
-            );
-        }
-        Ok(())
-    }
-
-    /// The warnings and errors in its log (a stored event that failed is one).
-    fn log_problems(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        // SIGTERM first, so the gateway exits the way it does in real use; SIGKILL after a
-        // few seconds.
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The bench's own directory under the system temp dir, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<TempDir> {
-        let path =
-            std::env::temp_dir().join(format!("wakegate-events-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `N` distinct free addresses on 127.0.0.1, picked while all of them are held.
 fn free_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
     let held = (0..N)
@@ -856,11 +750,6 @@ fn free_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
         *addr = listener.local_addr()?;
     }
     Ok(addrs)
-}
-
-/// Progress goes to stderr, the table to stdout.
-fn progress_line(line: &str) {
-    eprintln!("  {line}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -12,13 +12,15 @@
 //! the ratios of one run. `bench/run` installs haproxy and iperf3 and runs this file;
 //! `cargo bench --bench gateway` runs it alone.
 
-use std::fs::File;
+mod support;
+
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use support::{Proc, TempDir, cpu_ticks, progress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -74,7 +76,7 @@ async fn run() -> anyhow::Result<Figures> {
     let haproxy_version = version_of("haproxy", "-v")?;
     let iperf3_version = version_of("iperf3", "-v")?;
     // Declared first so it is removed last, after every process using it has been stopped.
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("wakegate-bench")?;
 
     let (stream, short) = traffic(&dir.0).await?;
     let (idle, readiness) = wake_and_idle(&dir.0).await?;
@@ -408,19 +410,6 @@ fn context_switches(pid: u32) -> anyhow::Result<Vec<(String, u64)>> {
     Ok(threads)
 }
 
-/// utime + stime of the whole process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after it start with the state
-    // (field 3), so utime and stime (fields 14 and 15) are the 12th and 13th.
-    let after_name = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields.get(i).context("short /proc/PID/stat")?.parse()?)
-    };
-    Ok(field(11)? + field(12)?)
-}
-
 /// The first word after `key` in a `/proc` status file.
 fn proc_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status
@@ -443,97 +432,6 @@ fn clock_ticks_per_second() -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 // The peers: wakegate, haproxy and plain child processes.
-
-/// A child process, stopped when dropped (panics included) so no run leaves one behind. Its
-/// stdout and stderr go to `<name>.log` in the bench's temp dir.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Proc> {
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
-        Ok(Proc {
-            name: name.into(),
-            child,
-            log,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails, with the end of the process's log, if it has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{} exited ({status}); its output:\n{}",
-                self.name,
-                tail.join("\n")
-            );
-        }
-        Ok(())
-    }
-
-    /// Waits until something listens on 127.0.0.1:`port`, read from /proc/net/tcp so that no
-    /// test connection reaches the peer (iperf3 and haproxy would count it as a client).
-    async fn wait_listening(&mut self, port: u16) -> anyhow::Result<()> {
-        let local = format!("0100007F:{port:04X}");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            self.check_running()?;
-            let table = std::fs::read_to_string("/proc/net/tcp")?;
-            let listening = table.lines().skip(1).any(|line| {
-                let mut columns = line.split_whitespace().skip(1);
-                // "0A" is TCP_LISTEN.
-                columns.next() == Some(local.as_str()) && columns.nth(1) == Some("0A")
-            });
-            if listening {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "{} does not listen on port {port}",
-                self.name
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        // SIGTERM first, so wakegate and haproxy exit the way they do in real use; SIGKILL
-        // after a few seconds.
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A peer that has died makes the next figure fail with a puzzling error: name it instead.
 fn all_running(peers: &mut [&mut Proc]) -> anyhow::Result<()> {
@@ -702,24 +600,6 @@ impl Haproxy {
     }
 }
 
-/// The bench's own directory under the system temp dir, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("wakegate-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(TempDir(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `N` distinct free ports on 127.0.0.1. They are picked while all of them are held, and the
 /// ports a run uses are never picked twice (a port given back to the system may come out again).
 fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
@@ -764,11 +644,6 @@ fn version_of(tool: &str, flag: &str) -> anyhow::Result<String> {
         }
     }
     Ok(words.join(" "))
-}
-
-/// Progress goes to stderr, the table to stdout.
-fn progress(line: &str) {
-    eprintln!("  {line}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+//! What both benchmarks need: child processes that never outlive a run, a temp dir, and a
+//! few readings from /proc.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+/// How long a peer may take to start listening.
+const PATIENCE: Duration = Duration::from_secs(10);
+/// How often a waiting loop looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// A child process, stopped when dropped (panics included) so no run leaves one behind. Its
+/// stdout and stderr go to `<name>.log` in the bench's temp dir.
+pub struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, command: &mut Command, dir: &Path) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({:?})", command.get_program()))?;
+        Ok(Proc {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails, with the end of the process's log, if it has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "{} exited ({status}); its output:\n{}",
+                self.name,
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// The warnings and errors in its log (a stored event that failed is one).
+    pub fn log_problems(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until something listens on 127.0.0.1:`port`, read from /proc/net/tcp so that no
+    /// test connection reaches the peer (iperf3 and haproxy would count it as a client).
+    pub async fn wait_listening(&mut self, port: u16) -> anyhow::Result<()> {
+        let local = format!("0100007F:{port:04X}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.check_running()?;
+            let table = std::fs::read_to_string("/proc/net/tcp")?;
+            let listening = table.lines().skip(1).any(|line| {
+                let mut columns = line.split_whitespace().skip(1);
+                // "0A" is TCP_LISTEN.
+                columns.next() == Some(local.as_str()) && columns.nth(1) == Some("0A")
+            });
+            if listening {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} does not listen on port {port}",
+                self.name
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SIGTERM first, so wakegate and haproxy exit the way they do in real use; SIGKILL
+        // after a few seconds.
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bench's own directory under the system temp dir, removed at the end.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// utime + stime of the whole process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; utime and stime (fields 14 and 15) are
+    // the 12th and 13th after it.
+    let after_name = stat.rsplit_once(')').context("odd /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("short /proc/PID/stat")?.parse()?)
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Progress goes to stderr, the table to stdout.
+pub fn progress(line: &str) {
+    eprintln!("  {line}");
+}
