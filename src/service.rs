@@ -309,8 +309,6 @@ pub fn spawn(
             wake_timeout: service.wake_timeout,
         },
         readiness: service.readiness.clone(),
-        always_on: service.always_on,
-        rules: service.policy.clone(),
         restarts: VecDeque::new(),
         wake_retry: None,
         runtime_warned: false,
@@ -331,8 +329,7 @@ pub fn spawn(
             sleep_request: None,
             restart_request: None,
             always_on: service.always_on,
-            awake_during: service.policy.awake_during.clone(),
-            asleep_during: service.policy.asleep_during.clone(),
+            rules: service.policy.clone(),
         },
         cancel: cancel.clone(),
         adopting: false,
@@ -376,8 +373,7 @@ struct Core {
     /// A restart asked for by a failing health check.
     restart_request: Option<String>,
     always_on: bool,
-    awake_during: Vec<Window>,
-    asleep_during: Vec<Window>,
+    rules: Policies,
 }
 
 enum Outcome<T> {
@@ -514,30 +510,14 @@ impl Core {
                 self.name
             ));
         }
-        let now = jiff::Timestamp::now();
-        let window = schedule::any_contains(&self.awake_during, now)?;
-        let until = window.next_change(now).map_or(String::new(), |t| {
-            format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC"))
-        });
-        Some(format!(
-            "{} is awake by schedule ({}){until}",
-            self.name,
-            window.text()
-        ))
+        open_window(&self.rules.awake_during)
+            .map(|window| format!("{} is awake by schedule {window}", self.name))
     }
 
     /// Why it may not wake now, when an `asleep_during` window is open.
     fn asleep_by_schedule(&self) -> Option<String> {
-        let now = jiff::Timestamp::now();
-        let window = schedule::any_contains(&self.asleep_during, now)?;
-        let until = window.next_change(now).map_or(String::new(), |t| {
-            format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC"))
-        });
-        Some(format!(
-            "{} sleeps by schedule ({}){until}",
-            self.name,
-            window.text()
-        ))
+        open_window(&self.rules.asleep_during)
+            .map(|window| format!("{} sleeps by schedule {window}", self.name))
     }
 
     /// Drops the leases that have expired, with an event each.
@@ -722,6 +702,16 @@ impl Core {
     }
 }
 
+/// The window open now, as "(TEXT) until WHEN" for messages.
+fn open_window(windows: &[Window]) -> Option<String> {
+    let now = jiff::Timestamp::now();
+    let window = schedule::any_contains(windows, now)?;
+    let until = window.next_change(now).map_or(String::new(), |t| {
+        format!(" until {}", t.strftime("%Y-%m-%d %H:%M UTC"))
+    });
+    Some(format!("({}){until}", window.text()))
+}
+
 /// Counts a connection and hands out the backend's address.
 fn ticket(shared: &Arc<Shared>, address: SocketAddr) -> Ticket {
     shared.connections.fetch_add(1, Ordering::AcqRel);
@@ -747,8 +737,6 @@ struct Actor {
     policy: Policy,
     /// What "ready" means at the end of a wake.
     readiness: Check,
-    always_on: bool,
-    rules: Policies,
     backend: Box<dyn Backend>,
     core: Core,
     cancel: CancellationToken,
@@ -860,11 +848,11 @@ impl Actor {
 
     /// Whether the crash-loop breaker allows one more automatic restart (and counts it).
     fn may_restart(&mut self) -> bool {
-        let window = self.rules.restart_window;
+        let window = self.core.rules.restart_window;
         while self.restarts.front().is_some_and(|t| t.elapsed() > window) {
             self.restarts.pop_front();
         }
-        if self.restarts.len() >= self.rules.max_restarts as usize {
+        if self.restarts.len() >= self.core.rules.max_restarts as usize {
             return false;
         }
         self.restarts.push_back(Instant::now());
@@ -875,7 +863,7 @@ impl Actor {
         format!(
             "restarted {} times within {}: not restarting again; fix the server, then wake it by hand",
             self.restarts.len(),
-            humantime::format_duration(self.rules.restart_window)
+            humantime::format_duration(self.core.rules.restart_window)
         )
     }
 
@@ -885,10 +873,10 @@ impl Actor {
         if self.core.state() != State::Asleep || self.core.asleep_by_schedule().is_some() {
             return None;
         }
-        if self.always_on {
+        if self.core.always_on {
             return Some((Trigger::Restart, "always_on: keeping it running".into()));
         }
-        schedule::any_contains(&self.rules.awake_during, now).map(|w| {
+        schedule::any_contains(&self.core.rules.awake_during, now).map(|w| {
             (
                 Trigger::Schedule,
                 format!("awake by schedule ({})", w.text()),
@@ -899,8 +887,8 @@ impl Actor {
     /// When a schedule window next opens or closes.
     fn schedule_change(&self) -> Option<Instant> {
         let now = jiff::Timestamp::now();
-        let awake = schedule::next_change(&self.rules.awake_during, now);
-        let asleep = schedule::next_change(&self.rules.asleep_during, now);
+        let awake = schedule::next_change(&self.core.rules.awake_during, now);
+        let asleep = schedule::next_change(&self.core.rules.asleep_during, now);
         awake.into_iter().chain(asleep).min().map(instant_of)
     }
 
@@ -982,7 +970,11 @@ impl Actor {
                 self.wake_retry = None;
                 self.runtime_warned = false;
                 self.player_warnings = 0;
-                self.player_check_at = self.rules.min_players.map(|m| self.awake_at + m.interval);
+                self.player_check_at = self
+                    .core
+                    .rules
+                    .min_players
+                    .map(|m| self.awake_at + m.interval);
                 if !adopted {
                     self.core.shared.metrics.wake_took(took);
                 }
@@ -1108,7 +1100,7 @@ impl Actor {
         // client retries.
         self.core.answer_all(|_| Err(error.clone()));
         self.core.wake_request = None;
-        if self.always_on {
+        if self.core.always_on {
             self.wake_retry = Some(backoff(self.wake_retry));
         }
         self.core.transition(State::Failed, reason, detail);
@@ -1129,7 +1121,7 @@ impl Actor {
     /// When to stop if nothing changes: after the idle timeout, not before `min_awake`, and
     /// not while a lease or an awake_during window is in force; never for always_on.
     fn stop_at(&self) -> Option<Instant> {
-        if self.always_on {
+        if self.core.always_on {
             return None;
         }
         let since = self.idle_since?;
@@ -1140,7 +1132,7 @@ impl Actor {
             at = at.max(Instant::now() + left);
         }
         let now = jiff::Timestamp::now();
-        if let Some(window) = schedule::any_contains(&self.rules.awake_during, now) {
+        if let Some(window) = schedule::any_contains(&self.core.rules.awake_during, now) {
             at = at.max(window.next_change(now).map_or(at, instant_of));
         }
         Some(at)
@@ -1154,7 +1146,7 @@ impl Actor {
         if let Some(why) = self.core.asleep_by_schedule() {
             return Some((why, "schedule"));
         }
-        if let Some(max) = self.rules.max_runtime
+        if let Some(max) = self.core.rules.max_runtime
             && self.awake_at.elapsed() >= max
         {
             return Some((
@@ -1171,7 +1163,7 @@ impl Actor {
     /// Counts players (open connections, until a listener reports real players) and warns,
     /// then stops, when fewer than `min_players` are on.
     fn check_players(&mut self) -> Option<String> {
-        let rule = self.rules.min_players?;
+        let rule = self.core.rules.min_players?;
         self.player_check_at = Some(Instant::now() + rule.interval);
         let players = self.core.shared.connections.load(Ordering::Acquire) as u32;
         if players >= rule.count {
@@ -1245,9 +1237,9 @@ impl Actor {
             let next_expiry = next_expiry
                 .map(|e| Instant::now() + e.duration_since(SystemTime::now()).unwrap_or_default());
             let schedule_change = self.schedule_change();
-            let runtime_end = self.rules.max_runtime.map(|m| self.awake_at + m);
+            let runtime_end = self.core.rules.max_runtime.map(|m| self.awake_at + m);
             let runtime_warning = runtime_end.filter(|_| !self.runtime_warned).map(|end| {
-                end.checked_sub(self.rules.max_runtime_warning)
+                end.checked_sub(self.core.rules.max_runtime_warning)
                     .unwrap_or(self.awake_at)
             });
             tokio::select! {
@@ -1283,9 +1275,9 @@ impl Actor {
                     self.core.shared.metrics.failure(Failure::Crash);
                     let reason = BackendError::Exited { exit: exit.clone() }.to_string();
                     let detail = json!({ "exit": exit.status, "log_tail": exit.log_tail });
-                    if self.always_on && self.may_restart() {
+                    if self.core.always_on && self.may_restart() {
                         self.core.start_wake(Trigger::Restart, format!("restarting after a crash: {reason}"), detail);
-                    } else if self.always_on {
+                    } else if self.core.always_on {
                         let reason = format!("{}; it last crashed: {reason}", self.crash_loop());
                         self.core.transition(State::Failed, reason, detail);
                     } else {
