@@ -73,10 +73,11 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
         humantime::format_duration(idle)
     );
     println!(
-        "  state: `wakegate status --api {}`   data: {}",
+        "  watch it live at http://{}/ (the dashboard), or `wakegate status --api {}`",
         app.api_addr(),
-        data_dir.display()
+        app.api_addr()
     );
+    println!("  data: {}", data_dir.display());
     println!("  Ctrl-C stops the demo.");
     println!();
     if let Some(demo) = app.service("demo") {
