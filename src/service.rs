@@ -860,9 +860,10 @@ impl Actor {
     }
 
     fn crash_loop(&self) -> String {
+        let n = self.restarts.len();
         format!(
-            "restarted {} times within {}: not restarting again; fix the server, then wake it by hand",
-            self.restarts.len(),
+            "restarted {n} time{} within {}: not restarting again; fix the server, then wake it by hand",
+            if n == 1 { "" } else { "s" },
             humantime::format_duration(self.core.rules.restart_window)
         )
     }

@@ -591,3 +591,45 @@ secret = "{SECRET}"
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_ends_in_failed_and_that_is_notified() {
+    let dir = temp_dir("notify-crashloop");
+    let receiver = Receiver::start(&[], Reply::Ok).await;
+    let backend = free_addr();
+    // An always-on server that comes up and dies half a second later, every time.
+    let text = format!(
+        r#"
+[[service]]
+name = "flappy"
+always_on = true
+max_restarts = 1
+[service.backend]
+type = "process"
+command = ["sh", "-c", "'{exe}' demo-backend --echo --listen {backend} & sleep 0.5; kill $!; exit 1"]
+address = "{backend}"
+
+[[notify]]
+type = "webhook"
+url = "{url}"
+secret = "{SECRET}"
+events = ["failed"]
+"#,
+        exe = WAKEGATE,
+        url = receiver.url("/ops"),
+    );
+    init_logs();
+    let config = wakegate::config::parse(&gateway_toml(&dir, &text), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let app = App::start(config).await.unwrap();
+    receiver
+        .wait_until("the failed event", |log| !log.accepted.is_empty())
+        .await;
+    let sent = receiver.requests()[0].json();
+    assert_eq!(sent["service"], "flappy");
+    assert_eq!(sent["state"], "failed");
+    let reason = sent["reason"].as_str().unwrap();
+    assert!(reason.contains("restarted 1 time within 1h"), "{reason}");
+    assert_eq!(app.service("flappy").unwrap().status().state, State::Failed);
+    app.shutdown().await;
+}
