@@ -28,6 +28,13 @@ pub struct Connections {
     pub close_all: CancellationToken,
 }
 
+/// What a bound socket serves.
+enum Bound {
+    Tcp(String),
+    /// The services sharing it, with their listener entries.
+    Minecraft(Vec<(String, crate::config::Minecraft)>),
+}
+
 /// A running gateway.
 pub struct App {
     router: axum::Router,
@@ -49,17 +56,37 @@ impl App {
     /// then starts the services, listeners and API.
     pub async fn start(config: Config) -> anyhow::Result<App> {
         let store = Arc::new(Store::open(&config.gateway.data_dir)?);
-        let mut bound = Vec::new();
+        let mut bound: Vec<(Bound, TcpListener)> = Vec::new();
         for service in &config.services {
             for listen in &service.listeners {
-                let Listen::Tcp { bind } = listen;
+                let bind = listen.bind();
+                // Minecraft entries of several services with the same bind share one socket
+                // (config checked that they can); port 0 always means a socket of its own.
+                if let Listen::Minecraft(m) = listen {
+                    let shared = bound.iter_mut().find_map(|(b, _)| match b {
+                        Bound::Minecraft(group) if bind.port() != 0 && group[0].1.bind == bind => {
+                            Some(group)
+                        }
+                        _ => None,
+                    });
+                    if let Some(group) = shared {
+                        group.push((service.name.clone(), m.clone()));
+                        continue;
+                    }
+                }
                 let socket = TcpListener::bind(bind).await.with_context(|| {
                     format!(
-                        "cannot listen on tcp {bind} for service `{}`; is another program using that port?",
+                        "cannot listen on {bind} for service `{}`; is another program using that port?",
                         service.name
                     )
                 })?;
-                bound.push((service.name.clone(), socket));
+                let what = match listen {
+                    Listen::Tcp { .. } => Bound::Tcp(service.name.clone()),
+                    Listen::Minecraft(m) => {
+                        Bound::Minecraft(vec![(service.name.clone(), m.clone())])
+                    }
+                };
+                bound.push((what, socket));
             }
         }
         let api_socket = TcpListener::bind(config.gateway.api)
@@ -110,12 +137,37 @@ impl App {
         };
         let mut listeners = Vec::new();
         let accepting = TaskTracker::new();
-        for (name, socket) in bound {
+        let handle = |name: &str| services.iter().find(|s| s.name() == name).unwrap().clone();
+        for (what, socket) in bound {
             let addr = socket.local_addr()?;
-            info!(service = %name, bind = %addr, "Listening.");
-            let handle = services.iter().find(|s| s.name() == name).unwrap().clone();
-            accepting.spawn(listener::tcp::run(socket, handle, connections.clone()));
-            listeners.push((name, addr));
+            match what {
+                Bound::Tcp(name) => {
+                    info!(service = %name, bind = %addr, "Listening.");
+                    accepting.spawn(listener::tcp::run(
+                        socket,
+                        handle(&name),
+                        connections.clone(),
+                    ));
+                    listeners.push((name, addr));
+                }
+                Bound::Minecraft(group) => {
+                    let mut routes = Vec::new();
+                    for (name, config) in group {
+                        info!(service = %name, bind = %addr, hostnames = ?config.hostnames, "Listening for Minecraft.");
+                        routes.push(listener::minecraft::Route {
+                            service: handle(&name),
+                            config,
+                        });
+                        listeners.push((name, addr));
+                    }
+                    accepting.spawn(listener::minecraft::run(
+                        socket,
+                        listener::minecraft::Routes::new(routes),
+                        store.clone(),
+                        connections.clone(),
+                    ));
+                }
+            }
         }
 
         let api = api_socket.local_addr()?;

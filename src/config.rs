@@ -210,14 +210,47 @@ pub enum OnShutdown {
 #[derive(Debug, Clone)]
 pub enum Listen {
     Tcp { bind: SocketAddr },
+    Minecraft(Minecraft),
 }
 
 impl Listen {
     pub fn bind(&self) -> SocketAddr {
         match self {
             Listen::Tcp { bind } => *bind,
+            Listen::Minecraft(m) => m.bind,
         }
     }
+}
+
+/// A Minecraft Java edition listener: answers the server list while the service sleeps, wakes
+/// it on a login, and routes by the hostname of the handshake when several services share
+/// its `bind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minecraft {
+    pub bind: SocketAddr,
+    /// Lower-case hostnames without trailing dot; empty means "whatever the client typed".
+    pub hostnames: Vec<String>,
+    /// Takes the hostnames no service on this `bind` names.
+    pub default: bool,
+    pub motd_asleep: String,
+    pub motd_waking: String,
+    pub motd_failed: String,
+    /// Shown as the server's version in the list.
+    pub version_name: String,
+    /// How long a joining player is held while the service wakes (clients give up near 30 s).
+    pub hold_timeout: Duration,
+    pub join: Join,
+    pub kick_message: String,
+}
+
+/// What a login does while the service is not awake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Join {
+    /// Keep the player connecting until it is awake (up to `hold_timeout`), then forward.
+    Hold,
+    /// Start the wake and disconnect the player at once with `kick_message`.
+    Kick,
 }
 
 /// A value that may come from `"${ENV_VAR}"` and is never printed back.
@@ -374,6 +407,33 @@ struct TcpListenConfig {
     bind: Spanned<SocketAddr>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinecraftListenConfig {
+    bind: Spanned<SocketAddr>,
+    #[serde(default)]
+    hostnames: Vec<Spanned<String>>,
+    #[serde(default)]
+    default: bool,
+    #[serde(default = "default_motd_asleep")]
+    motd_asleep: String,
+    #[serde(default = "default_motd_waking")]
+    motd_waking: String,
+    #[serde(default = "default_motd_failed")]
+    motd_failed: String,
+    #[serde(default = "default_version_name")]
+    version_name: String,
+    #[serde(
+        default = "default_hold_timeout",
+        deserialize_with = "spanned_duration"
+    )]
+    hold_timeout: Spanned<Duration>,
+    #[serde(default = "default_join")]
+    join: Join,
+    #[serde(default = "default_kick_message")]
+    kick_message: String,
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./wakegate-data")
 }
@@ -430,6 +490,40 @@ fn default_stop_timeout() -> Duration {
 }
 fn default_on_shutdown() -> OnShutdown {
     OnShutdown::Stop
+}
+fn default_motd_asleep() -> String {
+    "§7sleeping — join to wake".to_string()
+}
+fn default_motd_waking() -> String {
+    "§ewaking up — join in a moment".to_string()
+}
+fn default_motd_failed() -> String {
+    "§cthe server could not start — join to try again".to_string()
+}
+fn default_version_name() -> String {
+    "wakegate".to_string()
+}
+fn default_hold_timeout() -> Spanned<Duration> {
+    Spanned::new(0..0, Duration::from_secs(25))
+}
+fn default_join() -> Join {
+    Join::Hold
+}
+fn default_kick_message() -> String {
+    "§eThe server is starting. Join again in a moment.".to_string()
+}
+
+/// Reads a humantime duration and keeps its place, for problems found after reading.
+fn spanned_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
+    let text = Spanned::<String>::deserialize(d)?;
+    let span = text.span();
+    let value = humantime::parse_duration(text.get_ref()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{}` is not a duration ({e}); write it like \"30s\", \"10m\" or \"1h 30m\"",
+            text.get_ref()
+        ))
+    })?;
+    Ok(Spanned::new(span, value))
 }
 
 /// Reads an optional humantime duration.
@@ -1221,7 +1315,7 @@ fn read_listeners(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> O
         );
         return None;
     };
-    let kinds = "tcp";
+    let kinds = "tcp, minecraft";
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
@@ -1231,6 +1325,9 @@ fn read_listeners(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> O
                     "tcp" => read::<TcpListenConfig>(rest, problems).map(|c| Listen::Tcp {
                         bind: c.bind.into_inner(),
                     }),
+                    "minecraft" => read::<MinecraftListenConfig>(rest, problems)
+                        .and_then(|c| read_minecraft(c, problems))
+                        .map(Listen::Minecraft),
                     other => {
                         problems.add(
                             Some(rest.span()),
@@ -1255,6 +1352,61 @@ fn read_listeners(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> O
         return None;
     }
     all_ok.then_some(listeners)
+}
+
+/// Checks a `minecraft` listener's values beyond their types.
+fn read_minecraft(c: MinecraftListenConfig, problems: &mut Problems<'_>) -> Option<Minecraft> {
+    let mut ok = true;
+    let mut hostnames: Vec<String> = Vec::new();
+    for name in &c.hostnames {
+        let host = name.get_ref().trim_end_matches('.').to_lowercase();
+        let valid = !host.is_empty()
+            && host.len() <= 255
+            && host
+                .chars()
+                .all(|ch| ch.is_alphanumeric() || matches!(ch, '.' | '-' | '_'));
+        if !valid {
+            problems.add(
+                Some(name.span()),
+                format!("`{}` is not a hostname", name.get_ref()),
+                "write the names players type in their server list, e.g. \"mc.example.com\"",
+            );
+            ok = false;
+        } else if hostnames.contains(&host) {
+            problems.add(
+                Some(name.span()),
+                format!("hostname `{host}` is listed twice"),
+                "list each hostname once",
+            );
+            ok = false;
+        } else {
+            hostnames.push(host);
+        }
+    }
+    let hold_timeout = *c.hold_timeout.get_ref();
+    if hold_timeout.is_zero() || hold_timeout > Duration::from_secs(600) {
+        problems.add(
+            Some(c.hold_timeout.span()),
+            format!(
+                "hold_timeout = \"{}\" is out of range",
+                humantime::format_duration(hold_timeout)
+            ),
+            "hold a joining player between 1s and 10m; clients give up near 30s, so 25s is best",
+        );
+        ok = false;
+    }
+    ok.then(|| Minecraft {
+        bind: c.bind.into_inner(),
+        hostnames,
+        default: c.default,
+        motd_asleep: c.motd_asleep,
+        motd_waking: c.motd_waking,
+        motd_failed: c.motd_failed,
+        version_name: c.version_name,
+        hold_timeout,
+        join: c.join,
+        kick_message: c.kick_message,
+    })
 }
 
 /// A backend address must be `host:port`; the host is resolved on every wake.
@@ -1306,26 +1458,69 @@ pub fn expand(value: &str) -> Result<Secret, String> {
     }
 }
 
-/// Two listeners of any services cannot share a plain TCP socket.
+/// Two listeners of any services cannot share a plain TCP socket. `minecraft` listeners may
+/// share one, as long as every hostname names one service and at most one takes the rest.
 fn check_binds(config: &Config, problems: &mut Problems<'_>) {
-    let mut seen: HashMap<SocketAddr, &str> = HashMap::new();
+    let mut groups: BTreeMap<SocketAddr, Vec<(&str, &Listen)>> = BTreeMap::new();
     for service in &config.services {
         for listen in &service.listeners {
-            let bind = listen.bind();
             // Port 0 asks the system for a free port: those never collide.
-            if bind.port() == 0 {
+            if listen.bind().port() == 0 {
                 continue;
             }
-            if let Some(other) = seen.insert(bind, &service.name) {
-                problems.add(
-                    None,
-                    format!(
-                        "services `{other}` and `{}` both listen on tcp {bind}",
-                        service.name
-                    ),
-                    "give each tcp listener its own port",
-                );
+            groups
+                .entry(listen.bind())
+                .or_default()
+                .push((&service.name, listen));
+        }
+    }
+    for (bind, group) in groups {
+        if group.len() < 2 {
+            continue;
+        }
+        if let Some(tcp) = group
+            .iter()
+            .position(|(_, l)| matches!(l, Listen::Tcp { .. }))
+        {
+            let other = if tcp == 0 { 1 } else { 0 };
+            let (a, b) = (group[tcp.min(other)].0, group[tcp.max(other)].0);
+            problems.add(
+                None,
+                format!("services `{a}` and `{b}` both listen on tcp {bind}"),
+                "give each tcp listener its own port",
+            );
+            continue;
+        }
+        let mut owners: HashMap<&str, &str> = HashMap::new();
+        let mut defaults = Vec::new();
+        for (name, listen) in &group {
+            let Listen::Minecraft(m) = listen else {
+                continue;
+            };
+            if m.default || m.hostnames.is_empty() {
+                defaults.push(*name);
             }
+            for host in &m.hostnames {
+                if let Some(first) = owners.insert(host, name) {
+                    problems.add(
+                        None,
+                        format!(
+                            "hostname `{host}` on minecraft {bind} is claimed by `{first}` and `{name}`"
+                        ),
+                        "each hostname on a shared bind must lead to one service",
+                    );
+                }
+            }
+        }
+        if defaults.len() > 1 {
+            problems.add(
+                None,
+                format!(
+                    "services `{}` all take unknown hostnames on minecraft {bind}",
+                    defaults.join("`, `")
+                ),
+                "on a shared bind, give every listener `hostnames` and set `default = true` on at most one",
+            );
         }
     }
 }
