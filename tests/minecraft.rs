@@ -1,0 +1,335 @@
+//! The `minecraft` listener end to end with real peers: a minecraft-protocol server run as the
+//! `process` backend, and minecraft-protocol clients pinging and joining through wakegate
+//! (tests/peers/minecraft/peer.js).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wakegate::app::App;
+use wakegate::event::{Kind, State};
+
+fn peers() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
+    assert!(
+        dir.join("node_modules/minecraft-protocol").exists(),
+        "minecraft-protocol is not installed; run `npm ci --prefix tests/peers/minecraft` \
+         (scripts/test does)"
+    );
+    dir
+}
+
+async fn start(dir: &Path, services: &str) -> App {
+    init_logs();
+    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    App::start(config).await.unwrap()
+}
+
+/// A service whose backend is a minecraft-protocol server answering with `motd`, behind a
+/// `minecraft` listener on `bind` with `listen` extra keys.
+fn server(name: &str, backend: SocketAddr, motd: &str, bind: &str, listen: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+idle_timeout = "1m"
+wake_timeout = "30s"
+[service.backend]
+type = "process"
+command = ["node", "peer.js", "server", "{port}", "{motd}"]
+cwd = {cwd:?}
+address = "{backend}"
+stop_command = "stop"
+stop_timeout = "5s"
+[[service.listen]]
+type = "minecraft"
+bind = "{bind}"
+{listen}
+"#,
+        port = backend.port(),
+        cwd = peers().display().to_string(),
+    )
+}
+
+/// Runs `node peer.js ARGS…` and returns the JSON line it prints.
+async fn peer(args: &[&str]) -> Value {
+    let run = tokio::process::Command::new("node")
+        .arg("peer.js")
+        .args(args)
+        .current_dir(peers())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, run)
+        .await
+        .unwrap_or_else(|_| panic!("node peer.js {args:?} did not finish"))
+        .expect("cannot run node; scripts/test installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "node peer.js {args:?} printed nothing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap()
+}
+
+async fn ping(gateway: SocketAddr, host: &str) -> Value {
+    peer(&["ping", &gateway.port().to_string(), host]).await
+}
+
+async fn login(gateway: SocketAddr, host: &str, name: &str) -> Value {
+    peer(&["login", &gateway.port().to_string(), host, name]).await
+}
+
+fn motd(status: &Value) -> &str {
+    status["description"]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no MOTD in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_ping_while_asleep_shows_the_sleeping_motd_and_does_not_wake() {
+    let dir = temp_dir("mc-ping");
+    let backend = free_addr();
+    let app = start(
+        &dir,
+        &server(
+            "survival",
+            backend,
+            "backend motd",
+            "127.0.0.1:0",
+            "motd_asleep = \"§7zzz — join to wake\"\nversion_name = \"sleepy\"",
+        ),
+    )
+    .await;
+    let service = app.service("survival").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = app.subscribe();
+    let gateway = app.listen_addr("survival").unwrap();
+
+    for _ in 0..3 {
+        let status = ping(gateway, "mc.example.com").await;
+        assert_eq!(motd(&status), "§7zzz — join to wake", "{status}");
+        assert_eq!(status["version"]["name"], "sleepy");
+        // The client's own protocol (1.16.5), so the list shows the server as compatible.
+        assert_eq!(status["version"]["protocol"], 754);
+        assert_eq!(status["players"]["online"], 0);
+    }
+
+    assert_eq!(service.status().state, State::Asleep);
+    assert!(
+        events.try_recv().is_err(),
+        "a status ping caused an event: {:?}",
+        events.try_recv()
+    );
+    assert!(
+        TcpStream::connect(backend).await.is_err(),
+        "the backend was started"
+    );
+    assert!(
+        !dir.join("survival.pid").exists(),
+        "the backend was started"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_wakes_the_server_and_is_held_until_it_joins_through_wakegate() {
+    let dir = temp_dir("mc-login");
+    let backend = free_addr();
+    let app = start(
+        &dir,
+        &server("survival", backend, "backend motd", "127.0.0.1:0", ""),
+    )
+    .await;
+    let service = app.service("survival").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = app.subscribe();
+    let gateway = app.listen_addr("survival").unwrap();
+
+    let joined = login(gateway, "mc.example.com", "Steve").await;
+    assert_eq!(joined, serde_json::json!({ "joined": true }));
+
+    let seen = transitions_until(&mut events, State::Awake).await;
+    let woke = seen.iter().find(|e| e.state == State::Waking).unwrap();
+    assert!(
+        woke.reason.contains("127.0.0.1"),
+        "the wake names the client: {woke:?}"
+    );
+    assert_eq!(service.status().state, State::Awake);
+
+    // Awake: status pings are the backend's own answers now.
+    let status = ping(gateway, "mc.example.com").await;
+    assert_eq!(motd(&status), "backend motd", "{status}");
+    assert_eq!(status["players"]["max"], 10);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_kick_wakes_the_server_and_disconnects_with_the_message() {
+    let dir = temp_dir("mc-kick");
+    let backend = free_addr();
+    let app = start(
+        &dir,
+        &server(
+            "survival",
+            backend,
+            "backend motd",
+            "127.0.0.1:0",
+            "join = \"kick\"\nkick_message = \"§eStarting, come back soon\"",
+        ),
+    )
+    .await;
+    let service = app.service("survival").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let gateway = app.listen_addr("survival").unwrap();
+
+    let kicked = login(gateway, "mc.example.com", "Alex").await;
+    let reason = kicked["kicked"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{kicked}"));
+    assert!(reason.contains("Starting, come back soon"), "{reason}");
+
+    wait_state(&service, State::Awake).await;
+    let joined = login(gateway, "mc.example.com", "Alex").await;
+    assert_eq!(joined, serde_json::json!({ "joined": true }));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hostnames_on_one_port_reach_two_services() {
+    let dir = temp_dir("mc-routes");
+    let bind = free_addr().to_string();
+    let (one, two) = (free_addr(), free_addr());
+    let services = server(
+        "alpha",
+        one,
+        "alpha server",
+        &bind,
+        "hostnames = [\"alpha.example.com\"]\nmotd_asleep = \"alpha sleeps\"",
+    ) + &server(
+        "beta",
+        two,
+        "beta server",
+        &bind,
+        "hostnames = [\"beta.example.com\"]\nmotd_asleep = \"beta sleeps\"",
+    );
+    let app = start(&dir, &services).await;
+    let (alpha, beta) = (
+        app.service("alpha").unwrap().clone(),
+        app.service("beta").unwrap().clone(),
+    );
+    wait_state(&alpha, State::Asleep).await;
+    wait_state(&beta, State::Asleep).await;
+    let gateway = app.listen_addr("alpha").unwrap();
+    assert_eq!(app.listen_addr("beta"), Some(gateway));
+
+    assert_eq!(
+        motd(&ping(gateway, "alpha.example.com").await),
+        "alpha sleeps"
+    );
+    // Routing ignores case and a trailing dot.
+    assert_eq!(
+        motd(&ping(gateway, "BETA.example.com.").await),
+        "beta sleeps"
+    );
+    // No default: an unknown name is told so, and nothing wakes.
+    let unknown = ping(gateway, "gamma.example.com").await;
+    assert!(motd(&unknown).contains("unknown server"), "{unknown}");
+
+    let joined = login(gateway, "beta.example.com", "Steve").await;
+    assert_eq!(joined, serde_json::json!({ "joined": true }));
+    assert_eq!(beta.status().state, State::Awake);
+    assert_eq!(alpha.status().state, State::Asleep);
+    assert_eq!(
+        motd(&ping(gateway, "beta.example.com").await),
+        "beta server"
+    );
+    assert_eq!(
+        motd(&ping(gateway, "alpha.example.com").await),
+        "alpha sleeps"
+    );
+    app.shutdown().await;
+}
+
+/// Reads until the gateway closes the connection; what it sent before doesn't matter.
+async fn closed_by_gateway(mut stream: TcpStream) {
+    let mut sink = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the gateway did not close a malformed client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_handshakes_and_a_huge_frame_are_closed_without_disturbing_others() {
+    let dir = temp_dir("mc-garbage");
+    let backend = free_addr();
+    let app = start(
+        &dir,
+        &server("survival", backend, "backend motd", "127.0.0.1:0", ""),
+    )
+    .await;
+    let service = app.service("survival").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let mut events = app.subscribe();
+    let gateway = app.listen_addr("survival").unwrap();
+
+    // A handshake with a bad intent, and one whose protocol VarInt never ends.
+    let mut bad_intent = TcpStream::connect(gateway).await.unwrap();
+    bad_intent
+        .write_all(&[0x06, 0x00, 0x2f, 0x01, b'x', 0x63, 0xdd, 0x07])
+        .await
+        .unwrap();
+    let mut bad_varint = TcpStream::connect(gateway).await.unwrap();
+    bad_varint
+        .write_all(&[0x08, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
+        .await
+        .unwrap();
+    // A 1 MiB frame, announced and sent; and a client that says nothing at all.
+    let mut huge = TcpStream::connect(gateway).await.unwrap();
+    let silent = TcpStream::connect(gateway).await.unwrap();
+    let mut frame = vec![0x80, 0x80, 0x40];
+    frame.extend(std::iter::repeat_n(0xab, 1 << 20));
+    let writer = tokio::spawn(async move {
+        // The gateway closes it early: the write fails, which is the point.
+        let _ = huge.write_all(&frame).await;
+        huge
+    });
+
+    // A healthy client meanwhile.
+    let status = ping(gateway, "mc.example.com").await;
+    assert!(motd(&status).contains("sleeping"), "{status}");
+
+    closed_by_gateway(bad_intent).await;
+    closed_by_gateway(bad_varint).await;
+    closed_by_gateway(writer.await.unwrap()).await;
+
+    // And a player joins as if nothing happened.
+    let joined = login(gateway, "mc.example.com", "Steve").await;
+    assert_eq!(joined, serde_json::json!({ "joined": true }));
+    drop(silent);
+
+    // Only the player woke it.
+    let seen = transitions_until(&mut events, State::Awake).await;
+    assert_eq!(
+        seen.iter()
+            .filter(|e| e.kind == Kind::Transition && e.state == State::Waking)
+            .count(),
+        1,
+        "{seen:#?}"
+    );
+    app.shutdown().await;
+}
