@@ -333,3 +333,48 @@ async fn malformed_handshakes_and_a_huge_frame_are_closed_without_disturbing_oth
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_boot_shows_the_waking_motd_and_a_held_player_past_hold_timeout_is_told_to_return() {
+    let dir = temp_dir("mc-slow");
+    let backend = free_addr();
+    // The server opens its port only after 4 s: longer than the 1 s hold.
+    let services = format!(
+        r#"
+[[service]]
+name = "slow"
+wake_timeout = "30s"
+[service.backend]
+type = "process"
+command = ["sh", "-c", "sleep 4; exec node peer.js server {port} 'slow server'"]
+cwd = {cwd:?}
+address = "{backend}"
+stop_timeout = "5s"
+[[service.listen]]
+type = "minecraft"
+bind = "127.0.0.1:0"
+hold_timeout = "1s"
+motd_waking = "§eboot in progress"
+"#,
+        port = backend.port(),
+        cwd = peers().display().to_string(),
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("slow").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let gateway = app.listen_addr("slow").unwrap();
+
+    let held = login(gateway, "mc.example.com", "Steve").await;
+    let reason = held["kicked"].as_str().unwrap_or_else(|| panic!("{held}"));
+    assert!(reason.contains("still starting"), "{reason}");
+    assert_eq!(service.status().state, State::Waking);
+
+    // No boot has finished yet, so no ETA: the MOTD says it is starting.
+    let status = ping(gateway, "mc.example.com").await;
+    assert_eq!(motd(&status), "§eboot in progress\n§7starting", "{status}");
+
+    wait_state(&service, State::Awake).await;
+    let joined = login(gateway, "mc.example.com", "Steve").await;
+    assert_eq!(joined, serde_json::json!({ "joined": true }));
+    app.shutdown().await;
+}
