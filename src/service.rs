@@ -111,6 +111,8 @@ impl Drop for ConnectionGuard {
 enum Command {
     Connect {
         client: SocketAddr,
+        /// The player's name, when the protocol says who connects (Minecraft).
+        player: Option<String>,
         reply: oneshot::Sender<Result<Ticket, ConnectError>>,
     },
     Wake {
@@ -206,9 +208,23 @@ impl ServiceHandle {
 
     /// Asks for the backend on behalf of `client`; waits while the service wakes.
     pub async fn connect(&self, client: SocketAddr) -> Result<Ticket, ConnectError> {
-        self.ask(|reply| Command::Connect { client, reply })
-            .await
-            .map_err(|_| ConnectError::ShuttingDown)?
+        self.connect_as(client, None).await
+    }
+
+    /// Like [`connect`](Self::connect), for a client whose player name is known: a wake it
+    /// causes names the player.
+    pub async fn connect_as(
+        &self,
+        client: SocketAddr,
+        player: Option<String>,
+    ) -> Result<Ticket, ConnectError> {
+        self.ask(|reply| Command::Connect {
+            client,
+            player,
+            reply,
+        })
+        .await
+        .map_err(|_| ConnectError::ShuttingDown)?
     }
 
     /// Starts a wake unless it is awake or waking; returns the state it was in.
@@ -346,6 +362,7 @@ pub fn spawn(
 /// A client waiting for the wake to finish.
 struct Waiter {
     client: SocketAddr,
+    player: Option<String>,
     /// The state the service was in when the client arrived.
     arrived_while: State,
     reply: oneshot::Sender<Result<Ticket, ConnectError>>,
@@ -396,7 +413,11 @@ impl Core {
     fn handle(&mut self, command: Command) {
         let state = self.state();
         match command {
-            Command::Connect { client, reply } => match (state, self.address()) {
+            Command::Connect {
+                client,
+                player,
+                reply,
+            } => match (state, self.address()) {
                 (State::Awake, Some(address)) => {
                     let _ = reply.send(Ok(ticket(&self.shared, address)));
                 }
@@ -406,7 +427,7 @@ impl Core {
                         info!(%client, "{why}; closing the client.");
                         let _ = reply.send(Err(ConnectError::Asleep(why)));
                     }
-                    None => self.hold(client, state, reply),
+                    None => self.hold(client, player, state, reply),
                 },
             },
             Command::Wake { by, reply } => {
@@ -564,6 +585,7 @@ impl Core {
     fn hold(
         &mut self,
         client: SocketAddr,
+        player: Option<String>,
         arrived_while: State,
         reply: oneshot::Sender<Result<Ticket, ConnectError>>,
     ) {
@@ -575,6 +597,7 @@ impl Core {
         } else {
             self.waiters.push(Waiter {
                 client,
+                player,
                 arrived_while,
                 reply,
             });
@@ -903,16 +926,20 @@ impl Actor {
             self.core.waiters.retain(|w| !w.reply.is_closed());
             if let Some(first) = self.core.waiters.first() {
                 let (client, was) = (first.client, first.arrived_while);
-                let reason = if was == self.core.state() {
-                    format!("client {client} connected")
-                } else {
-                    format!("client {client} connected while the service was {was}")
+                let who = match &first.player {
+                    Some(player) => format!("player {player} from {client}"),
+                    None => format!("client {client}"),
                 };
-                self.core.start_wake(
-                    Trigger::Client,
-                    reason,
-                    json!({ "trigger": "client", "client": client.to_string() }),
-                );
+                let reason = if was == self.core.state() {
+                    format!("{who} connected")
+                } else {
+                    format!("{who} connected while the service was {was}")
+                };
+                let mut detail = json!({ "trigger": "client", "client": client.to_string() });
+                if let Some(player) = &first.player {
+                    detail["player"] = json!(player);
+                }
+                self.core.start_wake(Trigger::Client, reason, detail);
                 return Flow::Continue;
             }
             if let Some(request) = self.core.wake_request.take() {

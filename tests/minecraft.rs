@@ -159,9 +159,10 @@ async fn a_login_wakes_the_server_and_is_held_until_it_joins_through_wakegate() 
     let seen = transitions_until(&mut events, State::Awake).await;
     let woke = seen.iter().find(|e| e.state == State::Waking).unwrap();
     assert!(
-        woke.reason.contains("127.0.0.1"),
-        "the wake names the client: {woke:?}"
+        woke.reason.starts_with("player Steve from 127.0.0.1:"),
+        "the wake names the player and their address: {woke:?}"
     );
+    assert_eq!(woke.detail["player"], "Steve", "{woke:?}");
     assert_eq!(service.status().state, State::Awake);
 
     // Awake: status pings are the backend's own answers now.

@@ -210,7 +210,11 @@ async fn talk(
             info!(player, "Kicked while the service wakes.");
             return disconnect(reader, handshake.protocol, &text).await;
         }
-        let ticket = match tokio::time::timeout(config.hold_timeout, service.connect(peer)).await {
+        let ticket = match tokio::time::timeout(
+            config.hold_timeout,
+            service.connect_as(peer, Some(player.clone())),
+        )
+        .await {
             Ok(Ok(ticket)) => ticket,
             Ok(Err(e)) => {
                 info!(player, error = %e, "Closing the player: no backend.");
