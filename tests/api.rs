@@ -562,6 +562,8 @@ async fn history_pages_the_latest_events_and_after_an_id() {
     let dir = temp_dir("history");
     let (app, _backend) = gateway(&dir, "").await;
     produce(&app, 10).await.unwrap();
+    // The first lease woke the service: let that wake finish, so no event comes in between.
+    wait_state(app.service("web").unwrap(), State::Awake).await;
     let (_, latest, _) = call(
         &app,
         "GET",
