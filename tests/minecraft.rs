@@ -379,3 +379,59 @@ motd_waking = "§eboot in progress"
     assert_eq!(joined, serde_json::json!({ "joined": true }));
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minecraft_readiness_and_health_checks_ping_the_real_server() {
+    let dir = temp_dir("mc-health");
+    let backend = free_addr();
+    let mut services = server("smp", backend, "a real server", "127.0.0.1:0", "");
+    services.push_str(
+        r#"
+[service.readiness]
+type = "minecraft"
+[[service.health]]
+type = "minecraft"
+interval = "100ms"
+timeout = "300ms"
+tolerance = 2
+action = "notify"
+"#,
+    );
+    let app = start(&dir, &services).await;
+    let smp = app.service("smp").unwrap().clone();
+    let mut events = smp.subscribe();
+    smp.wake("the test").await.unwrap().unwrap();
+    wait_state(&smp, State::Awake).await;
+    let stored = app.store().latest_events(Some("smp"), 10).unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|e| e.reason.ends_with("to answer a Minecraft status ping")),
+        "{stored:#?}"
+    );
+
+    // Frozen, the server keeps its port but answers nothing: the health check notices.
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("smp.pid")).unwrap()).unwrap();
+    let pid = rustix::process::Pid::from_raw(record["pid"].as_i64().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let warning = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == Kind::Warning {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the frozen server was not noticed");
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    assert!(
+        warning.reason.contains("failed 2 times in a row")
+            && warning.reason.contains("no answer within 300ms"),
+        "{}",
+        warning.reason
+    );
+    assert_eq!(smp.status().state, State::Awake, "notify must not stop it");
+    app.shutdown().await;
+}
