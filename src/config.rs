@@ -86,6 +86,16 @@ pub struct Service {
     pub policy: Policies,
 }
 
+impl Service {
+    /// How often to ask the backend for its players: only behind a `minecraft` listener.
+    pub fn player_poll(&self) -> Option<Duration> {
+        self.listeners
+            .iter()
+            .any(|l| matches!(l, Listen::Minecraft(_)))
+            .then_some(self.policy.player_poll)
+    }
+}
+
 /// Policies beyond the idle timeout.
 #[derive(Debug, Clone)]
 pub struct Policies {
@@ -98,6 +108,8 @@ pub struct Policies {
     pub awake_during: Vec<Window>,
     /// Windows in which it may not wake (and is put to sleep).
     pub asleep_during: Vec<Window>,
+    /// How often an awake service behind a `minecraft` listener is asked for its players.
+    pub player_poll: Duration,
     /// The crash-loop breaker: at most this many restarts within `restart_window`.
     pub max_restarts: u32,
     pub restart_window: Duration,
@@ -111,6 +123,7 @@ impl Default for Policies {
             min_players: None,
             awake_during: Vec::new(),
             asleep_during: Vec::new(),
+            player_poll: default_player_poll(),
             max_restarts: default_max_restarts(),
             restart_window: default_restart_window(),
         }
@@ -338,6 +351,8 @@ struct ServiceConfig {
     awake_during: Vec<Spanned<String>>,
     #[serde(default)]
     asleep_during: Vec<Spanned<String>>,
+    #[serde(default = "default_player_poll", deserialize_with = "duration")]
+    player_poll: Duration,
     #[serde(default = "default_max_restarts")]
     max_restarts: u32,
     #[serde(default = "default_restart_window", deserialize_with = "duration")]
@@ -463,6 +478,9 @@ fn default_warnings() -> u32 {
 }
 fn default_player_interval() -> Duration {
     Duration::from_secs(300)
+}
+fn default_player_poll() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_restarts() -> u32 {
     3
@@ -975,6 +993,7 @@ fn read_service(
                 }),
                 awake_during: awake_during?,
                 asleep_during: asleep_during?,
+                player_poll: fields.player_poll,
                 max_restarts: fields.max_restarts,
                 restart_window: fields.restart_window,
             },

@@ -6,6 +6,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use std::time::Duration;
+
 use crate::config::Health;
 use crate::event::State;
 use crate::probe;
@@ -21,6 +23,50 @@ pub fn spawn(
     for check in checks {
         tracker.spawn(run(check.clone(), service.clone(), cancel.clone()));
     }
+}
+
+/// Asks the backend of an awake Minecraft service how many players are on, every `every`
+/// (first right after the wake), and tells the actor: players count as activity.
+pub fn spawn_player_poll(
+    every: Duration,
+    service: &ServiceHandle,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let check = crate::probe::Check {
+        probe: crate::probe::Probe::Minecraft,
+        timeout: Duration::from_secs(5),
+    };
+    let (service, cancel) = (service.clone(), cancel.clone());
+    tracker.spawn(async move {
+        let mut status = service.watch();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                awake = status.wait_for(|s| s.state == State::Awake) => if awake.is_err() { return },
+            }
+            while let Some(address) = service.status().address {
+                match probe::run(&check, address, None).await {
+                    Ok(answer) => {
+                        if let Some(players) = answer.players
+                            && service.report_players(players).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => debug!(service = service.name(), error = %e, "Cannot count the players."),
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                    left = status.wait_for(|s| s.state != State::Awake) => {
+                        if left.is_err() { return }
+                        break;
+                    }
+                }
+            }
+        }
+    });
 }
 
 async fn run(check: Health, service: ServiceHandle, cancel: CancellationToken) {

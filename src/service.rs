@@ -44,6 +44,8 @@ pub struct Status {
     pub held: usize,
     /// Keep-awake leases in force.
     pub leases: Vec<Lease>,
+    /// Players online, as the backend last answered a Minecraft status ping, while awake.
+    pub players: Option<u32>,
 }
 
 /// What the data path and the actor share; written without locks.
@@ -134,6 +136,8 @@ enum Command {
         by: String,
         reply: oneshot::Sender<bool>,
     },
+    /// The backend says this many players are online.
+    Players(u32),
     /// A health check failed `tolerance` times in a row.
     Unhealthy {
         action: HealthAction,
@@ -262,6 +266,14 @@ impl ServiceHandle {
         self.ask(|reply| Command::EndLease { id, by, reply }).await
     }
 
+    /// Reports the players online, from a status ping of the backend (see `health.rs`).
+    pub async fn report_players(&self, players: u32) -> Result<(), Gone> {
+        self.commands
+            .send(Command::Players(players))
+            .await
+            .map_err(|_| Gone)
+    }
+
     /// Reports a failing health check (see `health.rs`).
     pub async fn unhealthy(&self, action: HealthAction, reason: String) -> Result<(), Gone> {
         self.commands
@@ -306,6 +318,7 @@ pub fn spawn(
         last_error: last.and_then(|r| r.last_error),
         held: 0,
         leases: store.active_leases(&service.name).unwrap_or_default(),
+        players: None,
     };
     let (status_tx, status) = watch::channel(initial);
     let shared = Arc::new(Shared::default());
@@ -355,6 +368,9 @@ pub fn spawn(
     };
     let span = info_span!("service", service = %service.name);
     crate::health::spawn(&service.health, &handle, tracker, &cancel);
+    if let Some(every) = service.player_poll() {
+        crate::health::spawn_player_poll(every, &handle, tracker, &cancel);
+    }
     tracker.spawn(actor.run().instrument(span));
     handle
 }
@@ -503,6 +519,14 @@ impl Core {
                     );
                 }
                 let _ = reply.send(ended);
+            }
+            Command::Players(players) => {
+                if state == State::Awake {
+                    let players = Some(players);
+                    self.status.send_if_modified(|s| {
+                        std::mem::replace(&mut s.players, players) != players
+                    });
+                }
             }
             Command::Unhealthy { action, reason } => {
                 if state != State::Awake {
@@ -710,6 +734,7 @@ impl Core {
                 s.address = None;
                 s.idle_since = None;
                 s.idle_deadline = None;
+                s.players = None;
             }
             if failed.is_some() {
                 s.last_error = failed;
@@ -1137,7 +1162,9 @@ impl Actor {
     /// Follows the number of open connections: the idle countdown starts (again) whenever it
     /// falls to zero, and stops while a connection is open.
     fn track_idle(&mut self) {
-        let unused = self.core.shared.connections.load(Ordering::Acquire) == 0;
+        // Players the backend reports count too: some may have joined without wakegate.
+        let players = self.core.status.borrow().players.unwrap_or(0);
+        let unused = self.core.shared.connections.load(Ordering::Acquire) == 0 && players == 0;
         let (now, wall) = (Instant::now(), SystemTime::now());
         self.idle_since = unused.then(|| self.idle_since.unwrap_or(now));
         let idle_since = self.idle_since.map(|since| wall - (now - since));
@@ -1188,12 +1215,13 @@ impl Actor {
         None
     }
 
-    /// Counts players (open connections, until a listener reports real players) and warns,
-    /// then stops, when fewer than `min_players` are on.
+    /// Counts players (those the backend reports to a Minecraft status ping, else open
+    /// connections) and warns, then stops, when fewer than `min_players` are on.
     fn check_players(&mut self) -> Option<String> {
         let rule = self.core.rules.min_players?;
         self.player_check_at = Some(Instant::now() + rule.interval);
-        let players = self.core.shared.connections.load(Ordering::Acquire) as u32;
+        let connections = self.core.shared.connections.load(Ordering::Acquire) as u32;
+        let players = self.core.status.borrow().players.unwrap_or(connections);
         if players >= rule.count {
             self.player_warnings = 0;
             return None;

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -433,5 +434,84 @@ action = "notify"
         warning.reason
     );
     assert_eq!(smp.status().state, State::Awake, "notify must not stop it");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_on_the_backend_keep_it_awake_and_show_in_the_api() {
+    let dir = temp_dir("mc-players");
+    let backend = free_addr();
+    let services = server("smp", backend, "players", "127.0.0.1:0", "").replace(
+        "idle_timeout = \"1m\"",
+        "idle_timeout = \"1s\"\nplayer_poll = \"100ms\"",
+    );
+    let app = start(&dir, &services).await;
+    let smp = app.service("smp").unwrap().clone();
+    smp.wake("the test").await.unwrap().unwrap();
+    wait_state(&smp, State::Awake).await;
+
+    // A player joins the server directly, not through wakegate, and stays.
+    let mut player = tokio::process::Command::new("node")
+        .args([
+            "peer.js",
+            "login",
+            &backend.port().to_string(),
+            "127.0.0.1",
+            "Alex",
+            "1.16.5",
+            "stay",
+        ])
+        .current_dir(peers())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(player.stdout.take().unwrap()));
+    let joined = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(joined.as_deref(), Some(r#"{"joined":true}"#));
+
+    let mut status = smp.watch();
+    tokio::time::timeout(DEADLINE, status.wait_for(|s| s.players == Some(1)))
+        .await
+        .expect("the player was never counted")
+        .unwrap();
+    let view = wakegate::api::ServiceView::of(&smp, app.store()).unwrap();
+    assert_eq!(view.players, Some(1));
+    assert_eq!(smp.connections(), 0, "the player came in past wakegate");
+    // Well past the idle timeout, the player keeps it awake.
+    let left = tokio::time::timeout(
+        Duration::from_millis(2500),
+        status.wait_for(|s| s.state != State::Awake),
+    )
+    .await;
+    assert!(
+        left.is_err(),
+        "stopped with a player on: {:?}",
+        smp.status()
+    );
+
+    // The player leaves: the next ping says 0, and it goes to sleep after the idle timeout.
+    player.kill().await.unwrap();
+    let mut events = smp.subscribe();
+    wait_state(&smp, State::Asleep).await;
+    let stopping = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.state == State::Stopping {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        stopping.reason.starts_with("no connection for"),
+        "{}",
+        stopping.reason
+    );
     app.shutdown().await;
 }

@@ -327,7 +327,7 @@ pub struct ServiceView {
     /// Where the backend was found on its last wake, while awake.
     pub address: Option<String>,
     pub connections: usize,
-    /// Online players, for listeners that can tell (none yet).
+    /// Players online, as the backend of a Minecraft service last said, while awake.
     pub players: Option<u32>,
     pub held: usize,
     pub refused: u64,
@@ -377,7 +377,7 @@ impl ServiceView {
             backend: handle.backend_kind(),
             address: status.address.map(|a| a.to_string()),
             connections: handle.connections(),
-            players: None,
+            players: status.players,
             held: status.held,
             refused: handle.refused(),
             idle_since: status.idle_since,

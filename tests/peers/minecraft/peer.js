@@ -3,7 +3,7 @@
 //   node peer.js server PORT MOTD [VERSION]      a minimal server: answers status pings with
 //                                                MOTD and lets players into a world
 //   node peer.js ping PORT HOST [VERSION]        a server-list ping; prints the status as JSON
-//   node peer.js login PORT HOST NAME [VERSION]  a player joining; prints {"joined": true} once
+//   node peer.js login PORT HOST NAME [VERSION [stay]]  a player joining; prints {"joined": true} once
 //                                                the server sends the play login, or
 //                                                {"kicked": REASON} / {"error": MESSAGE}
 //
@@ -85,7 +85,9 @@ if (mode === 'server') {
     client.end()
     process.exit(0)
   }
-  client.on('login', () => finish({ joined: true }))
+  // With `stay` after the version, the player stays in the world until the process is ended.
+  const stay = rest[3] === 'stay'
+  client.on('login', () => stay ? print({ joined: true }) : finish({ joined: true }))
   client.on('disconnect', (packet) => finish({ kicked: packet.reason }))
   client.on('kick_disconnect', (packet) => finish({ kicked: packet.reason }))
   client.on('error', (e) => finish({ error: String(e.message || e) }))
