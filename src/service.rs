@@ -160,6 +160,7 @@ pub struct ServiceHandle {
     status: watch::Receiver<Status>,
     events: broadcast::Sender<Event>,
     shared: Arc<Shared>,
+    reconciled: watch::Receiver<bool>,
 }
 
 impl ServiceHandle {
@@ -204,10 +205,11 @@ impl ServiceHandle {
         &self.shared.metrics
     }
 
-    /// Waits until the actor has asked the backend what really runs (see `reconcile`).
+    /// Waits until the actor has asked the backend what really runs and published what it
+    /// found (see `reconcile`).
     pub async fn reconciled(&self) {
-        let mut status = self.status.clone();
-        let _ = status.changed().await;
+        let mut reconciled = self.reconciled.clone();
+        let _ = reconciled.wait_for(|done| *done).await;
     }
 
     /// Asks for the backend on behalf of `client`; waits while the service wakes.
@@ -321,6 +323,7 @@ pub fn spawn(
         players: None,
     };
     let (status_tx, status) = watch::channel(initial);
+    let (reconciled_tx, reconciled) = watch::channel(false);
     let shared = Arc::new(Shared::default());
     let handle = ServiceHandle {
         name: service.name.as_str().into(),
@@ -330,6 +333,7 @@ pub fn spawn(
         status,
         events: events.clone(),
         shared: shared.clone(),
+        reconciled,
     };
     let actor = Actor {
         policy: Policy {
@@ -338,6 +342,7 @@ pub fn spawn(
             wake_timeout: service.wake_timeout,
         },
         readiness: service.readiness.clone(),
+        reconciled: reconciled_tx,
         restarts: VecDeque::new(),
         wake_retry: None,
         runtime_warned: false,
@@ -785,6 +790,8 @@ struct Actor {
     policy: Policy,
     /// What "ready" means at the end of a wake.
     readiness: Check,
+    /// Set once reconcile has published what it found.
+    reconciled: watch::Sender<bool>,
     backend: Box<dyn Backend>,
     core: Core,
     cancel: CancellationToken,
@@ -845,9 +852,15 @@ impl Actor {
         self.shutdown().await;
     }
 
-    /// Finds out what really runs and adopts it. Always ends with a transition, which is how
-    /// [`ServiceHandle::reconciled`] knows it is over.
+    /// Finds out what really runs and adopts it, then lets [`ServiceHandle::reconciled`]
+    /// know (after the transition is published, so a later subscriber never sees it).
     async fn reconcile(&mut self) -> Flow {
+        let flow = self.find_what_runs().await;
+        let _ = self.reconciled.send(true);
+        flow
+    }
+
+    async fn find_what_runs(&mut self) -> Flow {
         let was = self.core.state();
         let recorded = self.core.store.service(&self.core.name).ok().flatten();
         let was_text = match recorded {

@@ -416,16 +416,8 @@ action = "notify"
         serde_json::from_slice(&std::fs::read(dir.join("smp.pid")).unwrap()).unwrap();
     let pid = rustix::process::Pid::from_raw(record["pid"].as_i64().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
-    let warning = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let event = events.recv().await.unwrap();
-            if event.kind == Kind::Warning {
-                return event;
-            }
-        }
-    })
-    .await
-    .expect("the frozen server was not noticed");
+    let seen = events_until(&mut events, |e| e.kind == Kind::Warning).await;
+    let warning = seen.last().unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     assert!(
         warning.reason.contains("failed 2 times in a row")
@@ -447,7 +439,16 @@ async fn players_on_the_backend_keep_it_awake_and_show_in_the_api() {
     );
     let app = start(&dir, &services).await;
     let smp = app.service("smp").unwrap().clone();
-    smp.wake("the test").await.unwrap().unwrap();
+    // A lease holds it awake while the player's client starts (slower than the idle timeout).
+    let lease = smp
+        .add_lease(
+            Duration::from_secs(120),
+            "a player is on the way",
+            "the test",
+        )
+        .await
+        .unwrap()
+        .unwrap();
     wait_state(&smp, State::Awake).await;
 
     // A player joins the server directly, not through wakegate, and stays.
@@ -479,6 +480,7 @@ async fn players_on_the_backend_keep_it_awake_and_show_in_the_api() {
         .await
         .expect("the player was never counted")
         .unwrap();
+    assert!(smp.end_lease(lease.id, "the test").await.unwrap());
     let view = wakegate::api::ServiceView::of(&smp, app.store()).unwrap();
     assert_eq!(view.players, Some(1));
     assert_eq!(smp.connections(), 0, "the player came in past wakegate");
@@ -498,16 +500,8 @@ async fn players_on_the_backend_keep_it_awake_and_show_in_the_api() {
     player.kill().await.unwrap();
     let mut events = smp.subscribe();
     wait_state(&smp, State::Asleep).await;
-    let stopping = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let event = events.recv().await.unwrap();
-            if event.state == State::Stopping {
-                return event;
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let seen = events_until(&mut events, |e| e.state == State::Stopping).await;
+    let stopping = seen.last().unwrap();
     assert!(
         stopping.reason.starts_with("no connection for"),
         "{}",

@@ -41,11 +41,25 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// A port nobody listens on right now, for a backend that opens it later.
+///
+/// It is taken below the kernel's ephemeral range: a port picked there could be handed to
+/// another test's bind to port 0 before our backend opens it, and that test's gateway would
+/// then answer in its place. Ports are taken in turn from a start that differs per run.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, span) = (10_000, ephemeral_low.saturating_sub(10_000).max(1000));
+    let start = std::process::id() * 7919;
+    loop {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// TOML for a gateway with its data in `dir`, an API on a free port, and `services`.
@@ -121,4 +135,25 @@ pub fn alive(pid: u32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Collects every event of a service until one matches `done`.
+pub async fn events_until(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    done: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            let stop = done(&event);
+            seen.push(event);
+            if stop {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "the awaited event never came; saw {seen:#?}");
+    seen
 }
