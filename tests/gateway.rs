@@ -372,16 +372,8 @@ bind = "127.0.0.1:0"
     let gateway = app.listen_addr("never").unwrap();
 
     let client = tokio::spawn(held_client_outcome(gateway));
-    let started = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let event = events.recv().await.unwrap();
-            if event.kind == Kind::Progress {
-                return event;
-            }
-        }
-    })
-    .await
-    .expect("no progress event during the wake");
+    let seen = events_until(&mut events, |e| e.kind == Kind::Progress).await;
+    let started = seen.last().unwrap();
     assert!(started.reason.contains("waiting for"), "{}", started.reason);
     let pid_file = dir.join("never.pid");
     let pid: serde_json::Value =

@@ -18,27 +18,6 @@ async fn start(dir: &std::path::Path, services: &str) -> App {
     App::start(config).await.unwrap()
 }
 
-/// Collects every event of a service until one matches `done`.
-async fn events_until(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
-    done: impl Fn(&Event) -> bool,
-) -> Vec<Event> {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let event = events.recv().await.unwrap();
-            let stop = done(&event);
-            seen.push(event);
-            if stop {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "the awaited event never came; saw {seen:#?}");
-    seen
-}
-
 fn flaky_server() -> String {
     format!("{}/tests/peers/flaky_http.py", env!("CARGO_MANIFEST_DIR"))
 }
