@@ -167,16 +167,6 @@ pub enum Backend {
     Process(Process),
 }
 
-impl Backend {
-    /// Where the backend listens once it is up (`host:port`).
-    pub fn address(&self) -> &str {
-        match self {
-            Backend::Exec(e) => &e.address,
-            Backend::Process(p) => &p.address,
-        }
-    }
-}
-
 /// User hook commands run by `sh -c`.
 #[derive(Debug, Clone)]
 pub struct Exec {

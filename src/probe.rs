@@ -77,11 +77,6 @@ pub async fn resolve(address: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("backend address {address} resolved to nothing; check the name"))
 }
 
-/// Returns once `address` accepts a TCP connection. The caller bounds it with a deadline.
-pub async fn tcp_ready(address: SocketAddr) {
-    ready(&Check::default(), address, None, &mut String::new()).await;
-}
-
 /// Returns once the check passes, retrying with a short backoff. The caller bounds it with a
 /// deadline; the last failure is kept in `last_error` for the message.
 pub async fn ready(
@@ -336,7 +331,10 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let probe = tokio::spawn(tcp_ready(port));
+        let probe =
+            tokio::spawn(
+                async move { ready(&Check::default(), port, None, &mut String::new()).await },
+            );
         tokio::task::yield_now().await;
         assert!(!probe.is_finished());
         let _listener = tokio::net::TcpListener::bind(port).await.unwrap();

@@ -1973,32 +1973,22 @@ mod tests {
                 }
             }
         }
-        assert_eq!(LoginStart::layout(Protocol(4)), LoginStartLayout::Name);
-        assert_eq!(LoginStart::layout(Protocol(758)), LoginStartLayout::Name);
-        assert_eq!(
-            LoginStart::layout(Protocol(759)),
-            LoginStartLayout::NameSignature
-        );
-        assert_eq!(
-            LoginStart::layout(Protocol(760)),
-            LoginStartLayout::NameSignatureUuid
-        );
-        assert_eq!(
-            LoginStart::layout(Protocol(761)),
-            LoginStartLayout::NameOptionalUuid
-        );
-        assert_eq!(
-            LoginStart::layout(Protocol(763)),
-            LoginStartLayout::NameOptionalUuid
-        );
-        assert_eq!(
-            LoginStart::layout(Protocol(764)),
-            LoginStartLayout::NameUuid
-        );
-        assert_eq!(
-            LoginStart::layout(Protocol(777)),
-            LoginStartLayout::NameUuid
-        );
+        for (protocol, layout) in [
+            (4, LoginStartLayout::Name),
+            (758, LoginStartLayout::Name),
+            (759, LoginStartLayout::NameSignature),
+            (760, LoginStartLayout::NameSignatureUuid),
+            (761, LoginStartLayout::NameOptionalUuid),
+            (763, LoginStartLayout::NameOptionalUuid),
+            (764, LoginStartLayout::NameUuid),
+            (777, LoginStartLayout::NameUuid),
+        ] {
+            assert_eq!(
+                LoginStart::layout(Protocol(protocol)),
+                layout,
+                "protocol {protocol}"
+            );
+        }
     }
 
     #[test]
