@@ -61,15 +61,19 @@ pub enum Kind {
     /// Something needs attention: a failing health check, a coming max_runtime stop, too few
     /// players.
     Warning,
+    /// What a listener did with a player: held, transferred, kicked or denied while the
+    /// service wakes; and players who joined or left, as the backend's status sample shows.
+    Player,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Transition,
         Kind::Progress,
         Kind::Lease,
         Kind::Action,
         Kind::Warning,
+        Kind::Player,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Kind {
             Kind::Lease => "lease",
             Kind::Action => "action",
             Kind::Warning => "warning",
+            Kind::Player => "player",
         }
     }
 

@@ -6,10 +6,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::config::Health;
-use crate::event::State;
+use crate::event::{Kind, State};
 use crate::probe;
 use crate::service::ServiceHandle;
 
@@ -45,12 +48,18 @@ pub fn spawn_player_poll(
                 () = cancel.cancelled() => return,
                 awake = status.wait_for(|s| s.state == State::Awake) => if awake.is_err() { return },
             }
+            // Who was on at the last poll; empty at each wake, so the first poll names
+            // everyone already on as joined.
+            let mut known: Option<BTreeSet<String>> = Some(BTreeSet::new());
             while let Some(address) = service.status().address {
                 match probe::run(&check, address, None).await {
                     Ok(answer) => {
                         if let Some(players) = answer.players
                             && service.report_players(players).await.is_err()
                         {
+                            return;
+                        }
+                        if note_joins(&service, &mut known, &answer).await.is_err() {
                             return;
                         }
                     }
@@ -67,6 +76,39 @@ pub fn spawn_player_poll(
             }
         }
     });
+}
+
+/// Records the players who joined or left since the last poll, when the status sample names
+/// everyone online (servers show only a random dozen of a larger crowd: then nobody is
+/// compared, rather than reporting players who merely dropped out of the sample).
+async fn note_joins(
+    service: &ServiceHandle,
+    known: &mut Option<BTreeSet<String>>,
+    answer: &probe::Answer,
+) -> Result<(), crate::service::Gone> {
+    let names: Option<BTreeSet<String>> = match (&answer.sample, answer.players) {
+        (Some(sample), Some(online)) if sample.len() == online as usize => {
+            Some(sample.iter().cloned().collect())
+        }
+        _ => None,
+    };
+    if let (Some(before), Some(now)) = (known.as_ref(), names.as_ref()) {
+        let online = now.len();
+        for name in now.difference(before) {
+            let detail = json!({ "player": name, "players": online });
+            service
+                .note(Kind::Player, format!("player {name} joined"), detail)
+                .await?;
+        }
+        for name in before.difference(now) {
+            let detail = json!({ "player": name, "players": online });
+            service
+                .note(Kind::Player, format!("player {name} left"), detail)
+                .await?;
+        }
+    }
+    *known = names;
+    Ok(())
 }
 
 async fn run(check: Health, service: ServiceHandle, cancel: CancellationToken) {

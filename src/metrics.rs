@@ -79,6 +79,8 @@ pub struct Metrics {
     /// Bytes from the backend to clients.
     pub bytes_out: AtomicU64,
     pub refused: AtomicU64,
+    /// Server-list pings wakegate answered itself while the service was not awake.
+    pub status_pings: AtomicU64,
     wakes: [AtomicU64; 6],
     failures: [AtomicU64; 3],
     wake_buckets: [AtomicU64; 12],
@@ -231,7 +233,13 @@ pub fn render(services: &[ServiceHandle]) -> String {
             s.name()
         );
     }
-    let per_service: [PerService; 7] = [
+    let per_service: [PerService; 8] = [
+        (
+            "wakegate_minecraft_status_pings_total",
+            "counter",
+            "Server-list pings answered by wakegate while the service was not awake (they never wake it).",
+            |s| s.metrics().status_pings.load(Ordering::Relaxed) as f64,
+        ),
         (
             "wakegate_awake_seconds_total",
             "counter",

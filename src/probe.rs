@@ -58,6 +58,8 @@ impl Default for Check {
 pub struct Answer {
     /// Players online, from a Minecraft status ping.
     pub players: Option<u32>,
+    /// The names in the status ping's player sample (servers show at most about 12).
+    pub sample: Option<Vec<String>>,
 }
 
 /// Where a log-line probe reads: the file and the offset the current start began at.
@@ -293,6 +295,12 @@ async fn minecraft_status(address: SocketAddr) -> Result<Answer, String> {
         .map_err(|e| failed(format!("a status that is not JSON: {e}")))?;
     Ok(Answer {
         players: status["players"]["online"].as_u64().map(|n| n as u32),
+        sample: status["players"]["sample"].as_array().map(|sample| {
+            sample
+                .iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_owned))
+                .collect()
+        }),
     })
 }
 

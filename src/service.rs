@@ -143,6 +143,12 @@ enum Command {
         action: HealthAction,
         reason: String,
     },
+    /// Something a listener or a poll saw, to record as an event in the current state.
+    Note {
+        kind: Kind,
+        reason: String,
+        detail: serde_json::Value,
+    },
 }
 
 /// The actor has stopped: wakegate is shutting down.
@@ -272,6 +278,24 @@ impl ServiceHandle {
     pub async fn report_players(&self, players: u32) -> Result<(), Gone> {
         self.commands
             .send(Command::Players(players))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    /// Records an event in the service's current state: what a listener did with a player,
+    /// or who joined or left.
+    pub async fn note(
+        &self,
+        kind: Kind,
+        reason: String,
+        detail: serde_json::Value,
+    ) -> Result<(), Gone> {
+        self.commands
+            .send(Command::Note {
+                kind,
+                reason,
+                detail,
+            })
             .await
             .map_err(|_| Gone)
     }
@@ -548,6 +572,11 @@ impl Core {
                     HealthAction::Restart => self.restart_request = Some(reason),
                 }
             }
+            Command::Note {
+                kind,
+                reason,
+                detail,
+            } => self.emit(kind, reason, detail),
         }
     }
 

@@ -3,26 +3,32 @@
 //! on a login and holds or kicks the player, and forwards transparently once it is awake,
 //! replaying the bytes already read.
 
+pub mod access;
 pub mod codec;
+pub mod proxy_header;
+pub mod status;
+mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use self::access::{RateLimiter, Who};
 use self::codec::{
-    Clientbound, CodecError, FrameReader, Handshake, Intent, LoginStart, MAX_LOGIN_FRAME, Protocol,
-    StatusRequest,
+    Clientbound, CodecError, Frame, FrameReader, Handshake, Intent, LoginStart, MAX_LOGIN_FRAME,
+    Protocol, StatusRequest,
 };
+use self::status::StatusCache;
 use super::copy;
 use crate::app::Connections;
 use crate::config::{Join, Minecraft};
-use crate::event::State;
+use crate::event::{Kind, State};
 use crate::service::ServiceHandle;
 use crate::store::Store;
 
@@ -36,9 +42,17 @@ pub struct Route {
     pub config: Minecraft,
 }
 
+/// A route and what it keeps between connections.
+struct Entry {
+    service: ServiceHandle,
+    config: Minecraft,
+    limiter: Option<RateLimiter>,
+    cache: Option<StatusCache>,
+}
+
 /// The services behind one socket, found by hostname.
 pub struct Routes {
-    routes: Vec<Route>,
+    routes: Vec<Entry>,
     /// Takes hostnames no route names.
     default: Option<usize>,
 }
@@ -51,11 +65,20 @@ impl Routes {
             .position(|r| r.config.default)
             .or_else(|| routes.iter().position(|r| r.config.hostnames.is_empty()))
             .or((routes.len() == 1).then_some(0));
+        let routes = routes
+            .into_iter()
+            .map(|r| Entry {
+                limiter: r.config.wake_rate.map(RateLimiter::new),
+                cache: r.config.status_cache.map(StatusCache::new),
+                service: r.service,
+                config: r.config,
+            })
+            .collect();
         Routes { routes, default }
     }
 
     /// The route for a hostname (lower-case, without trailing dot, as the codec gives it).
-    pub fn find(&self, hostname: &str) -> Option<&Route> {
+    fn find(&self, hostname: &str) -> Option<&Entry> {
         self.routes
             .iter()
             .find(|r| r.config.hostnames.iter().any(|h| h == hostname))
@@ -152,86 +175,309 @@ async fn talk(
         let text = format!("§cunknown server `{hostname}`");
         return match handshake.intent {
             Intent::Status => {
-                answer_status(reader, &handshake, &status_json(&handshake, None, &text)).await
+                let entry = status::Entry {
+                    version_name: "wakegate",
+                    motd: json!({ "text": text }),
+                    sample: &[],
+                    icon: None,
+                };
+                let json = status::status_json(handshake.protocol.0, &entry);
+                answer_status(reader, &handshake, &json).await
             }
             Intent::Login | Intent::Transfer => disconnect(reader, handshake.protocol, &text).await,
         };
     };
-    let service = &route.service;
-    let config = &route.config;
-    let span = info_span!("route", service = service.name(), hostname);
-    async move {
+    let span = info_span!("route", service = route.service.name(), hostname);
+    let visit = Visit {
+        peer,
+        handshake,
+        route,
+        store,
+    };
+    visit.run(reader, frame).instrument(span).await
+}
+
+/// One client of one route, after its handshake.
+struct Visit<'a> {
+    peer: SocketAddr,
+    handshake: Handshake,
+    route: &'a Entry,
+    store: &'a Store,
+}
+
+impl Visit<'_> {
+    async fn run(self, reader: &mut FrameReader<TcpStream>, frame: Frame) -> Result<(), End> {
+        let (service, config) = (&self.route.service, &self.route.config);
         // A transfer is forwarded as a login, so the backend needs no `accepts-transfers`.
-        let mut replay = match handshake.intent {
+        let mut replay = match self.handshake.intent {
             Intent::Transfer => Handshake {
                 intent: Intent::Login,
-                ..handshake.clone()
+                ..self.handshake.clone()
             }
             .encode()?,
             _ => frame.into_raw(),
         };
-        if handshake.intent == Intent::Status {
-            let status = service.status();
-            if let (State::Awake, Some(address)) = (status.state, status.address) {
-                // Not a ticket: a server-list refresh must not count as activity.
-                return forward(reader, replay, address, None).await;
-            }
-            let eta = (status.state == State::Waking).then(|| eta(store, service, status.since));
-            let motd = match status.state {
-                State::Waking => format!("{}\n{}", config.motd_waking, describe_eta(eta.flatten())),
-                State::Failed => config.motd_failed.clone(),
-                _ => config.motd_asleep.clone(),
-            };
-            let json = status_json(&handshake, Some(&config.version_name), &motd);
-            return answer_status(reader, &handshake, &json).await;
+        if self.handshake.intent == Intent::Status {
+            return self.status(reader, replay).await;
         }
 
         let login = tokio::time::timeout(PACKET_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
             .await
             .map_err(|_| CodecError::Timeout(PACKET_TIMEOUT))??;
-        let player = LoginStart::parse(login.body(), handshake.protocol)?.name;
+        let start = LoginStart::parse(login.body(), self.handshake.protocol)?;
+        let player = start.name.clone();
         replay.extend_from_slice(login.raw());
-        let awake = service.status().state == State::Awake;
-        if !awake {
-            info!(player, client = %peer.ip(), "Player {player} from {} asks to join; waking the service.", peer.ip());
-        }
-        if config.join == Join::Kick && !awake {
-            let since = SystemTime::now();
-            let by = format!("player {player} from {}", peer.ip());
-            let text = match service.wake(&by).await {
-                Ok(Ok(_)) => format!(
-                    "{}\n{}",
-                    config.kick_message,
-                    describe_eta(eta(store, service, since))
-                ),
-                Ok(Err(denied)) => format!("§cThe server cannot start now: {denied}"),
-                Err(gone) => format!("§c{gone}"),
+        let status = service.status();
+        if status.state != State::Awake {
+            info!(player, client = %self.peer.ip(), "Player {player} from {} asks to join.", self.peer.ip());
+            let who = Who {
+                name: &player,
+                uuid: start.uuid,
+                ip: self.peer.ip(),
             };
-            info!(player, "Kicked while the service wakes.");
-            return disconnect(reader, handshake.protocol, &text).await;
+            if let Some(why) = config.access.refuse(&who) {
+                self.note(
+                    &player,
+                    "denied",
+                    format!("denied: {why}"),
+                    json!({ "why": why }),
+                )
+                .await;
+                let text = format!("§cYou may not start this server.\n§7{why}");
+                return disconnect(reader, self.handshake.protocol, &text).await;
+            }
+            if let Some(limiter) = &self.route.limiter
+                && let Err(limited) = limiter.attempt(self.peer.ip())
+            {
+                let wait = limited.retry_after.as_secs().max(1);
+                if limited.first {
+                    let why = format!("over the wake rate of {} per address", limiter.rate());
+                    self.note(
+                        &player,
+                        "denied",
+                        format!("denied: {why}"),
+                        json!({ "why": why, "retry_after_s": wait }),
+                    )
+                    .await;
+                } else {
+                    info!(player, "Refusing a wake over the wake rate.");
+                }
+                let text = format!(
+                    "§eToo many attempts to start the server from your address.\n§7Try again in {wait}s."
+                );
+                return disconnect(reader, self.handshake.protocol, &text).await;
+            }
+            let since = match status.state {
+                State::Waking => status.since,
+                _ => SystemTime::now(),
+            };
+            let left = eta(self.store, service, since);
+            match choose(
+                &config.join,
+                self.handshake.protocol,
+                left,
+                config.hold_timeout,
+            ) {
+                Join::Kick => return self.kick(reader, &player).await,
+                Join::Transfer => {
+                    let (host, port) = config.public_address.clone().unwrap_or_default();
+                    let waiting = transfer::Waiting {
+                        reader,
+                        protocol: self.handshake.protocol,
+                        peer: self.peer,
+                        service,
+                        login: &start,
+                    };
+                    self.note(&player, "held", "held in the configuration phase until the server is ready, then transferred".into(), json!({ "strategy": "transfer" }))
+                        .await;
+                    return match waiting.run(&host, port).await? {
+                        transfer::Outcome::Transferred => {
+                            self.note(
+                                &player,
+                                "transferred",
+                                format!("transferred to {host}:{port}"),
+                                json!({ "to": format!("{host}:{port}") }),
+                            )
+                            .await;
+                            Ok(())
+                        }
+                        transfer::Outcome::Failed(e) => {
+                            self.note(
+                                &player,
+                                "kicked",
+                                format!("kicked: {e}"),
+                                json!({ "why": e }),
+                            )
+                            .await;
+                            Ok(())
+                        }
+                    };
+                }
+                Join::Hold => {
+                    self.note(
+                        &player,
+                        "held",
+                        "held until the server is ready".into(),
+                        json!({ "strategy": "hold" }),
+                    )
+                    .await;
+                }
+            }
         }
         let ticket = match tokio::time::timeout(
             config.hold_timeout,
-            service.connect_as(peer, Some(player.clone())),
+            service.connect_as(self.peer, Some(player.clone())),
         )
-        .await {
+        .await
+        {
             Ok(Ok(ticket)) => ticket,
             Ok(Err(e)) => {
                 info!(player, error = %e, "Closing the player: no backend.");
                 let text = format!("§cThe server could not start.\n§7{e}");
-                return disconnect(reader, handshake.protocol, &text).await;
+                return disconnect(reader, self.handshake.protocol, &text).await;
             }
             Err(_) => {
-                info!(player, hold_timeout = %humantime::format_duration(config.hold_timeout), "The service was not ready in time; telling the player to come back.");
+                let held = humantime::format_duration(config.hold_timeout);
+                self.note(
+                    &player,
+                    "kicked",
+                    format!("kicked: the server was not ready within hold_timeout ({held})"),
+                    json!({ "strategy": "hold" }),
+                )
+                .await;
                 let text = "§eThe server is still starting.\n§7Join again in a moment.";
-                return disconnect(reader, handshake.protocol, text).await;
+                return disconnect(reader, self.handshake.protocol, text).await;
             }
         };
         info!(player, "Forwarding the player.");
-        forward(reader, replay, ticket.address, Some(ticket.byte_counters())).await
+        let header = self.proxy_header(reader);
+        forward(
+            reader,
+            replay,
+            header,
+            ticket.address,
+            Some(ticket.byte_counters()),
+        )
+        .await
     }
-    .instrument(span)
-    .await
+
+    /// A server-list ping: the backend's answer while awake, wakegate's own otherwise.
+    async fn status(self, reader: &mut FrameReader<TcpStream>, replay: Vec<u8>) -> Result<(), End> {
+        let (service, config) = (&self.route.service, &self.route.config);
+        let status = service.status();
+        if let (State::Awake, Some(address)) = (status.state, status.address) {
+            let Some(cache) = &self.route.cache else {
+                // Not a ticket: a server-list refresh must not count as activity.
+                let header = self.proxy_header(reader);
+                return forward(reader, replay, header, address, None).await;
+            };
+            let protocol = self.handshake.protocol.0;
+            let json = match cache.get(protocol) {
+                Some(json) => json,
+                None => {
+                    let header = self.proxy_header(reader);
+                    let json = status::fetch(address, &self.handshake, header, PACKET_TIMEOUT)
+                        .await
+                        .map_err(|e| std::io::Error::other(format!("the backend's status: {e}")))?;
+                    cache.put(protocol, json.clone());
+                    json
+                }
+            };
+            return answer_status(reader, &self.handshake, &json).await;
+        }
+        if let Some(cache) = &self.route.cache {
+            cache.clear();
+        }
+        service
+            .metrics()
+            .status_pings
+            .fetch_add(1, Ordering::Relaxed);
+        let motd = match status.state {
+            State::Waking => {
+                let left = eta(self.store, service, status.since);
+                config.motd_waking.with_line(&describe_eta(left))
+            }
+            State::Failed => config.motd_failed.component(),
+            _ => config.motd_asleep.component(),
+        };
+        let entry = status::Entry {
+            version_name: &config.version_name,
+            motd,
+            sample: &config.player_sample,
+            icon: config.icon.as_deref(),
+        };
+        let json = status::status_json(self.handshake.protocol.0, &entry);
+        answer_status(reader, &self.handshake, &json).await
+    }
+
+    /// Starts the wake and sends the player away with the expected time left.
+    async fn kick(self, reader: &mut FrameReader<TcpStream>, player: &str) -> Result<(), End> {
+        let (service, config) = (&self.route.service, &self.route.config);
+        let since = SystemTime::now();
+        let by = format!("player {player} from {}", self.peer.ip());
+        let text = match service.wake(&by).await {
+            Ok(Ok(_)) => format!(
+                "{}\n{}",
+                config.kick_message,
+                describe_eta(eta(self.store, service, since))
+            ),
+            Ok(Err(denied)) => format!("§cThe server cannot start now: {denied}"),
+            Err(gone) => format!("§c{gone}"),
+        };
+        let left = eta(self.store, service, since).map(|d| d.as_secs());
+        self.note(
+            player,
+            "kicked",
+            "kicked while the server wakes".into(),
+            json!({ "strategy": "kick", "eta_s": left }),
+        )
+        .await;
+        disconnect(reader, self.handshake.protocol, &text).await
+    }
+
+    /// A PROXY protocol v2 header for the backend, when the route asks for one.
+    fn proxy_header(&self, reader: &FrameReader<TcpStream>) -> Option<Vec<u8>> {
+        if !self.route.config.proxy_protocol {
+            return None;
+        }
+        let local = reader.get_ref().local_addr().ok()?;
+        Some(proxy_header::v2(self.peer, local))
+    }
+
+    /// Records what happened to a player as an event of the service.
+    async fn note(&self, player: &str, what: &str, reason: String, mut detail: serde_json::Value) {
+        info!(player, what, "{reason}");
+        detail["player"] = json!(player);
+        detail["client"] = json!(self.peer.to_string());
+        detail["what"] = json!(what);
+        let text = format!("player {player} from {} {reason}", self.peer.ip());
+        let _ = self.route.service.note(Kind::Player, text, detail).await;
+    }
+}
+
+/// The first strategy in `join` that fits: transfer if the client can follow a Transfer
+/// packet, hold if the expected wait (when known) fits `hold_timeout`, kick. When none fits,
+/// the last one the client can do.
+fn choose(
+    join: &[Join],
+    protocol: Protocol,
+    eta: Option<Duration>,
+    hold_timeout: Duration,
+) -> Join {
+    let can_transfer = protocol.supports_transfer();
+    for &strategy in join {
+        match strategy {
+            Join::Transfer if can_transfer => return strategy,
+            Join::Hold if eta.is_none_or(|left| left <= hold_timeout) => return strategy,
+            Join::Kick => return strategy,
+            _ => {}
+        }
+    }
+    join.iter()
+        .rev()
+        .copied()
+        .find(|s| *s != Join::Transfer || can_transfer)
+        .unwrap_or(Join::Hold)
 }
 
 /// Answers the status request and the ping of a server-list refresh.
@@ -275,14 +521,17 @@ async fn disconnect(
 /// Connects to the backend, replays what the client sent so far, then copies both ways.
 async fn forward(
     reader: &mut FrameReader<TcpStream>,
-    mut replay: Vec<u8>,
+    replay: Vec<u8>,
+    header: Option<Vec<u8>>,
     address: SocketAddr,
     counters: Option<(&AtomicU64, &AtomicU64)>,
 ) -> Result<(), End> {
-    replay.extend_from_slice(reader.buffered());
+    let mut first = header.unwrap_or_default();
+    first.extend_from_slice(&replay);
+    first.extend_from_slice(reader.buffered());
     let mut backend = TcpStream::connect(address).await?;
     let _ = backend.set_nodelay(true);
-    backend.write_all(&replay).await?;
+    backend.write_all(&first).await?;
     let uncounted = (AtomicU64::new(0), AtomicU64::new(0));
     let counters = counters.unwrap_or((&uncounted.0, &uncounted.1));
     let (up, down) = copy::bidirectional(reader.get_ref(), &backend, counters).await?;
@@ -305,18 +554,4 @@ fn describe_eta(eta: Option<Duration>) -> String {
         Some(_) => "§7almost ready".to_string(),
         None => "§7starting".to_string(),
     }
-}
-
-/// The status JSON wakegate answers for a service that is not awake: no players, the
-/// client's own protocol so the list shows the server as compatible.
-fn status_json(handshake: &Handshake, version_name: Option<&str>, motd: &str) -> String {
-    let value: Value = json!({
-        "version": {
-            "name": version_name.unwrap_or("wakegate"),
-            "protocol": handshake.protocol.0,
-        },
-        "players": { "max": 0, "online": 0, "sample": [] },
-        "description": { "text": motd },
-    });
-    value.to_string()
 }

@@ -1,0 +1,139 @@
+//! The `transfer` join strategy (clients from 1.20.5): wakegate finishes the login itself (no
+//! encryption: the backend authenticates the player when it comes back), keeps the client in
+//! the configuration phase with keep-alives for as long as the wake takes, then sends it a
+//! Transfer packet naming this gateway. The client reconnects with intent "transfer", and the
+//! listener forwards that connection to the now-awake backend as a plain login.
+//!
+//! The vanilla client gives up on a login that shows no progress for 30 s; in the
+//! configuration phase it only needs keep-alives, so a slow boot no longer drops anyone.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info};
+
+use super::End;
+use super::codec::{
+    Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginAcknowledged,
+    LoginStart, MAX_FRAME, MAX_LOGIN_FRAME, Protocol,
+};
+use crate::service::ServiceHandle;
+
+/// How often a waiting client is sent a keep-alive. Vanilla servers send one every 15 s and
+/// clients time out after 30 s of silence; more often costs nothing.
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(5);
+
+/// A client that answers nothing (no keep-alive, no packet at all) this long is gone.
+const SILENCE: Duration = Duration::from_secs(30);
+
+/// How long the client has to acknowledge the login success.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client waiting in the configuration phase.
+pub struct Waiting<'a> {
+    pub reader: &'a mut FrameReader<TcpStream>,
+    pub protocol: Protocol,
+    pub peer: SocketAddr,
+    pub service: &'a ServiceHandle,
+    pub login: &'a LoginStart,
+}
+
+/// How the wait ended, when the client was still there.
+pub enum Outcome {
+    /// The service is awake and the client was told to reconnect.
+    Transferred,
+    /// The wake failed; the client was disconnected with the reason.
+    Failed(String),
+}
+
+impl Waiting<'_> {
+    pub async fn run(self, host: &str, port: u16) -> Result<Outcome, End> {
+        let Waiting {
+            reader,
+            protocol,
+            peer,
+            service,
+            login,
+        } = self;
+        let name = login.name.as_str();
+        // Clients that can be transferred (1.20.5+) always send their UUID.
+        let uuid = login.uuid.unwrap_or_default();
+        let success = Clientbound::LoginSuccess { uuid, name }.encode(protocol)?;
+        reader.get_mut().write_all(&success).await?;
+        let ack = tokio::time::timeout(ACK_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
+            .await
+            .map_err(|_| CodecError::Timeout(ACK_TIMEOUT))??;
+        LoginAcknowledged::parse(ack.body(), protocol)?;
+        info!(
+            player = name,
+            "The player waits in the configuration phase while the service wakes."
+        );
+
+        let ready = service.connect_as(peer, Some(name.to_owned()));
+        tokio::pin!(ready);
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+        keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heard = Instant::now();
+        let mut next_id: i64 = 1;
+        enum Step {
+            Ready(Result<crate::service::Ticket, crate::service::ConnectError>),
+            Tick,
+            Frame(Result<Frame, CodecError>),
+        }
+        let ticket = loop {
+            // The read is dropped whenever another branch wins; FrameReader keeps what it had
+            // read, so no byte is lost.
+            let step = tokio::select! {
+                ticket = &mut ready => Step::Ready(ticket),
+                _ = keep_alive.tick() => Step::Tick,
+                frame = reader.next_frame(MAX_FRAME) => Step::Frame(frame),
+            };
+            match step {
+                Step::Ready(ticket) => break ticket,
+                Step::Tick => {
+                    if heard.elapsed() > SILENCE {
+                        return Err(End::Client(CodecError::Timeout(SILENCE)));
+                    }
+                    let ping = Clientbound::ConfigurationKeepAlive(next_id).encode(protocol)?;
+                    next_id += 1;
+                    reader.get_mut().write_all(&ping).await?;
+                }
+                Step::Frame(frame) => {
+                    let frame = frame?;
+                    heard = Instant::now();
+                    match ConfigurationRequest::parse(frame.body(), protocol)? {
+                        ConfigurationRequest::KeepAlive(id) => {
+                            debug!(player = name, id, "Keep-alive answered.");
+                        }
+                        // Client information, brand, known packs: nothing to answer.
+                        other => debug!(player = name, ?other, "Ignoring a configuration packet."),
+                    }
+                }
+            }
+        };
+        let client = reader.get_mut();
+        match ticket {
+            Ok(ticket) => {
+                // The client comes back on a new connection, which takes a ticket of its own.
+                drop(ticket);
+                let out = Clientbound::Transfer { host, port }.encode(protocol)?;
+                client.write_all(&out).await?;
+                client.shutdown().await?;
+                info!(player = name, to = %format!("{host}:{port}"), "The service is ready; transferring the player.");
+                Ok(Outcome::Transferred)
+            }
+            Err(e) => {
+                let reason = json!({ "text": format!("§cThe server could not start.\n§7{e}") });
+                let out =
+                    Clientbound::ConfigurationDisconnect { reason: &reason }.encode(protocol)?;
+                client.write_all(&out).await?;
+                client.shutdown().await?;
+                Ok(Outcome::Failed(e.to_string()))
+            }
+        }
+    }
+}
