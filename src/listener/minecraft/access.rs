@@ -151,7 +151,7 @@ impl Access {
     /// Why `who` may not wake the service, if it may not.
     pub fn refuse(&self, who: &Who<'_>) -> Option<String> {
         if let Some(rule) = self.deny.iter().find(|s| s.matches(who)) {
-            return Some(format!("denied ({rule} are on the deny-list)"));
+            return Some(format!("on the deny-list ({rule})"));
         }
         if !self.allow.is_empty() && !self.allow.iter().any(|s| s.matches(who)) {
             return Some("not on the allow-list".to_string());

@@ -243,27 +243,28 @@ impl Visit<'_> {
                     json!({ "why": why }),
                 )
                 .await;
-                let text = format!("§cYou may not start this server.\n§7{why}");
+                let text = format!("§cYou may not start this server:\n§7{why}.");
                 return disconnect(reader, self.handshake.protocol, &text).await;
             }
             if let Some(limiter) = &self.route.limiter
                 && let Err(limited) = limiter.attempt(self.peer.ip())
             {
-                let wait = limited.retry_after.as_secs().max(1);
+                let wait = Duration::from_secs(limited.retry_after.as_secs().max(1));
                 if limited.first {
                     let why = format!("over the wake rate of {} per address", limiter.rate());
                     self.note(
                         &player,
                         "denied",
                         format!("denied: {why}"),
-                        json!({ "why": why, "retry_after_s": wait }),
+                        json!({ "why": why, "retry_after_s": wait.as_secs() }),
                     )
                     .await;
                 } else {
                     info!(player, "Refusing a wake over the wake rate.");
                 }
                 let text = format!(
-                    "§eToo many attempts to start the server from your address.\n§7Try again in {wait}s."
+                    "§eToo many attempts to start the server from your address.\n§7Try again in {}.",
+                    humantime::format_duration(wait)
                 );
                 return disconnect(reader, self.handshake.protocol, &text).await;
             }

@@ -101,7 +101,7 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
     if length != 13 || &chunk[..4] != b"IHDR" {
         return None;
     }
-    let crc = u32::from_be_bytes(rest.get(17..21)?.try_into().ok()?);
+    let crc = u32::from_be_bytes(rest.get(21..25)?.try_into().ok()?);
     if crc32(chunk) != crc {
         return None;
     }

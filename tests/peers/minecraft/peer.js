@@ -7,6 +7,20 @@
 //                                                the server sends the play login, or
 //                                                {"kicked": REASON} / {"error": MESSAGE}
 //
+// A joining player told to go elsewhere with a Transfer packet (1.20.5+) does what the vanilla
+// client does: it connects to the host and port given, with intent 3 (transfer) in its
+// handshake, and logs in again; "transferred": "HOST:PORT" and the keep-alives it answered
+// while it waited are added to what it prints.
+//
+// With PROXY_LOG=FILE in its environment, the server expects a PROXY protocol v2 header on
+// each connection (connections without one are let through too, as health checks come
+// without it), parses it and appends {"source": "IP:PORT", "destination": "IP:PORT"} (or
+// {"source": null} for a connection without a header) to FILE, one JSON line each.
+//
+// The server's status sample names the players in the world, as vanilla servers do.
+// With PEER_LOCAL_PORT=1 a joining player also prints the local port of its (first) connection,
+// as "localPort".
+//
 // Clients connect to 127.0.0.1:PORT and write HOST in their handshake, so tests can route by
 // hostname without DNS.
 'use strict'
@@ -21,22 +35,85 @@ function print (value) {
   process.stdout.write(JSON.stringify(value) + '\n')
 }
 
+// PEER_HOST=::1 makes the clients connect over IPv6.
 function stream () {
-  return net.connect(Number(port), '127.0.0.1')
+  return net.connect(Number(port), process.env.PEER_HOST || '127.0.0.1')
+}
+
+// Reads a PROXY protocol v2 header at the start of `buf`: {header: bytes used, source,
+// destination}, null when `buf` does not start with one, or undefined when more bytes are needed.
+const SIGNATURE = Buffer.from('0d0a0d0a000d0a515549540a', 'hex')
+function proxyHeader (buf) {
+  const known = Math.min(buf.length, SIGNATURE.length)
+  if (!buf.subarray(0, known).equals(SIGNATURE.subarray(0, known))) return null
+  if (buf.length < 16) return undefined
+  const verCmd = buf[12]
+  const family = buf[13]
+  const length = buf.readUInt16BE(14)
+  if (verCmd >> 4 !== 2) throw new Error(`PROXY header version ${verCmd >> 4}`)
+  if (buf.length < 16 + length) return undefined
+  const body = buf.subarray(16, 16 + length)
+  let source = null
+  let destination = null
+  if ((verCmd & 0xf) === 1 && family === 0x11) {
+    const ip = (b) => Array.from(b).join('.')
+    source = `${ip(body.subarray(0, 4))}:${body.readUInt16BE(8)}`
+    destination = `${ip(body.subarray(4, 8))}:${body.readUInt16BE(10)}`
+  } else if ((verCmd & 0xf) === 1 && family === 0x21) {
+    const ip = (b) => '[' + Array.from({ length: 8 }, (_, i) => b.readUInt16BE(2 * i).toString(16)).join(':') + ']'
+    source = `${ip(body.subarray(0, 16))}:${body.readUInt16BE(32)}`
+    destination = `${ip(body.subarray(16, 32))}:${body.readUInt16BE(34)}`
+  } else if ((verCmd & 0xf) !== 0) {
+    throw new Error(`PROXY header command ${verCmd & 0xf}, family ${family}`)
+  }
+  return { header: 16 + length, source, destination }
 }
 
 if (mode === 'server') {
   const [motd, version = DEFAULT_VERSION] = rest
+  const proxyLog = process.env.PROXY_LOG
   const server = mc.createServer({
     host: '127.0.0.1',
-    port: Number(port),
+    // Behind the PROXY header parser, the server itself takes any free port.
+    port: proxyLog ? 0 : Number(port),
     'online-mode': false,
     version,
     motd,
-    maxPlayers: 10
+    maxPlayers: 10,
+    beforePing: (response) => {
+      const players = Object.values(server.clients).filter((c) => c.state === 'play' && c.username)
+      response.players.online = players.length
+      response.players.sample = players.map((c) => ({ name: c.username, id: c.uuid }))
+      return response
+    }
   })
   const loginPacket = require('minecraft-data')(server.version).loginPacket
-  server.on('listening', () => console.log(`listening on 127.0.0.1:${port}`))
+  server.on('listening', () => {
+    if (!proxyLog) return console.log(`listening on 127.0.0.1:${port}`)
+    const inner = server.socketServer.address().port
+    const front = net.createServer((socket) => {
+      let buf = Buffer.alloc(0)
+      const onData = (chunk) => {
+        buf = Buffer.concat([buf, chunk])
+        let parsed
+        try { parsed = proxyHeader(buf) } catch (e) { socket.destroy(); return }
+        if (parsed === undefined) return
+        socket.off('data', onData)
+        const { appendFileSync } = require('fs')
+        appendFileSync(proxyLog, JSON.stringify(parsed ? { source: parsed.source, destination: parsed.destination } : { source: null }) + '\n')
+        const rest = parsed ? buf.subarray(parsed.header) : buf
+        const upstream = net.connect(inner, '127.0.0.1', () => {
+          upstream.write(rest)
+          socket.pipe(upstream)
+          upstream.pipe(socket)
+        })
+        upstream.on('error', () => socket.destroy())
+        socket.on('error', () => upstream.destroy())
+      }
+      socket.on('data', onData)
+    })
+    front.listen(Number(port), '127.0.0.1', () => console.log(`listening on 127.0.0.1:${port} behind PROXY v2`))
+  })
   server.on('playerJoin', (client) => {
     console.log(`${client.username} joined`)
     client.write('login', {
@@ -69,29 +146,46 @@ if (mode === 'server') {
     .catch((e) => { print({ error: String(e && e.message ? e.message : e) }); process.exit(0) })
 } else if (mode === 'login') {
   const [host, username, version = DEFAULT_VERSION] = rest
-  const client = mc.createClient({
-    host,
-    port: Number(port),
-    username,
-    auth: 'offline',
-    version,
-    stream: stream()
-  })
+  // With `stay` after the version, the player stays in the world until the process is ended.
+  const stay = rest[3] === 'stay'
+  const extra = {}
   let done = false
+  let client
   const finish = (value) => {
     if (done) return
     done = true
-    print(value)
+    print({ ...value, ...extra })
     client.end()
     process.exit(0)
   }
-  // With `stay` after the version, the player stays in the world until the process is ended.
-  const stay = rest[3] === 'stay'
-  client.on('login', () => stay ? print({ joined: true }) : finish({ joined: true }))
-  client.on('disconnect', (packet) => finish({ kicked: packet.reason }))
-  client.on('kick_disconnect', (packet) => finish({ kicked: packet.reason }))
-  client.on('error', (e) => finish({ error: String(e.message || e) }))
-  client.on('end', (reason) => finish({ error: `ended: ${reason}` }))
+  const join = (options, transfer) => {
+    const current = mc.createClient({ username, auth: 'offline', version, ...options })
+    client = current
+    if (transfer) {
+      // minecraft-protocol always writes intent 2 (login); a transferred vanilla client writes 3.
+      const write = current.write.bind(current)
+      current.write = (name, params) => write(name, name === 'set_protocol' ? { ...params, nextState: 3 } : params)
+    }
+    current.on('keep_alive', () => {
+      if (current.state === 'configuration') extra.keepAlives = (extra.keepAlives || 0) + 1
+    })
+    current.on('transfer', (packet) => {
+      extra.transferred = `${packet.host}:${packet.port}`
+      current.removeAllListeners('end')
+      current.removeAllListeners('error')
+      current.on('error', () => {})
+      current.end()
+      join({ host: packet.host, port: packet.port, stream: net.connect(packet.port, packet.host) }, true)
+    })
+    current.on('login', () => stay ? print({ joined: true, ...extra }) : finish({ joined: true }))
+    current.on('disconnect', (packet) => finish({ kicked: packet.reason }))
+    current.on('kick_disconnect', (packet) => finish({ kicked: packet.reason }))
+    current.on('error', (e) => finish({ error: String(e.message || e) }))
+    current.on('end', (reason) => finish({ error: `ended: ${reason}` }))
+  }
+  const first = stream()
+  if (process.env.PEER_LOCAL_PORT) first.on('connect', () => { extra.localPort = first.localPort })
+  join({ host, port: Number(port), stream: first }, false)
 } else {
   console.error('usage: node peer.js server|ping|login PORT ...')
   process.exit(2)

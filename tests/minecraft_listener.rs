@@ -1,0 +1,620 @@
+//! The rest of the `minecraft` listener with real peers (tests/peers/minecraft/peer.js on
+//! minecraft-protocol): the `transfer` join strategy across a boot longer than the client's
+//! 30 s patience, who may wake a server (allow/deny lists, a per-IP wake rate), the server
+//! list entry while asleep (JSON MOTD, sample lines, icon), the status cache, the PROXY v2
+//! header, and the player events.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use wakegate::app::App;
+use wakegate::event::{Event, Kind, State};
+
+fn peers() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
+    assert!(
+        dir.join("node_modules/minecraft-protocol").exists(),
+        "minecraft-protocol is not installed; run `npm ci --prefix tests/peers/minecraft` \
+         (scripts/test does)"
+    );
+    dir
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/minecraft")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+async fn start(dir: &Path, services: &str) -> App {
+    init_logs();
+    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    App::start(config).await.unwrap()
+}
+
+/// A service whose backend is a minecraft-protocol server (`command` runs it, in peer.js's
+/// folder), behind a `minecraft` listener on `bind` with `listen` extra keys.
+fn service(name: &str, backend: SocketAddr, command: &str, bind: &str, listen: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+idle_timeout = "1m"
+wake_timeout = "90s"
+[service.backend]
+type = "process"
+command = {command}
+cwd = {cwd:?}
+address = "{backend}"
+stop_command = "stop"
+stop_timeout = "5s"
+[[service.listen]]
+type = "minecraft"
+bind = "{bind}"
+{listen}
+"#,
+        cwd = peers().display().to_string(),
+    )
+}
+
+/// The command of a server that answers with `motd` on `backend`, for `version`.
+fn server(backend: SocketAddr, motd: &str, version: &str) -> String {
+    format!(
+        r#"["node", "peer.js", "server", "{}", "{motd}", "{version}"]"#,
+        backend.port()
+    )
+}
+
+/// Runs `node peer.js ARGS…` with `env` and returns the JSON line it prints last.
+async fn peer_with(args: &[&str], env: &[(&str, &str)], deadline: Duration) -> Value {
+    let run = tokio::process::Command::new("node")
+        .arg("peer.js")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(peers())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(deadline, run)
+        .await
+        .unwrap_or_else(|_| panic!("node peer.js {args:?} did not finish"))
+        .expect("cannot run node; scripts/test installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "node peer.js {args:?} printed nothing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap()
+}
+
+async fn ping(gateway: SocketAddr, version: &str) -> Value {
+    let port = gateway.port().to_string();
+    peer_with(&["ping", &port, "mc.example.com", version], &[], DEADLINE).await
+}
+
+async fn login(gateway: SocketAddr, name: &str, version: &str) -> Value {
+    let port = gateway.port().to_string();
+    peer_with(
+        &["login", &port, "mc.example.com", name, version],
+        &[],
+        DEADLINE,
+    )
+    .await
+}
+
+fn kicked(answer: &Value) -> String {
+    answer["kicked"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the player was not kicked: {answer}"))
+        .to_string()
+}
+
+/// The player events of `service` seen until one matches `done` (the channel carries every
+/// service's events).
+async fn player_events(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    service: &str,
+    done: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    let mine = |e: &Event| e.kind == Kind::Player && e.service == service;
+    events_until(events, |e| mine(e) && done(e))
+        .await
+        .into_iter()
+        .filter(mine)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_world() {
+    let dir = temp_dir("mc-transfer");
+    let (backend, bind) = (free_addr(), free_addr());
+    // The server opens its port after 40 s: a held or plainly connecting client would have
+    // given up at 30 s.
+    let command = format!(
+        r#"["sh", "-c", "sleep 40; exec node peer.js server {} 'transferred world' 1.21.4"]"#,
+        backend.port()
+    );
+    let listen = format!(
+        "join = [\"transfer\", \"hold\", \"kick\"]\npublic_address = \"127.0.0.1:{}\"",
+        bind.port()
+    );
+    let app = start(
+        &dir,
+        &service("slow", backend, &command, &bind.to_string(), &listen),
+    )
+    .await;
+    let slow = app.service("slow").unwrap().clone();
+    wait_state(&slow, State::Asleep).await;
+    let mut events = slow.subscribe();
+
+    let port = bind.port().to_string();
+    let joined = peer_with(
+        &["login", &port, "mc.example.com", "Steve", "1.21.4"],
+        &[],
+        Duration::from_secs(120),
+    )
+    .await;
+    // Joined means the backend sent the play login on the second connection. It came with
+    // intent 3 (transfer); minecraft-protocol's server, like a vanilla server without
+    // accepts-transfers, takes no login after that intent: wakegate rewrote it to 2.
+    assert_eq!(joined["joined"], true, "{joined}");
+    assert_eq!(joined["transferred"], format!("127.0.0.1:{}", bind.port()));
+    let keep_alives = joined["keepAlives"].as_u64().unwrap_or(0);
+    assert!(
+        keep_alives >= 6,
+        "40 s in the configuration phase with a keep-alive every 5 s: {joined}"
+    );
+
+    let seen = player_events(&mut events, "slow", |e| e.reason.contains("transferred")).await;
+    let held = seen.iter().find(|e| e.detail["what"] == "held").unwrap();
+    assert_eq!(held.detail["strategy"], "transfer", "{held:?}");
+    assert_eq!(held.detail["player"], "Steve");
+    let transferred = seen.last().unwrap();
+    assert_eq!(transferred.state, State::Awake, "{transferred:?}");
+    assert_eq!(
+        transferred.detail["to"],
+        format!("127.0.0.1:{}", bind.port())
+    );
+    let woke = app
+        .store()
+        .latest_events(Some("slow"), 50)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == Kind::Transition && e.state == State::Waking)
+        .unwrap();
+    assert!(
+        woke.reason.starts_with("player Steve from 127.0.0.1:"),
+        "{woke:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_and_deny_lists_decide_who_wakes_the_server() {
+    let dir = temp_dir("mc-access");
+    let backend = free_addr();
+    let app = start(
+        &dir,
+        &service(
+            "smp",
+            backend,
+            &server(backend, "smp", "1.16.5"),
+            "127.0.0.1:0",
+            "allow = [\"Steve\", \"Mallory\", \"10.0.0.0/8\"]\ndeny = [\"mallory\"]",
+        ),
+    )
+    .await;
+    let smp = app.service("smp").unwrap().clone();
+    wait_state(&smp, State::Asleep).await;
+    let mut events = smp.subscribe();
+    let gateway = app.listen_addr("smp").unwrap();
+
+    // Eve is not listed, and 127.0.0.1 is not in 10.0.0.0/8.
+    let eve = kicked(&login(gateway, "Eve", "1.16.5").await);
+    assert!(eve.contains("You may not start this server"), "{eve}");
+    assert!(eve.contains("not on the allow-list"), "{eve}");
+    // Mallory is allowed by name but denied (names match whatever their case).
+    let mallory = kicked(&login(gateway, "Mallory", "1.16.5").await);
+    assert!(mallory.contains("deny-list"), "{mallory}");
+
+    let seen = player_events(&mut events, "smp", |e| e.detail["player"] == "Mallory").await;
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    assert!(seen.iter().all(|e| e.detail["what"] == "denied"));
+    assert!(
+        seen[0]
+            .reason
+            .starts_with("player Eve from 127.0.0.1 denied: not on the allow-list"),
+        "{}",
+        seen[0].reason
+    );
+    assert_eq!(smp.status().state, State::Asleep, "a denied login woke it");
+
+    let steve = login(gateway, "Steve", "1.16.5").await;
+    assert_eq!(steve["joined"], true, "{steve}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_ranges_allow_and_deny_clients() {
+    let dir = temp_dir("mc-access-v6");
+    let (one, two) = (free_addr(), free_addr());
+    let services = service(
+        "open",
+        one,
+        &server(one, "open", "1.16.5"),
+        "[::1]:0",
+        "allow = [\"2001:db8::/32\", \"::1/128\"]",
+    ) + &service(
+        "closed",
+        two,
+        &server(two, "closed", "1.16.5"),
+        "[::1]:0",
+        "deny = [\"::/0\"]",
+    );
+    let app = start(&dir, &services).await;
+    let (open, closed) = (
+        app.service("open").unwrap().clone(),
+        app.service("closed").unwrap().clone(),
+    );
+    wait_state(&open, State::Asleep).await;
+    wait_state(&closed, State::Asleep).await;
+    let v6 = [("PEER_HOST", "::1")];
+    let join = |gateway: SocketAddr| async move {
+        let port = gateway.port().to_string();
+        peer_with(
+            &["login", &port, "mc.example.com", "Alex", "1.16.5"],
+            &v6,
+            DEADLINE,
+        )
+        .await
+    };
+
+    let denied = kicked(&join(app.listen_addr("closed").unwrap()).await);
+    assert!(
+        denied.contains("on the deny-list (addresses ::/0)"),
+        "{denied}"
+    );
+    assert_eq!(closed.status().state, State::Asleep);
+
+    let joined = join(app.listen_addr("open").unwrap()).await;
+    assert_eq!(joined["joined"], true, "{joined}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakes_from_one_address_are_rate_limited_with_a_time_to_retry() {
+    let dir = temp_dir("mc-rate");
+    let backend = free_addr();
+    // A boot that outlasts the test: every login meets a service that is not awake.
+    let command = format!(
+        r#"["sh", "-c", "sleep 60; exec node peer.js server {} late 1.16.5"]"#,
+        backend.port()
+    );
+    let app = start(
+        &dir,
+        &service(
+            "smp",
+            backend,
+            &command,
+            "127.0.0.1:0",
+            "join = \"kick\"\nwake_rate = \"2/1h\"",
+        ),
+    )
+    .await;
+    let smp = app.service("smp").unwrap().clone();
+    wait_state(&smp, State::Asleep).await;
+    let mut events = smp.subscribe();
+    let gateway = app.listen_addr("smp").unwrap();
+
+    for _ in 0..2 {
+        let reason = kicked(&login(gateway, "Steve", "1.16.5").await);
+        assert!(reason.contains("The server is starting"), "{reason}");
+    }
+    for _ in 0..2 {
+        let reason = kicked(&login(gateway, "Steve", "1.16.5").await);
+        assert!(
+            reason.contains("Too many attempts") && reason.contains("Try again in 59m"),
+            "about an hour left: {reason}"
+        );
+    }
+    let seen = player_events(&mut events, "smp", |e| e.detail["what"] == "denied").await;
+    assert_eq!(
+        seen.iter().filter(|e| e.detail["what"] == "kicked").count(),
+        2,
+        "{seen:#?}"
+    );
+    let denied = seen.last().unwrap();
+    assert!(
+        denied.reason.contains("over the wake rate of 2/1h"),
+        "{denied:?}"
+    );
+    // One event for the first refusal of the window, not one per attempt.
+    let more = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            let e = events.recv().await.unwrap();
+            if e.kind == Kind::Player {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "a second refusal made an event: {more:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_list_shows_a_json_motd_sample_lines_and_the_icon_while_asleep() {
+    let dir = temp_dir("mc-list");
+    let backend = free_addr();
+    let listen = format!(
+        r#"motd_asleep = '{{"text": "zzz ", "color": "gray", "extra": [{{"text": "join to wake", "bold": true}}]}}'
+player_sample = ["§7The server sleeps.", "§7Join to wake it."]
+icon = {icon:?}
+version_name = "Paper 1.21"
+"#,
+        icon = fixture("icon.png")
+    );
+    let app = start(
+        &dir,
+        &service(
+            "smp",
+            backend,
+            &server(backend, "smp", "1.21.4"),
+            "127.0.0.1:0",
+            &listen,
+        ),
+    )
+    .await;
+    let smp = app.service("smp").unwrap().clone();
+    wait_state(&smp, State::Asleep).await;
+    let gateway = app.listen_addr("smp").unwrap();
+
+    for version in ["1.16.5", "1.21.4"] {
+        let status = ping(gateway, version).await;
+        assert_eq!(status["description"]["text"], "zzz ", "{status}");
+        assert_eq!(status["description"]["color"], "gray");
+        assert_eq!(status["description"]["extra"][0]["text"], "join to wake");
+        assert_eq!(status["description"]["extra"][0]["bold"], true);
+        assert_eq!(status["version"]["name"], "Paper 1.21");
+        let names: Vec<&str> = status["players"]["sample"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["§7The server sleeps.", "§7Join to wake it."]);
+        let icon = status["favicon"].as_str().unwrap_or_default();
+        let png = std::fs::read(fixture("icon.png")).unwrap();
+        assert_eq!(icon, format!("data:image/png;base64,{}", base64(&png)));
+    }
+    // Counted, never an event each, never a wake.
+    let metrics = wakegate::metrics::render(app.services());
+    assert!(
+        metrics.contains("wakegate_minecraft_status_pings_total{service=\"smp\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        app.store()
+            .latest_events(Some("smp"), 10)
+            .unwrap()
+            .iter()
+            .all(|e| e.kind == Kind::Transition)
+    );
+    assert_eq!(smp.status().state, State::Asleep);
+    app.shutdown().await;
+}
+
+/// Standard base64, written here independently of the gateway's encoder.
+fn base64(bytes: &[u8]) -> String {
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = String::new();
+    for b in bytes {
+        bits.push_str(&format!("{b:08b}"));
+    }
+    let mut out: String = bits
+        .as_bytes()
+        .chunks(6)
+        .map(|c| {
+            let mut s = String::from_utf8(c.to_vec()).unwrap();
+            while s.len() < 6 {
+                s.push('0');
+            }
+            table[usize::from_str_radix(&s, 2).unwrap()] as char
+        })
+        .collect();
+    while out.len() % 4 != 0 {
+        out.push('=');
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awake_servers_status_is_reused_from_the_cache() {
+    let dir = temp_dir("mc-cache");
+    let backend = free_addr();
+    let app = start(
+        &dir,
+        &service(
+            "smp",
+            backend,
+            &server(backend, "cached world", "1.16.5"),
+            "127.0.0.1:0",
+            "status_cache = \"1m\"",
+        ),
+    )
+    .await;
+    let smp = app.service("smp").unwrap().clone();
+    smp.wake("the test").await.unwrap().unwrap();
+    wait_state(&smp, State::Awake).await;
+    let gateway = app.listen_addr("smp").unwrap();
+
+    let first = ping(gateway, "1.16.5").await;
+    assert_eq!(first["description"]["text"], "cached world", "{first}");
+    assert_eq!(first["players"]["online"], 0);
+
+    // A player joins the backend directly and stays: the backend now says 1 player…
+    let mut player = stay(backend, "Alex").await;
+    let direct = peer_with(
+        &["ping", &backend.port().to_string(), "127.0.0.1", "1.16.5"],
+        &[],
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(direct["players"]["online"], 1, "{direct}");
+    // … but within status_cache the gateway answers what it kept.
+    let cached = ping(gateway, "1.16.5").await;
+    assert_eq!(cached["players"]["online"], 0, "{cached}");
+    assert_eq!(cached["description"]["text"], "cached world");
+    player.kill().await.unwrap();
+    app.shutdown().await;
+}
+
+/// A player that joins `address` and stays until killed.
+async fn stay(address: SocketAddr, name: &str) -> tokio::process::Child {
+    let mut player = tokio::process::Command::new("node")
+        .args([
+            "peer.js",
+            "login",
+            &address.port().to_string(),
+            "127.0.0.1",
+            name,
+            "1.16.5",
+            "stay",
+        ])
+        .current_dir(peers())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(player.stdout.take().unwrap()));
+    let joined = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_or_default();
+    assert!(joined.contains(r#""joined":true"#), "{joined}");
+    player
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_sees_the_real_client_address_in_a_proxy_v2_header() {
+    let dir = temp_dir("mc-proxy");
+    let backend = free_addr();
+    let log = dir.join("proxy.log");
+    let mut services = service(
+        "smp",
+        backend,
+        &server(backend, "proxied", "1.16.5"),
+        "127.0.0.1:0",
+        "proxy_protocol = true",
+    );
+    services = services.replace(
+        "stop_timeout = \"5s\"",
+        &format!(
+            "stop_timeout = \"5s\"\n[service.backend.env]\nPROXY_LOG = {:?}",
+            log.display().to_string()
+        ),
+    );
+    let app = start(&dir, &services).await;
+    let smp = app.service("smp").unwrap().clone();
+    wait_state(&smp, State::Asleep).await;
+    let gateway = app.listen_addr("smp").unwrap();
+
+    let port = gateway.port().to_string();
+    let joined = peer_with(
+        &["login", &port, "mc.example.com", "Steve", "1.16.5"],
+        &[("PEER_LOCAL_PORT", "1")],
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(joined["joined"], true, "{joined}");
+    let client_port = joined["localPort"].as_u64().unwrap();
+
+    let headers: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seen = json!({
+        "source": format!("127.0.0.1:{client_port}"),
+        "destination": gateway.to_string(),
+    });
+    assert!(
+        headers.contains(&seen),
+        "the backend never saw the player's own address {seen}: {headers:?}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_name_held_and_kicked_players_and_who_joined_and_left() {
+    let dir = temp_dir("mc-events");
+    let (one, two) = (free_addr(), free_addr());
+    let mut services = service(
+        "held",
+        one,
+        &server(one, "held", "1.16.5"),
+        "127.0.0.1:0",
+        "",
+    ) + &service(
+        "kicked",
+        two,
+        &server(two, "kicked", "1.16.5"),
+        "127.0.0.1:0",
+        "join = \"kick\"",
+    );
+    services = services.replacen(
+        "idle_timeout = \"1m\"",
+        "idle_timeout = \"1m\"\nplayer_poll = \"100ms\"",
+        1,
+    );
+    let app = start(&dir, &services).await;
+    let (held, kicked_service) = (
+        app.service("held").unwrap().clone(),
+        app.service("kicked").unwrap().clone(),
+    );
+    wait_state(&held, State::Asleep).await;
+    wait_state(&kicked_service, State::Asleep).await;
+    let (mut held_events, mut kicked_events) = (held.subscribe(), kicked_service.subscribe());
+
+    let reason = kicked(&login(app.listen_addr("kicked").unwrap(), "Alex", "1.16.5").await);
+    assert!(reason.contains("The server is starting"), "{reason}");
+    let seen = player_events(&mut kicked_events, "kicked", |e| {
+        e.detail["what"] == "kicked"
+    })
+    .await;
+    assert!(
+        seen[0]
+            .reason
+            .starts_with("player Alex from 127.0.0.1 kicked while the server wakes"),
+        "{seen:#?}"
+    );
+
+    // Steve is held while it wakes, joins through wakegate and stays; the backend's status
+    // sample then names him, and no longer once he leaves.
+    let mut steve = stay(app.listen_addr("held").unwrap(), "Steve").await;
+    let seen = player_events(&mut held_events, "held", |e| {
+        e.reason == "player Steve joined"
+    })
+    .await;
+    assert_eq!(seen[0].detail["what"], "held", "{seen:#?}");
+    assert_eq!(seen[0].detail["strategy"], "hold");
+    assert_eq!(seen.last().unwrap().detail["players"], 1);
+    steve.kill().await.unwrap();
+    let seen = player_events(&mut held_events, "held", |e| {
+        e.reason == "player Steve left"
+    })
+    .await;
+    assert_eq!(seen.last().unwrap().detail["players"], 0, "{seen:#?}");
+    app.shutdown().await;
+}
