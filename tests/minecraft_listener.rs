@@ -174,7 +174,7 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
         "40 s in the configuration phase with a keep-alive every 5 s: {joined}"
     );
 
-    let seen = player_events(&mut events, "slow", |e| e.reason.contains("transferred")).await;
+    let seen = player_events(&mut events, "slow", |e| e.detail["what"] == "transferred").await;
     let held = seen.iter().find(|e| e.detail["what"] == "held").unwrap();
     assert_eq!(held.detail["strategy"], "transfer", "{held:?}");
     assert_eq!(held.detail["player"], "Steve");
