@@ -33,8 +33,8 @@ impl FromStr for Subject {
         if text.contains(['.', ':', '/']) {
             return text.parse().map(Subject::Net);
         }
-        let hex = text.chars().filter(|c| *c != '-').count();
-        if hex == 32 && text.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        // Longer than any name and made of hex digits and hyphens: meant as a UUID.
+        if text.len() > 16 && text.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return text
                 .parse::<Uuid>()
                 .map(Subject::Uuid)

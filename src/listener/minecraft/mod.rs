@@ -556,3 +556,31 @@ fn describe_eta(eta: Option<Duration>) -> String {
         None => "§7starting".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_strategy_that_fits_is_chosen() {
+        let all = [Join::Transfer, Join::Hold, Join::Kick];
+        let hold = Duration::from_secs(25);
+        let (new, old) = (Protocol(767), Protocol(754));
+        let (short, long) = (Some(Duration::from_secs(10)), Some(Duration::from_secs(90)));
+        assert_eq!(choose(&all, new, long, hold), Join::Transfer);
+        assert_eq!(choose(&all, old, short, hold), Join::Hold);
+        // No boot measured yet: holding is worth a try.
+        assert_eq!(choose(&all, old, None, hold), Join::Hold);
+        assert_eq!(choose(&all, old, long, hold), Join::Kick);
+        assert_eq!(
+            choose(&[Join::Hold, Join::Transfer], new, short, hold),
+            Join::Hold
+        );
+        // Nothing fits: the last strategy the client can do.
+        assert_eq!(choose(&[Join::Transfer], old, long, hold), Join::Hold);
+        assert_eq!(
+            choose(&[Join::Transfer, Join::Hold], old, long, hold),
+            Join::Hold
+        );
+    }
+}
