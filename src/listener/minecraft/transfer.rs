@@ -30,6 +30,10 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(5);
 /// A client that answers nothing (no keep-alive, no packet at all) this long is gone.
 const SILENCE: Duration = Duration::from_secs(30);
 
+/// The largest packet a waiting client may send: vanilla caps serverbound plugin messages at
+/// 32 KiB, and client information or known packs are far smaller.
+const MAX_CONFIGURATION_FRAME: usize = 32 * 1024 + 64;
+
 /// How long the client has to acknowledge the login success.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,7 +94,7 @@ impl Waiting<'_> {
             let step = tokio::select! {
                 ticket = &mut ready => Step::Ready(ticket),
                 _ = keep_alive.tick() => Step::Tick,
-                frame = reader.next_frame(MAX_FRAME) => Step::Frame(frame),
+                frame = reader.next_frame(MAX_CONFIGURATION_FRAME) => Step::Frame(frame),
             };
             match step {
                 Step::Ready(ticket) => break ticket,
