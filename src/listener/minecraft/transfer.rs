@@ -19,7 +19,7 @@ use tracing::{debug, info};
 use super::End;
 use super::codec::{
     Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginAcknowledged,
-    LoginStart, MAX_FRAME, MAX_LOGIN_FRAME, Protocol,
+    LoginStart, MAX_LOGIN_FRAME, Protocol,
 };
 use crate::service::ServiceHandle;
 
