@@ -230,42 +230,7 @@ impl Visit<'_> {
         let status = service.status();
         if status.state != State::Awake {
             info!(player, client = %self.peer.ip(), "Player {player} from {} asks to join.", self.peer.ip());
-            let who = Who {
-                name: &player,
-                uuid: start.uuid,
-                ip: self.peer.ip(),
-            };
-            if let Some(why) = config.access.refuse(&who) {
-                self.note(
-                    &player,
-                    "denied",
-                    format!("denied: {why}"),
-                    json!({ "why": why }),
-                )
-                .await;
-                let text = format!("§cYou may not start this server:\n§7{why}.");
-                return disconnect(reader, self.handshake.protocol, &text).await;
-            }
-            if let Some(limiter) = &self.route.limiter
-                && let Err(limited) = limiter.attempt(self.peer.ip())
-            {
-                let wait = Duration::from_secs(limited.retry_after.as_secs().max(1));
-                if limited.first {
-                    let why = format!("over the wake rate of {} per address", limiter.rate());
-                    self.note(
-                        &player,
-                        "denied",
-                        format!("denied: {why}"),
-                        json!({ "why": why, "retry_after_s": wait.as_secs() }),
-                    )
-                    .await;
-                } else {
-                    info!(player, "Refusing a wake over the wake rate.");
-                }
-                let text = format!(
-                    "§eToo many attempts to start the server from your address.\n§7Try again in {}.",
-                    humantime::format_duration(wait)
-                );
+            if let Some(text) = self.refusal(&start).await {
                 return disconnect(reader, self.handshake.protocol, &text).await;
             }
             let since = match status.state {
@@ -273,55 +238,14 @@ impl Visit<'_> {
                 _ => SystemTime::now(),
             };
             let left = eta(self.store, service, since);
-            match choose(
-                &config.join,
-                self.handshake.protocol,
-                left,
-                config.hold_timeout,
-            ) {
+            let protocol = self.handshake.protocol;
+            match choose(&config.join, protocol, left, config.hold_timeout) {
                 Join::Kick => return self.kick(reader, &player).await,
-                Join::Transfer => {
-                    let (host, port) = config.public_address.clone().unwrap_or_default();
-                    let waiting = transfer::Waiting {
-                        reader,
-                        protocol: self.handshake.protocol,
-                        peer: self.peer,
-                        service,
-                        login: &start,
-                    };
-                    self.note(&player, "held", "held in the configuration phase until the server is ready, then transferred".into(), json!({ "strategy": "transfer" }))
-                        .await;
-                    return match waiting.run(&host, port).await? {
-                        transfer::Outcome::Transferred => {
-                            self.note(
-                                &player,
-                                "transferred",
-                                format!("transferred to {host}:{port}"),
-                                json!({ "to": format!("{host}:{port}") }),
-                            )
-                            .await;
-                            Ok(())
-                        }
-                        transfer::Outcome::Failed(e) => {
-                            self.note(
-                                &player,
-                                "kicked",
-                                format!("kicked: {e}"),
-                                json!({ "why": e }),
-                            )
-                            .await;
-                            Ok(())
-                        }
-                    };
-                }
+                Join::Transfer => return self.transfer(reader, &start).await,
                 Join::Hold => {
-                    self.note(
-                        &player,
-                        "held",
-                        "held until the server is ready".into(),
-                        json!({ "strategy": "hold" }),
-                    )
-                    .await;
+                    let detail = json!({ "strategy": "hold" });
+                    let reason = "held until the server is ready".to_string();
+                    self.note(&player, "held", reason, detail).await;
                 }
             }
         }
@@ -360,6 +284,80 @@ impl Visit<'_> {
             Some(ticket.byte_counters()),
         )
         .await
+    }
+
+    /// Why this player may not wake the service (the message to disconnect them with), after
+    /// recording it: not allowed, denied, or over the wake rate of their address.
+    async fn refusal(&self, start: &LoginStart) -> Option<String> {
+        let config = &self.route.config;
+        let player = start.name.as_str();
+        let who = Who {
+            name: player,
+            uuid: start.uuid,
+            ip: self.peer.ip(),
+        };
+        if let Some(why) = config.access.refuse(&who) {
+            let detail = json!({ "why": why });
+            self.note(player, "denied", format!("denied: {why}"), detail)
+                .await;
+            return Some(format!("§cYou may not start this server:\n§7{why}."));
+        }
+        let limiter = self.route.limiter.as_ref()?;
+        let limited = limiter.attempt(self.peer.ip()).err()?;
+        let wait = Duration::from_secs(limited.retry_after.as_secs().max(1));
+        if limited.first {
+            let why = format!("over the wake rate of {} per address", limiter.rate());
+            let detail = json!({ "why": why, "retry_after_s": wait.as_secs() });
+            self.note(player, "denied", format!("denied: {why}"), detail)
+                .await;
+        } else {
+            info!(player, "Refusing a wake over the wake rate.");
+        }
+        Some(format!(
+            "§eToo many attempts to start the server from your address.\n§7Try again in {}.",
+            humantime::format_duration(wait)
+        ))
+    }
+
+    /// Finishes the login, keeps the client waiting in the configuration phase while the
+    /// service wakes, then transfers it back to this gateway.
+    async fn transfer(
+        self,
+        reader: &mut FrameReader<TcpStream>,
+        start: &LoginStart,
+    ) -> Result<(), End> {
+        let config = &self.route.config;
+        let player = start.name.as_str();
+        let (host, port) = config.public_address.clone().unwrap_or_default();
+        let reason = "held in the configuration phase until the server is ready".to_string();
+        self.note(player, "held", reason, json!({ "strategy": "transfer" }))
+            .await;
+        let waiting = transfer::Waiting {
+            reader,
+            protocol: self.handshake.protocol,
+            peer: self.peer,
+            service: &self.route.service,
+            login: start,
+        };
+        match waiting.run(&host, port).await? {
+            transfer::Outcome::Transferred => {
+                let to = format!("{host}:{port}");
+                let detail = json!({ "to": to });
+                self.note(
+                    player,
+                    "transferred",
+                    format!("transferred to {to}"),
+                    detail,
+                )
+                .await;
+            }
+            transfer::Outcome::Failed(e) => {
+                let detail = json!({ "why": e, "strategy": "transfer" });
+                self.note(player, "kicked", format!("kicked: {e}"), detail)
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     /// A server-list ping: the backend's answer while awake, wakegate's own otherwise.
