@@ -89,6 +89,14 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether a `minecraft` listener of this service writes PROXY headers to the backend
+    /// (then wakegate's own status pings carry one too).
+    pub fn proxy_protocol(&self) -> bool {
+        self.listeners
+            .iter()
+            .any(|l| matches!(l, Listen::Minecraft(m) if m.proxy_protocol))
+    }
+
     /// How often to ask the backend for its players: only behind a `minecraft` listener.
     pub fn player_poll(&self) -> Option<Duration> {
         self.listeners

@@ -29,9 +29,11 @@ pub fn spawn(
 }
 
 /// Asks the backend of an awake Minecraft service how many players are on, every `every`
-/// (first right after the wake), and tells the actor: players count as activity.
+/// (first right after the wake), and tells the actor: players count as activity. With
+/// `proxy`, each ping starts with a PROXY v2 LOCAL header, for a server that requires one.
 pub fn spawn_player_poll(
     every: Duration,
+    proxy: bool,
     service: &ServiceHandle,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
@@ -52,7 +54,16 @@ pub fn spawn_player_poll(
             // everyone already on as joined.
             let mut known: Option<BTreeSet<String>> = Some(BTreeSet::new());
             while let Some(address) = service.status().address {
-                match probe::run(&check, address, None).await {
+                let answer = if proxy {
+                    let header = crate::listener::minecraft::proxy_header::v2_local();
+                    let ping = probe::minecraft_status_after(address, &header);
+                    tokio::time::timeout(check.timeout, ping)
+                        .await
+                        .unwrap_or_else(|_| Err("no answer in time".to_string()))
+                } else {
+                    probe::run(&check, address, None).await
+                };
+                match answer {
                     Ok(answer) => {
                         if let Some(players) = answer.players
                             && service.report_players(players).await.is_err()

@@ -249,6 +249,12 @@ fn packet(id: u8, payload: &[u8]) -> Vec<u8> {
 
 /// A Java edition status ping: handshake (next state 1), status request, status response.
 async fn minecraft_status(address: SocketAddr) -> Result<Answer, String> {
+    minecraft_status_after(address, &[]).await
+}
+
+/// A status ping that writes `prefix` first: a PROXY protocol header for a server that
+/// requires one.
+pub async fn minecraft_status_after(address: SocketAddr, prefix: &[u8]) -> Result<Answer, String> {
     let failed = |e: String| format!("Minecraft status of {address} failed: {e}");
     let mut stream = TcpStream::connect(address)
         .await
@@ -260,7 +266,8 @@ async fn minecraft_status(address: SocketAddr) -> Result<Answer, String> {
     handshake.extend_from_slice(host.as_bytes());
     handshake.extend_from_slice(&address.port().to_be_bytes());
     put_varint(&mut handshake, 1);
-    let mut out = packet(0, &handshake);
+    let mut out = prefix.to_vec();
+    out.extend(packet(0, &handshake));
     out.extend(packet(0, &[]));
     stream
         .write_all(&out)

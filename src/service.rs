@@ -398,7 +398,8 @@ pub fn spawn(
     let span = info_span!("service", service = %service.name);
     crate::health::spawn(&service.health, &handle, tracker, &cancel);
     if let Some(every) = service.player_poll() {
-        crate::health::spawn_player_poll(every, &handle, tracker, &cancel);
+        let proxy = service.proxy_protocol();
+        crate::health::spawn_player_poll(every, proxy, &handle, tracker, &cancel);
     }
     tracker.spawn(actor.run().instrument(span));
     handle

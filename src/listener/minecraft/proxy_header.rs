@@ -9,6 +9,8 @@ pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
 /// Version 2, command PROXY: the connection was relayed for the addresses that follow.
 const PROXY: u8 = 0x21;
+/// Version 2, command LOCAL: the proxy's own connection (a health check), no addresses.
+const LOCAL: u8 = 0x20;
 /// TCP over IPv4, and over IPv6.
 const TCP4: u8 = 0x11;
 const TCP6: u8 = 0x21;
@@ -35,6 +37,14 @@ pub fn v2(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     }
     out.extend_from_slice(&client.port().to_be_bytes());
     out.extend_from_slice(&local.port().to_be_bytes());
+    out
+}
+
+/// The header of wakegate's own connections (its status pings): command LOCAL, family
+/// unspecified, no addresses. The server keeps the connection's real endpoints.
+pub fn v2_local() -> Vec<u8> {
+    let mut out = SIGNATURE.to_vec();
+    out.extend_from_slice(&[LOCAL, 0x00, 0, 0]);
     out
 }
 

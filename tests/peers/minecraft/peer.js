@@ -14,8 +14,8 @@
 //
 // With PROXY_LOG=FILE in its environment, the server expects a PROXY protocol v2 header on
 // each connection (connections without one are let through too, as health checks come
-// without it), parses it and appends {"source": "IP:PORT", "destination": "IP:PORT"} (or
-// {"source": null} for a connection without a header) to FILE, one JSON line each.
+// without it), parses it and appends {"source": "IP:PORT", "destination": "IP:PORT"} to FILE,
+// one JSON line each ({"local": true} for a LOCAL header, {"source": null} for none).
 //
 // The server's status sample names the players in the world, as vanilla servers do.
 // With PEER_LOCAL_PORT=1 a joining player also prints the local port of its (first) connection,
@@ -66,7 +66,7 @@ function proxyHeader (buf) {
   } else if ((verCmd & 0xf) !== 0) {
     throw new Error(`PROXY header command ${verCmd & 0xf}, family ${family}`)
   }
-  return { header: 16 + length, source, destination }
+  return { header: 16 + length, local: (verCmd & 0xf) === 0, source, destination }
 }
 
 if (mode === 'server') {
@@ -100,7 +100,8 @@ if (mode === 'server') {
         if (parsed === undefined) return
         socket.off('data', onData)
         const { appendFileSync } = require('fs')
-        appendFileSync(proxyLog, JSON.stringify(parsed ? { source: parsed.source, destination: parsed.destination } : { source: null }) + '\n')
+        const line = !parsed ? { source: null } : parsed.local ? { local: true } : { source: parsed.source, destination: parsed.destination }
+        appendFileSync(proxyLog, JSON.stringify(line) + '\n')
         const rest = parsed ? buf.subarray(parsed.header) : buf
         const upstream = net.connect(inner, '127.0.0.1', () => {
           upstream.write(rest)
