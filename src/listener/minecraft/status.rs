@@ -278,6 +278,38 @@ mod tests {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn cached_answers_expire_and_are_kept_per_protocol() {
+        let cache = StatusCache::new(Duration::from_secs(2));
+        cache.put(767, "new".into());
+        cache.put(754, "old".into());
+        tokio::time::advance(Duration::from_millis(1900)).await;
+        assert_eq!(cache.get(767).as_deref(), Some("new"));
+        assert_eq!(cache.get(754).as_deref(), Some("old"));
+        assert_eq!(cache.get(47), None);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(cache.get(767), None);
+        cache.put(767, "newer".into());
+        cache.clear();
+        assert_eq!(cache.get(767), None);
+    }
+
+    #[test]
+    fn png_sizes_are_read_and_checked() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minecraft");
+        let icon = load_icon(&dir.join("icon.png")).unwrap();
+        assert!(
+            icon.starts_with("data:image/png;base64,iVBORw0KGgo"),
+            "{icon}"
+        );
+        let small = load_icon(&dir.join("icon-32x32.png")).unwrap_err();
+        assert!(small.contains("32×32"), "{small}");
+        // A PNG whose header was damaged is not taken for one.
+        let mut bytes = std::fs::read(dir.join("icon.png")).unwrap();
+        bytes[20] ^= 1;
+        assert_eq!(png_size(&bytes), None);
+    }
+
     #[test]
     fn motds_are_text_or_json() {
         assert_eq!(Text::parse("§7zzz"), Ok(Text::Plain("§7zzz".into())));
