@@ -287,6 +287,16 @@ pub enum Join {
     Transfer,
 }
 
+impl Join {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Join::Hold => "hold",
+            Join::Kick => "kick",
+            Join::Transfer => "transfer",
+        }
+    }
+}
+
 /// `join = "hold"` or `join = ["transfer", "hold", "kick"]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct JoinList(Vec<Join>);
@@ -1553,7 +1563,7 @@ fn read_minecraft_extras(
         if join[..i].contains(strategy) {
             problems.add(
                 Some(c.join.span()),
-                format!("join strategy `{strategy:?}` is listed twice").to_lowercase(),
+                format!("join strategy `{}` is listed twice", strategy.as_str()),
                 join_hint,
             );
             ok = false;

@@ -578,13 +578,18 @@ async fn the_backend_sees_the_real_client_address_in_a_proxy_v2_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_name_held_and_kicked_players_and_who_joined_and_left() {
     let dir = temp_dir("mc-events");
-    let (one, two) = (free_addr(), free_addr());
+    let (one, two, bind) = (free_addr(), free_addr(), free_addr());
+    // A 1.16.5 client cannot follow a Transfer packet: it is held instead.
+    let transfer_first = format!(
+        "join = [\"transfer\", \"hold\"]\npublic_address = \"127.0.0.1:{}\"",
+        bind.port()
+    );
     let mut services = service(
         "held",
         one,
         &server(one, "held", "1.16.5"),
-        "127.0.0.1:0",
-        "",
+        &bind.to_string(),
+        &transfer_first,
     ) + &service(
         "kicked",
         two,
