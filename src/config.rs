@@ -1053,6 +1053,25 @@ fn read_service(
             "set max_held to at least 1 (the default is 256)",
         );
     }
+    // Behind `proxy_protocol = true` the backend wants a PROXY header on every connection,
+    // wakegate's own status pings included.
+    let proxy = listeners.as_deref().is_some_and(|l| {
+        l.iter()
+            .any(|l| matches!(l, Listen::Minecraft(m) if m.proxy_protocol))
+    });
+    let readiness = readiness.map(|c| Check {
+        proxy_header: proxy,
+        ..c
+    });
+    let health = health.map(|checks| {
+        checks
+            .into_iter()
+            .map(|mut h| {
+                h.check.proxy_header = proxy;
+                h
+            })
+            .collect::<Vec<_>>()
+    });
     Some((
         Service {
             name,
@@ -1219,6 +1238,7 @@ fn read_probe(
     Some(Check {
         probe,
         timeout: c.timeout,
+        proxy_header: false,
     })
 }
 

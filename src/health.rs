@@ -41,6 +41,7 @@ pub fn spawn_player_poll(
     let check = crate::probe::Check {
         probe: crate::probe::Probe::Minecraft,
         timeout: Duration::from_secs(5),
+        proxy_header: proxy,
     };
     let (service, cancel) = (service.clone(), cancel.clone());
     tracker.spawn(async move {
@@ -54,16 +55,7 @@ pub fn spawn_player_poll(
             // everyone already on as joined.
             let mut known: Option<BTreeSet<String>> = Some(BTreeSet::new());
             while let Some(address) = service.status().address {
-                let answer = if proxy {
-                    let header = crate::listener::minecraft::proxy_header::v2_local();
-                    let ping = probe::minecraft_status_after(address, &header);
-                    tokio::time::timeout(check.timeout, ping)
-                        .await
-                        .unwrap_or_else(|_| Err("no answer in time".to_string()))
-                } else {
-                    probe::run(&check, address, None).await
-                };
-                match answer {
+                match probe::run(&check, address, None).await {
                     Ok(answer) => {
                         if let Some(players) = answer.players
                             && service.report_players(players).await.is_err()

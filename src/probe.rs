@@ -42,6 +42,9 @@ pub enum Probe {
 pub struct Check {
     pub probe: Probe,
     pub timeout: Duration,
+    /// Start a Minecraft status ping with a PROXY v2 LOCAL header: the backend sits behind a
+    /// `minecraft` listener with `proxy_protocol = true` and refuses connections without one.
+    pub proxy_header: bool,
 }
 
 impl Default for Check {
@@ -49,6 +52,7 @@ impl Default for Check {
         Check {
             probe: Probe::Tcp,
             timeout: Duration::from_secs(2),
+            proxy_header: false,
         }
     }
 }
@@ -126,6 +130,10 @@ pub async fn run(
                     body_contains.as_deref(),
                 )
                 .await
+            }
+            Probe::Minecraft if check.proxy_header => {
+                let header = crate::listener::minecraft::proxy_header::v2_local();
+                minecraft_status_after(address, &header).await
             }
             Probe::Minecraft => minecraft_status(address).await,
             Probe::LogLine(pattern) => match log {
@@ -254,7 +262,7 @@ async fn minecraft_status(address: SocketAddr) -> Result<Answer, String> {
 
 /// A status ping that writes `prefix` first: a PROXY protocol header for a server that
 /// requires one.
-pub async fn minecraft_status_after(address: SocketAddr, prefix: &[u8]) -> Result<Answer, String> {
+async fn minecraft_status_after(address: SocketAddr, prefix: &[u8]) -> Result<Answer, String> {
     let failed = |e: String| format!("Minecraft status of {address} failed: {e}");
     let mut stream = TcpStream::connect(address)
         .await

@@ -526,6 +526,10 @@ async fn the_backend_sees_the_real_client_address_in_a_proxy_v2_header() {
         "idle_timeout = \"1m\"",
         "idle_timeout = \"1m\"\nplayer_poll = \"100ms\"",
     );
+    // Readiness and a health check by status ping: they must carry a header too.
+    services.push_str(
+        "[service.readiness]\ntype = \"minecraft\"\n[[service.health]]\ntype = \"minecraft\"\ninterval = \"100ms\"\naction = \"notify\"\n",
+    );
     services = services.replace(
         "stop_timeout = \"5s\"",
         &format!(
@@ -547,7 +551,8 @@ async fn the_backend_sees_the_real_client_address_in_a_proxy_v2_header() {
     .await;
     assert_eq!(joined["joined"], true, "{joined}");
     let client_port = joined["localPort"].as_u64().unwrap();
-    // wakegate's own status pings (player_poll) get through too, with a LOCAL header.
+    // wakegate's own status pings (readiness, health, player_poll) get through too, with a
+    // LOCAL header.
     let mut status = smp.watch();
     tokio::time::timeout(DEADLINE, status.wait_for(|s| s.players.is_some()))
         .await
