@@ -23,6 +23,9 @@ const light = process.env.LIGHT === '1'
 const bots = new Map()
 let open = 0
 
+// A reader that went away is no reason for the bots to crash mid-game.
+process.stdout.on('error', () => {})
+
 function print (value) {
   process.stdout.write(JSON.stringify(value) + '\n')
 }

@@ -12,6 +12,14 @@
 // after `stop_timeout` can be seen.
 'use strict'
 
+// On SIGTERM flying-squid saves and quits (exit code 143), as vanilla does; its handler is
+// registered with process.once by exit-hook, some time after start. A hung server ignores it.
+if (process.env.IGNORE_SIGTERM === '1') {
+  process.on('SIGTERM', () => print({ ignored: 'SIGTERM' }))
+  const once = process.once.bind(process)
+  process.once = (event, listener) => event === 'SIGTERM' ? process : once(event, listener)
+}
+
 const mcServer = require('flying-squid')
 
 const [port, version = '1.16.5', motd = 'flying-squid'] = process.argv.slice(2)
@@ -84,20 +92,25 @@ async function run (line) {
   return command()
 }
 
+// flying-squid reads stdin as its own console, where `stop` exits at once and `save-all` is
+// unknown; this file's console replaces it.
+process.stdin.removeAllListeners('data')
+process.stdin.removeAllListeners('end')
+
+// Console lines run one after the other, as on a vanilla server: `save-all` then `stop`
+// saves before it stops.
 let pending = ''
+let queue = Promise.resolve()
 process.stdin.on('data', (chunk) => {
   pending += chunk
   let at
   while ((at = pending.indexOf('\n')) >= 0) {
     const line = pending.slice(0, at)
     pending = pending.slice(at + 1)
-    if (line.trim()) run(line)
+    if (line.trim()) queue = queue.then(() => run(line))
   }
 })
 
 if (process.env.RCON_PORT) {
   require('./rcon_server').listen(Number(process.env.RCON_PORT), process.env.RCON_PASSWORD || '', run, print)
-}
-if (process.env.IGNORE_SIGTERM === '1') {
-  process.on('SIGTERM', () => print({ ignored: 'SIGTERM' }))
 }
