@@ -107,13 +107,16 @@ async fn run() -> anyhow::Result<Figures> {
         gateway.post("sleep").await?;
     }
     progress(&format!(
-        "{COLD_RUNS} boots of a server by hand (launch to `Done`)"
+        "{COLD_RUNS} servers launched by hand, each joined directly as soon as it is `Done`"
     ));
-    let mut boots = Vec::new();
+    let (mut boots, mut first_joins) = (Vec::new(), Vec::new());
     for i in 0..COLD_RUNS {
         let [port] = free_ports()?;
         let (_server, boot) = Squid::start(&dir.0, &peers, &format!("boot{i}"), port).await?;
+        let (ms, bots) = join_once(&peers, port, &format!("First{i}")).await?;
         boots.push(boot.as_secs_f64() * 1e3);
+        first_joins.push(ms);
+        bots.quit().await?;
     }
 
     gateway.wait_state("asleep").await?;
@@ -165,13 +168,15 @@ async fn run() -> anyhow::Result<Figures> {
         progress(&format!("wakegate logged: {problem}"));
     }
 
-    let warm = Pair::of(warm_direct, warm);
-    let direct_join = warm.median_of(&warm.reference);
     Ok(Figures {
         setup: setup(&peers, &python)?,
-        cold: Pair::of(boots.iter().map(|boot| boot + direct_join).collect(), cold),
-        warm,
+        cold: Pair::of(
+            boots.iter().zip(&first_joins).map(|(b, j)| b + j).collect(),
+            cold,
+        ),
+        warm: Pair::of(warm_direct, warm),
         boots,
+        first_joins,
         ping: Pair::of(ping_direct, ping_asleep),
         ping_awake: Pair::of(vec![], ping_awake),
         rss_before,
@@ -504,6 +509,11 @@ fn setup(peers: &Path, python: &Path) -> anyhow::Result<String> {
 // ---------------------------------------------------------------------------------------------
 // The report.
 
+fn list_ms(runs: &[f64]) -> String {
+    let all: Vec<String> = runs.iter().map(|ms| format!("{ms:.0}")).collect();
+    format!("{} ms", all.join(", "))
+}
+
 /// Runs of one figure measured two ways: the reference and wakegate.
 struct Pair {
     reference: Vec<f64>,
@@ -556,6 +566,7 @@ struct Figures {
     warm: Pair,
     cold: Pair,
     boots: Vec<f64>,
+    first_joins: Vec<f64>,
     ping: Pair,
     ping_awake: Pair,
     rss_before: f64,
@@ -608,18 +619,15 @@ impl Figures {
         );
         out += &format!(
             "\njoin, warm: reference = a bot joining the awake server directly; {WARM_RUNS} each, in turns.\n\
-             join, cold: reference = a server launched by hand ({COLD_RUNS} boots, launch to `Done`: {})\n\
-             \x20 plus the median warm direct join; wakegate = a bot joining the sleeping server, held until\n\
-             \x20 it is ready ({COLD_RUNS} runs, the bot's own connect → spawn).\n\
+             join, cold: reference = a server launched by hand, launch to `Done` ({}), plus a bot's\n\
+             \x20 direct join right after ({}; a fresh server's first join is slower than later ones);\n\
+             \x20 wakegate = a bot joining the sleeping server, held until it is ready (connect → spawn).\n\
              status ping: mcstatus, {PINGS} pings each on a new connection; reference = the awake server\n\
              \x20 answering directly; wakegate = wakegate answering for the sleeping server.\n\
              RSS: {CROWD} light bots (no physics, no chunk decoding) in the world through wakegate,\n\
              \x20 started {CROWD_STAGGER_MS} ms apart, all in after {:.0} s; the server itself: {}.\n",
-            self.boots
-                .iter()
-                .map(|b| format!("{b:.0} ms"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            list_ms(&self.boots),
+            list_ms(&self.first_joins),
             self.crowd_seconds,
             self.rss_server
                 .map_or("unknown".into(), |m| format!("{m:.0} MiB RSS")),
