@@ -185,10 +185,19 @@ impl App {
         let api_stop = stop_background.clone();
         let served = router.clone();
         background.spawn(async move {
+            let cut = api_stop.clone();
             let serve = axum::serve(api_socket, served)
                 .with_graceful_shutdown(async move { api_stop.cancelled().await });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "The API server stopped.");
+            // A graceful shutdown of the server waits for every connection, and an event stream
+            // (SSE, WebSocket, an open dashboard) never ends by itself: past a moment they are cut.
+            tokio::select! {
+                result = serve => if let Err(e) = result {
+                    warn!(error = %e, "The API server stopped.");
+                },
+                () = async {
+                    cut.cancelled().await;
+                    tokio::time::sleep(API_DRAIN).await;
+                } => info!("Closed the API's open event streams."),
             }
         });
 
@@ -269,6 +278,9 @@ impl App {
         info!("Stopped.");
     }
 }
+
+/// How long API requests in flight may finish once wakegate stops; event streams are cut then.
+const API_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs the gateway until SIGINT or SIGTERM. A second signal ends a shutdown that takes too
 /// long; what still runs is found again by the next start.

@@ -198,6 +198,8 @@ pub struct Process {
     pub stop: StopMethod,
     pub stop_timeout: Duration,
     pub on_shutdown: OnShutdown,
+    /// Ask the server to `save-all` before the stop (by stdin or RCON; never with a signal).
+    pub save_all: bool,
 }
 
 /// How a `process` backend is asked to stop before it is killed.
@@ -207,6 +209,17 @@ pub enum StopMethod {
     Stdin(String),
     /// Send this signal (by number).
     Signal(i32),
+    /// Send a command over RCON (Minecraft's remote console): works for an adopted process too.
+    Rcon(Rcon),
+}
+
+/// Where a server's RCON listens, and what to send there to stop it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rcon {
+    pub address: String,
+    pub password: Secret,
+    /// The stop command (`stop_command`, default `stop`).
+    pub command: String,
 }
 
 /// What a graceful shutdown of wakegate does to a running `process` child.
@@ -471,6 +484,16 @@ struct ProcessConfig {
     stop_timeout: Duration,
     #[serde(default = "default_on_shutdown")]
     on_shutdown: OnShutdown,
+    rcon: Option<Spanned<RconConfig>>,
+    save_all: Option<Spanned<bool>>,
+}
+
+/// `[service.backend.rcon]` of a `process` backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RconConfig {
+    address: Spanned<String>,
+    password: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1366,7 +1389,30 @@ fn read_backend(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opt
                     "give the program and its arguments, e.g. [\"java\", \"-jar\", \"server.jar\", \"nogui\"]",
                 );
             }
+            let rcon = c.rcon.map(|rcon| {
+                let command = c.stop_command.clone().unwrap_or_else(|| "stop".into());
+                (rcon.span(), read_rcon(rcon.into_inner(), command, problems))
+            });
+            if let (Some((span, _)), Some(_)) = (&rcon, &c.stop_signal) {
+                problems.add(
+                    Some(span.clone()),
+                    "both `rcon` and `stop_signal` are set",
+                    "RCON sends `stop_command` (default \"stop\"); remove `stop_signal`",
+                );
+            }
+            let save_all = c.save_all.map(|s| (s.span(), *s.get_ref()));
+            if let Some((span, true)) = &save_all
+                && rcon.is_none()
+                && c.stop_command.is_none()
+            {
+                problems.add(
+                    Some(span.clone()),
+                    "`save_all` needs a way to send the server commands",
+                    "add `stop_command = \"stop\"` (commands on its stdin) or a [service.backend.rcon] table; a signal cannot ask it to save",
+                );
+            }
             let stop = match (c.stop_command, c.stop_signal) {
+                _ if rcon.is_some() => None,
                 (Some(_), Some(signal)) => {
                     problems.add(
                         Some(signal.span()),
@@ -1389,6 +1435,10 @@ fn read_backend(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opt
                 },
                 (None, None) => Some(StopMethod::Signal(SIGTERM)),
             };
+            let stop = match rcon {
+                Some((_, rcon)) => rcon.map(StopMethod::Rcon),
+                None => stop,
+            };
             Some(Backend::Process(Process {
                 command: c.command.into_inner(),
                 cwd: c.cwd,
@@ -1397,6 +1447,7 @@ fn read_backend(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opt
                 stop: stop?,
                 stop_timeout: c.stop_timeout,
                 on_shutdown: c.on_shutdown,
+                save_all: save_all.is_some_and(|(_, on)| on),
             }))
         }
         other => {
@@ -1411,6 +1462,46 @@ fn read_backend(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opt
 }
 
 const SIGTERM: i32 = 15;
+
+/// `[service.backend.rcon]`: a `host:port` and a password that must not be empty (Minecraft
+/// refuses RCON without one). The password is a secret: it is never printed back.
+fn read_rcon(c: RconConfig, command: String, problems: &mut Problems<'_>) -> Option<Rcon> {
+    let text = c.address.get_ref();
+    let address_ok = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !address_ok {
+        problems.add(
+            Some(c.address.span()),
+            format!("RCON address `{text}` is not host:port"),
+            "write where the server's RCON listens (`rcon.port` in server.properties), e.g. \"127.0.0.1:25575\"",
+        );
+    }
+    let password = match expand(c.password.get_ref()) {
+        Ok(password) if password.expose().is_empty() => {
+            problems.add(
+                Some(c.password.span()),
+                "the RCON password is empty",
+                "set `rcon.password` in server.properties and give it here as \"${MC_RCON_PASSWORD}\"; a Minecraft server refuses RCON without one",
+            );
+            None
+        }
+        Ok(password) => Some(password),
+        Err(var) => {
+            problems.add(
+                Some(c.password.span()),
+                format!("environment variable `{var}` is not set"),
+                "export it before starting wakegate; it holds the server's `rcon.password`",
+            );
+            None
+        }
+    };
+    Some(Rcon {
+        address: address_ok.then(|| c.address.into_inner())?,
+        password: password?,
+        command,
+    })
+}
 
 fn signal_number(name: &str) -> Option<i32> {
     let name = name.trim().to_ascii_uppercase();

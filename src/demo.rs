@@ -51,6 +51,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
                 stop: StopMethod::Signal(15),
                 stop_timeout: Duration::from_secs(10),
                 on_shutdown: OnShutdown::Stop,
+                save_all: false,
             }),
             listeners: vec![config::Listen::Tcp { bind: listen }],
             readiness: Default::default(),

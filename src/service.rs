@@ -1187,6 +1187,7 @@ impl Actor {
             .core
             .serve_while(self.backend.stop(), None, &self.cancel)
             .await;
+        self.record_backend_notes();
         let mut detail = json!({ "duration_ms": started.elapsed().as_millis() as u64 });
         if let Outcome::Done(Err(e)) = &cleanup {
             detail["cleanup_error"] = json!(e.to_string());
@@ -1412,6 +1413,7 @@ impl Actor {
             Outcome::Done(result) => result,
             _ => return Flow::Exit,
         };
+        self.record_backend_notes();
         match result {
             Ok(()) => {
                 self.stop_retry = None;
@@ -1444,10 +1446,20 @@ impl Actor {
         Flow::Continue
     }
 
+    /// Records what the backend noted during its last action (a save, a fallback to a signal).
+    fn record_backend_notes(&mut self) {
+        for note in self.backend.take_notes() {
+            self.core
+                .emit(note.kind, note.reason, serde_json::Value::Null);
+        }
+    }
+
     /// wakegate is shutting down: release held clients and let the backend decide.
     async fn shutdown(&mut self) {
         self.core.answer_all(|_| Err(ConnectError::ShuttingDown));
-        match self.backend.shutdown().await {
+        let stopped = self.backend.shutdown().await;
+        self.record_backend_notes();
+        match stopped {
             Ok(true) => self.core.transition(
                 State::Asleep,
                 "wakegate shut down and stopped the backend".into(),

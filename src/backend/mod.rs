@@ -4,6 +4,7 @@
 mod exec;
 mod pidfd;
 mod process;
+pub mod rcon;
 
 use std::path::Path;
 
@@ -30,6 +31,14 @@ pub struct Exit {
     pub status: String,
     /// The last lines of its output, oldest first.
     pub log_tail: String,
+}
+
+/// Something a backend did or met inside an action that went on anyway (a save before a stop,
+/// a stop that fell back to a signal); the service records each as an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub kind: crate::event::Kind,
+    pub reason: String,
 }
 
 /// Why a backend action failed. Each message says what to look at next.
@@ -92,6 +101,11 @@ pub trait Backend: Send {
     /// The file the server's output goes to, for readiness by a log line.
     fn log_file(&self) -> Option<&std::path::Path> {
         None
+    }
+
+    /// The notes gathered since the last call, oldest first (asked after each stop).
+    fn take_notes(&mut self) -> Vec<Note> {
+        Vec::new()
     }
 
     /// Called once when wakegate shuts down gracefully; returns whether the server was stopped.

@@ -5,6 +5,11 @@
 //! again; the start time and command line must still match, so a reused pid is never adopted.
 //! An exit is noticed at once: `wait()` on our own child, a pidfd for an adopted one. The child
 //! leads its own process group, and stop signals go to the whole group.
+//!
+//! A Minecraft server is best stopped by its own `stop` command, on stdin or over RCON
+//! (which also reaches an adopted server), after an optional `save-all`. When that way fails
+//! the server gets SIGTERM, and SIGKILL after `stop_timeout`; each step is a note the service
+//! records as an event.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -19,8 +24,10 @@ use tokio::process::{Child, ChildStdin, Command};
 use tracing::{info, warn};
 
 use super::pidfd::ExitWatch;
-use super::{Backend, BackendError, Exit, Status, describe_exit, tail_of_file};
-use crate::config::{OnShutdown, Process, StopMethod};
+use super::rcon::{Rcon, RconError};
+use super::{Backend, BackendError, Exit, Note, Status, describe_exit, tail_of_file};
+use crate::config::{self, OnShutdown, Process, StopMethod};
+use crate::event::Kind;
 
 const LOG_TAIL_LINES: usize = 15;
 
@@ -30,6 +37,7 @@ pub struct ProcessBackend {
     log_path: PathBuf,
     pid_path: PathBuf,
     running: Option<Running>,
+    notes: Vec<Note>,
 }
 
 enum Running {
@@ -66,7 +74,12 @@ impl ProcessBackend {
             log_path: data_dir.join(format!("{service}.log")),
             pid_path: data_dir.join(format!("{service}.pid")),
             running: None,
+            notes: Vec::new(),
         }
+    }
+
+    fn note(&mut self, kind: Kind, reason: String) {
+        self.notes.push(Note { kind, reason });
     }
 
     fn spawn(&mut self) -> Result<(), BackendError> {
@@ -95,7 +108,7 @@ impl ProcessBackend {
             .envs(self.config.env.iter().map(|(k, v)| (k, v.expose())))
             .stdin(match self.config.stop {
                 StopMethod::Stdin(_) => Stdio::piped(),
-                StopMethod::Signal(_) => Stdio::null(),
+                StopMethod::Signal(_) | StopMethod::Rcon(_) => Stdio::null(),
             })
             .stdout(log)
             .stderr(stderr)
@@ -185,8 +198,16 @@ impl ProcessBackend {
             },
         ) = (&self.config.stop, &mut *running)
         {
+            // A server reads its console in order: the save is done before the stop begins.
+            let save = if self.config.save_all {
+                "save-all\n"
+            } else {
+                ""
+            };
             let sent = async {
-                stdin.write_all(format!("{line}\n").as_bytes()).await?;
+                stdin
+                    .write_all(format!("{save}{line}\n").as_bytes())
+                    .await?;
                 stdin.flush().await
             }
             .await;
@@ -197,12 +218,57 @@ impl ProcessBackend {
                 }
             }
         }
+        if let StopMethod::Rcon(rcon) = &self.config.stop {
+            let rcon = rcon.clone();
+            let timeout = self.config.stop_timeout;
+            let session = tokio::time::timeout(timeout, self.stop_over_rcon(&rcon)).await;
+            let error = match session {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(_) => RconError::TimedOut {
+                    address: rcon.address.clone(),
+                    timeout,
+                },
+            };
+            warn!(service = %self.service, error = %error, "Cannot stop the server over RCON; sending SIGTERM instead.");
+            self.note(
+                Kind::Warning,
+                format!("the stop over RCON failed: {error}; sent SIGTERM instead"),
+            );
+        }
         let signal = match self.config.stop {
             StopMethod::Signal(n) => Signal::from_named_raw(n).unwrap_or(Signal::TERM),
-            StopMethod::Stdin(_) => Signal::TERM,
+            StopMethod::Stdin(_) | StopMethod::Rcon(_) => Signal::TERM,
         };
         // The whole group: a wrapper script that did not `exec` the server must not leave it.
         let _ = kill_process_group(pid, signal);
+    }
+
+    /// Logs in over RCON, saves first if configured, and sends the stop command.
+    async fn stop_over_rcon(&mut self, rcon: &config::Rcon) -> Result<(), RconError> {
+        let mut session = Rcon::login(&rcon.address, &rcon.password).await?;
+        if self.config.save_all {
+            let answer = session.command("save-all").await?;
+            info!(service = %self.service, answer = %answer.trim(), "The server saved its world (save-all over RCON).");
+            self.note(
+                Kind::Progress,
+                format!(
+                    "the server saved its world (save-all over RCON{})",
+                    quoted(&answer)
+                ),
+            );
+        }
+        match session.command(&rcon.command).await {
+            // A server that stops may close the connection before it answers.
+            Ok(_) | Err(RconError::Closed { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        info!(service = %self.service, command = %rcon.command, "Asked the server to stop over RCON.");
+        self.note(
+            Kind::Progress,
+            format!("asked the server to stop (`{}` over RCON)", rcon.command),
+        );
+        Ok(())
     }
 }
 
@@ -228,14 +294,23 @@ impl Backend for ProcessBackend {
             Ok(exit) => exit,
             Err(_) => {
                 let pid = self.running.as_ref().map(Running::pid);
-                warn!(service = %self.service, timeout = %humantime::format_duration(self.config.stop_timeout), "The process did not stop in time; killing it.");
+                let timeout = humantime::format_duration(self.config.stop_timeout);
+                warn!(service = %self.service, timeout = %timeout, "The process did not stop in time; killing it.");
                 if let Some(pid) = pid {
                     let _ = kill_process_group(pid, Signal::KILL);
                 }
+                self.note(
+                    Kind::Warning,
+                    format!("the process did not stop within {timeout} (stop_timeout); killed it"),
+                );
                 self.wait_exit().await
             }
         };
         info!(service = %self.service, status = %exit.status, "Process stopped.");
+        self.note(
+            Kind::Progress,
+            format!("the process exited with {}", exit.status),
+        );
         Ok(())
     }
 
@@ -263,6 +338,10 @@ impl Backend for ProcessBackend {
         Some(&self.log_path)
     }
 
+    fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
+    }
+
     async fn exited(&mut self) -> Exit {
         if self.running.is_none() {
             return std::future::pending().await;
@@ -287,6 +366,16 @@ impl Backend for ProcessBackend {
             }
         }
     }
+}
+
+/// `: "answer"` for a server's short answer, or nothing when it said nothing.
+fn quoted(answer: &str) -> String {
+    let answer = answer.trim();
+    if answer.is_empty() {
+        return String::new();
+    }
+    let short: String = answer.chars().take(120).collect();
+    format!(": \"{short}\"")
 }
 
 /// The kernel's start time of a process (field 22 of /proc/PID/stat), to tell a reused pid.
