@@ -75,13 +75,14 @@ pub struct Routes {
 }
 
 impl Routes {
-    /// The default is the route marked `default`, else one without hostnames, else the only one.
+    /// The default is the route marked `default`, else one without hostnames. Unlike a
+    /// Minecraft client, a browser always names the site: a service that lists hostnames
+    /// gets only those, even alone on its socket, unless it says `default = true`.
     pub fn new(routes: Vec<Route>) -> Routes {
         let default = routes
             .iter()
             .position(|r| r.config.default)
-            .or_else(|| routes.iter().position(|r| r.config.hostnames.is_empty()))
-            .or((routes.len() == 1).then_some(0));
+            .or_else(|| routes.iter().position(|r| r.config.hostnames.is_empty()));
         Routes { routes, default }
     }
 
