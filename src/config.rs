@@ -1555,6 +1555,7 @@ fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Option<Http> {
             && plain
                 .chars()
                 .all(|ch| ch.is_alphanumeric() || matches!(ch, '.' | '-' | '_'))
+            && plain.split('.').all(|label| !label.is_empty())
             && (plain.len() == host.len() || plain.contains('.'));
         if !valid {
             problems.add(
