@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
 use wakegate::app::App;
 use wakegate::event::{Kind, State};
 
@@ -76,42 +79,95 @@ async fn get(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)])
 }
 
 /// A small web server that answers every request with its name, what was asked and the
-/// forwarding headers it got.
-async fn named_backend(name: &'static str) -> SocketAddr {
+/// forwarding headers it got; `/slow` answers after two seconds and `/ws` is a WebSocket echo.
+/// It stops, connections and all, when the returned token is cancelled.
+async fn stoppable_backend(name: &'static str) -> (SocketAddr, CancellationToken) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+            let (stream, _) = tokio::select! {
+                () = stopped.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => return,
+                },
             };
+            let stopped = stopped.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<_>| async move {
-                    let header = |n: &str| {
-                        req.headers()
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("-")
-                            .to_string()
-                    };
-                    let body = format!(
-                        "{name} {} {} forwarded-host={} proto={}",
-                        req.method(),
-                        req.uri().path(),
-                        header("x-forwarded-host"),
-                        header("x-forwarded-proto"),
-                    );
-                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                        Bytes::from(body),
-                    )))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let service = hyper::service::service_fn(move |req| answer(name, req));
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    () = stopped.cancelled() => {}
+                }
             });
         }
     });
-    addr
+    (addr, stop)
+}
+
+async fn named_backend(name: &'static str) -> SocketAddr {
+    stoppable_backend(name).await.0
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn answer(
+    name: &'static str,
+    mut req: Request<hyper::body::Incoming>,
+) -> Result<Response<TestBody>, std::convert::Infallible> {
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let text = format!(
+        "{name} {} {} forwarded-host={} proto={}",
+        req.method(),
+        req.uri().path(),
+        header("x-forwarded-host"),
+        header("x-forwarded-proto"),
+    );
+    match req.uri().path() {
+        "/slow" => tokio::time::sleep(Duration::from_secs(2)).await,
+        "/ws" => {
+            let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
+            let accept = tungstenite::handshake::derive_accept_key(&key);
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let upgraded = upgrade.await.unwrap();
+                let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(message)) = socket.next().await {
+                    if message.is_text() && socket.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", accept)
+                .body(Empty::new().boxed())
+                .unwrap());
+        }
+        _ => {}
+    }
+    Ok(Response::new(
+        http_body_util::Full::new(Bytes::from(text)).boxed(),
+    ))
 }
 
 /// An exec service in front of an always-running backend: waking is instant.
@@ -583,5 +639,156 @@ async fn tls_picks_each_services_certificate_by_sni_and_plain_http_redirects() {
             secure.port()
         ))
         .unwrap()
+    );
+}
+
+/// When the service was last put to sleep for being idle, if it was.
+fn stopping_times(app: &App, service: &str) -> Vec<std::time::SystemTime> {
+    app.store()
+        .events(0, Some(service), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == Kind::Transition && e.state == State::Stopping)
+        .map(|e| e.time)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
+    init_logs();
+    let dir = temp_dir("http-inflight");
+    let backend = named_backend("slow").await;
+    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
+    let services = exec_service("slow", backend, listen).replace("\"10m\"", "\"500ms\"");
+    let app = start(&dir, &services).await;
+    let service = app.service("slow").unwrap().clone();
+    let addr = app.listen_addr("slow").unwrap();
+
+    // Two seconds in flight, four idle timeouts long.
+    let answer = get(addr, "slow.test", "/slow", &[]).await;
+    let answered = std::time::SystemTime::now();
+    let stopped_while_in_flight = stopping_times(&app, "slow");
+    wait_state(&service, State::Asleep).await;
+    let stops = stopping_times(&app, "slow");
+    app.shutdown().await;
+
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert!(
+        stopped_while_in_flight.is_empty(),
+        "stopped with a request in flight"
+    );
+    assert_eq!(stops.len(), 1);
+    assert!(stops[0] >= answered, "the idle stop came before the answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_websocket_keeps_the_service_awake() {
+    init_logs();
+    let dir = temp_dir("http-websocket");
+    let backend = named_backend("chat").await;
+    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
+    let services = exec_service("chat", backend, listen).replace("\"10m\"", "\"500ms\"");
+    let app = start(&dir, &services).await;
+    let service = app.service("chat").unwrap().clone();
+    let addr = app.listen_addr("chat").unwrap();
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://chat.test/ws", tcp)
+        .await
+        .unwrap();
+    socket
+        .send(tungstenite::Message::text("hello"))
+        .await
+        .unwrap();
+    let first = socket.next().await.unwrap().unwrap();
+    // The scenario itself: the socket stays open, quiet, for four idle timeouts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state_while_open = service.status().state;
+    socket
+        .send(tungstenite::Message::text("still here"))
+        .await
+        .unwrap();
+    let second = socket.next().await.unwrap().unwrap();
+    socket.close(None).await.unwrap();
+    // The closing handshake, then the connection goes.
+    while let Some(Ok(_)) = socket.next().await {}
+    drop(socket);
+    let closed = std::time::SystemTime::now();
+    wait_state(&service, State::Asleep).await;
+    let stops = stopping_times(&app, "chat");
+    app.shutdown().await;
+
+    assert_eq!(first.into_text().unwrap(), "hello");
+    assert_eq!(second.into_text().unwrap(), "still here");
+    assert_eq!(state_while_open, State::Awake);
+    assert_eq!(stops.len(), 1);
+    assert!(
+        stops[0] >= closed,
+        "the idle stop came while the socket was open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_vanishes_gives_502_and_a_readiness_check() {
+    init_logs();
+    let dir = temp_dir("http-vanish");
+    let (backend, stop) = stoppable_backend("gone").await;
+    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
+    let services = exec_service("gone", backend, listen).replace(
+        "idle_timeout = \"10m\"",
+        "idle_timeout = \"10m\"\nwake_timeout = \"2s\"",
+    );
+    let app = start(&dir, &services).await;
+    let service = app.service("gone").unwrap().clone();
+    let mut events = service.subscribe();
+    let addr = app.listen_addr("gone").unwrap();
+
+    let before = get(addr, "gone.test", "/", &[]).await;
+    stop.cancel();
+    let after = get(addr, "gone.test", "/", &[]).await;
+    let seen = events_until(&mut events, |e| e.kind == Kind::Warning).await;
+    app.shutdown().await;
+
+    assert_eq!(before.status, StatusCode::OK);
+    assert_eq!(after.status, StatusCode::BAD_GATEWAY, "{after:?}");
+    let warning = seen.last().unwrap();
+    assert!(
+        warning.reason.contains("stopped answering HTTP requests"),
+        "{warning:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_template_file_replaces_the_built_in_page() {
+    init_logs();
+    let dir = temp_dir("http-template");
+    let template = dir.join("waiting.html");
+    std::fs::write(
+        &template,
+        "<!doctype html><title>{{service}}</title><p id=s>{{state}}</p><script src=\"{{base}}/events\"></script>",
+    )
+    .unwrap();
+    let backend = free_addr();
+    let listen = format!(
+        "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nstrategy = \"page\"\npage = {template:?}\n"
+    );
+    let app = start(&dir, &demo_service("shop", backend, "1s", &listen)).await;
+    let service = app.service("shop").unwrap().clone();
+    wait_state(&service, State::Asleep).await;
+    let addr = app.listen_addr("shop").unwrap();
+    // strategy = "page": even a client that does not ask for HTML gets the page.
+    let page = get(addr, "shop.test", "/", &[("accept", "*/*")]).await;
+    wait_state(&service, State::Awake).await;
+    app.shutdown().await;
+
+    assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        page.body
+            .starts_with("<!doctype html><title>shop</title><p id=s>")
+            && page
+                .body
+                .ends_with("<script src=\"/.wakegate/events\"></script>"),
+        "{}",
+        page.body
     );
 }
