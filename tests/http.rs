@@ -607,6 +607,8 @@ async fn tls_picks_each_services_certificate_by_sni_and_plain_http_redirects() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    let mut h2_config = config.clone();
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let shown = async |host: &str| {
         let tcp = TcpStream::connect(secure).await.unwrap();
@@ -619,7 +621,31 @@ async fn tls_picks_each_services_certificate_by_sni_and_plain_http_redirects() {
     let a_answer = request(secure, "a.example.test", "/x", &[], Some(&connector)).await;
     let b_answer = request(secure, "b.example.test", "/y", &[], Some(&connector)).await;
     let redirected = get(plain, "a.example.test", "/path?q=1", &[]).await;
+    // HTTP/2 over TLS, chosen by ALPN.
+    let tcp = TcpStream::connect(secure).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("b.example.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(h2_config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let req = Request::get("https://b.example.test/h2")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let h2_answer = h2.send_request(req).await.unwrap();
+    let h2_version = h2_answer.version();
+    let h2_body = h2_answer.into_body().collect().await.unwrap().to_bytes();
     app.shutdown().await;
+
+    assert_eq!(h2_version, hyper::Version::HTTP_2);
+    assert_eq!(
+        h2_body,
+        "b GET /h2 forwarded-host=b.example.test proto=https"
+    );
 
     assert_eq!(a_shown, a_der);
     assert_eq!(b_shown, b_der);
