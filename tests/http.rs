@@ -298,6 +298,13 @@ async fn a_browser_sees_the_waiting_page_and_lands_on_the_app_by_itself() {
         .output();
     let run = tokio::time::timeout(Duration::from_secs(120), browser).await;
     let state = service.status().state;
+    let awake_at = app
+        .store()
+        .events(0, Some("blog"), 100)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == Kind::Transition && e.state == State::Awake)
+        .map(|e| e.time);
     app.shutdown().await;
 
     let output = run
@@ -312,6 +319,21 @@ async fn a_browser_sees_the_waiting_page_and_lands_on_the_app_by_itself() {
     );
     println!("{stdout}");
     assert_eq!(state, State::Awake);
+    // How long after the service became awake the browser had the app: printed, not
+    // asserted (a figure for people, not a timing target).
+    let awake_at = awake_at.expect("no transition to awake was recorded");
+    if let Some(ms) = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("app-answered-at-ms "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        let answered = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let after = answered.duration_since(awake_at).unwrap_or_default();
+        println!(
+            "The browser had the app {} ms after the service was awake.",
+            after.as_millis()
+        );
+    }
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 5_000);
 }

@@ -35,8 +35,11 @@ async function main(browser) {
     if (['http:', 'https:'].includes(url.protocol) && url.host !== new URL(siteUrl).host) foreign.push(r.url());
   });
   const states = [];
+  let appAt = null;
   page.on('response', (r) => {
-    if (new URL(r.url()).pathname === new URL(siteUrl).pathname) states.push(r.status());
+    if (new URL(r.url()).pathname !== new URL(siteUrl).pathname) return;
+    states.push(r.status());
+    if (r.status() === 200 && appAt === null) appAt = Date.now();
   });
 
   step = 'opening the sleeping site';
@@ -62,6 +65,8 @@ async function main(browser) {
   const url = page.url();
   if (url !== siteUrl) throw new Error(`the browser ended on ${url}, not ${siteUrl}`);
   note(`landed on the app at ${url}; answers seen for the page: ${states.join(', ')}`);
+  // For the test, which knows when the service became awake: the app's answer arrived then.
+  console.log(`app-answered-at-ms ${appAt}`);
   const app = screenshot.replace(/(\.png)?$/, '-app.png');
   await page.screenshot({ path: app, fullPage: true });
   note(`screenshots: ${screenshot}, ${app}`);
