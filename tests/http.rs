@@ -529,7 +529,14 @@ async fn the_waiting_page_and_its_event_stream_need_no_token() {
     while !seen.contains("\"state\":\"awake\"") {
         seen.push_str(&next_chunk().await);
     }
+    let metrics = wakegate::metrics::render(app.services());
     app.shutdown().await;
+
+    // The page's wake is a client's, not the API's.
+    assert!(
+        metrics.contains("wakegate_wakes_total{service=\"docs\",trigger=\"client\"} 1"),
+        "{metrics}"
+    );
 
     assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(page.headers["cache-control"], "no-store");

@@ -319,7 +319,7 @@ impl Server {
                 request.method(),
                 request.uri().path()
             );
-            return match service.wake(&by).await {
+            return match service.wake_for_client(&by).await {
                 Ok(Ok(_)) => {
                     let view = page::View::of(service, &self.store);
                     let template = route.config.page.as_deref().unwrap_or(page::BUILT_IN);
