@@ -319,19 +319,23 @@ impl Server {
                 request.method(),
                 request.uri().path()
             );
-            return match service.wake_for_client(&by).await {
+            match service.wake_for_client(&by).await {
+                // It became awake meanwhile: the app rather than a page that would reload.
+                Ok(Ok(State::Awake)) => {}
                 Ok(Ok(_)) => {
                     let view = page::View::of(service, &self.store);
                     let template = route.config.page.as_deref().unwrap_or(page::BUILT_IN);
                     let html = page::render(template, service.name(), &view);
-                    page::page(html, retry_after(view.eta))
+                    return page::page(html, retry_after(view.eta));
                 }
-                Ok(Err(denied)) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("{} cannot start now: {denied}\n", service.name()),
-                ),
-                Err(gone) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{gone}\n")),
-            };
+                Ok(Err(denied)) => {
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{} cannot start now: {denied}\n", service.name()),
+                    );
+                }
+                Err(gone) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{gone}\n")),
+            }
         }
         let timeout = route.config.block_timeout;
         let ticket = match tokio::time::timeout(timeout, service.connect(peer)).await {
