@@ -847,3 +847,38 @@ async fn a_page_template_file_replaces_the_built_in_page() {
         page.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_ends_open_websockets_after_the_grace_period() {
+    init_logs();
+    let dir = temp_dir("http-shutdown");
+    let backend = named_backend("live").await;
+    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
+    let app = start(&dir, &exec_service("live", backend, listen)).await;
+    let addr = app.listen_addr("live").unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async("ws://live.test/ws", tcp)
+        .await
+        .unwrap();
+    socket.send(tungstenite::Message::text("hi")).await.unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap().into_text().unwrap(),
+        "hi"
+    );
+
+    // shutdown_grace is 2 s in the tests' gateway config: the socket is open that long, then cut.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(DEADLINE, app.shutdown())
+        .await
+        .expect("the shutdown waited past the grace period for an open WebSocket");
+    let took = started.elapsed();
+    let after = tokio::time::timeout(DEADLINE, socket.next()).await.unwrap();
+    assert!(
+        !matches!(after, Some(Ok(tungstenite::Message::Text(_)))),
+        "the WebSocket is still open after the shutdown: {after:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "the grace period was not given: {took:?}"
+    );
+}

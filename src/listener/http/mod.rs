@@ -282,7 +282,7 @@ impl Server {
     ) -> Response<Body> {
         let host = request_host(&request);
         let Some((index, route)) = self.find(&host) else {
-            info!(host, "No service has this host name.");
+            debug!(host, "No service has this host name.");
             return text(
                 StatusCode::NOT_FOUND,
                 format!("No site named `{host}` is served here.\n"),
