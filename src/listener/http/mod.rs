@@ -338,7 +338,12 @@ impl Server {
             }
         }
         let timeout = route.config.block_timeout;
-        let ticket = match tokio::time::timeout(timeout, service.connect(peer)).await {
+        // An HTTP/2 request runs in a task of its own: it must not outlive the grace period.
+        let held = tokio::select! {
+            held = tokio::time::timeout(timeout, service.connect(peer)) => held,
+            () = self.connections.close_all.cancelled() => Ok(Err(ConnectError::ShuttingDown)),
+        };
+        let ticket = match held {
             Ok(Ok(ticket)) => ticket,
             Ok(Err(ConnectError::WakeFailed(_))) => {
                 // The reason is in the events; a visitor learns only that it failed.
