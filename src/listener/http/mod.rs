@@ -657,6 +657,63 @@ mod tests {
         assert_eq!(request_host(&h2), "h2.example.com");
     }
 
+    fn http(paths: &[&str], agents: &[&str]) -> Http {
+        Http {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            hostnames: Vec::new(),
+            default: false,
+            strategy: Strategy::Auto,
+            block_timeout: Duration::from_secs(30),
+            tls: None,
+            redirect_https: None,
+            page: None,
+            ignore_paths: paths.iter().map(|p| p.to_string()).collect(),
+            ignore_user_agents: agents.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn ignored_paths_are_exact_or_prefixes_and_agents_any_case() {
+        let config = http(&["/robots.txt", "/status/*"], &["kube-probe", "googlebot"]);
+        let request = |path: &str, agent: &str| {
+            Request::builder()
+                .uri(path)
+                .header(USER_AGENT, agent)
+                .body(())
+                .unwrap()
+        };
+        assert!(ignored(&config, &request("/robots.txt", "curl")));
+        assert!(!ignored(&config, &request("/robots.txt.bak", "curl")));
+        assert!(ignored(&config, &request("/status/db", "curl")));
+        assert!(ignored(&config, &request("/status/", "curl")));
+        assert!(!ignored(&config, &request("/status", "curl")));
+        assert!(ignored(&config, &request("/", "kube-probe/1.29")));
+        assert!(ignored(
+            &config,
+            &request("/", "Mozilla/5.0 (compatible; Googlebot/2.1)")
+        ));
+        assert!(!ignored(
+            &config,
+            &request("/", "Mozilla/5.0 Firefox/130.0")
+        ));
+    }
+
+    #[test]
+    fn the_page_escapes_what_it_shows() {
+        let view = page::View {
+            state: State::Waking,
+            step: None,
+            elapsed: Duration::from_millis(1500),
+            eta: None,
+        };
+        let html = page::render(
+            "{{service}}|{{state}}|{{eta_seconds}}|{{elapsed_seconds}}|{{base}}",
+            "<a&b>",
+            &view,
+        );
+        assert_eq!(html, "&lt;a&amp;b&gt;|waking||1.5|/.wakegate");
+    }
+
     #[test]
     fn retry_after_rounds_up() {
         assert_eq!(seconds(Duration::from_millis(1500)), "2");
