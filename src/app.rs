@@ -107,20 +107,12 @@ impl App {
         }
         // Certificates are read before anything starts, so a bad one fails the start.
         let mut tls = Vec::new();
-        for (what, socket) in &bound {
+        for (what, _) in &bound {
             if let Bound::Http(group) = what {
-                tls.push(
-                    listener::http::tls_acceptor(group.iter().map(|(_, h)| h)).with_context(
-                        || {
-                            format!(
-                                "cannot set up TLS on {}",
-                                socket
-                                    .local_addr()
-                                    .map_or_else(|_| "?".into(), |a| a.to_string())
-                            )
-                        },
-                    )?,
-                );
+                let bind = group[0].1.bind;
+                let acceptor = listener::http::tls_acceptor(group.iter().map(|(_, h)| h))
+                    .with_context(|| format!("cannot set up TLS on {bind}"))?;
+                tls.push(acceptor);
             }
         }
         let mut tls = tls.into_iter();
