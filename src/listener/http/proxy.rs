@@ -224,8 +224,28 @@ struct Checkin {
 }
 
 impl Checkin {
-    fn put_back(self) {
+    /// Back to the pool once the connection can take another request: at once in the usual
+    /// case; when the backend answered before the whole request body was sent (or its task has
+    /// not caught up yet), once that is done.
+    fn put_back(mut self) {
         if self.sender.is_closed() {
+            return;
+        }
+        if self.sender.is_ready() {
+            self.push();
+            return;
+        }
+        let (tasks, idle) = (self.shared.tasks.clone(), self.shared.timeouts.idle);
+        tasks.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(idle, self.sender.ready()).await {
+                self.push();
+            }
+        });
+    }
+
+    fn push(self) {
+        // Closed, the proxy keeps no connection: `close` must not wait out an idle timeout.
+        if self.shared.closing.is_cancelled() {
             return;
         }
         let mut idle = self.shared.idle.lock().unwrap();
@@ -257,8 +277,7 @@ impl Shared {
                 id,
                 sender,
             };
-            // Put back at the end of a response, a connection can still be finishing it: this
-            // takes a turn of its task at most.
+            // Only ready connections are put back, but one may be closing right now.
             if !checkin.sender.is_ready() {
                 let ready = tokio::time::timeout(self.timeouts.connect, checkin.sender.ready());
                 if !matches!(ready.await, Ok(Ok(()))) {
