@@ -442,10 +442,14 @@ impl Server {
                 Some(ticket) => response.map(|body| Guarded { body, ticket }.boxed()),
                 None => response,
             },
-            Err(ProxyError::Timeout) => text(
-                StatusCode::GATEWAY_TIMEOUT,
-                "The server did not answer in time.\n".to_string(),
-            ),
+            Err(ProxyError::Timeout) => {
+                // Not even a connection: as good a reason as a refusal to check it is there.
+                self.recheck(index, address);
+                text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The server did not answer in time.\n".to_string(),
+                )
+            }
             Err(e) => {
                 let route = &self.routes.routes[index];
                 warn!(service = route.service.name(), backend = %address, error = %e, "The backend did not answer a request; answering 502.");
