@@ -377,6 +377,7 @@ async fn a_backend_that_closes_before_answering_is_a_backend_error() {
 async fn a_backend_that_dies_mid_response_cuts_the_client_off() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (die_tx, die) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         read_head(&mut stream).await;
@@ -385,15 +386,18 @@ async fn a_backend_that_dies_mid_response_cuts_the_client_off() {
             .await
             .unwrap();
         stream.write_all(&[b'x'; 1000]).await.unwrap();
-        // Gone, 999,000 bytes short.
+        // Gone, 999,000 bytes short, once the client has had the start.
+        let _ = die.await;
     });
     let front = Front::start(Proxy::new(ProxyTimeouts::default()), addr).await;
     let mut client = front.client().await;
     let response = client.send_request(get("/")).await.unwrap();
-    // The status was already passed on: the client can only see the body cut short.
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
-    let mut received = 0;
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let mut received = first.len();
+    drop(die_tx);
+    // The status was already passed on: the client can only see the body cut short.
     let ended = tokio::time::timeout(DEADLINE, async {
         while let Some(frame) = body.frame().await {
             match frame {

@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -81,19 +81,54 @@ pub struct Proxy {
 struct Shared {
     timeouts: ProxyTimeouts,
     /// Connections ready for a request, per backend, most recently used last. A std Mutex: it
-    /// is held for a push or a pop, never across an await.
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// is held for a push, a pop or a sweep, never across an await.
+    pool: Mutex<Pool>,
     next_id: AtomicU64,
-    /// Backend connections and upgraded tunnels.
+    /// Upgraded tunnels, the sweeper, and connections finishing a request body.
     tasks: TaskTracker,
     /// Fired by [`Proxy::close`]: tunnels end, idle connections close.
     closing: CancellationToken,
 }
 
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<SocketAddr, Vec<Idle>>,
+    /// Whether the sweeper task runs; it does while the pool holds a connection.
+    sweeping: bool,
+}
+
 struct Idle {
-    id: u64,
     since: Instant,
+    conn: Conn,
+}
+
+/// One HTTP/1.1 connection to a backend. It has no task of its own: whoever uses it polls its
+/// I/O (`drive`) — the request waiting for its response, then the response body the client
+/// reads — so a request and its response cost no hand-over between tasks.
+struct Conn {
+    id: u64,
     sender: SendRequest<Incoming>,
+    /// A Mutex only so that a response body holding it is `Sync`; it is reached through
+    /// `get_mut`, never locked.
+    io: Mutex<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>,
+    closed: bool,
+}
+
+impl Conn {
+    /// Moves the connection's I/O along; whether it is still open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.closed {
+            let io = self.io.get_mut().unwrap_or_else(PoisonError::into_inner);
+            if let Poll::Ready(result) = io.as_mut().poll(cx) {
+                self.closed = true;
+                match result {
+                    Ok(()) => debug!(id = self.id, "Connection to the backend closed."),
+                    Err(e) => debug!(id = self.id, error = %e, "Connection to the backend failed."),
+                }
+            }
+        }
+        !self.closed
+    }
 }
 
 impl std::fmt::Debug for Proxy {
@@ -109,7 +144,7 @@ impl Proxy {
         Proxy {
             shared: Arc::new(Shared {
                 timeouts,
-                idle: Mutex::new(HashMap::new()),
+                pool: Mutex::new(Pool::default()),
                 next_id: AtomicU64::new(0),
                 tasks: TaskTracker::new(),
                 closing: CancellationToken::new(),
@@ -140,19 +175,22 @@ impl Proxy {
         let upgrade = prepare_request(&mut req, client, tls);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-        let (mut response, checkin) = self.send(req, backend).await?;
+        let (mut response, lease) = self.send(req, backend).await?;
 
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             remove_hop_by_hop(response.headers_mut(), true);
             if let Some(client_upgrade) = client_upgrade {
                 let backend_upgrade = hyper::upgrade::on(&mut response);
                 let closing = self.shared.closing.clone();
-                self.shared
-                    .tasks
-                    .spawn(tunnel(client_upgrade, backend_upgrade, closing, guard));
+                self.shared.tasks.spawn(tunnel(
+                    client_upgrade,
+                    backend_upgrade,
+                    lease.conn,
+                    closing,
+                    guard,
+                ));
             }
             // The connection now belongs to the tunnel (or is useless): not back to the pool.
-            drop(checkin);
             return Ok(response.map(|_| empty()));
         }
 
@@ -160,30 +198,45 @@ impl Proxy {
         let (parts, body) = response.into_parts();
         let mut body = Streamed {
             body,
-            checkin: Some(checkin),
+            lease: Some(lease),
             guard,
         };
         if body.body.is_end_stream() {
-            body.finish();
+            // No body to wait for: back to the pool now, after a turn that lets the connection
+            // see the response through.
+            std::future::poll_fn(|cx| {
+                body.finish(Some(cx));
+                Poll::Ready(())
+            })
+            .await;
         }
         Ok(Response::from_parts(parts, body.boxed()))
     }
 
-    /// Sends `req` on a pooled connection to `backend`, or a new one. A pooled connection that
-    /// turns out closed before the request was written is no loss: the request goes out again
-    /// on the next one (the backend never saw it).
+    /// Sends `req` on a pooled connection to `backend`, or a new one, and waits for the
+    /// response's head. A pooled connection that turns out closed before the request was
+    /// written is no loss: the request goes out again on the next one (the backend never saw
+    /// it).
     async fn send(
         &self,
         mut req: Request<Incoming>,
         backend: SocketAddr,
-    ) -> Result<(Response<Incoming>, Checkin), ProxyError> {
+    ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         loop {
-            let (mut checkin, reused) = match self.shared.take_idle(backend).await {
-                Some(checkin) => (checkin, true),
+            let (mut lease, reused) = match self.shared.take_idle(backend) {
+                Some(lease) => (lease, true),
                 None => (self.shared.connect(backend).await?, false),
             };
-            match checkin.sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, checkin)),
+            let conn = &mut lease.conn;
+            let mut sent = std::pin::pin!(conn.sender.try_send_request(req));
+            let sent = std::future::poll_fn(|cx| {
+                // Writes the request (and its body, as it comes) and reads the response.
+                conn.drive(cx);
+                sent.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
+                Ok(response) => return Ok((response, lease)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if reused => {
                         debug!(%backend, error = %e.error(), "A pooled backend connection was closed; sending the request on another.");
@@ -195,11 +248,10 @@ impl Proxy {
         }
     }
 
-    /// Ends every tunnel, closes idle backend connections and waits for the proxy's tasks
-    /// (backend connections end when the responses they carry do).
+    /// Ends every tunnel, closes idle backend connections and waits for the proxy's tasks.
     pub async fn close(&self) {
         self.shared.closing.cancel();
-        self.shared.idle.lock().unwrap().clear();
+        self.shared.pool.lock().unwrap().idle.clear();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
     }
@@ -207,37 +259,50 @@ impl Proxy {
     /// How many connections to `backend` are idle in the pool right now.
     pub fn idle_connections(&self, backend: SocketAddr) -> usize {
         self.shared
-            .idle
+            .pool
             .lock()
             .unwrap()
+            .idle
             .get(&backend)
             .map_or(0, Vec::len)
     }
 }
 
 /// A connection taken from the pool (or new), put back when its response has ended.
-struct Checkin {
+struct Lease {
     shared: Arc<Shared>,
     backend: SocketAddr,
-    id: u64,
-    sender: SendRequest<Incoming>,
+    conn: Conn,
 }
 
-impl Checkin {
+impl Lease {
     /// Back to the pool once the connection can take another request: at once in the usual
-    /// case; when the backend answered before the whole request body was sent (or its task has
-    /// not caught up yet), once that is done.
-    fn put_back(mut self) {
-        if self.sender.is_closed() {
+    /// case; when the backend answered before the whole request body was sent, a task drives
+    /// the connection until it has been.
+    fn put_back(mut self, cx: Option<&mut Context<'_>>) {
+        // One more turn lets the connection see the response's end and ask for a request.
+        let open = match cx {
+            Some(cx) => self.conn.drive(cx),
+            None => !self.conn.closed,
+        };
+        if !open {
             return;
         }
-        if self.sender.is_ready() {
+        if self.conn.sender.is_ready() {
             self.push();
             return;
         }
         let (tasks, idle) = (self.shared.tasks.clone(), self.shared.timeouts.idle);
         tasks.spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(idle, self.sender.ready()).await {
+            let ready = std::future::poll_fn(|cx| {
+                let open = self.conn.drive(cx);
+                match self.conn.sender.poll_ready(cx) {
+                    Poll::Ready(result) => Poll::Ready(result.is_ok()),
+                    Poll::Pending if open => Poll::Pending,
+                    Poll::Pending => Poll::Ready(false),
+                }
+            });
+            if let Ok(true) = tokio::time::timeout(idle, ready).await {
                 self.push();
             }
         });
@@ -248,126 +313,104 @@ impl Checkin {
         if self.shared.closing.is_cancelled() {
             return;
         }
-        let mut idle = self.shared.idle.lock().unwrap();
-        let list = idle.entry(self.backend).or_default();
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle {
-                id: self.id,
-                since: Instant::now(),
-                sender: self.sender,
-            });
+        let mut pool = self.shared.pool.lock().unwrap();
+        let list = pool.idle.entry(self.backend).or_default();
+        if list.len() >= MAX_IDLE_PER_BACKEND {
+            return;
+        }
+        list.push(Idle {
+            since: Instant::now(),
+            conn: self.conn,
+        });
+        if !pool.sweeping {
+            pool.sweeping = true;
+            self.shared.tasks.spawn(sweep(
+                Arc::downgrade(&self.shared),
+                self.shared.closing.clone(),
+            ));
         }
     }
 }
 
 impl Shared {
-    /// The most recently used open connection to `backend`, once it can take a request.
-    async fn take_idle(self: &Arc<Self>, backend: SocketAddr) -> Option<Checkin> {
-        loop {
-            let Idle { id, since, sender } = {
-                let mut idle = self.idle.lock().unwrap();
-                idle.get_mut(&backend)?.pop()?
-            };
-            if sender.is_closed() || since.elapsed() >= self.timeouts.idle {
+    /// The most recently used connection to `backend` that has not been idle too long.
+    fn take_idle(self: &Arc<Self>, backend: SocketAddr) -> Option<Lease> {
+        let mut pool = self.pool.lock().unwrap();
+        let list = pool.idle.get_mut(&backend)?;
+        while let Some(Idle { since, conn }) = list.pop() {
+            if conn.closed || since.elapsed() >= self.timeouts.idle {
                 continue;
             }
-            let mut checkin = Checkin {
+            return Some(Lease {
                 shared: self.clone(),
                 backend,
-                id,
-                sender,
-            };
-            // Only ready connections are put back, but one may be closing right now.
-            if !checkin.sender.is_ready() {
-                let ready = tokio::time::timeout(self.timeouts.connect, checkin.sender.ready());
-                if !matches!(ready.await, Ok(Ok(()))) {
-                    continue;
-                }
-            }
-            return Some(checkin);
+                conn,
+            });
         }
+        None
     }
 
-    async fn connect(self: &Arc<Self>, backend: SocketAddr) -> Result<Checkin, ProxyError> {
+    async fn connect(self: &Arc<Self>, backend: SocketAddr) -> Result<Lease, ProxyError> {
         let stream = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(backend))
             .await
             .map_err(|_| ProxyError::Timeout)?
             .map_err(ProxyError::Connect)?;
         // Requests and responses are written whole: no reason to wait for more.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
+        let (sender, io) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ProxyError::Backend)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         debug!(%backend, id, "Opened a connection to the backend.");
-        self.tasks.spawn(drive(
-            connection.with_upgrades(),
-            Arc::downgrade(self),
-            backend,
-            id,
-        ));
-        Ok(Checkin {
+        Ok(Lease {
             shared: self.clone(),
             backend,
-            id,
-            sender,
+            conn: Conn {
+                id,
+                sender,
+                io: Mutex::new(Box::pin(io.with_upgrades())),
+                closed: false,
+            },
         })
-    }
-
-    /// Whether connection `id` has been idle for the whole idle timeout; if so it leaves the
-    /// pool. Otherwise, when to look again.
-    fn expire(&self, backend: SocketAddr, id: u64) -> Result<(), Instant> {
-        let mut idle = self.idle.lock().unwrap();
-        let now = Instant::now();
-        let Some(list) = idle.get_mut(&backend) else {
-            return Err(now + self.timeouts.idle);
-        };
-        let Some(at) = list.iter().position(|entry| entry.id == id) else {
-            // In use (or being put back): a full timeout from now at the earliest.
-            return Err(now + self.timeouts.idle);
-        };
-        let until = list[at].since + self.timeouts.idle;
-        if until > now {
-            return Err(until);
-        }
-        list.swap_remove(at);
-        Ok(())
     }
 }
 
-/// Runs one backend connection until it closes, the backend or the pool's idle timeout closes
-/// it, or the proxy closes.
-async fn drive(
-    connection: impl Future<Output = hyper::Result<()>>,
-    shared: Weak<Shared>,
-    backend: SocketAddr,
-    id: u64,
-) {
-    let Some(idle) = shared.upgrade().map(|shared| shared.timeouts.idle) else {
-        return;
-    };
-    let mut connection = std::pin::pin!(connection);
-    let mut look_at = Instant::now() + idle;
+/// Closes pooled connections once they have been idle for the idle timeout. Runs while the
+/// pool holds connections, and sleeps until the next one is due.
+async fn sweep(shared: Weak<Shared>, closing: CancellationToken) {
     loop {
-        tokio::select! {
-            result = &mut connection => {
-                match result {
-                    Ok(()) => debug!(%backend, id, "Connection to the backend closed."),
-                    Err(e) => debug!(%backend, id, error = %e, "Connection to the backend failed."),
-                }
+        let next = {
+            let Some(shared) = shared.upgrade() else {
                 return;
-            }
-            () = tokio::time::sleep_until(look_at) => {
-                let Some(shared) = shared.upgrade() else { return };
-                match shared.expire(backend, id) {
-                    Ok(()) => {
-                        debug!(%backend, id, "Closing an idle connection to the backend.");
-                        return;
+            };
+            let idle = shared.timeouts.idle;
+            let mut pool = shared.pool.lock().unwrap();
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            pool.idle.retain(|backend, list| {
+                list.retain(|entry| {
+                    let due = entry.since + idle;
+                    if due <= now || entry.conn.closed {
+                        debug!(%backend, id = entry.conn.id, "Closing an idle connection to the backend.");
+                        return false;
                     }
-                    Err(next) => look_at = next,
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    true
+                });
+                !list.is_empty()
+            });
+            match next {
+                Some(next) => next,
+                None => {
+                    pool.sweeping = false;
+                    return;
                 }
             }
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = closing.cancelled() => return,
         }
     }
 }
@@ -377,10 +420,23 @@ async fn drive(
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
+    mut conn: Conn,
     closing: CancellationToken,
     guard: Option<Guard>,
 ) {
     let _guard = guard;
+    // The backend's side is handed over once its connection has seen the 101 through.
+    let backend = async {
+        std::future::poll_fn(|cx| {
+            if conn.drive(cx) {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+        backend.await
+    };
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(both) => both,
         Err(e) => {
@@ -399,18 +455,19 @@ async fn tunnel(
     }
 }
 
-/// The backend's response body, passed through frame by frame. Its end puts the connection back
-/// in the pool and lets go of the guard.
+/// The backend's response body, passed through frame by frame; reading it also moves the
+/// connection's I/O along. Its end puts the connection back in the pool and lets go of the
+/// guard.
 struct Streamed {
     body: Incoming,
-    checkin: Option<Checkin>,
+    lease: Option<Lease>,
     guard: Option<Guard>,
 }
 
 impl Streamed {
-    fn finish(&mut self) {
-        if let Some(checkin) = self.checkin.take() {
-            checkin.put_back();
+    fn finish(&mut self, cx: Option<&mut Context<'_>>) {
+        if let Some(lease) = self.lease.take() {
+            lease.put_back(cx);
         }
         self.guard = None;
     }
@@ -425,14 +482,22 @@ impl Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let mut frame = Pin::new(&mut this.body).poll_frame(cx);
+        if frame.is_pending() {
+            // Nothing buffered: read from the backend, then look again.
+            if let Some(lease) = &mut this.lease {
+                lease.conn.drive(cx);
+            }
+            frame = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        let frame = ready!(frame);
         match &frame {
             // The server stops polling once `is_end_stream` holds: finish on the last frame.
-            Some(Ok(_)) if this.body.is_end_stream() => this.finish(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.finish(Some(cx)),
             Some(Ok(_)) => {}
-            None => this.finish(),
+            None => this.finish(Some(cx)),
             Some(Err(_)) => {
-                this.checkin = None;
+                this.lease = None;
                 this.guard = None;
             }
         }
