@@ -1,6 +1,9 @@
 //! The HTTP benchmark: wrk keep-alive requests per second and latency against nginx directly,
 //! through haproxy in http mode and through wakegate's `http` listener (the service awake), all
-//! on loopback and in one run.
+//! on loopback and in one run. A fourth row puts the reverse proxy alone (`Proxy::forward`
+//! behind a bare hyper server in this process, two worker threads like wakegate's) in front of
+//! the same nginx: the difference to the wakegate row is what the listener adds per request
+//! (routing, the service's ticket, activity counting).
 //!
 //! Why: once a web app is awake, wakegate is its reverse proxy; it should cost no more than
 //! haproxy (target: at least haproxy's requests/s) and add under a millisecond to p99.
@@ -53,22 +56,25 @@ async fn run() -> anyhow::Result<Figures> {
         version_of("haproxy", &["-v"])?,
     ];
     let dir = TempDir::new("wakegate-bench-http")?;
-    let [nginx_port, haproxy_port, wakegate_port, api_port] = free_ports()?;
+    let [nginx_port, haproxy_port, wakegate_port, api_port, bare_port] = free_ports()?;
 
     let mut nginx = Nginx::start(&dir.0, nginx_port).await?;
     let mut haproxy = haproxy(&dir.0, haproxy_port, loopback(nginx_port)).await?;
     let mut wakegate = wakegate(&dir.0, wakegate_port, api_port, loopback(nginx_port)).await?;
 
+    let _bare = BareProxy::start(bare_port, loopback(nginx_port))?;
+
     let targets = [
         ("nginx direct", nginx_port),
         ("haproxy", haproxy_port),
         ("wakegate", wakegate_port),
+        ("proxy alone", bare_port),
     ];
     // Each target once before measuring: connections to nginx opened, pools filled, caches warm.
     for (_, port) in targets {
         wrk(port, Duration::from_secs(1)).await?;
     }
-    let mut runs: [Vec<Wrk>; 3] = Default::default();
+    let mut runs: [Vec<Wrk>; 4] = Default::default();
     for round in 1..=ROUNDS {
         for (i, (label, port)) in targets.iter().enumerate() {
             nginx.proc.check_running()?;
@@ -323,6 +329,62 @@ async fn get_status(target: SocketAddr) -> anyhow::Result<u16> {
         .with_context(|| format!("odd answer from wakegate: {response}"))
 }
 
+/// `Proxy::forward` behind a bare hyper HTTP/1.1 server, on a runtime of its own with two
+/// worker threads (as wakegate's), in front of nginx. Stops when dropped.
+struct BareProxy {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BareProxy {
+    fn start(port: u16, nginx: SocketAddr) -> anyhow::Result<BareProxy> {
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        use wakegate::listener::http::proxy::{Proxy, ProxyTimeouts};
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = std::net::TcpListener::bind(loopback(port))?;
+        listener.set_nonblocking(true)?;
+        let proxy = Proxy::new(ProxyTimeouts::default());
+        runtime.spawn(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            while let Ok((stream, peer)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                let proxy = proxy.clone();
+                let service = service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move {
+                        match proxy.forward(req, nginx, peer, false, None).await {
+                            Ok(response) => Ok(response),
+                            Err(e) => Err(e),
+                        }
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+            }
+        });
+        Ok(BareProxy {
+            runtime: Some(runtime),
+        })
+    }
+}
+
+impl Drop for BareProxy {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// `N` distinct free ports on 127.0.0.1, all held while they are picked.
 fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     let mut held = Vec::new();
@@ -358,13 +420,13 @@ fn version_of(tool: &str, args: &[&str]) -> anyhow::Result<String> {
 
 struct Figures {
     setup: String,
-    /// nginx direct, haproxy, wakegate.
-    results: [Wrk; 3],
+    /// nginx direct, haproxy, wakegate, the proxy alone.
+    results: [Wrk; 4],
 }
 
 impl Figures {
     fn table(&self) -> String {
-        let [direct, haproxy, wakegate] = self.results;
+        let [direct, haproxy, wakegate, bare] = self.results;
         let mut out = format!("\nwakegate HTTP benchmark, loopback: {}\n\n", self.setup);
         out += &format!(
             "{:<16}{:>14}{:>12}{:>12}{:>16}\n",
@@ -374,6 +436,7 @@ impl Figures {
             ("nginx direct", direct),
             ("haproxy", haproxy),
             ("wakegate", wakegate),
+            ("proxy alone", bare),
         ] {
             let added = if label == "nginx direct" {
                 "-".to_string()
@@ -400,6 +463,7 @@ impl Figures {
              GET of a {PAGE_BYTES}-byte page; the median of {ROUNDS} runs each, taken in turns.\n\
              nginx: 1 worker. haproxy: http mode, option forwardfor, http-reuse always.\n\
              wakegate: an http listener, the service awake, release build.\n\
+             proxy alone: Proxy::forward behind a bare hyper HTTP/1.1 server in the bench process.\n\
              Compare within one run, not across runs or machines.\n"
         );
         out
