@@ -209,6 +209,81 @@ async fn a_1_gib_upload_streams_with_bounded_memory() {
     );
 }
 
+#[tokio::test]
+async fn an_answer_before_the_whole_upload_is_passed_on_and_the_connection_reused() {
+    // Refuses an upload at once, then reads the rest of it before the next request, as nginx
+    // does; answers anything else with "ok".
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                loop {
+                    let head = read_head(&mut stream).await.to_ascii_lowercase();
+                    if head.is_empty() {
+                        return;
+                    }
+                    let Some(length) = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|n| n.trim().parse::<u64>().unwrap())
+                    else {
+                        stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        continue;
+                    };
+                    stream
+                        .write_all(
+                            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large",
+                        )
+                        .await
+                        .unwrap();
+                    let mut rest = (&mut stream).take(length);
+                    tokio::io::copy(&mut rest, &mut tokio::io::sink())
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let proxy = Proxy::new(ProxyTimeouts::default());
+    let front = Front::start(proxy.clone(), addr).await;
+    let mut client = front.client().await;
+    let request = Request::post("/upload")
+        .header("host", "app")
+        .body(Pattern::new(8 << 20).boxed())
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, client.send_request(request))
+        .await
+        .expect("no answer to an upload the backend refused")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(text(response).await, "too large");
+
+    // Once the upload is through, the connection goes back to the pool and takes the next
+    // request.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while proxy.idle_connections(addr) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection never went back to the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let response = tokio::time::timeout(DEADLINE, client.send_request(get("/")))
+        .await
+        .expect("no answer after the refused upload")
+        .unwrap();
+    assert_eq!(text(response).await, "ok");
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Upgrades.
 
@@ -352,6 +427,37 @@ async fn a_refused_connection_is_a_connect_error() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let error = front.errors.recv().await.unwrap();
     assert!(matches!(error, ProxyError::Connect(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_backend_that_does_not_accept_in_time_is_a_timeout() {
+    // A listener whose accept queue is full and never drained: the kernel leaves further
+    // connection attempts unanswered.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => queued.push(stream),
+            _ => break,
+        }
+    }
+    let proxy = Proxy::new(ProxyTimeouts {
+        connect: Duration::from_millis(300),
+        ..ProxyTimeouts::default()
+    });
+    let mut front = Front::start(proxy, addr).await;
+    let mut client = front.client().await;
+    let response = tokio::time::timeout(DEADLINE, client.send_request(get("/")))
+        .await
+        .expect("the proxy waited past its connect timeout")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let error = front.errors.recv().await.unwrap();
+    assert!(matches!(error, ProxyError::Timeout), "{error:?}");
+    drop(listener);
 }
 
 #[tokio::test]
@@ -709,16 +815,17 @@ fn rss() -> u64 {
     kib * 1024
 }
 
-/// Reads a request head (up to the blank line) from a raw socket.
-async fn read_head(stream: &mut TcpStream) {
+/// Reads a request head (up to the blank line) from a raw socket; empty at end of stream.
+async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-            return;
+            return String::new();
         }
         head.push(byte[0]);
     }
+    String::from_utf8(head).unwrap()
 }
 
 fn get(path: &str) -> Request<ClientBody> {

@@ -3,8 +3,10 @@
 //! (WebSocket and others), and tells the backend who the client is.
 //!
 //! Why a pool of our own rather than hyper-util's client: the backend is a socket address the
-//! service hands us per request, not a URI; a response body that ends puts its connection back
-//! at once (no task per request to wait for it); and upgrades need the raw connection.
+//! service hands us per request, not a URI; a backend connection has no task of its own (the
+//! task serving the client drives it, so an exchange costs no hand-over between tasks and
+//! threads); and a response body that ends puts its connection back at once, with no task per
+//! request waiting for that.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -292,7 +294,9 @@ impl Lease {
             self.push();
             return;
         }
-        let (tasks, idle) = (self.shared.tasks.clone(), self.shared.timeouts.idle);
+        let tasks = self.shared.tasks.clone();
+        let closing = self.shared.closing.clone();
+        let idle = self.shared.timeouts.idle;
         tasks.spawn(async move {
             let ready = std::future::poll_fn(|cx| {
                 let open = self.conn.drive(cx);
@@ -302,8 +306,11 @@ impl Lease {
                     Poll::Pending => Poll::Ready(false),
                 }
             });
-            if let Ok(true) = tokio::time::timeout(idle, ready).await {
-                self.push();
+            tokio::select! {
+                ready = tokio::time::timeout(idle, ready) => if let Ok(true) = ready {
+                    self.push();
+                },
+                () = closing.cancelled() => {}
             }
         });
     }
