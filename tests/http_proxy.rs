@@ -384,6 +384,68 @@ async fn an_idle_backend_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_pooled_connection_the_backend_closed_meanwhile_is_replaced() {
+    // Keeps connections alive until told to close them all (a restart, a keep-alive timeout);
+    // goes on accepting new ones.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close_all, closing) = watch::channel(());
+    let (closed_tx, mut closed) = watch::channel(0usize);
+    let closed_tx = Arc::new(closed_tx);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
+            let (mut closing, closed_tx) = (closing.clone(), closed_tx.clone());
+            // Only a close asked for from now on concerns this connection.
+            closing.mark_unchanged();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        head = read_head(&mut stream) => {
+                            if head.is_empty() {
+                                break;
+                            }
+                            stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await
+                                .unwrap();
+                        }
+                        _ = closing.changed() => break,
+                    }
+                }
+                drop(stream);
+                closed_tx.send_modify(|n| *n += 1);
+            });
+        }
+    });
+    let proxy = Proxy::new(ProxyTimeouts::default());
+    let front = Front::start(proxy.clone(), addr).await;
+    let mut client = front.client().await;
+    assert_eq!(
+        text(client.send_request(get("/")).await.unwrap()).await,
+        "ok"
+    );
+    assert_eq!(proxy.idle_connections(addr), 1);
+
+    close_all.send(()).unwrap();
+    tokio::time::timeout(DEADLINE, closed.wait_for(|&n| n == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    // The pooled connection is dead; the request goes out on a new one.
+    let response = tokio::time::timeout(DEADLINE, client.send_request(get("/")))
+        .await
+        .expect("a request on a dead pooled connection hung")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "ok");
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
 async fn a_backend_that_closes_kept_alive_connections_loses_no_request() {
     // Answers one request per connection with a keep-alive response, then closes it: each
     // pooled connection is dead by the time it is used again.

@@ -104,32 +104,45 @@ struct Idle {
     conn: Conn,
 }
 
+/// What a connection does on its socket: hyper's side of it, polled by `Conn::drive`.
+type ConnIo = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
 /// One HTTP/1.1 connection to a backend. It has no task of its own: whoever uses it polls its
 /// I/O (`drive`) — the request waiting for its response, then the response body the client
 /// reads — so a request and its response cost no hand-over between tasks.
 struct Conn {
     id: u64,
     sender: SendRequest<Incoming>,
+    /// The connection's I/O; `None` once it has ended. Dropped at once then: a request queued
+    /// on an ended connection learns it was never sent only when the connection is dropped.
     /// A Mutex only so that a response body holding it is `Sync`; it is reached through
     /// `get_mut`, never locked.
-    io: Mutex<Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>>,
-    closed: bool,
+    io: Mutex<Option<ConnIo>>,
 }
 
 impl Conn {
     /// Moves the connection's I/O along; whether it is still open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.closed {
-            let io = self.io.get_mut().unwrap_or_else(PoisonError::into_inner);
-            if let Poll::Ready(result) = io.as_mut().poll(cx) {
-                self.closed = true;
-                match result {
-                    Ok(()) => debug!(id = self.id, "Connection to the backend closed."),
-                    Err(e) => debug!(id = self.id, error = %e, "Connection to the backend failed."),
-                }
-            }
+        let io = self.io.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let Some(running) = io else {
+            return false;
+        };
+        let Poll::Ready(result) = running.as_mut().poll(cx) else {
+            return true;
+        };
+        *io = None;
+        match result {
+            Ok(()) => debug!(id = self.id, "Connection to the backend closed."),
+            Err(e) => debug!(id = self.id, error = %e, "Connection to the backend failed."),
         }
-        !self.closed
+        false
+    }
+
+    fn is_closed(&mut self) -> bool {
+        self.io
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
     }
 }
 
@@ -226,7 +239,15 @@ impl Proxy {
     ) -> Result<(Response<Incoming>, Lease), ProxyError> {
         loop {
             let (mut lease, reused) = match self.shared.take_idle(backend) {
-                Some(lease) => (lease, true),
+                Some(mut lease) => {
+                    // Nobody has read from it since it went idle: a close from the backend
+                    // (its keep-alive timeout, a restart) shows now, before the request is
+                    // written to a dead connection.
+                    if !std::future::poll_fn(|cx| Poll::Ready(lease.conn.drive(cx))).await {
+                        continue;
+                    }
+                    (lease, true)
+                }
                 None => (self.shared.connect(backend).await?, false),
             };
             let conn = &mut lease.conn;
@@ -285,7 +306,7 @@ impl Lease {
         // One more turn lets the connection see the response's end and ask for a request.
         let open = match cx {
             Some(cx) => self.conn.drive(cx),
-            None => !self.conn.closed,
+            None => !self.conn.is_closed(),
         };
         if !open {
             return;
@@ -344,8 +365,8 @@ impl Shared {
     fn take_idle(self: &Arc<Self>, backend: SocketAddr) -> Option<Lease> {
         let mut pool = self.pool.lock().unwrap();
         let list = pool.idle.get_mut(&backend)?;
-        while let Some(Idle { since, conn }) = list.pop() {
-            if conn.closed || since.elapsed() >= self.timeouts.idle {
+        while let Some(Idle { since, mut conn }) = list.pop() {
+            if conn.is_closed() || since.elapsed() >= self.timeouts.idle {
                 continue;
             }
             return Some(Lease {
@@ -376,8 +397,7 @@ impl Shared {
             conn: Conn {
                 id,
                 sender,
-                io: Mutex::new(Box::pin(io.with_upgrades())),
-                closed: false,
+                io: Mutex::new(Some(Box::pin(io.with_upgrades()))),
             },
         })
     }
@@ -396,9 +416,9 @@ async fn sweep(shared: Weak<Shared>, closing: CancellationToken) {
             let now = Instant::now();
             let mut next: Option<Instant> = None;
             pool.idle.retain(|backend, list| {
-                list.retain(|entry| {
+                list.retain_mut(|entry| {
                     let due = entry.since + idle;
-                    if due <= now || entry.conn.closed {
+                    if due <= now || entry.conn.is_closed() {
                         debug!(%backend, id = entry.conn.id, "Closing an idle connection to the backend.");
                         return false;
                     }
