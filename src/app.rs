@@ -33,6 +33,8 @@ enum Bound {
     Tcp(String),
     /// The services sharing it, with their listener entries.
     Minecraft(Vec<(String, crate::config::Minecraft)>),
+    /// The services sharing it, with their listener entries.
+    Http(Vec<(String, crate::config::Http)>),
 }
 
 /// A running gateway.
@@ -74,6 +76,19 @@ impl App {
                         continue;
                     }
                 }
+                // The same for http entries.
+                if let Listen::Http(h) = listen {
+                    let shared = bound.iter_mut().find_map(|(b, _)| match b {
+                        Bound::Http(group) if bind.port() != 0 && group[0].1.bind == bind => {
+                            Some(group)
+                        }
+                        _ => None,
+                    });
+                    if let Some(group) = shared {
+                        group.push((service.name.clone(), (**h).clone()));
+                        continue;
+                    }
+                }
                 let socket = TcpListener::bind(bind).await.with_context(|| {
                     format!(
                         "cannot listen on {bind} for service `{}`; is another program using that port?",
@@ -85,10 +100,22 @@ impl App {
                     Listen::Minecraft(m) => {
                         Bound::Minecraft(vec![(service.name.clone(), m.clone())])
                     }
+                    Listen::Http(h) => Bound::Http(vec![(service.name.clone(), (**h).clone())]),
                 };
                 bound.push((what, socket));
             }
         }
+        // Certificates are read before anything starts, so a bad one fails the start.
+        let mut tls = Vec::new();
+        for (what, _) in &bound {
+            if let Bound::Http(group) = what {
+                let bind = group[0].1.bind;
+                let acceptor = listener::http::tls_acceptor(group.iter().map(|(_, h)| h))
+                    .with_context(|| format!("cannot set up TLS on {bind}"))?;
+                tls.push(acceptor);
+            }
+        }
+        let mut tls = tls.into_iter();
         let api_socket = TcpListener::bind(config.gateway.api)
             .await
             .with_context(|| {
@@ -163,6 +190,22 @@ impl App {
                     accepting.spawn(listener::minecraft::run(
                         socket,
                         listener::minecraft::Routes::new(routes),
+                        store.clone(),
+                        connections.clone(),
+                    ));
+                }
+                Bound::Http(group) => {
+                    let mut routes = Vec::new();
+                    let tls = tls.next().flatten();
+                    for (name, config) in group {
+                        info!(service = %name, bind = %addr, hostnames = ?config.hostnames, tls = tls.is_some(), "Listening for HTTP.");
+                        routes.push(listener::http::Route::new(handle(&name), config));
+                        listeners.push((name, addr));
+                    }
+                    accepting.spawn(listener::http::run(
+                        socket,
+                        listener::http::Routes::new(routes),
+                        tls,
                         store.clone(),
                         connections.clone(),
                     ));

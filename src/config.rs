@@ -239,6 +239,7 @@ pub enum OnShutdown {
 pub enum Listen {
     Tcp { bind: SocketAddr },
     Minecraft(Minecraft),
+    Http(Box<Http>),
 }
 
 impl Listen {
@@ -246,8 +247,55 @@ impl Listen {
         match self {
             Listen::Tcp { bind } => *bind,
             Listen::Minecraft(m) => m.bind,
+            Listen::Http(h) => h.bind,
         }
     }
+}
+
+/// An HTTP listener (HTTP/1.1 and h2c, or HTTPS): shows a waiting page or holds requests while
+/// the service wakes, then proxies to the backend; routes by `Host` when several services
+/// share its `bind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    pub bind: SocketAddr,
+    /// Lower-case names without trailing dot; `*.example.com` stands for one label before
+    /// `example.com`. Empty means "whatever the client asked for".
+    pub hostnames: Vec<String>,
+    /// Takes the hosts no service on this `bind` names.
+    pub default: bool,
+    /// What a request gets while the service is not awake.
+    pub strategy: Strategy,
+    /// How long a request is held for a wake before it gets 503 with Retry-After.
+    pub block_timeout: Duration,
+    /// Terminate TLS with this certificate (chosen by SNI among the entries of a shared bind).
+    pub tls: Option<TlsFiles>,
+    /// Answer every request with a redirect to the same URL over https (on this port).
+    pub redirect_https: Option<u16>,
+    /// The waiting page's template, read at start; the built-in page without it.
+    pub page: Option<String>,
+    /// Paths that never wake the service and never count as activity (`/x*` is a prefix).
+    pub ignore_paths: Vec<String>,
+    /// Lower-case parts of User-Agent headers (health checkers, bots) that never wake it.
+    pub ignore_user_agents: Vec<String>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a request gets while its service is not awake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The waiting page, which switches to the app by itself once it is awake.
+    Page,
+    /// Hold the request until it is awake (up to `block_timeout`), then forward it.
+    Block,
+    /// Browsers (`Accept: text/html`) get the page, other clients are held.
+    Auto,
 }
 
 /// A Minecraft Java edition listener: answers the server list while the service sleeps, wakes
@@ -504,6 +552,32 @@ struct TcpListenConfig {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct HttpListenConfig {
+    bind: Spanned<SocketAddr>,
+    #[serde(default)]
+    hostnames: Vec<Spanned<String>>,
+    #[serde(default)]
+    default: bool,
+    #[serde(default = "default_strategy")]
+    strategy: Strategy,
+    #[serde(
+        default = "default_block_timeout",
+        deserialize_with = "spanned_duration"
+    )]
+    block_timeout: Spanned<Duration>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default = "default_no_redirect")]
+    redirect_https: Spanned<bool>,
+    #[serde(default = "default_https_port")]
+    https_port: u16,
+    page: Option<Spanned<PathBuf>>,
+    ignore_paths: Option<Vec<Spanned<String>>>,
+    ignore_user_agents: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MinecraftListenConfig {
     bind: Spanned<SocketAddr>,
     #[serde(default)]
@@ -626,6 +700,53 @@ fn default_hold_timeout() -> Spanned<Duration> {
 fn default_join() -> Spanned<JoinList> {
     Spanned::new(0..0, JoinList(vec![Join::Hold]))
 }
+fn default_strategy() -> Strategy {
+    Strategy::Auto
+}
+fn default_block_timeout() -> Spanned<Duration> {
+    Spanned::new(0..0, Duration::from_secs(30))
+}
+fn default_no_redirect() -> Spanned<bool> {
+    Spanned::new(0..0, false)
+}
+fn default_https_port() -> u16 {
+    443
+}
+/// Paths browsers and crawlers fetch by themselves.
+pub const DEFAULT_IGNORE_PATHS: &[&str] = &["/robots.txt", "/favicon.ico", "/.well-known/*"];
+/// Health checkers, uptime monitors and crawlers: none of them is a person who waits.
+pub const DEFAULT_IGNORE_USER_AGENTS: &[&str] = &[
+    "kube-probe",
+    "elb-healthchecker",
+    "googlehc",
+    "amazon-route53-health-check",
+    "consul health check",
+    "uptimerobot",
+    "pingdom",
+    "statuscake",
+    "site24x7",
+    "better uptime",
+    "blackbox-exporter",
+    "googlebot",
+    "bingbot",
+    "yandexbot",
+    "baiduspider",
+    "duckduckbot",
+    "applebot",
+    "ahrefsbot",
+    "semrushbot",
+    "mj12bot",
+    "dotbot",
+    "petalbot",
+    "gptbot",
+    "claudebot",
+    "ccbot",
+    "bytespider",
+    "facebookexternalhit",
+    "twitterbot",
+    "slackbot",
+    "discordbot",
+];
 fn default_kick_message() -> String {
     "§eThe server is starting. Join again in a moment.".to_string()
 }
@@ -1528,7 +1649,7 @@ fn read_listeners(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> O
         );
         return None;
     };
-    let kinds = "tcp, minecraft";
+    let kinds = "tcp, http, minecraft";
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
@@ -1541,6 +1662,9 @@ fn read_listeners(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> O
                     "minecraft" => read::<MinecraftListenConfig>(rest, problems)
                         .and_then(|c| read_minecraft(c, problems))
                         .map(Listen::Minecraft),
+                    "http" => read::<HttpListenConfig>(rest, problems)
+                        .and_then(|c| read_http(c, problems))
+                        .map(|h| Listen::Http(Box::new(h))),
                     other => {
                         problems.add(
                             Some(rest.span()),
@@ -1793,6 +1917,156 @@ fn read_minecraft_extras(
     })
 }
 
+/// Checks an `http` listener's values beyond their types; reads its page template and checks
+/// its certificate and key, so a mistake shows in `config check` rather than at start.
+fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Option<Http> {
+    let mut ok = true;
+    let mut hostnames: Vec<String> = Vec::new();
+    for name in &c.hostnames {
+        let host = name.get_ref().trim_end_matches('.').to_lowercase();
+        let plain = host.strip_prefix("*.").unwrap_or(&host);
+        let valid = !plain.is_empty()
+            && host.len() <= 255
+            && plain
+                .chars()
+                .all(|ch| ch.is_alphanumeric() || matches!(ch, '.' | '-' | '_'))
+            && plain.split('.').all(|label| !label.is_empty())
+            && (plain.len() == host.len() || plain.contains('.'));
+        if !valid {
+            problems.add(
+                Some(name.span()),
+                format!("`{}` is not a hostname", name.get_ref()),
+                "write the names people type in their browser, e.g. \"app.example.com\", or \"*.example.com\" for every name one level below example.com",
+            );
+            ok = false;
+        } else if hostnames.contains(&host) {
+            problems.add(
+                Some(name.span()),
+                format!("hostname `{host}` is listed twice"),
+                "list each hostname once",
+            );
+            ok = false;
+        } else {
+            hostnames.push(host);
+        }
+    }
+    let block_timeout = *c.block_timeout.get_ref();
+    if block_timeout.is_zero() || block_timeout > Duration::from_secs(3600) {
+        problems.add(
+            Some(c.block_timeout.span()),
+            format!(
+                "block_timeout = \"{}\" is out of range",
+                humantime::format_duration(block_timeout)
+            ),
+            "hold a request between 1s and 1h; most HTTP clients give up after 30s to 60s",
+        );
+        ok = false;
+    }
+    let tls = match (c.tls_cert, c.tls_key) {
+        (None, None) => None,
+        (Some(cert), None) => {
+            problems.add(
+                Some(cert.span()),
+                "`tls_cert` is set without `tls_key`",
+                "give the certificate's private key too: tls_key = \"/etc/ssl/private/app.key\"",
+            );
+            ok = false;
+            None
+        }
+        (None, Some(key)) => {
+            problems.add(
+                Some(key.span()),
+                "`tls_key` is set without `tls_cert`",
+                "give the certificate chain too: tls_cert = \"/etc/ssl/certs/app.pem\"",
+            );
+            ok = false;
+            None
+        }
+        (Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                cert: cert.get_ref().clone(),
+                key: key.get_ref().clone(),
+            };
+            match crate::listener::http::tls::load(&files) {
+                Ok(_) => Some(files),
+                Err(e) => {
+                    problems.add(
+                        Some(cert.span()),
+                        e.to_string(),
+                        "give a PEM certificate chain and the PEM private key that belongs to it",
+                    );
+                    ok = false;
+                    None
+                }
+            }
+        }
+    };
+    if *c.redirect_https.get_ref() && tls.is_some() {
+        problems.add(
+            Some(c.redirect_https.span()),
+            "`redirect_https` is set on a listener that already speaks TLS",
+            "set redirect_https on a second, plain http listener (e.g. on port 80) of this service",
+        );
+        ok = false;
+    }
+    let page = match &c.page {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path.get_ref()) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                problems.add(
+                    Some(path.span()),
+                    format!(
+                        "cannot read the page template {}: {e}",
+                        path.get_ref().display()
+                    ),
+                    "check the path, or remove `page` to use the built-in waiting page",
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    let ignore_paths = match c.ignore_paths {
+        None => DEFAULT_IGNORE_PATHS.iter().map(|p| p.to_string()).collect(),
+        Some(paths) => {
+            let mut out = Vec::new();
+            for path in paths {
+                if !path.get_ref().starts_with('/') {
+                    problems.add(
+                        Some(path.span()),
+                        format!("`{}` is not a path", path.get_ref()),
+                        "paths start with '/', e.g. \"/healthz\", or \"/status/*\" for a prefix",
+                    );
+                    ok = false;
+                } else {
+                    out.push(path.into_inner());
+                }
+            }
+            out
+        }
+    };
+    let ignore_user_agents = match c.ignore_user_agents {
+        None => DEFAULT_IGNORE_USER_AGENTS
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        Some(agents) => agents.into_iter().map(|a| a.to_lowercase()).collect(),
+    };
+    ok.then(|| Http {
+        bind: c.bind.into_inner(),
+        hostnames,
+        default: c.default,
+        strategy: c.strategy,
+        block_timeout,
+        tls,
+        redirect_https: c.redirect_https.into_inner().then_some(c.https_port),
+        page,
+        ignore_paths,
+        ignore_user_agents,
+    })
+}
+
 /// A backend address must be `host:port`; the host is resolved on every wake.
 fn check_address(address: Spanned<String>, problems: &mut Problems<'_>) -> Option<String> {
     let text = address.get_ref();
@@ -1843,7 +2117,8 @@ pub fn expand(value: &str) -> Result<Secret, String> {
 }
 
 /// Two listeners of any services cannot share a plain TCP socket. `minecraft` listeners may
-/// share one, as long as every hostname names one service and at most one takes the rest.
+/// share one, and so may `http` listeners (each type only with its own, and TLS for all or
+/// none), as long as every hostname names one service and at most one takes the rest.
 fn check_binds(config: &Config, problems: &mut Problems<'_>) {
     let mut groups: BTreeMap<SocketAddr, Vec<(&str, &Listen)>> = BTreeMap::new();
     for service in &config.services {
@@ -1875,21 +2150,53 @@ fn check_binds(config: &Config, problems: &mut Problems<'_>) {
             );
             continue;
         }
+        let kind = |l: &Listen| match l {
+            Listen::Http(_) => "http",
+            _ => "minecraft",
+        };
+        let first_kind = kind(group[0].1);
+        if let Some((other, _)) = group.iter().find(|(_, l)| kind(l) != first_kind) {
+            problems.add(
+                None,
+                format!(
+                    "service `{}` listens for {first_kind} and `{other}` for another protocol on {bind}",
+                    group[0].0
+                ),
+                "only listeners of the same type can share a port; give each protocol its own port",
+            );
+            continue;
+        }
+        if first_kind == "http" {
+            let tls = |l: &Listen| matches!(l, Listen::Http(h) if h.tls.is_some());
+            if let Some((plain, _)) = group.iter().find(|(_, l)| !tls(l))
+                && let Some((secure, _)) = group.iter().find(|(_, l)| tls(l))
+            {
+                problems.add(
+                    None,
+                    format!(
+                        "on http {bind}, service `{secure}` speaks TLS and `{plain}` plain HTTP"
+                    ),
+                    "a shared port speaks TLS for all its services or for none: give each its tls_cert and tls_key, or use two ports",
+                );
+            }
+        }
         let mut owners: HashMap<&str, &str> = HashMap::new();
         let mut defaults = Vec::new();
         for (name, listen) in &group {
-            let Listen::Minecraft(m) = listen else {
-                continue;
+            let (hostnames, default) = match listen {
+                Listen::Minecraft(m) => (&m.hostnames, m.default),
+                Listen::Http(h) => (&h.hostnames, h.default),
+                Listen::Tcp { .. } => continue,
             };
-            if m.default || m.hostnames.is_empty() {
+            if default || hostnames.is_empty() {
                 defaults.push(*name);
             }
-            for host in &m.hostnames {
+            for host in hostnames {
                 if let Some(first) = owners.insert(host, name) {
                     problems.add(
                         None,
                         format!(
-                            "hostname `{host}` on minecraft {bind} is claimed by `{first}` and `{name}`"
+                            "hostname `{host}` on {first_kind} {bind} is claimed by `{first}` and `{name}`"
                         ),
                         "each hostname on a shared bind must lead to one service",
                     );
@@ -1900,7 +2207,7 @@ fn check_binds(config: &Config, problems: &mut Problems<'_>) {
             problems.add(
                 None,
                 format!(
-                    "services `{}` all take unknown hostnames on minecraft {bind}",
+                    "services `{}` all take unknown hostnames on {first_kind} {bind}",
                     defaults.join("`, `")
                 ),
                 "on a shared bind, give every listener `hostnames` and set `default = true` on at most one",

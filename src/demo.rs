@@ -53,7 +53,26 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
                 on_shutdown: OnShutdown::Stop,
                 save_all: false,
             }),
-            listeners: vec![config::Listen::Tcp { bind: listen }],
+            // The http listener: a browser sees the waiting page, which opens the demo
+            // server's page by itself once it is up.
+            listeners: vec![config::Listen::Http(Box::new(config::Http {
+                bind: listen,
+                hostnames: Vec::new(),
+                default: false,
+                strategy: config::Strategy::Auto,
+                block_timeout: Duration::from_secs(30),
+                tls: None,
+                redirect_https: None,
+                page: None,
+                ignore_paths: config::DEFAULT_IGNORE_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+                ignore_user_agents: config::DEFAULT_IGNORE_USER_AGENTS
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect(),
+            }))],
             readiness: Default::default(),
             health: Vec::new(),
             always_on: false,
@@ -66,11 +85,11 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
     println!("wakegate demo");
     println!();
     println!(
-        "  open http://{} — the demo server wakes (it takes 2 s to boot),",
+        "  open http://{} — a waiting page shows the demo server waking (it takes 2 s to boot)\n  and opens its page by itself once it is up;",
         app.listen_addr("demo").unwrap_or(listen)
     );
     println!(
-        "  and it goes back to sleep after {} without a connection.",
+        "  it goes back to sleep after {} without a request.",
         humantime::format_duration(idle)
     );
     println!(

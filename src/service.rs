@@ -119,6 +119,8 @@ enum Command {
     },
     Wake {
         by: String,
+        /// `Api`, or `Client` for a client that asked without waiting (a waiting page).
+        trigger: Trigger,
         reply: oneshot::Sender<Result<State, Denied>>,
     },
     Sleep {
@@ -242,7 +244,24 @@ impl ServiceHandle {
     /// Starts a wake unless it is awake or waking; returns the state it was in.
     pub async fn wake(&self, by: &str) -> Result<Result<State, Denied>, Gone> {
         let by = by.to_string();
-        self.ask(|reply| Command::Wake { by, reply }).await
+        self.ask(|reply| Command::Wake {
+            by,
+            trigger: Trigger::Api,
+            reply,
+        })
+        .await
+    }
+
+    /// Like [`wake`](Self::wake), for a client that does not wait for it (a browser shown the
+    /// waiting page): counted as a client's wake, and holding no place among the held clients.
+    pub async fn wake_for_client(&self, by: &str) -> Result<Result<State, Denied>, Gone> {
+        let by = by.to_string();
+        self.ask(|reply| Command::Wake {
+            by,
+            trigger: Trigger::Client,
+            reply,
+        })
+        .await
     }
 
     /// Stops it (ending its leases) once it is awake; returns the state it was in.
@@ -476,7 +495,7 @@ impl Core {
                     None => self.hold(client, player, state, reply),
                 },
             },
-            Command::Wake { by, reply } => {
+            Command::Wake { by, trigger, reply } => {
                 if let Some(why) = self.asleep_by_schedule() {
                     self.action(format!("wake requested by {by} refused: {why}"));
                     let _ = reply.send(Err(Denied::Schedule(why)));
@@ -486,7 +505,7 @@ impl Core {
                 if matches!(state, State::Asleep | State::Failed | State::Stopping) {
                     self.action(format!("wake requested by {by}"));
                     self.wake_request.get_or_insert(Request {
-                        trigger: Trigger::Api,
+                        trigger,
                         reason: format!("wake requested by {by}"),
                     });
                 }

@@ -2,5 +2,6 @@
 //! task on the connections tracker.
 
 pub mod copy;
+pub mod http;
 pub mod minecraft;
 pub mod tcp;
