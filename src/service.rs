@@ -8,8 +8,8 @@
 //! connections, so a client cannot slip in between the idle check and the stop.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
@@ -55,6 +55,30 @@ struct Shared {
     metrics: Metrics,
     /// Signalled when a connection closes, so the actor can start the idle countdown.
     closed: Notify,
+    /// The backend's address while awake: a client takes its ticket here without a round trip
+    /// to the actor. A std lock, held for a copy only and never across an await; the actor
+    /// writes it on every transition.
+    gate: RwLock<Option<SocketAddr>>,
+}
+
+impl Shared {
+    /// A ticket without asking the actor, while the gate is open.
+    fn open_ticket(self: &Arc<Self>) -> Option<Ticket> {
+        // Counted before the gate is read; the actor closes the gate before it reads the count
+        // to decide an idle stop. So either the actor sees this connection, or this sees the
+        // gate closed and the count goes down again.
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        let guard = ConnectionGuard(self.clone());
+        let address = (*self.gate.read().unwrap_or_else(PoisonError::into_inner))?;
+        self.metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Ticket { address, guard })
+    }
+
+    fn set_gate(&self, address: Option<SocketAddr>) {
+        *self.gate.write().unwrap_or_else(PoisonError::into_inner) = address;
+    }
 }
 
 /// Why a client could not be given the backend.
@@ -189,6 +213,11 @@ impl ServiceHandle {
         self.status.borrow().clone()
     }
 
+    /// The current state, without copying the whole status.
+    pub fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
     /// A receiver that sees every status change (for `wait_for`).
     pub fn watch(&self) -> watch::Receiver<Status> {
         self.status.clone()
@@ -232,6 +261,9 @@ impl ServiceHandle {
         client: SocketAddr,
         player: Option<String>,
     ) -> Result<Ticket, ConnectError> {
+        if let Some(ticket) = self.shared.open_ticket() {
+            return Ok(ticket);
+        }
         self.ask(|reply| Command::Connect {
             client,
             player,
@@ -794,6 +826,7 @@ impl Core {
                 s.last_error = failed;
             }
         });
+        self.shared.set_gate(self.status.borrow().address);
         self.publish(event);
     }
 
@@ -1409,6 +1442,13 @@ impl Actor {
                     return Flow::Continue;
                 }
                 () = sleep_until(stop_at) => {
+                    // The gate shut first, then the count read: a client that took a ticket
+                    // on its own since the last look keeps the service awake.
+                    self.core.shared.set_gate(None);
+                    if self.core.shared.connections.load(Ordering::SeqCst) > 0 {
+                        self.core.shared.set_gate(self.core.address());
+                        continue;
+                    }
                     let idle = self.idle_since.map(|s| s.elapsed()).unwrap_or_default();
                     self.core.transition(
                         State::Stopping,

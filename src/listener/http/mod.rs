@@ -312,7 +312,7 @@ impl Server {
                 ),
             };
         }
-        if service.status().state != State::Awake && self.wants_page(route, &request) {
+        if service.state() != State::Awake && self.wants_page(route, &request) {
             let by = format!(
                 "a browser at {} ({} {host}{})",
                 peer.ip(),
