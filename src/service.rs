@@ -1,11 +1,12 @@
 //! The per-service actor: it owns the backend, the state machine, the idle timer and the
 //! keep-awake leases. Listeners and the API talk to it through a cloneable [`ServiceHandle`].
 //!
-//! A client asks the actor for a [`Ticket`] (the backend's address plus a guard that counts the
-//! connection). The actor answers at once when awake, or holds the request until the wake it
-//! started is over. Handing out tickets only from the actor is what makes "exactly one start"
-//! and "never stopped while in use" true: a stop is decided by the same task that counts new
-//! connections, so a client cannot slip in between the idle check and the stop.
+//! A client asks for a [`Ticket`] (the backend's address plus a guard that counts the
+//! connection). While awake it takes one at the open gate without asking the actor; otherwise
+//! the actor holds the request until the wake it started is over. Only the actor opens and
+//! shuts the gate, which is what makes "exactly one start" and "never stopped while in use"
+//! true: before an idle stop it shuts the gate and then reads the count, so a client either is
+//! counted or finds the gate shut and waits for the actor.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
