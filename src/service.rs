@@ -308,6 +308,8 @@ pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) -> ServiceHandle {
+    let mut backend = backend;
+    let notes = backend.notes();
     let (commands_tx, commands) = mpsc::channel(64);
     // Until the backend has been asked, the best knowledge is what was last recorded.
     let last = store.service(&service.name).ok().flatten();
@@ -356,6 +358,7 @@ pub fn spawn(
             events,
             status: status_tx,
             commands,
+            notes,
             waiters: Vec::new(),
             shared,
             max_held: service.max_held,
@@ -403,6 +406,8 @@ struct Core {
     events: broadcast::Sender<Event>,
     status: watch::Sender<Status>,
     commands: mpsc::Receiver<Command>,
+    /// What the backend reports from inside its calls (see [`crate::backend::Note`]).
+    notes: Option<mpsc::UnboundedReceiver<crate::backend::Note>>,
     waiters: Vec<Waiter>,
     shared: Arc<Shared>,
     max_held: usize,
@@ -650,14 +655,24 @@ impl Core {
         tokio::pin!(work);
         let expired = sleep_until(deadline);
         tokio::pin!(expired);
-        loop {
+        let outcome = loop {
             tokio::select! {
-                out = &mut work => return Outcome::Done(out),
-                () = &mut expired => return Outcome::TimedOut,
-                () = cancel.cancelled() => return Outcome::Cancelled,
+                out = &mut work => break Outcome::Done(out),
+                () = &mut expired => break Outcome::TimedOut,
+                () = cancel.cancelled() => break Outcome::Cancelled,
                 Some(command) = self.commands.recv() => self.handle(command),
+                Some(note) = next_note(&mut self.notes) => self.note(note),
             }
+        };
+        // Notes sent just before the call returned belong to it, not to a later call.
+        while let Some(note) = self.notes.as_mut().and_then(|n| n.try_recv().ok()) {
+            self.note(note);
         }
+        outcome
+    }
+
+    fn note(&self, note: crate::backend::Note) {
+        self.emit(note.kind, note.reason, note.detail);
     }
 
     /// Answers every waiting client that is still there.
@@ -775,6 +790,16 @@ fn ticket(shared: &Arc<Shared>, address: SocketAddr) -> Ticket {
     Ticket {
         address,
         guard: ConnectionGuard(shared.clone()),
+    }
+}
+
+/// The next note of a backend that has them; never for one that has none.
+async fn next_note(
+    notes: &mut Option<mpsc::UnboundedReceiver<crate::backend::Note>>,
+) -> Option<crate::backend::Note> {
+    match notes {
+        Some(notes) => notes.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,10 @@
 //! Backends: how a service is started, stopped, asked for its status and found. One file per
 //! kind; the service actor only sees the [`Backend`] trait.
 
+#[cfg(feature = "aws")]
+pub mod ec2;
+#[cfg(feature = "aws")]
+pub mod ecs;
 mod exec;
 mod pidfd;
 mod process;
@@ -10,6 +14,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::config;
+use crate::event::Kind;
 
 pub use exec::ExecBackend;
 pub use process::ProcessBackend;
@@ -65,6 +70,18 @@ fn tail_suffix(tail: &str) -> String {
     }
 }
 
+/// Something a backend did inside a call that deserves an event of its own (a fallback, a
+/// DNS change); the service actor records it in the state it is in.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub kind: Kind,
+    pub reason: String,
+    pub detail: serde_json::Value,
+}
+
+/// Where a backend sends its [`Note`]s.
+pub type Notes = tokio::sync::mpsc::UnboundedSender<Note>;
+
 /// Start, stop, status, and where the server is now.
 #[async_trait]
 pub trait Backend: Send {
@@ -94,6 +111,12 @@ pub trait Backend: Send {
         None
     }
 
+    /// The receiving end of the backend's notes, taken once by the service actor. Backends
+    /// that have nothing to add beyond their calls' results have none.
+    fn notes(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Note>> {
+        None
+    }
+
     /// Called once when wakegate shuts down gracefully; returns whether the server was stopped.
     async fn shutdown(&mut self) -> Result<bool, BackendError> {
         Ok(false)
@@ -101,8 +124,13 @@ pub trait Backend: Send {
 }
 
 /// Builds the backend a service's config describes.
-pub fn build(service: &config::Service, data_dir: &Path) -> Box<dyn Backend> {
+pub fn build(
+    service: &config::Service,
+    data_dir: &Path,
+    store: &std::sync::Arc<crate::store::Store>,
+) -> Box<dyn Backend> {
     match &service.backend {
+        config::Backend::Ec2(_) | config::Backend::Ecs(_) => crate::aws::build(service, store),
         config::Backend::Exec(c) => Box::new(ExecBackend::new(&service.name, c.clone(), data_dir)),
         config::Backend::Process(c) => {
             Box::new(ProcessBackend::new(&service.name, c.clone(), data_dir))
