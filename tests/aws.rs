@@ -120,6 +120,8 @@ struct Recorded {
     calls: Mutex<Vec<String>>,
     /// How many more DescribeInstances answers show `stopped` instances as `stopping`.
     show_stopping: AtomicUsize,
+    /// How many more StartInstances calls are answered with AWS's throttling error.
+    throttle_starts: AtomicUsize,
 }
 
 impl Recorded {
@@ -182,6 +184,20 @@ async fn forward(
         },
     };
     state.calls.lock().unwrap().push(format!("{action} {text}"));
+    if action == "ec2:StartInstances"
+        && state
+            .throttle_starts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        // What EC2 answers when an account calls it too often.
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>";
+        return axum::response::Response::builder()
+            .status(503)
+            .header("content-type", "text/xml")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+    }
     let stream = tokio::net::TcpStream::connect(upstream).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -708,6 +724,31 @@ fn hibernates_when_the_instance_allows_it_and_says_so_when_not() {
             && r.contains(&format!("instance {unable} is not configured for hibernation; stopping it without hibernating"))),
         "{unable_events:#?}"
     );
+}
+
+#[test]
+fn throttled_calls_are_retried() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let id = aws.instance(&[("app", &unique("throttle"))], false);
+    let dir = temp_dir("aws-throttle");
+    let listen = free_addr();
+    let service = ec2_service(
+        "busy",
+        listen,
+        &format!("instance_id = \"{id}\""),
+        &format!("address = \"{}\"", echo.addr),
+        &aws.proxy.url,
+    );
+    let _gateway = Gateway::start(&write_config(&dir, &service));
+    aws.proxy
+        .recorded
+        .throttle_starts
+        .store(2, Ordering::SeqCst);
+    assert_eq!(echo_through(listen, b"again"), b"again");
+    // Two throttled answers, then the call that went through.
+    assert_eq!(aws.proxy.recorded.count("ec2:StartInstances"), 3);
+    assert_eq!(aws.state(&id), InstanceStateName::Running);
 }
 
 #[test]

@@ -600,3 +600,65 @@ pub fn build(
 ) -> Box<dyn crate::backend::Backend> {
     unreachable!("config validation refuses AWS backends without the aws feature")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(src: &str) -> Backend {
+        let config = crate::config::parse(src, "test.toml").unwrap();
+        config.services[0].backend.clone()
+    }
+
+    #[test]
+    fn the_ec2_example_reads_into_its_runtime_type() {
+        let Backend::Ec2(ec2) = backend(include_str!("../../examples/ec2.toml")) else {
+            panic!("not ec2")
+        };
+        assert_eq!(
+            ec2.target,
+            Ec2Target::Tags(vec![
+                ("Name".into(), "minecraft".into()),
+                ("wakegate".into(), "yes".into())
+            ])
+        );
+        assert!(ec2.hibernate);
+        assert_eq!(ec2.address, Address::Public(25565));
+        assert_eq!(ec2.api.region.as_deref(), Some("eu-west-1"));
+        let dns = ec2.dns.unwrap();
+        assert_eq!(dns.name, "mc.example.com");
+        assert_eq!(dns.ttl, 60);
+        assert_eq!(
+            dns.on_sleep,
+            OnSleep::Gateway(Ipv4Addr::new(203, 0, 113, 10))
+        );
+    }
+
+    #[test]
+    fn an_ecs_task_reads_with_its_defaults() {
+        let src = r#"
+[[service]]
+name = "job"
+[service.backend]
+type = "ecs"
+cluster = "games"
+mode = "task"
+task_definition = "worker"
+subnets = ["subnet-1"]
+address = "10.1.2.3:8080"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#;
+        let Backend::Ecs(ecs) = backend(src) else {
+            panic!("not ecs")
+        };
+        let EcsMode::Task(run) = ecs.mode else {
+            panic!("not task mode")
+        };
+        assert_eq!(run.launch_type, "FARGATE");
+        assert!(!run.assign_public_ip);
+        assert_eq!(ecs.address, Address::Fixed("10.1.2.3:8080".into()));
+        assert_eq!(ecs.stop_timeout, Duration::from_secs(600));
+    }
+}
