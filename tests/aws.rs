@@ -502,8 +502,9 @@ impl Drop for Echo {
 fn echo_through(listen: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(listen).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    stream.write_all(payload).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    // A gateway whose wake failed may have closed the connection already.
+    let _ = stream.write_all(payload);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut back = Vec::new();
     let _ = stream.read_to_end(&mut back);
     back
@@ -869,6 +870,10 @@ fn the_dns_record_follows_the_new_public_ip_across_two_wakes() {
     assert_eq!(
         changes,
         vec![
+            // At start-up the instance is found stopped: the record is put where it belongs.
+            &format!(
+                "DNS record {record} now points at 203.0.113.10 (the server sleeps; clients reach wakegate)"
+            ),
             &format!(
                 "DNS record {record} now points at {} (the server is awake)",
                 ips[0]

@@ -406,10 +406,19 @@ impl Backend for Ec2Backend {
 
     async fn status(&mut self) -> Result<Status, BackendError> {
         let found = self.find().await?;
-        Ok(match found.state {
+        let status = match found.state {
             InstanceStateName::Running | InstanceStateName::Pending => Status::Running,
             _ => Status::Stopped,
-        })
+        };
+        // A wakegate that died between the stop and the DNS change left the record pointing
+        // at a server that is gone: put it back now.
+        if status == Status::Stopped
+            && let Some(mut dns) = self.dns.take()
+        {
+            dns.rest(&self.notes).await;
+            self.dns = Some(dns);
+        }
+        Ok(status)
     }
 
     async fn address(&mut self) -> Result<String, BackendError> {

@@ -396,6 +396,34 @@ impl EcsBackend {
         }
     }
 
+    /// What really runs: a service with tasks wanted or running, or our task not stopped.
+    async fn real_status(&mut self) -> Result<Status, BackendError> {
+        match self.config.mode.clone() {
+            EcsMode::Service { service } => {
+                let (desired, running) = self.counts(&service).await?;
+                Ok(if desired > 0 || running > 0 {
+                    Status::Running
+                } else {
+                    Status::Stopped
+                })
+            }
+            EcsMode::Task(_) => {
+                let Some(arn) = self.stored_task() else {
+                    return Ok(Status::Stopped);
+                };
+                match self.describe_task(&arn).await? {
+                    Some(task) if !task.stopped() && task.desired_status != "STOPPED" => {
+                        Ok(Status::Running)
+                    }
+                    _ => {
+                        self.remember_task(None)?;
+                        Ok(Status::Stopped)
+                    }
+                }
+            }
+        }
+    }
+
     async fn public_ip(&mut self, task: &TaskInfo) -> Result<Option<String>, BackendError> {
         let Some(eni) = task.eni.clone() else {
             return Ok(None);
@@ -515,30 +543,16 @@ impl Backend for EcsBackend {
     }
 
     async fn status(&mut self) -> Result<Status, BackendError> {
-        match self.config.mode.clone() {
-            EcsMode::Service { service } => {
-                let (desired, running) = self.counts(&service).await?;
-                Ok(if desired > 0 || running > 0 {
-                    Status::Running
-                } else {
-                    Status::Stopped
-                })
-            }
-            EcsMode::Task(_) => {
-                let Some(arn) = self.stored_task() else {
-                    return Ok(Status::Stopped);
-                };
-                match self.describe_task(&arn).await? {
-                    Some(task) if !task.stopped() && task.desired_status != "STOPPED" => {
-                        Ok(Status::Running)
-                    }
-                    _ => {
-                        self.remember_task(None)?;
-                        Ok(Status::Stopped)
-                    }
-                }
-            }
+        let status = self.real_status().await?;
+        // A wakegate that died between the stop and the DNS change left the record pointing
+        // at a task that is gone: put it back now.
+        if status == Status::Stopped
+            && let Some(mut dns) = self.dns.take()
+        {
+            dns.rest(&self.notes).await;
+            self.dns = Some(dns);
         }
+        Ok(status)
     }
 
     async fn address(&mut self) -> Result<String, BackendError> {
