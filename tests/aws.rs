@@ -800,22 +800,7 @@ fn the_dns_record_follows_the_new_public_ip_across_two_wakes() {
     let echo = Echo::start();
     let word = unique("dns");
     let id = aws.instance(&[("app", &word)], false);
-    let zone_name = format!("{word}.test");
-    let zone = aws
-        .block(
-            aws.route53
-                .create_hosted_zone()
-                .name(&zone_name)
-                .caller_reference(&word)
-                .send(),
-        )
-        .unwrap();
-    let zone_id = zone
-        .hosted_zone()
-        .unwrap()
-        .id()
-        .trim_start_matches("/hostedzone/")
-        .to_string();
+    let (zone_id, zone_name) = hosted_zone(&aws, &word);
     let record = format!("mc.{zone_name}");
     let dir = temp_dir("aws-dns");
     let extra = format!(
@@ -1001,7 +986,7 @@ fn ecs_service_mode_scales_to_one_on_a_client_and_back_to_zero() {
     let aws = Aws::new();
     let echo = Echo::start();
     let word = unique("svc");
-    let (cluster, family, ..) = ecs_fixtures(&aws, &word);
+    let (cluster, family, subnet, group) = ecs_fixtures(&aws, &word);
     aws.block(
         aws.ecs
             .create_service()
@@ -1012,6 +997,37 @@ fn ecs_service_mode_scales_to_one_on_a_client_and_back_to_zero() {
             .send(),
     )
     .unwrap();
+    // moto's services launch no tasks: the test plays ECS's scheduler and runs the service's
+    // task itself (ECS names its group "service:NAME"), beside another task of the cluster.
+    let run = |task_group: &str| -> String {
+        let vpc = aws_sdk_ecs::types::AwsVpcConfiguration::builder()
+            .subnets(&subnet)
+            .security_groups(&group)
+            .build()
+            .unwrap();
+        let out = aws
+            .block(
+                aws.ecs
+                    .run_task()
+                    .cluster(&cluster)
+                    .task_definition(&family)
+                    .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
+                    .group(task_group)
+                    .network_configuration(
+                        aws_sdk_ecs::types::NetworkConfiguration::builder()
+                            .awsvpc_configuration(vpc)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .unwrap();
+        task_ip(&out.tasks()[0])
+    };
+    let other_ip = run("family:other");
+    let web_ip = run("service:web");
+    assert_ne!(other_ip, web_ip);
+    let (zone_id, zone_name) = hosted_zone(&aws, &word);
+    let record = format!("web.{zone_name}");
     let desired = || {
         let out = aws
             .block(
@@ -1037,19 +1053,32 @@ cluster = "{cluster}"
 mode = "service"
 service = "web"
 address = "{}"
-endpoint_url = "{}"
+endpoint_url = "{url}"
+[service.dns]
+zone_id = "{zone_id}"
+name = "{record}"
+value = "private"
+gateway_ip = "203.0.113.20"
+endpoint_url = "{url}"
 [[service.listen]]
 type = "tcp"
 bind = "{listen}"
 "#,
-        echo.addr, aws.proxy.url
+        echo.addr,
+        url = aws.proxy.url
     );
     let mut gateway = Gateway::start(&write_config(&dir, &service));
     assert_eq!(desired(), 0);
     assert_eq!(echo_through(listen, b"scale me"), b"scale me");
     assert_eq!(desired(), 1);
+    // The record followed the service's task, not the other task of the cluster.
+    assert_eq!(a_record(&aws, &zone_id, &record), Some(web_ip));
     gateway.wait_for("backend stopped after");
     assert_eq!(desired(), 0);
+    assert_eq!(
+        a_record(&aws, &zone_id, &record),
+        Some("203.0.113.20".to_string())
+    );
     let events = gateway.events("web");
     let scaled: Vec<&String> = events
         .iter()
@@ -1062,28 +1091,61 @@ bind = "{listen}"
     );
 }
 
+/// A task's private IP, from its network interface attachment.
+fn task_ip(task: &aws_sdk_ecs::types::Task) -> String {
+    task.attachments()
+        .iter()
+        .flat_map(|a| a.details())
+        .find(|d| d.name() == Some("privateIPv4Address"))
+        .and_then(|d| d.value())
+        .unwrap()
+        .to_string()
+}
+
+/// A new hosted zone; returns (its id, its name).
+fn hosted_zone(aws: &Aws, word: &str) -> (String, String) {
+    let name = format!("{word}.test");
+    let zone = aws
+        .block(
+            aws.route53
+                .create_hosted_zone()
+                .name(&name)
+                .caller_reference(word)
+                .send(),
+        )
+        .unwrap();
+    let id = zone
+        .hosted_zone()
+        .unwrap()
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    (id, name)
+}
+
+/// The value of the A record `name`, if there is one.
+fn a_record(aws: &Aws, zone_id: &str, name: &str) -> Option<String> {
+    let out = aws
+        .block(
+            aws.route53
+                .list_resource_record_sets()
+                .hosted_zone_id(zone_id)
+                .send(),
+        )
+        .unwrap();
+    out.resource_record_sets()
+        .iter()
+        .find(|s| s.name().trim_end_matches('.') == name && s.r#type().as_str() == "A")
+        .map(|s| s.resource_records()[0].value().to_string())
+}
+
 #[test]
 fn ecs_task_mode_runs_one_task_finds_it_after_a_kill_and_stops_it() {
     let aws = Aws::new();
     let echo = Echo::start();
     let word = unique("task");
     let (cluster, family, subnet, group) = ecs_fixtures(&aws, &word);
-    let zone_name = format!("{word}.test");
-    let zone = aws
-        .block(
-            aws.route53
-                .create_hosted_zone()
-                .name(&zone_name)
-                .caller_reference(&word)
-                .send(),
-        )
-        .unwrap();
-    let zone_id = zone
-        .hosted_zone()
-        .unwrap()
-        .id()
-        .trim_start_matches("/hostedzone/")
-        .to_string();
+    let (zone_id, zone_name) = hosted_zone(&aws, &word);
     let record = format!("game.{zone_name}");
     let dir = temp_dir("aws-ecs-task");
     let listen = free_addr();
@@ -1139,20 +1201,7 @@ bind = "{listen}"
             .unwrap();
         out.tasks().to_vec()
     };
-    let a_record = || -> Option<String> {
-        let out = aws
-            .block(
-                aws.route53
-                    .list_resource_record_sets()
-                    .hosted_zone_id(&zone_id)
-                    .send(),
-            )
-            .unwrap();
-        out.resource_record_sets()
-            .iter()
-            .find(|s| s.name().trim_end_matches('.') == record && s.r#type().as_str() == "A")
-            .map(|s| s.resource_records()[0].value().to_string())
-    };
+    let a_record = || a_record(&aws, &zone_id, &record);
 
     let mut first = Gateway::start(&config);
     first.wake("game");
@@ -1163,15 +1212,7 @@ bind = "{listen}"
     let arn = task.task_arn().unwrap().to_string();
     assert_eq!(task.group(), Some("wakegate:game"));
     // The record holds the task's private IP, from its network interface.
-    let ip = task
-        .attachments()
-        .iter()
-        .flat_map(|a| a.details())
-        .find(|d| d.name() == Some("privateIPv4Address"))
-        .and_then(|d| d.value())
-        .unwrap()
-        .to_string();
-    assert_eq!(a_record(), Some(ip));
+    assert_eq!(a_record(), Some(task_ip(&task)));
     first.kill();
 
     // The same task is found again through the ARN in the store: no second RunTask.
