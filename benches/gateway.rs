@@ -693,7 +693,7 @@ impl Figures {
             .map(|d| d.as_secs_f64() * 1e3)
             .collect();
         ms.sort_by(f64::total_cmp);
-        let median = if ms.len() % 2 == 0 {
+        let median = if ms.len().is_multiple_of(2) {
             (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
         } else {
             ms[ms.len() / 2]

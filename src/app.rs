@@ -143,7 +143,7 @@ impl App {
             .map(|s| {
                 service::spawn(
                     s,
-                    backend::build(s, &config.gateway.data_dir),
+                    backend::build(s, &config.gateway.data_dir, &store),
                     store.clone(),
                     events.clone(),
                     &background,

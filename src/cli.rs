@@ -86,6 +86,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Print the least-privilege IAM policy (JSON) for the AWS backends and DNS records a
+    /// config uses.
+    IamPolicy {
+        /// The config file.
+        #[arg(long, env = "WAKEGATE_CONFIG", default_value = "wakegate.toml")]
+        config: PathBuf,
+    },
     /// The demo's backend: a tiny web (or echo) server. Used by `demo` and the tests.
     #[command(hide = true)]
     DemoBackend {
@@ -229,6 +236,17 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 follow,
                 api.json,
             ));
+        }
+        Command::IamPolicy { config } => {
+            let path = config;
+            let config = config::load(&path)?;
+            let policy = crate::aws::iam::policy(&config).with_context(|| {
+                format!(
+                    "{} uses no ec2 or ecs backend: wakegate needs no AWS permission for it",
+                    path.display()
+                )
+            })?;
+            println!("{}", serde_json::to_string_pretty(&policy)?);
         }
         Command::DemoBackend {
             listen,

@@ -161,6 +161,11 @@ struct ServiceRow {
     connections: usize,
     held: usize,
     last_error: Option<String>,
+    #[serde(default)]
+    awake_seconds_day: f64,
+    #[serde(default)]
+    awake_seconds_30d: f64,
+    cost_saved_30d: Option<f64>,
 }
 
 /// `wakegate status [NAME]`.
@@ -180,18 +185,22 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
         serde_json::from_value(value)?
     };
     println!(
-        "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} LAST ERROR",
-        "NAME", "STATE", "FOR", "CONNS", "HELD", "ADDRESS"
+        "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} {:>9} {:>9} {:>9}  LAST ERROR",
+        "NAME", "STATE", "FOR", "CONNS", "HELD", "ADDRESS", "AWAKE 24H", "AWAKE 30D", "SAVED 30D"
     );
     for row in rows {
         println!(
-            "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} {}",
+            "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} {:>9} {:>9} {:>9}  {}",
             row.name,
             row.state,
             ago(&row.since).unwrap_or_else(|_| row.since.clone()),
             row.connections,
             row.held,
             row.address.as_deref().unwrap_or("-"),
+            hours(row.awake_seconds_day),
+            hours(row.awake_seconds_30d),
+            row.cost_saved_30d
+                .map_or_else(|| "-".to_string(), |saved| format!("{saved:.2}")),
             row.last_error
                 .as_deref()
                 .map(|e| e.lines().next().unwrap_or(""))
@@ -199,6 +208,11 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Awake time in hours, e.g. "1.25h".
+fn hours(seconds: f64) -> String {
+    format!("{:.2}h", seconds / 3600.0)
 }
 
 /// "3m 12s" since an RFC 3339 time.

@@ -175,6 +175,10 @@ pub enum HealthAction {
 pub enum Backend {
     Exec(Exec),
     Process(Process),
+    /// An EC2 instance (`aws` feature).
+    Ec2(crate::aws::Ec2),
+    /// An ECS service or task (`aws` feature).
+    Ecs(crate::aws::Ecs),
 }
 
 /// User hook commands run by `sh -c`.
@@ -1114,6 +1118,7 @@ fn read_service(
     let listen = table.remove("listen");
     let readiness = table.remove("readiness");
     let health = table.remove("health");
+    let dns = table.remove("dns");
     let always_on = matches!(
         table.get("always_on").map(|v| v.get_ref()),
         Some(DeValue::Boolean(true))
@@ -1135,7 +1140,7 @@ fn read_service(
     };
 
     let backend = match backend {
-        Some(value) => read_backend(value, problems),
+        Some(value) => crate::aws::attach_dns(read_backend(value, problems), dns, problems),
         None => {
             problems.add(
                 Some(span.clone()),
@@ -1482,10 +1487,12 @@ pub(crate) fn split_type<'i>(
 }
 
 fn read_backend(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Backend> {
-    let kinds = "exec, process";
+    let kinds = "exec, process, ec2, ecs";
     let (kind, rest) = split_type(value, "[service.backend]", kinds, problems)?;
     let type_span = rest.span();
     match kind.as_str() {
+        "ec2" => crate::aws::read_ec2(rest, problems),
+        "ecs" => crate::aws::read_ecs(rest, problems),
         "exec" => {
             let c: ExecConfig = read(rest, problems)?;
             let env = expand_env(c.env, problems);

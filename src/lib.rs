@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod app;
+pub mod aws;
 pub mod backend;
 pub mod cli;
 pub mod client;

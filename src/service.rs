@@ -384,6 +384,8 @@ pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) -> ServiceHandle {
+    let mut backend = backend;
+    let notes = backend.notes();
     let (commands_tx, commands) = mpsc::channel(64);
     // Until the backend has been asked, the best knowledge is what was last recorded.
     let last = store.service(&service.name).ok().flatten();
@@ -432,6 +434,7 @@ pub fn spawn(
             events,
             status: status_tx,
             commands,
+            notes,
             waiters: Vec::new(),
             shared,
             max_held: service.max_held,
@@ -480,6 +483,8 @@ struct Core {
     events: broadcast::Sender<Event>,
     status: watch::Sender<Status>,
     commands: mpsc::Receiver<Command>,
+    /// What the backend reports from inside its calls (see [`crate::backend::Note`]).
+    notes: Option<mpsc::UnboundedReceiver<crate::backend::Note>>,
     waiters: Vec<Waiter>,
     shared: Arc<Shared>,
     max_held: usize,
@@ -732,13 +737,29 @@ impl Core {
         tokio::pin!(work);
         let expired = sleep_until(deadline);
         tokio::pin!(expired);
-        loop {
+        let outcome = loop {
             tokio::select! {
-                out = &mut work => return Outcome::Done(out),
-                () = &mut expired => return Outcome::TimedOut,
-                () = cancel.cancelled() => return Outcome::Cancelled,
+                out = &mut work => break Outcome::Done(out),
+                () = &mut expired => break Outcome::TimedOut,
+                () = cancel.cancelled() => break Outcome::Cancelled,
                 Some(command) = self.commands.recv() => self.handle(command),
+                Some(note) = next_note(&mut self.notes) => self.note(note),
             }
+        };
+        // Notes sent just before the call returned belong to it, not to a later call.
+        self.record_notes();
+        outcome
+    }
+
+    fn note(&self, note: crate::backend::Note) {
+        self.emit(note.kind, note.reason, note.detail);
+    }
+
+    /// Records the notes the backend has sent and the actor has not yet taken, for calls made
+    /// outside `serve_while` (a stop, the shutdown).
+    fn record_notes(&mut self) {
+        while let Some(note) = self.notes.as_mut().and_then(|n| n.try_recv().ok()) {
+            self.note(note);
         }
     }
 
@@ -858,6 +879,16 @@ fn ticket(shared: &Arc<Shared>, address: SocketAddr) -> Ticket {
     Ticket {
         address,
         guard: ConnectionGuard(shared.clone()),
+    }
+}
+
+/// The next note of a backend that has them; never for one that has none.
+async fn next_note(
+    notes: &mut Option<mpsc::UnboundedReceiver<crate::backend::Note>>,
+) -> Option<crate::backend::Note> {
+    match notes {
+        Some(notes) => notes.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -1240,7 +1271,7 @@ impl Actor {
             .core
             .serve_while(self.backend.stop(), None, &self.cancel)
             .await;
-        self.record_backend_notes();
+        self.core.record_notes();
         let mut detail = json!({ "duration_ms": started.elapsed().as_millis() as u64 });
         if let Outcome::Done(Err(e)) = &cleanup {
             detail["cleanup_error"] = json!(e.to_string());
@@ -1473,7 +1504,7 @@ impl Actor {
             Outcome::Done(result) => result,
             _ => return Flow::Exit,
         };
-        self.record_backend_notes();
+        self.core.record_notes();
         match result {
             Ok(()) => {
                 self.stop_retry = None;
@@ -1506,19 +1537,11 @@ impl Actor {
         Flow::Continue
     }
 
-    /// Records what the backend noted during its last action (a save, a fallback to a signal).
-    fn record_backend_notes(&mut self) {
-        for note in self.backend.take_notes() {
-            self.core
-                .emit(note.kind, note.reason, serde_json::Value::Null);
-        }
-    }
-
     /// wakegate is shutting down: release held clients and let the backend decide.
     async fn shutdown(&mut self) {
         self.core.answer_all(|_| Err(ConnectError::ShuttingDown));
         let stopped = self.backend.shutdown().await;
-        self.record_backend_notes();
+        self.core.record_notes();
         match stopped {
             Ok(true) => self.core.transition(
                 State::Asleep,

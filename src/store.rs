@@ -53,6 +53,15 @@ const MIGRATIONS: &[M<'static>] = &[
         updated_ms INTEGER NOT NULL
     );",
     ),
+    // What a backend must find again after a restart (the ARN of the ECS task it ran).
+    M::up(
+        "CREATE TABLE backend_values (
+        service TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   TEXT NOT NULL,
+        PRIMARY KEY (service, key)
+    );",
+    ),
 ];
 
 /// The last state a service was recorded in.
@@ -160,6 +169,41 @@ impl Store {
             reason: event.reason,
             detail: event.detail,
         })
+    }
+
+    /// A value a backend stored for itself (see [`Store::set_backend_value`]).
+    pub fn backend_value(&self, service: &str, key: &str) -> anyhow::Result<Option<String>> {
+        let conn = self.conn.lock().unwrap();
+        Ok(conn
+            .query_row(
+                "SELECT value FROM backend_values WHERE service = ?1 AND key = ?2",
+                [service, key],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores (or, with `None`, forgets) a value a backend needs after a restart; committed
+    /// before it returns.
+    pub fn set_backend_value(
+        &self,
+        service: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let conn = self.conn.lock().unwrap();
+        match value {
+            Some(value) => conn.execute(
+                "INSERT INTO backend_values (service, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (service, key) DO UPDATE SET value = excluded.value",
+                params![service, key, value],
+            )?,
+            None => conn.execute(
+                "DELETE FROM backend_values WHERE service = ?1 AND key = ?2",
+                params![service, key],
+            )?,
+        };
+        Ok(())
     }
 
     /// The last recorded state of a service, if it was ever recorded.

@@ -435,7 +435,7 @@ fn base64(bytes: &[u8]) -> String {
             table[usize::from_str_radix(&s, 2).unwrap()] as char
         })
         .collect();
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push('=');
     }
     out

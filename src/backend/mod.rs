@@ -1,6 +1,10 @@
 //! Backends: how a service is started, stopped, asked for its status and found. One file per
 //! kind; the service actor only sees the [`Backend`] trait.
 
+#[cfg(feature = "aws")]
+pub mod ec2;
+#[cfg(feature = "aws")]
+pub mod ecs;
 mod exec;
 mod pidfd;
 mod process;
@@ -11,6 +15,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::config;
+use crate::event::Kind;
 
 pub use exec::ExecBackend;
 pub use process::ProcessBackend;
@@ -31,14 +36,6 @@ pub struct Exit {
     pub status: String,
     /// The last lines of its output, oldest first.
     pub log_tail: String,
-}
-
-/// Something a backend did or met inside an action that went on anyway (a save before a stop,
-/// a stop that fell back to a signal); the service records each as an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    pub kind: crate::event::Kind,
-    pub reason: String,
 }
 
 /// Why a backend action failed. Each message says what to look at next.
@@ -74,6 +71,19 @@ fn tail_suffix(tail: &str) -> String {
     }
 }
 
+/// Something a backend did or met inside a call that went on anyway (a save before a stop, a
+/// stop that fell back to a signal, a DNS change); the service actor records each as an event
+/// in the state it is in.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub kind: Kind,
+    pub reason: String,
+    pub detail: serde_json::Value,
+}
+
+/// Where a backend sends its [`Note`]s.
+pub type Notes = tokio::sync::mpsc::UnboundedSender<Note>;
+
 /// Start, stop, status, and where the server is now.
 #[async_trait]
 pub trait Backend: Send {
@@ -103,9 +113,10 @@ pub trait Backend: Send {
         None
     }
 
-    /// The notes gathered since the last call, oldest first (asked after each stop).
-    fn take_notes(&mut self) -> Vec<Note> {
-        Vec::new()
+    /// The receiving end of the backend's notes, taken once by the service actor. Backends
+    /// that have nothing to add beyond their calls' results have none.
+    fn notes(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Note>> {
+        None
     }
 
     /// Called once when wakegate shuts down gracefully; returns whether the server was stopped.
@@ -115,8 +126,13 @@ pub trait Backend: Send {
 }
 
 /// Builds the backend a service's config describes.
-pub fn build(service: &config::Service, data_dir: &Path) -> Box<dyn Backend> {
+pub fn build(
+    service: &config::Service,
+    data_dir: &Path,
+    store: &std::sync::Arc<crate::store::Store>,
+) -> Box<dyn Backend> {
     match &service.backend {
+        config::Backend::Ec2(_) | config::Backend::Ecs(_) => crate::aws::build(service, store),
         config::Backend::Exec(c) => Box::new(ExecBackend::new(&service.name, c.clone(), data_dir)),
         config::Backend::Process(c) => {
             Box::new(ProcessBackend::new(&service.name, c.clone(), data_dir))

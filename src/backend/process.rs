@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use super::pidfd::ExitWatch;
 use super::rcon::{Rcon, RconError};
-use super::{Backend, BackendError, Exit, Note, Status, describe_exit, tail_of_file};
+use super::{Backend, BackendError, Exit, Note, Notes, Status, describe_exit, tail_of_file};
 use crate::config::{self, OnShutdown, Process, StopMethod};
 use crate::event::Kind;
 
@@ -37,7 +37,8 @@ pub struct ProcessBackend {
     log_path: PathBuf,
     pid_path: PathBuf,
     running: Option<Running>,
-    notes: Vec<Note>,
+    notes: Notes,
+    notes_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Note>>,
 }
 
 enum Running {
@@ -68,18 +69,24 @@ struct PidFile {
 
 impl ProcessBackend {
     pub fn new(service: &str, config: Process, data_dir: &Path) -> ProcessBackend {
+        let (notes, notes_rx) = tokio::sync::mpsc::unbounded_channel();
         ProcessBackend {
             service: service.to_string(),
             config,
             log_path: data_dir.join(format!("{service}.log")),
             pid_path: data_dir.join(format!("{service}.pid")),
             running: None,
-            notes: Vec::new(),
+            notes,
+            notes_rx: Some(notes_rx),
         }
     }
 
     fn note(&mut self, kind: Kind, reason: String) {
-        self.notes.push(Note { kind, reason });
+        let _ = self.notes.send(Note {
+            kind,
+            reason,
+            detail: serde_json::Value::Null,
+        });
     }
 
     fn spawn(&mut self) -> Result<(), BackendError> {
@@ -338,8 +345,8 @@ impl Backend for ProcessBackend {
         Some(&self.log_path)
     }
 
-    fn take_notes(&mut self) -> Vec<Note> {
-        std::mem::take(&mut self.notes)
+    fn notes(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Note>> {
+        self.notes_rx.take()
     }
 
     async fn exited(&mut self) -> Exit {

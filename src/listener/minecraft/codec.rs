@@ -1938,13 +1938,13 @@ mod tests {
                         LoginStartLayout::NameUuid => Some(uuid),
                         LoginStartLayout::NameSignatureUuid
                         | LoginStartLayout::NameOptionalUuid => {
-                            (rng.next() % 2 == 0).then_some(uuid)
+                            rng.next().is_multiple_of(2).then_some(uuid)
                         }
                         _ => None,
                     },
                     signature: match layout {
                         LoginStartLayout::NameSignature | LoginStartLayout::NameSignatureUuid
-                            if rng.next() % 2 == 0 =>
+                            if rng.next().is_multiple_of(2) =>
                         {
                             Some(SignatureData {
                                 expires_at: rng.next() as i64,

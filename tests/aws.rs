@@ -1,0 +1,1449 @@
+//! The AWS backends against a real AWS API emulator: moto server (tests/peers/requirements.txt,
+//! installed into .venv-peers by scripts/test), started once for this file on a free loopback
+//! port. The real `wakegate` binary runs each scenario with test credentials in its
+//! environment; fixtures (instances, clusters, task definitions, hosted zones) are made with
+//! the AWS SDK for Rust. moto's IPs route nowhere, so a real local echo server plays the
+//! server behind a fixed `address`.
+//!
+//! Between wakegate and moto sits a small recording proxy: it keeps every API call wakegate
+//! made (to assert, say, that a terminated instance was never asked to start), and it can show
+//! an instance as `stopping` for a few looks, a state moto skips (it stops instances at once).
+#![cfg(feature = "aws")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    HibernationOptionsRequest, InstanceStateName, ResourceType, Tag, TagSpecification,
+};
+use common::*;
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::Value;
+
+const REGION: &str = "us-east-1";
+/// An AMI moto knows.
+const AMI: &str = "ami-12c6146b";
+
+// ---------------------------------------------------------------------------------------------
+// moto, shared by the tests of this file.
+
+struct Moto {
+    url: String,
+    /// Closing it (when this test process ends) makes the wrapper shell stop moto.
+    _stdin: Mutex<ChildStdin>,
+    _child: Mutex<Child>,
+}
+
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-peers/bin/moto_server");
+        assert!(
+            server.exists(),
+            "{} is missing: run scripts/test, which installs tests/peers/requirements.txt into .venv-peers",
+            server.display()
+        );
+        let addr = free_addr();
+        // The shell stops moto when our end of its stdin closes, so moto never outlives the
+        // tests, even when they panic or are killed.
+        let script = format!(
+            "{:?} -H 127.0.0.1 -p {} >/dev/null 2>&1 & pid=$!; read _; kill $pid",
+            server.display().to_string(),
+            addr.port()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let url = format!("http://{addr}");
+        // moto is a Python program: it listens once it has imported itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while http(addr, "POST", "/moto-api/reset", "").is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // ECS tasks stay where a test puts them (by default each look moves them on).
+        let body = r#"{"model_name":"ecs::task","transition":{"progression":"manual","times":1000000}}"#;
+        http(addr, "POST", "/moto-api/state-manager/set-transition", body).unwrap();
+        Moto {
+            url,
+            _stdin: Mutex::new(stdin),
+            _child: Mutex::new(child),
+        }
+    })
+}
+
+/// A plain HTTP/1.1 request; returns the status and the body.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(DEADLINE))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status, body.to_string()))
+}
+
+fn api_json(api: SocketAddr, method: &str, path: &str) -> Value {
+    let (status, body) = http(api, method, path, "").unwrap();
+    assert!(status < 300, "{method} {path}: {status} {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The recording proxy between wakegate and moto.
+
+#[derive(Default)]
+struct Recorded {
+    /// Every call: "ec2:StopInstances Action=StopInstances&...", "ecs:RunTask {...}".
+    calls: Mutex<Vec<String>>,
+    /// How many more DescribeInstances answers show `stopped` instances as `stopping`.
+    show_stopping: AtomicUsize,
+    /// How many more StartInstances calls are answered with AWS's throttling error.
+    throttle_starts: AtomicUsize,
+}
+
+impl Recorded {
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn count(&self, action: &str) -> usize {
+        self.calls()
+            .iter()
+            .filter(|c| c.split(' ').next() == Some(action))
+            .count()
+    }
+}
+
+struct Proxy {
+    url: String,
+    recorded: Arc<Recorded>,
+}
+
+fn start_proxy(runtime: &tokio::runtime::Runtime, moto: &str) -> Proxy {
+    let recorded = Arc::new(Recorded::default());
+    let upstream: SocketAddr = moto.trim_start_matches("http://").parse().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let state = recorded.clone();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let state = state.clone();
+        async move { forward(request, upstream, &state).await }
+    });
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    Proxy { url, recorded }
+}
+
+async fn forward(
+    request: axum::extract::Request,
+    upstream: SocketAddr,
+    state: &Recorded,
+) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body).to_string();
+    // EC2 names the action in its form body, JSON protocols (ECS) in a header.
+    let action = match parts.headers.get("x-amz-target") {
+        Some(target) => format!(
+            "ecs:{}",
+            target
+                .to_str()
+                .unwrap_or("")
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+        ),
+        None => match text.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
+            Some(action) => format!("ec2:{action}"),
+            None => format!("{}:{}", parts.method, parts.uri.path()),
+        },
+    };
+    state.calls.lock().unwrap().push(format!("{action} {text}"));
+    if action == "ec2:StartInstances"
+        && state
+            .throttle_starts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        // What EC2 answers when an account calls it too often.
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>throttled</RequestID></Response>";
+        return axum::response::Response::builder()
+            .status(503)
+            .header("content-type", "text/xml")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+    }
+    let stream = tokio::net::TcpStream::connect(upstream).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut upstream_request = hyper::Request::builder()
+        .method(parts.method)
+        .uri(parts.uri);
+    for (name, value) in &parts.headers {
+        upstream_request = upstream_request.header(name, value);
+    }
+    let response = sender
+        .send_request(
+            upstream_request
+                .body(http_body_util::Full::new(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response.headers().get("content-type").cloned();
+    let mut body =
+        String::from_utf8_lossy(&response.into_body().collect().await.unwrap().to_bytes())
+            .to_string();
+    if action == "ec2:DescribeInstances"
+        && body.contains("<name>stopped</name>")
+        && state
+            .show_stopping
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        body = body
+            .replace("<code>80</code>", "<code>64</code>")
+            .replace("<name>stopped</name>", "<name>stopping</name>");
+        state
+            .calls
+            .lock()
+            .unwrap()
+            .push("proxy:ShownStopping".into());
+    }
+    let mut builder = axum::response::Response::builder().status(status);
+    if let Some(content_type) = content_type {
+        builder = builder.header("content-type", content_type);
+    }
+    builder.body(axum::body::Body::from(body)).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures.
+
+/// One scenario: a runtime for fixtures and the proxy, SDK clients straight to moto.
+struct Aws {
+    runtime: tokio::runtime::Runtime,
+    proxy: Proxy,
+    ec2: aws_sdk_ec2::Client,
+    ecs: aws_sdk_ecs::Client,
+    route53: aws_sdk_route53::Client,
+}
+
+impl Aws {
+    fn new() -> Aws {
+        let moto = moto();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let proxy = start_proxy(&runtime, &moto.url);
+        let credentials =
+            aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "tests");
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                credentials,
+            ))
+            .endpoint_url(&moto.url)
+            .http_client(wakegate::aws::sdk::http_client())
+            .build();
+        Aws {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            ecs: aws_sdk_ecs::Client::new(&sdk),
+            route53: aws_sdk_route53::Client::new(&sdk),
+            runtime,
+            proxy,
+        }
+    }
+
+    fn block<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// Launches an instance with these tags and stops it; returns its id.
+    fn instance(&self, tags: &[(&str, &str)], hibernation: bool) -> String {
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (k, v) in tags {
+            spec = spec.tags(Tag::builder().key(*k).value(*v).build());
+        }
+        let out = self
+            .block(
+                self.ec2
+                    .run_instances()
+                    .image_id(AMI)
+                    .min_count(1)
+                    .max_count(1)
+                    .tag_specifications(spec.build())
+                    .hibernation_options(
+                        HibernationOptionsRequest::builder()
+                            .configured(hibernation)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .unwrap();
+        let id = out.instances()[0].instance_id().unwrap().to_string();
+        self.block(self.ec2.stop_instances().instance_ids(&id).send())
+            .unwrap();
+        assert_eq!(self.state(&id), InstanceStateName::Stopped);
+        id
+    }
+
+    fn describe(&self, id: &str) -> aws_sdk_ec2::types::Instance {
+        let out = self
+            .block(self.ec2.describe_instances().instance_ids(id).send())
+            .unwrap();
+        out.reservations()[0].instances()[0].clone()
+    }
+
+    fn state(&self, id: &str) -> InstanceStateName {
+        self.describe(id).state().unwrap().name().unwrap().clone()
+    }
+
+    fn public_ip(&self, id: &str) -> String {
+        self.describe(id).public_ip_address().unwrap().to_string()
+    }
+}
+
+/// A unique word for this test's tags and names (moto is shared by the tests of this file).
+fn unique(name: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The wakegate binary.
+
+/// A running `wakegate run` whose log lines can be waited for.
+struct Gateway {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    cursor: usize,
+    api: SocketAddr,
+}
+
+/// The environment of a wakegate that talks to moto: test credentials, and nothing of the
+/// machine's own AWS setup (no files, no instance metadata).
+fn aws_env(command: &mut Command) -> &mut Command {
+    command
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+}
+
+impl Gateway {
+    fn start(config: &Path) -> Gateway {
+        let mut command = Command::new(WAKEGATE);
+        command.args(["run", "--config"]).arg(config);
+        let mut child = aws_env(&mut command)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut gateway = Gateway {
+            child,
+            lines,
+            seen: Vec::new(),
+            cursor: 0,
+            api: "127.0.0.1:1".parse().unwrap(),
+        };
+        let ready = gateway.wait_for("API ready.");
+        let api = ready.split("api=http://").nth(1).unwrap();
+        gateway.api = api.split_whitespace().next().unwrap().parse().unwrap();
+        gateway.cursor = 0;
+        gateway
+    }
+
+    /// Waits for the next log line (after the last one matched) containing `text`.
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(i) = (self.cursor..self.seen.len()).find(|&i| self.seen[i].contains(text)) {
+                self.cursor = i + 1;
+                return self.seen[i].clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no log line with {text:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn service(&self, name: &str) -> Value {
+        api_json(self.api, "GET", &format!("/api/v1/services/{name}"))
+    }
+
+    /// The reasons of a service's events, oldest first.
+    fn events(&self, name: &str) -> Vec<(String, String)> {
+        let page = api_json(
+            self.api,
+            "GET",
+            &format!("/api/v1/events?service={name}&limit=500"),
+        );
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap().to_string(),
+                    e["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn wake(&self, name: &str) {
+        api_json(self.api, "POST", &format!("/api/v1/services/{name}/wake"));
+    }
+
+    fn sleep(&self, name: &str) {
+        api_json(self.api, "POST", &format!("/api/v1/services/{name}/sleep"));
+    }
+
+    fn kill(&mut self) {
+        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), Signal::KILL).unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The project's own demo backend as a local echo server, killed with the test.
+struct Echo {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Echo {
+    fn start() -> Echo {
+        let addr = free_addr();
+        let child = Command::new(WAKEGATE)
+            .args(["demo-backend", "--echo", "--listen", &addr.to_string()])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the echo server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Echo { child, addr }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends bytes through the gateway and reads the echo.
+fn echo_through(listen: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    // A gateway whose wake failed may have closed the connection already.
+    let _ = stream.write_all(payload);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut back = Vec::new();
+    let _ = stream.read_to_end(&mut back);
+    back
+}
+
+fn write_config(dir: &Path, services: &str) -> PathBuf {
+    let path = dir.join("wakegate.toml");
+    std::fs::write(&path, gateway_toml(dir, services)).unwrap();
+    path
+}
+
+fn ec2_service(
+    name: &str,
+    listen: SocketAddr,
+    select: &str,
+    extra: &str,
+    endpoint: &str,
+) -> String {
+    format!(
+        r#"
+[[service]]
+name = "{name}"
+idle_timeout = "1s"
+wake_timeout = "20s"
+[service.backend]
+type = "ec2"
+{select}
+endpoint_url = "{endpoint}"
+{extra}
+[[service.listen]]
+type = "tcp"
+bind = "{listen}"
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+#[test]
+fn tags_must_select_exactly_one_instance_and_a_client_wakes_it() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let word = unique("tags");
+    let one = aws.instance(&[("app", &word), ("role", "one")], false);
+    let twin_a = aws.instance(&[("app", &word), ("role", "two")], false);
+    let twin_b = aws.instance(&[("app", &word), ("role", "two")], false);
+    let dir = temp_dir("aws-tags");
+    let (l0, l1, l2) = (free_addr(), free_addr(), free_addr());
+    let fixed = format!("address = \"{}\"", echo.addr);
+    let services = [
+        ec2_service(
+            "none",
+            l0,
+            &format!("tags = {{ app = \"{word}\", role = \"zero\" }}"),
+            &fixed,
+            &aws.proxy.url,
+        ),
+        ec2_service(
+            "one",
+            l1,
+            &format!("tags = {{ app = \"{word}\", role = \"one\" }}"),
+            &fixed,
+            &aws.proxy.url,
+        ),
+        ec2_service(
+            "two",
+            l2,
+            &format!("tags = {{ app = \"{word}\", role = \"two\" }}"),
+            &fixed,
+            &aws.proxy.url,
+        ),
+    ]
+    .concat();
+    let mut gateway = Gateway::start(&write_config(&dir, &services));
+
+    // One match: a client wakes the stopped instance and is served by the server behind it.
+    assert_eq!(echo_through(l1, b"hello through ec2"), b"hello through ec2");
+    assert_eq!(aws.state(&one), InstanceStateName::Running);
+    gateway.wait_for("no connection for");
+    gateway.wait_for("backend stopped after");
+    assert_eq!(aws.state(&one), InstanceStateName::Stopped);
+
+    // No match, and two matches: the wake fails with what was found; nothing is started.
+    assert_eq!(echo_through(l0, b"x"), b"");
+    gateway.wait_for("state=failed kind=\"transition\"");
+    assert_eq!(echo_through(l2, b"x"), b"");
+    gateway.wait_for("state=failed kind=\"transition\"");
+    let none = gateway.service("none");
+    assert_eq!(none["state"], "failed", "{none}");
+    let error = none["last_error"].as_str().unwrap();
+    assert!(error.contains("no instance matches"), "{error}");
+    let two = gateway.service("two");
+    assert_eq!(two["state"], "failed", "{two}");
+    let error = two["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("2 instances match where one must"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&twin_a) && error.contains(&twin_b),
+        "{error}"
+    );
+    assert_eq!(aws.state(&twin_a), InstanceStateName::Stopped);
+    assert_eq!(aws.state(&twin_b), InstanceStateName::Stopped);
+    let calls = aws.proxy.recorded.calls();
+    let starts: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("ec2:StartInstances"))
+        .collect();
+    assert_eq!(starts.len(), 1, "{starts:#?}");
+    assert!(starts[0].contains(&one), "{starts:#?}");
+}
+
+#[test]
+fn a_terminated_instance_fails_the_wake_and_is_never_started() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let id = aws.instance(&[("app", &unique("gone"))], false);
+    aws.block(aws.ec2.terminate_instances().instance_ids(&id).send())
+        .unwrap();
+    let dir = temp_dir("aws-terminated");
+    let listen = free_addr();
+    let service = ec2_service(
+        "gone",
+        listen,
+        &format!("instance_id = \"{id}\""),
+        &format!("address = \"{}\"", echo.addr),
+        &aws.proxy.url,
+    );
+    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    assert_eq!(echo_through(listen, b"anyone?"), b"");
+    gateway.wait_for("state=failed kind=\"transition\"");
+    let view = gateway.service("gone");
+    assert_eq!(view["state"], "failed", "{view}");
+    let error = view["last_error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("instance {id} is terminated"))
+            && error.contains("launch a new instance"),
+        "{error}"
+    );
+    assert_eq!(aws.proxy.recorded.count("ec2:StartInstances"), 0);
+    assert_eq!(aws.state(&id), InstanceStateName::Terminated);
+}
+
+#[test]
+fn hibernates_when_the_instance_allows_it_and_says_so_when_not() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let word = unique("hib");
+    let able = aws.instance(&[("app", &word), ("hib", "yes")], true);
+    let unable = aws.instance(&[("app", &word), ("hib", "no")], false);
+    let dir = temp_dir("aws-hibernate");
+    let extra = format!("hibernate = true\naddress = \"{}\"", echo.addr);
+    let services = [
+        ec2_service(
+            "able",
+            free_addr(),
+            &format!("instance_id = \"{able}\""),
+            &extra,
+            &aws.proxy.url,
+        ),
+        ec2_service(
+            "unable",
+            free_addr(),
+            &format!("instance_id = \"{unable}\""),
+            &extra,
+            &aws.proxy.url,
+        ),
+    ]
+    .concat();
+    let mut gateway = Gateway::start(&write_config(&dir, &services));
+    for name in ["able", "unable"] {
+        gateway.wake(name);
+        gateway.wait_for("backend ready at");
+    }
+    for name in ["able", "unable"] {
+        gateway.sleep(name);
+        gateway.wait_for("backend stopped after");
+    }
+    assert_eq!(aws.state(&able), InstanceStateName::Stopped);
+    assert_eq!(aws.state(&unable), InstanceStateName::Stopped);
+
+    let stops = |id: &str| -> Vec<String> {
+        aws.proxy
+            .recorded
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("ec2:StopInstances") && c.contains(id))
+            .collect()
+    };
+    // What AWS was asked: hibernation for the one that can, a plain stop for the other.
+    let able_stops = stops(&able);
+    assert_eq!(able_stops.len(), 1, "{able_stops:#?}");
+    assert!(able_stops[0].contains("Hibernate=true"), "{able_stops:#?}");
+    let unable_stops = stops(&unable);
+    assert_eq!(unable_stops.len(), 1, "{unable_stops:#?}");
+    assert!(
+        !unable_stops[0].contains("Hibernate=true"),
+        "{unable_stops:#?}"
+    );
+
+    let able_events = gateway.events("able");
+    assert!(
+        able_events
+            .iter()
+            .any(|(_, r)| r
+                == &format!("instance {able} is hibernating; waiting for it to be stopped")),
+        "{able_events:#?}"
+    );
+    assert!(
+        !able_events.iter().any(|(k, _)| k == "warning"),
+        "{able_events:#?}"
+    );
+    let unable_events = gateway.events("unable");
+    assert!(
+        unable_events.iter().any(|(k, r)| k == "warning"
+            && r.contains(&format!("instance {unable} is not configured for hibernation; stopping it without hibernating"))),
+        "{unable_events:#?}"
+    );
+}
+
+#[test]
+fn throttled_calls_are_retried() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let id = aws.instance(&[("app", &unique("throttle"))], false);
+    let dir = temp_dir("aws-throttle");
+    let listen = free_addr();
+    let service = ec2_service(
+        "busy",
+        listen,
+        &format!("instance_id = \"{id}\""),
+        &format!("address = \"{}\"", echo.addr),
+        &aws.proxy.url,
+    );
+    let _gateway = Gateway::start(&write_config(&dir, &service));
+    aws.proxy
+        .recorded
+        .throttle_starts
+        .store(2, Ordering::SeqCst);
+    assert_eq!(echo_through(listen, b"again"), b"again");
+    // Two throttled answers, then the call that went through.
+    assert_eq!(aws.proxy.recorded.count("ec2:StartInstances"), 3);
+    assert_eq!(aws.state(&id), InstanceStateName::Running);
+}
+
+#[test]
+fn a_wake_while_the_instance_is_stopping_waits_for_stopped_then_starts() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let id = aws.instance(&[("app", &unique("stopping"))], false);
+    let dir = temp_dir("aws-stopping");
+    let listen = free_addr();
+    let service = ec2_service(
+        "late",
+        listen,
+        &format!("instance_id = \"{id}\""),
+        &format!("address = \"{}\"", echo.addr),
+        &aws.proxy.url,
+    );
+    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    // From now on, the next three looks show the instance still stopping.
+    aws.proxy.recorded.show_stopping.store(3, Ordering::SeqCst);
+    assert_eq!(echo_through(listen, b"patience"), b"patience");
+    gateway.wait_for("backend ready at");
+    let events = gateway.events("late");
+    assert!(
+        events
+            .iter()
+            .any(|(_, r)| r
+                == &format!("instance {id} is still stopping; it is started once stopped")),
+        "{events:#?}"
+    );
+    // The start was asked only after an answer showed the instance stopped.
+    let calls = aws.proxy.recorded.calls();
+    let shown = calls
+        .iter()
+        .rposition(|c| c == "proxy:ShownStopping")
+        .unwrap();
+    let start = calls
+        .iter()
+        .position(|c| c.starts_with("ec2:StartInstances"))
+        .unwrap();
+    assert!(start > shown, "{calls:#?}");
+    assert_eq!(aws.proxy.recorded.count("ec2:StartInstances"), 1);
+    assert_eq!(aws.proxy.recorded.show_stopping.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn the_dns_record_follows_the_new_public_ip_across_two_wakes() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let word = unique("dns");
+    let id = aws.instance(&[("app", &word)], false);
+    let (zone_id, zone_name) = hosted_zone(&aws, &word);
+    let record = format!("mc.{zone_name}");
+    let dir = temp_dir("aws-dns");
+    let extra = format!(
+        "address = \"{}\"\n[service.dns]\nzone_id = \"{zone_id}\"\nname = \"{record}\"\nttl = 30\ngateway_ip = \"203.0.113.10\"\nendpoint_url = \"{}\"",
+        echo.addr, aws.proxy.url
+    );
+    let service = ec2_service(
+        "mc",
+        free_addr(),
+        &format!("instance_id = \"{id}\""),
+        &extra,
+        &aws.proxy.url,
+    );
+    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    let a_record = || -> Option<(String, i64)> {
+        let out = aws
+            .block(
+                aws.route53
+                    .list_resource_record_sets()
+                    .hosted_zone_id(&zone_id)
+                    .send(),
+            )
+            .unwrap();
+        out.resource_record_sets()
+            .iter()
+            .find(|s| s.name().trim_end_matches('.') == record && s.r#type().as_str() == "A")
+            .map(|s| {
+                (
+                    s.resource_records()[0].value().to_string(),
+                    s.ttl().unwrap_or(0),
+                )
+            })
+    };
+
+    let mut ips = Vec::new();
+    for _ in 0..2 {
+        gateway.wake("mc");
+        gateway.wait_for("backend ready at");
+        let ip = aws.public_ip(&id);
+        assert_eq!(a_record(), Some((ip.clone(), 30)));
+        ips.push(ip);
+        gateway.wait_for("backend stopped after");
+        assert_eq!(a_record(), Some(("203.0.113.10".to_string(), 30)));
+    }
+    assert_ne!(ips[0], ips[1], "moto gives a new public IP on every start");
+    let events = gateway.events("mc");
+    let changes: Vec<&String> = events
+        .iter()
+        .filter(|(_, r)| r.starts_with("DNS record"))
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            // At start-up the instance is found stopped: the record is put where it belongs.
+            &format!(
+                "DNS record {record} now points at 203.0.113.10 (the server sleeps; clients reach wakegate)"
+            ),
+            &format!(
+                "DNS record {record} now points at {} (the server is awake)",
+                ips[0]
+            ),
+            &format!(
+                "DNS record {record} now points at 203.0.113.10 (the server sleeps; clients reach wakegate)"
+            ),
+            &format!(
+                "DNS record {record} now points at {} (the server is awake)",
+                ips[1]
+            ),
+            &format!(
+                "DNS record {record} now points at 203.0.113.10 (the server sleeps; clients reach wakegate)"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn killed_mid_session_a_restarted_wakegate_adopts_the_instance_and_stops_it() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let id = aws.instance(&[("app", &unique("restart"))], false);
+    let dir = temp_dir("aws-restart");
+    let listen = free_addr();
+    let service = ec2_service(
+        "kept",
+        listen,
+        &format!("instance_id = \"{id}\""),
+        &format!("address = \"{}\"", echo.addr),
+        &aws.proxy.url,
+    )
+    .replace("idle_timeout = \"1s\"", "idle_timeout = \"3s\"");
+    let config = write_config(&dir, &service);
+    let mut first = Gateway::start(&config);
+    first.wake("kept");
+    first.wait_for("backend ready at");
+    first.kill();
+    assert_eq!(aws.state(&id), InstanceStateName::Running);
+
+    let mut second = Gateway::start(&config);
+    second.wait_for("found the backend running");
+    second.wait_for("backend ready at");
+    assert_eq!(echo_through(listen, b"still here"), b"still here");
+    second.wait_for("backend stopped after");
+    assert_eq!(aws.state(&id), InstanceStateName::Stopped);
+    assert_eq!(aws.proxy.recorded.count("ec2:StartInstances"), 1);
+    assert_eq!(aws.proxy.recorded.count("ec2:StopInstances"), 1);
+}
+
+/// A cluster, and a task definition with awsvpc networking (moto wants cpu and memory on every
+/// container); returns (cluster, family, subnet, security group).
+fn ecs_fixtures(aws: &Aws, word: &str) -> (String, String, String, String) {
+    use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, NetworkMode};
+    let cluster = format!("{word}-cluster");
+    aws.block(aws.ecs.create_cluster().cluster_name(&cluster).send())
+        .unwrap();
+    let family = format!("{word}-server");
+    aws.block(
+        aws.ecs
+            .register_task_definition()
+            .family(&family)
+            .network_mode(NetworkMode::Awsvpc)
+            .requires_compatibilities(Compatibility::Fargate)
+            .cpu("256")
+            .memory("512")
+            .container_definitions(
+                ContainerDefinition::builder()
+                    .name("server")
+                    .image("itzg/minecraft-server")
+                    .cpu(256)
+                    .memory(512)
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    let vpc = aws
+        .block(aws.ec2.create_vpc().cidr_block("10.7.0.0/16").send())
+        .unwrap();
+    let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_string();
+    // As Fargate wants it (and moto's RunTask fails with a 500 without it).
+    aws.block(
+        aws.ec2
+            .modify_vpc_attribute()
+            .vpc_id(&vpc_id)
+            .enable_dns_hostnames(
+                aws_sdk_ec2::types::AttributeBooleanValue::builder()
+                    .value(true)
+                    .build(),
+            )
+            .send(),
+    )
+    .unwrap();
+    let subnet = aws
+        .block(
+            aws.ec2
+                .create_subnet()
+                .vpc_id(&vpc_id)
+                .cidr_block("10.7.1.0/24")
+                .send(),
+        )
+        .unwrap();
+    let subnet = subnet.subnet().unwrap().subnet_id().unwrap().to_string();
+    let group = aws
+        .block(
+            aws.ec2
+                .create_security_group()
+                .group_name(word)
+                .description("wakegate tests")
+                .vpc_id(&vpc_id)
+                .send(),
+        )
+        .unwrap();
+    (
+        cluster,
+        family,
+        subnet,
+        group.group_id().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn ecs_service_mode_scales_to_one_on_a_client_and_back_to_zero() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let word = unique("svc");
+    let (cluster, family, subnet, group) = ecs_fixtures(&aws, &word);
+    aws.block(
+        aws.ecs
+            .create_service()
+            .cluster(&cluster)
+            .service_name("web")
+            .task_definition(&family)
+            .desired_count(0)
+            .send(),
+    )
+    .unwrap();
+    // moto's services launch no tasks: the test plays ECS's scheduler and runs the service's
+    // task itself (ECS names its group "service:NAME"), beside another task of the cluster.
+    let run = |task_group: &str| -> String {
+        let vpc = aws_sdk_ecs::types::AwsVpcConfiguration::builder()
+            .subnets(&subnet)
+            .security_groups(&group)
+            .build()
+            .unwrap();
+        let out = aws
+            .block(
+                aws.ecs
+                    .run_task()
+                    .cluster(&cluster)
+                    .task_definition(&family)
+                    .launch_type(aws_sdk_ecs::types::LaunchType::Fargate)
+                    .group(task_group)
+                    .network_configuration(
+                        aws_sdk_ecs::types::NetworkConfiguration::builder()
+                            .awsvpc_configuration(vpc)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .unwrap();
+        task_ip(&out.tasks()[0])
+    };
+    let other_ip = run("family:other");
+    let web_ip = run("service:web");
+    assert_ne!(other_ip, web_ip);
+    let (zone_id, zone_name) = hosted_zone(&aws, &word);
+    let record = format!("web.{zone_name}");
+    let desired = || {
+        let out = aws
+            .block(
+                aws.ecs
+                    .describe_services()
+                    .cluster(&cluster)
+                    .services("web")
+                    .send(),
+            )
+            .unwrap();
+        out.services()[0].desired_count()
+    };
+    let dir = temp_dir("aws-ecs-service");
+    let listen = free_addr();
+    let service = format!(
+        r#"
+[[service]]
+name = "web"
+idle_timeout = "1s"
+[service.backend]
+type = "ecs"
+cluster = "{cluster}"
+mode = "service"
+service = "web"
+address = "{}"
+endpoint_url = "{url}"
+[service.dns]
+zone_id = "{zone_id}"
+name = "{record}"
+value = "private"
+gateway_ip = "203.0.113.20"
+endpoint_url = "{url}"
+[[service.listen]]
+type = "tcp"
+bind = "{listen}"
+"#,
+        echo.addr,
+        url = aws.proxy.url
+    );
+    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    assert_eq!(desired(), 0);
+    assert_eq!(echo_through(listen, b"scale me"), b"scale me");
+    assert_eq!(desired(), 1);
+    // The record followed the service's task, not the other task of the cluster.
+    assert_eq!(a_record(&aws, &zone_id, &record), Some(web_ip));
+    gateway.wait_for("backend stopped after");
+    assert_eq!(desired(), 0);
+    assert_eq!(
+        a_record(&aws, &zone_id, &record),
+        Some("203.0.113.20".to_string())
+    );
+    let events = gateway.events("web");
+    let scaled: Vec<&String> = events
+        .iter()
+        .filter(|(_, r)| r.starts_with("ECS service"))
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(
+        scaled,
+        vec!["ECS service web scaled to 1", "ECS service web scaled to 0"]
+    );
+}
+
+/// A task's private IP, from its network interface attachment.
+fn task_ip(task: &aws_sdk_ecs::types::Task) -> String {
+    task.attachments()
+        .iter()
+        .flat_map(|a| a.details())
+        .find(|d| d.name() == Some("privateIPv4Address"))
+        .and_then(|d| d.value())
+        .unwrap()
+        .to_string()
+}
+
+/// A new hosted zone; returns (its id, its name).
+fn hosted_zone(aws: &Aws, word: &str) -> (String, String) {
+    let name = format!("{word}.test");
+    let zone = aws
+        .block(
+            aws.route53
+                .create_hosted_zone()
+                .name(&name)
+                .caller_reference(word)
+                .send(),
+        )
+        .unwrap();
+    let id = zone
+        .hosted_zone()
+        .unwrap()
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_string();
+    (id, name)
+}
+
+/// The value of the A record `name`, if there is one.
+fn a_record(aws: &Aws, zone_id: &str, name: &str) -> Option<String> {
+    let out = aws
+        .block(
+            aws.route53
+                .list_resource_record_sets()
+                .hosted_zone_id(zone_id)
+                .send(),
+        )
+        .unwrap();
+    out.resource_record_sets()
+        .iter()
+        .find(|s| s.name().trim_end_matches('.') == name && s.r#type().as_str() == "A")
+        .map(|s| s.resource_records()[0].value().to_string())
+}
+
+#[test]
+fn ecs_task_mode_runs_one_task_finds_it_after_a_kill_and_stops_it() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let word = unique("task");
+    let (cluster, family, subnet, group) = ecs_fixtures(&aws, &word);
+    let (zone_id, zone_name) = hosted_zone(&aws, &word);
+    let record = format!("game.{zone_name}");
+    let dir = temp_dir("aws-ecs-task");
+    let listen = free_addr();
+    let service = format!(
+        r#"
+[[service]]
+name = "game"
+idle_timeout = "3s"
+[service.backend]
+type = "ecs"
+cluster = "{cluster}"
+mode = "task"
+task_definition = "{family}"
+subnets = ["{subnet}"]
+security_groups = ["{group}"]
+address = "{}"
+endpoint_url = "{url}"
+[service.dns]
+zone_id = "{zone_id}"
+name = "{record}"
+value = "private"
+on_sleep = "delete"
+endpoint_url = "{url}"
+[[service.listen]]
+type = "tcp"
+bind = "{listen}"
+"#,
+        echo.addr,
+        url = aws.proxy.url
+    );
+    let config = write_config(&dir, &service);
+    let tasks = |status: aws_sdk_ecs::types::DesiredStatus| -> Vec<aws_sdk_ecs::types::Task> {
+        let listed = aws
+            .block(
+                aws.ecs
+                    .list_tasks()
+                    .cluster(&cluster)
+                    .desired_status(status)
+                    .send(),
+            )
+            .unwrap();
+        if listed.task_arns().is_empty() {
+            return Vec::new();
+        }
+        let out = aws
+            .block(
+                aws.ecs
+                    .describe_tasks()
+                    .cluster(&cluster)
+                    .set_tasks(Some(listed.task_arns().to_vec()))
+                    .send(),
+            )
+            .unwrap();
+        out.tasks().to_vec()
+    };
+    let a_record = || a_record(&aws, &zone_id, &record);
+
+    let mut first = Gateway::start(&config);
+    first.wake("game");
+    first.wait_for("backend ready at");
+    let running = tasks(aws_sdk_ecs::types::DesiredStatus::Running);
+    assert_eq!(running.len(), 1);
+    let task = running[0].clone();
+    let arn = task.task_arn().unwrap().to_string();
+    assert_eq!(task.group(), Some("wakegate:game"));
+    // The record holds the task's private IP, from its network interface.
+    assert_eq!(a_record(), Some(task_ip(&task)));
+    first.kill();
+
+    // The same task is found again through the ARN in the store: no second RunTask.
+    let mut second = Gateway::start(&config);
+    second.wait_for("found the backend running");
+    second.wait_for("backend ready at");
+    assert_eq!(echo_through(listen, b"same task"), b"same task");
+    second.wait_for("backend stopped after");
+    assert_eq!(aws.proxy.recorded.count("ecs:RunTask"), 1);
+    let stops: Vec<String> = aws
+        .proxy
+        .recorded
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("ecs:StopTask"))
+        .collect();
+    assert_eq!(stops.len(), 1, "{stops:#?}");
+    assert!(stops[0].contains(&arn), "{stops:#?}");
+    assert!(tasks(aws_sdk_ecs::types::DesiredStatus::Running).is_empty());
+    assert_eq!(a_record(), None, "on_sleep = \"delete\" removes the record");
+    let events = second.events("game");
+    assert!(
+        events
+            .iter()
+            .any(|(_, r)| r == &format!("DNS record {record} deleted (the server sleeps)")),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn status_shows_awake_hours_and_the_money_saved() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let id = aws.instance(&[("app", &unique("cost"))], false);
+    let dir = temp_dir("aws-cost");
+    let listen = free_addr();
+    let service = ec2_service(
+        "priced",
+        listen,
+        &format!("instance_id = \"{id}\""),
+        &format!("address = \"{}\"", echo.addr),
+        &aws.proxy.url,
+    )
+    .replace(
+        "idle_timeout = \"1s\"",
+        "idle_timeout = \"1s\"\nhourly_cost = 2.5",
+    );
+    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    assert_eq!(echo_through(listen, b"pay"), b"pay");
+    gateway.wait_for("backend stopped after");
+    let view = gateway.service("priced");
+    assert_eq!(view["hourly_cost"], 2.5);
+    assert!(view["awake_seconds_day"].as_f64().unwrap() > 0.0, "{view}");
+    let out = Command::new(WAKEGATE)
+        .args(["status", "--api", &gateway.api.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains("AWAKE 24H")
+            && header.contains("AWAKE 30D")
+            && header.contains("SAVED 30D"),
+        "{text}"
+    );
+    let row = text.lines().find(|l| l.starts_with("priced")).unwrap();
+    let saved = view["cost_saved_30d"].as_f64().unwrap();
+    assert!(row.contains(&format!("{saved:.2}")), "{text}");
+}
+
+/// The policy's statements by Sid.
+fn statements(policy: &Value) -> std::collections::BTreeMap<String, Value> {
+    policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["Sid"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
+
+#[test]
+fn iam_policy_names_exactly_the_configured_resources() {
+    let dir = temp_dir("aws-iam");
+    let config = dir.join("wakegate.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[service]]
+name = "by-id"
+[service.backend]
+type = "ec2"
+instance_id = "i-0abc"
+region = "eu-west-1"
+address = "private"
+port = 25565
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:7101"
+
+[[service]]
+name = "by-tags"
+[service.backend]
+type = "ec2"
+tags = { Name = "mc", env = "prod" }
+address = "public"
+port = 25565
+[service.dns]
+zone_id = "Z123"
+name = "mc.example.com"
+gateway_ip = "203.0.113.10"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:7102"
+
+[[service]]
+name = "svc"
+[service.backend]
+type = "ecs"
+cluster = "games"
+mode = "service"
+service = "web"
+region = "us-east-2"
+address = "10.0.0.5:80"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:7103"
+
+[[service]]
+name = "job"
+[service.backend]
+type = "ecs"
+cluster = "games"
+mode = "task"
+task_definition = "worker:7"
+region = "us-east-2"
+subnets = ["subnet-1"]
+security_groups = ["sg-1"]
+pass_roles = ["arn:aws:iam::123456789012:role/worker"]
+address = "private"
+port = 8080
+[service.dns]
+zone_id = "Z456"
+name = "job.example.com"
+value = "private"
+on_sleep = "delete"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:7104"
+
+[[service]]
+name = "local"
+[service.backend]
+type = "exec"
+start = "true"
+stop = "true"
+address = "127.0.0.1:9"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:7105"
+"#,
+    )
+    .unwrap();
+    // No AWS call is made: the environment has no credentials and no endpoint.
+    let out = Command::new(WAKEGATE)
+        .args(["iam-policy", "--config"])
+        .arg(&config)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let policy: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(policy["Version"], "2012-10-17");
+    let s = statements(&policy);
+    let expected = serde_json::json!({
+        "DescribeEc2": { "Sid": "DescribeEc2", "Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*" },
+        "ByIdStartStop": { "Sid": "ByIdStartStop", "Effect": "Allow",
+            "Action": ["ec2:StartInstances", "ec2:StopInstances"],
+            "Resource": "arn:aws:ec2:eu-west-1:*:instance/i-0abc" },
+        "ByTagsStartStop": { "Sid": "ByTagsStartStop", "Effect": "Allow",
+            "Action": ["ec2:StartInstances", "ec2:StopInstances"],
+            "Resource": "arn:aws:ec2:*:*:instance/*",
+            "Condition": { "StringEquals": { "aws:ResourceTag/Name": "mc", "aws:ResourceTag/env": "prod" } } },
+        "ByTagsDns": { "Sid": "ByTagsDns", "Effect": "Allow",
+            "Action": "route53:ChangeResourceRecordSets",
+            "Resource": "arn:aws:route53:::hostedzone/Z123",
+            "Condition": { "ForAllValues:StringEquals": {
+                "route53:ChangeResourceRecordSetsNormalizedRecordNames": ["mc.example.com"],
+                "route53:ChangeResourceRecordSetsRecordTypes": ["A"] } } },
+        "SvcScale": { "Sid": "SvcScale", "Effect": "Allow",
+            "Action": ["ecs:UpdateService", "ecs:DescribeServices"],
+            "Resource": "arn:aws:ecs:us-east-2:*:service/games/web" },
+        "JobRunTask": { "Sid": "JobRunTask", "Effect": "Allow", "Action": "ecs:RunTask",
+            "Resource": "arn:aws:ecs:us-east-2:*:task-definition/worker:7",
+            "Condition": { "ArnLike": { "ecs:cluster": "arn:aws:ecs:us-east-2:*:cluster/games" } } },
+        "JobStopTask": { "Sid": "JobStopTask", "Effect": "Allow",
+            "Action": ["ecs:StopTask", "ecs:DescribeTasks"],
+            "Resource": "arn:aws:ecs:us-east-2:*:task/games/*" },
+        "JobPassRole": { "Sid": "JobPassRole", "Effect": "Allow", "Action": "iam:PassRole",
+            "Resource": ["arn:aws:iam::123456789012:role/worker"],
+            "Condition": { "StringEquals": { "iam:PassedToService": "ecs-tasks.amazonaws.com" } } },
+        "JobDns": { "Sid": "JobDns", "Effect": "Allow",
+            "Action": "route53:ChangeResourceRecordSets",
+            "Resource": "arn:aws:route53:::hostedzone/Z456",
+            "Condition": { "ForAllValues:StringEquals": {
+                "route53:ChangeResourceRecordSetsNormalizedRecordNames": ["job.example.com"],
+                "route53:ChangeResourceRecordSetsRecordTypes": ["A"] } } },
+        "JobDnsRead": { "Sid": "JobDnsRead", "Effect": "Allow",
+            "Action": "route53:ListResourceRecordSets",
+            "Resource": "arn:aws:route53:::hostedzone/Z456" },
+    });
+    let expected: std::collections::BTreeMap<String, Value> =
+        serde_json::from_value(expected).unwrap();
+    assert_eq!(s, expected, "{}", String::from_utf8_lossy(&out.stdout));
+
+    // A config without AWS needs no policy, and says so.
+    let plain = dir.join("plain.toml");
+    std::fs::write(
+        &plain,
+        "[[service]]\nname = \"x\"\n[service.backend]\ntype = \"exec\"\nstart = \"true\"\nstop = \"true\"\naddress = \"127.0.0.1:9\"\n[[service.listen]]\ntype = \"tcp\"\nbind = \"127.0.0.1:7106\"\n",
+    )
+    .unwrap();
+    let out = Command::new(WAKEGATE)
+        .args(["iam-policy", "--config"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs no AWS permission"));
+}
