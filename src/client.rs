@@ -160,6 +160,8 @@ struct ServiceRow {
     address: Option<String>,
     connections: usize,
     held: usize,
+    /// Players online, for a service behind a `minecraft` listener while awake.
+    players: Option<u32>,
     last_error: Option<String>,
     #[serde(default)]
     awake_seconds_day: f64,
@@ -185,17 +187,28 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
         serde_json::from_value(value)?
     };
     println!(
-        "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} {:>9} {:>9} {:>9}  LAST ERROR",
-        "NAME", "STATE", "FOR", "CONNS", "HELD", "ADDRESS", "AWAKE 24H", "AWAKE 30D", "SAVED 30D"
+        "{:<20} {:<9} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  LAST ERROR",
+        "NAME",
+        "STATE",
+        "FOR",
+        "CONNS",
+        "HELD",
+        "PLAYERS",
+        "ADDRESS",
+        "AWAKE 24H",
+        "AWAKE 30D",
+        "SAVED 30D"
     );
     for row in rows {
         println!(
-            "{:<20} {:<9} {:<12} {:>5} {:>5}  {:<22} {:>9} {:>9} {:>9}  {}",
+            "{:<20} {:<9} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  {}",
             row.name,
             row.state,
             ago(&row.since).unwrap_or_else(|_| row.since.clone()),
             row.connections,
             row.held,
+            row.players
+                .map_or_else(|| "-".to_string(), |p| p.to_string()),
             row.address.as_deref().unwrap_or("-"),
             hours(row.awake_seconds_day),
             hours(row.awake_seconds_30d),

@@ -483,6 +483,18 @@ async fn players_on_the_backend_keep_it_awake_and_show_in_the_api() {
     assert!(smp.end_lease(lease.id, "the test").await.unwrap());
     let view = wakegate::api::ServiceView::of(&smp, app.store()).unwrap();
     assert_eq!(view.players, Some(1));
+    // `wakegate status` shows the player too.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wakegate"))
+        .args(["status", "--api", &app.api_addr().to_string()])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The column is right-aligned: the value ends where its heading ends.
+    let header = text.lines().next().expect(&text);
+    let end = header.find("PLAYERS").expect(&text) + "PLAYERS".len();
+    let row = text.lines().find(|l| l.starts_with("smp")).expect(&text);
+    assert_eq!(row[..end].split_whitespace().last(), Some("1"), "{text}");
     assert_eq!(smp.connections(), 0, "the player came in past wakegate");
     // Well past the idle timeout, the player keeps it awake.
     let left = tokio::time::timeout(
