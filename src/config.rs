@@ -1698,22 +1698,52 @@ fn read_listeners(value: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> O
     all_ok.then_some(listeners)
 }
 
-/// Checks a `minecraft` listener's values beyond their types.
-fn read_minecraft(c: MinecraftListenConfig, problems: &mut Problems<'_>) -> Option<Minecraft> {
+/// Whose hostnames a listener lists: players' server-list names, or web names that may start
+/// with `*.`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hostnames {
+    Minecraft,
+    Http,
+}
+
+/// Checks a listener's `hostnames` and returns them lower-cased without a trailing dot.
+fn read_hostnames(
+    names: &[Spanned<String>],
+    kind: Hostnames,
+    problems: &mut Problems<'_>,
+) -> Option<Vec<String>> {
     let mut ok = true;
     let mut hostnames: Vec<String> = Vec::new();
-    for name in &c.hostnames {
+    for name in names {
         let host = name.get_ref().trim_end_matches('.').to_lowercase();
-        let valid = !host.is_empty()
-            && host.len() <= 255
-            && host
-                .chars()
-                .all(|ch| ch.is_alphanumeric() || matches!(ch, '.' | '-' | '_'));
+        let (valid, hint) = match kind {
+            Hostnames::Minecraft => (
+                !host.is_empty()
+                    && host.len() <= 255
+                    && host
+                        .chars()
+                        .all(|ch| ch.is_alphanumeric() || matches!(ch, '.' | '-' | '_')),
+                "write the names players type in their server list, e.g. \"mc.example.com\"",
+            ),
+            Hostnames::Http => {
+                let plain = host.strip_prefix("*.").unwrap_or(&host);
+                (
+                    !plain.is_empty()
+                        && host.len() <= 255
+                        && plain
+                            .chars()
+                            .all(|ch| ch.is_alphanumeric() || matches!(ch, '.' | '-' | '_'))
+                        && plain.split('.').all(|label| !label.is_empty())
+                        && (plain.len() == host.len() || plain.contains('.')),
+                    "write the names people type in their browser, e.g. \"app.example.com\", or \"*.example.com\" for every name one level below example.com",
+                )
+            }
+        };
         if !valid {
             problems.add(
                 Some(name.span()),
                 format!("`{}` is not a hostname", name.get_ref()),
-                "write the names players type in their server list, e.g. \"mc.example.com\"",
+                hint,
             );
             ok = false;
         } else if hostnames.contains(&host) {
@@ -1727,6 +1757,15 @@ fn read_minecraft(c: MinecraftListenConfig, problems: &mut Problems<'_>) -> Opti
             hostnames.push(host);
         }
     }
+    ok.then_some(hostnames)
+}
+
+/// Checks a `minecraft` listener's values beyond their types.
+fn read_minecraft(c: MinecraftListenConfig, problems: &mut Problems<'_>) -> Option<Minecraft> {
+    let mut ok = true;
+    let hostnames = read_hostnames(&c.hostnames, Hostnames::Minecraft, problems);
+    ok &= hostnames.is_some();
+    let hostnames = hostnames.unwrap_or_default();
     let hold_timeout = *c.hold_timeout.get_ref();
     if hold_timeout.is_zero() || hold_timeout > Duration::from_secs(600) {
         problems.add(
@@ -1928,35 +1967,9 @@ fn read_minecraft_extras(
 /// its certificate and key, so a mistake shows in `config check` rather than at start.
 fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Option<Http> {
     let mut ok = true;
-    let mut hostnames: Vec<String> = Vec::new();
-    for name in &c.hostnames {
-        let host = name.get_ref().trim_end_matches('.').to_lowercase();
-        let plain = host.strip_prefix("*.").unwrap_or(&host);
-        let valid = !plain.is_empty()
-            && host.len() <= 255
-            && plain
-                .chars()
-                .all(|ch| ch.is_alphanumeric() || matches!(ch, '.' | '-' | '_'))
-            && plain.split('.').all(|label| !label.is_empty())
-            && (plain.len() == host.len() || plain.contains('.'));
-        if !valid {
-            problems.add(
-                Some(name.span()),
-                format!("`{}` is not a hostname", name.get_ref()),
-                "write the names people type in their browser, e.g. \"app.example.com\", or \"*.example.com\" for every name one level below example.com",
-            );
-            ok = false;
-        } else if hostnames.contains(&host) {
-            problems.add(
-                Some(name.span()),
-                format!("hostname `{host}` is listed twice"),
-                "list each hostname once",
-            );
-            ok = false;
-        } else {
-            hostnames.push(host);
-        }
-    }
+    let hostnames = read_hostnames(&c.hostnames, Hostnames::Http, problems);
+    ok &= hostnames.is_some();
+    let hostnames = hostnames.unwrap_or_default();
     let block_timeout = *c.block_timeout.get_ref();
     if block_timeout.is_zero() || block_timeout > Duration::from_secs(3600) {
         problems.add(
