@@ -557,7 +557,7 @@ struct Gateway {
 
 impl Gateway {
     async fn start(dir: &Path, backend: SocketAddr) -> anyhow::Result<Gateway> {
-        let [api, listen] = free_ports()?;
+        let [api, listen] = free_addrs()?;
         let data_dir = dir.join("data");
         let config = format!(
             "[gateway]\ndata_dir = {}\napi = \"{api}\"\nshutdown_grace = \"1s\"\n\
@@ -739,17 +739,9 @@ impl Memory {
     }
 }
 
-/// `N` distinct free addresses on 127.0.0.1, picked while all of them are held.
-fn free_ports<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
-    let held = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot find a free port")?;
-    let mut addrs = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
-    for (addr, listener) in addrs.iter_mut().zip(&held) {
-        *addr = listener.local_addr()?;
-    }
-    Ok(addrs)
+/// `N` distinct free addresses on 127.0.0.1.
+fn free_addrs<const N: usize>() -> anyhow::Result<[SocketAddr; N]> {
+    Ok(support::free_ports::<N>()?.map(support::loopback))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use support::{Proc, TempDir, cpu_ticks, progress};
+use support::{Proc, TempDir, cpu_ticks, free_ports, loopback, progress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -598,34 +598,6 @@ impl Haproxy {
         }
         Ok(Haproxy { proc })
     }
-}
-
-/// `N` distinct free ports on 127.0.0.1. They are picked while all of them are held, and the
-/// ports a run uses are never picked twice (a port given back to the system may come out again).
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    let mut held = Vec::new();
-    let mut ports = [0; N];
-    for port in &mut ports {
-        // Bounded: a port already given is skipped, and there are only so many of them.
-        for _ in 0..=given.len() {
-            let listener =
-                std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-            *port = listener.local_addr()?.port();
-            held.push(listener);
-            if !given.contains(port) {
-                break;
-            }
-        }
-        ensure!(!given.contains(port), "no new free port on 127.0.0.1");
-        given.push(*port);
-    }
-    Ok(ports)
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The first line `tool FLAG` prints, or why the tool cannot be used.

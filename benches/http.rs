@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use support::{Proc, TempDir, progress};
+use support::{Proc, TempDir, free_ports, loopback, progress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -383,23 +383,6 @@ impl Drop for BareProxy {
             runtime.shutdown_background();
         }
     }
-}
-
-/// `N` distinct free ports on 127.0.0.1, all held while they are picked.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let mut held = Vec::new();
-    let mut ports = [0; N];
-    for port in &mut ports {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-        *port = listener.local_addr()?.port();
-        held.push(listener);
-    }
-    Ok(ports)
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The first line `tool ARGS` prints (on stdout or stderr), or why the tool cannot be used.

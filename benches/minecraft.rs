@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use support::{Proc, TempDir, progress};
+use support::{Proc, TempDir, free_ports, progress, rss_mib};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 
@@ -442,41 +442,6 @@ bind = "127.0.0.1:{listen_port}"
             .await?;
         Ok(())
     }
-}
-
-/// `N` distinct free ports on 127.0.0.1, never the same twice in a run.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    let mut held = Vec::new();
-    let mut ports = [0; N];
-    for port in &mut ports {
-        for _ in 0..=given.len() {
-            let listener =
-                std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-            *port = listener.local_addr()?.port();
-            held.push(listener);
-            if !given.contains(port) {
-                break;
-            }
-        }
-        ensure!(!given.contains(port), "no new free port on 127.0.0.1");
-        given.push(*port);
-    }
-    Ok(ports)
-}
-
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .context("no VmRSS in /proc/PID/status")?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()?;
-    Ok(kib / 1024.0)
 }
 
 /// Versions of the peers, from their package files.

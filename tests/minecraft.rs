@@ -16,13 +16,7 @@ use wakegate::app::App;
 use wakegate::event::{Kind, State};
 
 fn peers() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
-    assert!(
-        dir.join("node_modules/minecraft-protocol").exists(),
-        "minecraft-protocol is not installed; run `npm ci --prefix tests/peers/minecraft` \
-         (scripts/test does)"
-    );
-    dir
+    minecraft_peers(&["minecraft-protocol"])
 }
 
 async fn start(dir: &Path, services: &str) -> App {
@@ -60,24 +54,7 @@ bind = "{bind}"
 
 /// Runs `node peer.js ARGS…` and returns the JSON line it prints.
 async fn peer(args: &[&str]) -> Value {
-    let run = tokio::process::Command::new("node")
-        .arg("peer.js")
-        .args(args)
-        .current_dir(peers())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(DEADLINE, run)
-        .await
-        .unwrap_or_else(|_| panic!("node peer.js {args:?} did not finish"))
-        .expect("cannot run node; scripts/test installs it");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "node peer.js {args:?} printed nothing: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    serde_json::from_str(line).unwrap()
+    minecraft_peer(args, &[], DEADLINE).await
 }
 
 async fn ping(gateway: SocketAddr, host: &str) -> Value {

@@ -16,13 +16,7 @@ use wakegate::app::App;
 use wakegate::event::{Event, Kind, State};
 
 fn peers() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
-    assert!(
-        dir.join("node_modules/minecraft-protocol").exists(),
-        "minecraft-protocol is not installed; run `npm ci --prefix tests/peers/minecraft` \
-         (scripts/test does)"
-    );
-    dir
+    minecraft_peers(&["minecraft-protocol"])
 }
 
 fn fixture(name: &str) -> String {
@@ -73,37 +67,14 @@ fn server(backend: SocketAddr, motd: &str, version: &str) -> String {
     )
 }
 
-/// Runs `node peer.js ARGS…` with `env` and returns the JSON line it prints last.
-async fn peer_with(args: &[&str], env: &[(&str, &str)], deadline: Duration) -> Value {
-    let run = tokio::process::Command::new("node")
-        .arg("peer.js")
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(peers())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(deadline, run)
-        .await
-        .unwrap_or_else(|_| panic!("node peer.js {args:?} did not finish"))
-        .expect("cannot run node; scripts/test installs it");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "node peer.js {args:?} printed nothing: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    serde_json::from_str(line).unwrap()
-}
-
 async fn ping(gateway: SocketAddr, version: &str) -> Value {
     let port = gateway.port().to_string();
-    peer_with(&["ping", &port, "mc.example.com", version], &[], DEADLINE).await
+    minecraft_peer(&["ping", &port, "mc.example.com", version], &[], DEADLINE).await
 }
 
 async fn login(gateway: SocketAddr, name: &str, version: &str) -> Value {
     let port = gateway.port().to_string();
-    peer_with(
+    minecraft_peer(
         &["login", &port, "mc.example.com", name, version],
         &[],
         DEADLINE,
@@ -157,7 +128,7 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
     let mut events = slow.subscribe();
 
     let port = bind.port().to_string();
-    let joined = peer_with(
+    let joined = minecraft_peer(
         &["login", &port, "mc.example.com", "Steve", "1.21.4"],
         &[],
         Duration::from_secs(120),
@@ -274,7 +245,7 @@ async fn ipv6_ranges_allow_and_deny_clients() {
     let v6 = [("PEER_HOST", "::1")];
     let join = |gateway: SocketAddr| async move {
         let port = gateway.port().to_string();
-        peer_with(
+        minecraft_peer(
             &["login", &port, "mc.example.com", "Alex", "1.16.5"],
             &v6,
             DEADLINE,
@@ -467,7 +438,7 @@ async fn an_awake_servers_status_is_reused_from_the_cache() {
 
     // A player joins the backend directly and stays: the backend now says 1 player…
     let mut player = stay(backend, "Alex").await;
-    let direct = peer_with(
+    let direct = minecraft_peer(
         &["ping", &backend.port().to_string(), "127.0.0.1", "1.16.5"],
         &[],
         DEADLINE,
@@ -543,7 +514,7 @@ async fn the_backend_sees_the_real_client_address_in_a_proxy_v2_header() {
     let gateway = app.listen_addr("smp").unwrap();
 
     let port = gateway.port().to_string();
-    let joined = peer_with(
+    let joined = minecraft_peer(
         &["login", &port, "mc.example.com", "Steve", "1.16.5"],
         &[("PEER_LOCAL_PORT", "1")],
         DEADLINE,

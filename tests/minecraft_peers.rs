@@ -24,15 +24,7 @@ use wakegate::event::{Kind, State};
 const PEER_DEADLINE: Duration = Duration::from_secs(60);
 
 fn peers() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
-    for package in ["flying-squid", "mineflayer"] {
-        assert!(
-            dir.join("node_modules").join(package).exists(),
-            "{package} is not installed; run `npm ci --prefix tests/peers/minecraft` \
-             (scripts/test does)"
-        );
-    }
-    dir
+    minecraft_peers(&["flying-squid", "mineflayer"])
 }
 
 fn python() -> PathBuf {

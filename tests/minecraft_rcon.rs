@@ -23,13 +23,7 @@ const PASSWORD: &str = "rcon-secret-7d1f0c2a";
 const WRONG: &str = "not-the-password-95be";
 
 fn peers() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
-    assert!(
-        dir.join("node_modules/flying-squid").exists(),
-        "flying-squid is not installed; run `npm ci --prefix tests/peers/minecraft` \
-         (scripts/test does)"
-    );
-    dir
+    minecraft_peers(&["flying-squid"])
 }
 
 /// A running `wakegate run` with one service, "survival", and its API.

@@ -1,8 +1,9 @@
-//! What both benchmarks need: child processes that never outlive a run, a temp dir, and a
-//! few readings from /proc.
+//! What every benchmark needs: child processes that never outlive a run, a temp dir, free ports
+//! on loopback, and a few readings from /proc.
 #![allow(dead_code)]
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -149,4 +150,46 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 /// Progress goes to stderr, the table to stdout.
 pub fn progress(line: &str) {
     eprintln!("  {line}");
+}
+
+/// `N` distinct free ports on 127.0.0.1. They are picked while all of them are held, and the
+/// ports a run uses are never picked twice (a port given back to the system may come out again).
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    let mut held = Vec::new();
+    let mut ports = [0; N];
+    for port in &mut ports {
+        // Bounded: a port already given is skipped, and there are only so many of them.
+        for _ in 0..=given.len() {
+            let listener =
+                std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+            *port = listener.local_addr()?.port();
+            held.push(listener);
+            if !given.contains(port) {
+                break;
+            }
+        }
+        ensure!(!given.contains(port), "no new free port on 127.0.0.1");
+        given.push(*port);
+    }
+    Ok(ports)
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS in /proc/PID/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
 }

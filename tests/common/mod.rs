@@ -157,3 +157,45 @@ pub async fn events_until(
     assert!(found.is_ok(), "the awaited event never came; saw {seen:#?}");
     seen
 }
+
+/// The folder of the Minecraft peers (tests/peers/minecraft), once `packages` are installed
+/// there.
+pub fn minecraft_peers(packages: &[&str]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
+    for package in packages {
+        assert!(
+            dir.join("node_modules").join(package).exists(),
+            "{package} is not installed; run `npm ci --prefix tests/peers/minecraft` \
+             (scripts/test does)"
+        );
+    }
+    dir
+}
+
+/// Runs `node peer.js ARGS…` (tests/peers/minecraft) with `env` and returns the JSON line it
+/// prints last.
+pub async fn minecraft_peer(
+    args: &[&str],
+    env: &[(&str, &str)],
+    deadline: Duration,
+) -> serde_json::Value {
+    let run = tokio::process::Command::new("node")
+        .arg("peer.js")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(minecraft_peers(&["minecraft-protocol"]))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(deadline, run)
+        .await
+        .unwrap_or_else(|_| panic!("node peer.js {args:?} did not finish"))
+        .expect("cannot run node; scripts/test installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "node peer.js {args:?} printed nothing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    serde_json::from_str(line).unwrap()
+}
