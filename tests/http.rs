@@ -882,3 +882,167 @@ async fn a_shutdown_ends_open_websockets_after_the_grace_period() {
         "the grace period was not given: {took:?}"
     );
 }
+
+/// 1 GiB each way through the real gateway binary, in its own process so that its memory is
+/// its own: a listener or proxy that buffered bodies would grow by about that much.
+const HUGE: u64 = 1 << 30;
+/// A generous bound: the buffers of a few connections, nowhere near a body.
+const RSS_GROWTH_LIMIT: u64 = 64 << 20;
+const CHUNK: usize = 64 << 10;
+static ZEROS: [u8; CHUNK] = [0; CHUNK];
+
+/// `n` bytes of zeros as a streamed body; `each` is called every 16 MiB.
+fn zeros(n: u64, mut each: impl FnMut() + Send + Sync + 'static) -> TestBody {
+    let chunks = n / CHUNK as u64;
+    let stream = futures_util::stream::iter(0..chunks).map(move |i| {
+        if i % 256 == 0 {
+            each();
+        }
+        Ok(hyper::body::Frame::data(Bytes::from_static(&ZEROS)))
+    });
+    BodyExt::boxed(http_body_util::StreamBody::new(stream))
+}
+
+/// A backend that sends `n` bytes for `GET /bytes?n=N` and answers an upload with the number
+/// of bytes it read.
+async fn bulk_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let query = req.uri().query().unwrap_or("").to_string();
+                        let body = match query.strip_prefix("n=") {
+                            Some(n) => zeros(n.parse().unwrap(), || {}),
+                            None => {
+                                let mut body = req.into_body();
+                                let mut read = 0u64;
+                                while let Some(frame) = body.frame().await {
+                                    read +=
+                                        frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+                                }
+                                http_body_util::Full::new(Bytes::from(read.to_string())).boxed()
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(Response::new(body))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("no VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gib_download_and_upload_stream_through_the_gateway_with_bounded_memory() {
+    let dir = temp_dir("http-huge");
+    let backend = bulk_backend().await;
+    let bind = free_addr();
+    let listen = format!("[[service.listen]]\ntype = \"http\"\nbind = \"{bind}\"\n");
+    let config = dir.join("wakegate.toml");
+    std::fs::write(
+        &config,
+        gateway_toml(&dir, &exec_service("bulk", backend, &listen)),
+    )
+    .unwrap();
+    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_wakegate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = gateway.id().unwrap();
+    let mut log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        gateway.stderr.take().unwrap(),
+    ));
+    let listening = async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if line.contains("Listening for HTTP.") {
+                return;
+            }
+        }
+        panic!("wakegate exited before it listened");
+    };
+    tokio::time::timeout(DEADLINE, listening)
+        .await
+        .expect("wakegate did not listen");
+    // Its log goes on being read, so that wakegate never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(
+        TcpStream::connect(bind).await.unwrap(),
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // A first request wakes the service and lets the gateway settle its buffers.
+    let first = Request::get("/bytes?n=65536")
+        .header("host", "bulk")
+        .body(zeros(0, || {}))
+        .unwrap();
+    let first = client.send_request(first).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    first.into_body().collect().await.unwrap();
+    let before = rss_of(pid);
+
+    let download = Request::get(format!("/bytes?n={HUGE}"))
+        .header("host", "bulk")
+        .body(zeros(0, || {}))
+        .unwrap();
+    client.ready().await.unwrap();
+    let response = client.send_request(download).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let (mut received, mut peak, mut next_look) = (0u64, before, 0u64);
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().into_data().unwrap().len() as u64;
+        if received >= next_look {
+            peak = peak.max(rss_of(pid));
+            next_look += 16 << 20;
+        }
+    }
+    assert_eq!(received, HUGE, "the whole download came through");
+    assert!(
+        peak - before < RSS_GROWTH_LIMIT,
+        "the gateway grew by {} MiB during a 1 GiB download",
+        (peak - before) >> 20
+    );
+
+    let upload_peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let watch = upload_peak.clone();
+    let upload = Request::post("/upload")
+        .header("host", "bulk")
+        .header("content-length", HUGE.to_string())
+        .body(zeros(HUGE, move || {
+            watch.fetch_max(rss_of(pid), std::sync::atomic::Ordering::Relaxed);
+        }))
+        .unwrap();
+    client.ready().await.unwrap();
+    let response = client.send_request(upload).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let read = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(read, HUGE.to_string(), "the backend read the whole upload");
+    let peak = upload_peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        peak - before < RSS_GROWTH_LIMIT,
+        "the gateway grew by {} MiB during a 1 GiB upload",
+        (peak - before) >> 20
+    );
+}
