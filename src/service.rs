@@ -997,6 +997,14 @@ impl Actor {
             }
         };
         let running = match status {
+            BackendStatus::Gone(why) => {
+                self.core.transition(
+                    State::Failed,
+                    format!("wakegate started and found the backend gone ({was_text}): {why}"),
+                    json!({ "trigger": "reconcile" }),
+                );
+                return Flow::Continue;
+            }
             BackendStatus::Running => true,
             BackendStatus::Stopped => false,
             // Without a way to ask, assume a service that was not asleep still runs: it then

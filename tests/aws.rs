@@ -636,6 +636,12 @@ fn a_terminated_instance_fails_the_wake_and_is_never_started() {
         &aws.proxy.url,
     );
     let mut gateway = Gateway::start(&write_config(&dir, &service));
+    // Found so at start-up, before anyone asks for it.
+    let found = gateway.wait_for("state=failed kind=\"transition\"");
+    assert!(
+        found.contains("found the backend gone") && found.contains("is terminated"),
+        "{found}"
+    );
     assert_eq!(echo_through(listen, b"anyone?"), b"");
     gateway.wait_for("state=failed kind=\"transition\"");
     let view = gateway.service("gone");

@@ -408,11 +408,14 @@ impl Backend for Ec2Backend {
         let found = self.find().await?;
         let status = match found.state {
             InstanceStateName::Running | InstanceStateName::Pending => Status::Running,
+            InstanceStateName::Terminated | InstanceStateName::ShuttingDown => {
+                Status::Gone(gone(&found).to_string())
+            }
             _ => Status::Stopped,
         };
         // A wakegate that died between the stop and the DNS change left the record pointing
         // at a server that is gone: put it back now.
-        if status == Status::Stopped
+        if matches!(status, Status::Stopped | Status::Gone(_))
             && let Some(mut dns) = self.dns.take()
         {
             dns.rest(&self.notes).await;

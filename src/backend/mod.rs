@@ -21,12 +21,15 @@ pub use exec::ExecBackend;
 pub use process::ProcessBackend;
 
 /// What a backend says about itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Running,
     Stopped,
     /// The backend has no way to tell (an `exec` backend without a `status` command).
     Unknown,
+    /// The server no longer exists and cannot be started (a terminated EC2 instance): why, and
+    /// what to do.
+    Gone(String),
 }
 
 /// How a backend went away on its own.
