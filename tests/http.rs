@@ -203,12 +203,6 @@ address = "{backend}"
     )
 }
 
-async fn start(dir: &Path, services: &str) -> App {
-    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    App::start(config).await.unwrap()
-}
-
 /// Where the screenshots stay after the run, for people to look at.
 fn artifacts() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts")
@@ -220,7 +214,7 @@ async fn fifty_api_requests_during_a_wake_are_all_answered_by_the_backend() {
     let dir = temp_dir("http-block");
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start(&dir, &demo_service("api", backend, "800ms", listen)).await;
+    let app = start_app(&dir, &demo_service("api", backend, "800ms", listen)).await;
     let service = app.service("api").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let addr = app.listen_addr("api").unwrap();
@@ -274,7 +268,7 @@ async fn a_browser_sees_the_waiting_page_and_lands_on_the_app_by_itself() {
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
     // Two seconds of boot, so there is a wake to watch.
-    let app = start(&dir, &demo_service("blog", backend, "2s", listen)).await;
+    let app = start_app(&dir, &demo_service("blog", backend, "2s", listen)).await;
     let service = app.service("blog").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let site = format!(
@@ -361,7 +355,7 @@ async fn hosts_route_to_their_service_and_unknown_hosts_to_the_default() {
             ),
         ),
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let json = [("accept", "application/json")];
 
     let a = get(bind, "shop.example.test", "/cart", &json).await;
@@ -394,7 +388,7 @@ async fn without_a_default_an_unknown_host_is_told_so() {
     let dir = temp_dir("http-nodefault");
     let backend = named_backend("only").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nhostnames = [\"only.example.test\"]\n";
-    let app = start(&dir, &exec_service("only", backend, listen)).await;
+    let app = start_app(&dir, &exec_service("only", backend, listen)).await;
     let addr = app.listen_addr("only").unwrap();
     let known = get(addr, "only.example.test", "/", &[]).await;
     let unknown = get(addr, "other.example.test", "/", &[]).await;
@@ -410,7 +404,7 @@ async fn health_checkers_bots_and_their_paths_never_wake_the_service() {
     let dir = temp_dir("http-ignore");
     let backend = named_backend("site").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nignore_paths = [\"/healthz\", \"/status/*\"]\n";
-    let app = start(&dir, &exec_service("site", backend, listen)).await;
+    let app = start_app(&dir, &exec_service("site", backend, listen)).await;
     let service = app.service("site").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let addr = app.listen_addr("site").unwrap();
@@ -467,7 +461,7 @@ async fn past_block_timeout_a_request_gets_503_with_retry_after() {
     let dir = temp_dir("http-timeout");
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nstrategy = \"block\"\nblock_timeout = \"1s\"\n";
-    let app = start(&dir, &demo_service("slow", backend, "4s", listen)).await;
+    let app = start_app(&dir, &demo_service("slow", backend, "4s", listen)).await;
     let service = app.service("slow").unwrap().clone();
     let addr = app.listen_addr("slow").unwrap();
     // A browser too: with strategy = "block" it is held like any client.
@@ -495,7 +489,7 @@ async fn the_waiting_page_and_its_event_stream_need_no_token() {
     let dir = temp_dir("http-stream");
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start(&dir, &demo_service("docs", backend, "1s", listen)).await;
+    let app = start_app(&dir, &demo_service("docs", backend, "1s", listen)).await;
     let service = app.service("docs").unwrap().clone();
     let addr = app.listen_addr("docs").unwrap();
 
@@ -556,7 +550,7 @@ async fn h2c_clients_are_served() {
     let dir = temp_dir("http-h2c");
     let backend = named_backend("h2").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start(&dir, &exec_service("h2", backend, listen)).await;
+    let app = start_app(&dir, &exec_service("h2", backend, listen)).await;
     let addr = app.listen_addr("h2").unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
@@ -624,7 +618,7 @@ async fn tls_picks_each_services_certificate_by_sni_and_plain_http_redirects() {
             ),
         ),
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
 
     // A client that trusts both certificates, and records which one it was shown.
     let mut roots = rustls::RootCertStore::empty();
@@ -715,7 +709,7 @@ async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
     let backend = named_backend("slow").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
     let services = exec_service("slow", backend, listen).replace("\"10m\"", "\"500ms\"");
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let service = app.service("slow").unwrap().clone();
     let addr = app.listen_addr("slow").unwrap();
 
@@ -743,7 +737,7 @@ async fn an_open_websocket_keeps_the_service_awake() {
     let backend = named_backend("chat").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
     let services = exec_service("chat", backend, listen).replace("\"10m\"", "\"500ms\"");
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let service = app.service("chat").unwrap().clone();
     let addr = app.listen_addr("chat").unwrap();
 
@@ -793,7 +787,7 @@ async fn a_backend_that_vanishes_gives_502_and_a_readiness_check() {
         "idle_timeout = \"10m\"",
         "idle_timeout = \"10m\"\nwake_timeout = \"2s\"",
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let service = app.service("gone").unwrap().clone();
     let mut events = service.subscribe();
     let addr = app.listen_addr("gone").unwrap();
@@ -827,7 +821,7 @@ async fn a_page_template_file_replaces_the_built_in_page() {
     let listen = format!(
         "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nstrategy = \"page\"\npage = {template:?}\n"
     );
-    let app = start(&dir, &demo_service("shop", backend, "1s", &listen)).await;
+    let app = start_app(&dir, &demo_service("shop", backend, "1s", &listen)).await;
     let service = app.service("shop").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let addr = app.listen_addr("shop").unwrap();
@@ -854,7 +848,7 @@ async fn a_shutdown_ends_open_websockets_after_the_grace_period() {
     let dir = temp_dir("http-shutdown");
     let backend = named_backend("live").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start(&dir, &exec_service("live", backend, listen)).await;
+    let app = start_app(&dir, &exec_service("live", backend, listen)).await;
     let addr = app.listen_addr("live").unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut socket, _) = tokio_tungstenite::client_async("ws://live.test/ws", tcp)

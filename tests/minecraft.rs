@@ -5,25 +5,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use wakegate::app::App;
 use wakegate::event::{Kind, State};
 
 fn peers() -> PathBuf {
     minecraft_peers(&["minecraft-protocol"])
-}
-
-async fn start(dir: &Path, services: &str) -> App {
-    init_logs();
-    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    App::start(config).await.unwrap()
 }
 
 /// A service whose backend is a minecraft-protocol server answering with `motd`, behind a
@@ -75,7 +67,7 @@ fn motd(status: &Value) -> &str {
 async fn a_status_ping_while_asleep_shows_the_sleeping_motd_and_does_not_wake() {
     let dir = temp_dir("mc-ping");
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &server(
             "survival",
@@ -121,7 +113,7 @@ async fn a_status_ping_while_asleep_shows_the_sleeping_motd_and_does_not_wake() 
 async fn a_login_wakes_the_server_and_is_held_until_it_joins_through_wakegate() {
     let dir = temp_dir("mc-login");
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &server("survival", backend, "backend motd", "127.0.0.1:0", ""),
     )
@@ -154,7 +146,7 @@ async fn a_login_wakes_the_server_and_is_held_until_it_joins_through_wakegate() 
 async fn join_kick_wakes_the_server_and_disconnects_with_the_message() {
     let dir = temp_dir("mc-kick");
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &server(
             "survival",
@@ -199,7 +191,7 @@ async fn two_hostnames_on_one_port_reach_two_services() {
         &bind,
         "hostnames = [\"beta.example.com\"]\nmotd_asleep = \"beta sleeps\"",
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let (alpha, beta) = (
         app.service("alpha").unwrap().clone(),
         app.service("beta").unwrap().clone(),
@@ -237,26 +229,11 @@ async fn two_hostnames_on_one_port_reach_two_services() {
     app.shutdown().await;
 }
 
-/// Reads until the gateway closes the connection; what it sent before doesn't matter.
-async fn closed_by_gateway(mut stream: TcpStream) {
-    let mut sink = [0u8; 4096];
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("the gateway did not close a malformed client");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_handshakes_and_a_huge_frame_are_closed_without_disturbing_others() {
     let dir = temp_dir("mc-garbage");
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &server("survival", backend, "backend motd", "127.0.0.1:0", ""),
     )
@@ -338,7 +315,7 @@ motd_waking = "§eboot in progress"
         port = backend.port(),
         cwd = peers().display().to_string(),
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let service = app.service("slow").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let gateway = app.listen_addr("slow").unwrap();
@@ -375,7 +352,7 @@ tolerance = 2
 action = "notify"
 "#,
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let smp = app.service("smp").unwrap().clone();
     let mut events = smp.subscribe();
     smp.wake("the test").await.unwrap().unwrap();
@@ -414,7 +391,7 @@ async fn players_on_the_backend_keep_it_awake_and_show_in_the_api() {
         "idle_timeout = \"1m\"",
         "idle_timeout = \"1s\"\nplayer_poll = \"100ms\"",
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let smp = app.service("smp").unwrap().clone();
     // A lease holds it awake while the player's client starts (slower than the idle timeout).
     let lease = smp

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use wakegate::app::App;
 use wakegate::event::{Event, Kind, State};
 
 fn peers() -> PathBuf {
@@ -25,13 +24,6 @@ fn fixture(name: &str) -> String {
         .join(name)
         .display()
         .to_string()
-}
-
-async fn start(dir: &Path, services: &str) -> App {
-    init_logs();
-    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    App::start(config).await.unwrap()
 }
 
 /// A service whose backend is a minecraft-protocol server (`command` runs it, in peer.js's
@@ -118,7 +110,7 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
         "join = [\"transfer\", \"hold\", \"kick\"]\npublic_address = \"127.0.0.1:{}\"",
         bind.port()
     );
-    let app = start(
+    let app = start_app(
         &dir,
         &service("slow", backend, &command, &bind.to_string(), &listen),
     )
@@ -173,7 +165,7 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
 async fn allow_and_deny_lists_decide_who_wakes_the_server() {
     let dir = temp_dir("mc-access");
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &service(
             "smp",
@@ -235,7 +227,7 @@ async fn ipv6_ranges_allow_and_deny_clients() {
         "[::1]:0",
         "deny = [\"::/0\"]",
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let (open, closed) = (
         app.service("open").unwrap().clone(),
         app.service("closed").unwrap().clone(),
@@ -274,7 +266,7 @@ async fn wakes_from_one_address_are_rate_limited_with_a_time_to_retry() {
         r#"["sh", "-c", "sleep 60; exec node peer.js server {} late 1.16.5"]"#,
         backend.port()
     );
-    let app = start(
+    let app = start_app(
         &dir,
         &service(
             "smp",
@@ -338,7 +330,7 @@ version_name = "Paper 1.21"
 "#,
         icon = fixture("icon.png")
     );
-    let app = start(
+    let app = start_app(
         &dir,
         &service(
             "smp",
@@ -416,7 +408,7 @@ fn base64(bytes: &[u8]) -> String {
 async fn an_awake_servers_status_is_reused_from_the_cache() {
     let dir = temp_dir("mc-cache");
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &service(
             "smp",
@@ -508,7 +500,7 @@ async fn the_backend_sees_the_real_client_address_in_a_proxy_v2_header() {
             log.display().to_string()
         ),
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let smp = app.service("smp").unwrap().clone();
     wait_state(&smp, State::Asleep).await;
     let gateway = app.listen_addr("smp").unwrap();
@@ -578,7 +570,7 @@ async fn events_name_held_and_kicked_players_and_who_joined_and_left() {
         "idle_timeout = \"1m\"\nplayer_poll = \"100ms\"",
         1,
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let (held, kicked_service) = (
         app.service("held").unwrap().clone(),
         app.service("kicked").unwrap().clone(),

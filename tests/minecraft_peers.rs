@@ -13,10 +13,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use wakegate::app::App;
 use wakegate::event::{Kind, State};
 
 /// A Node server booting and bots joining on a busy 2-core machine: slower than a plain
@@ -35,13 +34,6 @@ fn python() -> PathBuf {
          tests/peers/requirements.txt (mcstatus) into .venv-peers"
     );
     python
-}
-
-async fn start(dir: &Path, services: &str) -> App {
-    init_logs();
-    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    App::start(config).await.unwrap()
 }
 
 /// A service whose backend is flying-squid for `version` on `backend`, ready when it prints
@@ -206,7 +198,7 @@ fn backend_pid(dir: &Path, service: &str) -> u32 {
 async fn wake_play_and_sleep(version: &str) {
     let dir = temp_dir(&format!("mcp-wake-{version}"));
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &squid(
             "survival",
@@ -315,7 +307,7 @@ async fn two_hostnames_on_one_port_take_bots_to_two_different_servers() {
         &bind,
         "hostnames = [\"creative.example.com\"]",
     );
-    let app = start(&dir, &services).await;
+    let app = start_app(&dir, &services).await;
     let (lobby, creative) = (
         app.service("lobby").unwrap().clone(),
         app.service("creative").unwrap().clone(),
@@ -375,26 +367,11 @@ async fn two_hostnames_on_one_port_take_bots_to_two_different_servers() {
     app.shutdown().await;
 }
 
-/// Reads until the gateway closes the connection; what it sent before doesn't matter.
-async fn closed_by_gateway(mut stream: TcpStream) {
-    let mut sink = [0u8; 4096];
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("the gateway did not close a malformed client");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_handshake_and_a_1_mib_frame_do_not_disturb_a_bot_playing() {
     let dir = temp_dir("mcp-garbage");
     let backend = free_addr();
-    let app = start(
+    let app = start_app(
         &dir,
         &squid("survival", backend, "1.18.2", "127.0.0.1:0", ""),
     )

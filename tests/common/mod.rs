@@ -199,3 +199,26 @@ pub async fn minecraft_peer(
     });
     serde_json::from_str(line).unwrap()
 }
+
+/// Starts a gateway in this process with `services` under a `[gateway]` in `dir`.
+pub async fn start_app(dir: &std::path::Path, services: &str) -> wakegate::app::App {
+    init_logs();
+    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    wakegate::app::App::start(config).await.unwrap()
+}
+
+/// Reads until the gateway closes the connection; what it sent before doesn't matter.
+pub async fn closed_by_gateway(mut stream: TcpStream) {
+    let mut sink = [0u8; 4096];
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the gateway did not close a malformed client");
+}
