@@ -406,28 +406,7 @@ async fn players_on_the_backend_keep_it_awake_and_show_in_the_api() {
     wait_state(&smp, State::Awake).await;
 
     // A player joins the server directly, not through wakegate, and stays.
-    let mut player = tokio::process::Command::new("node")
-        .args([
-            "peer.js",
-            "login",
-            &backend.port().to_string(),
-            "127.0.0.1",
-            "Alex",
-            "1.16.5",
-            "stay",
-        ])
-        .current_dir(peers())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(player.stdout.take().unwrap()));
-    let joined = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(joined.as_deref(), Some(r#"{"joined":true}"#));
+    let mut player = minecraft_player_stays(backend, "Alex").await;
 
     let mut status = smp.watch();
     tokio::time::timeout(DEADLINE, status.wait_for(|s| s.players == Some(1)))

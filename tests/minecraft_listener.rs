@@ -429,7 +429,7 @@ async fn an_awake_servers_status_is_reused_from_the_cache() {
     assert_eq!(first["players"]["online"], 0);
 
     // A player joins the backend directly and stays: the backend now says 1 player…
-    let mut player = stay(backend, "Alex").await;
+    let mut player = minecraft_player_stays(backend, "Alex").await;
     let direct = minecraft_peer(
         &["ping", &backend.port().to_string(), "127.0.0.1", "1.16.5"],
         &[],
@@ -443,34 +443,6 @@ async fn an_awake_servers_status_is_reused_from_the_cache() {
     assert_eq!(cached["description"]["text"], "cached world");
     player.kill().await.unwrap();
     app.shutdown().await;
-}
-
-/// A player that joins `address` and stays until killed.
-async fn stay(address: SocketAddr, name: &str) -> tokio::process::Child {
-    let mut player = tokio::process::Command::new("node")
-        .args([
-            "peer.js",
-            "login",
-            &address.port().to_string(),
-            "127.0.0.1",
-            name,
-            "1.16.5",
-            "stay",
-        ])
-        .current_dir(peers())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(player.stdout.take().unwrap()));
-    let joined = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_or_default();
-    assert!(joined.contains(r#""joined":true"#), "{joined}");
-    player
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,7 +566,7 @@ async fn events_name_held_and_kicked_players_and_who_joined_and_left() {
 
     // Steve is held while it wakes, joins through wakegate and stays; the backend's status
     // sample then names him, and no longer once he leaves.
-    let mut steve = stay(app.listen_addr("held").unwrap(), "Steve").await;
+    let mut steve = minecraft_player_stays(app.listen_addr("held").unwrap(), "Steve").await;
     let seen = player_events(&mut held_events, "held", |e| {
         e.reason == "player Steve joined"
     })

@@ -222,3 +222,31 @@ pub async fn closed_by_gateway(mut stream: TcpStream) {
     .await
     .expect("the gateway did not close a malformed client");
 }
+
+/// A Minecraft player (peer.js, 1.16.5) that joins `address` as `name` and stays until killed;
+/// returned once it is in.
+pub async fn minecraft_player_stays(address: SocketAddr, name: &str) -> tokio::process::Child {
+    let mut player = tokio::process::Command::new("node")
+        .args([
+            "peer.js",
+            "login",
+            &address.port().to_string(),
+            "127.0.0.1",
+            name,
+            "1.16.5",
+            "stay",
+        ])
+        .current_dir(minecraft_peers(&["minecraft-protocol"]))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(player.stdout.take().unwrap()));
+    let joined = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(joined.as_deref(), Some(r#"{"joined":true}"#));
+    player
+}
