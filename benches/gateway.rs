@@ -517,31 +517,12 @@ impl Wakegate {
 
     /// The service's state from `GET /api/v1/services/NAME`.
     async fn state(&self, service: &str) -> anyhow::Result<String> {
-        let exchange = async {
-            let mut api = TcpStream::connect(self.api).await?;
-            let request = format!(
-                "GET /api/v1/services/{service} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
-                self.api
-            );
-            api.write_all(request.as_bytes()).await?;
-            let mut response = Vec::new();
-            api.read_to_end(&mut response).await?;
-            anyhow::Ok(response)
-        };
-        let response = tokio::time::timeout(PATIENCE, exchange)
-            .await
-            .context("the API did not answer")??;
-        let response = String::from_utf8_lossy(&response);
-        let body = response
-            .split_once("\r\n\r\n")
-            .context("the API's answer has no body")?
-            .1;
-        let view: serde_json::Value = serde_json::from_str(body)
-            .with_context(|| format!("the API answered something else than JSON: {response}"))?;
+        let view =
+            support::api_json(self.api, "GET", &format!("/api/v1/services/{service}")).await?;
         view["state"]
             .as_str()
             .map(str::to_string)
-            .with_context(|| format!("the API's answer has no state: {body}"))
+            .with_context(|| format!("the API's answer has no state: {view}"))
     }
 
     async fn wait_state(&self, service: &str, want: &str) -> anyhow::Result<()> {

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use support::{Proc, TempDir, free_ports, progress, rss_mib};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 
 /// The gateway under test, built with the bench profile for this target.
 const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
@@ -386,27 +385,7 @@ bind = "127.0.0.1:{listen_port}"
     }
 
     async fn request(&self, method: &str, path: &str) -> anyhow::Result<serde_json::Value> {
-        let exchange = async {
-            let mut api = TcpStream::connect(self.api).await?;
-            let request = format!(
-                "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                self.api
-            );
-            api.write_all(request.as_bytes()).await?;
-            let mut response = Vec::new();
-            api.read_to_end(&mut response).await?;
-            anyhow::Ok(response)
-        };
-        let response = tokio::time::timeout(PATIENCE, exchange)
-            .await
-            .context("the API did not answer")??;
-        let response = String::from_utf8_lossy(&response);
-        let body = response
-            .split_once("\r\n\r\n")
-            .context("the API's answer has no body")?
-            .1;
-        serde_json::from_str(body)
-            .with_context(|| format!("the API answered something else than JSON: {response}"))
+        support::api_json(self.api, method, path).await
     }
 
     async fn view(&self) -> anyhow::Result<serde_json::Value> {

@@ -193,3 +193,32 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
         .parse()?;
     Ok(kib / 1024.0)
 }
+
+/// One request to wakegate's API on its own connection; its JSON answer.
+pub async fn api_json(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(api).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {api}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .context("the API did not answer")??;
+    let response = String::from_utf8_lossy(&response);
+    let body = response
+        .split_once("\r\n\r\n")
+        .context("the API's answer has no body")?
+        .1;
+    serde_json::from_str(body)
+        .with_context(|| format!("the API answered something else than JSON: {response}"))
+}
