@@ -210,7 +210,6 @@ fn artifacts() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_api_requests_during_a_wake_are_all_answered_by_the_backend() {
-    init_logs();
     let dir = temp_dir("http-block");
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
@@ -263,7 +262,6 @@ async fn fifty_api_requests_during_a_wake_are_all_answered_by_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_sees_the_waiting_page_and_lands_on_the_app_by_itself() {
-    init_logs();
     let dir = temp_dir("http-page");
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
@@ -334,7 +332,6 @@ async fn a_browser_sees_the_waiting_page_and_lands_on_the_app_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_route_to_their_service_and_unknown_hosts_to_the_default() {
-    init_logs();
     let dir = temp_dir("http-hosts");
     let (shop, blog) = (named_backend("shop").await, named_backend("blog").await);
     let bind = free_addr();
@@ -384,7 +381,6 @@ async fn hosts_route_to_their_service_and_unknown_hosts_to_the_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_default_an_unknown_host_is_told_so() {
-    init_logs();
     let dir = temp_dir("http-nodefault");
     let backend = named_backend("only").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nhostnames = [\"only.example.test\"]\n";
@@ -400,7 +396,6 @@ async fn without_a_default_an_unknown_host_is_told_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checkers_bots_and_their_paths_never_wake_the_service() {
-    init_logs();
     let dir = temp_dir("http-ignore");
     let backend = named_backend("site").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nignore_paths = [\"/healthz\", \"/status/*\"]\n";
@@ -457,7 +452,6 @@ async fn health_checkers_bots_and_their_paths_never_wake_the_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_block_timeout_a_request_gets_503_with_retry_after() {
-    init_logs();
     let dir = temp_dir("http-timeout");
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nstrategy = \"block\"\nblock_timeout = \"1s\"\n";
@@ -485,7 +479,6 @@ async fn past_block_timeout_a_request_gets_503_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waiting_page_and_its_event_stream_need_no_token() {
-    init_logs();
     let dir = temp_dir("http-stream");
     let backend = free_addr();
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
@@ -546,7 +539,6 @@ async fn the_waiting_page_and_its_event_stream_need_no_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_clients_are_served() {
-    init_logs();
     let dir = temp_dir("http-h2c");
     let backend = named_backend("h2").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
@@ -593,7 +585,6 @@ fn self_signed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_picks_each_services_certificate_by_sni_and_plain_http_redirects() {
-    init_logs();
     let dir = temp_dir("http-tls");
     let (a_cert, a_key, a_der) = self_signed(&dir, "a.example.test");
     let (b_cert, b_key, b_der) = self_signed(&dir, "b.example.test");
@@ -704,7 +695,6 @@ fn stopping_times(app: &App, service: &str) -> Vec<std::time::SystemTime> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
-    init_logs();
     let dir = temp_dir("http-inflight");
     let backend = named_backend("slow").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
@@ -732,7 +722,6 @@ async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_websocket_keeps_the_service_awake() {
-    init_logs();
     let dir = temp_dir("http-websocket");
     let backend = named_backend("chat").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
@@ -779,7 +768,6 @@ async fn an_open_websocket_keeps_the_service_awake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_vanishes_gives_502_and_a_readiness_check() {
-    init_logs();
     let dir = temp_dir("http-vanish");
     let (backend, stop) = stoppable_backend("gone").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
@@ -809,7 +797,6 @@ async fn a_backend_that_vanishes_gives_502_and_a_readiness_check() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_template_file_replaces_the_built_in_page() {
-    init_logs();
     let dir = temp_dir("http-template");
     let template = dir.join("waiting.html");
     std::fs::write(
@@ -844,7 +831,6 @@ async fn a_page_template_file_replaces_the_built_in_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_ends_open_websockets_after_the_grace_period() {
-    init_logs();
     let dir = temp_dir("http-shutdown");
     let backend = named_backend("live").await;
     let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
