@@ -14,19 +14,10 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Listen};
 use crate::event::Event;
+use crate::listener::Connections;
 use crate::service::ServiceHandle;
 use crate::store::Store;
 use crate::{api, backend, listener, notify, service};
-
-/// What client connections share: their tracker, and the two steps of a graceful shutdown.
-#[derive(Clone)]
-pub struct Connections {
-    pub tracker: TaskTracker,
-    /// Fired first: listeners stop accepting; open connections go on.
-    pub stop_accepting: CancellationToken,
-    /// Fired when the grace period is over: open and held connections are closed.
-    pub close_all: CancellationToken,
-}
 
 /// What a bound socket serves.
 enum Bound {
@@ -157,11 +148,7 @@ impl App {
             service.reconciled().await;
         }
 
-        let connections = Connections {
-            tracker: TaskTracker::new(),
-            stop_accepting: CancellationToken::new(),
-            close_all: CancellationToken::new(),
-        };
+        let connections = Connections::new();
         let mut listeners = Vec::new();
         let accepting = TaskTracker::new();
         let handle = |name: &str| services.iter().find(|s| s.name() == name).unwrap().clone();
@@ -189,7 +176,7 @@ impl App {
                     }
                     accepting.spawn(listener::minecraft::run(
                         socket,
-                        listener::minecraft::Routes::new(routes),
+                        listener::minecraft::routes(routes),
                         store.clone(),
                         connections.clone(),
                     ));
@@ -204,7 +191,7 @@ impl App {
                     }
                     accepting.spawn(listener::http::run(
                         socket,
-                        listener::http::Routes::new(routes),
+                        listener::http::routes(routes),
                         tls,
                         store.clone(),
                         connections.clone(),

@@ -87,6 +87,8 @@ impl Client {
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .with_context(unreachable)?;
+        // The connection of one CLI request: it ends with the request, and the CLI exits after.
+        #[allow(clippy::disallowed_methods)]
         let driver = tokio::spawn(async move {
             let _ = conn.await;
         });

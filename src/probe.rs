@@ -348,6 +348,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // a test's own task, awaited by the test
     async fn ready_once_the_port_opens() {
         // Find a free port, then open it only after the probe has started failing.
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -6,31 +6,16 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::copy;
-use crate::app::Connections;
+use super::{Connections, copy};
 use crate::service::ServiceHandle;
 
 /// Accepts clients until `connections.stop_accepting` fires.
 pub async fn run(listener: TcpListener, service: ServiceHandle, connections: Connections) {
-    loop {
-        let accepted = tokio::select! {
-            () = connections.stop_accepting.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((client, peer)) => {
-                let span = info_span!("client", service = service.name(), %peer);
-                connections.tracker.spawn(
-                    serve(client, peer, service.clone(), connections.clone()).instrument(span),
-                );
-            }
-            Err(e) => {
-                // Usually out of file descriptors: wait a little instead of spinning.
-                warn!(error = %e, "Cannot accept a connection.");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept(&listener, &connections, |client, peer| {
+        let span = info_span!("client", service = service.name(), %peer);
+        serve(client, peer, service.clone(), connections.clone()).instrument(span)
+    })
+    .await;
 }
 
 async fn serve(

@@ -33,7 +33,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use self::proxy::{Proxy, ProxyError, ProxyTimeouts};
-use crate::app::Connections;
+use super::Connections;
+use super::route::{self, Named};
 use crate::config::{HealthAction, Http, Strategy};
 use crate::event::State;
 use crate::probe::{self, Check};
@@ -67,43 +68,23 @@ impl Route {
     }
 }
 
-/// The services behind one socket, found by host.
-pub struct Routes {
-    routes: Vec<Route>,
-    /// Takes hosts no route names.
-    default: Option<usize>,
+impl Named for Route {
+    fn hostnames(&self) -> &[String] {
+        &self.config.hostnames
+    }
+    fn is_default(&self) -> bool {
+        self.config.default
+    }
 }
 
-impl Routes {
-    /// The default is the route marked `default`, else one without hostnames. Unlike a
-    /// Minecraft client, a browser always names the site: a service that lists hostnames
-    /// gets only those, even alone on its socket, unless it says `default = true`.
-    pub fn new(routes: Vec<Route>) -> Routes {
-        let default = routes
-            .iter()
-            .position(|r| r.config.default)
-            .or_else(|| routes.iter().position(|r| r.config.hostnames.is_empty()));
-        Routes { routes, default }
-    }
+/// The services behind one socket, found by host. Unlike a Minecraft client, a browser always
+/// names the site: a service that lists hostnames gets only those, even alone on its socket,
+/// unless it says `default = true`.
+pub type Routes = route::Routes<Route>;
 
-    /// The route for a host (lower-case, without port and trailing dot): an exact name first,
-    /// then a wildcard, then the default.
-    pub fn find(&self, host: &str) -> Option<&Route> {
-        let named = |exact: bool| {
-            self.routes.iter().find(|r| {
-                r.config.hostnames.iter().any(|h| {
-                    if exact {
-                        h == host
-                    } else {
-                        host_matches(h, host)
-                    }
-                })
-            })
-        };
-        named(true)
-            .or_else(|| named(false))
-            .or_else(|| self.default.map(|i| &self.routes[i]))
-    }
+/// The routing table of one socket's entries.
+pub fn routes(routes: Vec<Route>) -> Routes {
+    route::Routes::new(routes, false)
 }
 
 /// Builds the TLS acceptor of a socket whose entries have certificates: each entry's own for
@@ -126,18 +107,6 @@ pub fn tls_acceptor<'a>(
     };
     let resolver = tls::SniResolver::new(certs, default.unwrap_or(first));
     Ok(Some(TlsAcceptor::from(tls::server_config(resolver))))
-}
-
-/// Whether a configured hostname (exact, or `*.example.com` for one label before
-/// `example.com`) matches a host.
-pub fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(parent) => host
-            .strip_suffix(parent)
-            .and_then(|rest| rest.strip_suffix('.'))
-            .is_some_and(|label| !label.is_empty() && !label.contains('.')),
-        None => pattern == host,
-    }
 }
 
 /// What every connection of one socket shares.
@@ -169,25 +138,11 @@ pub async fn run(
         connections: connections.clone(),
         exchanges: TaskTracker::new(),
     });
-    loop {
-        let accepted = tokio::select! {
-            () = connections.stop_accepting.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((client, peer)) => {
-                let span = info_span!("http", %peer);
-                connections
-                    .tracker
-                    .spawn(accept(client, peer, server.clone(), tls.clone()).instrument(span));
-            }
-            Err(e) => {
-                // Usually out of file descriptors: wait a little instead of spinning.
-                warn!(error = %e, "Cannot accept a connection.");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept(&listener, &connections, |client, peer| {
+        let span = info_span!("http", %peer);
+        accept(client, peer, server.clone(), tls.clone()).instrument(span)
+    })
+    .await;
     // Upgraded connections outlive the connection tasks that made them: wait for them like
     // for connections, and end them with the rest when the grace period is over.
     server.exchanges.close();
@@ -281,7 +236,7 @@ impl Server {
         peer: SocketAddr,
     ) -> Response<Body> {
         let host = request_host(&request);
-        let Some((index, route)) = self.find(&host) else {
+        let Some((index, route)) = self.routes.find(&host) else {
             debug!(host, "No service has this host name.");
             return text(
                 StatusCode::NOT_FOUND,
@@ -366,16 +321,6 @@ impl Server {
             .await
     }
 
-    fn find(&self, host: &str) -> Option<(usize, &Route)> {
-        let route = self.routes.find(host)?;
-        let index = self
-            .routes
-            .routes
-            .iter()
-            .position(|r| std::ptr::eq(r, route))?;
-        Some((index, route))
-    }
-
     /// Whether a request that arrives while the service is not awake gets the waiting page.
     fn wants_page(&self, route: &Route, request: &Request<Incoming>) -> bool {
         let readable = matches!(*request.method(), Method::GET | Method::HEAD);
@@ -451,7 +396,7 @@ impl Server {
                 )
             }
             Err(e) => {
-                let route = &self.routes.routes[index];
+                let route = &self.routes.get(index);
                 warn!(service = route.service.name(), backend = %address, error = %e, "The backend did not answer a request; answering 502.");
                 self.recheck(index, address);
                 text(
@@ -466,7 +411,9 @@ impl Server {
     /// the service is told its backend is unhealthy, which restarts it (within the crash-loop
     /// breaker). One check at a time per service.
     fn recheck(self: &Arc<Self>, index: usize, address: SocketAddr) {
-        if self.routes.routes[index]
+        if self
+            .routes
+            .get(index)
             .rechecking
             .swap(true, Ordering::AcqRel)
         {
@@ -474,7 +421,7 @@ impl Server {
         }
         let server = self.clone();
         self.connections.tracker.spawn(async move {
-            let route = &server.routes.routes[index];
+            let route = server.routes.get(index);
             if let Err(e) = probe::run(&Check::default(), address, None).await {
                 let reason =
                     format!("the backend stopped answering HTTP requests ({e}); restarting it");
@@ -629,15 +576,6 @@ impl hyper::body::Body for Guarded {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcards_match_one_label() {
-        assert!(host_matches("*.example.com", "app.example.com"));
-        assert!(!host_matches("*.example.com", "example.com"));
-        assert!(!host_matches("*.example.com", "a.b.example.com"));
-        assert!(!host_matches("*.example.com", "appexample.com"));
-        assert!(host_matches("example.com", "example.com"));
-    }
 
     #[test]
     fn hosts_lose_their_port_and_case() {

@@ -10,8 +10,8 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
-use super::host_matches;
 use crate::config::TlsFiles;
+use crate::listener::route::host_matches;
 
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]

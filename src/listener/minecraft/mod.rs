@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use self::access::{RateLimiter, Who};
 use self::codec::{
@@ -25,8 +25,8 @@ use self::codec::{
     Protocol, StatusRequest,
 };
 use self::status::StatusCache;
-use super::copy;
-use crate::app::Connections;
+use super::route::{self, Named};
+use super::{Connections, copy};
 use crate::config::{Join, Minecraft};
 use crate::event::{Kind, State};
 use crate::service::ServiceHandle;
@@ -43,48 +43,38 @@ pub struct Route {
 }
 
 /// A route and what it keeps between connections.
-struct Entry {
+pub struct Entry {
     service: ServiceHandle,
     config: Minecraft,
     limiter: Option<RateLimiter>,
     cache: Option<StatusCache>,
 }
 
-/// The services behind one socket, found by hostname.
-pub struct Routes {
-    routes: Vec<Entry>,
-    /// Takes hostnames no route names.
-    default: Option<usize>,
-}
-
-impl Routes {
-    /// The default is the route marked `default`, else one without hostnames, else the only one.
-    pub fn new(routes: Vec<Route>) -> Routes {
-        let default = routes
-            .iter()
-            .position(|r| r.config.default)
-            .or_else(|| routes.iter().position(|r| r.config.hostnames.is_empty()))
-            .or((routes.len() == 1).then_some(0));
-        let routes = routes
-            .into_iter()
-            .map(|r| Entry {
-                limiter: r.config.wake_rate.map(RateLimiter::new),
-                cache: r.config.status_cache.map(StatusCache::new),
-                service: r.service,
-                config: r.config,
-            })
-            .collect();
-        Routes { routes, default }
+impl Named for Entry {
+    fn hostnames(&self) -> &[String] {
+        &self.config.hostnames
     }
-
-    /// The route for a hostname (lower-case, without trailing dot, as the codec gives it).
-    fn find(&self, hostname: &str) -> Option<&Entry> {
-        self.routes
-            .iter()
-            .find(|r| r.config.hostnames.iter().any(|h| h == hostname))
-            .or_else(|| self.default.map(|i| &self.routes[i]))
+    fn is_default(&self) -> bool {
+        self.config.default
     }
 }
+
+/// The services behind one socket, found by hostname. A lone service takes every hostname.
+pub fn routes(routes: Vec<Route>) -> Routes {
+    let entries = routes
+        .into_iter()
+        .map(|r| Entry {
+            limiter: r.config.wake_rate.map(RateLimiter::new),
+            cache: r.config.status_cache.map(StatusCache::new),
+            service: r.service,
+            config: r.config,
+        })
+        .collect();
+    route::Routes::new(entries, true)
+}
+
+/// The services behind one socket.
+pub type Routes = route::Routes<Entry>;
 
 /// Accepts clients until `connections.stop_accepting` fires.
 pub async fn run(
@@ -94,26 +84,12 @@ pub async fn run(
     connections: Connections,
 ) {
     let routes = Arc::new(routes);
-    loop {
-        let accepted = tokio::select! {
-            () = connections.stop_accepting.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((client, peer)) => {
-                let span = info_span!("minecraft", %peer);
-                let (routes, store, conns) = (routes.clone(), store.clone(), connections.clone());
-                connections
-                    .tracker
-                    .spawn(serve(client, peer, routes, store, conns).instrument(span));
-            }
-            Err(e) => {
-                // Usually out of file descriptors: wait a little instead of spinning.
-                warn!(error = %e, "Cannot accept a connection.");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    super::accept(&listener, &connections, |client, peer| {
+        let span = info_span!("minecraft", %peer);
+        let (routes, store, conns) = (routes.clone(), store.clone(), connections.clone());
+        serve(client, peer, routes, store, conns).instrument(span)
+    })
+    .await;
 }
 
 /// Why a connection ended early; logged once, at the end of `serve`.
@@ -170,7 +146,7 @@ async fn talk(
 ) -> Result<(), End> {
     let (handshake, frame) = codec::read_handshake(reader, PACKET_TIMEOUT).await?;
     let hostname = handshake.address.hostname().to_owned();
-    let Some(route) = routes.find(&hostname) else {
+    let Some((_, route)) = routes.find(&hostname) else {
         info!(hostname, "No service has this hostname.");
         let text = format!("§cunknown server `{hostname}`");
         return match handshake.intent {
