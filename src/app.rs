@@ -16,7 +16,7 @@ use crate::config::{Config, Listen};
 use crate::event::Event;
 use crate::service::ServiceHandle;
 use crate::store::Store;
-use crate::{api, backend, listener, notify, service};
+use crate::{api, backend, health, listener, notify, service};
 
 /// What client connections share: their tracker, and the two steps of a graceful shutdown.
 #[derive(Clone)]
@@ -141,14 +141,17 @@ impl App {
             .services
             .iter()
             .map(|s| {
-                service::spawn(
+                let cancel = stop_background.child_token();
+                let handle = service::spawn(
                     s,
                     backend::build(s, &config.gateway.data_dir, &store),
                     store.clone(),
                     events.clone(),
                     &background,
-                    stop_background.child_token(),
-                )
+                    cancel.clone(),
+                );
+                health::spawn_for(s, &handle, &background, &cancel);
+                handle
             })
             .collect();
 
@@ -190,7 +193,6 @@ impl App {
                     accepting.spawn(listener::minecraft::run(
                         socket,
                         listener::minecraft::Routes::new(routes),
-                        store.clone(),
                         connections.clone(),
                     ));
                 }
@@ -206,7 +208,6 @@ impl App {
                         socket,
                         listener::http::Routes::new(routes),
                         tls,
-                        store.clone(),
                         connections.clone(),
                     ));
                 }

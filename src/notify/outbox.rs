@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::http::{Answer, Client, Endpoint};
 use super::{Target, TargetKind, discord, webhook};
-use crate::api::events::{Feed, Item};
+use crate::event::feed::{Feed, Item};
 use crate::event::Event;
 use crate::store::Store;
 
