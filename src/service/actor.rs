@@ -521,7 +521,10 @@ impl Actor {
                 detail,
             );
         } else if always_on {
-            let reason = format!("{}; it last crashed: {reason}", self.core.policy.crash_loop());
+            let reason = format!(
+                "{}; it last crashed: {reason}",
+                self.core.policy.crash_loop()
+            );
             self.core.transition(State::Failed, reason, detail);
         } else {
             self.core.transition(

@@ -541,7 +541,11 @@ mod tests {
         rules.policies.max_runtime = Some(MIN);
         rules.policies.max_runtime_warning = HOUR;
         let policy = idle_from(rules, now);
-        assert!(policy.runtime_warning_at().is_some_and(|at| at <= now.instant));
+        assert!(
+            policy
+                .runtime_warning_at()
+                .is_some_and(|at| at <= now.instant)
+        );
     }
 
     #[test]
@@ -649,11 +653,17 @@ mod tests {
         let policy = Policy::new(rules, now.instant);
         assert_eq!(
             policy.wake_by_rule(State::Asleep, now),
-            Some((Cause::Schedule, "awake by schedule (Fri 12:00-14:00 UTC)".into()))
+            Some((
+                Cause::Schedule,
+                "awake by schedule (Fri 12:00-14:00 UTC)".into()
+            ))
         );
         assert_eq!(policy.wake_by_rule(State::Awake, now), None);
         assert_eq!(policy.schedule_change(now), Some(now.instant + 2 * HOUR));
-        assert_eq!(policy.wake_by_rule(State::Asleep, later(now, 2 * HOUR)), None);
+        assert_eq!(
+            policy.wake_by_rule(State::Asleep, later(now, 2 * HOUR)),
+            None
+        );
     }
 
     #[test]

@@ -123,7 +123,10 @@ impl Running {
 
 /// A client connection to the service, held open until dropped.
 async fn client(service: &ServiceHandle) -> super::Ticket {
-    service.connect("10.0.0.7:51234".parse().unwrap()).await.unwrap()
+    service
+        .connect("10.0.0.7:51234".parse().unwrap())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]
@@ -185,7 +188,7 @@ restart_window = "1h""#,
     )
     .await;
     // always_on wakes it by itself.
-    web.reach(State::Awake).await;
+    web.entered(State::Awake).await;
     for _ in 0..2 {
         web.fake.crash("exit code 1");
         let restarting = web.entered(State::Waking).await;
@@ -238,7 +241,10 @@ restart_window = "1h""#,
     web.reach(State::Awake).await;
     unhealthy(&web).await;
     let stopping = web.entered(State::Stopping).await;
-    assert_eq!(stopping.reason, "stopping for good: health check failed 3 times");
+    assert_eq!(
+        stopping.reason,
+        "stopping for good: health check failed 3 times"
+    );
     let failed = web.entered(State::Failed).await;
     assert_eq!(Cause::of(&failed.detail), Some(Cause::Breaker));
     assert!(failed.reason.starts_with("restarted 1 time within 1h"));
@@ -283,7 +289,10 @@ player_check_interval = "10m""#,
     }
     let stopping = web.entered(State::Stopping).await;
     assert_eq!(Instant::now() - awake, 30 * MIN);
-    assert_eq!(stopping.reason, "fewer than 1 players for 3 checks in a row");
+    assert_eq!(
+        stopping.reason,
+        "fewer than 1 players for 3 checks in a row"
+    );
     assert_eq!(Cause::of(&stopping.detail), Some(Cause::MinPlayers));
 }
 
@@ -342,6 +351,8 @@ async fn a_server_found_running_at_start_up_is_adopted() {
 async fn the_expected_boot_is_the_median_of_the_recent_wakes() {
     let mut web = Running::start(r#"idle_timeout = "1m""#).await;
     assert_eq!(web.handle.status().expected_boot, None);
+    // The start-up found it stopped.
+    web.entered(State::Asleep).await;
     for takes in [30, 10, 20] {
         web.fake.start_takes(Duration::from_secs(takes));
         web.wake().await;
@@ -358,6 +369,24 @@ async fn the_expected_boot_is_the_median_of_the_recent_wakes() {
         super::actor::expected_boot(&web.store, "web"),
         Some(expected)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_fails_the_wake_and_the_held_client() {
+    let mut web = Running::start("").await;
+    web.fake.fail_next_start("the start command exited with 1");
+    let handle = web.handle.clone();
+    let connecting =
+        tokio::spawn(async move { handle.connect("10.0.0.7:51234".parse().unwrap()).await });
+    let failed = web.entered(State::Failed).await;
+    assert_eq!(failed.reason, "the start command exited with 1");
+    assert!(failed.detail["duration_ms"].is_u64(), "{failed:?}");
+    assert!(matches!(
+        connecting.await.unwrap(),
+        Err(super::ConnectError::WakeFailed(_))
+    ));
+    // The half-started server is stopped, so a failed wake never leaves it running.
+    assert_eq!(web.fake.count(Call::Stop), 1);
 }
 
 #[test]

@@ -134,43 +134,37 @@ pub fn events(service: ServiceHandle, close: CancellationToken) -> Response<Body
     let live = service.subscribe();
     let first = View::of(&service);
     let state = (live, Some(first), service, close);
-    let frames = stream::unfold(
-        state,
-        |(mut live, first, service, close)| async move {
-            if let Some(view) = first {
-                return Some((Ok(sse(&view)), (live, None, service, close)));
-            }
-            loop {
-                let received = tokio::select! {
-                    () = close.cancelled() => return None,
-                    received = tokio::time::timeout(KEEP_ALIVE, live.recv()) => received,
-                };
-                let frame = match received {
-                    Err(_) => Frame::data(Bytes::from_static(b": keep-alive\n\n")),
-                    Ok(Ok(event)) if event.service == service.name() => {
-                        // Leases, actions and warnings say nothing a visitor needs.
-                        if !matches!(event.kind, Kind::Transition | Kind::Progress) {
-                            continue;
-                        }
-                        let mut view = View::of(&service);
-                        // The event's own state: the status may have moved on already, and the
-                        // next event tells that.
-                        view.state = event.state;
-                        view.step = step(&event);
-                        sse(&view)
+    let frames = stream::unfold(state, |(mut live, first, service, close)| async move {
+        if let Some(view) = first {
+            return Some((Ok(sse(&view)), (live, None, service, close)));
+        }
+        loop {
+            let received = tokio::select! {
+                () = close.cancelled() => return None,
+                received = tokio::time::timeout(KEEP_ALIVE, live.recv()) => received,
+            };
+            let frame = match received {
+                Err(_) => Frame::data(Bytes::from_static(b": keep-alive\n\n")),
+                Ok(Ok(event)) if event.service == service.name() => {
+                    // Leases, actions and warnings say nothing a visitor needs.
+                    if !matches!(event.kind, Kind::Transition | Kind::Progress) {
+                        continue;
                     }
-                    Ok(Ok(_)) => continue,
-                    // Fell behind: send the state now; later events follow.
-                    Ok(Err(RecvError::Lagged(_))) => sse(&View::of(&service)),
-                    Ok(Err(RecvError::Closed)) => return None,
-                };
-                return Some((
-                    Ok::<_, Infallible>(frame),
-                    (live, None, service, close),
-                ));
-            }
-        },
-    );
+                    let mut view = View::of(&service);
+                    // The event's own state: the status may have moved on already, and the
+                    // next event tells that.
+                    view.state = event.state;
+                    view.step = step(&event);
+                    sse(&view)
+                }
+                Ok(Ok(_)) => continue,
+                // Fell behind: send the state now; later events follow.
+                Ok(Err(RecvError::Lagged(_))) => sse(&View::of(&service)),
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            return Some((Ok::<_, Infallible>(frame), (live, None, service, close)));
+        }
+    });
     let body = StreamBody::new(frames)
         .map_err(|never| match never {})
         .boxed();

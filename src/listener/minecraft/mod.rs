@@ -86,11 +86,7 @@ impl Routes {
 }
 
 /// Accepts clients until `connections.stop_accepting` fires.
-pub async fn run(
-    listener: TcpListener,
-    routes: Routes,
-    connections: Connections,
-) {
+pub async fn run(listener: TcpListener, routes: Routes, connections: Connections) {
     let routes = Arc::new(routes);
     loop {
         let accepted = tokio::select! {
@@ -136,12 +132,7 @@ impl From<std::io::Error> for End {
     }
 }
 
-async fn serve(
-    client: TcpStream,
-    peer: SocketAddr,
-    routes: Arc<Routes>,
-    connections: Connections,
-) {
+async fn serve(client: TcpStream, peer: SocketAddr, routes: Arc<Routes>, connections: Connections) {
     let _ = client.set_nodelay(true);
     let mut reader = FrameReader::new(client);
     let ended = tokio::select! {
