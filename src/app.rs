@@ -17,7 +17,7 @@ use crate::event::Event;
 use crate::listener::Connections;
 use crate::service::ServiceHandle;
 use crate::store::Store;
-use crate::{api, backend, listener, notify, service};
+use crate::{api, backend, health, listener, notify, service};
 
 /// What a bound socket serves.
 enum Bound {
@@ -132,14 +132,17 @@ impl App {
             .services
             .iter()
             .map(|s| {
-                service::spawn(
+                let cancel = stop_background.child_token();
+                let handle = service::spawn(
                     s,
                     backend::build(s, &config.gateway.data_dir, &store),
                     store.clone(),
                     events.clone(),
                     &background,
-                    stop_background.child_token(),
-                )
+                    cancel.clone(),
+                );
+                health::spawn_for(s, &handle, &background, &cancel);
+                handle
             })
             .collect();
 
@@ -177,7 +180,6 @@ impl App {
                     accepting.spawn(listener::minecraft::run(
                         socket,
                         listener::minecraft::routes(routes),
-                        store.clone(),
                         connections.clone(),
                     ));
                 }
@@ -193,7 +195,6 @@ impl App {
                         socket,
                         listener::http::routes(routes),
                         tls,
-                        store.clone(),
                         connections.clone(),
                     ));
                 }

@@ -1,6 +1,7 @@
 //! Health checks: one task per `[[service.health]]` entry that probes the backend while the
 //! service is awake and tells the actor after `tolerance` failures in a row. The actor decides
-//! what that means (restart within the crash-loop breaker, a warning, or a sleep).
+//! what that means (restart within the crash-loop breaker, a warning, or a sleep). Started by
+//! the app beside each service's actor: this module drives the handle, never the reverse.
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -11,10 +12,24 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::Health;
+use crate::config::{self, Health};
 use crate::event::{Kind, State};
 use crate::probe;
 use crate::service::ServiceHandle;
+
+/// Starts everything that watches an awake service on `tracker`: its health checks, and the
+/// player poll of a service behind a `minecraft` listener.
+pub fn spawn_for(
+    config: &config::Service,
+    service: &ServiceHandle,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    spawn(&config.health, service, tracker, cancel);
+    if let Some(every) = config.player_poll() {
+        spawn_player_poll(every, config.proxy_protocol(), service, tracker, cancel);
+    }
+}
 
 /// Starts the checks of a service on `tracker`.
 pub fn spawn(

@@ -8,42 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::event::State;
-use crate::service::ServiceHandle;
-
-/// What started a wake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Client,
-    Api,
-    Lease,
-    Reconcile,
-    Schedule,
-    /// A restart after a failed health check or a crash, or an always-on service kept up.
-    Restart,
-}
-
-impl Trigger {
-    const ALL: [Trigger; 6] = [
-        Trigger::Client,
-        Trigger::Api,
-        Trigger::Lease,
-        Trigger::Reconcile,
-        Trigger::Schedule,
-        Trigger::Restart,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Client => "client",
-            Trigger::Api => "api",
-            Trigger::Lease => "lease",
-            Trigger::Reconcile => "reconcile",
-            Trigger::Schedule => "schedule",
-            Trigger::Restart => "restart",
-        }
-    }
-}
+use crate::event::{State, Trigger};
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +57,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a wake by what started it (a trigger that never starts a wake is not counted).
     pub fn wake(&self, trigger: Trigger) {
-        self.wakes[trigger as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = trigger.wake_index() {
+            self.wakes[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn failure(&self, failure: Failure) {
@@ -138,8 +106,21 @@ impl Metrics {
     }
 }
 
+/// What the exposition reads of a service. The service's handle implements it; the trait keeps
+/// this module below the service (which counts into [`Metrics`]).
+pub trait Source {
+    fn name(&self) -> &str;
+    /// The state it is in now.
+    fn state(&self) -> State;
+    /// Open proxied connections.
+    fn connections(&self) -> usize;
+    /// Clients waiting for a wake to finish.
+    fn held(&self) -> usize;
+    fn metrics(&self) -> &Metrics;
+}
+
 /// The Prometheus text exposition of every service and of the process.
-pub fn render(services: &[ServiceHandle]) -> String {
+pub fn render<S: Source>(services: &[S]) -> String {
     let mut out = String::new();
     let states = [
         State::Asleep,
@@ -155,7 +136,7 @@ pub fn render(services: &[ServiceHandle]) -> String {
         "1 for the state each service is in.",
     );
     for s in services {
-        let current = s.status().state;
+        let current = s.state();
         for state in states {
             let v = u8::from(state == current);
             let _ = writeln!(
@@ -172,8 +153,8 @@ pub fn render(services: &[ServiceHandle]) -> String {
         "Wakes started, by what started them.",
     );
     for s in services {
-        for t in Trigger::ALL {
-            let v = s.metrics().wakes[t as usize].load(Ordering::Relaxed);
+        for (i, t) in Trigger::WAKES.into_iter().enumerate() {
+            let v = s.metrics().wakes[i].load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "wakegate_wakes_total{{service=\"{}\",trigger=\"{}\"}} {v}",
@@ -233,7 +214,7 @@ pub fn render(services: &[ServiceHandle]) -> String {
             s.name()
         );
     }
-    let per_service: [PerService; 8] = [
+    let per_service: [PerService<S>; 8] = [
         (
             "wakegate_minecraft_status_pings_total",
             "counter",
@@ -274,7 +255,7 @@ pub fn render(services: &[ServiceHandle]) -> String {
             "wakegate_held_clients",
             "gauge",
             "Clients waiting for a wake to finish.",
-            |s| s.status().held as f64,
+            |s| s.held() as f64,
         ),
         (
             "wakegate_refused_clients_total",
@@ -294,12 +275,7 @@ pub fn render(services: &[ServiceHandle]) -> String {
 }
 
 /// A metric with one value per service: name, type, help, and how to read it.
-type PerService = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&ServiceHandle) -> f64,
-);
+type PerService<S> = (&'static str, &'static str, &'static str, fn(&S) -> f64);
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

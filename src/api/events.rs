@@ -1,10 +1,9 @@
 //! Events over HTTP: history pages, a Server-Sent Events stream and a WebSocket. Both streams
 //! deliver the backlog after the id a client last saw, then live events, in id order, with
-//! no gap and no duplicate — also across reconnects and when a consumer falls behind.
+//! no gap and no duplicate — also across reconnects and when a consumer falls behind (the
+//! [`Feed`] in `event::feed` does the ordering).
 
-use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -15,128 +14,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
-use tracing::debug;
 
 use super::{Api, ApiError};
-use crate::event::Event;
-use crate::store::Store;
-
-/// How many events one history read returns at most.
-const PAGE: usize = 500;
-
-/// What a feed yields.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Item {
-    Event(Event),
-    /// The consumer fell behind the live buffer; the feed goes on from history after this id.
-    Lagged {
-        resume_after: i64,
-    },
-}
-
-/// An ordered, gap-free sequence of events after some id, optionally of some services.
-pub struct Feed {
-    store: Arc<Store>,
-    live: broadcast::Receiver<Event>,
-    services: Option<HashSet<String>>,
-    /// The id of the last event looked at (delivered or filtered out).
-    cursor: i64,
-    backlog: VecDeque<Event>,
-    /// Events after `cursor` may be only in the store.
-    behind: bool,
-}
-
-impl Feed {
-    /// Events after `after`, or from now on without it.
-    pub fn new(
-        store: Arc<Store>,
-        events: &broadcast::Sender<Event>,
-        services: Option<HashSet<String>>,
-        after: Option<i64>,
-    ) -> anyhow::Result<Feed> {
-        // Subscribe before reading the store: an event is stored before it is published, so
-        // every event is then in the store, in the live buffer, or in both.
-        let live = events.subscribe();
-        let cursor = match after {
-            Some(id) => id,
-            None => store.last_event_id()?,
-        };
-        Ok(Feed {
-            store,
-            live,
-            services,
-            cursor,
-            backlog: VecDeque::new(),
-            behind: after.is_some(),
-        })
-    }
-
-    fn wanted(&self, event: &Event) -> bool {
-        self.services
-            .as_ref()
-            .is_none_or(|s| s.contains(&event.service))
-    }
-
-    /// Reads one page of stored events after the cursor (those before `until`, when given)
-    /// into the backlog; returns whether there are no more.
-    fn catch_up(&mut self, until: Option<i64>) -> anyhow::Result<bool> {
-        let only = match &self.services {
-            Some(s) if s.len() == 1 => s.iter().next().cloned(),
-            _ => None,
-        };
-        let page = self.store.events(self.cursor, only.as_deref(), PAGE)?;
-        let complete = page.len() < PAGE;
-        for event in page {
-            if until.is_some_and(|u| event.id >= u) {
-                return Ok(true);
-            }
-            self.cursor = event.id;
-            if self.wanted(&event) {
-                self.backlog.push_back(event);
-            }
-        }
-        Ok(complete)
-    }
-
-    /// The next item; waits for a live event when there is nothing older to send.
-    pub async fn next(&mut self) -> anyhow::Result<Item> {
-        loop {
-            if let Some(event) = self.backlog.pop_front() {
-                return Ok(Item::Event(event));
-            }
-            if self.behind {
-                // A page at a time, so a consumer far behind never holds all history at once.
-                self.behind = !self.catch_up(None)?;
-                continue;
-            }
-            match self.live.recv().await {
-                Ok(event) if event.id <= self.cursor => {}
-                Ok(event) => {
-                    // Services publish independently: an event with a lower id may still be on
-                    // its way. It is in the store already, so take it from there first.
-                    while event.id > self.cursor + 1 && !self.catch_up(Some(event.id))? {}
-                    self.cursor = event.id;
-                    if self.wanted(&event) {
-                        self.backlog.push_back(event);
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    debug!(
-                        missed,
-                        "An event consumer fell behind; resuming from history."
-                    );
-                    self.behind = true;
-                    return Ok(Item::Lagged {
-                        resume_after: self.cursor,
-                    });
-                }
-                Err(RecvError::Closed) => anyhow::bail!("wakegate is shutting down"),
-            }
-        }
-    }
-}
+use crate::event::feed::{Feed, Item};
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
@@ -266,7 +146,7 @@ pub async fn ws(
 }
 
 fn subscribed(feed: &Feed, services: Option<Vec<String>>) -> serde_json::Value {
-    serde_json::json!({ "type": "subscribed", "after": feed.cursor, "services": services })
+    serde_json::json!({ "type": "subscribed", "after": feed.cursor(), "services": services })
 }
 
 async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: String) {
@@ -301,90 +181,5 @@ async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: Strin
                 Err(_) => return,
             },
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::{Kind, NewEvent, State};
-
-    fn record(store: &Store, service: &str, n: usize) -> Event {
-        store
-            .record(
-                service,
-                NewEvent {
-                    kind: Kind::Progress,
-                    state: State::Awake,
-                    reason: format!("step {n}"),
-                    detail: serde_json::Value::Null,
-                },
-                None,
-            )
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_consumer_that_falls_behind_is_told_and_misses_nothing() {
-        let store = Arc::new(Store::in_memory().unwrap());
-        let (events, _) = broadcast::channel(8);
-        let mut feed = Feed::new(store.clone(), &events, None, Some(0)).unwrap();
-        // Far more than the live buffer holds, published while the consumer reads nothing.
-        let published: Vec<i64> = (0..100)
-            .map(|n| {
-                let event = record(&store, if n % 3 == 0 { "a" } else { "b" }, n);
-                let _ = events.send(event.clone());
-                event.id
-            })
-            .collect();
-        let mut seen = Vec::new();
-        let mut lagged = 0;
-        while seen.len() < published.len() {
-            match feed.next().await.unwrap() {
-                Item::Event(e) => seen.push(e.id),
-                Item::Lagged { resume_after } => {
-                    assert_eq!(Some(&resume_after), seen.last().or(Some(&0)));
-                    lagged += 1;
-                }
-            }
-        }
-        assert_eq!(seen, published);
-        // History covered the first ones; the live buffer had lagged by then.
-        assert!(lagged <= 1);
-    }
-
-    #[tokio::test]
-    async fn an_event_published_out_of_id_order_is_not_lost() {
-        let store = Arc::new(Store::in_memory().unwrap());
-        let (events, _) = broadcast::channel(8);
-        let mut feed = Feed::new(store.clone(), &events, None, None).unwrap();
-        // Two services store 1 then 2, but 2 is published first.
-        let first = record(&store, "a", 1);
-        let second = record(&store, "b", 2);
-        events.send(second.clone()).unwrap();
-        events.send(first.clone()).unwrap();
-        assert_eq!(feed.next().await.unwrap(), Item::Event(first));
-        assert_eq!(feed.next().await.unwrap(), Item::Event(second));
-        let third = record(&store, "a", 3);
-        events.send(third.clone()).unwrap();
-        assert_eq!(feed.next().await.unwrap(), Item::Event(third));
-    }
-
-    #[tokio::test]
-    async fn a_feed_of_one_service_skips_the_others() {
-        let store = Arc::new(Store::in_memory().unwrap());
-        let (events, _) = broadcast::channel(8);
-        let only_b = Some(HashSet::from(["b".to_string()]));
-        let mut feed = Feed::new(store.clone(), &events, only_b, Some(0)).unwrap();
-        for n in 0..6 {
-            let event = record(&store, if n % 2 == 0 { "a" } else { "b" }, n);
-            let _ = events.send(event);
-        }
-        for expected in [2, 4, 6] {
-            match feed.next().await.unwrap() {
-                Item::Event(e) => assert_eq!((e.id, e.service.as_str()), (expected, "b")),
-                other => panic!("{other:?}"),
-            }
-        }
     }
 }

@@ -339,7 +339,8 @@ pub struct ServiceView {
     pub last_error: Option<String>,
     /// How long its recent wakes took, oldest first.
     pub boot_durations_ms: Vec<u64>,
-    /// The expected duration of the next wake (the median of the recent ones).
+    /// The expected duration of the next wake (the median of the recent ones, as the service
+    /// publishes it).
     pub eta_ms: Option<u64>,
     pub awake_seconds_day: f64,
     pub awake_seconds_30d: f64,
@@ -390,7 +391,7 @@ impl ServiceView {
                     .fold(d, SystemTime::max)
             }),
             last_error: status.last_error,
-            eta_ms: median(&boot_durations_ms),
+            eta_ms: status.expected_boot.map(|b| b.as_millis() as u64),
             boot_durations_ms,
             awake_seconds_day: running_seconds(&transitions, now - DAY, now),
             awake_seconds_30d,
@@ -401,12 +402,6 @@ impl ServiceView {
             leases: status.leases,
         })
     }
-}
-
-fn median(values: &[u64]) -> Option<u64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied()
 }
 
 /// Seconds between `from` and `now` that the backend ran (waking, awake or stopping), from
@@ -558,7 +553,5 @@ mod tests {
         ];
         assert_eq!(running_seconds(&transitions, at(0), at(250)), 160.0);
         assert_eq!(running_seconds(&transitions, at(50), at(250)), 110.0);
-        assert_eq!(median(&[5, 1, 9]), Some(5));
-        assert_eq!(median(&[]), None);
     }
 }

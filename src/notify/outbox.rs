@@ -20,8 +20,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::http::{Answer, Client, Endpoint};
 use super::{Target, TargetKind, discord, webhook};
-use crate::api::events::{Feed, Item};
 use crate::event::Event;
+use crate::event::feed::{Feed, Item};
 use crate::store::Store;
 
 /// Starts a task per target on `tracker`; they run until `cancel` fires. Each target's cursor

@@ -39,7 +39,6 @@ use crate::config::{HealthAction, Http, Strategy};
 use crate::event::State;
 use crate::probe::{self, Check};
 use crate::service::{ConnectError, ServiceHandle, Ticket};
-use crate::store::Store;
 
 /// The body of every response the listener sends: the backend's, streamed, or its own.
 pub type Body = proxy::ProxyBody;
@@ -112,7 +111,6 @@ pub fn tls_acceptor<'a>(
 /// What every connection of one socket shares.
 struct Server {
     routes: Routes,
-    store: Arc<Store>,
     proxy: Proxy,
     /// Whether clients arrive over TLS (told to the backend in X-Forwarded-Proto).
     tls: bool,
@@ -127,12 +125,10 @@ pub async fn run(
     listener: TcpListener,
     routes: Routes,
     tls: Option<TlsAcceptor>,
-    store: Arc<Store>,
     connections: Connections,
 ) {
     let server = Arc::new(Server {
         routes,
-        store,
         proxy: Proxy::new(ProxyTimeouts::default()),
         tls: tls.is_some(),
         connections: connections.clone(),
@@ -278,7 +274,7 @@ impl Server {
                 // It became awake meanwhile: the app rather than a page that would reload.
                 Ok(Ok(State::Awake)) => {}
                 Ok(Ok(_)) => {
-                    let view = page::View::of(service, &self.store);
+                    let view = page::View::of(service);
                     let template = route.config.page.as_deref().unwrap_or(page::BUILT_IN);
                     let html = page::render(template, service.name(), &view);
                     return page::page(html, retry_after(view.eta));
@@ -340,10 +336,9 @@ impl Server {
             );
         }
         match rest {
-            "/status" => page::status(&route.service, &self.store),
+            "/status" => page::status(&route.service),
             "/events" => page::events(
                 route.service.clone(),
-                self.store.clone(),
                 self.connections.stop_accepting.clone(),
             ),
             _ => text(
@@ -358,7 +353,7 @@ impl Server {
 
     /// 503 with Retry-After: the expected rest of the boot.
     fn unavailable(&self, route: &Route, message: String) -> Response<Body> {
-        let view = page::View::of(&route.service, &self.store);
+        let view = page::View::of(&route.service);
         let mut response = text(StatusCode::SERVICE_UNAVAILABLE, message);
         response
             .headers_mut()

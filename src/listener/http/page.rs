@@ -5,7 +5,6 @@
 //! expected time; never addresses, clients or error texts.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use super::Body;
 use crate::event::{Event, Kind, State};
 use crate::service::ServiceHandle;
-use crate::store::Store;
 
 /// Paths under this prefix are answered by wakegate on every host, and never forwarded.
 pub const RESERVED: &str = "/.wakegate";
@@ -44,19 +42,12 @@ pub struct View {
 }
 
 impl View {
-    pub fn of(service: &ServiceHandle, store: &Store) -> View {
+    pub fn of(service: &ServiceHandle) -> View {
         let status = service.status();
-        let elapsed = status.since.elapsed().unwrap_or_default();
-        let eta = match status.state {
-            State::Waking => {
-                expected_boot(store, service.name()).map(|b| b.saturating_sub(elapsed))
-            }
-            // Not started yet: the whole boot is ahead.
-            State::Asleep | State::Stopping | State::Failed => expected_boot(store, service.name()),
-            State::Awake => Some(Duration::ZERO),
-        };
+        // Not started yet, the whole expected boot is ahead; while waking, what is left of it.
+        let eta = status.eta();
         let elapsed = if status.state == State::Waking {
-            elapsed
+            status.since.elapsed().unwrap_or_default()
         } else {
             Duration::ZERO
         };
@@ -76,13 +67,6 @@ impl View {
             "eta_ms": self.eta.map(|e| e.as_millis() as u64),
         })
     }
-}
-
-/// The median of the service's recent boot durations.
-pub fn expected_boot(store: &Store, service: &str) -> Option<Duration> {
-    let mut durations = store.boot_durations(service, 10).ok()?;
-    durations.sort_unstable();
-    Some(Duration::from_millis(*durations.get(durations.len() / 2)?))
 }
 
 /// Fills a template: `{{service}}`, `{{state}}`, `{{eta_seconds}}` (empty when unknown),
@@ -134,8 +118,8 @@ pub fn page(html: String, retry_after: Duration) -> Response<Body> {
 }
 
 /// `GET /.wakegate/status`: the view now, as JSON.
-pub fn status(service: &ServiceHandle, store: &Store) -> Response<Body> {
-    let mut response = Response::new(super::full(View::of(service, store).json().to_string()));
+pub fn status(service: &ServiceHandle) -> Response<Body> {
+    let mut response = Response::new(super::full(View::of(service).json().to_string()));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -145,52 +129,42 @@ pub fn status(service: &ServiceHandle, store: &Store) -> Response<Body> {
 /// `GET /.wakegate/events`: the view now, then a new one on every step of the service's
 /// wake or change of state, as `status` events, until the client leaves or wakegate shuts
 /// down.
-pub fn events(
-    service: ServiceHandle,
-    store: Arc<Store>,
-    close: CancellationToken,
-) -> Response<Body> {
+pub fn events(service: ServiceHandle, close: CancellationToken) -> Response<Body> {
     // Subscribe before reading the state: no change can fall between the two.
     let live = service.subscribe();
-    let first = View::of(&service, &store);
-    let state = (live, Some(first), service, store, close);
-    let frames = stream::unfold(
-        state,
-        |(mut live, first, service, store, close)| async move {
-            if let Some(view) = first {
-                return Some((Ok(sse(&view)), (live, None, service, store, close)));
-            }
-            loop {
-                let received = tokio::select! {
-                    () = close.cancelled() => return None,
-                    received = tokio::time::timeout(KEEP_ALIVE, live.recv()) => received,
-                };
-                let frame = match received {
-                    Err(_) => Frame::data(Bytes::from_static(b": keep-alive\n\n")),
-                    Ok(Ok(event)) if event.service == service.name() => {
-                        // Leases, actions and warnings say nothing a visitor needs.
-                        if !matches!(event.kind, Kind::Transition | Kind::Progress) {
-                            continue;
-                        }
-                        let mut view = View::of(&service, &store);
-                        // The event's own state: the status may have moved on already, and the
-                        // next event tells that.
-                        view.state = event.state;
-                        view.step = step(&event);
-                        sse(&view)
+    let first = View::of(&service);
+    let state = (live, Some(first), service, close);
+    let frames = stream::unfold(state, |(mut live, first, service, close)| async move {
+        if let Some(view) = first {
+            return Some((Ok(sse(&view)), (live, None, service, close)));
+        }
+        loop {
+            let received = tokio::select! {
+                () = close.cancelled() => return None,
+                received = tokio::time::timeout(KEEP_ALIVE, live.recv()) => received,
+            };
+            let frame = match received {
+                Err(_) => Frame::data(Bytes::from_static(b": keep-alive\n\n")),
+                Ok(Ok(event)) if event.service == service.name() => {
+                    // Leases, actions and warnings say nothing a visitor needs.
+                    if !matches!(event.kind, Kind::Transition | Kind::Progress) {
+                        continue;
                     }
-                    Ok(Ok(_)) => continue,
-                    // Fell behind: send the state now; later events follow.
-                    Ok(Err(RecvError::Lagged(_))) => sse(&View::of(&service, &store)),
-                    Ok(Err(RecvError::Closed)) => return None,
-                };
-                return Some((
-                    Ok::<_, Infallible>(frame),
-                    (live, None, service, store, close),
-                ));
-            }
-        },
-    );
+                    let mut view = View::of(&service);
+                    // The event's own state: the status may have moved on already, and the
+                    // next event tells that.
+                    view.state = event.state;
+                    view.step = step(&event);
+                    sse(&view)
+                }
+                Ok(Ok(_)) => continue,
+                // Fell behind: send the state now; later events follow.
+                Ok(Err(RecvError::Lagged(_))) => sse(&View::of(&service)),
+                Ok(Err(RecvError::Closed)) => return None,
+            };
+            return Some((Ok::<_, Infallible>(frame), (live, None, service, close)));
+        }
+    });
     let body = StreamBody::new(frames)
         .map_err(|never| match never {})
         .boxed();

@@ -30,7 +30,6 @@ use super::{Connections, copy};
 use crate::config::{Join, Minecraft};
 use crate::event::{Kind, State};
 use crate::service::ServiceHandle;
-use crate::store::Store;
 
 /// How long a client has to send its handshake, and each packet of the status and login
 /// stages after it.
@@ -77,17 +76,12 @@ pub fn routes(routes: Vec<Route>) -> Routes {
 pub type Routes = route::Routes<Entry>;
 
 /// Accepts clients until `connections.stop_accepting` fires.
-pub async fn run(
-    listener: TcpListener,
-    routes: Routes,
-    store: Arc<Store>,
-    connections: Connections,
-) {
+pub async fn run(listener: TcpListener, routes: Routes, connections: Connections) {
     let routes = Arc::new(routes);
     super::accept(&listener, &connections, |client, peer| {
         let span = info_span!("minecraft", %peer);
-        let (routes, store, conns) = (routes.clone(), store.clone(), connections.clone());
-        serve(client, peer, routes, store, conns).instrument(span)
+        let (routes, conns) = (routes.clone(), connections.clone());
+        serve(client, peer, routes, conns).instrument(span)
     })
     .await;
 }
@@ -114,17 +108,11 @@ impl From<std::io::Error> for End {
     }
 }
 
-async fn serve(
-    client: TcpStream,
-    peer: SocketAddr,
-    routes: Arc<Routes>,
-    store: Arc<Store>,
-    connections: Connections,
-) {
+async fn serve(client: TcpStream, peer: SocketAddr, routes: Arc<Routes>, connections: Connections) {
     let _ = client.set_nodelay(true);
     let mut reader = FrameReader::new(client);
     let ended = tokio::select! {
-        ended = talk(&mut reader, peer, &routes, &store) => ended,
+        ended = talk(&mut reader, peer, &routes) => ended,
         () = connections.close_all.cancelled() => Err(End::Shutdown),
     };
     match ended {
@@ -142,7 +130,6 @@ async fn talk(
     reader: &mut FrameReader<TcpStream>,
     peer: SocketAddr,
     routes: &Routes,
-    store: &Store,
 ) -> Result<(), End> {
     let (handshake, frame) = codec::read_handshake(reader, PACKET_TIMEOUT).await?;
     let hostname = handshake.address.hostname().to_owned();
@@ -168,7 +155,6 @@ async fn talk(
         peer,
         handshake,
         route,
-        store,
     };
     visit.run(reader, frame).instrument(span).await
 }
@@ -178,7 +164,6 @@ struct Visit<'a> {
     peer: SocketAddr,
     handshake: Handshake,
     route: &'a Entry,
-    store: &'a Store,
 }
 
 impl Visit<'_> {
@@ -213,7 +198,7 @@ impl Visit<'_> {
                 State::Waking => status.since,
                 _ => SystemTime::now(),
             };
-            let left = eta(self.store, service, since);
+            let left = eta(service, since);
             let protocol = self.handshake.protocol;
             match choose(&config.join, protocol, left, config.hold_timeout) {
                 Join::Kick => return self.kick(reader, &player).await,
@@ -369,7 +354,7 @@ impl Visit<'_> {
             .fetch_add(1, Ordering::Relaxed);
         let motd = match status.state {
             State::Waking => {
-                let left = eta(self.store, service, status.since);
+                let left = eta(service, status.since);
                 config.motd_waking.with_line(&describe_eta(left))
             }
             State::Failed => config.motd_failed.component(),
@@ -394,12 +379,12 @@ impl Visit<'_> {
             Ok(Ok(_)) => format!(
                 "{}\n{}",
                 config.kick_message,
-                describe_eta(eta(self.store, service, since))
+                describe_eta(eta(service, since))
             ),
             Ok(Err(denied)) => format!("§cThe server cannot start now: {denied}"),
             Err(gone) => format!("§c{gone}"),
         };
-        let left = eta(self.store, service, since).map(|d| d.as_secs());
+        let left = eta(service, since).map(|d| d.as_secs());
         self.note(
             player,
             "kicked",
@@ -514,13 +499,12 @@ async fn forward(
     Ok(())
 }
 
-/// The expected time left in a wake that began at `since`, from the service's recent boots.
-fn eta(store: &Store, service: &ServiceHandle, since: SystemTime) -> Option<Duration> {
-    let mut durations = store.boot_durations(service.name(), 10).ok()?;
-    durations.sort_unstable();
-    let median = Duration::from_millis(*durations.get(durations.len() / 2)?);
+/// The expected time left in a wake that began at `since`, from the boot time the service
+/// expects.
+fn eta(service: &ServiceHandle, since: SystemTime) -> Option<Duration> {
+    let expected = service.status().expected_boot?;
     let elapsed = since.elapsed().unwrap_or_default();
-    Some(median.saturating_sub(elapsed))
+    Some(expected.saturating_sub(elapsed))
 }
 
 fn describe_eta(eta: Option<Duration>) -> String {

@@ -1,5 +1,10 @@
 //! Events: every transition and notable step of a service, stored durably with an increasing id
-//! and published live.
+//! and published live. [`cause`] types why an event happened, [`feed`] delivers them in order.
+
+pub mod cause;
+pub mod feed;
+
+pub use cause::{Cause, Detail, Fact, Trigger};
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
