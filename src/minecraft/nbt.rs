@@ -135,7 +135,6 @@ fn put_nbt_string(out: &mut Vec<u8>, s: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::minecraft::testing::*;
-    use crate::minecraft::*;
     use serde_json::json;
 
     #[test]

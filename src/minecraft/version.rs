@@ -294,8 +294,6 @@ pub(super) const LOGIN_SUCCESS: i32 = 0x02;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::minecraft::testing::*;
-    use crate::minecraft::*;
 
     #[test]
     fn protocol_names_and_transfer_support() {
