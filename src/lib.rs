@@ -15,6 +15,7 @@ pub mod event;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod minecraft;
 pub mod notify;
 pub mod probe;
 pub mod schedule;

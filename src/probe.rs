@@ -9,12 +9,14 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use regex::Regex;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpStream;
+
+use crate::minecraft::{ping, proxy_header};
 
 const FIRST_RETRY: Duration = Duration::from_millis(5);
 const MAX_RETRY: Duration = Duration::from_millis(50);
-/// The most of an answer a probe reads (an HTTP body, a Minecraft status).
+/// The most of an HTTP answer a probe reads (a Minecraft status has its own protocol limit).
 const MAX_ANSWER: usize = 1024 * 1024;
 
 /// What a probe checks.
@@ -132,10 +134,9 @@ pub async fn run(
                 .await
             }
             Probe::Minecraft if check.proxy_header => {
-                let header = crate::listener::minecraft::proxy_header::v2_local();
-                minecraft_status_after(address, &header).await
+                minecraft_status(address, &proxy_header::v2_local()).await
             }
-            Probe::Minecraft => minecraft_status(address).await,
+            Probe::Minecraft => minecraft_status(address, &[]).await,
             Probe::LogLine(pattern) => match log {
                 Some(log) => log_line(pattern, log).await,
                 None => Err("this backend has no log to read".into()),
@@ -221,101 +222,17 @@ async fn http(
     answer
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u32) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-async fn read_varint(stream: &mut TcpStream) -> Result<u32, String> {
-    let mut value = 0u32;
-    for i in 0..5 {
-        let byte = stream.read_u8().await.map_err(|e| e.to_string())?;
-        value |= u32::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err("a VarInt longer than 5 bytes".into())
-}
-
-/// A packet: its length, then id and payload.
-fn packet(id: u8, payload: &[u8]) -> Vec<u8> {
-    let mut body = vec![id];
-    body.extend_from_slice(payload);
-    let mut out = Vec::new();
-    put_varint(&mut out, body.len() as u32);
-    out.extend(body);
-    out
-}
-
-/// A Java edition status ping: handshake (next state 1), status request, status response.
-async fn minecraft_status(address: SocketAddr) -> Result<Answer, String> {
-    minecraft_status_after(address, &[]).await
-}
-
-/// A status ping that writes `prefix` first: a PROXY protocol header for a server that
-/// requires one.
-async fn minecraft_status_after(address: SocketAddr, prefix: &[u8]) -> Result<Answer, String> {
-    let failed = |e: String| format!("Minecraft status of {address} failed: {e}");
-    let mut stream = TcpStream::connect(address)
+/// A Java edition status ping (the shared client), after `header`: a PROXY protocol header
+/// for a server that requires one, or nothing.
+async fn minecraft_status(address: SocketAddr, header: &[u8]) -> Result<Answer, String> {
+    let failed = |e: ping::PingError| format!("Minecraft status of {address} failed: {e}");
+    let json = ping::status(address, &ping::own_handshake(address), header)
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let host = address.ip().to_string();
-    let mut handshake = Vec::new();
-    put_varint(&mut handshake, 765); // the version is ignored in a status exchange
-    put_varint(&mut handshake, host.len() as u32);
-    handshake.extend_from_slice(host.as_bytes());
-    handshake.extend_from_slice(&address.port().to_be_bytes());
-    put_varint(&mut handshake, 1);
-    let mut out = prefix.to_vec();
-    out.extend(packet(0, &handshake));
-    out.extend(packet(0, &[]));
-    stream
-        .write_all(&out)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    let length = read_varint(&mut stream).await.map_err(failed)? as usize;
-    if length > MAX_ANSWER {
-        return Err(failed(format!("a status of {length} bytes")));
-    }
-    let mut body = vec![0; length];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    // Packet id 0, then the JSON as a string (a VarInt length and UTF-8).
-    let mut rest = body.get(1..).unwrap_or_default();
-    let mut json_len = 0usize;
-    for i in 0..5 {
-        let Some((&byte, tail)) = rest.split_first() else {
-            break;
-        };
-        rest = tail;
-        json_len |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    let json = rest
-        .get(..json_len)
-        .ok_or_else(|| failed("a truncated status".into()))?;
-    let status: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| failed(format!("a status that is not JSON: {e}")))?;
+        .map_err(failed)?;
+    let players = ping::players(&json).map_err(failed)?;
     Ok(Answer {
-        players: status["players"]["online"].as_u64().map(|n| n as u32),
-        sample: status["players"]["sample"].as_array().map(|sample| {
-            sample
-                .iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_owned))
-                .collect()
-        }),
+        players: players.online,
+        sample: players.sample,
     })
 }
 
@@ -373,14 +290,6 @@ mod tests {
         assert_eq!(resolve("127.0.0.1:80").await.unwrap().port(), 80);
         let err = resolve("no-such-host.invalid:80").await.unwrap_err();
         assert!(err.contains("no-such-host.invalid"), "{err}");
-    }
-
-    #[test]
-    fn varints_are_little_groups_of_seven_bits() {
-        let mut out = Vec::new();
-        put_varint(&mut out, 300);
-        assert_eq!(out, [0xac, 0x02]);
-        assert_eq!(packet(0, &[]), [1, 0]);
     }
 
     #[tokio::test]

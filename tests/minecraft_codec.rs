@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use wakegate::listener::minecraft::codec::{
+use wakegate::minecraft::{
     Clientbound, ConfigurationRequest, Frame, Handshake, Intent, LoginAcknowledged, LoginStart,
     LoginStartLayout, MAX_FRAME, MAX_HANDSHAKE_FRAME, MAX_LOGIN_FRAME, Protocol, StatusRequest,
     Uuid,

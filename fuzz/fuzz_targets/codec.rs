@@ -13,7 +13,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::runtime::Runtime;
-use wakegate::listener::minecraft::codec::{
+use wakegate::minecraft::{
     ConfigurationRequest, Frame, FrameReader, Handshake, Intent, LoginAcknowledged, LoginStart,
     MAX_FRAME, MAX_HANDSHAKE_FRAME, MAX_LOGIN_FRAME, Protocol, READ_AHEAD, StatusRequest,
     StatusResponse, frame_bounds, parse_transfer, read_handshake,

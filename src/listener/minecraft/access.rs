@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::codec::Uuid;
+use crate::minecraft::Uuid;
 
 /// One entry of an `allow` or `deny` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,37 +73,22 @@ impl Subject {
     }
 }
 
-/// An IP range: an address and how many leading bits of it count.
+/// An IP range, IPv4 or IPv6 (`ipnet` does the matching); a lone address is a range of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     pub fn contains(&self, ip: IpAddr) -> bool {
         // A client on an IPv6 socket that is really IPv4 (::ffff:a.b.c.d) matches IPv4 ranges.
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
 }
 
 impl FromStr for IpNet {
     type Err = String;
 
+    /// Parsed by hand rather than by `ipnet`, for a lone address without `/32` and for
+    /// messages that say what was wrong.
     fn from_str(text: &str) -> Result<IpNet, String> {
         let (addr, prefix) = match text.split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix)),
@@ -121,13 +106,15 @@ impl FromStr for IpNet {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("`{text}` has a prefix length over {max}"))?,
         };
-        Ok(IpNet { addr, prefix })
+        let net = ipnet::IpNet::new(addr, prefix)
+            .map_err(|_| format!("`{text}` has a prefix length over {max}"))?;
+        Ok(IpNet(net))
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -195,6 +182,11 @@ impl fmt::Display for WakeRate {
 const MAX_TRACKED: usize = 4096;
 
 /// Counts wake attempts per IP address over a sliding window.
+///
+/// Not `governor`: its GCRA refills one attempt every `per / count` (a `3/1m` address could try
+/// again 20 s after its third attempt, where this window holds it off until a minute after its
+/// first), it has no notion of the first refusal of a window (which gets an event, the rest a
+/// log line), and it keeps its own clock where tests run on tokio's paused time.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: WakeRate,

@@ -4,8 +4,6 @@
 //! replaying the bytes already read.
 
 pub mod access;
-pub mod codec;
-pub mod proxy_header;
 pub mod status;
 mod transfer;
 
@@ -20,15 +18,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span};
 
 use self::access::{RateLimiter, Who};
-use self::codec::{
-    Clientbound, CodecError, Frame, FrameReader, Handshake, Intent, LoginStart, MAX_LOGIN_FRAME,
-    Protocol, StatusRequest,
-};
 use self::status::StatusCache;
 use super::route::{self, Named};
 use super::{Connections, copy};
 use crate::config::{Join, Minecraft};
 use crate::event::{Kind, State};
+use crate::minecraft::ping::{self, PingError};
+use crate::minecraft::{
+    self, Clientbound, CodecError, Frame, FrameReader, Handshake, Intent, LoginStart,
+    MAX_LOGIN_FRAME, Protocol, StatusRequest, proxy_header,
+};
 use crate::service::ServiceHandle;
 
 /// How long a client has to send its handshake, and each packet of the status and login
@@ -131,7 +130,7 @@ async fn talk(
     peer: SocketAddr,
     routes: &Routes,
 ) -> Result<(), End> {
-    let (handshake, frame) = codec::read_handshake(reader, PACKET_TIMEOUT).await?;
+    let (handshake, frame) = minecraft::read_handshake(reader, PACKET_TIMEOUT).await?;
     let hostname = handshake.address.hostname().to_owned();
     let Some((_, route)) = routes.find(&hostname) else {
         info!(hostname, "No service has this hostname.");
@@ -335,9 +334,11 @@ impl Visit<'_> {
             let json = match cache.get(protocol) {
                 Some(json) => json,
                 None => {
-                    let header = self.proxy_header(reader);
-                    let json = status::fetch(address, &self.handshake, header, PACKET_TIMEOUT)
+                    let header = self.proxy_header(reader).unwrap_or_default();
+                    let ping = ping::status(address, &self.handshake, &header);
+                    let json = tokio::time::timeout(PACKET_TIMEOUT, ping)
                         .await
+                        .unwrap_or(Err(PingError::Timeout(PACKET_TIMEOUT)))
                         .map_err(|e| std::io::Error::other(format!("the backend's status: {e}")))?;
                     cache.put(protocol, json.clone());
                     json

@@ -3,17 +3,14 @@
 //! service is not awake, and the short cache of the backend's own answer while it is.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-use super::codec::{FrameReader, Handshake, Intent, MAX_FRAME, StatusRequest, StatusResponse};
 
 /// A MOTD or message: plain text (§ codes allowed) or a JSON text component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,61 +86,17 @@ pub fn load_icon(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    Ok(format!("data:image/png;base64,{}", base64(&bytes)))
+    Ok(format!("data:image/png;base64,{}", BASE64.encode(&bytes)))
 }
 
-/// The width and height of a PNG, from its signature and IHDR chunk (with its CRC checked).
+/// The width and height of a PNG, from its signature and IHDR chunk (the `png` crate checks
+/// the chunk's CRC and reads the header chunks up to the image data).
 fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-    let rest = bytes.strip_prefix(SIGNATURE)?;
-    let length = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-    let chunk = rest.get(4..8 + 13)?;
-    if length != 13 || &chunk[..4] != b"IHDR" {
-        return None;
-    }
-    let crc = u32::from_be_bytes(rest.get(21..25)?.try_into().ok()?);
-    if crc32(chunk) != crc {
-        return None;
-    }
-    let width = u32::from_be_bytes(chunk[4..8].try_into().ok()?);
-    let height = u32::from_be_bytes(chunk[8..12].try_into().ok()?);
-    Some((width, height))
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = u32::MAX;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .ok()?;
+    let info = reader.info();
+    Some((info.width, info.height))
 }
 
 /// What wakegate shows in the server list for a service that is not awake.
@@ -216,67 +169,9 @@ impl StatusCache {
     }
 }
 
-/// Asks the backend for its status as the client would (its handshake, with intent status),
-/// optionally behind a PROXY protocol header.
-pub async fn fetch(
-    address: SocketAddr,
-    handshake: &Handshake,
-    header: Option<Vec<u8>>,
-    timeout: Duration,
-) -> Result<String, String> {
-    let ask = async {
-        let mut stream = TcpStream::connect(address)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let mut out = header.unwrap_or_default();
-        out.extend(
-            Handshake {
-                intent: Intent::Status,
-                ..handshake.clone()
-            }
-            .encode()
-            .map_err(|e| e.to_string())?,
-        );
-        out.extend(StatusRequest::Status.encode());
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
-        let mut reader = FrameReader::new(stream);
-        let frame = reader
-            .next_frame(MAX_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
-        match StatusResponse::parse(frame.body()).map_err(|e| e.to_string())? {
-            StatusResponse::Status(json) => Ok(json),
-            StatusResponse::Pong(_) => Err("a pong instead of a status".to_string()),
-        }
-    };
-    tokio::time::timeout(timeout, ask)
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            ))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
-
-    #[test]
-    fn crc_matches_the_png_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
-    }
 
     #[tokio::test(start_paused = true)]
     async fn cached_answers_expire_and_are_kept_per_protocol() {

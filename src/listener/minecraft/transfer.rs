@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info};
 
 use super::End;
-use super::codec::{
+use crate::minecraft::{
     Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginAcknowledged,
     LoginStart, MAX_LOGIN_FRAME, Protocol,
 };

@@ -1,51 +1,47 @@
 //! The PROXY protocol version 2 header (HAProxy's binary form) wakegate writes first on a
 //! connection to the backend, so a server that understands it (Paper's `proxy-protocol`,
 //! Velocity's `haproxy-protocol`) sees the player's real address instead of wakegate's.
+//! The `ppp` crate writes the bytes; here is only which addresses go in.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use ppp::v2::{Addresses, Builder, Command, IPv4, IPv6, Protocol, Version};
 
 /// The 12 bytes every version 2 header starts with.
 pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
-/// Version 2, command PROXY: the connection was relayed for the addresses that follow.
-const PROXY: u8 = 0x21;
-/// Version 2, command LOCAL: the proxy's own connection (a health check), no addresses.
-const LOCAL: u8 = 0x20;
-/// TCP over IPv4, and over IPv6.
-const TCP4: u8 = 0x11;
-const TCP6: u8 = 0x21;
-
 /// The header for a connection from `client` that arrived at `local`. When one side is IPv4
-/// and the other IPv6, both are written as IPv6 (IPv4 as `::ffff:a.b.c.d`).
+/// and the other IPv6, both are written as IPv6 (IPv4 as `::ffff:a.b.c.d`): the header has one
+/// family for both addresses, and `ppp` would write a mixed pair as "unspecified".
 pub fn v2(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + 36);
-    out.extend_from_slice(&SIGNATURE);
-    out.push(PROXY);
-    match (client.ip().to_canonical(), local.ip().to_canonical()) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            out.push(TCP4);
-            out.extend_from_slice(&12u16.to_be_bytes());
-            out.extend_from_slice(&src.octets());
-            out.extend_from_slice(&dst.octets());
-        }
-        (src, dst) => {
-            out.push(TCP6);
-            out.extend_from_slice(&36u16.to_be_bytes());
-            out.extend_from_slice(&as_v6(src).octets());
-            out.extend_from_slice(&as_v6(dst).octets());
-        }
-    }
-    out.extend_from_slice(&client.port().to_be_bytes());
-    out.extend_from_slice(&local.port().to_be_bytes());
-    out
+    let (src_port, dst_port) = (client.port(), local.port());
+    let addresses: Addresses = match (client.ip().to_canonical(), local.ip().to_canonical()) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => IPv4::new(src, dst, src_port, dst_port).into(),
+        (src, dst) => IPv6::new(as_v6(src), as_v6(dst), src_port, dst_port).into(),
+    };
+    build(Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        addresses,
+    ))
 }
 
 /// The header of wakegate's own connections (its status pings): command LOCAL, family
 /// unspecified, no addresses. The server keeps the connection's real endpoints.
 pub fn v2_local() -> Vec<u8> {
-    let mut out = SIGNATURE.to_vec();
-    out.extend_from_slice(&[LOCAL, 0x00, 0, 0]);
-    out
+    build(Builder::with_addresses(
+        Version::Two | Command::Local,
+        Protocol::Unspecified,
+        Addresses::Unspecified,
+    ))
+}
+
+/// Only a header whose addresses and TLVs pass 65,535 bytes fails to build; ours are at most
+/// 36 bytes of addresses and no TLV.
+fn build(builder: Builder) -> Vec<u8> {
+    builder
+        .build()
+        .expect("a PROXY header without TLVs fits its length field")
 }
 
 fn as_v6(ip: IpAddr) -> Ipv6Addr {
@@ -84,5 +80,22 @@ mod tests {
             &header[16..32],
             &"::ffff:192.0.2.10".parse::<Ipv6Addr>().unwrap().octets()
         );
+    }
+
+    #[test]
+    fn a_v4_mapped_pair_is_written_as_ipv4() {
+        let header = v2(
+            "[::ffff:192.0.2.10]:1".parse().unwrap(),
+            "[::ffff:198.51.100.1]:2".parse().unwrap(),
+        );
+        assert_eq!(header.len(), 16 + 12);
+        assert_eq!(header[13], 0x11);
+    }
+
+    #[test]
+    fn the_local_header_has_no_addresses() {
+        let mut expected = SIGNATURE.to_vec();
+        expected.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        assert_eq!(v2_local(), expected);
     }
 }
