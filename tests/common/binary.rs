@@ -69,6 +69,11 @@ impl Wakegate {
         gateway
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Where its API listens.
     pub fn api(&self) -> SocketAddr {
         self.api
