@@ -6,9 +6,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::{DEADLINE, WAKEGATE};
 
@@ -39,20 +41,16 @@ impl Wakegate {
             .arg(config)
             .env("RUST_LOG", "info");
         let mut child = setup(&mut command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
-        // A thread, not a task: the tests of the binary need no runtime of their own.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        // Threads, not tasks: the tests of the binary need no runtime of their own. Both
+        // outputs are read all along, so wakegate never blocks on a full pipe.
+        forward_lines(child.stdout.take().unwrap(), tx.clone());
+        forward_lines(child.stderr.take().unwrap(), tx);
         let mut gateway = Wakegate {
             child,
             lines,
@@ -95,6 +93,14 @@ impl Wakegate {
         }
     }
 
+    /// Everything it printed so far (stdout and stderr), one line each.
+    pub fn output(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: Signal) {
         kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), signal).unwrap();
@@ -103,6 +109,44 @@ impl Wakegate {
     /// Waits for the process to end.
     pub fn wait_exit(&mut self) -> ExitStatus {
         self.child.wait().unwrap()
+    }
+
+    /// Waits for the process to end, at most `deadline`.
+    pub fn wait_exit_within(&mut self, deadline: Duration) -> ExitStatus {
+        let give_up = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < give_up, "wakegate did not exit within {deadline:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then waits (at most `deadline`) for it to shut down; the rest of what it
+    /// printed is then in `output`.
+    pub fn stop(&mut self, deadline: Duration) -> ExitStatus {
+        self.signal(Signal::TERM);
+        let status = self.wait_exit_within(deadline);
+        // Its pipes are closed: the threads send what was left, then end.
+        while let Ok(line) = self.lines.recv_timeout(DEADLINE) {
+            self.seen.push(line);
+        }
+        status
+    }
+
+    /// The events of `service` from the first, live, over the API's event stream (SSE).
+    pub async fn event_stream(&self, service: &str, deadline: Duration) -> EventStream {
+        let mut stream = tokio::net::TcpStream::connect(self.api).await.unwrap();
+        let request = format!(
+            "GET /api/v1/events/stream?service={service}&after=0 HTTP/1.0\r\nHost: wakegate\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        EventStream {
+            lines: tokio::io::BufReader::new(stream).lines(),
+            seen: Vec::new(),
+            deadline,
+        }
     }
 
     /// Kills it with SIGKILL (nothing is cleaned up) and waits until it is gone.
@@ -134,6 +178,59 @@ impl Wakegate {
     /// `POST /api/v1/services/NAME/sleep`.
     pub fn sleep(&self, name: &str) {
         api_json(self.api, "POST", &format!("/api/v1/services/{name}/sleep"));
+    }
+}
+
+/// Sends each line `from` reads to `to`, from a thread of its own, until either ends.
+fn forward_lines(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if to.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The API's live event stream of one service, as JSON events.
+pub struct EventStream {
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>,
+    /// Every event read so far, for the message when an awaited one never comes.
+    seen: Vec<Value>,
+    deadline: Duration,
+}
+
+impl EventStream {
+    /// Reads events until one matches `done` (`what` names it for the failure message);
+    /// returns all read in this call.
+    pub async fn until(&mut self, what: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut batch = Vec::new();
+        let found = tokio::time::timeout(self.deadline, async {
+            while let Some(line) = self.lines.next_line().await.unwrap() {
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let event: Value = serde_json::from_str(data.trim()).unwrap();
+                self.seen.push(event.clone());
+                batch.push(event.clone());
+                if done(&event) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(found, Ok(true)), "no {what}; saw {:#?}", self.seen);
+        batch
+    }
+
+    /// Reads events until a transition to `state` (its wire name: "asleep", "awake", …).
+    pub async fn until_state(&mut self, state: &str) -> Vec<Value> {
+        self.until(&format!("transition to {state}"), |e| {
+            e["kind"] == "transition" && e["state"] == state
+        })
+        .await
     }
 }
 
