@@ -11,6 +11,7 @@ use axum::http::{Request, StatusCode, header};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use wakegate::app::App;
@@ -322,6 +323,51 @@ async fn metrics_follow_prometheus_conventions() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_exposition_passes_promtool() {
+    let dir = temp_dir("promtool");
+    let (app, backend) = start(&dir, None).await;
+    let web = app.service("web").unwrap().clone();
+    // Some of everything: a client's wake, bytes both ways, a sleep by hand, a wake by the API.
+    // The "server" echoes on every connection (the readiness probe's too).
+    let echo = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = backend.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut from, mut to) = stream.split();
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+        }
+    });
+    let back = round_trip(app.listen_addr("web").unwrap(), b"ping").await.unwrap();
+    assert_eq!(back, b"ping");
+    web.sleep("the test").await.unwrap().unwrap();
+    wait_state(&web, State::Asleep).await;
+    call(&app, "POST", "/api/v1/services/web/wake", Some(OPERATE), None).await;
+    wait_state(&web, State::Awake).await;
+
+    // Over a real socket, as Prometheus scrapes it.
+    let mut scrape = tokio::net::TcpStream::connect(app.api_addr()).await.unwrap();
+    scrape
+        .write_all(
+            format!("GET /metrics HTTP/1.0\r\nHost: wakegate\r\nAuthorization: Bearer {READ}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    scrape.read_to_string(&mut answer).await.unwrap();
+    let (head, exposition) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(head.split_whitespace().nth(1), Some("200"), "{head}");
+    assert!(
+        exposition.contains("wakegate_wakes_total{service=\"web\",trigger=\"client\"} 1"),
+        "{exposition}"
+    );
+    promtool_check(exposition);
+    app.shutdown().await;
+    echo.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
