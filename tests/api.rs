@@ -341,19 +341,32 @@ async fn the_metrics_exposition_passes_promtool() {
             });
         }
     });
-    let back = round_trip(app.listen_addr("web").unwrap(), b"ping").await.unwrap();
+    let back = round_trip(app.listen_addr("web").unwrap(), b"ping")
+        .await
+        .unwrap();
     assert_eq!(back, b"ping");
     web.sleep("the test").await.unwrap().unwrap();
     wait_state(&web, State::Asleep).await;
-    call(&app, "POST", "/api/v1/services/web/wake", Some(OPERATE), None).await;
+    call(
+        &app,
+        "POST",
+        "/api/v1/services/web/wake",
+        Some(OPERATE),
+        None,
+    )
+    .await;
     wait_state(&web, State::Awake).await;
 
     // Over a real socket, as Prometheus scrapes it.
-    let mut scrape = tokio::net::TcpStream::connect(app.api_addr()).await.unwrap();
+    let mut scrape = tokio::net::TcpStream::connect(app.api_addr())
+        .await
+        .unwrap();
     scrape
         .write_all(
-            format!("GET /metrics HTTP/1.0\r\nHost: wakegate\r\nAuthorization: Bearer {READ}\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET /metrics HTTP/1.0\r\nHost: wakegate\r\nAuthorization: Bearer {READ}\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -376,7 +389,8 @@ async fn cors_only_for_configured_origins() {
     let (app, _backend) = start(
         &dir,
         Some(("cors_origins", "[\"https://status.example.com\"]")),
-    ).await;
+    )
+    .await;
     let preflight = Request::builder()
         .method("OPTIONS")
         .uri("/api/v1/services")

@@ -545,9 +545,11 @@ fn hibernates_when_the_instance_allows_it_and_says_so_when_not() {
 
     let able_events = gateway.events("able");
     assert!(
-        able_events.iter().any(|e| e["detail"]["instance"] == able.as_str()
-            && e["detail"]["step"] == "stopping"
-            && e["detail"]["hibernate"] == true),
+        able_events
+            .iter()
+            .any(|e| e["detail"]["instance"] == able.as_str()
+                && e["detail"]["step"] == "stopping"
+                && e["detail"]["hibernate"] == true),
         "{able_events:#?}"
     );
     assert!(
@@ -1048,8 +1050,10 @@ fn ecs_task_mode_runs_one_task_finds_it_after_a_kill_and_stops_it() {
     assert_eq!(a_record(), None, "on_sleep = \"delete\" removes the record");
     let events = second.events("game");
     assert!(
-        events.iter().any(|e| e["detail"]["dns"]["name"] == record.as_str()
-            && e["detail"]["dns"]["action"] == "delete"),
+        events
+            .iter()
+            .any(|e| e["detail"]["dns"]["name"] == record.as_str()
+                && e["detail"]["dns"]["action"] == "delete"),
         "{events:#?}"
     );
 }
@@ -1165,11 +1169,7 @@ fn iam_policy_names_exactly_the_configured_resources() {
                 )
                 .tcp("127.0.0.1:7104"),
         )
-        .service(
-            svc("local")
-                .exec_true("127.0.0.1:9")
-                .tcp("127.0.0.1:7105"),
-        )
+        .service(svc("local").exec_true("127.0.0.1:9").tcp("127.0.0.1:7105"))
         .write(&dir.join("wakegate.toml"));
     // No AWS call is made: the environment has no credentials and no endpoint.
     let out = Command::new(WAKEGATE)

@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use wakegate::app::App;
 use wakegate::event::{Kind, State};
 
 const OPERATE_SECRET: &str = "dashboard-test-operate-0123456789";

@@ -482,6 +482,11 @@ async fn the_api_reports_services_and_unknown_names_clearly() {
     assert_eq!(events[0].kind, Kind::Transition);
     // Found stopped at start-up.
     assert_eq!(events[0].state, State::Asleep, "{:?}", events[0]);
-    assert_eq!(detail(&events[0], "trigger"), "reconcile", "{:?}", events[0]);
+    assert_eq!(
+        detail(&events[0], "trigger"),
+        "reconcile",
+        "{:?}",
+        events[0]
+    );
     app.shutdown().await;
 }

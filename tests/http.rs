@@ -178,7 +178,14 @@ fn exec_service(name: &str, backend: SocketAddr) -> Service {
 /// A process service running the demo web server, which opens its port after `delay`.
 fn demo_service(name: &str, backend: SocketAddr, delay: &str) -> Service {
     let listen = backend.to_string();
-    let command = [WAKEGATE, "demo-backend", "--listen", &listen, "--boot-delay", delay];
+    let command = [
+        WAKEGATE,
+        "demo-backend",
+        "--listen",
+        &listen,
+        "--boot-delay",
+        delay,
+    ];
     svc(name).idle("10m").process(&command, backend)
 }
 
@@ -330,7 +337,8 @@ async fn hosts_route_to_their_service_and_unknown_hosts_to_the_default() {
                     .set("default", true),
             ),
             exec_service("blog", blog).listen(
-                listener("http", bind).set("hostnames", ["*.blog.example.test", "blog.example.test"]),
+                listener("http", bind)
+                    .set("hostnames", ["*.blog.example.test", "blog.example.test"]),
             ),
         ],
     )
@@ -679,7 +687,11 @@ fn stopping_times(app: &App, service: &str) -> Vec<std::time::SystemTime> {
 async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
     let dir = temp_dir("http-inflight");
     let backend = named_backend("slow").await;
-    let app = start(&dir, [exec_service("slow", backend).idle("500ms").http(ANY_PORT)]).await;
+    let app = start(
+        &dir,
+        [exec_service("slow", backend).idle("500ms").http(ANY_PORT)],
+    )
+    .await;
     let service = app.service("slow").unwrap().clone();
     let addr = app.listen_addr("slow").unwrap();
 
@@ -704,7 +716,11 @@ async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
 async fn an_open_websocket_keeps_the_service_awake() {
     let dir = temp_dir("http-websocket");
     let backend = named_backend("chat").await;
-    let app = start(&dir, [exec_service("chat", backend).idle("500ms").http(ANY_PORT)]).await;
+    let app = start(
+        &dir,
+        [exec_service("chat", backend).idle("500ms").http(ANY_PORT)],
+    )
+    .await;
     let service = app.service("chat").unwrap().clone();
     let addr = app.listen_addr("chat").unwrap();
 

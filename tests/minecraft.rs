@@ -289,7 +289,10 @@ async fn a_slow_boot_shows_the_waking_motd_and_a_held_player_past_hold_timeout_i
     let command = [
         "sh".to_string(),
         "-c".to_string(),
-        format!("sleep 4; exec node peer.js server {} 'slow server'", backend.port()),
+        format!(
+            "sleep 4; exec node peer.js server {} 'slow server'",
+            backend.port()
+        ),
     ];
     let service = svc("slow")
         .wake_timeout("30s")

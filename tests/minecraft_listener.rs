@@ -162,7 +162,10 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
         .find(|e| e.kind == Kind::Transition && e.state == State::Waking)
         .unwrap();
     assert_eq!(woke.detail["player"], "Steve", "{woke:?}");
-    assert!(detail(&woke, "client").starts_with("127.0.0.1:"), "{woke:?}");
+    assert!(
+        detail(&woke, "client").starts_with("127.0.0.1:"),
+        "{woke:?}"
+    );
     app.shutdown().await;
 }
 

@@ -189,7 +189,8 @@ fn backend_pid(dir: &Path, service: &str) -> u32 {
 async fn wake_play_and_sleep(version: &str) {
     let dir = temp_dir(&format!("mcp-wake-{version}"));
     let backend = free_addr();
-    let listen = listener("minecraft", ANY_PORT).set("motd_asleep", "§7survival sleeps — join to wake");
+    let listen =
+        listener("minecraft", ANY_PORT).set("motd_asleep", "§7survival sleeps — join to wake");
     let app = gateway(&dir)
         .service(squid("survival", backend, version, listen))
         .start()
@@ -281,7 +282,12 @@ async fn two_hostnames_on_one_port_take_bots_to_two_different_servers() {
     let host = |name: &str| listener("minecraft", bind).set("hostnames", [name]);
     let app = gateway(&dir)
         .service(squid("lobby", one, "1.20.4", host("lobby.example.com")))
-        .service(squid("creative", two, "1.20.4", host("creative.example.com")))
+        .service(squid(
+            "creative",
+            two,
+            "1.20.4",
+            host("creative.example.com"),
+        ))
         .start()
         .await;
     let (lobby, creative) = (

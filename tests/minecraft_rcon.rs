@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
 /// A Node server booting on a busy 2-core machine; a passing test never waits this long.
@@ -65,7 +64,7 @@ fn request(gateway: &Wakegate, method: &str, path: &str) -> (u16, String) {
 }
 
 /// Shuts wakegate down (SIGTERM) and waits for it.
-fn stop(gateway: &mut Wakegate) {
+fn shut_down(gateway: &mut Wakegate) {
     tokio::task::block_in_place(|| gateway.stop(PEER_DEADLINE));
 }
 
@@ -211,7 +210,7 @@ async fn rcon_saves_then_stops_the_server_and_it_exits() {
     let (_, view) = request(&gateway, "GET", "/api/v1/services/survival");
     let (_, history) = request(&gateway, "GET", "/api/v1/events?service=survival&limit=100");
     drop(events);
-    stop(&mut gateway);
+    shut_down(&mut gateway);
     assert_no_secret(&mut gateway, &[&woke, &slept, &view, &history]);
 }
 
@@ -278,7 +277,7 @@ async fn a_wrong_rcon_password_is_a_clear_warning_and_the_server_is_killed() {
     );
 
     let (_, history) = request(&gateway, "GET", "/api/v1/events?service=survival&limit=100");
-    stop(&mut gateway);
+    shut_down(&mut gateway);
     assert_no_secret(&mut gateway, &[&woke, &slept, &history]);
 }
 
@@ -316,5 +315,5 @@ async fn save_all_and_stop_on_stdin_save_before_the_server_exits() {
     assert!(world.join("playerdata").read_dir().unwrap().count() > 0);
     let _ = bot.wait().await;
     // The event stream is still open: wakegate shuts down all the same.
-    stop(&mut gateway);
+    shut_down(&mut gateway);
 }

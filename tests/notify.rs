@@ -473,11 +473,7 @@ retry_min = "50ms"
 fn urls_and_secrets_are_never_printed() {
     let dir = temp_dir("notify-secret");
     let file = services_only()
-        .service(
-            svc("web")
-                .exec_true("127.0.0.1:8080")
-                .tcp("127.0.0.1:8081"),
-        )
+        .service(svc("web").exec_true("127.0.0.1:8080").tcp("127.0.0.1:8081"))
         .raw(
             r#"[[notify]]
 type = "discord"

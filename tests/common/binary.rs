@@ -31,10 +31,7 @@ impl Wakegate {
     }
 
     /// As [`Wakegate::start`], with `setup` adding to the command (its environment, say).
-    pub fn start_with(
-        config: &Path,
-        setup: impl FnOnce(&mut Command) -> &mut Command,
-    ) -> Wakegate {
+    pub fn start_with(config: &Path, setup: impl FnOnce(&mut Command) -> &mut Command) -> Wakegate {
         let mut command = Command::new(WAKEGATE);
         command
             .args(["run", "--config"])
@@ -118,7 +115,10 @@ impl Wakegate {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < give_up, "wakegate did not exit within {deadline:?}");
+            assert!(
+                Instant::now() < give_up,
+                "wakegate did not exit within {deadline:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -23,10 +23,7 @@ pub async fn wait_state(service: &ServiceHandle, state: State) {
 }
 
 /// Collects transitions from `events` until one reaches `state`.
-pub async fn transitions_until(
-    events: &mut Receiver<Event>,
-    state: State,
-) -> Vec<Event> {
+pub async fn transitions_until(events: &mut Receiver<Event>, state: State) -> Vec<Event> {
     let mut seen = Vec::new();
     tokio::time::timeout(DEADLINE, async {
         loop {
@@ -65,7 +62,6 @@ pub async fn events_until(
     assert!(found.is_ok(), "the awaited event never came; saw {seen:#?}");
     seen
 }
-
 
 /// Waits for the next event of `events` that matches `want` and returns it; the events before
 /// it are shown if none comes.

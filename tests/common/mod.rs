@@ -111,4 +111,3 @@ pub async fn closed_by_gateway(mut stream: TcpStream) {
     .await
     .expect("the gateway did not close a malformed client");
 }
-
