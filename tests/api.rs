@@ -11,6 +11,7 @@ use axum::http::{Request, StatusCode, header};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use wakegate::app::App;
@@ -20,42 +21,27 @@ const READ: &str = "read-token-0123456789";
 const OPERATE: &str = "operate-token-0123456789";
 
 /// A gateway with tokens and one `exec` service whose "server" is a listener the test holds.
-async fn gateway(dir: &std::path::Path, extra_gateway: &str) -> (App, TcpListener) {
-    init_logs();
+async fn start(dir: &std::path::Path, extra_gateway: Option<(&str, &str)>) -> (App, TcpListener) {
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let text = format!(
-        r#"
-[gateway]
-data_dir = {dir:?}
-api = "127.0.0.1:0"
-{extra_gateway}
-[[gateway.token]]
-name = "viewer"
-secret = "{READ}"
-role = "read"
-[[gateway.token]]
-name = "ops"
-secret = "{OPERATE}"
-role = "operate"
-
-[[service]]
-name = "web"
-hourly_cost = 0.5
-idle_timeout = "10m"
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "{addr}"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#,
-        dir = dir.display().to_string(),
-        addr = backend.local_addr().unwrap(),
-    );
-    let config = wakegate::config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"));
-    (App::start(config).await.unwrap(), backend)
+    let mut config = gateway(dir).unset("shutdown_grace");
+    if let Some((key, value)) = extra_gateway {
+        config = config.set(key, Raw(value.to_string()));
+    }
+    let app = config
+        .gateway_raw(&format!(
+            "[[gateway.token]]\nname = \"viewer\"\nsecret = \"{READ}\"\nrole = \"read\"\n\
+             [[gateway.token]]\nname = \"ops\"\nsecret = \"{OPERATE}\"\nrole = \"operate\""
+        ))
+        .service(
+            svc("web")
+                .set("hourly_cost", 0.5)
+                .idle("10m")
+                .exec_true(backend.local_addr().unwrap())
+                .tcp(ANY_PORT),
+        )
+        .start()
+        .await;
+    (app, backend)
 }
 
 async fn call(
@@ -87,7 +73,7 @@ async fn call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_roles_guard_the_api_with_clear_errors() {
     let dir = temp_dir("auth");
-    let (app, _backend) = gateway(&dir, "").await;
+    let (app, _backend) = start(&dir, None).await;
 
     let (status, body, headers) = call(&app, "GET", "/api/v1/services", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -178,7 +164,7 @@ async fn tokens_and_roles_guard_the_api_with_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wake_sleep_and_leases_steer_the_service() {
     let dir = temp_dir("actions");
-    let (app, _backend) = gateway(&dir, "").await;
+    let (app, _backend) = start(&dir, None).await;
     let web = app.service("web").unwrap().clone();
 
     let (status, body, _) = call(
@@ -297,7 +283,7 @@ async fn wake_sleep_and_leases_steer_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_follow_prometheus_conventions() {
     let dir = temp_dir("metrics");
-    let (app, _backend) = gateway(&dir, "").await;
+    let (app, _backend) = start(&dir, None).await;
     let web = app.service("web").unwrap().clone();
     call(
         &app,
@@ -340,9 +326,71 @@ async fn metrics_follow_prometheus_conventions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_exposition_passes_promtool() {
+    let dir = temp_dir("promtool");
+    let (app, backend) = start(&dir, None).await;
+    let web = app.service("web").unwrap().clone();
+    // Some of everything: a client's wake, bytes both ways, a sleep by hand, a wake by the API.
+    // The "server" echoes on every connection (the readiness probe's too).
+    let echo = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = backend.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut from, mut to) = stream.split();
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+            });
+        }
+    });
+    let back = round_trip(app.listen_addr("web").unwrap(), b"ping")
+        .await
+        .unwrap();
+    assert_eq!(back, b"ping");
+    web.sleep("the test").await.unwrap().unwrap();
+    wait_state(&web, State::Asleep).await;
+    call(
+        &app,
+        "POST",
+        "/api/v1/services/web/wake",
+        Some(OPERATE),
+        None,
+    )
+    .await;
+    wait_state(&web, State::Awake).await;
+
+    // Over a real socket, as Prometheus scrapes it.
+    let mut scrape = tokio::net::TcpStream::connect(app.api_addr())
+        .await
+        .unwrap();
+    scrape
+        .write_all(
+            format!(
+                "GET /metrics HTTP/1.0\r\nHost: wakegate\r\nAuthorization: Bearer {READ}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    scrape.read_to_string(&mut answer).await.unwrap();
+    let (head, exposition) = answer.split_once("\r\n\r\n").unwrap();
+    assert_eq!(head.split_whitespace().nth(1), Some("200"), "{head}");
+    assert!(
+        exposition.contains("wakegate_wakes_total{service=\"web\",trigger=\"client\"} 1"),
+        "{exposition}"
+    );
+    promtool_check(exposition);
+    app.shutdown().await;
+    echo.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_only_for_configured_origins() {
     let dir = temp_dir("cors");
-    let (app, _backend) = gateway(&dir, "cors_origins = [\"https://status.example.com\"]").await;
+    let (app, _backend) = start(
+        &dir,
+        Some(("cors_origins", "[\"https://status.example.com\"]")),
+    )
+    .await;
     let preflight = Request::builder()
         .method("OPTIONS")
         .uri("/api/v1/services")
@@ -452,7 +500,7 @@ fn assert_contiguous(ids: &[i64]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_resumes_after_the_last_event_id_without_gap_or_duplicate() {
     let dir = temp_dir("sse");
-    let (app, _backend) = gateway(&dir, "").await;
+    let (app, _backend) = start(&dir, None).await;
     let api = app.api_addr();
     let first_id = app.store().last_event_id().unwrap() + 1;
     let producer = produce(&app, 150);
@@ -482,7 +530,7 @@ async fn sse_resumes_after_the_last_event_id_without_gap_or_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_subscribes_and_resumes_without_gap_or_duplicate() {
     let dir = temp_dir("ws");
-    let (app, _backend) = gateway(&dir, "").await;
+    let (app, _backend) = start(&dir, None).await;
     let url = format!("ws://{}/api/v1/ws?access_token={READ}", app.api_addr());
     let first_id = app.store().last_event_id().unwrap() + 1;
     let producer = produce(&app, 150);
@@ -571,7 +619,7 @@ async fn websocket_subscribes_and_resumes_without_gap_or_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_the_latest_events_and_after_an_id() {
     let dir = temp_dir("history");
-    let (app, _backend) = gateway(&dir, "").await;
+    let (app, _backend) = start(&dir, None).await;
     produce(&app, 10).await.unwrap();
     // The first lease woke the service: let that wake finish, so no event comes in between.
     wait_state(app.service("web").unwrap(), State::Awake).await;
@@ -618,7 +666,7 @@ async fn cli(app: &App, token: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_wakes_follows_and_sleeps_with_exit_codes_that_say_how_it_went() {
     let dir = temp_dir("cli");
-    let (app, _backend) = gateway(&dir, "").await;
+    let (app, _backend) = start(&dir, None).await;
 
     let denied = cli(&app, READ, &["wake", "web"]).await;
     assert_eq!(denied.status.code(), Some(1));

@@ -12,19 +12,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
     HibernationOptionsRequest, InstanceStateName, ResourceType, Tag, TagSpecification,
 };
 use common::*;
-use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
 const REGION: &str = "us-east-1";
@@ -83,32 +82,6 @@ fn moto() -> &'static Moto {
             _child: Mutex::new(child),
         }
     })
-}
-
-/// A plain HTTP/1.1 request; returns the status and the body.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(DEADLINE))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, body.to_string()))
-}
-
-fn api_json(api: SocketAddr, method: &str, path: &str) -> Value {
-    let (status, body) = http(api, method, path, "").unwrap();
-    assert!(status < 300, "{method} {path}: {status} {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,15 +322,6 @@ fn unique(name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // The wakegate binary.
 
-/// A running `wakegate run` whose log lines can be waited for.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    cursor: usize,
-    api: SocketAddr,
-}
-
 /// The environment of a wakegate that talks to moto: test credentials, and nothing of the
 /// machine's own AWS setup (no files, no instance metadata).
 fn aws_env(command: &mut Command) -> &mut Command {
@@ -372,98 +336,9 @@ fn aws_env(command: &mut Command) -> &mut Command {
         .env_remove("AWS_SESSION_TOKEN")
 }
 
-impl Gateway {
-    fn start(config: &Path) -> Gateway {
-        let mut command = Command::new(WAKEGATE);
-        command.args(["run", "--config"]).arg(config);
-        let mut child = aws_env(&mut command)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut gateway = Gateway {
-            child,
-            lines,
-            seen: Vec::new(),
-            cursor: 0,
-            api: "127.0.0.1:1".parse().unwrap(),
-        };
-        let ready = gateway.wait_for("API ready.");
-        let api = ready.split("api=http://").nth(1).unwrap();
-        gateway.api = api.split_whitespace().next().unwrap().parse().unwrap();
-        gateway.cursor = 0;
-        gateway
-    }
-
-    /// Waits for the next log line (after the last one matched) containing `text`.
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(i) = (self.cursor..self.seen.len()).find(|&i| self.seen[i].contains(text)) {
-                self.cursor = i + 1;
-                return self.seen[i].clone();
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no log line with {text:?}; saw:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn service(&self, name: &str) -> Value {
-        api_json(self.api, "GET", &format!("/api/v1/services/{name}"))
-    }
-
-    /// The reasons of a service's events, oldest first.
-    fn events(&self, name: &str) -> Vec<(String, String)> {
-        let page = api_json(
-            self.api,
-            "GET",
-            &format!("/api/v1/events?service={name}&limit=500"),
-        );
-        page["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["kind"].as_str().unwrap().to_string(),
-                    e["reason"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    }
-
-    fn wake(&self, name: &str) {
-        api_json(self.api, "POST", &format!("/api/v1/services/{name}/wake"));
-    }
-
-    fn sleep(&self, name: &str) {
-        api_json(self.api, "POST", &format!("/api/v1/services/{name}/sleep"));
-    }
-
-    fn kill(&mut self) {
-        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), Signal::KILL).unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `wakegate run` with the environment of a wakegate that talks to moto.
+fn start(config: &Path) -> Wakegate {
+    Wakegate::start_with(config, aws_env)
 }
 
 /// The project's own demo backend as a local echo server, killed with the test.
@@ -510,35 +385,19 @@ fn echo_through(listen: SocketAddr, payload: &[u8]) -> Vec<u8> {
     back
 }
 
-fn write_config(dir: &Path, services: &str) -> PathBuf {
-    let path = dir.join("wakegate.toml");
-    std::fs::write(&path, gateway_toml(dir, services)).unwrap();
-    path
+/// The config file of a scenario.
+fn write_config(dir: &Path, config: Config) -> PathBuf {
+    config.write(&dir.join("wakegate.toml"))
 }
 
-fn ec2_service(
-    name: &str,
-    listen: SocketAddr,
-    select: &str,
-    extra: &str,
-    endpoint: &str,
-) -> String {
-    format!(
-        r#"
-[[service]]
-name = "{name}"
-idle_timeout = "1s"
-wake_timeout = "20s"
-[service.backend]
-type = "ec2"
-{select}
-endpoint_url = "{endpoint}"
-{extra}
-[[service.listen]]
-type = "tcp"
-bind = "{listen}"
-"#
-    )
+/// An `ec2` service through the recording proxy at `endpoint`, stopped after a second idle;
+/// the test adds how it selects its instance and where the server is.
+fn ec2_service(name: &str, listen: SocketAddr, endpoint: &str) -> Service {
+    svc(name)
+        .idle("1s")
+        .wake_timeout("20s")
+        .backend(typed("ec2").set("endpoint_url", endpoint))
+        .tcp(listen)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -554,32 +413,16 @@ fn tags_must_select_exactly_one_instance_and_a_client_wakes_it() {
     let twin_b = aws.instance(&[("app", &word), ("role", "two")], false);
     let dir = temp_dir("aws-tags");
     let (l0, l1, l2) = (free_addr(), free_addr(), free_addr());
-    let fixed = format!("address = \"{}\"", echo.addr);
-    let services = [
-        ec2_service(
-            "none",
-            l0,
-            &format!("tags = {{ app = \"{word}\", role = \"zero\" }}"),
-            &fixed,
-            &aws.proxy.url,
-        ),
-        ec2_service(
-            "one",
-            l1,
-            &format!("tags = {{ app = \"{word}\", role = \"one\" }}"),
-            &fixed,
-            &aws.proxy.url,
-        ),
-        ec2_service(
-            "two",
-            l2,
-            &format!("tags = {{ app = \"{word}\", role = \"two\" }}"),
-            &fixed,
-            &aws.proxy.url,
-        ),
-    ]
-    .concat();
-    let mut gateway = Gateway::start(&write_config(&dir, &services));
+    let mut config = gateway(&dir);
+    for (name, listen) in [("none", l0), ("one", l1), ("two", l2)] {
+        let role = if name == "none" { "zero" } else { name };
+        config = config.service(
+            ec2_service(name, listen, &aws.proxy.url)
+                .backend_set("tags", inline(&[("app", word.as_str()), ("role", role)]))
+                .backend_set("address", echo.addr),
+        );
+    }
+    let mut gateway = start(&write_config(&dir, config));
 
     // One match: a client wakes the stopped instance and is served by the server behind it.
     assert_eq!(echo_through(l1, b"hello through ec2"), b"hello through ec2");
@@ -628,14 +471,10 @@ fn a_terminated_instance_fails_the_wake_and_is_never_started() {
         .unwrap();
     let dir = temp_dir("aws-terminated");
     let listen = free_addr();
-    let service = ec2_service(
-        "gone",
-        listen,
-        &format!("instance_id = \"{id}\""),
-        &format!("address = \"{}\"", echo.addr),
-        &aws.proxy.url,
-    );
-    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    let service = ec2_service("gone", listen, &aws.proxy.url)
+        .backend_set("instance_id", &id)
+        .backend_set("address", echo.addr);
+    let mut gateway = start(&write_config(&dir, gateway(&dir).service(service)));
     // Found so at start-up, before anyone asks for it.
     let found = gateway.wait_for("state=failed kind=\"transition\"");
     assert!(
@@ -664,25 +503,16 @@ fn hibernates_when_the_instance_allows_it_and_says_so_when_not() {
     let able = aws.instance(&[("app", &word), ("hib", "yes")], true);
     let unable = aws.instance(&[("app", &word), ("hib", "no")], false);
     let dir = temp_dir("aws-hibernate");
-    let extra = format!("hibernate = true\naddress = \"{}\"", echo.addr);
-    let services = [
-        ec2_service(
-            "able",
-            free_addr(),
-            &format!("instance_id = \"{able}\""),
-            &extra,
-            &aws.proxy.url,
-        ),
-        ec2_service(
-            "unable",
-            free_addr(),
-            &format!("instance_id = \"{unable}\""),
-            &extra,
-            &aws.proxy.url,
-        ),
-    ]
-    .concat();
-    let mut gateway = Gateway::start(&write_config(&dir, &services));
+    let mut config = gateway(&dir);
+    for (name, id) in [("able", &able), ("unable", &unable)] {
+        config = config.service(
+            ec2_service(name, free_addr(), &aws.proxy.url)
+                .backend_set("instance_id", id)
+                .backend_set("hibernate", true)
+                .backend_set("address", echo.addr),
+        );
+    }
+    let mut gateway = start(&write_config(&dir, config));
     for name in ["able", "unable"] {
         gateway.wake(name);
         gateway.wait_for("backend ready at");
@@ -717,18 +547,23 @@ fn hibernates_when_the_instance_allows_it_and_says_so_when_not() {
     assert!(
         able_events
             .iter()
-            .any(|(_, r)| r
-                == &format!("instance {able} is hibernating; waiting for it to be stopped")),
+            .any(|e| e["detail"]["instance"] == able.as_str()
+                && e["detail"]["step"] == "stopping"
+                && e["detail"]["hibernate"] == true),
         "{able_events:#?}"
     );
     assert!(
-        !able_events.iter().any(|(k, _)| k == "warning"),
+        !able_events.iter().any(|e| e["kind"] == "warning"),
         "{able_events:#?}"
     );
     let unable_events = gateway.events("unable");
+    // Why it stops without hibernating (not configured for it, rather than refused by AWS)
+    // is in the prose only.
     assert!(
-        unable_events.iter().any(|(k, r)| k == "warning"
-            && r.contains(&format!("instance {unable} is not configured for hibernation; stopping it without hibernating"))),
+        unable_events.iter().any(|e| e["kind"] == "warning"
+            && e["detail"]["instance"] == unable.as_str()
+            && e["detail"]["hibernate"] == false
+            && e["reason"].as_str().unwrap().contains(&format!("instance {unable} is not configured for hibernation; stopping it without hibernating"))),
         "{unable_events:#?}"
     );
 }
@@ -740,14 +575,10 @@ fn throttled_calls_are_retried() {
     let id = aws.instance(&[("app", &unique("throttle"))], false);
     let dir = temp_dir("aws-throttle");
     let listen = free_addr();
-    let service = ec2_service(
-        "busy",
-        listen,
-        &format!("instance_id = \"{id}\""),
-        &format!("address = \"{}\"", echo.addr),
-        &aws.proxy.url,
-    );
-    let _gateway = Gateway::start(&write_config(&dir, &service));
+    let service = ec2_service("busy", listen, &aws.proxy.url)
+        .backend_set("instance_id", &id)
+        .backend_set("address", echo.addr);
+    let _gateway = start(&write_config(&dir, gateway(&dir).service(service)));
     aws.proxy
         .recorded
         .throttle_starts
@@ -765,24 +596,18 @@ fn a_wake_while_the_instance_is_stopping_waits_for_stopped_then_starts() {
     let id = aws.instance(&[("app", &unique("stopping"))], false);
     let dir = temp_dir("aws-stopping");
     let listen = free_addr();
-    let service = ec2_service(
-        "late",
-        listen,
-        &format!("instance_id = \"{id}\""),
-        &format!("address = \"{}\"", echo.addr),
-        &aws.proxy.url,
-    );
-    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    let service = ec2_service("late", listen, &aws.proxy.url)
+        .backend_set("instance_id", &id)
+        .backend_set("address", echo.addr);
+    let mut gateway = start(&write_config(&dir, gateway(&dir).service(service)));
     // From now on, the next three looks show the instance still stopping.
     aws.proxy.recorded.show_stopping.store(3, Ordering::SeqCst);
     assert_eq!(echo_through(listen, b"patience"), b"patience");
     gateway.wait_for("backend ready at");
     let events = gateway.events("late");
     assert!(
-        events
-            .iter()
-            .any(|(_, r)| r
-                == &format!("instance {id} is still stopping; it is started once stopped")),
+        events.iter().any(|e| e["detail"]["instance"] == id.as_str()
+            && e["detail"]["step"] == "waiting for stopped"),
         "{events:#?}"
     );
     // The start was asked only after an answer showed the instance stopped.
@@ -809,18 +634,18 @@ fn the_dns_record_follows_the_new_public_ip_across_two_wakes() {
     let (zone_id, zone_name) = hosted_zone(&aws, &word);
     let record = format!("mc.{zone_name}");
     let dir = temp_dir("aws-dns");
-    let extra = format!(
-        "address = \"{}\"\n[service.dns]\nzone_id = \"{zone_id}\"\nname = \"{record}\"\nttl = 30\ngateway_ip = \"203.0.113.10\"\nendpoint_url = \"{}\"",
-        echo.addr, aws.proxy.url
-    );
-    let service = ec2_service(
-        "mc",
-        free_addr(),
-        &format!("instance_id = \"{id}\""),
-        &extra,
-        &aws.proxy.url,
-    );
-    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    let service = ec2_service("mc", free_addr(), &aws.proxy.url)
+        .backend_set("instance_id", &id)
+        .backend_set("address", echo.addr)
+        .dns(
+            table()
+                .set("zone_id", &zone_id)
+                .set("name", &record)
+                .set("ttl", 30)
+                .set("gateway_ip", "203.0.113.10")
+                .set("endpoint_url", &aws.proxy.url),
+        );
+    let mut gateway = start(&write_config(&dir, gateway(&dir).service(service)));
     let a_record = || -> Option<(String, i64)> {
         let out = aws
             .block(
@@ -853,32 +678,27 @@ fn the_dns_record_follows_the_new_public_ip_across_two_wakes() {
     }
     assert_ne!(ips[0], ips[1], "moto gives a new public IP on every start");
     let events = gateway.events("mc");
-    let changes: Vec<&String> = events
+    // Every change of the record, as (name, value, action); a failed one has no action.
+    let changes: Vec<(&str, &str, &str)> = events
         .iter()
-        .filter(|(_, r)| r.starts_with("DNS record"))
-        .map(|(_, r)| r)
+        .map(|e| &e["detail"]["dns"])
+        .filter(|dns| dns["action"].is_string())
+        .map(|dns| {
+            let text = |key: &str| dns[key].as_str().unwrap_or("");
+            (text("name"), text("value"), text("action"))
+        })
         .collect();
+    let (sleeps, upsert) = ("203.0.113.10", "upsert");
     assert_eq!(
         changes,
         vec![
-            // At start-up the instance is found stopped: the record is put where it belongs.
-            &format!(
-                "DNS record {record} now points at 203.0.113.10 (the server sleeps; clients reach wakegate)"
-            ),
-            &format!(
-                "DNS record {record} now points at {} (the server is awake)",
-                ips[0]
-            ),
-            &format!(
-                "DNS record {record} now points at 203.0.113.10 (the server sleeps; clients reach wakegate)"
-            ),
-            &format!(
-                "DNS record {record} now points at {} (the server is awake)",
-                ips[1]
-            ),
-            &format!(
-                "DNS record {record} now points at 203.0.113.10 (the server sleeps; clients reach wakegate)"
-            ),
+            // At start-up the instance is found stopped: the record is put where it belongs
+            // (the gateway's IP: the server sleeps, clients reach wakegate).
+            (record.as_str(), sleeps, upsert),
+            (record.as_str(), ips[0].as_str(), upsert),
+            (record.as_str(), sleeps, upsert),
+            (record.as_str(), ips[1].as_str(), upsert),
+            (record.as_str(), sleeps, upsert),
         ]
     );
 }
@@ -890,22 +710,18 @@ fn killed_mid_session_a_restarted_wakegate_adopts_the_instance_and_stops_it() {
     let id = aws.instance(&[("app", &unique("restart"))], false);
     let dir = temp_dir("aws-restart");
     let listen = free_addr();
-    let service = ec2_service(
-        "kept",
-        listen,
-        &format!("instance_id = \"{id}\""),
-        &format!("address = \"{}\"", echo.addr),
-        &aws.proxy.url,
-    )
-    .replace("idle_timeout = \"1s\"", "idle_timeout = \"3s\"");
-    let config = write_config(&dir, &service);
-    let mut first = Gateway::start(&config);
+    let service = ec2_service("kept", listen, &aws.proxy.url)
+        .idle("3s")
+        .backend_set("instance_id", &id)
+        .backend_set("address", echo.addr);
+    let config = write_config(&dir, gateway(&dir).service(service));
+    let mut first = start(&config);
     first.wake("kept");
     first.wait_for("backend ready at");
     first.kill();
     assert_eq!(aws.state(&id), InstanceStateName::Running);
 
-    let mut second = Gateway::start(&config);
+    let mut second = start(&config);
     second.wait_for("found the backend running");
     second.wait_for("backend ready at");
     assert_eq!(echo_through(listen, b"still here"), b"still here");
@@ -1048,32 +864,27 @@ fn ecs_service_mode_scales_to_one_on_a_client_and_back_to_zero() {
     };
     let dir = temp_dir("aws-ecs-service");
     let listen = free_addr();
-    let service = format!(
-        r#"
-[[service]]
-name = "web"
-idle_timeout = "1s"
-[service.backend]
-type = "ecs"
-cluster = "{cluster}"
-mode = "service"
-service = "web"
-address = "{}"
-endpoint_url = "{url}"
-[service.dns]
-zone_id = "{zone_id}"
-name = "{record}"
-value = "private"
-gateway_ip = "203.0.113.20"
-endpoint_url = "{url}"
-[[service.listen]]
-type = "tcp"
-bind = "{listen}"
-"#,
-        echo.addr,
-        url = aws.proxy.url
-    );
-    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    let url = &aws.proxy.url;
+    let service = svc("web")
+        .idle("1s")
+        .backend(
+            typed("ecs")
+                .set("cluster", &cluster)
+                .set("mode", "service")
+                .set("service", "web")
+                .set("address", echo.addr)
+                .set("endpoint_url", url),
+        )
+        .dns(
+            table()
+                .set("zone_id", &zone_id)
+                .set("name", &record)
+                .set("value", "private")
+                .set("gateway_ip", "203.0.113.20")
+                .set("endpoint_url", url),
+        )
+        .tcp(listen);
+    let mut gateway = start(&write_config(&dir, gateway(&dir).service(service)));
     assert_eq!(desired(), 0);
     assert_eq!(echo_through(listen, b"scale me"), b"scale me");
     assert_eq!(desired(), 1);
@@ -1086,15 +897,18 @@ bind = "{listen}"
         Some("203.0.113.20".to_string())
     );
     let events = gateway.events("web");
-    let scaled: Vec<&String> = events
+    let scaled: Vec<(&str, u64)> = events
         .iter()
-        .filter(|(_, r)| r.starts_with("ECS service"))
-        .map(|(_, r)| r)
+        .map(|e| &e["detail"])
+        .filter(|d| d["ecs_service"].is_string())
+        .map(|d| {
+            (
+                d["ecs_service"].as_str().unwrap(),
+                d["desired_count"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(
-        scaled,
-        vec!["ECS service web scaled to 1", "ECS service web scaled to 0"]
-    );
+    assert_eq!(scaled, vec![("web", 1), ("web", 0)]);
 }
 
 /// A task's private IP, from its network interface attachment.
@@ -1155,34 +969,29 @@ fn ecs_task_mode_runs_one_task_finds_it_after_a_kill_and_stops_it() {
     let record = format!("game.{zone_name}");
     let dir = temp_dir("aws-ecs-task");
     let listen = free_addr();
-    let service = format!(
-        r#"
-[[service]]
-name = "game"
-idle_timeout = "3s"
-[service.backend]
-type = "ecs"
-cluster = "{cluster}"
-mode = "task"
-task_definition = "{family}"
-subnets = ["{subnet}"]
-security_groups = ["{group}"]
-address = "{}"
-endpoint_url = "{url}"
-[service.dns]
-zone_id = "{zone_id}"
-name = "{record}"
-value = "private"
-on_sleep = "delete"
-endpoint_url = "{url}"
-[[service.listen]]
-type = "tcp"
-bind = "{listen}"
-"#,
-        echo.addr,
-        url = aws.proxy.url
-    );
-    let config = write_config(&dir, &service);
+    let url = &aws.proxy.url;
+    let service = svc("game")
+        .idle("3s")
+        .backend(
+            typed("ecs")
+                .set("cluster", &cluster)
+                .set("mode", "task")
+                .set("task_definition", &family)
+                .set("subnets", [&subnet])
+                .set("security_groups", [&group])
+                .set("address", echo.addr)
+                .set("endpoint_url", url),
+        )
+        .dns(
+            table()
+                .set("zone_id", &zone_id)
+                .set("name", &record)
+                .set("value", "private")
+                .set("on_sleep", "delete")
+                .set("endpoint_url", url),
+        )
+        .tcp(listen);
+    let config = write_config(&dir, gateway(&dir).service(service));
     let tasks = |status: aws_sdk_ecs::types::DesiredStatus| -> Vec<aws_sdk_ecs::types::Task> {
         let listed = aws
             .block(
@@ -1209,7 +1018,7 @@ bind = "{listen}"
     };
     let a_record = || a_record(&aws, &zone_id, &record);
 
-    let mut first = Gateway::start(&config);
+    let mut first = start(&config);
     first.wake("game");
     first.wait_for("backend ready at");
     let running = tasks(aws_sdk_ecs::types::DesiredStatus::Running);
@@ -1222,7 +1031,7 @@ bind = "{listen}"
     first.kill();
 
     // The same task is found again through the ARN in the store: no second RunTask.
-    let mut second = Gateway::start(&config);
+    let mut second = start(&config);
     second.wait_for("found the backend running");
     second.wait_for("backend ready at");
     assert_eq!(echo_through(listen, b"same task"), b"same task");
@@ -1243,7 +1052,8 @@ bind = "{listen}"
     assert!(
         events
             .iter()
-            .any(|(_, r)| r == &format!("DNS record {record} deleted (the server sleeps)")),
+            .any(|e| e["detail"]["dns"]["name"] == record.as_str()
+                && e["detail"]["dns"]["action"] == "delete"),
         "{events:#?}"
     );
 }
@@ -1255,25 +1065,18 @@ fn status_shows_awake_hours_and_the_money_saved() {
     let id = aws.instance(&[("app", &unique("cost"))], false);
     let dir = temp_dir("aws-cost");
     let listen = free_addr();
-    let service = ec2_service(
-        "priced",
-        listen,
-        &format!("instance_id = \"{id}\""),
-        &format!("address = \"{}\"", echo.addr),
-        &aws.proxy.url,
-    )
-    .replace(
-        "idle_timeout = \"1s\"",
-        "idle_timeout = \"1s\"\nhourly_cost = 2.5",
-    );
-    let mut gateway = Gateway::start(&write_config(&dir, &service));
+    let service = ec2_service("priced", listen, &aws.proxy.url)
+        .set("hourly_cost", 2.5)
+        .backend_set("instance_id", &id)
+        .backend_set("address", echo.addr);
+    let mut gateway = start(&write_config(&dir, gateway(&dir).service(service)));
     assert_eq!(echo_through(listen, b"pay"), b"pay");
     gateway.wait_for("backend stopped after");
     let view = gateway.service("priced");
     assert_eq!(view["hourly_cost"], 2.5);
     assert!(view["awake_seconds_day"].as_f64().unwrap() > 0.0, "{view}");
     let out = Command::new(WAKEGATE)
-        .args(["status", "--api", &gateway.api.to_string()])
+        .args(["status", "--api", &gateway.api().to_string()])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -1303,85 +1106,71 @@ fn statements(policy: &Value) -> std::collections::BTreeMap<String, Value> {
 #[test]
 fn iam_policy_names_exactly_the_configured_resources() {
     let dir = temp_dir("aws-iam");
-    let config = dir.join("wakegate.toml");
-    std::fs::write(
-        &config,
-        r#"
-[[service]]
-name = "by-id"
-[service.backend]
-type = "ec2"
-instance_id = "i-0abc"
-region = "eu-west-1"
-address = "private"
-port = 25565
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:7101"
-
-[[service]]
-name = "by-tags"
-[service.backend]
-type = "ec2"
-tags = { Name = "mc", env = "prod" }
-address = "public"
-port = 25565
-[service.dns]
-zone_id = "Z123"
-name = "mc.example.com"
-gateway_ip = "203.0.113.10"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:7102"
-
-[[service]]
-name = "svc"
-[service.backend]
-type = "ecs"
-cluster = "games"
-mode = "service"
-service = "web"
-region = "us-east-2"
-address = "10.0.0.5:80"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:7103"
-
-[[service]]
-name = "job"
-[service.backend]
-type = "ecs"
-cluster = "games"
-mode = "task"
-task_definition = "worker:7"
-region = "us-east-2"
-subnets = ["subnet-1"]
-security_groups = ["sg-1"]
-pass_roles = ["arn:aws:iam::123456789012:role/worker"]
-address = "private"
-port = 8080
-[service.dns]
-zone_id = "Z456"
-name = "job.example.com"
-value = "private"
-on_sleep = "delete"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:7104"
-
-[[service]]
-name = "local"
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "127.0.0.1:9"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:7105"
-"#,
-    )
-    .unwrap();
+    let config = services_only()
+        .service(
+            svc("by-id")
+                .backend(
+                    typed("ec2")
+                        .set("instance_id", "i-0abc")
+                        .set("region", "eu-west-1")
+                        .set("address", "private")
+                        .set("port", 25565),
+                )
+                .tcp("127.0.0.1:7101"),
+        )
+        .service(
+            svc("by-tags")
+                .backend(
+                    typed("ec2")
+                        .set("tags", inline(&[("Name", "mc"), ("env", "prod")]))
+                        .set("address", "public")
+                        .set("port", 25565),
+                )
+                .dns(
+                    table()
+                        .set("zone_id", "Z123")
+                        .set("name", "mc.example.com")
+                        .set("gateway_ip", "203.0.113.10"),
+                )
+                .tcp("127.0.0.1:7102"),
+        )
+        .service(
+            svc("svc")
+                .backend(
+                    typed("ecs")
+                        .set("cluster", "games")
+                        .set("mode", "service")
+                        .set("service", "web")
+                        .set("region", "us-east-2")
+                        .set("address", "10.0.0.5:80"),
+                )
+                .tcp("127.0.0.1:7103"),
+        )
+        .service(
+            svc("job")
+                .backend(
+                    typed("ecs")
+                        .set("cluster", "games")
+                        .set("mode", "task")
+                        .set("task_definition", "worker:7")
+                        .set("region", "us-east-2")
+                        .set("subnets", ["subnet-1"])
+                        .set("security_groups", ["sg-1"])
+                        .set("pass_roles", ["arn:aws:iam::123456789012:role/worker"])
+                        .set("address", "private")
+                        .set("port", 8080),
+                )
+                .dns(
+                    table()
+                        .set("zone_id", "Z456")
+                        .set("name", "job.example.com")
+                        .set("value", "private")
+                        .set("on_sleep", "delete"),
+                )
+                .tcp("127.0.0.1:7104"),
+        )
+        .service(svc("local").exec_true("127.0.0.1:9").tcp("127.0.0.1:7105"))
+        .write(&dir.join("wakegate.toml"));
     // No AWS call is made: the environment has no credentials and no endpoint.
     let out = Command::new(WAKEGATE)
         .args(["iam-policy", "--config"])
@@ -1439,12 +1228,9 @@ bind = "127.0.0.1:7105"
     assert_eq!(s, expected, "{}", String::from_utf8_lossy(&out.stdout));
 
     // A config without AWS needs no policy, and says so.
-    let plain = dir.join("plain.toml");
-    std::fs::write(
-        &plain,
-        "[[service]]\nname = \"x\"\n[service.backend]\ntype = \"exec\"\nstart = \"true\"\nstop = \"true\"\naddress = \"127.0.0.1:9\"\n[[service.listen]]\ntype = \"tcp\"\nbind = \"127.0.0.1:7106\"\n",
-    )
-    .unwrap();
+    let plain = services_only()
+        .service(svc("x").exec_true("127.0.0.1:9").tcp("127.0.0.1:7106"))
+        .write(&dir.join("plain.toml"));
     let out = Command::new(WAKEGATE)
         .args(["iam-policy", "--config"])
         .arg(&plain)

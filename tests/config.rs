@@ -99,25 +99,15 @@ fn every_invalid_file_fails_with_its_expected_messages() {
 #[test]
 fn a_secret_from_the_environment_is_never_printed() {
     let dir = common::temp_dir("secret");
-    let file = dir.join("wakegate.toml");
-    std::fs::write(
-        &file,
-        r#"
-[[service]]
-name = "web"
-idle_timeout = "soon"
-[service.backend]
-type = "process"
-command = ["./server"]
-address = "127.0.0.1:8080"
-[service.backend.env]
-API_TOKEN = "${WAKEGATE_TEST_TOKEN}"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:8081"
-"#,
-    )
-    .unwrap();
+    let file = common::services_only()
+        .service(
+            common::svc("web")
+                .idle("soon")
+                .process(&["./server"], "127.0.0.1:8080")
+                .env("API_TOKEN", "${WAKEGATE_TEST_TOKEN}")
+                .tcp("127.0.0.1:8081"),
+        )
+        .write(&dir.join("wakegate.toml"));
     let out = Command::new(WAKEGATE)
         .args(["config", "check"])
         .arg(&file)

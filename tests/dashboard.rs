@@ -9,7 +9,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use wakegate::app::App;
 use wakegate::event::{Kind, State};
 
 const OPERATE_SECRET: &str = "dashboard-test-operate-0123456789";
@@ -29,35 +28,20 @@ async fn a_person_wakes_a_service_from_the_dashboard() {
     let dir = temp_dir("dashboard");
     let backend = free_addr();
     // The echo server takes 1.5 s to open its port, so the wake has steps to show.
-    let services = format!(
-        r#"
-[[gateway.token]]
-name = "ops"
-secret = "{OPERATE_SECRET}"
-role = "operate"
-
-[[gateway.token]]
-name = "viewer"
-secret = "{READ_SECRET}"
-role = "read"
-
-[[service]]
-name = "web"
-idle_timeout = "10m"
-hourly_cost = 0.25
-[service.backend]
-type = "process"
-command = {command}
-address = "{backend}"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#,
-        command = echo_command(backend, "1500ms")
-    );
-    let config = wakegate::config::parse(&gateway_toml(&dir, &services), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let app = App::start(config).await.unwrap();
+    let app = gateway(&dir)
+        .gateway_raw(&format!(
+            "[[gateway.token]]\nname = \"ops\"\nsecret = \"{OPERATE_SECRET}\"\nrole = \"operate\"\n\n\
+             [[gateway.token]]\nname = \"viewer\"\nsecret = \"{READ_SECRET}\"\nrole = \"read\""
+        ))
+        .service(
+            svc("web")
+                .idle("10m")
+                .set("hourly_cost", 0.25)
+                .process(&echo(backend, "1500ms"), backend)
+                .tcp(ANY_PORT),
+        )
+        .start()
+        .await;
     let service = app.service("web").unwrap().clone();
     wait_state(&service, State::Asleep).await;
 

@@ -11,11 +11,9 @@ use tokio::net::TcpListener;
 use wakegate::app::App;
 use wakegate::event::{Event, Kind, State};
 
-async fn start(dir: &std::path::Path, services: &str) -> App {
-    init_logs();
-    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    App::start(config).await.unwrap()
+/// Starts a gateway in `dir` with one service.
+async fn start(dir: &std::path::Path, service: Service) -> App {
+    gateway(dir).service(service).start().await
 }
 
 fn flaky_server() -> String {
@@ -26,38 +24,32 @@ fn flaky_server() -> String {
 async fn an_unhealthy_http_server_is_restarted_then_the_breaker_gives_up() {
     let dir = temp_dir("health");
     let backend = free_addr();
-    let services = format!(
-        r#"
-[[service]]
-name = "web"
-idle_timeout = "1h"
-max_restarts = 2
-restart_window = "1h"
-[service.backend]
-type = "exec"
-start = "python3 '{server}' {port} '{dir}' >/dev/null 2>&1 & echo $! > '{dir}/pid'"
-stop = "kill $(cat '{dir}/pid')"
-address = "{backend}"
-[service.readiness]
-type = "http"
-url = "http://{{address}}/ready"
-[[service.health]]
-type = "http"
-url = "http://{{address}}/healthz"
-body_contains = "ok"
-interval = "100ms"
-timeout = "300ms"
-tolerance = 3
-action = "restart"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#,
-        server = flaky_server(),
-        port = backend.port(),
-        dir = dir.display(),
-    );
-    let app = start(&dir, &services).await;
+    let dir_text = dir.display();
+    let service = svc("web")
+        .idle("1h")
+        .set("max_restarts", 2)
+        .set("restart_window", "1h")
+        .exec(
+            &format!(
+                "python3 '{}' {} '{dir_text}' >/dev/null 2>&1 & echo $! > '{dir_text}/pid'",
+                flaky_server(),
+                backend.port()
+            ),
+            &format!("kill $(cat '{dir_text}/pid')"),
+            backend,
+        )
+        .readiness(typed("http").set("url", "http://{address}/ready"))
+        .health(
+            typed("http")
+                .set("url", "http://{address}/healthz")
+                .set("body_contains", "ok")
+                .set("interval", "100ms")
+                .set("timeout", "300ms")
+                .set("tolerance", 3)
+                .set("action", "restart"),
+        )
+        .tcp(ANY_PORT);
+    let app = start(&dir, service).await;
     let web = app.service("web").unwrap().clone();
     let mut events = web.subscribe();
     web.wake("test").await.unwrap().unwrap();
@@ -91,11 +83,8 @@ bind = "127.0.0.1:0"
         states,
         [State::Stopping, State::Asleep, State::Waking, State::Awake]
     );
-    assert!(
-        seen[0].reason.starts_with("restarting:"),
-        "{}",
-        seen[0].reason
-    );
+    // Stopped to be restarted, by the health check.
+    assert_eq!(detail(&seen[0], "trigger"), "health", "{:?}", seen[0]);
 
     // Then it stops answering at all: restarted once more (the second of two allowed).
     std::fs::write(dir.join("hang"), "").unwrap();
@@ -125,7 +114,7 @@ bind = "127.0.0.1:0"
     );
     assert!(
         seen.iter()
-            .any(|e| e.reason.starts_with("stopping for good")),
+            .any(|e| is_transition(e, State::Stopping) && detail(e, "trigger") == "breaker"),
         "{seen:#?}"
     );
     assert_eq!(web.status().state, State::Failed);
@@ -137,24 +126,18 @@ async fn readiness_waits_for_the_log_line_not_the_open_port() {
     let dir = temp_dir("logready");
     let backend = free_addr();
     // The port opens at once; the server says it is ready a second later.
-    let services = format!(
-        r#"
-[[service]]
-name = "mc"
-[service.backend]
-type = "process"
-command = ["sh", "-c", "'{exe}' demo-backend --echo --listen {backend} & sleep 1; echo 'Done (1.002s)! For help, type \"help\"'; wait"]
-address = "{backend}"
-[service.readiness]
-type = "log"
-pattern = 'Done \(\d'
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#,
-        exe = WAKEGATE,
-    );
-    let app = start(&dir, &services).await;
+    let command = [
+        "sh".to_string(),
+        "-c".to_string(),
+        format!(
+            "'{WAKEGATE}' demo-backend --echo --listen {backend} & sleep 1; echo 'Done (1.002s)! For help, type \"help\"'; wait"
+        ),
+    ];
+    let service = svc("mc")
+        .process(&command, backend)
+        .readiness(typed("log").set("pattern", r"Done \(\d"))
+        .tcp(ANY_PORT);
+    let app = start(&dir, service).await;
     let mc = app.service("mc").unwrap().clone();
     let mut events = mc.subscribe();
     mc.wake("test").await.unwrap().unwrap();
@@ -190,20 +173,16 @@ async fn an_always_on_service_is_kept_up_until_it_crash_loops() {
     let dir = temp_dir("alwayson");
     let backend = free_addr();
     // It comes up, then dies half a second later, every time. No listener: a watchdog.
-    let services = format!(
-        r#"
-[[service]]
-name = "flappy"
-always_on = true
-max_restarts = 2
-[service.backend]
-type = "process"
-command = ["sh", "-c", "'{exe}' demo-backend --echo --listen {backend} & sleep 0.5; kill $!; exit 1"]
-address = "{backend}"
-"#,
-        exe = WAKEGATE,
-    );
-    let app = start(&dir, &services).await;
+    let command = [
+        "sh".to_string(),
+        "-c".to_string(),
+        format!("'{WAKEGATE}' demo-backend --echo --listen {backend} & sleep 0.5; kill $!; exit 1"),
+    ];
+    let service = svc("flappy")
+        .set("always_on", true)
+        .set("max_restarts", 2)
+        .process(&command, backend);
+    let app = start(&dir, service).await;
     let flappy = app.service("flappy").unwrap().clone();
     let mut events = flappy.subscribe();
     events_until(&mut events, |e| e.state == State::Failed).await;
@@ -227,7 +206,7 @@ address = "{backend}"
         "{}",
         failed.reason
     );
-    assert!(failed.reason.contains("exit code 1"), "{}", failed.reason);
+    assert_eq!(detail(failed, "exit"), "exit code 1", "{failed:?}");
     app.shutdown().await;
 }
 
@@ -235,22 +214,11 @@ address = "{backend}"
 async fn asleep_during_refuses_clients_and_wakes_with_a_clear_message() {
     let dir = temp_dir("asleep");
     let backend = free_addr();
-    let services = format!(
-        r#"
-[[service]]
-name = "office"
-asleep_during = ["daily 00:00-24:00 UTC"]
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "{backend}"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#
-    );
-    let app = start(&dir, &services).await;
+    let service = svc("office")
+        .set("asleep_during", ["daily 00:00-24:00 UTC"])
+        .exec_true(backend)
+        .tcp(ANY_PORT);
+    let app = start(&dir, service).await;
     let office = app.service("office").unwrap().clone();
     let refused = office.wake("test").await.unwrap().unwrap_err();
     assert!(
@@ -270,24 +238,12 @@ bind = "127.0.0.1:0"
 /// A gateway whose one service wakes in real time, then lives on paused time.
 async fn awake_on_paused_time(dir: &std::path::Path, policy: &str) -> (App, TcpListener) {
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let services = format!(
-        r#"
-[[service]]
-name = "game"
-idle_timeout = "100h"
-{policy}
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "{}"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#,
-        backend.local_addr().unwrap()
-    );
-    let app = start(dir, &services).await;
+    let service = svc("game")
+        .idle("100h")
+        .raw(policy)
+        .exec_true(backend.local_addr().unwrap())
+        .tcp(ANY_PORT);
+    let app = start(dir, service).await;
     let game = app.service("game").unwrap().clone();
     game.wake("test").await.unwrap().unwrap();
     wait_state(&game, State::Awake).await;
@@ -319,7 +275,7 @@ async fn max_runtime_warns_ahead_then_stops() {
     // The stop hook runs on real time again.
     tokio::time::resume();
     assert_eq!(stopping.state, State::Stopping);
-    assert_eq!(stopping.reason, "it ran for max_runtime (4h)");
+    assert_eq!(detail(&stopping, "trigger"), "max_runtime", "{stopping:?}");
     assert!(awake.elapsed() >= Duration::from_secs(4 * 3600));
     wait_state(&game, State::Asleep).await;
     app.shutdown().await;
@@ -340,16 +296,9 @@ async fn min_players_warns_each_interval_then_stops() {
     for n in 1..=3u64 {
         let warning = events.recv().await.unwrap();
         assert_eq!(warning.kind, Kind::Warning, "{warning:?}");
-        assert!(
-            warning.reason.contains(&format!("warning {n} of 3")),
-            "{}",
-            warning.reason
-        );
-        assert!(
-            warning
-                .reason
-                .starts_with("0 player(s) online, fewer than min_players (2)")
-        );
+        assert_eq!(warning.detail["warning"], n, "{warning:?}");
+        assert_eq!(warning.detail["of"], 3, "{warning:?}");
+        assert_eq!(warning.detail["players"], 0, "{warning:?}");
         let at = awake.elapsed().as_secs();
         assert!(
             (n * 300..n * 300 + 5).contains(&at),
@@ -359,10 +308,7 @@ async fn min_players_warns_each_interval_then_stops() {
     let stopping = events.recv().await.unwrap();
     tokio::time::resume();
     assert_eq!(stopping.state, State::Stopping);
-    assert_eq!(
-        stopping.reason,
-        "fewer than 2 players for 4 checks in a row"
-    );
+    assert_eq!(detail(&stopping, "trigger"), "min_players", "{stopping:?}");
     wait_state(&game, State::Asleep).await;
     app.shutdown().await;
 }
@@ -371,31 +317,19 @@ async fn min_players_warns_each_interval_then_stops() {
 async fn awake_during_wakes_it_by_itself_and_a_sleep_by_hand_is_refused() {
     let dir = temp_dir("awakeduring");
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let services = format!(
-        r#"
-[[service]]
-name = "office"
-idle_timeout = "1s"
-awake_during = ["daily 00:00-24:00 Europe/Paris"]
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "{}"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#,
-        backend.local_addr().unwrap()
-    );
-    let app = start(&dir, &services).await;
+    let service = svc("office")
+        .idle("1s")
+        .set("awake_during", ["daily 00:00-24:00 Europe/Paris"])
+        .exec_true(backend.local_addr().unwrap())
+        .tcp(ANY_PORT);
+    let app = start(&dir, service).await;
     let office = app.service("office").unwrap().clone();
     wait_state(&office, State::Awake).await;
     let woken = app.store().latest_events(Some("office"), 10).unwrap();
     assert!(
         woken
             .iter()
-            .any(|e| e.reason == "awake by schedule (daily 00:00-24:00 Europe/Paris)"),
+            .any(|e| is_transition(e, State::Waking) && detail(e, "trigger") == "schedule"),
         "{woken:#?}"
     );
     // No connection, and an idle timeout of a second: the window keeps it awake.

@@ -171,36 +171,31 @@ async fn answer(
 }
 
 /// An exec service in front of an always-running backend: waking is instant.
-fn exec_service(name: &str, backend: SocketAddr, listen: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "{name}"
-idle_timeout = "10m"
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "{backend}"
-{listen}
-"#
-    )
+fn exec_service(name: &str, backend: SocketAddr) -> Service {
+    svc(name).idle("10m").exec_true(backend)
 }
 
 /// A process service running the demo web server, which opens its port after `delay`.
-fn demo_service(name: &str, backend: SocketAddr, delay: &str, listen: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "{name}"
-idle_timeout = "10m"
-[service.backend]
-type = "process"
-command = [{WAKEGATE:?}, "demo-backend", "--listen", "{backend}", "--boot-delay", "{delay}"]
-address = "{backend}"
-{listen}
-"#
-    )
+fn demo_service(name: &str, backend: SocketAddr, delay: &str) -> Service {
+    let listen = backend.to_string();
+    let command = [
+        WAKEGATE,
+        "demo-backend",
+        "--listen",
+        &listen,
+        "--boot-delay",
+        delay,
+    ];
+    svc(name).idle("10m").process(&command, backend)
+}
+
+/// Starts a gateway in `dir` with `services`.
+async fn start(dir: &Path, services: impl IntoIterator<Item = Service>) -> App {
+    services
+        .into_iter()
+        .fold(gateway(dir), Config::service)
+        .start()
+        .await
 }
 
 /// Where the screenshots stay after the run, for people to look at.
@@ -212,8 +207,7 @@ fn artifacts() -> PathBuf {
 async fn fifty_api_requests_during_a_wake_are_all_answered_by_the_backend() {
     let dir = temp_dir("http-block");
     let backend = free_addr();
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start_app(&dir, &demo_service("api", backend, "800ms", listen)).await;
+    let app = start(&dir, [demo_service("api", backend, "800ms").http(ANY_PORT)]).await;
     let service = app.service("api").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let addr = app.listen_addr("api").unwrap();
@@ -264,9 +258,8 @@ async fn fifty_api_requests_during_a_wake_are_all_answered_by_the_backend() {
 async fn a_browser_sees_the_waiting_page_and_lands_on_the_app_by_itself() {
     let dir = temp_dir("http-page");
     let backend = free_addr();
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
     // Two seconds of boot, so there is a wake to watch.
-    let app = start_app(&dir, &demo_service("blog", backend, "2s", listen)).await;
+    let app = start(&dir, [demo_service("blog", backend, "2s").http(ANY_PORT)]).await;
     let service = app.service("blog").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let site = format!(
@@ -335,24 +328,21 @@ async fn hosts_route_to_their_service_and_unknown_hosts_to_the_default() {
     let dir = temp_dir("http-hosts");
     let (shop, blog) = (named_backend("shop").await, named_backend("blog").await);
     let bind = free_addr();
-    let services = format!(
-        "{}{}",
-        exec_service(
-            "shop",
-            shop,
-            &format!(
-                "[[service.listen]]\ntype = \"http\"\nbind = \"{bind}\"\nhostnames = [\"shop.example.test\"]\ndefault = true\n"
+    let app = start(
+        &dir,
+        [
+            exec_service("shop", shop).listen(
+                listener("http", bind)
+                    .set("hostnames", ["shop.example.test"])
+                    .set("default", true),
             ),
-        ),
-        exec_service(
-            "blog",
-            blog,
-            &format!(
-                "[[service.listen]]\ntype = \"http\"\nbind = \"{bind}\"\nhostnames = [\"*.blog.example.test\", \"blog.example.test\"]\n"
+            exec_service("blog", blog).listen(
+                listener("http", bind)
+                    .set("hostnames", ["*.blog.example.test", "blog.example.test"]),
             ),
-        ),
-    );
-    let app = start_app(&dir, &services).await;
+        ],
+    )
+    .await;
     let json = [("accept", "application/json")];
 
     let a = get(bind, "shop.example.test", "/cart", &json).await;
@@ -383,8 +373,8 @@ async fn hosts_route_to_their_service_and_unknown_hosts_to_the_default() {
 async fn without_a_default_an_unknown_host_is_told_so() {
     let dir = temp_dir("http-nodefault");
     let backend = named_backend("only").await;
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nhostnames = [\"only.example.test\"]\n";
-    let app = start_app(&dir, &exec_service("only", backend, listen)).await;
+    let listen = listener("http", ANY_PORT).set("hostnames", ["only.example.test"]);
+    let app = start(&dir, [exec_service("only", backend).listen(listen)]).await;
     let addr = app.listen_addr("only").unwrap();
     let known = get(addr, "only.example.test", "/", &[]).await;
     let unknown = get(addr, "other.example.test", "/", &[]).await;
@@ -398,8 +388,8 @@ async fn without_a_default_an_unknown_host_is_told_so() {
 async fn health_checkers_bots_and_their_paths_never_wake_the_service() {
     let dir = temp_dir("http-ignore");
     let backend = named_backend("site").await;
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nignore_paths = [\"/healthz\", \"/status/*\"]\n";
-    let app = start_app(&dir, &exec_service("site", backend, listen)).await;
+    let listen = listener("http", ANY_PORT).set("ignore_paths", ["/healthz", "/status/*"]);
+    let app = start(&dir, [exec_service("site", backend).listen(listen)]).await;
     let service = app.service("site").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let addr = app.listen_addr("site").unwrap();
@@ -454,8 +444,10 @@ async fn health_checkers_bots_and_their_paths_never_wake_the_service() {
 async fn past_block_timeout_a_request_gets_503_with_retry_after() {
     let dir = temp_dir("http-timeout");
     let backend = free_addr();
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nstrategy = \"block\"\nblock_timeout = \"1s\"\n";
-    let app = start_app(&dir, &demo_service("slow", backend, "4s", listen)).await;
+    let listen = listener("http", ANY_PORT)
+        .set("strategy", "block")
+        .set("block_timeout", "1s");
+    let app = start(&dir, [demo_service("slow", backend, "4s").listen(listen)]).await;
     let service = app.service("slow").unwrap().clone();
     let addr = app.listen_addr("slow").unwrap();
     // A browser too: with strategy = "block" it is held like any client.
@@ -481,8 +473,7 @@ async fn past_block_timeout_a_request_gets_503_with_retry_after() {
 async fn the_waiting_page_and_its_event_stream_need_no_token() {
     let dir = temp_dir("http-stream");
     let backend = free_addr();
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start_app(&dir, &demo_service("docs", backend, "1s", listen)).await;
+    let app = start(&dir, [demo_service("docs", backend, "1s").http(ANY_PORT)]).await;
     let service = app.service("docs").unwrap().clone();
     let addr = app.listen_addr("docs").unwrap();
 
@@ -541,8 +532,7 @@ async fn the_waiting_page_and_its_event_stream_need_no_token() {
 async fn h2c_clients_are_served() {
     let dir = temp_dir("http-h2c");
     let backend = named_backend("h2").await;
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start_app(&dir, &exec_service("h2", backend, listen)).await;
+    let app = start(&dir, [exec_service("h2", backend).http(ANY_PORT)]).await;
     let addr = app.listen_addr("h2").unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
@@ -590,26 +580,26 @@ async fn tls_picks_each_services_certificate_by_sni_and_plain_http_redirects() {
     let (b_cert, b_key, b_der) = self_signed(&dir, "b.example.test");
     let (a, b) = (named_backend("a").await, named_backend("b").await);
     let (secure, plain) = (free_addr(), free_addr());
-    let services = format!(
-        "{}{}",
-        exec_service(
-            "a",
-            a,
-            &format!(
-                "[[service.listen]]\ntype = \"http\"\nbind = \"{secure}\"\nhostnames = [\"a.example.test\"]\ntls_cert = {a_cert:?}\ntls_key = {a_key:?}\n\
-                 [[service.listen]]\ntype = \"http\"\nbind = \"{plain}\"\nredirect_https = true\nhttps_port = {}\n",
-                secure.port()
-            ),
-        ),
-        exec_service(
-            "b",
-            b,
-            &format!(
-                "[[service.listen]]\ntype = \"http\"\nbind = \"{secure}\"\nhostnames = [\"b.example.test\"]\ntls_cert = {b_cert:?}\ntls_key = {b_key:?}\n"
-            ),
-        ),
-    );
-    let app = start_app(&dir, &services).await;
+    let tls_on = |host: &str, cert: &Path, key: &Path| {
+        listener("http", secure)
+            .set("hostnames", [host])
+            .set("tls_cert", cert)
+            .set("tls_key", key)
+    };
+    let app = start(
+        &dir,
+        [
+            exec_service("a", a)
+                .listen(tls_on("a.example.test", &a_cert, &a_key))
+                .listen(
+                    listener("http", plain)
+                        .set("redirect_https", true)
+                        .set("https_port", secure.port()),
+                ),
+            exec_service("b", b).listen(tls_on("b.example.test", &b_cert, &b_key)),
+        ],
+    )
+    .await;
 
     // A client that trusts both certificates, and records which one it was shown.
     let mut roots = rustls::RootCertStore::empty();
@@ -697,9 +687,11 @@ fn stopping_times(app: &App, service: &str) -> Vec<std::time::SystemTime> {
 async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
     let dir = temp_dir("http-inflight");
     let backend = named_backend("slow").await;
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let services = exec_service("slow", backend, listen).replace("\"10m\"", "\"500ms\"");
-    let app = start_app(&dir, &services).await;
+    let app = start(
+        &dir,
+        [exec_service("slow", backend).idle("500ms").http(ANY_PORT)],
+    )
+    .await;
     let service = app.service("slow").unwrap().clone();
     let addr = app.listen_addr("slow").unwrap();
 
@@ -724,9 +716,11 @@ async fn a_request_in_flight_keeps_the_service_awake_and_it_sleeps_once_idle() {
 async fn an_open_websocket_keeps_the_service_awake() {
     let dir = temp_dir("http-websocket");
     let backend = named_backend("chat").await;
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let services = exec_service("chat", backend, listen).replace("\"10m\"", "\"500ms\"");
-    let app = start_app(&dir, &services).await;
+    let app = start(
+        &dir,
+        [exec_service("chat", backend).idle("500ms").http(ANY_PORT)],
+    )
+    .await;
     let service = app.service("chat").unwrap().clone();
     let addr = app.listen_addr("chat").unwrap();
 
@@ -770,12 +764,10 @@ async fn an_open_websocket_keeps_the_service_awake() {
 async fn a_backend_that_vanishes_gives_502_and_a_readiness_check() {
     let dir = temp_dir("http-vanish");
     let (backend, stop) = stoppable_backend("gone").await;
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let services = exec_service("gone", backend, listen).replace(
-        "idle_timeout = \"10m\"",
-        "idle_timeout = \"10m\"\nwake_timeout = \"2s\"",
-    );
-    let app = start_app(&dir, &services).await;
+    let service = exec_service("gone", backend)
+        .wake_timeout("2s")
+        .http(ANY_PORT);
+    let app = start(&dir, [service]).await;
     let service = app.service("gone").unwrap().clone();
     let mut events = service.subscribe();
     let addr = app.listen_addr("gone").unwrap();
@@ -805,10 +797,10 @@ async fn a_page_template_file_replaces_the_built_in_page() {
     )
     .unwrap();
     let backend = free_addr();
-    let listen = format!(
-        "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\nstrategy = \"page\"\npage = {template:?}\n"
-    );
-    let app = start_app(&dir, &demo_service("shop", backend, "1s", &listen)).await;
+    let listen = listener("http", ANY_PORT)
+        .set("strategy", "page")
+        .set("page", &template);
+    let app = start(&dir, [demo_service("shop", backend, "1s").listen(listen)]).await;
     let service = app.service("shop").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let addr = app.listen_addr("shop").unwrap();
@@ -833,8 +825,7 @@ async fn a_page_template_file_replaces_the_built_in_page() {
 async fn a_shutdown_ends_open_websockets_after_the_grace_period() {
     let dir = temp_dir("http-shutdown");
     let backend = named_backend("live").await;
-    let listen = "[[service.listen]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n";
-    let app = start_app(&dir, &exec_service("live", backend, listen)).await;
+    let app = start(&dir, [exec_service("live", backend).http(ANY_PORT)]).await;
     let addr = app.listen_addr("live").unwrap();
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut socket, _) = tokio_tungstenite::client_async("ws://live.test/ws", tcp)
@@ -934,37 +925,12 @@ async fn a_1_gib_download_and_upload_stream_through_the_gateway_with_bounded_mem
     let dir = temp_dir("http-huge");
     let backend = bulk_backend().await;
     let bind = free_addr();
-    let listen = format!("[[service.listen]]\ntype = \"http\"\nbind = \"{bind}\"\n");
-    let config = dir.join("wakegate.toml");
-    std::fs::write(
-        &config,
-        gateway_toml(&dir, &exec_service("bulk", backend, &listen)),
-    )
-    .unwrap();
-    let mut gateway = tokio::process::Command::new(env!("CARGO_BIN_EXE_wakegate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = gateway.id().unwrap();
-    let mut log = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-        gateway.stderr.take().unwrap(),
-    ));
-    let listening = async {
-        while let Some(line) = log.next_line().await.unwrap() {
-            if line.contains("Listening for HTTP.") {
-                return;
-            }
-        }
-        panic!("wakegate exited before it listened");
-    };
-    tokio::time::timeout(DEADLINE, listening)
-        .await
-        .expect("wakegate did not listen");
-    // Its log goes on being read, so that wakegate never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let config = gateway(&dir)
+        .service(exec_service("bulk", backend).http(bind))
+        .write(&dir.join("wakegate.toml"));
+    // The harness reads its log all along, so that wakegate never blocks on a full pipe.
+    let gateway = tokio::task::block_in_place(|| Wakegate::start(&config));
+    let pid = gateway.pid();
 
     let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(
         TcpStream::connect(bind).await.unwrap(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+use wakegate::app::App;
 use wakegate::event::{Event, Kind, State};
 
 fn peers() -> PathBuf {
@@ -27,36 +28,47 @@ fn fixture(name: &str) -> String {
 }
 
 /// A service whose backend is a minecraft-protocol server (`command` runs it, in peer.js's
-/// folder), behind a `minecraft` listener on `bind` with `listen` extra keys.
-fn service(name: &str, backend: SocketAddr, command: &str, bind: &str, listen: &str) -> String {
-    format!(
-        r#"
-[[service]]
-name = "{name}"
-idle_timeout = "1m"
-wake_timeout = "90s"
-[service.backend]
-type = "process"
-command = {command}
-cwd = {cwd:?}
-address = "{backend}"
-stop_command = "stop"
-stop_timeout = "5s"
-[[service.listen]]
-type = "minecraft"
-bind = "{bind}"
-{listen}
-"#,
-        cwd = peers().display().to_string(),
-    )
+/// folder), behind `listen` (a `minecraft` listener).
+fn service(name: &str, backend: SocketAddr, command: &[String], listen: Table) -> Service {
+    svc(name)
+        .idle("1m")
+        .wake_timeout("90s")
+        .backend(
+            typed("process")
+                .set("command", command)
+                .set("cwd", peers())
+                .set("address", backend)
+                .set("stop_command", "stop")
+                .set("stop_timeout", "5s"),
+        )
+        .listen(listen)
+}
+
+/// A `minecraft` listener on `bind`.
+fn minecraft(bind: impl std::fmt::Display) -> Table {
+    listener("minecraft", bind)
 }
 
 /// The command of a server that answers with `motd` on `backend`, for `version`.
-fn server(backend: SocketAddr, motd: &str, version: &str) -> String {
-    format!(
-        r#"["node", "peer.js", "server", "{}", "{motd}", "{version}"]"#,
-        backend.port()
-    )
+fn server(backend: SocketAddr, motd: &str, version: &str) -> Vec<String> {
+    let port = backend.port().to_string();
+    ["node", "peer.js", "server", &port, motd, version]
+        .map(String::from)
+        .to_vec()
+}
+
+/// `sh -c SCRIPT`, run in peer.js's folder.
+fn shell(script: String) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// Starts a gateway in `dir` with `services`.
+async fn start(dir: &Path, services: impl IntoIterator<Item = Service>) -> App {
+    services
+        .into_iter()
+        .fold(gateway(dir), Config::service)
+        .start()
+        .await
 }
 
 async fn ping(gateway: SocketAddr, version: &str) -> Value {
@@ -102,19 +114,14 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
     let (backend, bind) = (free_addr(), free_addr());
     // The server opens its port after 40 s: a held or plainly connecting client would have
     // given up at 30 s.
-    let command = format!(
-        r#"["sh", "-c", "sleep 40; exec node peer.js server {} 'transferred world' 1.21.4"]"#,
+    let command = shell(format!(
+        "sleep 40; exec node peer.js server {} 'transferred world' 1.21.4",
         backend.port()
-    );
-    let listen = format!(
-        "join = [\"transfer\", \"hold\", \"kick\"]\npublic_address = \"127.0.0.1:{}\"",
-        bind.port()
-    );
-    let app = start_app(
-        &dir,
-        &service("slow", backend, &command, &bind.to_string(), &listen),
-    )
-    .await;
+    ));
+    let listen = minecraft(bind)
+        .set("join", ["transfer", "hold", "kick"])
+        .set("public_address", format!("127.0.0.1:{}", bind.port()));
+    let app = start(&dir, [service("slow", backend, &command, listen)]).await;
     let slow = app.service("slow").unwrap().clone();
     wait_state(&slow, State::Asleep).await;
     let mut events = slow.subscribe();
@@ -154,8 +161,9 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
         .into_iter()
         .find(|e| e.kind == Kind::Transition && e.state == State::Waking)
         .unwrap();
+    assert_eq!(woke.detail["player"], "Steve", "{woke:?}");
     assert!(
-        woke.reason.starts_with("player Steve from 127.0.0.1:"),
+        detail(&woke, "client").starts_with("127.0.0.1:"),
         "{woke:?}"
     );
     app.shutdown().await;
@@ -165,17 +173,11 @@ async fn transfer_keeps_a_1_21_client_through_a_40s_boot_and_lands_it_in_the_wor
 async fn allow_and_deny_lists_decide_who_wakes_the_server() {
     let dir = temp_dir("mc-access");
     let backend = free_addr();
-    let app = start_app(
-        &dir,
-        &service(
-            "smp",
-            backend,
-            &server(backend, "smp", "1.16.5"),
-            "127.0.0.1:0",
-            "allow = [\"Steve\", \"Mallory\", \"10.0.0.0/8\"]\ndeny = [\"mallory\"]",
-        ),
-    )
-    .await;
+    let listen = minecraft(ANY_PORT)
+        .set("allow", ["Steve", "Mallory", "10.0.0.0/8"])
+        .set("deny", ["mallory"]);
+    let command = server(backend, "smp", "1.16.5");
+    let app = start(&dir, [service("smp", backend, &command, listen)]).await;
     let smp = app.service("smp").unwrap().clone();
     wait_state(&smp, State::Asleep).await;
     let mut events = smp.subscribe();
@@ -192,12 +194,16 @@ async fn allow_and_deny_lists_decide_who_wakes_the_server() {
     let seen = player_events(&mut events, "smp", |e| e.detail["player"] == "Mallory").await;
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert!(seen.iter().all(|e| e.detail["what"] == "denied"));
+    assert_eq!(seen[0].detail["player"], "Eve", "{:?}", seen[0]);
     assert!(
+        detail(&seen[0], "client").starts_with("127.0.0.1:"),
+        "{:?}",
         seen[0]
-            .reason
-            .starts_with("player Eve from 127.0.0.1 denied: not on the allow-list"),
-        "{}",
-        seen[0].reason
+    );
+    assert!(
+        detail(&seen[0], "why").starts_with("not on the allow-list"),
+        "{:?}",
+        seen[0]
     );
     assert_eq!(smp.status().state, State::Asleep, "a denied login woke it");
 
@@ -214,20 +220,24 @@ async fn ipv6_ranges_allow_and_deny_clients() {
     }
     let dir = temp_dir("mc-access-v6");
     let (one, two) = (free_addr(), free_addr());
-    let services = service(
-        "open",
-        one,
-        &server(one, "open", "1.16.5"),
-        "[::1]:0",
-        "allow = [\"2001:db8::/32\", \"::1/128\"]",
-    ) + &service(
-        "closed",
-        two,
-        &server(two, "closed", "1.16.5"),
-        "[::1]:0",
-        "deny = [\"::/0\"]",
-    );
-    let app = start_app(&dir, &services).await;
+    let app = start(
+        &dir,
+        [
+            service(
+                "open",
+                one,
+                &server(one, "open", "1.16.5"),
+                minecraft("[::1]:0").set("allow", ["2001:db8::/32", "::1/128"]),
+            ),
+            service(
+                "closed",
+                two,
+                &server(two, "closed", "1.16.5"),
+                minecraft("[::1]:0").set("deny", ["::/0"]),
+            ),
+        ],
+    )
+    .await;
     let (open, closed) = (
         app.service("open").unwrap().clone(),
         app.service("closed").unwrap().clone(),
@@ -262,21 +272,14 @@ async fn wakes_from_one_address_are_rate_limited_with_a_time_to_retry() {
     let dir = temp_dir("mc-rate");
     let backend = free_addr();
     // A boot that outlasts the test: every login meets a service that is not awake.
-    let command = format!(
-        r#"["sh", "-c", "sleep 60; exec node peer.js server {} late 1.16.5"]"#,
+    let command = shell(format!(
+        "sleep 60; exec node peer.js server {} late 1.16.5",
         backend.port()
-    );
-    let app = start_app(
-        &dir,
-        &service(
-            "smp",
-            backend,
-            &command,
-            "127.0.0.1:0",
-            "join = \"kick\"\nwake_rate = \"2/1h\"",
-        ),
-    )
-    .await;
+    ));
+    let listen = minecraft(ANY_PORT)
+        .set("join", "kick")
+        .set("wake_rate", "2/1h");
+    let app = start(&dir, [service("smp", backend, &command, listen)]).await;
     let smp = app.service("smp").unwrap().clone();
     wait_state(&smp, State::Asleep).await;
     let mut events = smp.subscribe();
@@ -301,7 +304,7 @@ async fn wakes_from_one_address_are_rate_limited_with_a_time_to_retry() {
     );
     let denied = seen.last().unwrap();
     assert!(
-        denied.reason.contains("over the wake rate of 2/1h"),
+        detail(denied, "why").contains("over the wake rate of 2/1h"),
         "{denied:?}"
     );
     // One event for the first refusal of the window, not one per attempt.
@@ -322,25 +325,13 @@ async fn wakes_from_one_address_are_rate_limited_with_a_time_to_retry() {
 async fn the_server_list_shows_a_json_motd_sample_lines_and_the_icon_while_asleep() {
     let dir = temp_dir("mc-list");
     let backend = free_addr();
-    let listen = format!(
-        r#"motd_asleep = '{{"text": "zzz ", "color": "gray", "extra": [{{"text": "join to wake", "bold": true}}]}}'
-player_sample = ["§7The server sleeps.", "§7Join to wake it."]
-icon = {icon:?}
-version_name = "Paper 1.21"
-"#,
-        icon = fixture("icon.png")
-    );
-    let app = start_app(
-        &dir,
-        &service(
-            "smp",
-            backend,
-            &server(backend, "smp", "1.21.4"),
-            "127.0.0.1:0",
-            &listen,
-        ),
-    )
-    .await;
+    let listen = minecraft(ANY_PORT)
+        .raw(r#"motd_asleep = '{"text": "zzz ", "color": "gray", "extra": [{"text": "join to wake", "bold": true}]}'"#)
+        .set("player_sample", ["§7The server sleeps.", "§7Join to wake it."])
+        .set("icon", fixture("icon.png"))
+        .set("version_name", "Paper 1.21");
+    let command = server(backend, "smp", "1.21.4");
+    let app = start(&dir, [service("smp", backend, &command, listen)]).await;
     let smp = app.service("smp").unwrap().clone();
     wait_state(&smp, State::Asleep).await;
     let gateway = app.listen_addr("smp").unwrap();
@@ -408,17 +399,9 @@ fn base64(bytes: &[u8]) -> String {
 async fn an_awake_servers_status_is_reused_from_the_cache() {
     let dir = temp_dir("mc-cache");
     let backend = free_addr();
-    let app = start_app(
-        &dir,
-        &service(
-            "smp",
-            backend,
-            &server(backend, "cached world", "1.16.5"),
-            "127.0.0.1:0",
-            "status_cache = \"1m\"",
-        ),
-    )
-    .await;
+    let command = server(backend, "cached world", "1.16.5");
+    let listen = minecraft(ANY_PORT).set("status_cache", "1m");
+    let app = start(&dir, [service("smp", backend, &command, listen)]).await;
     let smp = app.service("smp").unwrap().clone();
     smp.wake("the test").await.unwrap().unwrap();
     wait_state(&smp, State::Awake).await;
@@ -450,29 +433,19 @@ async fn the_backend_sees_the_real_client_address_in_a_proxy_v2_header() {
     let dir = temp_dir("mc-proxy");
     let backend = free_addr();
     let log = dir.join("proxy.log");
-    let mut services = service(
-        "smp",
-        backend,
-        &server(backend, "proxied", "1.16.5"),
-        "127.0.0.1:0",
-        "proxy_protocol = true",
-    )
-    .replace(
-        "idle_timeout = \"1m\"",
-        "idle_timeout = \"1m\"\nplayer_poll = \"100ms\"",
-    );
-    // Readiness and a health check by status ping: they must carry a header too.
-    services.push_str(
-        "[service.readiness]\ntype = \"minecraft\"\n[[service.health]]\ntype = \"minecraft\"\ninterval = \"100ms\"\naction = \"notify\"\n",
-    );
-    services = services.replace(
-        "stop_timeout = \"5s\"",
-        &format!(
-            "stop_timeout = \"5s\"\n[service.backend.env]\nPROXY_LOG = {:?}",
-            log.display().to_string()
-        ),
-    );
-    let app = start_app(&dir, &services).await;
+    let command = server(backend, "proxied", "1.16.5");
+    let listen = minecraft(ANY_PORT).set("proxy_protocol", true);
+    let service = service("smp", backend, &command, listen)
+        .set("player_poll", "100ms")
+        .env("PROXY_LOG", &log)
+        // Readiness and a health check by status ping: they must carry a header too.
+        .readiness(typed("minecraft"))
+        .health(
+            typed("minecraft")
+                .set("interval", "100ms")
+                .set("action", "notify"),
+        );
+    let app = start(&dir, [service]).await;
     let smp = app.service("smp").unwrap().clone();
     wait_state(&smp, State::Asleep).await;
     let gateway = app.listen_addr("smp").unwrap();
@@ -520,29 +493,23 @@ async fn events_name_held_and_kicked_players_and_who_joined_and_left() {
     let dir = temp_dir("mc-events");
     let (one, two, bind) = (free_addr(), free_addr(), free_addr());
     // A 1.16.5 client cannot follow a Transfer packet: it is held instead.
-    let transfer_first = format!(
-        "join = [\"transfer\", \"hold\"]\npublic_address = \"127.0.0.1:{}\"",
-        bind.port()
-    );
-    let mut services = service(
-        "held",
-        one,
-        &server(one, "held", "1.16.5"),
-        &bind.to_string(),
-        &transfer_first,
-    ) + &service(
-        "kicked",
-        two,
-        &server(two, "kicked", "1.16.5"),
-        "127.0.0.1:0",
-        "join = \"kick\"",
-    );
-    services = services.replacen(
-        "idle_timeout = \"1m\"",
-        "idle_timeout = \"1m\"\nplayer_poll = \"100ms\"",
-        1,
-    );
-    let app = start_app(&dir, &services).await;
+    let transfer_first = minecraft(bind)
+        .set("join", ["transfer", "hold"])
+        .set("public_address", format!("127.0.0.1:{}", bind.port()));
+    let app = start(
+        &dir,
+        [
+            service("held", one, &server(one, "held", "1.16.5"), transfer_first)
+                .set("player_poll", "100ms"),
+            service(
+                "kicked",
+                two,
+                &server(two, "kicked", "1.16.5"),
+                minecraft(ANY_PORT).set("join", "kick"),
+            ),
+        ],
+    )
+    .await;
     let (held, kicked_service) = (
         app.service("held").unwrap().clone(),
         app.service("kicked").unwrap().clone(),
@@ -557,12 +524,12 @@ async fn events_name_held_and_kicked_players_and_who_joined_and_left() {
         e.detail["what"] == "kicked"
     })
     .await;
+    assert_eq!(seen[0].detail["player"], "Alex", "{seen:#?}");
     assert!(
-        seen[0]
-            .reason
-            .starts_with("player Alex from 127.0.0.1 kicked while the server wakes"),
+        detail(&seen[0], "client").starts_with("127.0.0.1:"),
         "{seen:#?}"
     );
+    assert_eq!(seen[0].detail["strategy"], "kick", "{seen:#?}");
 
     // Steve is held while it wakes, joins through wakegate and stays; the backend's status
     // sample then names him, and no longer once he leaves.

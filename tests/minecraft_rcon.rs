@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
 /// A Node server booting on a busy 2-core machine; a passing test never waits this long.
@@ -26,165 +25,56 @@ fn peers() -> PathBuf {
     minecraft_peers(&["flying-squid"])
 }
 
-/// A running `wakegate run` with one service, "survival", and its API.
-struct Gateway {
-    child: Child,
-    api: SocketAddr,
-    dir: PathBuf,
+/// "survival": flying-squid 1.18.2 on `server`, ready when it prints vanilla's `Done (…)!`
+/// line; the test adds how it is stopped.
+fn survival(server: SocketAddr) -> Service {
+    let port = server.port().to_string();
+    svc("survival")
+        .idle("1h")
+        .wake_timeout("60s")
+        .backend(
+            typed("process")
+                .set("command", ["node", "squid.js", &port, "1.18.2"])
+                .set("cwd", peers())
+                .set("address", server),
+        )
+        .readiness(typed("log").set("pattern", r"Done \(\d"))
+        .minecraft(ANY_PORT)
 }
 
-impl Gateway {
-    /// Starts wakegate with `backend` as the `[service.backend]` body (flying-squid on
-    /// `server`); the RCON passwords are only in its environment.
-    async fn start(dir: &Path, server: SocketAddr, backend: &str) -> Gateway {
-        let api = free_addr();
-        let config = format!(
-            r#"[gateway]
-data_dir = {data:?}
-api = "{api}"
-shutdown_grace = "2s"
-
-[[service]]
-name = "survival"
-idle_timeout = "1h"
-wake_timeout = "60s"
-[service.backend]
-type = "process"
-command = ["node", "squid.js", "{port}", "1.18.2"]
-cwd = {cwd:?}
-address = "{server}"
-{backend}
-[service.readiness]
-type = "log"
-pattern = 'Done \(\d'
-[[service.listen]]
-type = "minecraft"
-bind = "127.0.0.1:0"
-"#,
-            data = dir.display().to_string(),
-            port = server.port(),
-            cwd = peers().display().to_string(),
-        );
-        let file = dir.join("wakegate.toml");
-        std::fs::write(&file, config).unwrap();
-        let output = std::fs::File::create(dir.join("wakegate.out")).unwrap();
-        let child = Command::new(WAKEGATE)
-            .args(["run", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "debug")
-            .env("TEST_RCON_PASSWORD", PASSWORD)
-            .env("TEST_WRONG_PASSWORD", WRONG)
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let gateway = Gateway {
-            child,
-            api,
-            dir: dir.to_path_buf(),
-        };
-        tokio::time::timeout(DEADLINE, async {
-            while TcpStream::connect(api).await.is_err() {
-                tokio::task::yield_now().await;
-            }
+/// Starts `wakegate run` with `service`, logging everything (debug), with the RCON passwords
+/// only in its environment.
+fn start(dir: &Path, service: Service) -> Wakegate {
+    let file = gateway(dir)
+        .service(service)
+        .write(&dir.join("wakegate.toml"));
+    tokio::task::block_in_place(|| {
+        Wakegate::start_with(&file, |command| {
+            command
+                .env("RUST_LOG", "debug")
+                .env("TEST_RCON_PASSWORD", PASSWORD)
+                .env("TEST_WRONG_PASSWORD", WRONG)
         })
-        .await
-        .expect("the API never opened");
-        gateway
-    }
-
-    /// One API request; the status code and the JSON body.
-    async fn request(&self, method: &str, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(self.api).await.unwrap();
-        stream
-            .write_all(
-                format!("{method} {path} HTTP/1.0\r\nHost: wakegate\r\nContent-Length: 0\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-        let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (code, body.to_string())
-    }
-
-    /// Every event of the service from the first, live, over the API's event stream.
-    async fn events(&self) -> Events {
-        let mut stream = TcpStream::connect(self.api).await.unwrap();
-        stream
-            .write_all(
-                b"GET /api/v1/events/stream?service=survival&after=0 HTTP/1.0\r\nHost: wakegate\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        Events {
-            lines: BufReader::new(stream).lines(),
-            seen: Vec::new(),
-        }
-    }
-
-    /// Everything wakegate printed so far.
-    fn output(&self) -> String {
-        std::fs::read_to_string(self.dir.join("wakegate.out")).unwrap()
-    }
-
-    /// The JSON lines the server printed (its log file), in order.
-    fn server_lines(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("survival.log"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    async fn stop(mut self) {
-        let pid = rustix::process::Pid::from_raw(self.child.id().unwrap() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        tokio::time::timeout(PEER_DEADLINE, self.child.wait())
-            .await
-            .expect("wakegate did not shut down")
-            .unwrap();
-    }
+    })
 }
 
-struct Events {
-    lines: tokio::io::Lines<BufReader<TcpStream>>,
-    seen: Vec<Value>,
+/// One API request; the status code and the JSON body.
+fn request(gateway: &Wakegate, method: &str, path: &str) -> (u16, String) {
+    http(gateway.api(), method, path, "").unwrap()
 }
 
-impl Events {
-    /// Reads events until one matches `done`; returns all read in this call.
-    async fn until(&mut self, what: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
-        let mut batch = Vec::new();
-        let found = tokio::time::timeout(PEER_DEADLINE, async {
-            while let Some(line) = self.lines.next_line().await.unwrap() {
-                let Some(data) = line.strip_prefix("data:") else {
-                    continue;
-                };
-                let event: Value = serde_json::from_str(data.trim()).unwrap();
-                self.seen.push(event.clone());
-                batch.push(event.clone());
-                if done(&event) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert!(matches!(found, Ok(true)), "no {what}; saw {:#?}", self.seen);
-        batch
-    }
+/// Shuts wakegate down (SIGTERM) and waits for it.
+fn shut_down(gateway: &mut Wakegate) {
+    tokio::task::block_in_place(|| gateway.stop(PEER_DEADLINE));
+}
 
-    async fn until_state(&mut self, state: &str) -> Vec<Value> {
-        self.until(&format!("transition to {state}"), |e| {
-            e["kind"] == "transition" && e["state"] == state
-        })
-        .await
-    }
+/// The JSON lines the server printed (its log file), in order.
+fn server_lines(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("survival.log"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn reasons(events: &[Value]) -> Vec<String> {
@@ -242,7 +132,8 @@ async fn bot_on(server: SocketAddr) -> (Child, tokio::io::Lines<BufReader<ChildS
     (bot, lines)
 }
 
-fn assert_no_secret(gateway: &Gateway, texts: &[&str]) {
+/// Neither password is in what wakegate printed (all of it: call after `stop`) nor in `texts`.
+fn assert_no_secret(gateway: &mut Wakegate, texts: &[&str]) {
     for (name, text) in [("wakegate's output", gateway.output())]
         .into_iter()
         .chain(texts.iter().map(|t| ("an API answer", t.to_string())))
@@ -258,35 +149,28 @@ async fn rcon_saves_then_stops_the_server_and_it_exits() {
     let dir = temp_dir("mc-rcon");
     let (server, rcon) = (free_addr(), free_addr());
     let world = dir.join("world");
-    let gateway = Gateway::start(
-        &dir,
-        server,
-        &format!(
-            r#"env = {{ RCON_PORT = "{port}", RCON_PASSWORD = "${{TEST_RCON_PASSWORD}}", WORLD_DIR = {world:?} }}
-save_all = true
-stop_timeout = "20s"
-[service.backend.rcon]
-address = "{rcon}"
-password = "${{TEST_RCON_PASSWORD}}"
-"#,
-            port = rcon.port(),
-            world = world.display().to_string(),
-        ),
-    )
-    .await;
-    let mut events = gateway.events().await;
+    let service = survival(server)
+        .env("RCON_PORT", rcon.port().to_string())
+        .env("RCON_PASSWORD", "${TEST_RCON_PASSWORD}")
+        .env("WORLD_DIR", &world)
+        .backend_set("save_all", true)
+        .backend_set("stop_timeout", "20s")
+        .table(
+            "backend.rcon",
+            table()
+                .set("address", rcon)
+                .set("password", "${TEST_RCON_PASSWORD}"),
+        );
+    let mut gateway = start(&dir, service);
+    let mut events = gateway.event_stream("survival", PEER_DEADLINE).await;
     events.until_state("asleep").await;
 
-    let (code, woke) = gateway
-        .request("POST", "/api/v1/services/survival/wake")
-        .await;
+    let (code, woke) = request(&gateway, "POST", "/api/v1/services/survival/wake");
     assert_eq!(code, 202, "{woke}");
     events.until_state("awake").await;
     let (mut bot, _reports) = bot_on(server).await;
 
-    let (code, slept) = gateway
-        .request("POST", "/api/v1/services/survival/sleep")
-        .await;
+    let (code, slept) = request(&gateway, "POST", "/api/v1/services/survival/sleep");
     assert_eq!(code, 202, "{slept}");
     let stop = events.until_state("asleep").await;
     let said = reasons(&stop);
@@ -308,7 +192,7 @@ password = "${{TEST_RCON_PASSWORD}}"
 
     // The server's own account: logged in, saved (really: the player's file is on disk), was
     // told to stop, and exited, in that order.
-    let lines = gateway.server_lines();
+    let lines = server_lines(&dir);
     let order = [
         position(&lines, "rcon", Some("login accepted")),
         position(&lines, "command", Some("save-all")),
@@ -323,13 +207,11 @@ password = "${{TEST_RCON_PASSWORD}}"
     assert!(players > 0, "save-all wrote no player data");
     let _ = bot.wait().await;
 
-    let (_, view) = gateway.request("GET", "/api/v1/services/survival").await;
-    let (_, history) = gateway
-        .request("GET", "/api/v1/events?service=survival&limit=100")
-        .await;
-    assert_no_secret(&gateway, &[&woke, &slept, &view, &history]);
+    let (_, view) = request(&gateway, "GET", "/api/v1/services/survival");
+    let (_, history) = request(&gateway, "GET", "/api/v1/events?service=survival&limit=100");
     drop(events);
-    gateway.stop().await;
+    shut_down(&mut gateway);
+    assert_no_secret(&mut gateway, &[&woke, &slept, &view, &history]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,35 +219,29 @@ async fn a_wrong_rcon_password_is_a_clear_warning_and_the_server_is_killed() {
     let dir = temp_dir("mc-rcon-wrong");
     let (server, rcon) = (free_addr(), free_addr());
     // A server that ignores SIGTERM too: only the kill after stop_timeout ends it.
-    let gateway = Gateway::start(
-        &dir,
-        server,
-        &format!(
-            r#"env = {{ RCON_PORT = "{port}", RCON_PASSWORD = "${{TEST_RCON_PASSWORD}}", IGNORE_SIGTERM = "1" }}
-save_all = true
-stop_timeout = "1s"
-[service.backend.rcon]
-address = "{rcon}"
-password = "${{TEST_WRONG_PASSWORD}}"
-"#,
-            port = rcon.port(),
-        ),
-    )
-    .await;
-    let mut events = gateway.events().await;
+    let service = survival(server)
+        .env("RCON_PORT", rcon.port().to_string())
+        .env("RCON_PASSWORD", "${TEST_RCON_PASSWORD}")
+        .env("IGNORE_SIGTERM", "1")
+        .backend_set("save_all", true)
+        .backend_set("stop_timeout", "1s")
+        .table(
+            "backend.rcon",
+            table()
+                .set("address", rcon)
+                .set("password", "${TEST_WRONG_PASSWORD}"),
+        );
+    let mut gateway = start(&dir, service);
+    let mut events = gateway.event_stream("survival", PEER_DEADLINE).await;
     events.until_state("asleep").await;
-    let (code, woke) = gateway
-        .request("POST", "/api/v1/services/survival/wake")
-        .await;
+    let (code, woke) = request(&gateway, "POST", "/api/v1/services/survival/wake");
     assert_eq!(code, 202, "{woke}");
     events.until_state("awake").await;
     let record: Value =
         serde_json::from_slice(&std::fs::read(dir.join("survival.pid")).unwrap()).unwrap();
     let pid = record["pid"].as_u64().unwrap() as u32;
 
-    let (code, slept) = gateway
-        .request("POST", "/api/v1/services/survival/sleep")
-        .await;
+    let (code, slept) = request(&gateway, "POST", "/api/v1/services/survival/sleep");
     assert_eq!(code, 202, "{slept}");
     let said = reasons(&events.until_state("asleep").await);
     let refused = format!(
@@ -390,7 +266,7 @@ password = "${{TEST_WRONG_PASSWORD}}"
     assert!(!alive(pid), "the server is still running");
 
     // The server refused the login, ignored SIGTERM, and never got a command.
-    let lines = gateway.server_lines();
+    let lines = server_lines(&dir);
     assert!(
         position(&lines, "rcon", Some("login refused")) < position(&lines, "ignored", None),
         "{lines:#?}"
@@ -400,11 +276,9 @@ password = "${{TEST_WRONG_PASSWORD}}"
         "{lines:#?}"
     );
 
-    let (_, history) = gateway
-        .request("GET", "/api/v1/events?service=survival&limit=100")
-        .await;
-    assert_no_secret(&gateway, &[&woke, &slept, &history]);
-    gateway.stop().await;
+    let (_, history) = request(&gateway, "GET", "/api/v1/events?service=survival&limit=100");
+    shut_down(&mut gateway);
+    assert_no_secret(&mut gateway, &[&woke, &slept, &history]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,32 +286,25 @@ async fn save_all_and_stop_on_stdin_save_before_the_server_exits() {
     let dir = temp_dir("mc-stdin-save");
     let server = free_addr();
     let world = dir.join("world");
-    let gateway = Gateway::start(
-        &dir,
-        server,
-        &format!(
-            "env = {{ WORLD_DIR = {:?} }}\nstop_command = \"stop\"\nsave_all = true\nstop_timeout = \"20s\"\n",
-            world.display().to_string()
-        ),
-    )
-    .await;
-    let mut events = gateway.events().await;
+    let service = survival(server)
+        .env("WORLD_DIR", &world)
+        .backend_set("stop_command", "stop")
+        .backend_set("save_all", true)
+        .backend_set("stop_timeout", "20s");
+    let mut gateway = start(&dir, service);
+    let mut events = gateway.event_stream("survival", PEER_DEADLINE).await;
     events.until_state("asleep").await;
-    gateway
-        .request("POST", "/api/v1/services/survival/wake")
-        .await;
+    request(&gateway, "POST", "/api/v1/services/survival/wake");
     events.until_state("awake").await;
     let (mut bot, _reports) = bot_on(server).await;
-    gateway
-        .request("POST", "/api/v1/services/survival/sleep")
-        .await;
+    request(&gateway, "POST", "/api/v1/services/survival/sleep");
     let said = reasons(&events.until_state("asleep").await);
     assert!(
         said.iter()
             .any(|r| r == "progress: the process exited with exit code 0"),
         "{said:#?}"
     );
-    let lines = gateway.server_lines();
+    let lines = server_lines(&dir);
     let order = [
         position(&lines, "command", Some("save-all")),
         position(&lines, "saved", None),
@@ -448,5 +315,5 @@ async fn save_all_and_stop_on_stdin_save_before_the_server_exits() {
     assert!(world.join("playerdata").read_dir().unwrap().count() > 0);
     let _ = bot.wait().await;
     // The event stream is still open: wakegate shuts down all the same.
-    gateway.stop().await;
+    shut_down(&mut gateway);
 }

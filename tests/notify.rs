@@ -186,32 +186,18 @@ async fn gateway(
     services: &[&str],
     notify: &str,
 ) -> (App, Vec<TcpListener>) {
-    init_logs();
-    let mut text = String::new();
+    let mut config = common::gateway(dir);
     let mut backends = Vec::new();
     for name in services {
         let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        text.push_str(&format!(
-            r#"
-[[service]]
-name = "{name}"
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "{}"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:0"
-"#,
-            backend.local_addr().unwrap()
-        ));
+        config = config.service(
+            svc(name)
+                .exec_true(backend.local_addr().unwrap())
+                .tcp(ANY_PORT),
+        );
         backends.push(backend);
     }
-    text.push_str(notify);
-    let config = wakegate::config::parse(&gateway_toml(dir, &text), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    (App::start(config).await.unwrap(), backends)
+    (config.raw(notify).start().await, backends)
 }
 
 /// Wakes a service and waits until it is awake.
@@ -486,22 +472,10 @@ retry_min = "50ms"
 #[test]
 fn urls_and_secrets_are_never_printed() {
     let dir = temp_dir("notify-secret");
-    let file = dir.join("wakegate.toml");
-    std::fs::write(
-        &file,
-        r#"
-[[service]]
-name = "web"
-[service.backend]
-type = "exec"
-start = "true"
-stop = "true"
-address = "127.0.0.1:8080"
-[[service.listen]]
-type = "tcp"
-bind = "127.0.0.1:8081"
-
-[[notify]]
+    let file = services_only()
+        .service(svc("web").exec_true("127.0.0.1:8080").tcp("127.0.0.1:8081"))
+        .raw(
+            r#"[[notify]]
 type = "discord"
 url = "${WAKEGATE_TEST_DISCORD_URL}"
 events = ["nope"]
@@ -511,8 +485,8 @@ type = "webhook"
 url = "ftp://hooks.example.com/literal-token"
 secret = "${WAKEGATE_TEST_HOOK_SECRET}"
 "#,
-    )
-    .unwrap();
+        )
+        .write(&dir.join("wakegate.toml"));
     let out = std::process::Command::new(WAKEGATE)
         .args(["config", "check"])
         .arg(&file)
@@ -598,30 +572,25 @@ async fn a_crash_loop_ends_in_failed_and_that_is_notified() {
     let receiver = Receiver::start(&[], Reply::Ok).await;
     let backend = free_addr();
     // An always-on server that comes up and dies half a second later, every time.
-    let text = format!(
-        r#"
-[[service]]
-name = "flappy"
-always_on = true
-max_restarts = 1
-[service.backend]
-type = "process"
-command = ["sh", "-c", "'{exe}' demo-backend --echo --listen {backend} & sleep 0.5; kill $!; exit 1"]
-address = "{backend}"
-
-[[notify]]
-type = "webhook"
-url = "{url}"
-secret = "{SECRET}"
-events = ["failed"]
-"#,
-        exe = WAKEGATE,
-        url = receiver.url("/ops"),
+    let command = [
+        "sh".to_string(),
+        "-c".to_string(),
+        format!("'{WAKEGATE}' demo-backend --echo --listen {backend} & sleep 0.5; kill $!; exit 1"),
+    ];
+    let notify = format!(
+        "[[notify]]\ntype = \"webhook\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\nevents = [\"failed\"]\n",
+        receiver.url("/ops")
     );
-    init_logs();
-    let config = wakegate::config::parse(&gateway_toml(&dir, &text), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let app = App::start(config).await.unwrap();
+    let app = common::gateway(&dir)
+        .service(
+            svc("flappy")
+                .set("always_on", true)
+                .set("max_restarts", 1)
+                .process(&command, backend),
+        )
+        .raw(&notify)
+        .start()
+        .await;
     receiver
         .wait_until("the failed event", |log| !log.accepted.is_empty())
         .await;

@@ -3,113 +3,28 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
 use common::*;
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::Signal;
 
-/// A running `wakegate run` whose log lines can be waited for.
-struct Gateway {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    /// Lines before this one have been matched by `wait_for`.
-    cursor: usize,
-}
-
-impl Gateway {
-    fn start(config: &Path) -> Gateway {
-        let mut child = Command::new(WAKEGATE)
-            .args(["run", "--config"])
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut gateway = Gateway {
-            child,
-            lines,
-            seen: Vec::new(),
-            cursor: 0,
-        };
-        // Ready to take clients; the lines before stay to be waited for.
-        let cursor = gateway.cursor;
-        gateway.wait_for("Listening.");
-        gateway.cursor = cursor;
-        gateway
-    }
-
-    /// Waits for the next log line (after the last one matched) containing `text`.
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(i) = (self.cursor..self.seen.len()).find(|&i| self.seen[i].contains(text)) {
-                self.cursor = i + 1;
-                return self.seen[i].clone();
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no log line with {text:?}; saw:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), signal).unwrap();
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// An echo server behind a TCP listener, stopped after a second without a connection;
+/// `extra` is a raw line of its backend (`on_shutdown = "leave"`).
 fn config(dir: &Path, listen: SocketAddr, backend: SocketAddr, extra: &str) -> PathBuf {
-    let file = dir.join("wakegate.toml");
-    let text = gateway_toml(
-        dir,
-        &format!(
-            r#"
-[[service]]
-name = "echo"
-idle_timeout = "1s"
-[service.backend]
-type = "process"
-command = {command}
-address = "{backend}"
-{extra}
-[[service.listen]]
-type = "tcp"
-bind = "{listen}"
-"#,
-            command = echo_command(backend, "0s")
-        ),
-    );
-    std::fs::write(&file, text).unwrap();
-    file
+    gateway(dir)
+        .service(
+            svc("echo")
+                .idle("1s")
+                .process(&echo(backend, "0s"), backend)
+                .backend_raw(extra)
+                .tcp(listen),
+        )
+        .write(&dir.join("wakegate.toml"))
 }
 
-fn echo(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+fn echo_back(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
     stream.write_all(message).unwrap();
     let mut back = vec![0; message.len()];
     stream.read_exact(&mut back).unwrap();
@@ -135,15 +50,15 @@ fn killed_with_sigkill_while_awake_the_next_wakegate_adopts_and_stops_the_backen
     let (listen, backend) = (free_addr(), free_addr());
     let file = config(&dir, listen, backend, "");
 
-    let mut first = Gateway::start(&file);
+    let mut first = Wakegate::start(&file);
     let mut client = TcpStream::connect(listen).unwrap();
-    assert_eq!(echo(&mut client, b"before"), b"before");
+    assert_eq!(echo_back(&mut client, b"before"), b"before");
     let pid = backend_pid(&dir);
     first.signal(Signal::KILL);
     first.wait_exit();
     assert!(alive(pid), "the backend died with wakegate");
 
-    let mut second = Gateway::start(&file);
+    let mut second = Wakegate::start(&file);
     let adopted = second.wait_for("found the backend running");
     assert!(adopted.contains("was awake"), "{adopted}");
     second.wait_for("backend ready at");
@@ -155,7 +70,7 @@ fn killed_with_sigkill_while_awake_the_next_wakegate_adopts_and_stops_the_backen
 
     // The next client wakes a new one as usual.
     let mut client = TcpStream::connect(listen).unwrap();
-    assert_eq!(echo(&mut client, b"after"), b"after");
+    assert_eq!(echo_back(&mut client, b"after"), b"after");
     assert_eq!(starts_in_log(&dir), 2);
     drop(client);
     second.signal(Signal::TERM);
@@ -168,15 +83,15 @@ fn sigterm_lets_open_connections_finish_within_the_grace_then_stops_the_backend(
     let (listen, backend) = (free_addr(), free_addr());
     let file = config(&dir, listen, backend, "");
 
-    let mut gateway = Gateway::start(&file);
+    let mut gateway = Wakegate::start(&file);
     let mut client = TcpStream::connect(listen).unwrap();
-    assert_eq!(echo(&mut client, b"one"), b"one");
+    assert_eq!(echo_back(&mut client, b"one"), b"one");
     let pid = backend_pid(&dir);
 
     gateway.signal(Signal::TERM);
     gateway.wait_for("No longer accepting connections.");
     // The open connection still works during the grace period; new clients are refused.
-    assert_eq!(echo(&mut client, b"two"), b"two");
+    assert_eq!(echo_back(&mut client, b"two"), b"two");
     assert!(
         TcpStream::connect(listen).is_err(),
         "still accepting after SIGTERM"
@@ -196,19 +111,19 @@ fn on_shutdown_leave_keeps_the_backend_for_the_next_wakegate() {
     let (listen, backend) = (free_addr(), free_addr());
     let file = config(&dir, listen, backend, "on_shutdown = \"leave\"");
 
-    let mut first = Gateway::start(&file);
+    let mut first = Wakegate::start(&file);
     let mut client = TcpStream::connect(listen).unwrap();
-    assert_eq!(echo(&mut client, b"hi"), b"hi");
+    assert_eq!(echo_back(&mut client, b"hi"), b"hi");
     drop(client);
     let pid = backend_pid(&dir);
     first.signal(Signal::TERM);
     assert!(first.wait_exit().success());
     assert!(alive(pid), "on_shutdown = \"leave\" stopped the backend");
 
-    let mut second = Gateway::start(&file);
+    let mut second = Wakegate::start(&file);
     second.wait_for("found the backend running");
     let mut client = TcpStream::connect(listen).unwrap();
-    assert_eq!(echo(&mut client, b"again"), b"again");
+    assert_eq!(echo_back(&mut client, b"again"), b"again");
     assert_eq!(backend_pid(&dir), pid, "a second backend was started");
     drop(client);
     second.wait_for("backend stopped");

@@ -1,5 +1,21 @@
-//! Shared helpers for the integration tests: temp dirs, free ports, configs, waiting on states.
-#![allow(dead_code)]
+//! The shared language of the integration tests: temp dirs and free ports here; the config
+//! builder (`config`), the real binary as a child process (`binary`), waiting on states and
+//! typed events (`events`), the Minecraft peers (`minecraft`), and the Prometheus exposition
+//! checked by promtool (`prometheus`).
+// Each test file uses a part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod binary;
+pub mod config;
+pub mod events;
+pub mod minecraft;
+pub mod prometheus;
+
+pub use binary::*;
+pub use config::*;
+pub use events::*;
+pub use minecraft::*;
+pub use prometheus::*;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,8 +24,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wakegate::event::{Event, Kind, State};
-use wakegate::service::ServiceHandle;
 
 /// The wakegate binary built for these tests.
 pub const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
@@ -62,60 +76,6 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
-/// TOML for a gateway with its data in `dir`, an API on a free port, and `services`.
-pub fn gateway_toml(dir: &std::path::Path, services: &str) -> String {
-    format!(
-        "[gateway]\ndata_dir = {:?}\napi = \"127.0.0.1:0\"\nshutdown_grace = \"2s\"\n\n{services}",
-        dir.display().to_string()
-    )
-}
-
-/// The demo backend as an echo server command (TOML array), opening its port after `delay`.
-pub fn echo_command(listen: SocketAddr, delay: &str) -> String {
-    format!(
-        "[{:?}, \"demo-backend\", \"--echo\", \"--listen\", \"{listen}\", \"--boot-delay\", \"{delay}\"]",
-        WAKEGATE
-    )
-}
-
-/// Waits until the service is in `state`.
-pub async fn wait_state(service: &ServiceHandle, state: State) {
-    let mut watch = service.watch();
-    tokio::time::timeout(DEADLINE, watch.wait_for(|s| s.state == state))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} did not become {state}; it is {:?}",
-                service.name(),
-                service.status()
-            )
-        })
-        .unwrap();
-}
-
-/// Collects transitions from `events` until one reaches `state`.
-pub async fn transitions_until(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
-    state: State,
-) -> Vec<Event> {
-    let mut seen = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        loop {
-            let event = events.recv().await.unwrap();
-            if event.kind == Kind::Transition {
-                let done = event.state == state;
-                seen.push(event);
-                if done {
-                    return;
-                }
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no transition to {state}; saw {seen:#?}"));
-    seen
-}
-
 /// Sends `payload`, half-closes, and returns everything read back until EOF.
 pub async fn round_trip(addr: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await?;
@@ -137,77 +97,6 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Collects every event of a service until one matches `done`.
-pub async fn events_until(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
-    done: impl Fn(&Event) -> bool,
-) -> Vec<Event> {
-    let mut seen = Vec::new();
-    let found = tokio::time::timeout(DEADLINE, async {
-        loop {
-            let event = events.recv().await.unwrap();
-            let stop = done(&event);
-            seen.push(event);
-            if stop {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(found.is_ok(), "the awaited event never came; saw {seen:#?}");
-    seen
-}
-
-/// The folder of the Minecraft peers (tests/peers/minecraft), once `packages` are installed
-/// there.
-pub fn minecraft_peers(packages: &[&str]) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/minecraft");
-    for package in packages {
-        assert!(
-            dir.join("node_modules").join(package).exists(),
-            "{package} is not installed; run `npm ci --prefix tests/peers/minecraft` \
-             (scripts/test does)"
-        );
-    }
-    dir
-}
-
-/// Runs `node peer.js ARGS…` (tests/peers/minecraft) with `env` and returns the JSON line it
-/// prints last.
-pub async fn minecraft_peer(
-    args: &[&str],
-    env: &[(&str, &str)],
-    deadline: Duration,
-) -> serde_json::Value {
-    let run = tokio::process::Command::new("node")
-        .arg("peer.js")
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(minecraft_peers(&["minecraft-protocol"]))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(deadline, run)
-        .await
-        .unwrap_or_else(|_| panic!("node peer.js {args:?} did not finish"))
-        .expect("cannot run node; scripts/test installs it");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_else(|| {
-        panic!(
-            "node peer.js {args:?} printed nothing: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    serde_json::from_str(line).unwrap()
-}
-
-/// Starts a gateway in this process with `services` under a `[gateway]` in `dir`.
-pub async fn start_app(dir: &std::path::Path, services: &str) -> wakegate::app::App {
-    init_logs();
-    let config = wakegate::config::parse(&gateway_toml(dir, services), "test.toml")
-        .unwrap_or_else(|e| panic!("{e}"));
-    wakegate::app::App::start(config).await.unwrap()
-}
-
 /// Reads until the gateway closes the connection; what it sent before doesn't matter.
 pub async fn closed_by_gateway(mut stream: TcpStream) {
     let mut sink = [0u8; 4096];
@@ -221,32 +110,4 @@ pub async fn closed_by_gateway(mut stream: TcpStream) {
     })
     .await
     .expect("the gateway did not close a malformed client");
-}
-
-/// A Minecraft player (peer.js, 1.16.5) that joins `address` as `name` and stays until killed;
-/// returned once it is in.
-pub async fn minecraft_player_stays(address: SocketAddr, name: &str) -> tokio::process::Child {
-    let mut player = tokio::process::Command::new("node")
-        .args([
-            "peer.js",
-            "login",
-            &address.port().to_string(),
-            "127.0.0.1",
-            name,
-            "1.16.5",
-            "stay",
-        ])
-        .current_dir(minecraft_peers(&["minecraft-protocol"]))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(player.stdout.take().unwrap()));
-    let joined = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(joined.as_deref(), Some(r#"{"joined":true}"#));
-    player
 }
