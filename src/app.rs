@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, Listen};
+use crate::config::Config;
 use crate::event::Event;
+use crate::listener::config::Listen;
 use crate::service::ServiceHandle;
 use crate::store::Store;
 use crate::{api, backend, listener, notify, service};
@@ -32,9 +33,9 @@ pub struct Connections {
 enum Bound {
     Tcp(String),
     /// The services sharing it, with their listener entries.
-    Minecraft(Vec<(String, crate::config::Minecraft)>),
+    Minecraft(Vec<(String, crate::listener::minecraft::config::Minecraft)>),
     /// The services sharing it, with their listener entries.
-    Http(Vec<(String, crate::config::Http)>),
+    Http(Vec<(String, crate::listener::http::config::Http)>),
 }
 
 /// A running gateway.

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::Health;
 use crate::event::{Kind, State};
 use crate::probe;
 use crate::service::ServiceHandle;
+use crate::service::config::Health;
 
 /// Starts the checks of a service on `tracker`.
 pub fn spawn(

@@ -8,6 +8,8 @@
 //! true: before an idle stop it shuts the gate and then reads the count, so a client either is
 //! counted or finds the gate shut and waits for the actor.
 
+pub mod config;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -21,8 +23,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use std::collections::VecDeque;
 
+use self::config::{HealthAction, Policies};
 use crate::backend::{Backend, BackendError, Status as BackendStatus};
-use crate::config::{self, HealthAction, Policies};
 use crate::event::{Event, Kind, NewEvent, State};
 use crate::metrics::{Failure, Metrics, Trigger};
 use crate::probe::{self, Check};

@@ -2,6 +2,7 @@
 //! resolver that picks, by the name the client asks for (SNI), the certificate of the service
 //! on a shared port that owns that name.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_rustls::rustls;
@@ -11,7 +12,13 @@ use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
 use super::host_matches;
-use crate::config::TlsFiles;
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod codec;
+pub mod config;
 pub mod proxy_header;
 pub mod status;
 mod transfer;
@@ -24,10 +25,10 @@ use self::codec::{
     Clientbound, CodecError, Frame, FrameReader, Handshake, Intent, LoginStart, MAX_LOGIN_FRAME,
     Protocol, StatusRequest,
 };
+use self::config::{Join, Minecraft};
 use self::status::StatusCache;
 use super::copy;
 use crate::app::Connections;
-use crate::config::{Join, Minecraft};
 use crate::event::{Kind, State};
 use crate::service::ServiceHandle;
 use crate::store::Store;
