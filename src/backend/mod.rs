@@ -1,5 +1,6 @@
 //! Backends: how a service is started, stopped, asked for its status and found. One file per
-//! kind; the service actor only sees the [`Backend`] trait.
+//! kind (`exec`, `process`), the AWS ones in `aws/`, their config in `config`; the service actor
+//! only sees the [`Backend`] trait.
 
 #[cfg(feature = "aws")]
 pub mod aws;
