@@ -138,7 +138,9 @@ pub(crate) fn read_backend(
     let kinds = "exec, process, ec2, ecs";
     let Some((kind, rest)) = split_type(value, "[service.backend]", kinds, problems) else {
         // The record's own mistakes show whatever the backend's.
-        dns.map(|table| aws::config::check_dns(table, problems));
+        if let Some(table) = dns {
+            aws::config::check_dns(table, problems);
+        }
         return None;
     };
     let type_span = rest.span();
