@@ -6,6 +6,11 @@ use async_trait::async_trait;
 
 use super::{Backend, BackendError, Status};
 
+/// No value of it exists. It sits in private fields, so that code outside this module that
+/// builds a backend from a config does not read as unreachable to the compiler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Never {}
+
 /// The config of the AWS backends: without the feature, none can be read.
 pub mod config {
     use std::ops::Range;
@@ -17,11 +22,11 @@ pub mod config {
 
     /// An EC2 instance; no value exists without the `aws` feature.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Ec2 {}
+    pub struct Ec2(pub(super) super::Never);
 
     /// An ECS service or task; no value exists without the `aws` feature.
     #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Ecs {}
+    pub struct Ecs(pub(super) super::Never);
 
     /// Refuses an `ec2` backend table: this wakegate has no SDK to run it.
     pub(crate) fn read_ec2(
@@ -59,11 +64,11 @@ pub mod ec2 {
     use super::config::Ec2;
 
     /// Has no values, like [`Ec2`].
-    pub enum Ec2Backend {}
+    pub struct Ec2Backend(pub(super) super::Never);
 
     impl Ec2Backend {
         pub fn new(_service: &str, config: Ec2) -> Ec2Backend {
-            match config {}
+            match config.0 {}
         }
     }
 }
@@ -76,11 +81,11 @@ pub mod ecs {
     use crate::store::Store;
 
     /// Has no values, like [`Ecs`].
-    pub enum EcsBackend {}
+    pub struct EcsBackend(pub(super) super::Never);
 
     impl EcsBackend {
         pub fn new(_service: &str, config: Ecs, _store: Arc<Store>) -> EcsBackend {
-            match config {}
+            match config.0 {}
         }
     }
 }
@@ -103,19 +108,19 @@ macro_rules! no_backend {
         #[async_trait]
         impl Backend for $name {
             fn kind(&self) -> &'static str {
-                match *self {}
+                match self.0 {}
             }
             async fn start(&mut self) -> Result<(), BackendError> {
-                match *self {}
+                match self.0 {}
             }
             async fn stop(&mut self) -> Result<(), BackendError> {
-                match *self {}
+                match self.0 {}
             }
             async fn status(&mut self) -> Result<Status, BackendError> {
-                match *self {}
+                match self.0 {}
             }
             async fn address(&mut self) -> Result<String, BackendError> {
-                match *self {}
+                match self.0 {}
             }
         }
     )*};
