@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, Listen};
+use crate::config::Config;
 use crate::event::Event;
 use crate::listener::Connections;
+use crate::listener::config::Listen;
 use crate::service::ServiceHandle;
 use crate::store::Store;
 use crate::{api, backend, health, listener, notify, service};
@@ -23,9 +24,9 @@ use crate::{api, backend, health, listener, notify, service};
 enum Bound {
     Tcp(String),
     /// The services sharing it, with their listener entries.
-    Minecraft(Vec<(String, crate::config::Minecraft)>),
+    Minecraft(Vec<(String, crate::listener::minecraft::config::Minecraft)>),
     /// The services sharing it, with their listener entries.
-    Http(Vec<(String, crate::config::Http)>),
+    Http(Vec<(String, crate::listener::http::config::Http)>),
 }
 
 /// A running gateway.

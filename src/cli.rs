@@ -240,7 +240,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::IamPolicy { config } => {
             let path = config;
             let config = config::load(&path)?;
-            let policy = crate::aws::iam::policy(&config).with_context(|| {
+            let policy = crate::backend::aws::iam::policy(&config.services).with_context(|| {
                 format!(
                     "{} uses no ec2 or ecs backend: wakegate needs no AWS permission for it",
                     path.display()

@@ -10,8 +10,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::{self, App};
-use crate::config::{self, Config, Gateway, OnShutdown, Service, StopMethod};
+use crate::backend::config::{Backend, OnShutdown, Process, StopMethod};
+use crate::config::{Config, Gateway};
 use crate::event::{Kind, format_time};
+use crate::listener::config::Listen;
+use crate::listener::http::config::{
+    DEFAULT_IGNORE_PATHS, DEFAULT_IGNORE_USER_AGENTS, Http, Strategy,
+};
+use crate::service::config::Service;
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow::Result<()> {
@@ -36,7 +42,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
             min_awake: Duration::ZERO,
             wake_timeout: Duration::from_secs(30),
             max_held: 256,
-            backend: config::Backend::Process(config::Process {
+            backend: Backend::Process(Process {
                 command: vec![
                     exe.display().to_string(),
                     "demo-backend".into(),
@@ -55,20 +61,17 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
             }),
             // The http listener: a browser sees the waiting page, which opens the demo
             // server's page by itself once it is up.
-            listeners: vec![config::Listen::Http(Box::new(config::Http {
+            listeners: vec![Listen::Http(Box::new(Http {
                 bind: listen,
                 hostnames: Vec::new(),
                 default: false,
-                strategy: config::Strategy::Auto,
+                strategy: Strategy::Auto,
                 block_timeout: Duration::from_secs(30),
                 tls: None,
                 redirect_https: None,
                 page: None,
-                ignore_paths: config::DEFAULT_IGNORE_PATHS
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect(),
-                ignore_user_agents: config::DEFAULT_IGNORE_USER_AGENTS
+                ignore_paths: DEFAULT_IGNORE_PATHS.iter().map(|p| p.to_string()).collect(),
+                ignore_user_agents: DEFAULT_IGNORE_USER_AGENTS
                     .iter()
                     .map(|a| a.to_string())
                     .collect(),

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::{self, Health};
 use crate::event::{Kind, State};
 use crate::probe;
 use crate::service::ServiceHandle;
+use crate::service::config::{self, Health};
 
 /// Starts everything that watches an awake service on `tracker`: its health checks, and the
 /// player poll of a service behind a `minecraft` listener.

@@ -5,7 +5,6 @@
 
 pub mod api;
 pub mod app;
-pub mod aws;
 pub mod backend;
 pub mod cli;
 pub mod client;

@@ -249,7 +249,7 @@ impl Aws {
                 credentials,
             ))
             .endpoint_url(&moto.url)
-            .http_client(wakegate::aws::sdk::http_client())
+            .http_client(wakegate::backend::aws::sdk::http_client())
             .build();
         Aws {
             ec2: aws_sdk_ec2::Client::new(&sdk),

@@ -2,6 +2,7 @@
 //! events (history, SSE, WebSocket), Prometheus metrics and the dashboard. Bearer tokens with
 //! roles guard everything but `/healthz` and the dashboard page itself.
 
+pub mod config;
 pub mod events;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::error;
 
-use crate::config::{Role, Token};
+use self::config::{Role, Token};
 use crate::event::{self, Event, State as ServiceState};
 use crate::metrics;
 use crate::service::{Denied, Gone, ServiceHandle};

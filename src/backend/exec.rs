@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use rustix::process::{Pid, Signal, kill_process_group};
 use tokio::process::Command;
 
+use super::config::Exec;
 use super::{Backend, BackendError, Status, describe_exit, tail_of_file};
-use crate::config::Exec;
 
 pub struct ExecBackend {
     service: String,

@@ -1,21 +1,29 @@
 //! Backends: how a service is started, stopped, asked for its status and found. One file per
-//! kind; the service actor only sees the [`Backend`] trait.
+//! kind (`exec`, `process`), the AWS ones in `aws/`, their config in `config`; the service actor
+//! only sees the [`Backend`] trait.
 
 #[cfg(feature = "aws")]
-pub mod ec2;
-#[cfg(feature = "aws")]
-pub mod ecs;
+pub mod aws;
+/// Without the `aws` feature: the same names, refusing `ec2` and `ecs` tables with a message
+/// that says the feature is missing.
+#[cfg(not(feature = "aws"))]
+#[path = "aws_missing.rs"]
+pub mod aws;
+pub mod config;
 mod exec;
 mod pidfd;
 mod process;
 pub mod rcon;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config;
 use crate::event::Kind;
+use crate::service::config::Service;
+use crate::store::Store;
+use config::Backend as BackendConfig;
 
 pub use exec::ExecBackend;
 pub use process::ProcessBackend;
@@ -129,16 +137,14 @@ pub trait Backend: Send {
 }
 
 /// Builds the backend a service's config describes.
-pub fn build(
-    service: &config::Service,
-    data_dir: &Path,
-    store: &std::sync::Arc<crate::store::Store>,
-) -> Box<dyn Backend> {
+pub fn build(service: &Service, data_dir: &Path, store: &Arc<Store>) -> Box<dyn Backend> {
+    let name = &service.name;
     match &service.backend {
-        config::Backend::Ec2(_) | config::Backend::Ecs(_) => crate::aws::build(service, store),
-        config::Backend::Exec(c) => Box::new(ExecBackend::new(&service.name, c.clone(), data_dir)),
-        config::Backend::Process(c) => {
-            Box::new(ProcessBackend::new(&service.name, c.clone(), data_dir))
+        BackendConfig::Exec(c) => Box::new(ExecBackend::new(name, c.clone(), data_dir)),
+        BackendConfig::Process(c) => Box::new(ProcessBackend::new(name, c.clone(), data_dir)),
+        BackendConfig::Ec2(c) => Box::new(aws::ec2::Ec2Backend::new(name, c.clone())),
+        BackendConfig::Ecs(c) => {
+            Box::new(aws::ecs::EcsBackend::new(name, c.clone(), store.clone()))
         }
     }
 }

@@ -23,10 +23,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tracing::{info, warn};
 
+use super::config::{self, OnShutdown, Process, StopMethod};
 use super::pidfd::ExitWatch;
 use super::rcon::{Rcon, RconError};
 use super::{Backend, BackendError, Exit, Note, Notes, Status, describe_exit, tail_of_file};
-use crate::config::{self, OnShutdown, Process, StopMethod};
 use crate::event::Kind;
 
 const LOG_TAIL_LINES: usize = 15;

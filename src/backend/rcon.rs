@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::Secret;
+use crate::config::de::Secret;
 
 const LOGIN: i32 = 3;
 const COMMAND: i32 = 2;

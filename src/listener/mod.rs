@@ -2,7 +2,9 @@
 //! gets its own task on the connections tracker. Listeners whose protocol names its target
 //! share a socket among services through a [`route::Routes`] table.
 
+pub mod config;
 pub mod copy;
+pub mod hostnames;
 pub mod http;
 pub mod minecraft;
 pub mod route;

@@ -19,8 +19,10 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use crate::config::{self, Problems, Secret, Service};
+use crate::config::de::{self, Secret};
+use crate::config::diag::Problems;
 use crate::event::{Event, Kind, State};
+use crate::service::config::Service;
 
 pub use outbox::spawn;
 pub use webhook::sign;
@@ -126,11 +128,11 @@ struct NotifyConfig {
     secret: Option<Spanned<String>>,
     services: Option<Vec<Spanned<String>>>,
     events: Option<Spanned<Vec<Spanned<String>>>>,
-    #[serde(default = "default_retry_min", deserialize_with = "config::duration")]
+    #[serde(default = "default_retry_min", deserialize_with = "de::duration")]
     retry_min: Duration,
-    #[serde(default = "default_retry_max", deserialize_with = "config::duration")]
+    #[serde(default = "default_retry_max", deserialize_with = "de::duration")]
     retry_max: Duration,
-    #[serde(default = "default_timeout", deserialize_with = "config::duration")]
+    #[serde(default = "default_timeout", deserialize_with = "de::duration")]
     timeout: Duration,
 }
 
@@ -213,7 +215,7 @@ fn read_target(
     services: Option<&[Service]>,
     problems: &mut Problems<'_>,
 ) -> Option<(Target, Range<usize>)> {
-    let (kind, rest) = config::split_type(item, "[[notify]]", KINDS, problems)?;
+    let (kind, rest) = de::split_type(item, "[[notify]]", KINDS, problems)?;
     let type_span = rest.span();
     if kind != "discord" && kind != "webhook" {
         problems.add(
@@ -223,7 +225,7 @@ fn read_target(
         );
         return None;
     }
-    let c: NotifyConfig = config::read(rest, problems)?;
+    let c: NotifyConfig = de::read(rest, problems)?;
     let mut ok = true;
 
     let (name, name_span) = match c.name {
@@ -267,8 +269,8 @@ fn read_target(
             );
             None
         }
-        (_, Some(secret)) => match config::expand(secret.get_ref()) {
-            Ok(s) if s.expose().len() >= config::MIN_SECRET_LEN => {
+        (_, Some(secret)) => match de::expand(secret.get_ref()) {
+            Ok(s) if s.expose().len() >= de::MIN_SECRET_LEN => {
                 Some(TargetKind::Webhook { secret: s })
             }
             Ok(_) => {
@@ -370,7 +372,7 @@ fn read_target(
 /// Expands and checks a target's URL. The URL is never echoed: a Discord webhook URL holds its
 /// token.
 fn read_url(url: &Spanned<String>, problems: &mut Problems<'_>) -> Option<Secret> {
-    let value = match config::expand(url.get_ref()) {
+    let value = match de::expand(url.get_ref()) {
         Ok(value) => value,
         Err(var) => {
             problems.add(

@@ -316,7 +316,7 @@ mod tests {
             Attempt::RateLimited(Some(d), _) if d == Duration::from_millis(1500)
         ));
         let webhook = TargetKind::Webhook {
-            secret: crate::config::Secret::new("x"),
+            secret: crate::config::de::Secret::new("x"),
         };
         assert!(matches!(
             classify(&webhook, &answer(429, &[("retry-after", "0.5")], "")),

@@ -12,12 +12,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::config;
 use super::core::{Core, Outcome, Request, sleep_until};
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Players, Policy, Rules, backoff, round};
 use super::{ConnectError, ServiceHandle, Status};
 use crate::backend::{Backend, BackendError, Status as BackendStatus};
-use crate::config;
 use crate::event::{Cause, Detail, Event, Fact, Kind, State};
 use crate::metrics::Failure;
 use crate::probe::{self, Check};

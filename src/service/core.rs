@@ -12,11 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::config::HealthAction;
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Policy};
 use super::{Command, ConnectError, Denied, Status, Ticket};
 use crate::backend::Note;
-use crate::config::HealthAction;
 use crate::event::{Cause, Detail, Event, Fact, Kind, NewEvent, State};
 use crate::store::{Lease, Store};
 

@@ -11,6 +11,7 @@
 //! counted or finds the gate shut and waits for the actor.
 
 mod actor;
+pub mod config;
 mod core;
 #[cfg(test)]
 mod fake;
@@ -27,8 +28,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use self::config::HealthAction;
 use crate::backend::Backend;
-use crate::config::{self, HealthAction};
 use crate::event::{Cause, Event, Kind, State};
 use crate::metrics::Metrics;
 use crate::store::{Lease, Store};

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::config::{self, Policies};
+use super::config::{self, Policies};
 use crate::event::{Cause, State};
 use crate::schedule::{self, Window};
 
@@ -377,7 +377,7 @@ pub fn round(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::MinPlayers;
+    use crate::service::config::MinPlayers;
 
     const SEC: Duration = Duration::from_secs(1);
     const MIN: Duration = Duration::from_secs(60);

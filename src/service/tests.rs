@@ -9,9 +9,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::config::{self, HealthAction};
 use super::fake::{Call, Fake};
 use super::{ServiceHandle, spawn};
-use crate::config::{self, HealthAction};
+use crate::config::parse;
 use crate::event::{Cause, Event, Kind, State};
 use crate::store::Store;
 
@@ -40,7 +41,7 @@ type = "tcp"
 bind = "127.0.0.1:0"
 "#
     );
-    let mut config = config::parse(&toml, "test.toml").unwrap();
+    let mut config = parse(&toml, "test.toml").unwrap();
     config.services.remove(0)
 }
 

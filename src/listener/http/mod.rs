@@ -4,6 +4,7 @@
 //! it; once awake, requests go through the reverse proxy ([`proxy`]). A request in flight and
 //! an open upgraded connection count as activity; health checkers and bots do neither.
 
+pub mod config;
 pub mod page;
 pub mod proxy;
 pub mod tls;
@@ -32,12 +33,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use self::config::{Http, Strategy};
 use self::proxy::{Proxy, ProxyError, ProxyTimeouts};
 use super::Connections;
 use super::route::{self, Named};
-use crate::config::{HealthAction, Http, Strategy};
 use crate::event::State;
 use crate::probe::{self, Check};
+use crate::service::config::HealthAction;
 use crate::service::{ConnectError, ServiceHandle, Ticket};
 
 /// The body of every response the listener sends: the backend's, streamed, or its own.

@@ -2,6 +2,7 @@
 //! resolver that picks, by the name the client asks for (SNI), the certificate of the service
 //! on a shared port that owns that name.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_rustls::rustls;
@@ -10,8 +11,14 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
-use crate::config::TlsFiles;
 use crate::listener::route::host_matches;
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 //! replaying the bytes already read.
 
 pub mod access;
+pub mod config;
 pub mod status;
 mod transfer;
 
@@ -18,10 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, debug, info, info_span};
 
 use self::access::{RateLimiter, Who};
+use self::config::{Join, Minecraft};
 use self::status::StatusCache;
 use super::route::{self, Named};
 use super::{Connections, copy};
-use crate::config::{Join, Minecraft};
 use crate::event::{Kind, State};
 use crate::minecraft::ping::{self, PingError};
 use crate::minecraft::{

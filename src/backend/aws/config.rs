@@ -1,13 +1,5 @@
-//! AWS: the config of the `ec2` and `ecs` backends and of `[service.dns]` (Route53), and the
-//! IAM policy they need. Reading a config and printing its policy need no AWS access and are
-//! always built; the SDK clients, the backends and the DNS updates are in the `aws` feature.
-
-pub mod iam;
-
-#[cfg(feature = "aws")]
-pub mod dns;
-#[cfg(feature = "aws")]
-pub mod sdk;
+//! The config of the `ec2` and `ecs` backends and of `[service.dns]` (Route53): their runtime
+//! types and the readers of their tables. Reading needs no AWS access.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,7 +9,8 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use crate::config::{Backend, Problems, duration, read};
+use crate::config::de::{duration, read};
+use crate::config::diag::Problems;
 
 // ---------------------------------------------------------------------------------------------
 // Runtime types.
@@ -194,22 +187,15 @@ fn default_ttl() -> Spanned<i64> {
     Spanned::new(0..0, 60)
 }
 
-/// Says so when this wakegate was built without the SDK.
-fn check_built(span: std::ops::Range<usize>, problems: &mut Problems<'_>) -> Option<()> {
-    if cfg!(feature = "aws") {
-        return Some(());
-    }
-    problems.add(
-        Some(span),
-        "this wakegate was built without the `aws` feature",
-        "build it with the default features (`cargo build --release`) to use ec2 and ecs backends",
-    );
-    None
-}
-
-/// Reads an `ec2` backend table (without its `type`).
-pub(crate) fn read_ec2(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Backend> {
+/// Reads an `ec2` backend table (without its `type`) and the `[service.dns]` beside it.
+pub(crate) fn read_ec2(
+    rest: Spanned<DeValue<'_>>,
+    dns: Option<Spanned<DeValue<'_>>>,
+    problems: &mut Problems<'_>,
+) -> Option<Ec2> {
     let span = rest.span();
+    // The record is read first, so that its mistakes show whatever the backend's.
+    let dns = dns.map(|table| read_dns_table(table, problems));
     let c: Ec2Config = read(rest, problems)?;
     let api = read_api(c.region, c.endpoint_url, problems);
     let address = read_address(c.address, c.port, true, span.clone(), problems);
@@ -251,20 +237,28 @@ pub(crate) fn read_ec2(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) 
             None
         }
     };
-    check_built(span, problems)?;
-    Some(Backend::Ec2(Ec2 {
+    Some(Ec2 {
         target: target?,
         hibernate: c.hibernate,
         address: address?,
         stop_timeout: c.stop_timeout,
         api: api?,
-        dns: None,
-    }))
+        dns: match dns {
+            None => None,
+            Some(record) => Some(record?),
+        },
+    })
 }
 
-/// Reads an `ecs` backend table (without its `type`).
-pub(crate) fn read_ecs(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Backend> {
+/// Reads an `ecs` backend table (without its `type`) and the `[service.dns]` beside it.
+pub(crate) fn read_ecs(
+    rest: Spanned<DeValue<'_>>,
+    dns: Option<Spanned<DeValue<'_>>>,
+    problems: &mut Problems<'_>,
+) -> Option<Ecs> {
     let span = rest.span();
+    // The record is read first, so that its mistakes show whatever the backend's.
+    let dns = dns.map(|table| read_dns_table(table, problems));
     let c: EcsConfig = read(rest, problems)?;
     let api = read_api(c.region, c.endpoint_url, problems);
     let address = read_address(c.address, c.port, false, span.clone(), problems);
@@ -342,16 +336,18 @@ pub(crate) fn read_ecs(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) 
             None
         }
     };
-    check_built(span, problems)?;
     ok.then_some(())?;
-    Some(Backend::Ecs(Ecs {
+    Some(Ecs {
         cluster: c.cluster.into_inner(),
         mode: mode?,
         address: address?,
         stop_timeout: c.stop_timeout,
         api: api?,
-        dns: None,
-    }))
+        dns: match dns {
+            None => None,
+            Some(record) => Some(record?),
+        },
+    })
 }
 
 fn read_api(
@@ -440,36 +436,15 @@ fn read_address(
     }
 }
 
-/// Reads `[service.dns]` into the backend it follows; only AWS backends know their addresses.
-pub(crate) fn attach_dns(
-    backend: Option<Backend>,
-    dns: Option<Spanned<DeValue<'_>>>,
-    problems: &mut Problems<'_>,
-) -> Option<Backend> {
-    let Some(dns) = dns else {
-        return backend;
-    };
-    let span = dns.span();
-    let c: Option<DnsConfig> = read(dns, problems);
-    let dns = c.and_then(|c| read_dns(c, problems));
-    match backend? {
-        Backend::Ec2(mut b) => {
-            b.dns = Some(dns?);
-            Some(Backend::Ec2(b))
-        }
-        Backend::Ecs(mut b) => {
-            b.dns = Some(dns?);
-            Some(Backend::Ecs(b))
-        }
-        _ => {
-            problems.add(
-                Some(span),
-                "[service.dns] needs an ec2 or ecs backend",
-                "remove [service.dns]: only the AWS backends tell wakegate their addresses",
-            );
-            None
-        }
-    }
+/// Reads a `[service.dns]` beside a backend that cannot keep it, for the record's own mistakes;
+/// the caller says why it cannot.
+pub(crate) fn check_dns(table: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) {
+    read_dns_table(table, problems);
+}
+
+fn read_dns_table(table: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Dns> {
+    let c: DnsConfig = read(table, problems)?;
+    read_dns(c, problems)
 }
 
 fn read_dns(c: DnsConfig, problems: &mut Problems<'_>) -> Option<Dns> {
@@ -572,38 +547,10 @@ fn read_dns(c: DnsConfig, problems: &mut Problems<'_>) -> Option<Dns> {
     })
 }
 
-/// Builds the backend of an `ec2` or `ecs` service (with the SDK, when built with it).
-#[cfg(feature = "aws")]
-pub fn build(
-    service: &crate::config::Service,
-    store: &std::sync::Arc<crate::store::Store>,
-) -> Box<dyn crate::backend::Backend> {
-    match &service.backend {
-        Backend::Ec2(c) => Box::new(crate::backend::ec2::Ec2Backend::new(
-            &service.name,
-            c.clone(),
-        )),
-        Backend::Ecs(c) => Box::new(crate::backend::ecs::EcsBackend::new(
-            &service.name,
-            c.clone(),
-            store.clone(),
-        )),
-        _ => unreachable!("only ec2 and ecs backends are built here"),
-    }
-}
-
-/// Without the SDK, config validation refuses AWS backends; this is never reached.
-#[cfg(not(feature = "aws"))]
-pub fn build(
-    _service: &crate::config::Service,
-    _store: &std::sync::Arc<crate::store::Store>,
-) -> Box<dyn crate::backend::Backend> {
-    unreachable!("config validation refuses AWS backends without the aws feature")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::config::Backend;
 
     fn backend(src: &str) -> Backend {
         let config = crate::config::parse(src, "test.toml").unwrap();
@@ -612,7 +559,7 @@ mod tests {
 
     #[test]
     fn the_ec2_example_reads_into_its_runtime_type() {
-        let Backend::Ec2(ec2) = backend(include_str!("../../examples/ec2.toml")) else {
+        let Backend::Ec2(ec2) = backend(include_str!("../../../examples/ec2.toml")) else {
             panic!("not ec2")
         };
         assert_eq!(

@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::{Backend, BackendError, Note, Notes, Status};
-use crate::aws::dns::Record;
-use crate::aws::{Address, DnsValue, Ecs, EcsMode, RunTask, sdk};
+use super::config::{Address, DnsValue, Ecs, EcsMode, RunTask};
+use super::dns::Record;
+use super::sdk;
+use crate::backend::{Backend, BackendError, Note, Notes, Status};
 use crate::event::Kind;
 use crate::store::Store;
 

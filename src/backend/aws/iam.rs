@@ -10,15 +10,16 @@
 
 use serde_json::{Value, json};
 
-use super::{Address, DnsValue, Ec2Target, EcsMode};
-use crate::config::{Backend, Config};
+use super::config::{Address, DnsValue, Ec2Target, EcsMode, OnSleep};
+use crate::backend::config::Backend;
+use crate::service::config::Service;
 
-/// The policy document, or `None` when the config uses no AWS backend.
-pub fn policy(config: &Config) -> Option<Value> {
+/// The policy document, or `None` when no service uses an AWS backend.
+pub fn policy(services: &[Service]) -> Option<Value> {
     let mut statements: Vec<Value> = Vec::new();
     let mut describe_instances = false;
     let mut describe_enis = false;
-    for service in &config.services {
+    for service in services {
         let sid = sid(&service.name);
         let dns = match &service.backend {
             Backend::Ec2(ec2) => {
@@ -152,7 +153,7 @@ pub fn policy(config: &Config) -> Option<Value> {
                     }
                 },
             }));
-            if dns.on_sleep == super::OnSleep::Delete {
+            if dns.on_sleep == OnSleep::Delete {
                 statements.push(json!({
                     "Sid": format!("{sid}DnsRead"),
                     "Effect": "Allow",

@@ -2,6 +2,8 @@
 //! Minecraft status ping, or (for readiness of a `process` backend) a line in its log.
 //! Readiness retries with a short backoff capped at 50 ms, so a ready backend is noticed fast.
 
+pub mod config;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;

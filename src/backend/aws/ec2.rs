@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::{Backend, BackendError, Note, Notes, Status};
-use crate::aws::dns::Record;
-use crate::aws::{Address, DnsValue, Ec2, Ec2Target, sdk};
+use super::config::{Address, DnsValue, Ec2, Ec2Target};
+use super::dns::Record;
+use super::sdk;
+use crate::backend::{Backend, BackendError, Note, Notes, Status};
 use crate::event::Kind;
 
 pub struct Ec2Backend {

@@ -6,7 +6,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
-use super::Api;
+use super::config::Api;
 
 /// The HTTP client of every AWS call: HTTPS with rustls and ring (plain HTTP for a local
 /// `endpoint_url`).

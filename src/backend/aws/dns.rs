@@ -13,7 +13,8 @@ use aws_sdk_route53::types::{
 use serde_json::json;
 use tracing::warn;
 
-use super::{Dns, OnSleep, sdk};
+use super::config::{Dns, OnSleep};
+use super::sdk;
 use crate::backend::{Note, Notes};
 use crate::event::Kind;
 

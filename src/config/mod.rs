@@ -1,0 +1,335 @@
+//! The config file as a whole: loading, the `[gateway]` table and the checks across services.
+//! Strict structs read from TOML (`*Config`) are validated into the runtime types the rest of
+//! wakegate uses; every problem in a file is collected, not just the first. Each subsystem
+//! reads its own tables (`service::config`, `backend::config`, `listener::config`, …) with the
+//! shared readers of [`de`] and reports to [`diag`].
+
+pub mod de;
+pub mod diag;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::api::config::{Token, TokenConfig, read_tokens};
+use crate::listener::config::Listen;
+use crate::service::config::{Service, read_services};
+use de::{duration, read};
+use diag::Problems;
+pub use diag::{ConfigError, Problem};
+
+/// The commented template printed by `wakegate config example`.
+pub const EXAMPLE: &str = include_str!("../../examples/wakegate.toml");
+
+// ---------------------------------------------------------------------------------------------
+// Runtime types: what the gateway runs on once a file has been validated.
+
+/// A whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub services: Vec<Service>,
+    /// Where events are delivered (`[[notify]]`).
+    pub notify: Vec<crate::notify::Target>,
+}
+
+/// Settings of the daemon itself.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    /// How long open connections may go on after SIGINT/SIGTERM before they are closed.
+    pub shutdown_grace: Duration,
+    /// Bearer tokens of the API; none means an open API, allowed only on loopback.
+    pub tokens: Vec<Token>,
+    /// Origins allowed to call the API from a browser page served elsewhere (CORS).
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "default_api")]
+    api: Spanned<SocketAddr>,
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    shutdown_grace: Duration,
+    #[serde(default)]
+    cors_origins: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            data_dir: default_data_dir(),
+            api: default_api(),
+            shutdown_grace: default_grace(),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./wakegate-data")
+}
+fn default_api() -> Spanned<SocketAddr> {
+    Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 7070)))
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&source, &path.display().to_string())
+}
+
+/// Validates config text; `origin` names it in messages.
+pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
+    let mut problems = Problems::new(source);
+    let config = parse_into(source, &mut problems);
+    let problems = problems.into_sorted();
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError::Invalid {
+            path: origin.to_string(),
+            problems,
+        }),
+    }
+}
+
+fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
+    let (root, syntax) = DeTable::parse_recoverable(source);
+    if !syntax.is_empty() {
+        for e in syntax {
+            problems.add_toml(e);
+        }
+        return None;
+    }
+    let mut root = root.into_inner();
+    let (gateway, tokens) = match root.remove("gateway") {
+        Some(value) => read_gateway_tables(value, problems),
+        None => (Some(GatewayConfig::default()), Vec::new()),
+    };
+    let services = match root.remove("service") {
+        Some(value) => read_services(value, problems),
+        None => {
+            problems.add(
+                None,
+                "no [[service]] is configured",
+                "add at least one [[service]] with a [service.backend] and a [[service.listen]]",
+            );
+            None
+        }
+    };
+    let notify = crate::notify::read_targets(root.remove("notify"), services.as_deref(), problems);
+    for (key, _) in root.iter() {
+        problems.add(
+            Some(key.span()),
+            format!("unknown top-level key `{}`", key.get_ref()),
+            "the top level holds only [gateway], [[service]] and [[notify]] tables",
+        );
+    }
+    let gateway = read_gateway(gateway?, tokens, problems);
+    let services = services?;
+    let config = Config {
+        gateway: gateway?,
+        services,
+        notify: notify?,
+    };
+    check_binds(&config, problems);
+    Some(config)
+}
+
+/// Reads `[gateway]`, and each of its `[[gateway.token]]` tables apart, so that every mistake
+/// is reported.
+fn read_gateway_tables(
+    value: Spanned<DeValue<'_>>,
+    problems: &mut Problems<'_>,
+) -> (Option<GatewayConfig>, Vec<Option<TokenConfig>>) {
+    let span = value.span();
+    let DeValue::Table(mut table) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            "`gateway` must be a table",
+            "write it as [gateway]",
+        );
+        return (None, Vec::new());
+    };
+    let tokens = match table.remove("token") {
+        None => Vec::new(),
+        Some(tokens) => {
+            let token_span = tokens.span();
+            match tokens.into_inner() {
+                DeValue::Array(items) => items.into_iter().map(|t| read(t, problems)).collect(),
+                _ => {
+                    problems.add(
+                        Some(token_span),
+                        "`gateway.token` must be an array of tables",
+                        "write each token as a [[gateway.token]] table",
+                    );
+                    vec![None]
+                }
+            }
+        }
+    };
+    let gateway = read::<GatewayConfig>(Spanned::new(span, DeValue::Table(table)), problems);
+    (gateway, tokens)
+}
+
+fn read_gateway(
+    c: GatewayConfig,
+    tokens: Vec<Option<TokenConfig>>,
+    problems: &mut Problems<'_>,
+) -> Option<Gateway> {
+    let tokens = read_tokens(tokens, &c.api, problems)?;
+    Some(Gateway {
+        data_dir: c.data_dir,
+        api: c.api.into_inner(),
+        shutdown_grace: c.shutdown_grace,
+        tokens,
+        cors_origins: c.cors_origins,
+    })
+}
+
+/// Two listeners of any services cannot share a plain TCP socket. `minecraft` listeners may
+/// share one, and so may `http` listeners (each type only with its own, and TLS for all or
+/// none), as long as every hostname names one service and at most one takes the rest.
+fn check_binds(config: &Config, problems: &mut Problems<'_>) {
+    let mut groups: BTreeMap<SocketAddr, Vec<(&str, &Listen)>> = BTreeMap::new();
+    for service in &config.services {
+        for listen in &service.listeners {
+            // Port 0 asks the system for a free port: those never collide.
+            if listen.bind().port() == 0 {
+                continue;
+            }
+            groups
+                .entry(listen.bind())
+                .or_default()
+                .push((&service.name, listen));
+        }
+    }
+    for (bind, group) in groups {
+        if group.len() < 2 {
+            continue;
+        }
+        if let Some(tcp) = group
+            .iter()
+            .position(|(_, l)| matches!(l, Listen::Tcp { .. }))
+        {
+            let other = if tcp == 0 { 1 } else { 0 };
+            let (a, b) = (group[tcp.min(other)].0, group[tcp.max(other)].0);
+            problems.add(
+                None,
+                format!("services `{a}` and `{b}` both listen on tcp {bind}"),
+                "give each tcp listener its own port",
+            );
+            continue;
+        }
+        let kind = |l: &Listen| match l {
+            Listen::Http(_) => "http",
+            _ => "minecraft",
+        };
+        let first_kind = kind(group[0].1);
+        if let Some((other, _)) = group.iter().find(|(_, l)| kind(l) != first_kind) {
+            problems.add(
+                None,
+                format!(
+                    "service `{}` listens for {first_kind} and `{other}` for another protocol on {bind}",
+                    group[0].0
+                ),
+                "only listeners of the same type can share a port; give each protocol its own port",
+            );
+            continue;
+        }
+        if first_kind == "http" {
+            let tls = |l: &Listen| matches!(l, Listen::Http(h) if h.tls.is_some());
+            if let Some((plain, _)) = group.iter().find(|(_, l)| !tls(l))
+                && let Some((secure, _)) = group.iter().find(|(_, l)| tls(l))
+            {
+                problems.add(
+                    None,
+                    format!(
+                        "on http {bind}, service `{secure}` speaks TLS and `{plain}` plain HTTP"
+                    ),
+                    "a shared port speaks TLS for all its services or for none: give each its tls_cert and tls_key, or use two ports",
+                );
+            }
+        }
+        let mut owners: HashMap<&str, &str> = HashMap::new();
+        let mut defaults = Vec::new();
+        for (name, listen) in &group {
+            let (hostnames, default) = match listen {
+                Listen::Minecraft(m) => (&m.hostnames, m.default),
+                Listen::Http(h) => (&h.hostnames, h.default),
+                Listen::Tcp { .. } => continue,
+            };
+            if default || hostnames.is_empty() {
+                defaults.push(*name);
+            }
+            for host in hostnames {
+                if let Some(first) = owners.insert(host, name) {
+                    problems.add(
+                        None,
+                        format!(
+                            "hostname `{host}` on {first_kind} {bind} is claimed by `{first}` and `{name}`"
+                        ),
+                        "each hostname on a shared bind must lead to one service",
+                    );
+                }
+            }
+        }
+        if defaults.len() > 1 {
+            problems.add(
+                None,
+                format!(
+                    "services `{}` all take unknown hostnames on {first_kind} {bind}",
+                    defaults.join("`, `")
+                ),
+                "on a shared bind, give every listener `hostnames` and set `default = true` on at most one",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_with_its_line() {
+        let src = r#"
+[gateway]
+api = "nowhere"
+
+[[service]]
+name = "Bad Name"
+idle_timeout = "ten minutes"
+[service.backend]
+type = "exec"
+start = "true"
+stop = "true"
+address = "127.0.0.1:9"
+colour = "blue"
+[[service.listen]]
+type = "tcp"
+bind = "127.0.0.1:7000"
+"#;
+        let ConfigError::Invalid { problems, .. } = parse(src, "x.toml").unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![3, 7, 13], "{problems:#?}");
+        assert!(problems[2].message.contains("colour"));
+    }
+}

@@ -1,0 +1,97 @@
+//! `[[service.listen]]`: where clients arrive, read into [`Listen`]. Each protocol reads its
+//! own keys (`http::config`, `minecraft::config`).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::http::config::{Http, HttpListenConfig, read_http};
+use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
+use crate::config::de::{read, split_type};
+use crate::config::diag::Problems;
+
+/// Where clients arrive.
+// Built once at start and never moved in a hot path: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Listen {
+    Tcp { bind: SocketAddr },
+    Minecraft(Minecraft),
+    Http(Box<Http>),
+}
+
+impl Listen {
+    /// The address this listener binds.
+    pub fn bind(&self) -> SocketAddr {
+        match self {
+            Listen::Tcp { bind } => *bind,
+            Listen::Minecraft(m) => m.bind,
+            Listen::Http(h) => h.bind,
+        }
+    }
+}
+
+/// A `tcp` listener: only where it binds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TcpListenConfig {
+    bind: Spanned<SocketAddr>,
+}
+
+/// Reads the `[[service.listen]]` array; each listener is read, so that all their mistakes show.
+pub(crate) fn read_listeners(
+    value: Spanned<DeValue<'_>>,
+    problems: &mut Problems<'_>,
+) -> Option<Vec<Listen>> {
+    let span = value.span();
+    let DeValue::Array(items) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            "`listen` must be an array of tables",
+            "write each listener as a [[service.listen]] table",
+        );
+        return None;
+    };
+    let kinds = "tcp, http, minecraft";
+    let mut listeners = Vec::new();
+    let mut all_ok = true;
+    for item in items {
+        let listen =
+            split_type(item, "[[service.listen]]", kinds, problems).and_then(|(kind, rest)| {
+                match kind.as_str() {
+                    "tcp" => read::<TcpListenConfig>(rest, problems).map(|c| Listen::Tcp {
+                        bind: c.bind.into_inner(),
+                    }),
+                    "minecraft" => read::<MinecraftListenConfig>(rest, problems)
+                        .and_then(|c| read_minecraft(c, problems))
+                        .map(Listen::Minecraft),
+                    "http" => read::<HttpListenConfig>(rest, problems)
+                        .and_then(|c| read_http(c, problems))
+                        .map(|h| Listen::Http(Box::new(h))),
+                    other => {
+                        problems.add(
+                            Some(rest.span()),
+                            format!("unknown listener type `{other}`"),
+                            &format!("use one of: {kinds}"),
+                        );
+                        None
+                    }
+                }
+            });
+        match listen {
+            Some(l) => listeners.push(l),
+            None => all_ok = false,
+        }
+    }
+    if all_ok && listeners.is_empty() {
+        problems.add(
+            Some(span),
+            "this service has no listener",
+            "add a [[service.listen]] table with `type = \"tcp\"` and `bind = \"IP:PORT\"`",
+        );
+        return None;
+    }
+    all_ok.then_some(listeners)
+}

@@ -1,0 +1,154 @@
+//! Reading a readiness or health probe table (`[service.readiness]`, `[[service.health]]`)
+//! into a [`Check`].
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::DeValue;
+
+use super::{Check, Probe};
+use crate::config::de::{duration, read};
+use crate::config::diag::Problems;
+
+/// The keys of a probe table other than `type` (and, for a health check, its schedule).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeConfig {
+    url: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    status: Vec<u16>,
+    body_contains: Option<String>,
+    pattern: Option<Spanned<String>>,
+    #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
+    timeout: Duration,
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Reads a probe of `kind` from a table without its `type`.
+/// `readiness` allows the `log` probe, which only a wake can wait for.
+pub(crate) fn read_probe(
+    kind: &str,
+    rest: Spanned<DeValue<'_>>,
+    readiness: bool,
+    problems: &mut Problems<'_>,
+) -> Option<Check> {
+    let span = rest.span();
+    let c: ProbeConfig = read(rest, problems)?;
+    let only = |key: &str, problems: &mut Problems<'_>, span: Range<usize>| {
+        problems.add(
+            Some(span),
+            format!("`{key}` does not belong to a `{kind}` probe"),
+            "remove it; `wakegate config example` shows the keys of each probe type",
+        );
+        None
+    };
+    let probe = match kind {
+        "tcp" | "minecraft" => {
+            if let Some(url) = &c.url {
+                return only("url", problems, url.span());
+            }
+            if let Some(pattern) = &c.pattern {
+                return only("pattern", problems, pattern.span());
+            }
+            if kind == "tcp" {
+                Probe::Tcp
+            } else {
+                Probe::Minecraft
+            }
+        }
+        "http" => {
+            let Some(url) = c.url else {
+                problems.add(
+                    Some(span),
+                    "an http probe needs a `url`",
+                    "e.g. url = \"http://{address}/healthz\" ({address} is the backend's address)",
+                );
+                return None;
+            };
+            if !url.get_ref().starts_with("http://") {
+                problems.add(
+                    Some(url.span()),
+                    format!("`{}` is not an http:// URL", url.get_ref()),
+                    "probes speak plain HTTP to the backend: use http://{address}/path",
+                );
+                return None;
+            }
+            let method = match &c.method {
+                None => hyper::Method::GET,
+                Some(m) => match hyper::Method::from_bytes(m.get_ref().as_bytes()) {
+                    Ok(method) => method,
+                    Err(_) => {
+                        problems.add(
+                            Some(m.span()),
+                            format!("`{}` is not an HTTP method", m.get_ref()),
+                            "use GET, HEAD or POST",
+                        );
+                        return None;
+                    }
+                },
+            };
+            Probe::Http {
+                url: url.into_inner(),
+                method,
+                headers: c.headers.into_iter().collect(),
+                status: c.status,
+                body_contains: c.body_contains,
+            }
+        }
+        "log" if readiness => {
+            let Some(pattern) = c.pattern else {
+                problems.add(
+                    Some(span),
+                    "a log probe needs a `pattern`",
+                    "e.g. pattern = 'Done \\(' for a Minecraft server",
+                );
+                return None;
+            };
+            match regex::Regex::new(pattern.get_ref()) {
+                Ok(re) => Probe::LogLine(re),
+                Err(e) => {
+                    // The regex error draws the pattern over several lines; its last says why.
+                    let why = e.to_string();
+                    let why = why
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                        .trim_start_matches("error: ");
+                    problems.add(
+                        Some(pattern.span()),
+                        format!("`{}` is not a regular expression: {why}", pattern.get_ref()),
+                        "check the pattern's syntax (Rust regex)",
+                    );
+                    return None;
+                }
+            }
+        }
+        other => {
+            let kinds = if readiness {
+                "tcp, http, minecraft, log"
+            } else {
+                "tcp, http, minecraft"
+            };
+            problems.add(
+                Some(span),
+                format!("unknown probe type `{other}`"),
+                &format!("use one of: {kinds}"),
+            );
+            return None;
+        }
+    };
+    Some(Check {
+        probe,
+        timeout: c.timeout,
+        proxy_header: false,
+    })
+}
