@@ -14,6 +14,8 @@
 //! share the machine, so on few cores the figures are those of the whole system, the
 //! subscribers' own parsing included. `bench/run` runs this file after the TCP benchmark;
 //! `cargo bench --bench events` runs it alone.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -9,6 +9,8 @@
 //! haproxy (target: at least haproxy's requests/s) and add under a millisecond to p99.
 //! Absolute figures depend on the machine: compare within a run. `bench/http` installs wrk,
 //! nginx and haproxy and runs this file; `cargo bench --bench http` runs it alone.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -1,5 +1,7 @@
 //! The control plane: tokens and roles, error shapes, actions and leases (through the router,
 //! no socket), and the SSE and WebSocket feeds over real sockets, resumed mid-stream.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -8,6 +8,8 @@
 //! Between wakegate and moto sits a small recording proxy: it keeps every API call wakegate
 //! made (to assert, say, that a terminated instance was never asked to start), and it can show
 //! an instance as `stopping` for a few looks, a state moto skips (it stops instances at once).
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 #![cfg(feature = "aws")]
 
 mod common;

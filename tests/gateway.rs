@@ -1,4 +1,6 @@
 //! The TCP gateway end to end, in process: real sockets, real child processes and hooks.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The http listener with real sockets: a real child process (wakegate's demo web server) or a
 //! small hyper server in the test as the backend, hyper clients over HTTP/1.1, h2c and TLS,
 //! and a real headless Chromium (tests/browser/waiting.mjs) for the waiting page.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

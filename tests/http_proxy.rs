@@ -2,6 +2,8 @@
 //! every request to `Proxy::forward`, in front of a real HTTP backend (a hyper server in the
 //! test) or of a raw socket that misbehaves on purpose. Clients are a hyper client, a WebSocket
 //! client and raw TCP.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

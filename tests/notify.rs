@@ -1,6 +1,8 @@
 //! Notifications through the durable outbox, against real HTTP receivers on loopback: a
 //! webhook that fails for a while across a wakegate restart, Discord's rate limit, filters,
 //! and an event the receiver refuses for good.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
