@@ -120,6 +120,7 @@ mod tests {
     }
 
     /// A server that reads what the ping sends (up to `expect` bytes) and answers `answer`.
+    #[allow(clippy::disallowed_methods)] // the test's own server, awaited by the test
     async fn server(
         expect: usize,
         answer: Vec<u8>,

@@ -1,5 +1,7 @@
 //! The actor on paused time with a [`FakeBackend`]: hours of policy pass in milliseconds, and
 //! every decision is seen as the events and states a user would see.
+// A test's own tasks (clients held by the actor) end with the test.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::Arc;
 use std::time::Duration;
