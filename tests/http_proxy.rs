@@ -278,6 +278,11 @@ async fn an_answer_before_the_whole_upload_is_passed_on_and_the_connection_reuse
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The client's own connection takes the next request once it has sent the whole upload.
+    tokio::time::timeout(DEADLINE, client.ready())
+        .await
+        .expect("the client never finished sending the upload")
+        .unwrap();
     let response = tokio::time::timeout(DEADLINE, client.send_request(get("/")))
         .await
         .expect("no answer after the refused upload")
