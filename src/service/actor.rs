@@ -26,8 +26,9 @@ use crate::store::Store;
 /// How many recent wakes the expected boot time is the median of.
 const RECENT_BOOTS: usize = 10;
 
-/// Starts the actor of `service` on `tracker`; it runs until `cancel` fires.
-pub(super) fn spawn(
+/// Starts the actor of `service` on `tracker`; it runs until `cancel` fires. Health checks
+/// and the player poll, which drive the handle, are started apart (see `health::spawn_for`).
+pub fn spawn(
     service: &config::Service,
     backend: Box<dyn Backend>,
     store: Arc<Store>,

@@ -34,6 +34,7 @@ use crate::event::{Cause, Event, Kind, State};
 use crate::metrics::Metrics;
 use crate::store::{Lease, Store};
 
+pub use actor::spawn;
 use gate::{ConnectionGuard, Shared};
 
 /// What a service looks like right now; published on a `watch` channel.
@@ -369,17 +370,4 @@ impl crate::metrics::Source for ServiceHandle {
     fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }
-}
-
-/// Starts the actor of `service` on `tracker`; it runs until `cancel` fires. Health checks
-/// and the player poll, which drive the handle, are started apart (see `health::spawn_for`).
-pub fn spawn(
-    service: &config::Service,
-    backend: Box<dyn Backend>,
-    store: Arc<Store>,
-    events: broadcast::Sender<Event>,
-    tracker: &tokio_util::task::TaskTracker,
-    cancel: CancellationToken,
-) -> ServiceHandle {
-    actor::spawn(service, backend, store, events, tracker, cancel)
 }
