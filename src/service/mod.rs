@@ -26,13 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tokio_util::sync::CancellationToken;
 
 use self::config::HealthAction;
-use crate::backend::Backend;
 use crate::event::{Cause, Event, Kind, State};
 use crate::metrics::Metrics;
-use crate::store::{Lease, Store};
+use crate::store::Lease;
 
 pub use actor::spawn;
 use gate::{ConnectionGuard, Shared};
