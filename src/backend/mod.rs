@@ -11,6 +11,7 @@ pub mod aws;
 pub mod aws;
 pub mod config;
 mod exec;
+mod family;
 mod pidfd;
 mod process;
 pub mod rcon;
@@ -38,6 +39,9 @@ pub enum Status {
     /// The server no longer exists and cannot be started (a terminated EC2 instance): why, and
     /// what to do.
     Gone(String),
+    /// None of ours runs, but something wakegate did not start holds the server's place (its
+    /// local address): why, and what to do. Starting a second copy would fail.
+    Occupied(String),
 }
 
 /// How a backend went away on its own.

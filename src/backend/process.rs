@@ -1,10 +1,17 @@
 //! `process` backend: wakegate runs the server as its own child, like lazymc does.
 //!
-//! Output goes to `<data_dir>/<service>.log`. A pid file (`<service>.pid`, holding the pid, its
-//! kernel start time and command line) lets a wakegate that was killed with -9 find the server
-//! again; the start time and command line must still match, so a reused pid is never adopted.
-//! An exit is noticed at once: `wait()` on our own child, a pidfd for an adopted one. The child
-//! leads its own process group, and stop signals go to the whole group.
+//! Output goes to `<data_dir>/<service>.log`. The child leads its own process group and
+//! carries its service's mark in its environment (see [`super::family`]); a pid file
+//! (`<service>.pid`: the pid and its kernel start time) names it. A wakegate that was killed
+//! with -9 finds the server again by the pid file or, failing that, by the mark, whatever
+//! wrapper started it; a reused pid is never adopted. An exit is noticed at once: `wait()` on
+//! our own child, a pidfd for an adopted one, then a pidfd on each process of the family
+//! still running (a wrapper that forked the server and ended). Stop signals go to the whole
+//! group and to any of the family that left it.
+//!
+//! When nothing of ours runs but something else already answers on the backend's local
+//! address (a copy started by hand), wakegate says so and never starts a second copy that
+//! would die on "Address already in use".
 //!
 //! A Minecraft server is best stopped by its own `stop` command, on stdin or over RCON
 //! (which also reaches an adopted server), after an optional `save-all`. When that way fails
@@ -15,15 +22,17 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use rustix::process::{Pid, Signal, kill_process_group};
+use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tracing::{info, warn};
 
 use super::config::{self, OnShutdown, Process, StopMethod};
+use super::family::{Family, start_time};
 use super::pidfd::ExitWatch;
 use super::rcon::{Rcon, RconError};
 use super::{Backend, BackendError, Exit, Note, Notes, Status, describe_exit, tail_of_file};
@@ -31,32 +40,68 @@ use crate::event::Kind;
 
 const LOG_TAIL_LINES: usize = 15;
 
+/// How long a connect to the backend's address may take when checking whether something
+/// else holds it.
+const OCCUPIED_CHECK: Duration = Duration::from_secs(1);
+
 pub struct ProcessBackend {
     service: String,
     config: Process,
     log_path: PathBuf,
     pid_path: PathBuf,
+    family: Family,
     running: Option<Running>,
     notes: Notes,
     notes_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Note>>,
 }
 
-enum Running {
-    /// Started by this wakegate.
-    Child {
-        child: Child,
-        stdin: Option<ChildStdin>,
-        pid: Pid,
-    },
-    /// Started by an earlier wakegate and found again through the pid file.
-    Adopted { pid: Pid, exit: ExitWatch },
+/// The server as this wakegate knows it: its leader, and our own child when we started it.
+struct Running {
+    leader: Pid,
+    /// The leader's kernel start time: a pid that no longer has it is no longer ours.
+    started: u64,
+    /// Started by this wakegate (None: adopted from an earlier one).
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    /// How the leader ended, once it has; the family may still run.
+    leader_exit: Option<String>,
 }
 
 impl Running {
-    fn pid(&self) -> Pid {
-        match self {
-            Running::Child { pid, .. } | Running::Adopted { pid, .. } => *pid,
+    /// Whether the leader still runs (our child not yet exited, or the same adopted process).
+    fn leader_alive(&mut self) -> bool {
+        if self.leader_exit.is_some() {
+            return false;
         }
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => start_time(self.leader) == Some(self.started),
+        }
+    }
+
+    /// Resolves when the leader has ended, with how. Cancel-safe.
+    async fn leader_exited(&mut self) -> String {
+        if let Some(exit) = &self.leader_exit {
+            return exit.clone();
+        }
+        let exit = match &mut self.child {
+            Some(child) => match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("an unknown status ({e})"),
+            },
+            None => {
+                // The pidfd turns readable when the process ends; as it is not our child, its
+                // exit status belongs to init.
+                if let Ok(watch) = ExitWatch::open(self.leader) {
+                    if start_time(self.leader) == Some(self.started) {
+                        watch.exited().await;
+                    }
+                }
+                "an exit status unknown to this wakegate (it was adopted)".to_string()
+            }
+        };
+        self.leader_exit = Some(exit.clone());
+        exit
     }
 }
 
@@ -64,7 +109,6 @@ impl Running {
 struct PidFile {
     pid: i32,
     start_time: u64,
-    command: Vec<String>,
 }
 
 impl ProcessBackend {
@@ -75,6 +119,7 @@ impl ProcessBackend {
             config,
             log_path: data_dir.join(format!("{service}.log")),
             pid_path: data_dir.join(format!("{service}.pid")),
+            family: Family::new(service, data_dir),
             running: None,
             notes,
             notes_rx: Some(notes_rx),
@@ -110,9 +155,11 @@ impl ProcessBackend {
             crate::event::format_time(std::time::SystemTime::now())
         );
         let stderr = log.try_clone().map_err(spawn_error)?;
+        let (mark, value) = self.family.env();
         let mut cmd = Command::new(program);
         cmd.args(&self.config.command[1..])
             .envs(self.config.env.iter().map(|(k, v)| (k, v.expose())))
+            .env(mark, value)
             .stdin(match self.config.stop {
                 StopMethod::Stdin(_) => Stdio::piped(),
                 StopMethod::Signal(_) | StopMethod::Rcon(_) => Stdio::null(),
@@ -130,64 +177,103 @@ impl ProcessBackend {
             .id()
             .and_then(|id| Pid::from_raw(id as i32))
             .ok_or_else(|| BackendError::Other("the process exited before it had a pid".into()))?;
-        let record = PidFile {
-            pid: pid.as_raw_nonzero().get(),
-            start_time: start_time(pid).unwrap_or(0),
-            command: self.config.command.clone(),
-        };
-        if let Err(e) = std::fs::write(&self.pid_path, serde_json::to_vec(&record).unwrap()) {
-            warn!(service = %self.service, error = %e, "Cannot write the pid file; a wakegate killed with -9 will not find this process again.");
-        }
-        info!(service = %self.service, pid = record.pid, log = %self.log_path.display(), "Process started.");
-        self.running = Some(Running::Child {
+        let started = start_time(pid).unwrap_or(0);
+        self.write_pid_file(pid, started);
+        info!(service = %self.service, pid = pid.as_raw_nonzero().get(), log = %self.log_path.display(), "Process started.");
+        self.running = Some(Running {
+            leader: pid,
+            started,
             stdin: child.stdin.take(),
-            child,
-            pid,
+            child: Some(child),
+            leader_exit: None,
         });
         Ok(())
     }
 
-    /// Looks for a process an earlier wakegate started and left behind.
-    fn adopt(&mut self) -> Option<Pid> {
-        let bytes = std::fs::read(&self.pid_path).ok()?;
-        let record: PidFile = serde_json::from_slice(&bytes).ok()?;
-        let pid = Pid::from_raw(record.pid)?;
-        // The pid, its start time and its command line must all match what was recorded: a
-        // reused pid is never mistaken for our server. A changed `command` in the config does
-        // not matter: that process is ours and must be watched and stopped all the same.
-        let same = start_time(pid) == Some(record.start_time)
-            && command_line(pid).as_ref() == Some(&record.command);
-        if !same {
-            // The process is gone, or the pid now belongs to something else.
-            let _ = std::fs::remove_file(&self.pid_path);
-            return None;
+    fn write_pid_file(&self, pid: Pid, start_time: u64) {
+        let record = PidFile {
+            pid: pid.as_raw_nonzero().get(),
+            start_time,
+        };
+        if let Err(e) = std::fs::write(&self.pid_path, serde_json::to_vec(&record).unwrap()) {
+            warn!(service = %self.service, error = %e, "Cannot write the pid file; after a crash, wakegate will find the process by the mark in its environment instead.");
         }
-        let exit = ExitWatch::open(pid).ok()?;
-        info!(service = %self.service, pid = record.pid, "Found the process a previous wakegate started.");
-        self.running = Some(Running::Adopted { pid, exit });
-        Some(pid)
     }
 
-    /// Waits for the running process to end and forgets it.
+    /// Looks for a process an earlier wakegate started and left behind: the one the pid file
+    /// names if it is still the same process (its start time), else any process that carries
+    /// the service's mark.
+    fn adopt(&mut self) -> Option<Pid> {
+        let recorded = std::fs::read(&self.pid_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<PidFile>(&bytes).ok())
+            .and_then(|record| Some((Pid::from_raw(record.pid)?, record.start_time)))
+            .filter(|(pid, started)| start_time(*pid) == Some(*started));
+        let (leader, how) = match recorded {
+            Some((pid, _)) => (pid, "its pid file"),
+            None => (self.family.leader()?, "the mark in its environment"),
+        };
+        let started = start_time(leader)?;
+        self.write_pid_file(leader, started);
+        info!(service = %self.service, pid = leader.as_raw_nonzero().get(), "Found the process a previous wakegate started, by {how}.");
+        self.running = Some(Running {
+            leader,
+            started,
+            child: None,
+            stdin: None,
+            leader_exit: None,
+        });
+        Some(leader)
+    }
+
+    /// Why the server cannot be started although none of ours runs: something else already
+    /// answers on the backend's address, and it is an address of this host (a second copy
+    /// would die on "Address already in use"). A remote address may well answer for other
+    /// reasons (a load balancer), so only a local one is checked.
+    async fn occupied(&self) -> Option<String> {
+        let address = &self.config.address;
+        let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host(address.as_str())
+            .await
+            .ok()?
+            .collect();
+        let local = addresses
+            .iter()
+            .any(|a| a.ip().is_loopback() || std::net::TcpListener::bind((a.ip(), 0)).is_ok());
+        if !local {
+            return None;
+        }
+        let connect = tokio::net::TcpStream::connect(address.as_str());
+        match tokio::time::timeout(OCCUPIED_CHECK, connect).await {
+            Ok(Ok(_)) => Some(format!(
+                "another program already answers on {address}, the backend's address, and no \
+                 process this wakegate started runs: wakegate will not start a second copy. \
+                 Stop that program (perhaps a copy started by hand), or change `address`"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Waits for the running server to end, its leader and every process of its family, and
+    /// forgets it. Cancel-safe.
     async fn wait_exit(&mut self) -> Exit {
         let status = match &mut self.running {
             None => "not running".to_string(),
-            Some(Running::Child { child, .. }) => match child.wait().await {
-                Ok(status) => describe_exit(status),
-                Err(e) => format!("an unknown status ({e})"),
-            },
-            Some(Running::Adopted { exit, .. }) => {
-                // The pidfd turns readable when the process ends; as it is not our child, its
-                // exit status belongs to init.
-                exit.exited().await;
-                "an exit status unknown to this wakegate (it was adopted)".to_string()
-            }
+            Some(running) => running.leader_exited().await,
         };
+        // A wrapper that forked the server and ended leaves it running: it is still ours.
+        self.family.all_exited().await;
         self.running = None;
         let _ = std::fs::remove_file(&self.pid_path);
         Exit {
             status,
             log_tail: tail_of_file(&self.log_path, LOG_TAIL_LINES),
+        }
+    }
+
+    /// Sends `signal` to the server's process group and to any of its family outside it.
+    fn signal(&self, signal: Signal) {
+        if let Some(running) = &self.running {
+            self.family.signal(running.leader, signal);
         }
     }
 
@@ -197,14 +283,7 @@ impl ProcessBackend {
         let Some(running) = &mut self.running else {
             return;
         };
-        let pid = running.pid();
-        if let (
-            StopMethod::Stdin(line),
-            Running::Child {
-                stdin: Some(stdin), ..
-            },
-        ) = (&self.config.stop, &mut *running)
-        {
+        if let (StopMethod::Stdin(line), Some(stdin)) = (&self.config.stop, &mut running.stdin) {
             // A server reads its console in order: the save is done before the stop begins.
             let save = if self.config.save_all {
                 "save-all\n"
@@ -247,8 +326,8 @@ impl ProcessBackend {
             StopMethod::Signal(n) => Signal::from_named_raw(n).unwrap_or(Signal::TERM),
             StopMethod::Stdin(_) | StopMethod::Rcon(_) => Signal::TERM,
         };
-        // The whole group: a wrapper script that did not `exec` the server must not leave it.
-        let _ = kill_process_group(pid, signal);
+        // The whole family: a wrapper script that did not `exec` the server must not leave it.
+        self.signal(signal);
     }
 
     /// Logs in over RCON, saves first if configured, and sends the stop command.
@@ -286,10 +365,11 @@ impl Backend for ProcessBackend {
     }
 
     async fn start(&mut self) -> Result<(), BackendError> {
-        if self.status().await? == Status::Running {
-            return Ok(());
+        match self.status().await? {
+            Status::Running => Ok(()),
+            Status::Occupied(why) => Err(BackendError::Other(why)),
+            _ => self.spawn(),
         }
-        self.spawn()
     }
 
     async fn stop(&mut self) -> Result<(), BackendError> {
@@ -300,12 +380,9 @@ impl Backend for ProcessBackend {
         let exit = match tokio::time::timeout(self.config.stop_timeout, self.wait_exit()).await {
             Ok(exit) => exit,
             Err(_) => {
-                let pid = self.running.as_ref().map(Running::pid);
                 let timeout = humantime::format_duration(self.config.stop_timeout);
                 warn!(service = %self.service, timeout = %timeout, "The process did not stop in time; killing it.");
-                if let Some(pid) = pid {
-                    let _ = kill_process_group(pid, Signal::KILL);
-                }
+                self.signal(Signal::KILL);
                 self.note(
                     Kind::Warning,
                     format!("the process did not stop within {timeout} (stop_timeout); killed it"),
@@ -323,17 +400,18 @@ impl Backend for ProcessBackend {
 
     async fn status(&mut self) -> Result<Status, BackendError> {
         let alive = match &mut self.running {
-            Some(Running::Child { child, .. }) => matches!(child.try_wait(), Ok(None)),
-            Some(Running::Adopted { pid, .. }) => rustix::process::test_kill_process(*pid).is_ok(),
+            Some(running) => running.leader_alive() || !self.family.members().is_empty(),
             None => self.adopt().is_some(),
         };
-        if !alive && self.running.is_some() {
+        if alive {
+            return Ok(Status::Running);
+        }
+        if self.running.is_some() {
             self.wait_exit().await;
         }
-        Ok(if alive {
-            Status::Running
-        } else {
-            Status::Stopped
+        Ok(match self.occupied().await {
+            Some(why) => Status::Occupied(why),
+            None => Status::Stopped,
         })
     }
 
@@ -367,7 +445,7 @@ impl Backend for ProcessBackend {
                 // Dropping our handle neither kills nor waits: the process keeps running and the
                 // pid file stays for the next wakegate to adopt.
                 if let Some(running) = self.running.take() {
-                    info!(service = %self.service, pid = running.pid().as_raw_nonzero().get(), "Leaving the process running (on_shutdown = \"leave\").");
+                    info!(service = %self.service, pid = running.leader.as_raw_nonzero().get(), "Leaving the process running (on_shutdown = \"leave\").");
                 }
                 Ok(false)
             }
@@ -383,22 +461,4 @@ fn quoted(answer: &str) -> String {
     }
     let short: String = answer.chars().take(120).collect();
     format!(": \"{short}\"")
-}
-
-/// The kernel's start time of a process (field 22 of /proc/PID/stat), to tell a reused pid.
-fn start_time(pid: Pid) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; fields after it do not.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn command_line(pid: Pid) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{}/cmdline", pid.as_raw_nonzero())).ok()?;
-    Some(
-        raw.split(|b| *b == 0)
-            .filter(|part| !part.is_empty())
-            .map(|part| String::from_utf8_lossy(part).into_owned())
-            .collect(),
-    )
 }

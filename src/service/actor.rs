@@ -185,6 +185,14 @@ impl Actor {
                 );
                 return Flow::Continue;
             }
+            BackendStatus::Occupied(why) => {
+                self.core.transition(
+                    State::Failed,
+                    format!("wakegate started ({was_text}) and found {why}"),
+                    Cause::Reconcile,
+                );
+                return Flow::Continue;
+            }
             BackendStatus::Running => true,
             BackendStatus::Stopped => false,
             // Without a way to ask, assume a service that was not asleep still runs: it then
@@ -192,7 +200,15 @@ impl Actor {
             // opposite could leave it running forever.
             BackendStatus::Unknown => recorded.is_some() && was != State::Asleep,
         };
-        if running {
+        if running && was == State::Stopping {
+            // Killed in the middle of a stop: finish it rather than adopt a server that was
+            // on its way down (and call its exit a failure).
+            self.core.transition(
+                State::Stopping,
+                "wakegate started and found the backend still running (was stopping); finishing the stop".into(),
+                Cause::Reconcile,
+            );
+        } else if running {
             self.adopting = true;
             self.core.start_wake(
                 Cause::Reconcile,

@@ -137,9 +137,19 @@ impl Wakegate {
 
     /// The events of `service` from the first, live, over the API's event stream (SSE).
     pub async fn event_stream(&self, service: &str, deadline: Duration) -> EventStream {
+        self.event_stream_after(service, 0, deadline).await
+    }
+
+    /// The events of `service` after the event `after`, live, over the API's event stream.
+    pub async fn event_stream_after(
+        &self,
+        service: &str,
+        after: i64,
+        deadline: Duration,
+    ) -> EventStream {
         let mut stream = tokio::net::TcpStream::connect(self.api).await.unwrap();
         let request = format!(
-            "GET /api/v1/events/stream?service={service}&after=0 HTTP/1.0\r\nHost: wakegate\r\n\r\n"
+            "GET /api/v1/events/stream?service={service}&after={after} HTTP/1.0\r\nHost: wakegate\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         EventStream {
