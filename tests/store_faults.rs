@@ -165,9 +165,8 @@ async fn while_another_process_holds_the_write_lock_clients_are_served_and_no_ev
     let mut seen = live.until_state("asleep").await;
 
     let lock = LockHolder::take(&dir.join("wakegate.db"));
+    // Served while the wake's transitions wait to be stored.
     served(listen);
-    // The wake's transitions are logged as they happen; storing them is what waits.
-    gateway.wait_for("backend ready at");
     gateway.wait_for("The store cannot write");
     assert_degraded(&gateway, "database is locked");
     // Reads go on during the lock, and nothing uncommitted was published.
@@ -261,7 +260,6 @@ async fn on_a_full_disk_clients_are_served_and_the_events_are_written_once_there
     let filler = data.join("filler");
     fill(&filler);
     served(listen);
-    gateway.wait_for("backend ready at");
     gateway.wait_for("The store cannot write");
     assert_degraded(&gateway, "database or disk is full");
     gateway.sleep("web");

@@ -18,9 +18,6 @@ use serde::Deserialize;
 use super::{Api, ApiError};
 use crate::event::feed::{Feed, Item};
 
-/// How long a history read waits for the events handed to the store just before it.
-const CAUGHT_UP: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
     after: Option<i64>,
@@ -37,8 +34,6 @@ pub async fn history(
         api.service(name)?;
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    // A client sees what its own requests did (a wake, a lease), unless the store is stalled.
-    api.store.caught_up(CAUGHT_UP).await;
     let (after, service) = (q.after, q.service);
     let (events, last_id) = api
         .store

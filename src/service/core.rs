@@ -171,7 +171,6 @@ impl Core {
                 reply,
             } => {
                 self.sleep_request = None;
-                self.status.send_modify(|s| s.leases.push(lease.clone()));
                 let text = format!(
                     "lease #{} taken by {by} for {}: {}",
                     lease.id,
@@ -181,7 +180,12 @@ impl Core {
                 let taken = Fact::LeaseTaken {
                     lease: lease.clone(),
                 };
-                self.emit(Kind::Lease, text.clone(), taken.into());
+                self.change(
+                    |s| s.leases.push(lease.clone()),
+                    Kind::Lease,
+                    text.clone(),
+                    taken.into(),
+                );
                 if !matches!(state, State::Waking | State::Awake) {
                     self.wake_request.get_or_insert(Request {
                         cause: Cause::Lease,
@@ -201,8 +205,8 @@ impl Core {
                     .any(|l| l.id == id && l.expires > now);
                 if ended {
                     self.store.end_lease(&self.name, id);
-                    self.status.send_modify(|s| s.leases.retain(|l| l.id != id));
-                    self.emit(
+                    self.change(
+                        |s| s.leases.retain(|l| l.id != id),
                         Kind::Lease,
                         format!("lease #{id} ended by {by}"),
                         Fact::LeaseEnded { lease_id: id }.into(),
@@ -257,9 +261,8 @@ impl Core {
             .cloned()
             .collect();
         for lease in expired {
-            self.status
-                .send_modify(|s| s.leases.retain(|l| l.id != lease.id));
-            self.emit(
+            self.change(
+                |s| s.leases.retain(|l| l.id != lease.id),
                 Kind::Lease,
                 format!("lease #{} of {} expired", lease.id, lease.by),
                 Fact::LeaseEnded { lease_id: lease.id }.into(),
@@ -271,13 +274,13 @@ impl Core {
         let leases = self.status.borrow().leases.clone();
         for lease in leases {
             self.store.end_lease(&self.name, lease.id);
-            self.emit(
+            self.change(
+                |s| s.leases.retain(|l| l.id != lease.id),
                 Kind::Lease,
                 format!("lease #{} of {} {why}", lease.id, lease.by),
                 Fact::LeaseEnded { lease_id: lease.id }.into(),
             );
         }
-        self.status.send_modify(|s| s.leases.clear());
     }
 
     /// When the last lease in force expires.
@@ -394,6 +397,16 @@ impl Core {
         self.store.record(&self.name, event, time, last_error);
     }
 
+    /// Changes the status and hands over the event that says so, in one step for whoever
+    /// watches: a reader that sees the change finds the event handed over (and then read from
+    /// the store), and a subscriber that reads the status on the event sees the change.
+    fn change(&self, change: impl FnOnce(&mut Status), kind: Kind, reason: String, detail: Detail) {
+        self.status.send_modify(|s| {
+            change(s);
+            self.record(kind, s.state, reason, detail.to_value(), store::now());
+        });
+    }
+
     /// Records and publishes an event that does not change the state.
     pub(super) fn emit(&self, kind: Kind, reason: String, detail: Detail) {
         self.emit_value(kind, reason, detail.to_value());
@@ -423,7 +436,9 @@ impl Core {
         let failed = (state == State::Failed).then(|| reason.clone());
         let time = store::now();
         self.shared.metrics.entered(state);
+        // The status changes and the event is handed over in one step (see `change`).
         self.status.send_modify(|s| {
+            self.record(Kind::Transition, state, reason, detail.to_value(), time);
             s.state = state;
             s.since = time;
             if state != State::Awake {
@@ -437,7 +452,6 @@ impl Core {
             }
         });
         self.shared.set_gate(self.status.borrow().address);
-        self.record(Kind::Transition, state, reason, detail.to_value(), time);
     }
 
     /// Counts a wake that started the backend among the recent ones; returns the new expected

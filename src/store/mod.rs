@@ -20,6 +20,9 @@ use writer::{Op, Writer};
 
 pub use writer::{Failing, Health, MAX_PENDING};
 
+/// How long a read waits for the writes handed over before it.
+const CAUGHT_UP: Duration = Duration::from_secs(1);
+
 /// Live events the broadcast channel keeps for a subscriber that falls behind (it then reads
 /// the rest from the store).
 const LIVE_EVENTS: usize = 1024;
@@ -50,7 +53,8 @@ pub struct Lease {
 
 /// A handle to the database. Reads share one connection behind a std `Mutex`: each is a short
 /// synchronous statement that never awaits while holding it, run from async code on a
-/// blocking thread ([`Store::read`]).
+/// blocking thread ([`Store::read`]). Reads are blocking: apart from the start-up, async code
+/// calls them through [`Store::read`].
 pub struct Store {
     reads: Arc<Mutex<Connection>>,
     writer: Writer,
@@ -196,12 +200,6 @@ impl Store {
         self.writer.failing()
     }
 
-    /// Waits until the writes handed over before this call are committed, at most `within`
-    /// (and not at all while the store cannot write): a reader then sees its own actions.
-    pub async fn caught_up(&self, within: Duration) {
-        self.writer.caught_up(within).await;
-    }
-
     /// Writes what is still queued, for at most `grace` while the store cannot write, and
     /// stops the writer. Called once wakegate has stopped its services.
     pub async fn close(self: &Arc<Self>, grace: Duration) {
@@ -220,7 +218,11 @@ impl Store {
             .context("a read of the store was cancelled")?
     }
 
+    /// Runs a read once the writes handed over before it are committed (waiting at most
+    /// [`CAUGHT_UP`], and not while the store cannot write): whoever acted, then reads, sees
+    /// what the action recorded.
     fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+        self.writer.caught_up(CAUGHT_UP);
         let conn = self.reads.lock().unwrap();
         Ok(read(&conn)?)
     }

@@ -117,7 +117,9 @@ struct Shared {
     failures: AtomicU64,
     dropped: AtomicU64,
     /// Sequence number of the last op done with (committed, or answered with an error).
-    done: watch::Sender<u64>,
+    done: Mutex<u64>,
+    /// Signalled when `done` moves and when writes start failing.
+    done_moved: Condvar,
     events: broadcast::Sender<Event>,
 }
 
@@ -252,14 +254,18 @@ impl Writer {
     }
 
     /// Waits until what was queued before this call is written, at most `within`, and not at
-    /// all while the store cannot write.
-    pub(super) async fn caught_up(&self, within: Duration) {
+    /// all while the store cannot write. Blocking: for reads, which run on blocking threads.
+    pub(super) fn caught_up(&self, within: Duration) {
         let target = self.shared.queue.lock().unwrap().queued;
-        let mut done = self.shared.done.subscribe();
-        if self.shared.failing.borrow().is_some() {
-            return;
-        }
-        let _ = tokio::time::timeout(within, done.wait_for(|d| *d >= target)).await;
+        let done = self.shared.done.lock().unwrap();
+        drop(
+            self.shared
+                .done_moved
+                .wait_timeout_while(done, within, |done| {
+                    *done < target && self.shared.failing.borrow().is_none()
+                })
+                .unwrap(),
+        );
     }
 
     /// Writes what is queued, trying for at most `grace` while the store cannot write, and
@@ -305,7 +311,8 @@ impl Shared {
             pending: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            done: watch::Sender::new(0),
+            done: Mutex::new(0),
+            done_moved: Condvar::new(),
             events,
         })
     }
@@ -453,11 +460,11 @@ impl Pipe {
         self.shared
             .pending
             .fetch_sub(events as u64, Ordering::Relaxed);
-        self.shared.done.send_if_modified(|done| {
-            let moved = upto > *done;
+        {
+            let mut done = self.shared.done.lock().unwrap();
             *done = (*done).max(upto);
-            moved
-        });
+        }
+        self.shared.done_moved.notify_all();
         let mut recovered = None;
         self.shared.failing.send_if_modified(|failing| {
             recovered = failing.take();
@@ -513,6 +520,9 @@ impl Pipe {
                 });
             }
         });
+        // Readers waiting for the writes to catch up go on without them.
+        drop(self.shared.done.lock().unwrap());
+        self.shared.done_moved.notify_all();
     }
 }
 
