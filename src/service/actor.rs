@@ -311,7 +311,8 @@ impl Actor {
                 );
                 // This wake is among the recent ones now.
                 if !adopted {
-                    let expected = self.core.booted(took, RECENT_BOOTS);
+                    self.core.booted(took, RECENT_BOOTS);
+                    let expected = median(&self.core.boots).map(Duration::from_millis);
                     self.core.status.send_if_modified(|s| {
                         std::mem::replace(&mut s.expected_boot, expected) != expected
                     });

@@ -454,17 +454,11 @@ impl Core {
         self.shared.set_gate(self.status.borrow().address);
     }
 
-    /// Counts a wake that started the backend among the recent ones; returns the new expected
-    /// boot time (their median).
-    pub(super) fn booted(
-        &mut self,
-        took: std::time::Duration,
-        keep: usize,
-    ) -> Option<std::time::Duration> {
+    /// Counts a wake that started the backend among the `keep` recent ones.
+    pub(super) fn booted(&mut self, took: std::time::Duration, keep: usize) {
         self.boots.push(took.as_millis() as u64);
         let extra = self.boots.len().saturating_sub(keep);
         self.boots.drain(..extra);
-        super::actor::median(&self.boots).map(std::time::Duration::from_millis)
     }
 
     /// Starts a wake, counting what started it.
