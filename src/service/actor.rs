@@ -157,6 +157,9 @@ impl Actor {
     /// know (after the transition is published, so a later subscriber never sees it).
     async fn reconcile(&mut self) -> Flow {
         let flow = self.find_what_runs().await;
+        // Its event is published first too (unless the store cannot write): whoever starts
+        // listening once the gateway is up hears only what follows.
+        self.core.store.settled(Duration::from_secs(1)).await;
         let _ = self.reconciled.send(true);
         flow
     }

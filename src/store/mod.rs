@@ -1,5 +1,5 @@
 //! The embedded SQLite store in the data dir: the event log and each service's last known state.
-//! Nothing on an async worker waits for SQLite: writes go to a writer thread in order
+//! Nothing on an async worker waits for SQLite: writes go, in order, to the writer
 //! (`writer`), reads run on their own connection (`sqlite`), from async code through
 //! [`Store::read`]. An event is committed before it is published, so what a client saw is
 //! never lost; while the store cannot write, events wait in memory and `/healthz` says why.
@@ -56,7 +56,8 @@ pub struct Lease {
 /// blocking thread ([`Store::read`]). Reads are blocking: apart from the start-up, async code
 /// calls them through [`Store::read`].
 pub struct Store {
-    reads: Arc<Mutex<Connection>>,
+    /// `None` in memory: reads share the writer's one connection.
+    reads: Option<Mutex<Connection>>,
     writer: Writer,
     events: broadcast::Sender<Event>,
 }
@@ -68,8 +69,8 @@ pub fn now() -> SystemTime {
 }
 
 impl Store {
-    /// Opens (or creates) `wakegate.db` in `data_dir`, brings its schema up to date and starts
-    /// the writer thread. A database locked by another process or on a full disk opens (it is
+    /// Opens (or creates) `wakegate.db` in `data_dir` and brings its schema up to date, with a
+    /// connection for reads and one for the writer. A database locked by another process or on a full disk opens (it is
     /// written once it can be); a damaged one or an unreadable directory does not.
     pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
         std::fs::create_dir_all(data_dir).with_context(|| {
@@ -83,11 +84,9 @@ impl Store {
         let write =
             sqlite::open(&path, sqlite::WRITE_BUSY).map_err(|e| open_error(&path, e.into()))?;
         let (events, _) = broadcast::channel(LIVE_EVENTS);
-        let writer = Writer::spawn(write, path, events.clone())
-            .context("cannot start the store's writer thread")?;
         Ok(Store {
-            reads: Arc::new(Mutex::new(reads)),
-            writer,
+            reads: Some(Mutex::new(reads)),
+            writer: Writer::new(write, path, events.clone()),
             events,
         })
     }
@@ -95,11 +94,10 @@ impl Store {
     /// A store that lives only in memory (for tools and tests that need no history). Its
     /// writes run in the caller, so an event is published when it is handed over.
     pub fn in_memory() -> anyhow::Result<Store> {
-        let conn = Arc::new(Mutex::new(sqlite::open_in_memory()?));
         let (events, _) = broadcast::channel(LIVE_EVENTS);
         Ok(Store {
-            writer: Writer::inline(conn.clone(), events.clone()),
-            reads: conn,
+            writer: Writer::inline(sqlite::open_in_memory()?, events.clone()),
+            reads: None,
             events,
         })
     }
@@ -200,11 +198,18 @@ impl Store {
         self.writer.failing()
     }
 
-    /// Writes what is still queued, for at most `grace` while the store cannot write, and
-    /// stops the writer. Called once wakegate has stopped its services.
+    /// Writes what is still queued, trying for at most `grace` while the store cannot write.
+    /// Called once wakegate has stopped its services.
     pub async fn close(self: &Arc<Self>, grace: Duration) {
         let store = self.clone();
         let _ = tokio::task::spawn_blocking(move || store.writer.close(grace)).await;
+    }
+
+    /// Waits until the writes handed over before this call are committed and published, at
+    /// most `within`, and not at all while the store cannot write.
+    pub async fn settled(self: &Arc<Self>, within: Duration) {
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || store.writer.caught_up(within)).await;
     }
 
     /// Runs reads on a blocking thread, so a slow one never holds up an async worker.
@@ -223,8 +228,14 @@ impl Store {
     /// what the action recorded.
     fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
         self.writer.caught_up(CAUGHT_UP);
-        let conn = self.reads.lock().unwrap();
+        let conn = self.reads().lock().unwrap();
         Ok(read(&conn)?)
+    }
+
+    fn reads(&self) -> &Mutex<Connection> {
+        self.reads
+            .as_ref()
+            .unwrap_or_else(|| self.writer.connection())
     }
 
     /// A value a backend stored for itself (see [`Store::set_backend_value`]).
@@ -297,7 +308,7 @@ impl Store {
     pub(crate) fn insert_now(&self, service: &str, event: NewEvent) -> Event {
         let time = now();
         let id = {
-            let conn = self.reads.lock().unwrap();
+            let conn = self.reads().lock().unwrap();
             sqlite::insert_event(&conn, service, &event, time, None).unwrap()
         };
         Event {

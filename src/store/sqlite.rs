@@ -1,5 +1,5 @@
 //! The SQLite side of the store: the schema and its migrations, how a connection is opened,
-//! and every statement, as functions over a connection. The writer thread calls the writing
+//! and every statement, as functions over a connection. The writer calls the writing
 //! ones on its own connection, reads run on another (WAL lets them go on while someone else
 //! holds the write lock).
 

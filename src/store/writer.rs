@@ -1,14 +1,16 @@
-//! The writer: one thread that owns the write connection and commits, strictly in the order
-//! they were handed over, the events and the other writes. Callers never wait for SQLite: an
-//! event is queued and published on the broadcast channel once committed. A write that fails
-//! (the database locked by another process past a short busy timeout, a full disk, a read-only
-//! or failing filesystem) stays queued and is retried in order with backoff, so nothing handed
+//! The writer: it owns the write connection and commits, strictly in the order they were
+//! handed over, the events and the other writes. Callers never wait for SQLite: an event is
+//! queued and published on the broadcast channel once committed. A write that fails (the
+//! database locked by another process past a short busy timeout, a full disk, a read-only or
+//! failing filesystem) stays queued and is retried in order with backoff, so nothing handed
 //! over is lost while wakegate runs; past [`MAX_PENDING`] queued events, new ones are dropped
 //! and counted. Writes whose caller waits for the result (a lease's id, a backend's value)
 //! are answered with an error instead of waiting while the store cannot write.
 //!
-//! The in-memory store (tests, tools) runs the same steps inline, in the caller, so tests on
-//! paused time see each event as soon as it is handed over.
+//! One drain at a time runs on tokio's blocking pool while something is queued (and ends when
+//! the queue is empty), rather than on a thread of its own: tokio then knows a write is under
+//! way, and tests on paused time do not jump their clock while an event is being written.
+//! The in-memory store (tests, tools) runs the same steps inline, in the caller.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -107,6 +109,8 @@ struct Queue {
     events: usize,
     /// Set by `close`: finish by then.
     closing: Option<Instant>,
+    /// A drain is running (it takes everything queued before it ends).
+    draining: bool,
 }
 
 struct Shared {
@@ -126,54 +130,52 @@ struct Shared {
 /// The handle the store hands writes to.
 pub(super) struct Writer {
     shared: Arc<Shared>,
-    /// `None` when writes run inline (in memory).
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    inline: Option<Mutex<Pipe>>,
+    pipe: Arc<Pipe>,
+    /// Writes run in the caller (in memory).
+    inline: bool,
 }
 
 /// What a write goes through: the connection, and how to get a fresh one after a failure.
 struct Pipe {
-    conn: Arc<Mutex<Connection>>,
+    conn: Mutex<Connection>,
     path: Option<PathBuf>,
     shared: Arc<Shared>,
 }
 
 impl Writer {
-    /// A writer thread on its own connection to the database at `path`.
-    pub(super) fn spawn(
-        conn: Connection,
-        path: PathBuf,
-        events: broadcast::Sender<Event>,
-    ) -> std::io::Result<Writer> {
+    /// A writer on its own connection to the database at `path`.
+    pub(super) fn new(conn: Connection, path: PathBuf, events: broadcast::Sender<Event>) -> Writer {
         let shared = Shared::new(events);
         let pipe = Pipe {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Mutex::new(conn),
             path: Some(path),
             shared: shared.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("wakegate-store".into())
-            .spawn(move || pipe.run())?;
-        Ok(Writer {
+        Writer {
             shared,
-            thread: Mutex::new(Some(thread)),
-            inline: None,
-        })
+            pipe: Arc::new(pipe),
+            inline: false,
+        }
     }
 
-    /// A writer that writes in the caller, on a connection shared with the reads.
-    pub(super) fn inline(conn: Arc<Mutex<Connection>>, events: broadcast::Sender<Event>) -> Writer {
+    /// A writer that writes in the caller.
+    pub(super) fn inline(conn: Connection, events: broadcast::Sender<Event>) -> Writer {
         let shared = Shared::new(events);
         let pipe = Pipe {
-            conn,
+            conn: Mutex::new(conn),
             path: None,
             shared: shared.clone(),
         };
         Writer {
             shared,
-            thread: Mutex::new(None),
-            inline: Some(Mutex::new(pipe)),
+            pipe: Arc::new(pipe),
+            inline: true,
         }
+    }
+
+    /// The connection, for the in-memory store's reads (it has only one).
+    pub(super) fn connection(&self) -> &Mutex<Connection> {
+        &self.pipe.conn
     }
 
     /// Queues an event; it is published once committed. Dropped (and counted) when
@@ -227,15 +229,22 @@ impl Writer {
         self.wake(queue);
     }
 
-    fn wake(&self, queue: std::sync::MutexGuard<'_, Queue>) {
-        drop(queue);
-        match &self.inline {
+    fn wake(&self, mut queue: std::sync::MutexGuard<'_, Queue>) {
+        if self.inline {
             // In memory nothing fails for long: write until the queue is empty or a write fails.
-            Some(pipe) => {
-                let pipe = pipe.lock().unwrap();
-                while let Step::Wrote = pipe.step() {}
-            }
-            None => self.shared.more.notify_one(),
+            drop(queue);
+            while let Step::Wrote = self.pipe.step() {}
+            return;
+        }
+        if std::mem::replace(&mut queue.draining, true) {
+            return;
+        }
+        drop(queue);
+        let pipe = self.pipe.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || pipe.drain())),
+            // Outside a runtime (a tool), a thread of its own.
+            Err(_) => drop(std::thread::spawn(move || pipe.drain())),
         }
     }
 
@@ -269,30 +278,32 @@ impl Writer {
     }
 
     /// Writes what is queued, trying for at most `grace` while the store cannot write, and
-    /// ends the thread. What could not be written by then is lost, and said so in the log.
+    /// returns once done. What could not be written by then is lost, and said so in the log.
     pub(super) fn close(&self, grace: Duration) {
-        {
-            let mut queue = self.shared.queue.lock().unwrap();
-            queue.closing = Some(Instant::now() + grace);
+        let mut queue = self.shared.queue.lock().unwrap();
+        queue.closing = Some(Instant::now() + grace);
+        if !self.inline && !std::mem::replace(&mut queue.draining, true) {
+            drop(queue);
+            self.pipe.drain();
+            return;
         }
-        self.shared.more.notify_one();
-        let thread = self.thread.lock().unwrap().take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
-        }
+        drop(
+            self.shared
+                .more
+                .wait_while(queue, |q| q.draining && !self.inline)
+                .unwrap(),
+        );
     }
 }
 
 impl Drop for Writer {
-    /// Without `close` (a test that drops its gateway), the thread finishes what is queued if
-    /// it can within a moment, then ends; nobody waits for it.
+    /// Without `close` (a test that drops its gateway), a drain under way gives up on a store
+    /// that cannot write after a moment.
     fn drop(&mut self) {
         let mut queue = self.shared.queue.lock().unwrap();
         queue
             .closing
             .get_or_insert(Instant::now() + Duration::from_secs(2));
-        drop(queue);
-        self.shared.more.notify_one();
     }
 }
 
@@ -305,6 +316,7 @@ impl Shared {
                 queued: 0,
                 events: 0,
                 closing: None,
+                draining: false,
             }),
             more: Condvar::new(),
             failing: watch::Sender::new(None),
@@ -334,63 +346,46 @@ enum Written {
 }
 
 impl Pipe {
-    /// The writer thread: write, wait for more, back off after a failure, until closed.
-    fn run(self) {
+    /// Writes until the queue is empty, backing off after a failure; gives up at `closing`.
+    fn drain(&self) {
         let mut backoff = FIRST_RETRY;
         loop {
-            let wait = match self.step() {
-                Step::Wrote => {
-                    backoff = FIRST_RETRY;
-                    continue;
-                }
-                Step::Idle => None,
-                Step::Failed => {
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(LONGEST_RETRY);
-                    Some(wait)
-                }
-            };
-            let queue = self.shared.queue.lock().unwrap();
-            if let Some(closing) = queue.closing {
-                let empty = queue.ops.is_empty() && queue.cursors.is_empty();
-                if empty || Instant::now() >= closing {
-                    if !empty {
-                        error!(
-                            events = queue.events,
-                            writes = queue.ops.len(),
-                            "wakegate stops while the store cannot write; the events not written are lost (they are in this log)."
-                        );
+            match self.step() {
+                Step::Wrote => backoff = FIRST_RETRY,
+                Step::Idle => {
+                    let mut queue = self.shared.queue.lock().unwrap();
+                    if queue.ops.is_empty() && queue.cursors.is_empty() {
+                        queue.draining = false;
+                        drop(queue);
+                        self.shared.more.notify_all();
+                        return;
                     }
-                    return;
                 }
-            }
-            match wait {
-                // A failure: wait before the next try, or until closing.
-                Some(wait) => {
-                    let wait = match queue.closing {
-                        Some(closing) => {
-                            wait.min(closing.saturating_duration_since(Instant::now()))
+                Step::Failed => {
+                    let mut queue = self.shared.queue.lock().unwrap();
+                    let mut wait = backoff;
+                    if let Some(closing) = queue.closing {
+                        let left = closing.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            error!(
+                                events = queue.events,
+                                writes = queue.ops.len(),
+                                "wakegate stops while the store cannot write; the events not written are lost (they are in this log)."
+                            );
+                            queue.draining = false;
+                            drop(queue);
+                            self.shared.more.notify_all();
+                            return;
                         }
-                        None => wait,
-                    };
+                        wait = wait.min(left);
+                    }
+                    drop(queue);
                     // New writes do not cut the wait short: a flood of events while the disk
                     // is full must not turn into a flood of attempts.
-                    drop(
-                        self.shared
-                            .more
-                            .wait_timeout_while(queue, wait, |q| q.closing.is_none())
-                            .unwrap(),
-                    );
+                    std::thread::sleep(wait);
+                    backoff = (backoff * 2).min(LONGEST_RETRY);
                     self.reopen();
                 }
-                None => drop(
-                    self.shared
-                        .more
-                        .wait_while(queue, |q| {
-                            q.ops.is_empty() && q.cursors.is_empty() && q.closing.is_none()
-                        })
-                        .unwrap(),
-                ),
             }
         }
     }
