@@ -117,7 +117,8 @@ impl App {
                 )
             })?;
 
-        let (events, _) = broadcast::channel(1024);
+        // The store publishes each event once committed.
+        let events = store.publisher();
         let background = TaskTracker::new();
         let stop_background = CancellationToken::new();
         // Before the services: a new target's cursor is set before their first events.
@@ -138,7 +139,6 @@ impl App {
                     s,
                     backend::build(s, &config.gateway.data_dir, &store),
                     store.clone(),
-                    events.clone(),
                     &background,
                     cancel.clone(),
                 );
@@ -307,9 +307,15 @@ impl App {
         self.stop_background.cancel();
         self.background.close();
         self.background.wait().await;
+        // The services' last events are written before wakegate exits.
+        self.store.close(STORE_GRACE).await;
         info!("Stopped.");
     }
 }
+
+/// How long a stopping wakegate keeps trying to write the events still queued while the store
+/// cannot write.
+const STORE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long API requests in flight may finish once wakegate stops; event streams are cut then.
 const API_DRAIN: Duration = Duration::from_secs(1);

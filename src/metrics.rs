@@ -340,3 +340,55 @@ fn process(out: &mut String) {
         let _ = writeln!(out, "{name} {value}");
     }
 }
+
+// ---- Store metrics (the writer of `store/`) ---------------------------------------------
+// Kept in one block: the store's counters live in the store (it needs nothing of this
+// module); the API reads them into a `StoreMetrics` and appends this exposition.
+
+/// What the store's writer reports, read when the metrics are scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreMetrics {
+    /// Events handed to the store and not yet committed.
+    pub pending_events: u64,
+    /// Write attempts that failed (each is retried).
+    pub write_failures: u64,
+    /// Events dropped because the queue of events waiting for the store was full.
+    pub dropped_events: u64,
+    /// The last write attempt failed.
+    pub degraded: bool,
+}
+
+/// Appends the store's metrics to an exposition.
+pub fn render_store(out: &mut String, store: &StoreMetrics) {
+    let metrics = [
+        (
+            "wakegate_store_pending_events",
+            "gauge",
+            "Events waiting to be written to the store (they are published once written).",
+            store.pending_events,
+        ),
+        (
+            "wakegate_store_write_failures_total",
+            "counter",
+            "Store write attempts that failed (each is retried with backoff).",
+            store.write_failures,
+        ),
+        (
+            "wakegate_store_dropped_events_total",
+            "counter",
+            "Events lost because too many were already waiting for the store.",
+            store.dropped_events,
+        ),
+        (
+            "wakegate_store_degraded",
+            "gauge",
+            "1 while the store cannot write (see /healthz), else 0.",
+            u64::from(store.degraded),
+        ),
+    ];
+    for (name, kind, help, value) in metrics {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+// ---- End of store metrics ----------------------------------------------------------------

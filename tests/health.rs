@@ -245,10 +245,15 @@ async fn awake_on_paused_time(dir: &std::path::Path, policy: &str) -> (App, TcpL
         .tcp(ANY_PORT);
     let app = start(dir, service).await;
     let game = app.service("game").unwrap().clone();
+    let mut events = game.subscribe();
     game.wake("test").await.unwrap().unwrap();
     wait_state(&game, State::Awake).await;
     // From here on, timers run on a clock the test owns: hours pass in no time.
     tokio::time::pause();
+    // Events are published once stored, a moment after the state changes: the wake's last
+    // one is taken here, so a test that subscribes next gets only what follows. (The clock
+    // stays put meanwhile: tokio does not advance it while the store writes.)
+    wait_event(&mut events, |e| is_transition(e, State::Awake)).await;
     (app, backend)
 }
 

@@ -34,18 +34,23 @@ pub async fn history(
         api.service(name)?;
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let events = match q.after {
-        Some(after) => api.store.events(after, q.service.as_deref(), limit),
-        None => api.store.latest_events(q.service.as_deref(), limit),
-    }
-    .map_err(ApiError::internal)?;
-    let last_id = match events.last() {
-        Some(e) => e.id,
-        None => match q.after {
-            Some(after) => after,
-            None => api.store.last_event_id().map_err(ApiError::internal)?,
-        },
-    };
+    let (after, service) = (q.after, q.service);
+    let (events, last_id) = api
+        .store
+        .read(move |store| {
+            let events = match after {
+                Some(after) => store.events(after, service.as_deref(), limit)?,
+                None => store.latest_events(service.as_deref(), limit)?,
+            };
+            let last_id = match (events.last(), after) {
+                (Some(e), _) => e.id,
+                (None, Some(after)) => after,
+                (None, None) => store.last_event_id()?,
+            };
+            Ok((events, last_id))
+        })
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(
         serde_json::json!({ "events": events, "last_id": last_id }),
     ))
@@ -59,7 +64,11 @@ pub struct StreamQuery {
 }
 
 impl Api {
-    fn feed(&self, services: Option<Vec<String>>, after: Option<i64>) -> Result<Feed, ApiError> {
+    async fn feed(
+        &self,
+        services: Option<Vec<String>>,
+        after: Option<i64>,
+    ) -> Result<Feed, ApiError> {
         let services = match services {
             Some(names) => {
                 for name in &names {
@@ -69,7 +78,9 @@ impl Api {
             }
             None => None,
         };
-        Feed::new(self.store.clone(), &self.events, services, after).map_err(ApiError::internal)
+        Feed::new(self.store.clone(), &self.events, services, after)
+            .await
+            .map_err(ApiError::internal)
     }
 }
 
@@ -97,7 +108,7 @@ pub async fn sse(
             })
         })
         .transpose()?;
-    let feed = api.feed(split_names(q.service), resume.or(q.after))?;
+    let feed = api.feed(split_names(q.service), resume.or(q.after)).await?;
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let item = feed.next().await.ok()?;
         let sse = match item {
@@ -133,7 +144,7 @@ pub async fn ws(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let services = split_names(q.service);
-    let feed = api.feed(services.clone(), q.after)?;
+    let feed = api.feed(services.clone(), q.after).await?;
     let start = subscribed(&feed, services);
     Ok(upgrade
         // The default read buffer (128 KiB, zeroed before every read) would cost each idle
@@ -160,7 +171,7 @@ async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: Strin
         outgoing = Some(tokio::select! {
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<Subscribe>(&text) {
-                    Ok(s) => match api.feed(s.subscribe.clone(), s.after) {
+                    Ok(s) => match api.feed(s.subscribe.clone(), s.after).await {
                         Ok(new) => {
                             feed = new;
                             subscribed(&feed, s.subscribe).to_string()

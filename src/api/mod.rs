@@ -99,6 +99,9 @@ pub enum ApiError {
     ShuttingDown,
     #[error("internal error: {0}; the log of wakegate has the details")]
     Internal(String),
+    /// The store cannot write right now (`/healthz` says why).
+    #[error("{0}; GET /healthz says why, try again once the store can write")]
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -112,7 +115,7 @@ impl From<Denied> for ApiError {
     fn from(denied: Denied) -> ApiError {
         match denied {
             Denied::Schedule(why) | Denied::Rule(why) => ApiError::Conflict(why),
-            Denied::Store(e) => ApiError::Internal(e),
+            Denied::Store(e) => ApiError::StoreUnavailable(format!("cannot record the lease: {e}")),
         }
     }
 }
@@ -131,7 +134,9 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown | ApiError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut response = (
@@ -303,17 +308,42 @@ async fn me(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "name": caller.name, "role": caller.role }))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// `{"status": "ok"}`, or `"degraded"` with why while the store cannot write (still 200:
+/// clients are served meanwhile). Answered from memory, never from the store.
+async fn healthz(State(api): State<Api>) -> Json<serde_json::Value> {
+    let health = api.store.health();
+    Json(match health.failing {
+        None => serde_json::json!({ "status": "ok" }),
+        Some(failing) => serde_json::json!({
+            "status": "degraded",
+            "store": {
+                "error": failing.error,
+                "failing_since": event::format_time(failing.failing_since),
+                "pending_events": health.pending_events,
+                "dropped_events": health.dropped_events,
+            },
+        }),
+    })
 }
 
 async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    let mut text = metrics::render(&api.services);
+    let health = api.store.health();
+    metrics::render_store(
+        &mut text,
+        &metrics::StoreMetrics {
+            pending_events: health.pending_events,
+            write_failures: health.write_failures,
+            dropped_events: health.dropped_events,
+            degraded: health.failing.is_some(),
+        },
+    );
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&api.services),
+        text,
     )
 }
 
@@ -403,6 +433,15 @@ impl ServiceView {
             leases: status.leases,
         })
     }
+
+    /// [`of`](Self::of), reading the store on a blocking thread.
+    pub async fn read(handle: &ServiceHandle, store: &Arc<Store>) -> Result<ServiceView, ApiError> {
+        let handle = handle.clone();
+        store
+            .read(move |store| Ok(ServiceView::of(&handle, store)))
+            .await
+            .map_err(ApiError::internal)?
+    }
 }
 
 /// Seconds between `from` and `now` that the backend ran (waking, awake or stopping), from
@@ -428,10 +467,16 @@ fn running_seconds(
 }
 
 async fn list(State(api): State<Api>) -> Result<Json<Vec<ServiceView>>, ApiError> {
-    api.services
-        .iter()
-        .map(|s| ServiceView::of(s, &api.store))
-        .collect::<Result<_, _>>()
+    let services = api.services.clone();
+    api.store
+        .read(move |store| {
+            Ok(services
+                .iter()
+                .map(|s| ServiceView::of(s, store))
+                .collect::<Result<Vec<_>, _>>())
+        })
+        .await
+        .map_err(ApiError::internal)?
         .map(Json)
 }
 
@@ -439,7 +484,9 @@ async fn one(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    ServiceView::of(api.service(&name)?, &api.store).map(Json)
+    ServiceView::read(api.service(&name)?, &api.store)
+        .await
+        .map(Json)
 }
 
 async fn wake(
@@ -453,7 +500,7 @@ async fn wake(
         .await??;
     Ok((
         StatusCode::ACCEPTED,
-        Json(ServiceView::of(service, &api.store)?),
+        Json(ServiceView::read(service, &api.store).await?),
     ))
 }
 
@@ -468,7 +515,7 @@ async fn sleep(
         .await??;
     Ok((
         StatusCode::ACCEPTED,
-        Json(ServiceView::of(service, &api.store)?),
+        Json(ServiceView::read(service, &api.store).await?),
     ))
 }
 

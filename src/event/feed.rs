@@ -39,27 +39,46 @@ pub struct Feed {
 
 impl Feed {
     /// Events after `after`, or from now on without it.
-    pub fn new(
+    pub async fn new(
         store: Arc<Store>,
         events: &broadcast::Sender<Event>,
         services: Option<HashSet<String>>,
         after: Option<i64>,
     ) -> anyhow::Result<Feed> {
-        // Subscribe before reading the store: an event is stored before it is published, so
-        // every event is then in the store, in the live buffer, or in both.
-        let live = events.subscribe();
-        let cursor = match after {
-            Some(id) => id,
-            None => store.last_event_id()?,
-        };
-        Ok(Feed {
+        match after {
+            Some(id) => Ok(Feed::after(store, events, services, id)),
+            None => {
+                // Subscribe before reading the store: an event is stored before it is
+                // published, so every event is then in the store, in the live buffer, or in both.
+                let live = events.subscribe();
+                let cursor = store.read(|s| s.last_event_id()).await?;
+                Ok(Feed {
+                    store,
+                    live,
+                    services,
+                    cursor,
+                    backlog: VecDeque::new(),
+                    behind: false,
+                })
+            }
+        }
+    }
+
+    /// Events after `id` (read from the store first, then live).
+    pub fn after(
+        store: Arc<Store>,
+        events: &broadcast::Sender<Event>,
+        services: Option<HashSet<String>>,
+        id: i64,
+    ) -> Feed {
+        Feed {
             store,
-            live,
+            live: events.subscribe(),
             services,
-            cursor,
+            cursor: id,
             backlog: VecDeque::new(),
-            behind: after.is_some(),
-        })
+            behind: true,
+        }
     }
 
     /// The id of the last event looked at: what follows is exactly what comes after it.
@@ -75,12 +94,16 @@ impl Feed {
 
     /// Reads one page of stored events after the cursor (those before `until`, when given)
     /// into the backlog; returns whether there are no more.
-    fn catch_up(&mut self, until: Option<i64>) -> anyhow::Result<bool> {
+    async fn catch_up(&mut self, until: Option<i64>) -> anyhow::Result<bool> {
         let only = match &self.services {
             Some(s) if s.len() == 1 => s.iter().next().cloned(),
             _ => None,
         };
-        let page = self.store.events(self.cursor, only.as_deref(), PAGE)?;
+        let cursor = self.cursor;
+        let page = self
+            .store
+            .read(move |s| s.events(cursor, only.as_deref(), PAGE))
+            .await?;
         let complete = page.len() < PAGE;
         for event in page {
             if until.is_some_and(|u| event.id >= u) {
@@ -102,7 +125,7 @@ impl Feed {
             }
             if self.behind {
                 // A page at a time, so a consumer far behind never holds all history at once.
-                self.behind = !self.catch_up(None)?;
+                self.behind = !self.catch_up(None).await?;
                 continue;
             }
             match self.live.recv().await {
@@ -110,7 +133,7 @@ impl Feed {
                 Ok(event) => {
                     // Services publish independently: an event with a lower id may still be on
                     // its way. It is in the store already, so take it from there first.
-                    while event.id > self.cursor + 1 && !self.catch_up(Some(event.id))? {}
+                    while event.id > self.cursor + 1 && !self.catch_up(Some(event.id)).await? {}
                     self.cursor = event.id;
                     if self.wanted(&event) {
                         self.backlog.push_back(event);
@@ -137,26 +160,26 @@ mod tests {
     use super::*;
     use crate::event::{Kind, NewEvent, State};
 
+    /// Stores an event without publishing it: each test publishes in an order of its own.
     fn record(store: &Store, service: &str, n: usize) -> Event {
-        store
-            .record(
-                service,
-                NewEvent {
-                    kind: Kind::Progress,
-                    state: State::Awake,
-                    reason: format!("step {n}"),
-                    detail: serde_json::Value::Null,
-                },
-                None,
-            )
-            .unwrap()
+        store.insert_now(
+            service,
+            NewEvent {
+                kind: Kind::Progress,
+                state: State::Awake,
+                reason: format!("step {n}"),
+                detail: serde_json::Value::Null,
+            },
+        )
     }
 
     #[tokio::test]
     async fn a_consumer_that_falls_behind_is_told_and_misses_nothing() {
         let store = Arc::new(Store::in_memory().unwrap());
         let (events, _) = broadcast::channel(8);
-        let mut feed = Feed::new(store.clone(), &events, None, Some(0)).unwrap();
+        let mut feed = Feed::new(store.clone(), &events, None, Some(0))
+            .await
+            .unwrap();
         // Far more than the live buffer holds, published while the consumer reads nothing.
         let published: Vec<i64> = (0..100)
             .map(|n| {
@@ -185,7 +208,7 @@ mod tests {
     async fn an_event_published_out_of_id_order_is_not_lost() {
         let store = Arc::new(Store::in_memory().unwrap());
         let (events, _) = broadcast::channel(8);
-        let mut feed = Feed::new(store.clone(), &events, None, None).unwrap();
+        let mut feed = Feed::new(store.clone(), &events, None, None).await.unwrap();
         // Two services store 1 then 2, but 2 is published first.
         let first = record(&store, "a", 1);
         let second = record(&store, "b", 2);
@@ -203,7 +226,9 @@ mod tests {
         let store = Arc::new(Store::in_memory().unwrap());
         let (events, _) = broadcast::channel(8);
         let only_b = Some(HashSet::from(["b".to_string()]));
-        let mut feed = Feed::new(store.clone(), &events, only_b, Some(0)).unwrap();
+        let mut feed = Feed::new(store.clone(), &events, only_b, Some(0))
+            .await
+            .unwrap();
         for n in 0..6 {
             let event = record(&store, if n % 2 == 0 { "a" } else { "b" }, n);
             let _ = events.send(event);

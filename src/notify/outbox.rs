@@ -38,7 +38,7 @@ pub fn spawn(
         let cursor = store.notify_cursor(&target.name)?;
         let endpoint = Endpoint::parse(target.url.expose())
             .map_err(|why| anyhow::anyhow!("the url of notify target `{}` {why}", target.name))?;
-        let feed = Feed::new(store.clone(), events, None, Some(cursor))?;
+        let feed = Feed::after(store.clone(), events, None, cursor);
         info!(target = %target.name, kind = target.kind.as_str(), host = endpoint.host(), after = cursor, "Notifications start.");
         let outbox = Outbox {
             client: Client::new(target.timeout),
@@ -111,12 +111,7 @@ impl Outbox {
                         break;
                     }
                     backoff = (backoff * 2).min(self.target.retry_max);
-                    match Feed::new(self.store.clone(), &self.events, None, Some(self.done)) {
-                        Ok(feed) => self.feed = feed,
-                        Err(e) => {
-                            warn!(error = %format!("{e:#}"), "Cannot read the events to notify.")
-                        }
-                    }
+                    self.feed = Feed::after(self.store.clone(), &self.events, None, self.done);
                     continue;
                 }
             };
@@ -138,17 +133,13 @@ impl Outbox {
         debug!("Notifications stopped.");
     }
 
-    /// Stores the cursor if it moved. A failed write is logged: the events after the stored
-    /// cursor are then sent again after a restart, with their idempotency keys.
+    /// Hands the cursor to the store if it moved (written with the next write; while the store
+    /// cannot write, the events after the stored cursor would be sent again after a restart,
+    /// with their idempotency keys).
     fn commit(&mut self) {
-        if self.done == self.committed {
-            return;
-        }
-        match self.store.set_notify_cursor(&self.target.name, self.done) {
-            Ok(()) => self.committed = self.done,
-            Err(e) => {
-                error!(error = %format!("{e:#}"), event = self.done, "Cannot store the notification cursor.")
-            }
+        if self.done != self.committed {
+            self.store.set_notify_cursor(&self.target.name, self.done);
+            self.committed = self.done;
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -18,7 +18,7 @@ use super::gate::{Shared, ticket};
 use super::policy::{Now, Players, Policy, Rules, backoff, round};
 use super::{ConnectError, ServiceHandle, Status};
 use crate::backend::{Backend, BackendError, Status as BackendStatus};
-use crate::event::{Cause, Detail, Event, Fact, Kind, State};
+use crate::event::{Cause, Detail, Fact, Kind, State};
 use crate::metrics::Failure;
 use crate::probe::{self, Check};
 use crate::store::Store;
@@ -32,15 +32,19 @@ pub fn spawn(
     service: &config::Service,
     backend: Box<dyn Backend>,
     store: Arc<Store>,
-    events: broadcast::Sender<Event>,
     tracker: &tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) -> ServiceHandle {
     let mut backend = backend;
     let notes = backend.notes();
     let (commands_tx, commands) = mpsc::channel(64);
-    // Until the backend has been asked, the best knowledge is what was last recorded.
+    let commands_tx_weak = commands_tx.downgrade();
+    // Until the backend has been asked, the best knowledge is what was last recorded (read at
+    // start-up, before any client is taken).
     let last = store.service(&service.name).ok().flatten();
+    let boots = store
+        .boot_durations(&service.name, RECENT_BOOTS)
+        .unwrap_or_default();
     let initial = Status {
         state: last.as_ref().map_or(State::Asleep, |r| r.state),
         since: last.as_ref().map_or_else(SystemTime::now, |r| r.since),
@@ -51,7 +55,7 @@ pub fn spawn(
         held: 0,
         leases: store.active_leases(&service.name).unwrap_or_default(),
         players: None,
-        expected_boot: expected_boot(&store, &service.name),
+        expected_boot: median(&boots).map(Duration::from_millis),
     };
     let (status_tx, status) = watch::channel(initial);
     let (reconciled_tx, reconciled) = watch::channel(false);
@@ -62,7 +66,7 @@ pub fn spawn(
         hourly_cost: service.hourly_cost,
         commands: commands_tx,
         status,
-        events: events.clone(),
+        events: store.publisher(),
         shared: shared.clone(),
         reconciled,
     };
@@ -73,8 +77,10 @@ pub fn spawn(
         core: Core {
             name: service.name.clone(),
             store,
-            events,
             status: status_tx,
+            myself: commands_tx_weak,
+            tracker: tracker.clone(),
+            boots,
             commands,
             notes,
             waiters: Vec::new(),
@@ -93,7 +99,8 @@ pub fn spawn(
     handle
 }
 
-/// The median of the service's recent wakes that started the backend.
+/// The median of the service's recent wakes that started the backend, as stored.
+#[cfg(test)]
 pub(super) fn expected_boot(store: &Store, service: &str) -> Option<Duration> {
     let durations = store.boot_durations(service, RECENT_BOOTS).ok()?;
     median(&durations).map(Duration::from_millis)
@@ -150,6 +157,9 @@ impl Actor {
     /// know (after the transition is published, so a later subscriber never sees it).
     async fn reconcile(&mut self) -> Flow {
         let flow = self.find_what_runs().await;
+        // Its event is published first too (unless the store cannot write): whoever starts
+        // listening once the gateway is up hears only what follows.
+        self.core.store.settled(Duration::from_secs(1)).await;
         let _ = self.reconciled.send(true);
         flow
     }
@@ -319,10 +329,13 @@ impl Actor {
                     },
                 );
                 // This wake is among the recent ones now.
-                let expected = expected_boot(&self.core.store, &self.core.name);
-                self.core.status.send_if_modified(|s| {
-                    std::mem::replace(&mut s.expected_boot, expected) != expected
-                });
+                if !adopted {
+                    self.core.booted(took, RECENT_BOOTS);
+                    let expected = median(&self.core.boots).map(Duration::from_millis);
+                    self.core.status.send_if_modified(|s| {
+                        std::mem::replace(&mut s.expected_boot, expected) != expected
+                    });
+                }
                 self.core.answer_all(|shared| Ok(ticket(shared, address)));
                 Flow::Continue
             }

@@ -1,24 +1,26 @@
 //! The actor's core: everything of the actor but the backend. It keeps taking requests
 //! (holding clients, recording leases, answering wakes and sleeps) while a backend call is
-//! under way, and it records every event and publishes every status change.
+//! under way, and it records every event and publishes every status change. It never waits
+//! for the store: events are handed to the store's writer, which publishes them once
+//! committed, and a lease is written by a task of its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::config::HealthAction;
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Policy};
 use super::{Command, ConnectError, Denied, Status, Ticket};
 use crate::backend::Note;
-use crate::event::{Cause, Detail, Event, Fact, Kind, NewEvent, State};
-use crate::store::{Lease, Store};
+use crate::event::{Cause, Detail, Fact, Kind, NewEvent, State};
+use crate::store::{self, Lease, Store};
 
 /// A client waiting for the wake to finish.
 pub(super) struct Waiter {
@@ -46,9 +48,15 @@ pub(super) enum Outcome<T> {
 pub(super) struct Core {
     pub(super) name: String,
     pub(super) store: Arc<Store>,
-    pub(super) events: broadcast::Sender<Event>,
     pub(super) status: watch::Sender<Status>,
     pub(super) commands: mpsc::Receiver<Command>,
+    /// The actor's own address, for a task that reports back (weak: the actor ends when every
+    /// handle is gone).
+    pub(super) myself: mpsc::WeakSender<Command>,
+    /// Where the actor's own tasks run (a lease being written).
+    pub(super) tracker: tokio_util::task::TaskTracker,
+    /// How long the recent wakes that started the backend took, oldest first.
+    pub(super) boots: Vec<u64>,
     /// What the backend reports from inside its calls (see [`crate::backend::Note`]).
     pub(super) notes: Option<mpsc::UnboundedReceiver<Note>>,
     pub(super) waiters: Vec<Waiter>,
@@ -134,36 +142,71 @@ impl Core {
                     let _ = reply.send(Err(Denied::Schedule(why)));
                     return;
                 }
-                let lease = self
-                    .store
-                    .add_lease(&self.name, &reason, &by, duration)
-                    .map_err(|e| Denied::Store(e.to_string()));
-                if let Ok(lease) = &lease {
-                    self.sleep_request = None;
-                    self.status.send_modify(|s| s.leases.push(lease.clone()));
-                    let text = format!(
-                        "lease #{} taken by {by} for {}: {reason}",
-                        lease.id,
-                        humantime::format_duration(duration)
-                    );
-                    let taken = Fact::LeaseTaken {
-                        lease: lease.clone(),
-                    };
-                    self.emit(Kind::Lease, text.clone(), taken.into());
-                    if !matches!(state, State::Waking | State::Awake) {
-                        self.wake_request.get_or_insert(Request {
-                            cause: Cause::Lease,
-                            reason: text,
-                        });
+                // Written by a task, so the actor keeps serving while the store is slow; the
+                // lease counts once it is stored and back here.
+                let store = self.store.clone();
+                let name = self.name.clone();
+                let myself = self.myself.clone();
+                self.tracker.spawn(async move {
+                    match store.add_lease(&name, &reason, &by, duration).await {
+                        Ok(lease) => {
+                            if let Some(actor) = myself.upgrade() {
+                                let added = Command::LeaseAdded {
+                                    lease,
+                                    duration,
+                                    by,
+                                    reply,
+                                };
+                                let _ = actor.send(added).await;
+                            }
+                        }
+                        Err(e) => drop(reply.send(Err(Denied::Store(e.to_string())))),
                     }
+                });
+            }
+            Command::LeaseAdded {
+                lease,
+                duration,
+                by,
+                reply,
+            } => {
+                self.sleep_request = None;
+                let text = format!(
+                    "lease #{} taken by {by} for {}: {}",
+                    lease.id,
+                    humantime::format_duration(duration),
+                    lease.reason
+                );
+                let taken = Fact::LeaseTaken {
+                    lease: lease.clone(),
+                };
+                self.change(
+                    |s| s.leases.push(lease.clone()),
+                    Kind::Lease,
+                    text.clone(),
+                    taken.into(),
+                );
+                if !matches!(state, State::Waking | State::Awake) {
+                    self.wake_request.get_or_insert(Request {
+                        cause: Cause::Lease,
+                        reason: text,
+                    });
                 }
-                let _ = reply.send(lease);
+                let _ = reply.send(Ok(lease));
             }
             Command::EndLease { id, by, reply } => {
-                let ended = self.store.end_lease(&self.name, id).unwrap_or(false);
+                // The leases in force are the status's; the store follows in order.
+                let now = SystemTime::now();
+                let ended = self
+                    .status
+                    .borrow()
+                    .leases
+                    .iter()
+                    .any(|l| l.id == id && l.expires > now);
                 if ended {
-                    self.status.send_modify(|s| s.leases.retain(|l| l.id != id));
-                    self.emit(
+                    self.store.end_lease(&self.name, id);
+                    self.change(
+                        |s| s.leases.retain(|l| l.id != id),
                         Kind::Lease,
                         format!("lease #{id} ended by {by}"),
                         Fact::LeaseEnded { lease_id: id }.into(),
@@ -218,9 +261,8 @@ impl Core {
             .cloned()
             .collect();
         for lease in expired {
-            self.status
-                .send_modify(|s| s.leases.retain(|l| l.id != lease.id));
-            self.emit(
+            self.change(
+                |s| s.leases.retain(|l| l.id != lease.id),
                 Kind::Lease,
                 format!("lease #{} of {} expired", lease.id, lease.by),
                 Fact::LeaseEnded { lease_id: lease.id }.into(),
@@ -231,14 +273,14 @@ impl Core {
     fn end_leases(&mut self, why: &str) {
         let leases = self.status.borrow().leases.clone();
         for lease in leases {
-            let _ = self.store.end_lease(&self.name, lease.id);
-            self.emit(
+            self.store.end_lease(&self.name, lease.id);
+            self.change(
+                |s| s.leases.retain(|l| l.id != lease.id),
                 Kind::Lease,
                 format!("lease #{} of {} {why}", lease.id, lease.by),
                 Fact::LeaseEnded { lease_id: lease.id }.into(),
             );
         }
-        self.status.send_modify(|s| s.leases.clear());
     }
 
     /// When the last lease in force expires.
@@ -333,15 +375,17 @@ impl Core {
         self.publish_held();
     }
 
-    /// Stores an event durably. The caller publishes it once what it describes is visible in
-    /// the status, so a subscriber that reads the status on an event sees the new state.
+    /// Hands an event to the store, which publishes it once committed; never waits. The caller
+    /// has already made what it describes visible in the status, so a subscriber that reads
+    /// the status on an event sees the new state.
     fn record(
         &self,
         kind: Kind,
         state: State,
         reason: String,
         detail: serde_json::Value,
-    ) -> Option<Event> {
+        time: SystemTime,
+    ) {
         info!(state = %state, kind = kind.as_str(), "{reason}");
         let last_error = (state == State::Failed).then(|| reason.clone());
         let event = NewEvent {
@@ -350,21 +394,17 @@ impl Core {
             reason,
             detail,
         };
-        match self.store.record(&self.name, event, last_error.as_deref()) {
-            Ok(event) => Some(event),
-            // The gateway keeps serving; the event is in the log line above but, without a
-            // durable id, it is not published.
-            Err(e) => {
-                error!(error = %format!("{e:#}"), "Cannot store an event.");
-                None
-            }
-        }
+        self.store.record(&self.name, event, time, last_error);
     }
 
-    fn publish(&self, event: Option<Event>) {
-        if let Some(event) = event {
-            let _ = self.events.send(event);
-        }
+    /// Changes the status and hands over the event that says so, in one step for whoever
+    /// watches: a reader that sees the change finds the event handed over (and then read from
+    /// the store), and a subscriber that reads the status on the event sees the change.
+    fn change(&self, change: impl FnOnce(&mut Status), kind: Kind, reason: String, detail: Detail) {
+        self.status.send_modify(|s| {
+            change(s);
+            self.record(kind, s.state, reason, detail.to_value(), store::now());
+        });
     }
 
     /// Records and publishes an event that does not change the state.
@@ -375,8 +415,7 @@ impl Core {
     /// Like [`emit`](Self::emit), for a detail written by someone else (a backend's note, a
     /// listener's player event).
     fn emit_value(&self, kind: Kind, reason: String, detail: serde_json::Value) {
-        let event = self.record(kind, self.state(), reason, detail);
-        self.publish(event);
+        self.record(kind, self.state(), reason, detail, store::now());
     }
 
     pub(super) fn progress(&self, reason: String, detail: Detail) {
@@ -395,11 +434,13 @@ impl Core {
             ..detail.into()
         };
         let failed = (state == State::Failed).then(|| reason.clone());
-        let event = self.record(Kind::Transition, state, reason, detail.to_value());
+        let time = store::now();
         self.shared.metrics.entered(state);
+        // The status changes and the event is handed over in one step (see `change`).
         self.status.send_modify(|s| {
+            self.record(Kind::Transition, state, reason, detail.to_value(), time);
             s.state = state;
-            s.since = event.as_ref().map_or_else(SystemTime::now, |e| e.time);
+            s.since = time;
             if state != State::Awake {
                 s.address = None;
                 s.idle_since = None;
@@ -411,7 +452,13 @@ impl Core {
             }
         });
         self.shared.set_gate(self.status.borrow().address);
-        self.publish(event);
+    }
+
+    /// Counts a wake that started the backend among the `keep` recent ones.
+    pub(super) fn booted(&mut self, took: std::time::Duration, keep: usize) {
+        self.boots.push(took.as_millis() as u64);
+        let extra = self.boots.len().saturating_sub(keep);
+        self.boots.drain(..extra);
     }
 
     /// Starts a wake, counting what started it.

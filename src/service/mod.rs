@@ -139,6 +139,13 @@ enum Command {
         by: String,
         reply: oneshot::Sender<Result<Lease, Denied>>,
     },
+    /// A lease the actor's task has stored (see `AddLease`).
+    LeaseAdded {
+        lease: Lease,
+        duration: Duration,
+        by: String,
+        reply: oneshot::Sender<Result<Lease, Denied>>,
+    },
     EndLease {
         id: i64,
         by: String,

@@ -64,7 +64,7 @@ impl Running {
     /// Starts the actor once `script` has set the fake up (its answer at start-up, …).
     async fn start_with(keys: &str, script: impl FnOnce(&Fake)) -> Running {
         let store = Arc::new(Store::in_memory().unwrap());
-        let (events_tx, events) = broadcast::channel(1024);
+        let events = store.publisher().subscribe();
         let (fake, backend) = Fake::new();
         script(&fake);
         let cancel = CancellationToken::new();
@@ -72,7 +72,6 @@ impl Running {
             &service(keys),
             Box::new(backend),
             store.clone(),
-            events_tx,
             &TaskTracker::new(),
             cancel.clone(),
         );

@@ -129,16 +129,19 @@ impl EcsBackend {
         });
     }
 
-    fn stored_task(&self) -> Option<String> {
+    async fn stored_task(&self) -> Option<String> {
+        let service = self.service.clone();
         self.store
-            .backend_value(&self.service, TASK_KEY)
+            .read(move |s| s.backend_value(&service, TASK_KEY))
+            .await
             .ok()
             .flatten()
     }
 
-    fn remember_task(&self, arn: Option<&str>) -> Result<(), BackendError> {
+    async fn remember_task(&self, arn: Option<&str>) -> Result<(), BackendError> {
         self.store
             .set_backend_value(&self.service, TASK_KEY, arn)
+            .await
             .map_err(|e| BackendError::Other(format!("cannot record the task's ARN: {e:#}")))
     }
 
@@ -344,7 +347,7 @@ impl EcsBackend {
     async fn current_task(&mut self) -> Result<TaskInfo, BackendError> {
         match self.config.mode.clone() {
             EcsMode::Task(_) => {
-                let arn = self.stored_task().ok_or_else(|| {
+                let arn = self.stored_task().await.ok_or_else(|| {
                     BackendError::Other("no task is running for this service".into())
                 })?;
                 self.describe_task(&arn)
@@ -409,7 +412,7 @@ impl EcsBackend {
                 })
             }
             EcsMode::Task(_) => {
-                let Some(arn) = self.stored_task() else {
+                let Some(arn) = self.stored_task().await else {
                     return Ok(Status::Stopped);
                 };
                 match self.describe_task(&arn).await? {
@@ -417,7 +420,7 @@ impl EcsBackend {
                         Ok(Status::Running)
                     }
                     _ => {
-                        self.remember_task(None)?;
+                        self.remember_task(None).await?;
                         Ok(Status::Stopped)
                     }
                 }
@@ -469,18 +472,18 @@ impl Backend for EcsBackend {
             }
             EcsMode::Task(run) => {
                 // A task we ran before that still runs is used again, never doubled.
-                if let Some(arn) = self.stored_task() {
+                if let Some(arn) = self.stored_task().await {
                     match self.describe_task(&arn).await? {
                         Some(task) if !task.stopped() && task.desired_status != "STOPPED" => {
                             self.wait_running(&arn).await?;
                             return Ok(());
                         }
-                        _ => self.remember_task(None)?,
+                        _ => self.remember_task(None).await?,
                     }
                 }
                 let arn = self.run_task(&run).await?;
                 // Recorded before anything else can fail, so a crash now cannot lose it.
-                self.remember_task(Some(&arn))?;
+                self.remember_task(Some(&arn)).await?;
                 info!(service = %self.service, task = %arn, "Task started.");
                 self.note(
                     Kind::Progress,
@@ -501,7 +504,7 @@ impl Backend for EcsBackend {
                     .await?;
             }
             EcsMode::Task(_) => {
-                if let Some(arn) = self.stored_task() {
+                if let Some(arn) = self.stored_task().await {
                     let cluster = self.config.cluster.clone();
                     let stopped = self
                         .ecs()
@@ -532,7 +535,7 @@ impl Backend for EcsBackend {
                             )));
                         }
                     }
-                    self.remember_task(None)?;
+                    self.remember_task(None).await?;
                 }
             }
         }

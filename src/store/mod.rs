@@ -1,0 +1,354 @@
+//! The embedded SQLite store in the data dir: the event log and each service's last known state.
+//! Nothing on an async worker waits for SQLite: writes go, in order, to the writer
+//! (`writer`), reads run on their own connection (`sqlite`), from async code through
+//! [`Store::read`]. An event is committed before it is published, so what a client saw is
+//! never lost; while the store cannot write, events wait in memory and `/healthz` says why.
+
+mod sqlite;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use rusqlite::Connection;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::event::{self, Event, NewEvent, from_millis, to_millis};
+use writer::{Op, Writer};
+
+pub use writer::{Failing, Health, MAX_PENDING};
+
+/// How long a read waits for the writes handed over before it.
+const CAUGHT_UP: Duration = Duration::from_secs(1);
+
+/// Live events the broadcast channel keeps for a subscriber that falls behind (it then reads
+/// the rest from the store).
+const LIVE_EVENTS: usize = 1024;
+
+/// The last state a service was recorded in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    pub state: event::State,
+    pub since: SystemTime,
+    pub last_error: Option<String>,
+}
+
+/// When a service entered a state.
+pub type Transition = (SystemTime, event::State);
+
+/// A keep-awake lease: the service counts as in use until it expires or is ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Lease {
+    pub id: i64,
+    pub reason: String,
+    /// Who took it (the API token's name).
+    pub by: String,
+    #[serde(serialize_with = "event::rfc3339")]
+    pub created: SystemTime,
+    #[serde(serialize_with = "event::rfc3339")]
+    pub expires: SystemTime,
+}
+
+/// A handle to the database. Reads share one connection behind a std `Mutex`: each is a short
+/// synchronous statement that never awaits while holding it, run from async code on a
+/// blocking thread ([`Store::read`]). Reads are blocking: apart from the start-up, async code
+/// calls them through [`Store::read`].
+pub struct Store {
+    /// `None` in memory: reads share the writer's one connection.
+    reads: Option<Mutex<Connection>>,
+    writer: Writer,
+    events: broadcast::Sender<Event>,
+}
+
+/// The current time at the precision the store keeps, so a reread event equals the published
+/// one.
+pub fn now() -> SystemTime {
+    from_millis(to_millis(SystemTime::now()))
+}
+
+impl Store {
+    /// Opens (or creates) `wakegate.db` in `data_dir` and brings its schema up to date, with a
+    /// connection for reads and one for the writer. A database locked by another process or on a full disk opens (it is
+    /// written once it can be); a damaged one or an unreadable directory does not.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(data_dir).with_context(|| {
+            format!(
+                "cannot create data dir {}; check its permissions or set [gateway] data_dir",
+                data_dir.display()
+            )
+        })?;
+        let path = data_dir.join("wakegate.db");
+        let reads = sqlite::open_and_migrate(&path).map_err(|e| open_error(&path, e))?;
+        let write =
+            sqlite::open(&path, sqlite::WRITE_BUSY).map_err(|e| open_error(&path, e.into()))?;
+        let (events, _) = broadcast::channel(LIVE_EVENTS);
+        Ok(Store {
+            reads: Some(Mutex::new(reads)),
+            writer: Writer::new(write, path, events.clone()),
+            events,
+        })
+    }
+
+    /// A store that lives only in memory (for tools and tests that need no history). Its
+    /// writes run in the caller, so an event is published when it is handed over.
+    pub fn in_memory() -> anyhow::Result<Store> {
+        let (events, _) = broadcast::channel(LIVE_EVENTS);
+        Ok(Store {
+            writer: Writer::inline(sqlite::open_in_memory()?, events.clone()),
+            reads: None,
+            events,
+        })
+    }
+
+    /// The channel every event is published on, once committed.
+    pub fn publisher(&self) -> broadcast::Sender<Event> {
+        self.events.clone()
+    }
+
+    /// Hands an event over to be stored and then published; never waits. `time` is when it
+    /// happened (see [`now`]); for a transition, the service's recorded state changes with it,
+    /// and `last_error` replaces the recorded one when given.
+    pub fn record(
+        &self,
+        service: &str,
+        event: NewEvent,
+        time: SystemTime,
+        last_error: Option<String>,
+    ) {
+        self.writer.event(Op::Event {
+            service: service.to_string(),
+            event,
+            time: from_millis(to_millis(time)),
+            last_error,
+        });
+    }
+
+    /// Records a new lease; fails at once while the store cannot write.
+    pub async fn add_lease(
+        &self,
+        service: &str,
+        reason: &str,
+        by: &str,
+        duration: Duration,
+    ) -> anyhow::Result<Lease> {
+        let created = now();
+        let expires = from_millis(to_millis(created + duration));
+        let (reply, answer) = oneshot::channel();
+        self.writer.ask(Op::AddLease {
+            service: service.to_string(),
+            reason: reason.to_string(),
+            by: by.to_string(),
+            created,
+            expires,
+            reply,
+        });
+        let id = answered(answer).await?;
+        Ok(Lease {
+            id,
+            reason: reason.to_string(),
+            by: by.to_string(),
+            created,
+            expires,
+        })
+    }
+
+    /// Ends a lease before it expires (written in order with the events, retried while the
+    /// store cannot write).
+    pub fn end_lease(&self, service: &str, id: i64) {
+        self.writer.write(Op::EndLease {
+            service: service.to_string(),
+            id,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// Stores (or, with `None`, forgets) a value a backend needs after a restart; committed
+    /// before it returns, or an error at once while the store cannot write.
+    pub async fn set_backend_value(
+        &self,
+        service: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.ask(Op::BackendValue {
+            service: service.to_string(),
+            key: key.to_string(),
+            value: value.map(str::to_string),
+            reply,
+        });
+        answered(answer).await
+    }
+
+    /// Moves a notification target's cursor forward (never back) to `id`, with the next write;
+    /// only the latest cursor of a target is written.
+    pub fn set_notify_cursor(&self, target: &str, id: i64) {
+        self.writer.cursor(target, id);
+    }
+
+    /// How the writes are doing (for `/healthz` and the metrics); never touches SQLite.
+    pub fn health(&self) -> Health {
+        self.writer.health()
+    }
+
+    /// Whether (and why) the store cannot write, as it changes.
+    pub fn failing(&self) -> tokio::sync::watch::Receiver<Option<Failing>> {
+        self.writer.failing()
+    }
+
+    /// Writes what is still queued, trying for at most `grace` while the store cannot write.
+    /// Called once wakegate has stopped its services.
+    pub async fn close(self: &Arc<Self>, grace: Duration) {
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || store.writer.close(grace)).await;
+    }
+
+    /// Waits until the writes handed over before this call are committed and published, at
+    /// most `within`, and not at all while the store cannot write.
+    pub async fn settled(self: &Arc<Self>, within: Duration) {
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || store.writer.caught_up(within)).await;
+    }
+
+    /// Runs reads on a blocking thread, so a slow one never holds up an async worker.
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        reads: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || reads(&store))
+            .await
+            .context("a read of the store was cancelled")?
+    }
+
+    /// Runs a read once the writes handed over before it are committed (waiting at most
+    /// [`CAUGHT_UP`], and not while the store cannot write): whoever acted, then reads, sees
+    /// what the action recorded.
+    fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+        self.writer.caught_up(CAUGHT_UP);
+        let conn = self.reads().lock().unwrap();
+        Ok(read(&conn)?)
+    }
+
+    fn reads(&self) -> &Mutex<Connection> {
+        self.reads
+            .as_ref()
+            .unwrap_or_else(|| self.writer.connection())
+    }
+
+    /// A value a backend stored for itself (see [`Store::set_backend_value`]).
+    pub fn backend_value(&self, service: &str, key: &str) -> anyhow::Result<Option<String>> {
+        self.with(|c| sqlite::backend_value(c, service, key))
+    }
+
+    /// The last recorded state of a service, if it was ever recorded.
+    pub fn service(&self, name: &str) -> anyhow::Result<Option<ServiceRecord>> {
+        self.with(|c| sqlite::service(c, name))
+    }
+
+    /// The newest `limit` events, oldest first, optionally of one service.
+    pub fn latest_events(&self, service: Option<&str>, limit: usize) -> anyhow::Result<Vec<Event>> {
+        self.with(|c| {
+            let after = sqlite::before_latest(c, service, limit)?;
+            sqlite::events(c, after, service, limit)
+        })
+    }
+
+    /// The id of the newest event (0 when there is none).
+    pub fn last_event_id(&self) -> anyhow::Result<i64> {
+        self.with(sqlite::last_event_id)
+    }
+
+    /// The transitions of a service from `since` on, preceded by the last one before it, and
+    /// the time of its first event ever.
+    pub fn transitions_since(
+        &self,
+        service: &str,
+        since: SystemTime,
+    ) -> anyhow::Result<(Vec<Transition>, Option<SystemTime>)> {
+        self.with(|c| sqlite::transitions_since(c, service, since))
+    }
+
+    /// How long the last `limit` wakes that started the backend took, oldest first.
+    pub fn boot_durations(&self, service: &str, limit: usize) -> anyhow::Result<Vec<u64>> {
+        self.with(|c| sqlite::boot_durations(c, service, limit))
+    }
+
+    /// Leases of a service that have neither expired nor been ended.
+    pub fn active_leases(&self, service: &str) -> anyhow::Result<Vec<Lease>> {
+        self.with(|c| sqlite::active_leases(c, service))
+    }
+
+    /// Events with an id above `after`, oldest first, optionally of one service.
+    pub fn events(
+        &self,
+        after: i64,
+        service: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Event>> {
+        self.with(|c| sqlite::events(c, after, service, limit))
+    }
+
+    /// The cursor of a notification target: the id of the last event it is done with. A target
+    /// seen for the first time starts at the newest event (it is not sent the whole history).
+    pub fn notify_cursor(&self, target: &str) -> anyhow::Result<i64> {
+        let (stored, newest) =
+            self.with(|c| Ok((sqlite::notify_cursor(c, target)?, sqlite::last_event_id(c)?)))?;
+        Ok(stored.unwrap_or_else(|| {
+            self.set_notify_cursor(target, newest);
+            newest
+        }))
+    }
+
+    /// Writes an event at once and returns it, without publishing it (tests that publish in
+    /// an order of their own).
+    #[cfg(test)]
+    pub(crate) fn insert_now(&self, service: &str, event: NewEvent) -> Event {
+        let time = now();
+        let id = {
+            let conn = self.reads().lock().unwrap();
+            sqlite::insert_event(&conn, service, &event, time, None).unwrap()
+        };
+        Event {
+            id,
+            time,
+            service: service.to_string(),
+            kind: event.kind,
+            state: event.state,
+            reason: event.reason,
+            detail: event.detail,
+        }
+    }
+}
+
+/// What a caller that waits for a write is told.
+async fn answered<T>(answer: oneshot::Receiver<Result<T, String>>) -> anyhow::Result<T> {
+    match answer.await {
+        Ok(result) => result.map_err(anyhow::Error::msg),
+        Err(_) => anyhow::bail!("the store cannot write: wakegate is shutting down"),
+    }
+}
+
+/// Why the database cannot be used at start-up, and what to do.
+fn open_error(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    let sqlite = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<rusqlite::Error>())
+        .and_then(rusqlite::Error::sqlite_error_code);
+    let what = match sqlite {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            "it is damaged; move it away (wakegate starts with an empty history and finds each service's state from its backend) or restore it from a backup"
+        }
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen) => {
+            "check that the data dir is on a writable filesystem (not mounted read-only) and that wakegate may write it"
+        }
+        Some(rusqlite::ErrorCode::DiskFull) => "the disk is full; free some space",
+        _ => "check the data dir ([gateway] data_dir)",
+    };
+    e.context(format!("cannot open database {}: {what}", path.display()))
+}
+
+#[cfg(test)]
+mod tests;
