@@ -38,6 +38,8 @@ pub struct Api {
     events: broadcast::Sender<Event>,
     tokens: Arc<[Token]>,
     cors_origins: Arc<[String]>,
+    /// The listeners' refusals and open connections, for `/metrics`.
+    listener_metrics: metrics::ListenerMetrics,
 }
 
 impl Api {
@@ -54,7 +56,14 @@ impl Api {
             events,
             tokens: tokens.into(),
             cors_origins: cors_origins.into(),
+            listener_metrics: metrics::ListenerMetrics::default(),
         }
+    }
+
+    /// Shows these listeners' metrics in `/metrics` too.
+    pub fn with_listener_metrics(mut self, listeners: metrics::ListenerMetrics) -> Api {
+        self.listener_metrics = listeners;
+        self
     }
 
     fn service(&self, name: &str) -> Result<&ServiceHandle, ApiError> {
@@ -313,7 +322,11 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics::render(&api.services),
+        {
+            let mut out = metrics::render(&api.services);
+            api.listener_metrics.render(&mut out);
+            out
+        },
     )
 }
 

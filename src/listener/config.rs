@@ -17,7 +17,11 @@ use crate::config::diag::Problems;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Listen {
-    Tcp { bind: SocketAddr },
+    Tcp {
+        bind: SocketAddr,
+        /// Open connections one client address may have (0: no cap).
+        max_connections_per_address: u32,
+    },
     Minecraft(Minecraft),
     Http(Box<Http>),
 }
@@ -26,18 +30,47 @@ impl Listen {
     /// The address this listener binds.
     pub fn bind(&self) -> SocketAddr {
         match self {
-            Listen::Tcp { bind } => *bind,
+            Listen::Tcp { bind, .. } => *bind,
             Listen::Minecraft(m) => m.bind,
             Listen::Http(h) => h.bind,
         }
     }
+
+    /// Open connections one client address may have on this listener (0: no cap).
+    pub fn max_connections_per_address(&self) -> u32 {
+        match self {
+            Listen::Tcp {
+                max_connections_per_address,
+                ..
+            } => *max_connections_per_address,
+            Listen::Minecraft(m) => m.max_connections_per_address,
+            Listen::Http(h) => h.max_connections_per_address,
+        }
+    }
 }
 
-/// A `tcp` listener: only where it binds.
+/// The default of `max_connections_per_address`, on every listener type: far above what one
+/// person, household or small office opens, far below what a descriptor limit allows.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 256;
+
+pub(crate) fn default_max_connections_per_address() -> u32 {
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+}
+
+/// The cap of a socket several entries share: the most generous of theirs (0, no cap, wins).
+pub fn shared_cap(caps: impl IntoIterator<Item = u32>) -> u32 {
+    caps.into_iter()
+        .try_fold(0u32, |most, cap| (cap != 0).then(|| most.max(cap)))
+        .unwrap_or(0)
+}
+
+/// A `tcp` listener: where it binds, and its per-address cap.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TcpListenConfig {
     bind: Spanned<SocketAddr>,
+    #[serde(default = "default_max_connections_per_address")]
+    max_connections_per_address: u32,
 }
 
 /// Reads the `[[service.listen]]` array; each listener is read, so that all their mistakes show.
@@ -63,6 +96,7 @@ pub(crate) fn read_listeners(
                 match kind.as_str() {
                     "tcp" => read::<TcpListenConfig>(rest, problems).map(|c| Listen::Tcp {
                         bind: c.bind.into_inner(),
+                        max_connections_per_address: c.max_connections_per_address,
                     }),
                     "minecraft" => read::<MinecraftListenConfig>(rest, problems)
                         .and_then(|c| read_minecraft(c, problems))
@@ -94,4 +128,16 @@ pub(crate) fn read_listeners(
         return None;
     }
     all_ok.then_some(listeners)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_socket_takes_the_most_generous_cap() {
+        assert_eq!(shared_cap([16, 256, 64]), 256);
+        assert_eq!(shared_cap([16, 0, 64]), 0);
+        assert_eq!(shared_cap([32]), 32);
+    }
 }
