@@ -102,8 +102,9 @@ pub async fn accept<S>(
     }
 }
 
-/// Whether an accept failed for want of descriptors or memory: it would fail again at once.
-fn out_of_resources(e: &io::Error) -> bool {
+/// Whether an accept (or a connect) failed for want of descriptors or memory: it would fail
+/// again at once, and says nothing about the peer.
+pub(crate) fn out_of_resources(e: &io::Error) -> bool {
     use rustix::io::Errno;
     Errno::from_io_error(e)
         .is_some_and(|e| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&e))

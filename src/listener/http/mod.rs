@@ -461,6 +461,16 @@ impl Server {
                     .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
                 response
             }
+            Err(ProxyError::Connect(e)) if super::out_of_resources(&e) => {
+                // wakegate's own shortage, not the backend's failure: no re-check.
+                let why = format!("{peer}: cannot connect to the backend: {e}");
+                self.listening.refusals.refuse(Refusal::FdExhausted, why);
+                let route = self.routes.get(index);
+                self.unavailable(
+                    route,
+                    "The gateway is out of file descriptors. Try again shortly.\n".to_string(),
+                )
+            }
             Err(ProxyError::Timeout) => {
                 // Not even a connection: as good a reason as a refusal to check it is there.
                 self.recheck(index, address);
