@@ -78,7 +78,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
                 head_timeout: crate::listener::http::config::DEFAULT_HEAD_TIMEOUT,
                 keepalive_timeout: crate::listener::http::config::DEFAULT_KEEPALIVE_TIMEOUT,
                 max_connections_per_address:
-                    crate::listener::config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+                    crate::listener::admission::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             }))],
             readiness: Default::default(),
             health: Vec::new(),

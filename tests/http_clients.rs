@@ -285,6 +285,6 @@ async fn an_address_over_its_cap_is_closed_at_once_and_others_are_served() {
         metrics.contains("wakegate_listener_connections{listener=\""),
         "{metrics}"
     );
-    promtool_check(&metrics.split_once("\r\n\r\n").unwrap().1.to_string());
+    promtool_check(metrics.split_once("\r\n\r\n").unwrap().1);
     app.shutdown().await;
 }

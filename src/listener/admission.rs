@@ -10,6 +10,21 @@ use std::sync::{Arc, Mutex};
 use super::refusal::Refusals;
 use crate::metrics::ListenerMetrics;
 
+/// The default of `max_connections_per_address`, on every listener type: far above what one
+/// person, household or small office opens, far below what a descriptor limit allows.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 256;
+
+pub(crate) fn default_max_connections_per_address() -> u32 {
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+}
+
+/// The cap of a socket several entries share: the most generous of theirs (0, no cap, wins).
+pub fn shared_cap(caps: impl IntoIterator<Item = u32>) -> u32 {
+    caps.into_iter()
+        .try_fold(0u32, |most, cap| (cap != 0).then(|| most.max(cap)))
+        .unwrap_or(0)
+}
+
 /// One bound socket's admission: the per-address cap and the open connections per address.
 #[derive(Debug)]
 pub struct Listening {
@@ -146,6 +161,13 @@ mod tests {
         let _one = listening.admit(ip("2001:db8:1:2::1")).unwrap();
         assert!(listening.admit(ip("2001:db8:1:2:ffff::9")).is_none());
         assert!(listening.admit(ip("2001:db8:1:3::1")).is_some());
+    }
+
+    #[test]
+    fn a_shared_socket_takes_the_most_generous_cap() {
+        assert_eq!(shared_cap([16, 256, 64]), 256);
+        assert_eq!(shared_cap([16, 0, 64]), 0);
+        assert_eq!(shared_cap([32]), 32);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::admission::default_max_connections_per_address;
 use super::http::config::{Http, HttpListenConfig, read_http};
 use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
 use crate::config::de::{read, split_type};
@@ -47,21 +48,6 @@ impl Listen {
             Listen::Http(h) => h.max_connections_per_address,
         }
     }
-}
-
-/// The default of `max_connections_per_address`, on every listener type: far above what one
-/// person, household or small office opens, far below what a descriptor limit allows.
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: u32 = 256;
-
-pub(crate) fn default_max_connections_per_address() -> u32 {
-    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
-}
-
-/// The cap of a socket several entries share: the most generous of theirs (0, no cap, wins).
-pub fn shared_cap(caps: impl IntoIterator<Item = u32>) -> u32 {
-    caps.into_iter()
-        .try_fold(0u32, |most, cap| (cap != 0).then(|| most.max(cap)))
-        .unwrap_or(0)
 }
 
 /// A `tcp` listener: where it binds, and its per-address cap.
@@ -128,16 +114,4 @@ pub(crate) fn read_listeners(
         return None;
     }
     all_ok.then_some(listeners)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_shared_socket_takes_the_most_generous_cap() {
-        assert_eq!(shared_cap([16, 256, 64]), 256);
-        assert_eq!(shared_cap([16, 0, 64]), 0);
-        assert_eq!(shared_cap([32]), 32);
-    }
 }

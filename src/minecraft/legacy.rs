@@ -243,7 +243,8 @@ mod tests {
         let len = u16::from_be_bytes([out[1], out[2]]) as usize;
         assert_eq!(out.len(), 3 + 2 * len);
         let text = utf16(&out[3..]).unwrap();
-        assert_eq!(text, "§1\0127\0wakegate\0§7sleeping\00\020");
+        let fields: Vec<&str> = text.split('\0').collect();
+        assert_eq!(fields, ["§1", "127", "wakegate", "§7sleeping", "0", "20"]);
         // The first bytes wiki.vg shows: FF, length, then § 1 NUL.
         assert_eq!(&out[3..9], &[0x00, 0xa7, 0x00, 0x31, 0x00, 0x00]);
         let beta = answer(&LegacyPing::Beta, &status);

@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::tls::{self, TlsFiles};
 use crate::config::de::spanned_duration;
 use crate::config::diag::Problems;
-use crate::listener::config::default_max_connections_per_address;
+use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
 /// An HTTP listener (HTTP/1.1 and h2c, or HTTPS): shows a waiting page or holds requests while

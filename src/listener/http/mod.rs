@@ -139,7 +139,7 @@ pub async fn run(
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let entries = || routes.iter().map(|r| &r.config);
-    let cap = super::config::shared_cap(entries().map(|c| c.max_connections_per_address));
+    let cap = super::admission::shared_cap(entries().map(|c| c.max_connections_per_address));
     let listening = Listening::new("http", bind, cap, &connections.metrics);
     let head_timeout = entries().map(|c| c.head_timeout).max().unwrap_or_default();
     let keepalive_timeout = entries()

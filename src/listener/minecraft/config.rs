@@ -12,7 +12,7 @@ use super::access::{Access, Subject, WakeRate};
 use super::status::{Text, load_icon};
 use crate::config::de::{optional_spanned_duration, spanned_duration};
 use crate::config::diag::Problems;
-use crate::listener::config::default_max_connections_per_address;
+use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
 /// A Minecraft Java edition listener: answers the server list while the service sleeps, wakes

@@ -91,7 +91,7 @@ pub async fn run(listener: TcpListener, routes: Routes, connections: Connections
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let cap =
-        super::config::shared_cap(routes.iter().map(|e| e.config.max_connections_per_address));
+        super::admission::shared_cap(routes.iter().map(|e| e.config.max_connections_per_address));
     let head_timeout = routes
         .iter()
         .map(|e| e.config.head_timeout)
@@ -226,7 +226,9 @@ impl Visit<'_> {
         replay.extend_from_slice(login.raw());
         let status = service.status();
         if status.state != State::Awake {
-            info!(player, client = %self.peer.ip(), "Player {player} from {} asks to join.", self.peer.ip());
+            // What comes of it is logged (held, kicked, transferred) or, for refusals, counted
+            // and logged at a rate limit: a flood of logins does not write a line each.
+            debug!(player, client = %self.peer.ip(), "Player {player} from {} asks to join.", self.peer.ip());
             if let Some(text) = self.refusal(&start).await {
                 return disconnect(reader, self.handshake.protocol, &text).await;
             }
@@ -254,7 +256,8 @@ impl Visit<'_> {
         {
             Ok(Ok(ticket)) => ticket,
             Ok(Err(e)) => {
-                info!(player, error = %e, "Closing the player: no backend.");
+                let why = format!("player {player} from {}: no backend: {e}", self.peer);
+                self.listening.refusals.refuse(Refusal::Unavailable, why);
                 let text = format!("§cThe server could not start.\n§7{e}");
                 return disconnect(reader, self.handshake.protocol, &text).await;
             }
