@@ -22,7 +22,8 @@ use crate::{api, backend, health, listener, notify, service};
 
 /// What a bound socket serves.
 enum Bound {
-    Tcp(String),
+    /// The service, and its per-address cap.
+    Tcp(String, u32),
     /// The services sharing it, with their listener entries.
     Minecraft(Vec<(String, crate::listener::minecraft::config::Minecraft)>),
     /// The services sharing it, with their listener entries.
@@ -88,7 +89,9 @@ impl App {
                     )
                 })?;
                 let what = match listen {
-                    Listen::Tcp { .. } => Bound::Tcp(service.name.clone()),
+                    Listen::Tcp { .. } => {
+                        Bound::Tcp(service.name.clone(), listen.max_connections_per_address())
+                    }
                     Listen::Minecraft(m) => {
                         Bound::Minecraft(vec![(service.name.clone(), m.clone())])
                     }
@@ -159,12 +162,13 @@ impl App {
         for (what, socket) in bound {
             let addr = socket.local_addr()?;
             match what {
-                Bound::Tcp(name) => {
+                Bound::Tcp(name, cap) => {
                     info!(service = %name, bind = %addr, "Listening.");
                     accepting.spawn(listener::tcp::run(
                         socket,
                         handle(&name),
                         connections.clone(),
+                        cap,
                     ));
                     listeners.push((name, addr));
                 }
@@ -207,13 +211,16 @@ impl App {
             warn!(api = %api, "The API has no [[gateway.token]]: anyone who can reach {api} can use it.");
         }
         info!(api = %format!("http://{api}"), "API ready.");
-        let router = api::router(api::Api::new(
-            services.clone(),
-            store.clone(),
-            events.clone(),
-            config.gateway.tokens.clone(),
-            config.gateway.cors_origins.clone(),
-        ));
+        let router = api::router(
+            api::Api::new(
+                services.clone(),
+                store.clone(),
+                events.clone(),
+                config.gateway.tokens.clone(),
+                config.gateway.cors_origins.clone(),
+            )
+            .with_listener_metrics(connections.metrics.clone()),
+        );
         let api_stop = stop_background.clone();
         let served = router.clone();
         background.spawn(async move {
@@ -323,6 +330,7 @@ const API_DRAIN: Duration = Duration::from_secs(1);
 /// Runs the gateway until SIGINT or SIGTERM. A second signal ends a shutdown that takes too
 /// long; what still runs is found again by the next start.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    listener::nofile::raise();
     let app = App::start(config).await?;
     shutdown_signal().await?;
     tokio::select! {

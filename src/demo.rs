@@ -75,6 +75,10 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
                     .iter()
                     .map(|a| a.to_string())
                     .collect(),
+                head_timeout: crate::listener::http::config::DEFAULT_HEAD_TIMEOUT,
+                keepalive_timeout: crate::listener::http::config::DEFAULT_KEEPALIVE_TIMEOUT,
+                max_connections_per_address:
+                    crate::listener::admission::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             }))],
             readiness: Default::default(),
             health: Vec::new(),

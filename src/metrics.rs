@@ -392,3 +392,141 @@ pub fn render_store(out: &mut String, store: &StoreMetrics) {
     }
 }
 // ---- End of store metrics ----------------------------------------------------------------
+
+// =============================================================================================
+// Listeners: clients refused or cut before they were served, and open connections, per bound
+// socket. Labelled by the socket's bind and type and by a reason from a fixed list: never by a
+// client's address, so the series stay as few as the config's listeners.
+// =============================================================================================
+
+/// Why a listener refused a client or cut it short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client's address already had `max_connections_per_address` connections open.
+    PerAddressCap,
+    /// It did not send its request head (HTTP), TLS handshake or Minecraft packet in time.
+    HeadTimeout,
+    /// It broke the protocol: a bad request, a broken request body, a failed TLS handshake.
+    Malformed,
+    /// The process was out of file descriptors (or socket memory) when the client arrived.
+    FdExhausted,
+    /// A Minecraft login the allow or deny lists refused.
+    Denied,
+    /// A Minecraft login over the per-address wake rate.
+    RateLimited,
+    /// A Minecraft client asked for a hostname no service has.
+    UnknownHost,
+    /// The service could not take it: `max_held` reached, the wake failed, `block_timeout`.
+    Unavailable,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 8] = [
+        Refusal::PerAddressCap,
+        Refusal::HeadTimeout,
+        Refusal::Malformed,
+        Refusal::FdExhausted,
+        Refusal::Denied,
+        Refusal::RateLimited,
+        Refusal::UnknownHost,
+        Refusal::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::PerAddressCap => "per_address_cap",
+            Refusal::HeadTimeout => "head_timeout",
+            Refusal::Malformed => "malformed",
+            Refusal::FdExhausted => "fd_exhausted",
+            Refusal::Denied => "denied",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::UnknownHost => "unknown_host",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The counters of one bound socket.
+#[derive(Debug)]
+pub struct ListenerCounters {
+    /// `tcp`, `http` or `minecraft`.
+    kind: &'static str,
+    bind: String,
+    refused: [AtomicU64; Refusal::ALL.len()],
+    /// Client connections open now.
+    pub open: AtomicU64,
+}
+
+impl ListenerCounters {
+    pub fn refused(&self, reason: Refusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused_count(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Every listener's counters, shared by the listeners (which register) and the API (which
+/// renders them). A std Mutex: taken once per listener at start and once per scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerMetrics {
+    listeners: std::sync::Arc<Mutex<Vec<std::sync::Arc<ListenerCounters>>>>,
+}
+
+impl ListenerMetrics {
+    /// The counters of a socket of `kind` bound to `bind`.
+    pub fn register(
+        &self,
+        kind: &'static str,
+        bind: std::net::SocketAddr,
+    ) -> std::sync::Arc<ListenerCounters> {
+        let counters = std::sync::Arc::new(ListenerCounters {
+            kind,
+            bind: bind.to_string(),
+            refused: Default::default(),
+            open: AtomicU64::new(0),
+        });
+        self.listeners.lock().unwrap().push(counters.clone());
+        counters
+    }
+
+    /// Appends the listeners' metrics to an exposition.
+    pub fn render(&self, out: &mut String) {
+        let listeners = self.listeners.lock().unwrap();
+        header(
+            out,
+            "wakegate_listener_refused_total",
+            "counter",
+            "Clients a listener refused or cut before serving them, by reason.",
+        );
+        for l in listeners.iter() {
+            for reason in Refusal::ALL {
+                let _ = writeln!(
+                    out,
+                    "wakegate_listener_refused_total{{listener=\"{}\",type=\"{}\",reason=\"{}\"}} {}",
+                    l.bind,
+                    l.kind,
+                    reason.as_str(),
+                    l.refused_count(reason)
+                );
+            }
+        }
+        header(
+            out,
+            "wakegate_listener_connections",
+            "gauge",
+            "Client connections open on a listener (proxied or not yet).",
+        );
+        for l in listeners.iter() {
+            let _ = writeln!(
+                out,
+                "wakegate_listener_connections{{listener=\"{}\",type=\"{}\"}} {}",
+                l.bind,
+                l.kind,
+                l.open.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+// ============================ end of the listeners' block ====================================

@@ -38,6 +38,8 @@ pub struct Api {
     events: broadcast::Sender<Event>,
     tokens: Arc<[Token]>,
     cors_origins: Arc<[String]>,
+    /// The listeners' refusals and open connections, for `/metrics`.
+    listener_metrics: metrics::ListenerMetrics,
 }
 
 impl Api {
@@ -54,7 +56,14 @@ impl Api {
             events,
             tokens: tokens.into(),
             cors_origins: cors_origins.into(),
+            listener_metrics: metrics::ListenerMetrics::default(),
         }
+    }
+
+    /// Shows these listeners' metrics in `/metrics` too.
+    pub fn with_listener_metrics(mut self, listeners: metrics::ListenerMetrics) -> Api {
+        self.listener_metrics = listeners;
+        self
     }
 
     fn service(&self, name: &str) -> Result<&ServiceHandle, ApiError> {
@@ -338,6 +347,7 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
             degraded: health.failing.is_some(),
         },
     );
+    api.listener_metrics.render(&mut text);
     (
         [(
             header::CONTENT_TYPE,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::admission::default_max_connections_per_address;
 use super::http::config::{Http, HttpListenConfig, read_http};
 use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
 use crate::config::de::{read, split_type};
@@ -17,7 +18,11 @@ use crate::config::diag::Problems;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Listen {
-    Tcp { bind: SocketAddr },
+    Tcp {
+        bind: SocketAddr,
+        /// Open connections one client address may have (0: no cap).
+        max_connections_per_address: u32,
+    },
     Minecraft(Minecraft),
     Http(Box<Http>),
 }
@@ -26,18 +31,32 @@ impl Listen {
     /// The address this listener binds.
     pub fn bind(&self) -> SocketAddr {
         match self {
-            Listen::Tcp { bind } => *bind,
+            Listen::Tcp { bind, .. } => *bind,
             Listen::Minecraft(m) => m.bind,
             Listen::Http(h) => h.bind,
         }
     }
+
+    /// Open connections one client address may have on this listener (0: no cap).
+    pub fn max_connections_per_address(&self) -> u32 {
+        match self {
+            Listen::Tcp {
+                max_connections_per_address,
+                ..
+            } => *max_connections_per_address,
+            Listen::Minecraft(m) => m.max_connections_per_address,
+            Listen::Http(h) => h.max_connections_per_address,
+        }
+    }
 }
 
-/// A `tcp` listener: only where it binds.
+/// A `tcp` listener: where it binds, and its per-address cap.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TcpListenConfig {
     bind: Spanned<SocketAddr>,
+    #[serde(default = "default_max_connections_per_address")]
+    max_connections_per_address: u32,
 }
 
 /// Reads the `[[service.listen]]` array; each listener is read, so that all their mistakes show.
@@ -63,6 +82,7 @@ pub(crate) fn read_listeners(
                 match kind.as_str() {
                     "tcp" => read::<TcpListenConfig>(rest, problems).map(|c| Listen::Tcp {
                         bind: c.bind.into_inner(),
+                        max_connections_per_address: c.max_connections_per_address,
                     }),
                     "minecraft" => read::<MinecraftListenConfig>(rest, problems)
                         .and_then(|c| read_minecraft(c, problems))

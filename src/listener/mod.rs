@@ -1,22 +1,31 @@
 //! Listeners: where clients arrive. One accept loop per bound socket ([`accept`]); each client
-//! gets its own task on the connections tracker. Listeners whose protocol names its target
-//! share a socket among services through a [`route::Routes`] table.
+//! gets its own task on the connections tracker, once the socket's [`Listening`] admits it
+//! (the per-address cap). Listeners whose protocol names its target share a socket among
+//! services through a [`route::Routes`] table.
 
+pub mod admission;
 pub mod config;
 pub mod copy;
 pub mod hostnames;
 pub mod http;
 pub mod minecraft;
+pub mod nofile;
+pub mod refusal;
 pub mod route;
 pub mod tcp;
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::debug;
+
+pub use self::admission::Listening;
+use crate::metrics::{ListenerMetrics, Refusal};
 
 /// What client connections share: their tracker, and the two steps of a graceful shutdown.
 #[derive(Clone)]
@@ -26,6 +35,8 @@ pub struct Connections {
     pub stop_accepting: CancellationToken,
     /// Fired when the grace period is over: open and held connections are closed.
     pub close_all: CancellationToken,
+    /// Every listener's refusals and open connections, for `/metrics`.
+    pub metrics: ListenerMetrics,
 }
 
 impl Connections {
@@ -34,6 +45,7 @@ impl Connections {
             tracker: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
             close_all: CancellationToken::new(),
+            metrics: ListenerMetrics::default(),
         }
     }
 }
@@ -44,10 +56,18 @@ impl Default for Connections {
     }
 }
 
+/// How long the accept loop pauses when the process is out of file descriptors: long enough
+/// not to spin on a socket that stays readable, short enough to take clients again as soon as
+/// connections close.
+const EXHAUSTED_PAUSE: Duration = Duration::from_millis(50);
+
 /// Accepts clients until `connections.stop_accepting` fires, and runs `serve(client, peer)` for
-/// each on the connections tracker, so a shutdown waits for it.
+/// each on the connections tracker, so a shutdown waits for it. A client whose address already
+/// has the socket's cap of connections open is closed at once, unanswered (cheaper than any
+/// answer, and the same for every protocol).
 pub async fn accept<S>(
     listener: &TcpListener,
+    listening: &Arc<Listening>,
     connections: &Connections,
     mut serve: impl FnMut(TcpStream, SocketAddr) -> S,
 ) where
@@ -60,13 +80,32 @@ pub async fn accept<S>(
         };
         match accepted {
             Ok((client, peer)) => {
-                connections.tracker.spawn(serve(client, peer));
+                let Some(slot) = listening.admit(peer.ip()) else {
+                    drop(client);
+                    listening.refusals.refuse(Refusal::PerAddressCap, peer);
+                    continue;
+                };
+                let served = serve(client, peer);
+                connections.tracker.spawn(async move {
+                    served.await;
+                    drop(slot);
+                });
             }
-            Err(e) => {
-                // Usually out of file descriptors: a backoff instead of spinning on the error.
-                warn!(error = %e, "Cannot accept a connection.");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(e) if out_of_resources(&e) => {
+                // The connection waits in the backlog; it is taken once descriptors free up.
+                listening.refusals.refuse(Refusal::FdExhausted, &e);
+                tokio::time::sleep(EXHAUSTED_PAUSE).await;
             }
+            // A client that left before it was accepted, and the like: nothing to wait for.
+            Err(e) => debug!(error = %e, "Cannot accept a connection."),
         }
     }
+}
+
+/// Whether an accept (or a connect) failed for want of descriptors or memory: it would fail
+/// again at once, and says nothing about the peer.
+pub(crate) fn out_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    Errno::from_io_error(e)
+        .is_some_and(|e| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&e))
 }

@@ -49,6 +49,11 @@ impl<R: Named> Routes<R> {
         Some((index, &self.routes[index]))
     }
 
+    /// Every entry, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = &R> {
+        self.routes.iter()
+    }
+
     /// The entry at `index`, as [`Routes::find`] gave it.
     pub fn get(&self, index: usize) -> &R {
         &self.routes[index]

@@ -2,18 +2,38 @@
 //! backend wakes), connect to the backend and copy bytes both ways, half-close included.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
-use super::{Connections, copy};
+use super::{Connections, Listening, copy};
+use crate::metrics::Refusal;
 use crate::service::ServiceHandle;
 
-/// Accepts clients until `connections.stop_accepting` fires.
-pub async fn run(listener: TcpListener, service: ServiceHandle, connections: Connections) {
-    super::accept(&listener, &connections, |client, peer| {
+/// Accepts clients until `connections.stop_accepting` fires, at most `max_per_address` open
+/// from one address (0: no cap).
+pub async fn run(
+    listener: TcpListener,
+    service: ServiceHandle,
+    connections: Connections,
+    max_per_address: u32,
+) {
+    let bind = listener
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let listening = Listening::new("tcp", bind, max_per_address, &connections.metrics);
+    super::accept(&listener, &listening, &connections, |client, peer| {
         let span = info_span!("client", service = service.name(), %peer);
-        serve(client, peer, service.clone(), connections.clone()).instrument(span)
+        let listening = listening.clone();
+        serve(
+            client,
+            peer,
+            service.clone(),
+            connections.clone(),
+            listening,
+        )
+        .instrument(span)
     })
     .await;
 }
@@ -23,6 +43,7 @@ async fn serve(
     peer: SocketAddr,
     service: ServiceHandle,
     connections: Connections,
+    listening: Arc<Listening>,
 ) {
     let ticket = tokio::select! {
         ticket = service.connect(peer) => ticket,
@@ -31,7 +52,8 @@ async fn serve(
     let ticket = match ticket {
         Ok(ticket) => ticket,
         Err(e) => {
-            info!(error = %e, "Closing the client.");
+            let why = format!("{peer} for {}: {e}", service.name());
+            listening.refusals.refuse(Refusal::Unavailable, why);
             return;
         }
     };

@@ -151,6 +151,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads some more bytes, keeping at most `limit` buffered in all: for what is not framed
+    /// (the legacy ping). Fails when the buffer is full already or the connection closed.
+    pub async fn read_raw(&mut self, limit: usize) -> Result<()> {
+        let want = limit.saturating_sub(self.buf.len());
+        if want == 0 {
+            return Err(CodecError::FrameTooLarge {
+                size: self.buf.len() as u64,
+                max: limit,
+            });
+        }
+        self.fill(want, limit).await
+    }
+
     /// The total length of the incomplete frame at the start of the buffer, once its length
     /// prefix is complete (`frame_bounds` already checked it against `max`).
     fn expected_total(&self, max: usize) -> Option<usize> {

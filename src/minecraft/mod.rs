@@ -24,6 +24,7 @@ mod configuration;
 mod error;
 mod frame;
 mod handshake;
+pub mod legacy;
 mod limits;
 mod login;
 mod nbt;

@@ -33,11 +33,31 @@ impl Wakegate {
     /// As [`Wakegate::start`], with `setup` adding to the command (its environment, say).
     pub fn start_with(config: &Path, setup: impl FnOnce(&mut Command) -> &mut Command) -> Wakegate {
         let mut command = Command::new(WAKEGATE);
+        Wakegate::launch(&mut command, config, setup)
+    }
+
+    /// As [`Wakegate::start`], under an open-file limit of `nofile` (soft and hard), as a
+    /// default shell or service manager may leave it: util-linux's `prlimit` sets the limit and
+    /// then executes wakegate in its place (same pid).
+    pub fn start_with_nofile(config: &Path, nofile: u64) -> Wakegate {
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(WAKEGATE);
+        Wakegate::launch(&mut command, config, |command| command)
+    }
+
+    fn launch(
+        command: &mut Command,
+        config: &Path,
+        setup: impl FnOnce(&mut Command) -> &mut Command,
+    ) -> Wakegate {
         command
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info");
-        let mut child = setup(&mut command)
+        let mut child = setup(command)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

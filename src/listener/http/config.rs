@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::tls::{self, TlsFiles};
 use crate::config::de::spanned_duration;
 use crate::config::diag::Problems;
+use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
 /// An HTTP listener (HTTP/1.1 and h2c, or HTTPS): shows a waiting page or holds requests while
@@ -38,6 +39,14 @@ pub struct Http {
     pub ignore_paths: Vec<String>,
     /// Lower-case parts of User-Agent headers (health checkers, bots) that never wake it.
     pub ignore_user_agents: Vec<String>,
+    /// How long a new connection has for its TLS handshake and the whole head of its first
+    /// request.
+    pub head_timeout: Duration,
+    /// How long a connection may stay with no request in flight after a response, until the
+    /// next request's head is complete.
+    pub keepalive_timeout: Duration,
+    /// Open connections one client address may have on this socket (0: no cap).
+    pub max_connections_per_address: u32,
 }
 
 /// What a request gets while its service is not awake.
@@ -77,6 +86,18 @@ pub(crate) struct HttpListenConfig {
     page: Option<Spanned<PathBuf>>,
     ignore_paths: Option<Vec<Spanned<String>>>,
     ignore_user_agents: Option<Vec<String>>,
+    #[serde(
+        default = "default_head_timeout",
+        deserialize_with = "spanned_duration"
+    )]
+    head_timeout: Spanned<Duration>,
+    #[serde(
+        default = "default_keepalive_timeout",
+        deserialize_with = "spanned_duration"
+    )]
+    keepalive_timeout: Spanned<Duration>,
+    #[serde(default = "default_max_connections_per_address")]
+    max_connections_per_address: u32,
 }
 
 fn default_strategy() -> Strategy {
@@ -84,6 +105,17 @@ fn default_strategy() -> Strategy {
 }
 fn default_block_timeout() -> Spanned<Duration> {
     Spanned::new(0..0, Duration::from_secs(30))
+}
+/// Time enough for a person on a slow link; a client that sends nothing is closed then.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+fn default_head_timeout() -> Spanned<Duration> {
+    Spanned::new(0..0, DEFAULT_HEAD_TIMEOUT)
+}
+/// Browsers keep an idle connection for minutes; a new one costs a round trip (and a TLS
+/// handshake) when the next page is long after the last.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+fn default_keepalive_timeout() -> Spanned<Duration> {
+    Spanned::new(0..0, DEFAULT_KEEPALIVE_TIMEOUT)
 }
 fn default_no_redirect() -> Spanned<bool> {
     Spanned::new(0..0, false)
@@ -145,6 +177,23 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
             "hold a request between 1s and 1h; most HTTP clients give up after 30s to 60s",
         );
         ok = false;
+    }
+    for (key, value) in [
+        ("head_timeout", &c.head_timeout),
+        ("keepalive_timeout", &c.keepalive_timeout),
+    ] {
+        let timeout = *value.get_ref();
+        if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+            problems.add(
+                Some(value.span()),
+                format!(
+                    "{key} = \"{}\" is out of range",
+                    humantime::format_duration(timeout)
+                ),
+                "give it between 1s and 1h; the defaults are head_timeout = \"10s\" and keepalive_timeout = \"30s\"",
+            );
+            ok = false;
+        }
     }
     let tls = match (c.tls_cert, c.tls_key) {
         (None, None) => None,
@@ -248,5 +297,8 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
         page,
         ignore_paths,
         ignore_user_agents,
+        head_timeout: c.head_timeout.into_inner(),
+        keepalive_timeout: c.keepalive_timeout.into_inner(),
+        max_connections_per_address: c.max_connections_per_address,
     })
 }

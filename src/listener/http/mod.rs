@@ -5,6 +5,7 @@
 //! an open upgraded connection count as activity; health checkers and bots do neither.
 
 pub mod config;
+mod deadline;
 pub mod page;
 pub mod proxy;
 pub mod tls;
@@ -29,24 +30,24 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use self::config::{Http, Strategy};
+use self::deadline::{Expired, InFlight, Tracked};
 use self::proxy::{Proxy, ProxyError, ProxyTimeouts};
-use super::Connections;
 use super::route::{self, Named};
+use super::{Connections, Listening};
 use crate::event::State;
+use crate::metrics::Refusal;
 use crate::probe::{self, Check};
 use crate::service::config::HealthAction;
 use crate::service::{ConnectError, ServiceHandle, Ticket};
 
 /// The body of every response the listener sends: the backend's, streamed, or its own.
 pub type Body = proxy::ProxyBody;
-
-/// How long a client has for its TLS handshake, and for the head of each HTTP/1 request.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What Retry-After says when the time a boot takes is not known yet.
 const RETRY_UNKNOWN: Duration = Duration::from_secs(5);
@@ -117,6 +118,11 @@ struct Server {
     /// Whether clients arrive over TLS (told to the backend in X-Forwarded-Proto).
     tls: bool,
     connections: Connections,
+    /// The socket's admission and refusals.
+    listening: Arc<Listening>,
+    /// The most generous `head_timeout` and `keepalive_timeout` of the socket's entries.
+    head_timeout: Duration,
+    keepalive_timeout: Duration,
     /// One token per exchange handed to the proxy (a response body being sent, an upgraded
     /// connection): a shutdown waits for them, and closes the proxy when the grace is over.
     exchanges: TaskTracker,
@@ -129,14 +135,28 @@ pub async fn run(
     tls: Option<TlsAcceptor>,
     connections: Connections,
 ) {
+    let bind = listener
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let entries = || routes.iter().map(|r| &r.config);
+    let cap = super::admission::shared_cap(entries().map(|c| c.max_connections_per_address));
+    let listening = Listening::new("http", bind, cap, &connections.metrics);
+    let head_timeout = entries().map(|c| c.head_timeout).max().unwrap_or_default();
+    let keepalive_timeout = entries()
+        .map(|c| c.keepalive_timeout)
+        .max()
+        .unwrap_or_default();
     let server = Arc::new(Server {
         routes,
         proxy: Proxy::new(ProxyTimeouts::default()),
         tls: tls.is_some(),
         connections: connections.clone(),
+        listening: listening.clone(),
+        head_timeout,
+        keepalive_timeout,
         exchanges: TaskTracker::new(),
     });
-    super::accept(&listener, &connections, |client, peer| {
+    super::accept(&listener, &listening, &connections, |client, peer| {
         let span = info_span!("http", %peer);
         accept(client, peer, server.clone(), tls.clone()).instrument(span)
     })
@@ -159,17 +179,27 @@ async fn accept(
     tls: Option<TlsAcceptor>,
 ) {
     let _ = client.set_nodelay(true);
+    // One deadline from the opening: the TLS handshake and the first request's head.
+    let opened = Instant::now();
     match tls {
-        None => serve(client, peer, server).await,
+        None => serve(client, peer, server, opened).await,
         Some(acceptor) => {
+            let deadline = opened + server.head_timeout;
             let handshake = tokio::select! {
-                handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(client)) => handshake,
+                handshake = tokio::time::timeout_at(deadline, acceptor.accept(client)) => handshake,
                 () = server.connections.close_all.cancelled() => return,
             };
+            let refusals = &server.listening.refusals;
             match handshake {
-                Ok(Ok(stream)) => serve(stream, peer, server).await,
-                Ok(Err(e)) => debug!(error = %e, "TLS handshake failed."),
-                Err(_) => debug!("The client did not finish its TLS handshake in time."),
+                Ok(Ok(stream)) => serve(stream, peer, server, opened).await,
+                Ok(Err(e)) => refusals.refuse(
+                    Refusal::Malformed,
+                    format_args!("{peer}: TLS handshake failed: {e}"),
+                ),
+                Err(_) => refusals.refuse(
+                    Refusal::HeadTimeout,
+                    format_args!("{peer} did not finish its TLS handshake in time"),
+                ),
             }
         }
     }
@@ -178,9 +208,9 @@ async fn accept(
 /// Runs hyper's task for h2 streams and upgrades on the connections' tracker, so a shutdown
 /// waits for them like for any connection.
 #[derive(Clone)]
-struct Tracked(TaskTracker);
+struct Executor(TaskTracker);
 
-impl<F> hyper::rt::Executor<F> for Tracked
+impl<F> hyper::rt::Executor<F> for Executor
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -192,25 +222,44 @@ where
 
 /// Speaks HTTP/1.1 or HTTP/2 (by the client's preface) on one connection until it closes; on
 /// shutdown, finishes the requests in flight and closes, or is cut at the end of the grace.
-async fn serve<I>(io: I, peer: SocketAddr, server: Arc<Server>)
+async fn serve<I>(io: I, peer: SocketAddr, server: Arc<Server>, opened: Instant)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let connections = server.connections.clone();
+    let flight = InFlight::new(opened);
+    let (head_timeout, keepalive_timeout) = (server.head_timeout, server.keepalive_timeout);
+    let listening = server.listening.clone();
+    let in_flight = flight.clone();
     let handler = service_fn(move |request| {
         let server = server.clone();
-        async move { Ok::<_, Infallible>(server.handle(request, peer).await) }
+        let busy = in_flight.begin();
+        async move {
+            let response = server.handle(request, peer).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, busy }.boxed()))
+        }
     });
-    let mut builder = auto::Builder::new(Tracked(connections.tracker.clone()));
+    let mut builder = auto::Builder::new(Executor(connections.tracker.clone()));
+    // Our own deadlines (`deadline.rs`) replace hyper's header timer.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT);
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
     tokio::pin!(connection);
     let served = tokio::select! {
         served = connection.as_mut() => served,
+        expired = flight.expired(head_timeout, keepalive_timeout) => {
+            match expired {
+                Expired::Head => listening.refusals.refuse(
+                    Refusal::HeadTimeout,
+                    format_args!("{peer} sent no complete request within head_timeout"),
+                ),
+                Expired::KeepAlive => debug!("Closing a connection idle past keepalive_timeout."),
+            }
+            return;
+        }
         () = connections.stop_accepting.cancelled() => {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
@@ -223,7 +272,16 @@ where
         }
     };
     if let Err(e) = served {
-        debug!(error = %e, "Connection ended with an error.");
+        let parse = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse);
+        if parse {
+            // hyper has answered 400 (or 431) already.
+            let why = format!("{peer}: {e}");
+            listening.refusals.refuse(Refusal::Malformed, why);
+        } else {
+            debug!(error = %e, "Connection ended with an error.");
+        }
     }
 }
 
@@ -307,7 +365,12 @@ impl Server {
             }
             Ok(Err(e)) => return self.unavailable(route, format!("{e}\n")),
             Err(_) => {
-                info!(service = service.name(), block_timeout = %humantime::format_duration(timeout), "The service was not awake within block_timeout; answering 503.");
+                let why = format!(
+                    "{peer} for {}: not awake within block_timeout ({}); answered 503",
+                    service.name(),
+                    humantime::format_duration(timeout)
+                );
+                self.listening.refusals.refuse(Refusal::Unavailable, why);
                 return self.unavailable(
                     route,
                     format!("{} is still starting. Try again shortly.\n", service.name()),
@@ -384,6 +447,30 @@ impl Server {
                 Some(ticket) => response.map(|body| Guarded { body, ticket }.boxed()),
                 None => response,
             },
+            Err(ProxyError::ClientBody(e)) => {
+                // The client's fault, not the backend's: no 502, no re-check. If the client is
+                // still there, it learns why.
+                let why = format!("{peer}: broken request body: {e}");
+                self.listening.refusals.refuse(Refusal::Malformed, why);
+                let mut response = text(
+                    StatusCode::BAD_REQUEST,
+                    format!("The request body was malformed or cut short ({e}).\n"),
+                );
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+            Err(ProxyError::Connect(e)) if super::out_of_resources(&e) => {
+                // wakegate's own shortage, not the backend's failure: no re-check.
+                let why = format!("{peer}: cannot connect to the backend: {e}");
+                self.listening.refusals.refuse(Refusal::FdExhausted, why);
+                let route = self.routes.get(index);
+                self.unavailable(
+                    route,
+                    "The gateway is out of file descriptors. Try again shortly.\n".to_string(),
+                )
+            }
             Err(ProxyError::Timeout) => {
                 // Not even a connection: as good a reason as a refusal to check it is there.
                 self.recheck(index, address);
@@ -608,6 +695,9 @@ mod tests {
             page: None,
             ignore_paths: paths.iter().map(|p| p.to_string()).collect(),
             ignore_user_agents: agents.iter().map(|a| a.to_string()).collect(),
+            head_timeout: config::DEFAULT_HEAD_TIMEOUT,
+            keepalive_timeout: config::DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connections_per_address: 256,
         }
     }
 

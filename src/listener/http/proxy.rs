@@ -60,9 +60,12 @@ impl Default for ProxyTimeouts {
 }
 
 /// Why a request could not be forwarded. `Connect` and `Backend` mean the backend is not
-/// answering as it should (the listener answers 502 and has the service check readiness).
+/// answering as it should (the listener answers 502 and has the service check readiness);
+/// `ClientBody` that the client broke its request body (a bad chunk, cut short).
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("{0}")]
+    ClientBody(String),
     #[error("cannot connect to the backend: {0}")]
     Connect(#[source] io::Error),
     #[error("the backend did not answer the request: {0}")]
@@ -265,7 +268,17 @@ impl Proxy {
                         debug!(%backend, error = %e.error(), "A pooled backend connection was closed; sending the request on another.");
                         req = unsent;
                     }
-                    _ => return Err(ProxyError::Backend(e.into_error())),
+                    _ => {
+                        let e = e.into_error();
+                        // hyper wraps an error of the body it sends as a "user" error with the
+                        // body's own error (the client's connection, read by hyper) as source.
+                        let client = std::error::Error::source(&e)
+                            .filter(|s| e.is_user() && s.is::<hyper::Error>());
+                        return Err(match client {
+                            Some(client) => ProxyError::ClientBody(client.to_string()),
+                            None => ProxyError::Backend(e),
+                        });
+                    }
                 },
             }
         }

@@ -12,6 +12,7 @@ use super::access::{Access, Subject, WakeRate};
 use super::status::{Text, load_icon};
 use crate::config::de::{optional_spanned_duration, spanned_duration};
 use crate::config::diag::Problems;
+use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
 /// A Minecraft Java edition listener: answers the server list while the service sleeps, wakes
@@ -49,6 +50,11 @@ pub struct Minecraft {
     pub status_cache: Option<Duration>,
     /// Write a PROXY protocol v2 header to the backend first.
     pub proxy_protocol: bool,
+    /// How long a client has to send its handshake, and each packet of the status and login
+    /// stages after it.
+    pub head_timeout: Duration,
+    /// Open connections one client address may have on this socket (0: no cap).
+    pub max_connections_per_address: u32,
 }
 
 /// What a login does while the service is not awake.
@@ -142,6 +148,19 @@ pub(crate) struct MinecraftListenConfig {
     status_cache: Option<Spanned<Duration>>,
     #[serde(default)]
     proxy_protocol: bool,
+    #[serde(
+        default = "default_head_timeout",
+        deserialize_with = "spanned_duration"
+    )]
+    head_timeout: Spanned<Duration>,
+    #[serde(default = "default_max_connections_per_address")]
+    max_connections_per_address: u32,
+}
+
+/// What vanilla servers allow a client between packets before login completes.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+fn default_head_timeout() -> Spanned<Duration> {
+    Spanned::new(0..0, DEFAULT_HEAD_TIMEOUT)
 }
 
 fn default_motd_asleep() -> Spanned<String> {
@@ -191,6 +210,18 @@ pub(crate) fn read_minecraft(
         );
         ok = false;
     }
+    let head_timeout = *c.head_timeout.get_ref();
+    if head_timeout.is_zero() || head_timeout > Duration::from_secs(600) {
+        problems.add(
+            Some(c.head_timeout.span()),
+            format!(
+                "head_timeout = \"{}\" is out of range",
+                humantime::format_duration(head_timeout)
+            ),
+            "give a client between 1s and 10m for each packet before login; the default is 10s",
+        );
+        ok = false;
+    }
     let mut text = |motd: &Spanned<String>| match Text::parse(motd.get_ref()) {
         Ok(text) => Some(text),
         Err(e) => {
@@ -230,6 +261,8 @@ pub(crate) fn read_minecraft(
         icon: extra.icon,
         status_cache: c.status_cache.map(Spanned::into_inner),
         proxy_protocol: c.proxy_protocol,
+        head_timeout,
+        max_connections_per_address: c.max_connections_per_address,
     })
 }
 

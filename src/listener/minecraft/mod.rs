@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod config;
+mod legacy;
 pub mod status;
 mod transfer;
 
@@ -22,8 +23,9 @@ use self::access::{RateLimiter, Who};
 use self::config::{Join, Minecraft};
 use self::status::StatusCache;
 use super::route::{self, Named};
-use super::{Connections, copy};
+use super::{Connections, Listening, copy};
 use crate::event::{Kind, State};
+use crate::metrics::Refusal;
 use crate::minecraft::ping::{self, PingError};
 use crate::minecraft::{
     self, Clientbound, CodecError, Frame, FrameReader, Handshake, Intent, LoginStart,
@@ -31,9 +33,8 @@ use crate::minecraft::{
 };
 use crate::service::ServiceHandle;
 
-/// How long a client has to send its handshake, and each packet of the status and login
-/// stages after it.
-const PACKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the backend has to answer a status ping asked for the status cache.
+const BACKEND_STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One service reachable through a shared socket, with its listener entry.
 pub struct Route {
@@ -75,13 +76,37 @@ pub fn routes(routes: Vec<Route>) -> Routes {
 /// The services behind one socket.
 pub type Routes = route::Routes<Entry>;
 
+/// What every connection of one socket shares.
+struct Socket {
+    routes: Routes,
+    listening: Arc<Listening>,
+    /// The most generous `head_timeout` of the entries: for the handshake, before a route is
+    /// known.
+    head_timeout: Duration,
+}
+
 /// Accepts clients until `connections.stop_accepting` fires.
 pub async fn run(listener: TcpListener, routes: Routes, connections: Connections) {
-    let routes = Arc::new(routes);
-    super::accept(&listener, &connections, |client, peer| {
+    let bind = listener
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let cap =
+        super::admission::shared_cap(routes.iter().map(|e| e.config.max_connections_per_address));
+    let head_timeout = routes
+        .iter()
+        .map(|e| e.config.head_timeout)
+        .max()
+        .unwrap_or(config::DEFAULT_HEAD_TIMEOUT);
+    let listening = Listening::new("minecraft", bind, cap, &connections.metrics);
+    let socket = Arc::new(Socket {
+        routes,
+        listening: listening.clone(),
+        head_timeout,
+    });
+    super::accept(&listener, &listening, &connections, |client, peer| {
         let span = info_span!("minecraft", %peer);
-        let (routes, conns) = (routes.clone(), connections.clone());
-        serve(client, peer, routes, conns).instrument(span)
+        let (socket, conns) = (socket.clone(), connections.clone());
+        serve(client, peer, socket, conns).instrument(span)
     })
     .await;
 }
@@ -108,19 +133,23 @@ impl From<std::io::Error> for End {
     }
 }
 
-async fn serve(client: TcpStream, peer: SocketAddr, routes: Arc<Routes>, connections: Connections) {
+async fn serve(client: TcpStream, peer: SocketAddr, socket: Arc<Socket>, connections: Connections) {
     let _ = client.set_nodelay(true);
     let mut reader = FrameReader::new(client);
     let ended = tokio::select! {
-        ended = talk(&mut reader, peer, &routes) => ended,
+        ended = talk(&mut reader, peer, &socket) => ended,
         () = connections.close_all.cancelled() => Err(End::Shutdown),
     };
+    let refusals = &socket.listening.refusals;
     match ended {
         Ok(()) => {}
         Err(End::Client(CodecError::Closed { buffered: 0 })) => {
             debug!("The client closed the connection.");
         }
-        Err(End::Client(e)) => info!(error = %e, "Closing a client that broke the protocol."),
+        Err(End::Client(e @ CodecError::Timeout(_))) => {
+            refusals.refuse(Refusal::HeadTimeout, format_args!("{peer}: {e}"));
+        }
+        Err(End::Client(e)) => refusals.refuse(Refusal::Malformed, format_args!("{peer}: {e}")),
         Err(End::Io(e)) => debug!(error = %e, "Connection ended with an error."),
         Err(End::Shutdown) => debug!("Closing the connection: wakegate is shutting down."),
     }
@@ -129,12 +158,16 @@ async fn serve(client: TcpStream, peer: SocketAddr, routes: Arc<Routes>, connect
 async fn talk(
     reader: &mut FrameReader<TcpStream>,
     peer: SocketAddr,
-    routes: &Routes,
+    socket: &Socket,
 ) -> Result<(), End> {
-    let (handshake, frame) = minecraft::read_handshake(reader, PACKET_TIMEOUT).await?;
+    let (handshake, frame) = match minecraft::read_handshake(reader, socket.head_timeout).await {
+        Err(CodecError::LegacyPing) => return legacy::answer(reader, peer, socket).await,
+        read => read?,
+    };
     let hostname = handshake.address.hostname().to_owned();
-    let Some((_, route)) = routes.find(&hostname) else {
-        info!(hostname, "No service has this hostname.");
+    let Some((_, route)) = socket.routes.find(&hostname) else {
+        let why = format!("{peer} asked for `{hostname}`");
+        socket.listening.refusals.refuse(Refusal::UnknownHost, why);
         let text = format!("§cunknown server `{hostname}`");
         return match handshake.intent {
             Intent::Status => {
@@ -145,7 +178,7 @@ async fn talk(
                     icon: None,
                 };
                 let json = status::status_json(handshake.protocol.0, &entry);
-                answer_status(reader, &handshake, &json).await
+                answer_status(reader, &handshake, &json, socket.head_timeout).await
             }
             Intent::Login | Intent::Transfer => disconnect(reader, handshake.protocol, &text).await,
         };
@@ -155,6 +188,7 @@ async fn talk(
         peer,
         handshake,
         route,
+        listening: &socket.listening,
     };
     visit.run(reader, frame).instrument(span).await
 }
@@ -164,6 +198,7 @@ struct Visit<'a> {
     peer: SocketAddr,
     handshake: Handshake,
     route: &'a Entry,
+    listening: &'a Listening,
 }
 
 impl Visit<'_> {
@@ -182,15 +217,18 @@ impl Visit<'_> {
             return self.status(reader, replay).await;
         }
 
-        let login = tokio::time::timeout(PACKET_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
+        let timeout = config.head_timeout;
+        let login = tokio::time::timeout(timeout, reader.next_frame(MAX_LOGIN_FRAME))
             .await
-            .map_err(|_| CodecError::Timeout(PACKET_TIMEOUT))??;
+            .map_err(|_| CodecError::Timeout(timeout))??;
         let start = LoginStart::parse(login.body(), self.handshake.protocol)?;
         let player = start.name.clone();
         replay.extend_from_slice(login.raw());
         let status = service.status();
         if status.state != State::Awake {
-            info!(player, client = %self.peer.ip(), "Player {player} from {} asks to join.", self.peer.ip());
+            // What comes of it is logged (held, kicked, transferred) or, for refusals, counted
+            // and logged at a rate limit: a flood of logins does not write a line each.
+            debug!(player, client = %self.peer.ip(), "Player {player} from {} asks to join.", self.peer.ip());
             if let Some(text) = self.refusal(&start).await {
                 return disconnect(reader, self.handshake.protocol, &text).await;
             }
@@ -218,7 +256,8 @@ impl Visit<'_> {
         {
             Ok(Ok(ticket)) => ticket,
             Ok(Err(e)) => {
-                info!(player, error = %e, "Closing the player: no backend.");
+                let why = format!("player {player} from {}: no backend: {e}", self.peer);
+                self.listening.refusals.refuse(Refusal::Unavailable, why);
                 let text = format!("§cThe server could not start.\n§7{e}");
                 return disconnect(reader, self.handshake.protocol, &text).await;
             }
@@ -259,20 +298,22 @@ impl Visit<'_> {
         };
         if let Some(why) = config.access.refuse(&who) {
             let detail = json!({ "why": why });
-            self.note(player, "denied", format!("denied: {why}"), detail)
+            let text = format!("player {player} from {}: {why}", self.peer);
+            self.listening.refusals.refuse(Refusal::Denied, text);
+            self.record(player, "denied", format!("denied: {why}"), detail)
                 .await;
             return Some(format!("§cYou may not start this server:\n§7{why}."));
         }
         let limiter = self.route.limiter.as_ref()?;
         let limited = limiter.attempt(self.peer.ip()).err()?;
         let wait = Duration::from_secs(limited.retry_after.as_secs().max(1));
+        let why = format!("over the wake rate of {} per address", limiter.rate());
+        let text = format!("player {player} from {}: {why}", self.peer);
+        self.listening.refusals.refuse(Refusal::RateLimited, text);
         if limited.first {
-            let why = format!("over the wake rate of {} per address", limiter.rate());
             let detail = json!({ "why": why, "retry_after_s": wait.as_secs() });
-            self.note(player, "denied", format!("denied: {why}"), detail)
+            self.record(player, "denied", format!("denied: {why}"), detail)
                 .await;
-        } else {
-            info!(player, "Refusing a wake over the wake rate.");
         }
         Some(format!(
             "§eToo many attempts to start the server from your address.\n§7Try again in {}.",
@@ -337,15 +378,15 @@ impl Visit<'_> {
                 None => {
                     let header = self.proxy_header(reader).unwrap_or_default();
                     let ping = ping::status(address, &self.handshake, &header);
-                    let json = tokio::time::timeout(PACKET_TIMEOUT, ping)
+                    let json = tokio::time::timeout(BACKEND_STATUS_TIMEOUT, ping)
                         .await
-                        .unwrap_or(Err(PingError::Timeout(PACKET_TIMEOUT)))
+                        .unwrap_or(Err(PingError::Timeout(BACKEND_STATUS_TIMEOUT)))
                         .map_err(|e| std::io::Error::other(format!("the backend's status: {e}")))?;
                     cache.put(protocol, json.clone());
                     json
                 }
             };
-            return answer_status(reader, &self.handshake, &json).await;
+            return answer_status(reader, &self.handshake, &json, config.head_timeout).await;
         }
         if let Some(cache) = &self.route.cache {
             cache.clear();
@@ -354,22 +395,14 @@ impl Visit<'_> {
             .metrics()
             .status_pings
             .fetch_add(1, Ordering::Relaxed);
-        let motd = match status.state {
-            State::Waking => {
-                let left = eta(service, status.since);
-                config.motd_waking.with_line(&describe_eta(left))
-            }
-            State::Failed => config.motd_failed.component(),
-            _ => config.motd_asleep.component(),
-        };
         let entry = status::Entry {
             version_name: &config.version_name,
-            motd,
+            motd: motd(self.route, &status),
             sample: &config.player_sample,
             icon: config.icon.as_deref(),
         };
         let json = status::status_json(self.handshake.protocol.0, &entry);
-        answer_status(reader, &self.handshake, &json).await
+        answer_status(reader, &self.handshake, &json, config.head_timeout).await
     }
 
     /// Starts the wake and sends the player away with the expected time left.
@@ -406,9 +439,21 @@ impl Visit<'_> {
         Some(proxy_header::v2(self.peer, local))
     }
 
-    /// Records what happened to a player as an event of the service.
-    async fn note(&self, player: &str, what: &str, reason: String, mut detail: serde_json::Value) {
+    /// Logs what happened to a player and records it as an event of the service.
+    async fn note(&self, player: &str, what: &str, reason: String, detail: serde_json::Value) {
         info!(player, what, "{reason}");
+        self.record(player, what, reason, detail).await;
+    }
+
+    /// Records what happened to a player as an event of the service (no log line: refusals
+    /// are logged at a rate limit).
+    async fn record(
+        &self,
+        player: &str,
+        what: &str,
+        reason: String,
+        mut detail: serde_json::Value,
+    ) {
         detail["player"] = json!(player);
         detail["client"] = json!(self.peer.to_string());
         detail["what"] = json!(what);
@@ -442,16 +487,30 @@ fn choose(
         .unwrap_or(Join::Hold)
 }
 
-/// Answers the status request and the ping of a server-list refresh.
+/// The MOTD wakegate shows for a service that is not awake.
+fn motd(route: &Entry, status: &crate::service::Status) -> serde_json::Value {
+    let config = &route.config;
+    match status.state {
+        State::Waking => {
+            let left = eta(&route.service, status.since);
+            config.motd_waking.with_line(&describe_eta(left))
+        }
+        State::Failed => config.motd_failed.component(),
+        _ => config.motd_asleep.component(),
+    }
+}
+
+/// Answers the status request and the ping of a server-list refresh, each within `timeout`.
 async fn answer_status(
     reader: &mut FrameReader<TcpStream>,
     handshake: &Handshake,
     json: &str,
+    timeout: Duration,
 ) -> Result<(), End> {
     loop {
-        let frame = tokio::time::timeout(PACKET_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
+        let frame = tokio::time::timeout(timeout, reader.next_frame(MAX_LOGIN_FRAME))
             .await
-            .map_err(|_| CodecError::Timeout(PACKET_TIMEOUT))??;
+            .map_err(|_| CodecError::Timeout(timeout))??;
         match StatusRequest::parse(frame.body())? {
             StatusRequest::Status => {
                 let out = Clientbound::StatusResponse { json }.encode(handshake.protocol)?;
