@@ -7,6 +7,7 @@ pub mod copy;
 pub mod hostnames;
 pub mod http;
 pub mod minecraft;
+pub mod proxy_protocol;
 pub mod route;
 pub mod tcp;
 
