@@ -115,6 +115,12 @@ fn parse_v1(bytes: &[u8]) -> Parse {
         ),
         v1::Addresses::Unknown => return Parse::Parsed(unknown(len)),
     };
+    // `ppp` reads ports as Rust does, which lets `+1` and `+01` through; the specification
+    // has plain decimal digits. (The line is `PROXY TCPn SRC DST SPORT DPORT\r\n`.)
+    let ports = bytes[..cr].rsplit(|&b| b == b' ').take(2);
+    if !ports.into_iter().all(|p| p.iter().all(u8::is_ascii_digit)) {
+        return Parse::Invalid(Invalid::V1("a port is not a decimal number".into()));
+    }
     Parse::Parsed(ProxyHeader {
         source: Some(source),
         destination: Some(destination),
@@ -308,6 +314,9 @@ mod tests {
             b"PROXY UDP4 192.0.2.10 198.51.100.1 1 2\r\n",
             b"PROXY TCP4 192.0.2.10 198.51.100.1 1 2\rX",
             b"PROXY \xff\r\n",
+            // Found by the proxy_header fuzz target: ppp takes a `+` before a port.
+            b"PROXY TCP4 192.0.2.10 198.51.100.1 +1 2\r\n",
+            b"PROXY TCP4 192.0.2.10 198.51.100.1 1 +01\r\n",
         ] {
             let e = invalid(line);
             assert!(matches!(e, Invalid::V1(_)), "{line:?}: {e}");
