@@ -45,7 +45,16 @@ pub(crate) fn read_hostnames(
                 )
             }
         };
-        if !valid {
+        if valid && kind == Hostnames::Http && !name.get_ref().is_ascii() {
+            // A browser sends an international name in its ASCII form (IDNA), and a Host
+            // header cannot carry any other: this name would never match a request.
+            problems.add(
+                Some(name.span()),
+                format!("`{}` is not an ASCII hostname", name.get_ref()),
+                "browsers send international names in their ASCII form: write that (e.g. \"xn--bcher-kva.example\" for bücher.example)",
+            );
+            ok = false;
+        } else if !valid {
             problems.add(
                 Some(name.span()),
                 format!("`{}` is not a hostname", name.get_ref()),
@@ -64,4 +73,43 @@ pub(crate) fn read_hostnames(
         }
     }
     ok.then_some(hostnames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(names: &[&str], kind: Hostnames) -> (Option<Vec<String>>, Vec<String>) {
+        let spanned: Vec<Spanned<String>> = names
+            .iter()
+            .map(|n| Spanned::new(0..1, n.to_string()))
+            .collect();
+        let mut problems = Problems::new("x");
+        let read = read_hostnames(&spanned, kind, &mut problems);
+        let messages = problems
+            .into_sorted()
+            .into_iter()
+            .map(|p| p.message)
+            .collect();
+        (read, messages)
+    }
+
+    #[test]
+    fn names_are_lower_cased_without_their_trailing_dot() {
+        let (read, _) = read(&["App.Example.COM.", "*.Example.com"], Hostnames::Http);
+        assert_eq!(read.unwrap(), ["app.example.com", "*.example.com"]);
+    }
+
+    /// Found by the host_routing fuzz target: a name no Host header can carry was accepted.
+    #[test]
+    fn an_http_name_must_be_ascii_as_browsers_send_it() {
+        for name in ["bücher.example", "*.bücher.example", "\u{212a}.example"] {
+            let (read, messages) = read(&[name], Hostnames::Http);
+            assert!(read.is_none(), "{name}");
+            assert_eq!(messages, [format!("`{name}` is not an ASCII hostname")]);
+        }
+        // A Minecraft client sends the name as typed.
+        let (read, _) = read(&["bücher.example"], Hostnames::Minecraft);
+        assert_eq!(read.unwrap(), ["bücher.example"]);
+    }
 }

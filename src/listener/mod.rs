@@ -10,6 +10,7 @@ pub mod hostnames;
 pub mod http;
 pub mod minecraft;
 pub mod nofile;
+pub mod proxy_protocol;
 pub mod refusal;
 pub mod route;
 pub mod tcp;

@@ -518,7 +518,7 @@ impl Server {
 
 /// The host a request is for: from the URI (HTTP/2, absolute form) or the Host header,
 /// lower-case, without port and trailing dot.
-fn request_host<B>(request: &Request<B>) -> String {
+pub fn request_host<B>(request: &Request<B>) -> String {
     let raw = match request.uri().host() {
         Some(host) => host,
         None => request
