@@ -92,10 +92,11 @@ impl Running {
             None => {
                 // The pidfd turns readable when the process ends; as it is not our child, its
                 // exit status belongs to init.
-                if let Ok(watch) = ExitWatch::open(self.leader) {
-                    if start_time(self.leader) == Some(self.started) {
-                        watch.exited().await;
-                    }
+                // Opened first, then checked: the watch is on the process that was ours.
+                if let Ok(watch) = ExitWatch::open(self.leader)
+                    && start_time(self.leader) == Some(self.started)
+                {
+                    watch.exited().await;
                 }
                 "an exit status unknown to this wakegate (it was adopted)".to_string()
             }
