@@ -106,6 +106,18 @@ pub(super) fn expected_boot(store: &Store, service: &str) -> Option<Duration> {
     median(&durations).map(Duration::from_millis)
 }
 
+/// How long a backend action waits for the transition before it to be stored.
+const WRITE_AHEAD: Duration = Duration::from_secs(2);
+
+/// Runs a backend action once the transition that announced it is stored (write-ahead): a
+/// wakegate killed in the middle of a stop then finds `stopping` recorded and finishes it,
+/// rather than adopting a server on its way down and calling its exit a failure. While the
+/// store cannot write, the action does not wait (the store says why on `/healthz`).
+async fn write_ahead<T>(store: Arc<Store>, action: impl Future<Output = T>) -> T {
+    store.settled(WRITE_AHEAD).await;
+    action.await
+}
+
 /// The median of some values (the upper one of an even count); none of nothing.
 pub(super) fn median(values: &[u64]) -> Option<u64> {
     let mut sorted = values.to_vec();
@@ -380,7 +392,11 @@ impl Actor {
         if !std::mem::take(&mut self.adopting) {
             match self
                 .core
-                .serve_while(self.backend.start(), Some(deadline), &self.cancel)
+                .serve_while(
+                    write_ahead(self.core.store.clone(), self.backend.start()),
+                    Some(deadline),
+                    &self.cancel,
+                )
                 .await
             {
                 Outcome::Done(Ok(())) => {}
@@ -646,7 +662,11 @@ impl Actor {
         let started = Instant::now();
         let result = match self
             .core
-            .serve_while(self.backend.stop(), None, &self.cancel)
+            .serve_while(
+                write_ahead(self.core.store.clone(), self.backend.stop()),
+                None,
+                &self.cancel,
+            )
             .await
         {
             Outcome::Done(result) => result,
