@@ -6,6 +6,7 @@
 
 pub mod config;
 mod deadline;
+mod headers;
 pub mod page;
 pub mod proxy;
 pub mod tls;
