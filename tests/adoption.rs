@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -75,32 +75,10 @@ impl Wrapper {
     }
 }
 
-/// Live processes whose command line holds `needle`, except this test and wakegate itself.
-fn running_with(needle: &str, except: &[u32]) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != std::process::id() && !except.contains(pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|raw| {
-                    String::from_utf8_lossy(&raw)
-                        .replace('\0', " ")
-                        .contains(needle)
-                })
-                .unwrap_or(false)
-        })
-        .filter(|pid| alive(*pid))
-        .collect()
-}
-
 /// The echo servers listening on `backend` (not the wrappers that pass them the address).
 fn servers(backend: SocketAddr) -> Vec<u32> {
-    let mut found = running_with(
-        &format!("{WAKEGATE} demo-backend --echo --listen {backend}"),
-        &[],
-    );
-    found.extend(running_with(&format!("server.py --listen {backend}"), &[]));
+    let mut found = echo_servers(backend);
+    found.extend(running_with(&format!("server.py --listen {backend}")));
     found
 }
 
@@ -116,20 +94,6 @@ while True:
         client.sendall(data)
     client.close()
 "#;
-
-fn echo_back(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
-    stream.write_all(message).unwrap();
-    let mut back = vec![0; message.len()];
-    stream.read_exact(&mut back).unwrap();
-    back
-}
-
-fn starts_in_log(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("echo.log"))
-        .unwrap_or_default()
-        .matches("--- wakegate starts")
-        .count()
-}
 
 fn transitions(gateway: &Wakegate) -> Vec<String> {
     gateway
@@ -184,12 +148,12 @@ fn adopted_after_sigkill(wrapper: Wrapper, lose_pid_file: bool) {
         "{wrapper:?}: the adopted server was not stopped"
     );
     assert_eq!(
-        running_with(&wrappers, &[second.pid()]),
+        running_with(&wrappers),
         Vec::<u32>::new(),
         "{wrapper:?}: a wrapper outlived the server"
     );
     assert_eq!(
-        starts_in_log(&dir),
+        starts_in_log(&dir, "echo"),
         1,
         "{wrapper:?}: a second copy was started"
     );
@@ -211,7 +175,7 @@ fn adopted_after_sigkill(wrapper: Wrapper, lose_pid_file: bool) {
         Vec::<u32>::new(),
         "{wrapper:?}: an orphan after a graceful stop"
     );
-    assert_eq!(running_with(&wrappers, &[]), Vec::<u32>::new());
+    assert_eq!(running_with(&wrappers), Vec::<u32>::new());
 }
 
 #[test]
@@ -286,7 +250,7 @@ fn a_program_wakegate_did_not_start_on_the_backend_address_is_reported_never_dou
     let mut rest = Vec::new();
     let _ = client.read_to_end(&mut rest);
     gateway.wait_for("another program already answers");
-    assert_eq!(starts_in_log(&dir), 0, "a second copy was started");
+    assert_eq!(starts_in_log(&dir, "echo"), 0, "a second copy was started");
     assert_eq!(servers(backend), vec![by_hand.id()]);
     by_hand.kill().unwrap();
     by_hand.wait().unwrap();

@@ -136,31 +136,6 @@ fn trickle(listens: Vec<SocketAddr>, stop: Arc<AtomicBool>, seed: u64) {
     }
 }
 
-/// Live processes whose command line holds `needle`.
-fn running_with(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|raw| {
-                    String::from_utf8_lossy(&raw)
-                        .replace('\0', " ")
-                        .contains(needle)
-                })
-                .unwrap_or(false)
-        })
-        .filter(|pid| alive(*pid))
-        .collect()
-}
-
-/// The echo servers on `backend` (not the hook's shell that starts one).
-fn servers(backend: SocketAddr) -> Vec<u32> {
-    running_with(&format!(
-        "{WAKEGATE} demo-backend --echo --listen {backend}"
-    ))
-}
-
 fn executable(path: &Path, body: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
@@ -247,7 +222,7 @@ fn all_events(gateway: &Wakegate) -> Vec<Value> {
 fn check_backends(gateway: &Wakegate, backends: &[SocketAddr], moment: &str) {
     for (name, backend) in SERVICES.iter().zip(backends) {
         let before = gateway.service(name);
-        let running = servers(*backend);
+        let running = echo_servers(*backend);
         let after = gateway.service(name);
         assert!(
             running.len() <= 1,
@@ -351,7 +326,7 @@ fn killed_fifty_times_it_never_loses_a_server_or_an_event() {
     }
     for backend in &backends {
         assert_eq!(
-            servers(*backend),
+            echo_servers(*backend),
             Vec::<u32>::new(),
             "a backend runs with every service asleep"
         );
@@ -392,7 +367,7 @@ fn killed_fifty_times_it_never_loses_a_server_or_an_event() {
     assert!(gateway.wait_exit().success());
     for backend in &backends {
         assert_eq!(
-            servers(*backend),
+            echo_servers(*backend),
             Vec::<u32>::new(),
             "a backend outlived a graceful stop"
         );

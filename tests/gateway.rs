@@ -354,22 +354,19 @@ async fn a_backend_never_ready_times_out_is_stopped_and_the_next_wake_works() {
     );
     assert!(!pid_file.exists());
 
-    // Open the port ourselves, as a backend that finally works: the next client wakes again
-    // (a fresh process, which fails to bind) and is served by what listens there.
-    let listener = tokio::net::TcpListener::bind(backend).await.unwrap();
-    // Every connection gets the answer: the readiness probe's as well as the client's.
-    let serve = tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let _ = s.write_all(b"served").await;
-        }
-    });
-    let mut stream = TcpStream::connect(gateway).await.unwrap();
-    let mut back = Vec::new();
-    stream.read_to_end(&mut back).await.unwrap();
-    assert_eq!(back, b"served");
-    serve.abort();
+    // The next client wakes it again: a fresh process, not the old one. (Had something else
+    // taken the address meanwhile, no second copy would be started: tests/adoption.rs.)
+    let next = tokio::spawn(held_client_outcome(gateway));
+    let seen = events_until(&mut events, |e| e.kind == Kind::Progress).await;
+    assert_eq!(detail(seen.last().unwrap(), "step"), "probing");
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pid_file).unwrap()).unwrap();
+    let again = again["pid"].as_u64().unwrap() as u32;
+    assert_ne!(again, pid);
+    assert!(alive(again));
     app.shutdown().await;
+    assert_eq!(next.await.unwrap(), b"");
+    assert!(!alive(again), "the second process outlived wakegate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,6 +97,49 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Live processes (no zombies) whose command line holds `needle`, this test's own excepted.
+pub fn running_with(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| {
+                    String::from_utf8_lossy(&raw)
+                        .replace('\0', " ")
+                        .contains(needle)
+                })
+                .unwrap_or(false)
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
+/// The demo echo servers (`echo`) listening on `backend`, however they were started.
+pub fn echo_servers(backend: SocketAddr) -> Vec<u32> {
+    running_with(&format!(
+        "{WAKEGATE} demo-backend --echo --listen {backend}"
+    ))
+}
+
+/// Writes `message` and reads as many bytes back (through an echo server).
+pub fn echo_back(stream: &mut std::net::TcpStream, message: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    stream.write_all(message).unwrap();
+    let mut back = vec![0; message.len()];
+    stream.read_exact(&mut back).unwrap();
+    back
+}
+
+/// How often a `process` backend of `service` was started, from its log in `dir`.
+pub fn starts_in_log(dir: &std::path::Path, service: &str) -> usize {
+    std::fs::read_to_string(dir.join(format!("{service}.log")))
+        .unwrap_or_default()
+        .matches("--- wakegate starts")
+        .count()
+}
+
 /// Reads until the gateway closes the connection; what it sent before doesn't matter.
 pub async fn closed_by_gateway(mut stream: TcpStream) {
     let mut sink = [0u8; 4096];
