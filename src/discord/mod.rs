@@ -86,6 +86,16 @@ async fn interactions(State(bot): State<Bot>, headers: HeaderMap, body: Bytes) -
         debug!(why = %refused, "Refused an interaction.");
         return (StatusCode::UNAUTHORIZED, refused.to_string()).into_response();
     }
+    // A PING is answered from its type alone: the endpoint check in the developer portal must
+    // pass even if Discord adds a field the interaction type does not know.
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: u8,
+    }
+    if serde_json::from_slice::<Kind>(&body).is_ok_and(|k| k.kind == 1) {
+        return axum::Json(serde_json::json!({ "type": 1 })).into_response();
+    }
     let interaction = match serde_json::from_slice(&body) {
         Ok(interaction) => interaction,
         Err(e) => {

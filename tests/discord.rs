@@ -1,0 +1,815 @@
+//! The Discord bot against Discord's own protocol on both sides: interactions signed with a
+//! fresh Ed25519 key exactly as Discord signs them, sent to the gateway's API listener; and a
+//! stand-in for Discord's REST API that reads every request body with twilight-model types,
+//! answers as Discord documents (message and command objects with snowflake ids, a 429 with
+//! `retry_after`) and records the calls.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State as Extract};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use common::*;
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use twilight_model::application::command::Command;
+use twilight_model::application::interaction::Interaction;
+use twilight_model::channel::Message;
+use twilight_model::http::interaction::{InteractionResponse, InteractionResponseData};
+
+const APP_ID: u64 = 700_000_000_000_000_001;
+const GUILD: u64 = 700_000_000_000_000_010;
+const OTHER_GUILD: u64 = 700_000_000_000_000_011;
+const CHANNEL: u64 = 700_000_000_000_000_020;
+const ADMIN: u64 = 700_000_000_000_000_100;
+/// May see and start `echo`, see everything.
+const STARTER: u64 = 700_000_000_000_000_101;
+/// May only see `echo`.
+const VIEWER: u64 = 700_000_000_000_000_102;
+const BOT_TOKEN: &str = "bot-token-that-must-never-show-0123456789";
+
+/// A fresh key, as the developer portal makes one per application.
+fn fresh_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed))
+        .unwrap();
+    SigningKey::from_bytes(&seed)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stand-in for Discord's REST API
+
+/// One call as the stand-in saw it.
+#[derive(Debug, Clone)]
+struct Call {
+    at: Instant,
+    method: Method,
+    path: String,
+    authorization: Option<String>,
+    /// The body as Discord would read it (`content` of a message, the commands of a PUT).
+    body: Value,
+    status: u16,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    calls: Vec<Call>,
+    /// Requests whose body twilight-model could not read.
+    malformed: Vec<String>,
+    /// Answer the next call with a 429 asking to wait this long.
+    rate_limit_next: Option<f64>,
+}
+
+#[derive(Clone)]
+struct Discord {
+    log: Arc<Mutex<Log>>,
+    changed: watch::Sender<usize>,
+    url: String,
+}
+
+impl Discord {
+    async fn start() -> Discord {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let discord = Discord {
+            log: Arc::default(),
+            changed: watch::channel(0).0,
+            url: format!("http://{addr}/api/v10"),
+        };
+        let app = axum::Router::new()
+            .route(
+                "/api/v10/webhooks/{app}/{token}/messages/{message}",
+                axum::routing::patch(message),
+            )
+            .route(
+                "/api/v10/channels/{channel}/messages",
+                axum::routing::post(message),
+            )
+            .route(
+                "/api/v10/applications/{app}/guilds/{guild}/commands",
+                axum::routing::put(commands),
+            )
+            .with_state(discord.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        discord
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.log.lock().unwrap().calls.clone()
+    }
+
+    /// Waits until a call matches `done`; returns every call so far.
+    async fn until(&self, what: &str, done: impl Fn(&Call) -> bool) -> Vec<Call> {
+        let mut changed = self.changed.subscribe();
+        let wait = changed.wait_for(|_| self.calls().iter().any(&done));
+        if tokio::time::timeout(DEADLINE, wait).await.is_err() {
+            panic!("no call {what} within {DEADLINE:?}: {:#?}", self.calls());
+        }
+        self.calls()
+    }
+
+    /// Records a call; answers a 429 instead when one is asked for.
+    fn record(
+        &self,
+        method: Method,
+        path: String,
+        headers: &HeaderMap,
+        body: Value,
+    ) -> Option<Response> {
+        let mut log = self.log.lock().unwrap();
+        let limited = log.rate_limit_next.take();
+        log.calls.push(Call {
+            at: Instant::now(),
+            method,
+            path,
+            authorization: headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string()),
+            body,
+            status: if limited.is_some() { 429 } else { 200 },
+        });
+        drop(log);
+        self.changed.send_modify(|n| *n += 1);
+        limited.map(|seconds| {
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", format!("{}", seconds.ceil() as u64))],
+                axum::Json(json!({
+                    "message": "You are being rate limited.",
+                    "retry_after": seconds,
+                    "global": false
+                })),
+            )
+                .into_response()
+        })
+    }
+
+    fn malformed(&self, what: String) -> Response {
+        self.log.lock().unwrap().malformed.push(what.clone());
+        self.changed.send_modify(|n| *n += 1);
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": what, "code": 50035})),
+        )
+            .into_response()
+    }
+}
+
+/// Edits of `@original` and new channel messages: the body must read as message data.
+async fn message(
+    Extract(discord): Extract<Discord>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let data: InteractionResponseData = match serde_json::from_slice(&body) {
+        Ok(data) => data,
+        Err(e) => return discord.malformed(format!("{method} {uri}: {e}")),
+    };
+    let content = data.content.clone().unwrap_or_default();
+    if let Some(limited) = discord.record(method, uri.path().to_string(), &headers, json!(content))
+    {
+        return limited;
+    }
+    // A message object as Discord documents it; read back with twilight-model to be sure.
+    let answer = json!({
+        "id": "700000000000009001",
+        "channel_id": CHANNEL.to_string(),
+        "author": {"id": APP_ID.to_string(), "username": "wakegate", "discriminator": "0000", "avatar": null, "bot": true},
+        "content": content,
+        "timestamp": "2026-01-01T00:00:00.000000+00:00",
+        "edited_timestamp": null,
+        "tts": false,
+        "mention_everyone": false,
+        "mentions": [],
+        "mention_roles": [],
+        "attachments": [],
+        "embeds": [],
+        "pinned": false,
+        "type": 0,
+        "flags": 0
+    });
+    serde_json::from_value::<Message>(answer.clone()).expect("the stand-in answers a real message");
+    axum::Json(answer).into_response()
+}
+
+/// The bulk overwrite of a guild's commands: the body must read as commands.
+async fn commands(
+    Extract(discord): Extract<Discord>,
+    Path((app, guild)): Path<(u64, u64)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let commands: Vec<Command> = match serde_json::from_slice(&body) {
+        Ok(commands) => commands,
+        Err(e) => return discord.malformed(format!("PUT commands: {e}")),
+    };
+    let path = format!("/api/v10/applications/{app}/guilds/{guild}/commands");
+    if let Some(limited) = discord.record(
+        Method::PUT,
+        path,
+        &headers,
+        serde_json::from_slice(&body).unwrap(),
+    ) {
+        return limited;
+    }
+    // Discord answers with the commands it now has, ids and versions filled in.
+    let answer: Vec<Value> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut c = serde_json::to_value(c).unwrap();
+            c["id"] = json!((700_000_000_000_005_000u64 + i as u64).to_string());
+            c["version"] = json!("700000000000006000");
+            c["guild_id"] = json!(guild.to_string());
+            c["application_id"] = json!(app.to_string());
+            c
+        })
+        .collect();
+    axum::Json(answer).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactions as Discord sends them
+
+/// A `/wakegate SUB [server]` interaction (or its autocomplete) from a member with `roles`.
+fn command(
+    sub: &str,
+    server: Option<&str>,
+    roles: &[u64],
+    guild: u64,
+    autocomplete: bool,
+) -> Value {
+    let options: Vec<Value> = server
+        .map(|s| {
+            let mut o = json!({"name": "server", "type": 3, "value": s});
+            if autocomplete {
+                o["focused"] = json!(true);
+            }
+            o
+        })
+        .into_iter()
+        .collect();
+    let interaction = json!({
+        "id": "700000000000001000",
+        "application_id": APP_ID.to_string(),
+        "type": if autocomplete { 4 } else { 2 },
+        "token": "interaction-token-secret",
+        "version": 1,
+        "guild_id": guild.to_string(),
+        "channel_id": CHANNEL.to_string(),
+        "channel": {"id": CHANNEL.to_string(), "type": 0},
+        "member": {
+            "user": {"id": "700000000000000500", "username": "alex", "discriminator": "0", "avatar": null},
+            "roles": roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            "joined_at": "2025-01-01T00:00:00.000000+00:00",
+            "deaf": false, "mute": false, "flags": 0, "permissions": "0"
+        },
+        "data": {
+            "id": "700000000000002000", "name": "wakegate", "type": 1,
+            "options": [{"name": sub, "type": 1, "options": options}]
+        },
+        "app_permissions": "0",
+        "locale": "en-US",
+        "guild_locale": "en-US",
+        "entitlements": [],
+        "authorizing_integration_owners": {"0": guild.to_string()},
+        "context": 0,
+        "attachment_size_limit": 8388608
+    });
+    serde_json::from_value::<Interaction>(interaction.clone())
+        .expect("the test sends a real interaction");
+    interaction
+}
+
+/// POSTs `body` to the interactions endpoint with these headers; returns status and body.
+async fn post(api: SocketAddr, headers: &[(&str, String)], body: &str) -> (u16, String) {
+    request(api, "POST /discord/interactions", headers, body).await
+}
+
+/// One HTTP/1.1 request over a fresh connection; returns status and body.
+async fn request(
+    api: SocketAddr,
+    line: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(api).await.unwrap();
+    let mut head = format!(
+        "{line} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    stream
+        .write_all(format!("{head}\r\n{body}").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut text))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// Signs as Discord does: Ed25519 over the timestamp followed by the body.
+fn signed(key: &SigningKey, timestamp: u64, body: &str) -> Vec<(&'static str, String)> {
+    let signature = key.sign(format!("{timestamp}{body}").as_bytes());
+    vec![
+        ("X-Signature-Ed25519", hex(&signature.to_bytes())),
+        ("X-Signature-Timestamp", timestamp.to_string()),
+    ]
+}
+
+/// Sends a signed interaction; returns Discord's view of the answer.
+async fn interact(api: SocketAddr, key: &SigningKey, interaction: &Value) -> InteractionResponse {
+    let body = interaction.to_string();
+    let (status, answer) = post(api, &signed(key, now_secs(), &body), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// The `[discord]` table for `key`, REST calls going to the stand-in.
+fn discord_table(api_url: &str, public_key: &str, token: &str) -> String {
+    format!(
+        r#"[discord]
+application_id = "{APP_ID}"
+public_key = "{public_key}"
+token = "{token}"
+guilds = ["{GUILD}"]
+admin_role = "{ADMIN}"
+api_url = "{api_url}"
+
+[[discord.role]]
+id = "{STARTER}"
+services = ["*"]
+allow = ["view"]
+
+[[discord.role]]
+id = "{STARTER}"
+services = ["echo"]
+allow = ["start"]
+
+[[discord.role]]
+id = "{VIEWER}"
+services = ["echo"]
+allow = ["view"]
+"#
+    )
+}
+
+fn content(answer: &InteractionResponse) -> String {
+    answer
+        .data
+        .as_ref()
+        .and_then(|d| d.content.clone())
+        .unwrap_or_default()
+}
+
+fn ephemeral(answer: &InteractionResponse) -> bool {
+    answer
+        .data
+        .as_ref()
+        .and_then(|d| d.flags)
+        .is_some_and(|f| f.contains(twilight_model::channel::message::MessageFlags::EPHEMERAL))
+}
+
+/// A gateway with an API token, the Discord bot, `echo` (a real process that boots in 200 ms)
+/// and `secret` (which no role but the admin's covers).
+async fn gateway_with_bot(name: &str, key: &SigningKey, discord: &Discord) -> wakegate::app::App {
+    let dir = temp_dir(name);
+    let backend = free_addr();
+    gateway(&dir)
+        .gateway_raw(
+            "[[gateway.token]]\nname = \"ops\"\nsecret = \"ops-secret-0123456789abcdef\"\nrole = \"admin\"",
+        )
+        .service(
+            svc("echo")
+                .idle("10m")
+                .process(&echo(backend, "200ms"), backend)
+                .tcp(ANY_PORT),
+        )
+        .service(svc("secret").exec_true(free_addr()).tcp(ANY_PORT))
+        .raw(&discord_table(
+            &discord.url,
+            &hex(key.verifying_key().as_bytes()),
+            BOT_TOKEN,
+        ))
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn only_interactions_signed_recently_with_the_application_key_are_answered() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let app = gateway_with_bot("discord-signature", &key, &discord).await;
+    let api = app.api_addr();
+    let ping = json!({"id": "700000000000001000", "application_id": APP_ID.to_string(), "type": 1, "token": "t", "version": 1}).to_string();
+
+    // The API's token guards the API, not this path: the signature is its authentication.
+    let (status, _) = request(api, "GET /api/v1/services", &[], "").await;
+    assert_eq!(status, 401);
+    let (status, body) = post(api, &signed(&key, now_secs(), &ping), &ping).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"type": 1})
+    );
+
+    let refused = |(status, _): (u16, String)| assert_eq!(status, 401);
+    // Another key, a body changed after signing, no headers, stale or future timestamps.
+    refused(post(api, &signed(&fresh_key(), now_secs(), &ping), &ping).await);
+    let tampered = ping.replace("\"type\":1", "\"type\":2");
+    refused(post(api, &signed(&key, now_secs(), &ping), &tampered).await);
+    refused(post(api, &[], &ping).await);
+    refused(post(api, &signed(&key, now_secs(), &ping)[..1], &ping).await);
+    refused(post(api, &signed(&key, now_secs() - 301, &ping), &ping).await);
+    refused(post(api, &signed(&key, now_secs() + 120, &ping), &ping).await);
+    // Four minutes late is still fine (Discord may retry).
+    let (status, _) = post(api, &signed(&key, now_secs() - 240, &ping), &ping).await;
+    assert_eq!(status, 200);
+
+    // A guild that is not configured gets a refusal, even for the admin role, and no action.
+    let answer = interact(
+        api,
+        &key,
+        &command("start", Some("echo"), &[ADMIN], OTHER_GUILD, false),
+    )
+    .await;
+    assert!(ephemeral(&answer), "{answer:?}");
+    assert!(
+        content(&answer).contains("not set up for this Discord server"),
+        "{answer:?}"
+    );
+    assert_eq!(
+        app.service("echo").unwrap().state(),
+        wakegate::event::State::Asleep
+    );
+    assert!(discord.calls().is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn start_is_deferred_then_its_answer_edited_with_each_step_until_up_and_stop_likewise() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let app = gateway_with_bot("discord-start", &key, &discord).await;
+    let api = app.api_addr();
+    let is_edit = |c: &Call| {
+        c.method == Method::PATCH
+            && c.path
+                == format!("/api/v10/webhooks/{APP_ID}/interaction-token-secret/messages/@original")
+    };
+    // The first edit meets Discord's rate limit and must wait what it is told.
+    discord.log.lock().unwrap().rate_limit_next = Some(0.4);
+
+    let answer = interact(
+        api,
+        &key,
+        &command("start", Some("echo"), &[STARTER], GUILD, false),
+    )
+    .await;
+    assert_eq!(answer.kind, twilight_model::http::interaction::InteractionResponseType::DeferredChannelMessageWithSource);
+    let calls = discord
+        .until("saying echo is up", |c| {
+            c.status == 200 && c.body.as_str().is_some_and(|t| t.contains("is up at"))
+        })
+        .await;
+    let address = app.service("echo").unwrap().status().address.unwrap();
+    let edits: Vec<&Call> = calls.iter().filter(|c| is_edit(c)).collect();
+    assert_eq!(
+        edits.len(),
+        calls.len(),
+        "only the answer is edited: {calls:#?}"
+    );
+    // The 429 was honoured: the retry came no sooner than `retry_after` later.
+    assert_eq!(edits[0].status, 429);
+    assert!(
+        edits[1].at - edits[0].at >= Duration::from_millis(400),
+        "{edits:#?}"
+    );
+    // No bot token on the interaction's own webhook: its token is in the path.
+    assert!(edits.iter().all(|c| c.authorization.is_none()));
+    let texts: Vec<&str> = edits[1..]
+        .iter()
+        .map(|c| c.body.as_str().unwrap())
+        .collect();
+    assert!(texts[0].starts_with("Starting **echo**…"), "{texts:#?}");
+    let last = texts.last().unwrap();
+    assert!(
+        last.ends_with(&format!("**echo** is up at `{address}`")),
+        "{last}"
+    );
+    // The steps of the wake are in it, as the event stream has them.
+    let steps: Vec<String> = app
+        .store()
+        .events(0, None, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.service == "echo" && e.kind == wakegate::event::Kind::Progress)
+        .map(|e| e.reason)
+        .collect();
+    assert!(!steps.is_empty());
+    for step in &steps {
+        assert!(last.contains(step.as_str()), "{step:?} missing from {last}");
+    }
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+
+    // Status: private, with the state and the address.
+    let answer = interact(
+        api,
+        &key,
+        &command("status", Some("echo"), &[VIEWER], GUILD, false),
+    )
+    .await;
+    assert!(ephemeral(&answer));
+    assert!(
+        content(&answer).starts_with(&format!("**echo** is awake at `{address}`")),
+        "{answer:?}"
+    );
+    // Without a name: every service the roles may see (`*` for the starter).
+    let answer = interact(
+        api,
+        &key,
+        &command("status", None, &[STARTER], GUILD, false),
+    )
+    .await;
+    let text = content(&answer);
+    assert!(
+        text.contains("**echo** is awake") && text.contains("**secret** is asleep"),
+        "{text}"
+    );
+
+    // Stop: only the admin may (the starter role may only start).
+    let before = discord.calls().len();
+    let answer = interact(
+        api,
+        &key,
+        &command("stop", Some("echo"), &[ADMIN], GUILD, false),
+    )
+    .await;
+    assert_eq!(answer.kind, twilight_model::http::interaction::InteractionResponseType::DeferredChannelMessageWithSource);
+    let calls = discord
+        .until("saying echo is asleep", |c| {
+            c.body
+                .as_str()
+                .is_some_and(|t| t.ends_with("**echo** is asleep"))
+        })
+        .await;
+    let texts: Vec<&str> = calls[before..]
+        .iter()
+        .map(|c| c.body.as_str().unwrap())
+        .collect();
+    assert!(texts[0].starts_with("Stopping **echo**…"), "{texts:#?}");
+    assert_eq!(
+        app.service("echo").unwrap().state(),
+        wakegate::event::State::Asleep
+    );
+    assert!(
+        echo_servers(address).is_empty(),
+        "the echo server still runs"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn roles_decide_what_a_member_may_do_and_autocomplete_lists_only_that() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let app = gateway_with_bot("discord-roles", &key, &discord).await;
+    let api = app.api_addr();
+    let choices = |answer: InteractionResponse| -> Vec<String> {
+        assert_eq!(
+            answer.kind,
+            twilight_model::http::interaction::InteractionResponseType::ApplicationCommandAutocompleteResult
+        );
+        answer
+            .data
+            .unwrap()
+            .choices
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    };
+
+    // Autocomplete lists what the roles allow for that subcommand, filtered by what is typed.
+    let auto = |sub, typed, roles: &'static [u64]| command(sub, Some(typed), roles, GUILD, true);
+    assert_eq!(
+        choices(interact(api, &key, &auto("start", "", &[STARTER])).await),
+        ["echo"]
+    );
+    assert_eq!(
+        choices(interact(api, &key, &auto("status", "", &[STARTER])).await),
+        ["echo", "secret"]
+    );
+    assert_eq!(
+        choices(interact(api, &key, &auto("status", "", &[VIEWER])).await),
+        ["echo"]
+    );
+    assert_eq!(
+        choices(interact(api, &key, &auto("status", "sec", &[STARTER])).await),
+        ["secret"]
+    );
+    assert!(choices(interact(api, &key, &auto("stop", "", &[STARTER, VIEWER])).await).is_empty());
+    assert_eq!(
+        choices(interact(api, &key, &auto("stop", "", &[ADMIN])).await),
+        ["echo", "secret"]
+    );
+    assert!(choices(interact(api, &key, &auto("status", "", &[])).await).is_empty());
+
+    // A role without the permission: refused privately, naming the roles that would do.
+    let answer = interact(
+        api,
+        &key,
+        &command("start", Some("echo"), &[VIEWER], GUILD, false),
+    )
+    .await;
+    assert!(ephemeral(&answer));
+    assert_eq!(
+        content(&answer),
+        format!(
+            "You may not start `echo`. That needs the role <@&{STARTER}> or <@&{ADMIN}>; ask an admin of this server for it."
+        )
+    );
+    // Autocomplete is no permission check: a name typed by hand is refused the same way.
+    let answer = interact(
+        api,
+        &key,
+        &command("start", Some("secret"), &[STARTER], GUILD, false),
+    )
+    .await;
+    assert_eq!(
+        content(&answer),
+        format!(
+            "You may not start `secret`. That needs the role <@&{ADMIN}>; ask an admin of this server for it."
+        )
+    );
+    let answer = interact(
+        api,
+        &key,
+        &command("status", Some("secret"), &[VIEWER], GUILD, false),
+    )
+    .await;
+    assert!(
+        content(&answer).starts_with("You may not see `secret`."),
+        "{answer:?}"
+    );
+    let answer = interact(
+        api,
+        &key,
+        &command("start", Some("nope"), &[ADMIN], GUILD, false),
+    )
+    .await;
+    assert!(
+        content(&answer).starts_with("No server is named `nope`"),
+        "{answer:?}"
+    );
+    // The refusals mention nobody, and nothing was asked of Discord or of the services.
+    assert_eq!(
+        answer.data.unwrap().allowed_mentions.unwrap().parse,
+        Vec::<twilight_model::channel::message::MentionType>::new()
+    );
+    assert!(discord.calls().is_empty());
+    for name in ["echo", "secret"] {
+        assert_eq!(
+            app.service(name).unwrap().state(),
+            wakegate::event::State::Asleep
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn register_overwrites_the_command_set_of_each_guild_and_twice_is_the_same() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let dir = temp_dir("discord-register");
+    let table = discord_table(
+        &discord.url,
+        "${TEST_DISCORD_PUBLIC_KEY}",
+        "${TEST_DISCORD_TOKEN}",
+    )
+    .replace(
+        &format!("guilds = [\"{GUILD}\"]"),
+        &format!("guilds = [\"{GUILD}\", \"{OTHER_GUILD}\"]"),
+    );
+    let file = gateway(&dir)
+        .service(svc("echo").exec_true(free_addr()).tcp(ANY_PORT))
+        .service(svc("secret").exec_true(free_addr()).tcp(ANY_PORT))
+        .raw(&table)
+        .write(&dir.join("wakegate.toml"));
+    let register = || {
+        let file = file.clone();
+        let public = hex(key.verifying_key().as_bytes());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(WAKEGATE)
+                .args(["discord", "register", "--config"])
+                .arg(&file)
+                .env("TEST_DISCORD_PUBLIC_KEY", public)
+                .env("TEST_DISCORD_TOKEN", BOT_TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    // The first PUT meets a rate limit, which is waited out.
+    discord.log.lock().unwrap().rate_limit_next = Some(0.2);
+    let first = register().await.unwrap();
+    let second = register().await.unwrap();
+    let out = String::from_utf8_lossy(&first.stdout).to_string();
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(first.stdout, second.stdout);
+    let expected = |g| format!("guild {g}: 1 command set (/wakegate status|start|stop)");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [expected(GUILD), expected(OTHER_GUILD)]
+    );
+    for output in [&first, &second] {
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains(BOT_TOKEN), "{all}");
+    }
+
+    let calls = discord.calls();
+    let put = |g: u64| format!("/api/v10/applications/{APP_ID}/guilds/{g}/commands");
+    let paths: Vec<(u16, &str)> = calls.iter().map(|c| (c.status, c.path.as_str())).collect();
+    let (g1, g2) = (put(GUILD), put(OTHER_GUILD));
+    assert_eq!(
+        paths,
+        [
+            (429, g1.as_str()),
+            (200, &g1),
+            (200, &g2),
+            (200, &g1),
+            (200, &g2)
+        ]
+    );
+    assert!(calls.iter().all(|c| c.method == Method::PUT
+        && c.authorization.as_deref() == Some(&format!("Bot {BOT_TOKEN}"))));
+    // The same set every time: one chat command with three subcommands whose server option
+    // autocompletes.
+    assert!(calls.windows(2).all(|w| w[0].body == w[1].body));
+    let set: Vec<Command> = serde_json::from_value(calls[1].body.clone()).unwrap();
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0].name, "wakegate");
+    let subs: Vec<(&str, Option<bool>, Option<bool>)> = set[0]
+        .options
+        .iter()
+        .map(|o| {
+            let server = &o.options.as_ref().unwrap()[0];
+            (o.name.as_str(), server.autocomplete, server.required)
+        })
+        .collect();
+    assert_eq!(
+        subs,
+        [
+            ("status", Some(true), Some(false)),
+            ("start", Some(true), Some(true)),
+            ("stop", Some(true), Some(true))
+        ]
+    );
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+}
