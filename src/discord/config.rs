@@ -117,8 +117,6 @@ struct DiscordConfig {
     guilds: Spanned<Vec<Spanned<String>>>,
     admin_role: Spanned<String>,
     api_url: Option<Spanned<String>>,
-    #[serde(default)]
-    role: Vec<RoleConfig>,
 }
 
 /// A `[[discord.role]]` table.
@@ -140,8 +138,37 @@ pub(crate) fn read_discord(
     let Some(value) = value else {
         return Some(None);
     };
-    let c: DiscordConfig = de::read(value, problems)?;
-    let mut ok = true;
+    // Each `[[discord.role]]` is read apart, so that a mistake in one hides no other.
+    let span = value.span();
+    let DeValue::Table(mut table) = value.into_inner() else {
+        problems.add(
+            Some(span),
+            "`discord` must be a table",
+            "write it as [discord]",
+        );
+        return None;
+    };
+    let role_configs: Vec<Option<RoleConfig>> = match table.remove("role") {
+        None => Vec::new(),
+        Some(roles) => {
+            let roles_span = roles.span();
+            match roles.into_inner() {
+                DeValue::Array(items) => items.into_iter().map(|r| de::read(r, problems)).collect(),
+                _ => {
+                    problems.add(
+                        Some(roles_span),
+                        "`discord.role` must be an array of tables",
+                        "write each role as a [[discord.role]] table",
+                    );
+                    vec![None]
+                }
+            }
+        }
+    };
+    let c: Option<DiscordConfig> = de::read(Spanned::new(span, DeValue::Table(table)), problems);
+    let mut ok = role_configs.iter().all(Option::is_some);
+    let role_configs: Vec<RoleConfig> = role_configs.into_iter().flatten().collect();
+    let c = c?;
     let mut snowflake = |text: &Spanned<String>, what: &str, problems: &mut Problems<'_>| match text
         .get_ref()
         .parse::<u64>()
@@ -166,7 +193,7 @@ pub(crate) fn read_discord(
         .map(|g| snowflake(g, "guild", problems))
         .collect();
     let mut roles = Vec::new();
-    for r in &c.role {
+    for r in &role_configs {
         let id = snowflake(&r.id, "role id", problems);
         roles.push(RoleGrant {
             id,
@@ -183,7 +210,7 @@ pub(crate) fn read_discord(
         ok = false;
     }
     if let Some(services) = services {
-        for r in &c.role {
+        for r in &role_configs {
             for name in &r.services {
                 let name_ref = name.get_ref();
                 if name_ref != "*" && !services.iter().any(|s| &s.name == name_ref) {
