@@ -38,12 +38,13 @@ pub(super) fn spawn(
     channel: Option<u64>,
     who: String,
 ) {
+    let received = Instant::now();
     let bot = bot.clone();
     let tasks = bot.inner.tasks.clone();
     tasks.spawn(async move {
         let cancel = bot.inner.cancel.clone();
         let (text, texts) = watch::channel(String::new());
-        let edits = edit(&bot, &token, channel, texts);
+        let edits = edit(&bot, &token, channel, received, texts);
         let follow = follow(service, action, who, text);
         tokio::select! {
             _ = async { tokio::join!(follow, edits) } => {}
@@ -145,10 +146,15 @@ fn fit(lines: &[String]) -> String {
     text.chars().take(MAX_CONTENT).collect()
 }
 
-/// Sends each newest text: as an edit of the deferred answer while the token lives, then to a
-/// message of the bot's own in the channel.
-async fn edit(bot: &Bot, token: &str, channel: Option<u64>, mut texts: watch::Receiver<String>) {
-    let started = Instant::now();
+/// Sends each newest text: as an edit of the deferred answer while the token of an interaction
+/// `received` then lives, then to a message of the bot's own in the channel.
+async fn edit(
+    bot: &Bot,
+    token: &str,
+    channel: Option<u64>,
+    received: Instant,
+    mut texts: watch::Receiver<String>,
+) {
     let application = bot.inner.config.application_id;
     let rest = &bot.inner.rest;
     let mut own: Option<u64> = None;
@@ -160,7 +166,7 @@ async fn edit(bot: &Bot, token: &str, channel: Option<u64>, mut texts: watch::Re
             allowed_mentions: Some(AllowedMentions::default()),
             ..Default::default()
         };
-        if started.elapsed() < TOKEN_LIFETIME {
+        if received.elapsed() < TOKEN_LIFETIME {
             let call = Call::interaction(Method::PATCH, application, token, "/messages/@original");
             for attempt in 1..=EDIT_TRIES {
                 match rest.call(&call, Some(&body)).await {
@@ -195,5 +201,114 @@ async fn edit(bot: &Bot, token: &str, channel: Option<u64>, mut texts: watch::Re
             }
             Err(e) => warn!(error = %e, "Could not post the update to the channel."),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State as Extract;
+    use axum::http::{HeaderMap, Method as AxumMethod, Uri};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::config::de::Secret;
+    use crate::discord::config::{DEFAULT_API_URL, Discord, PublicKey};
+
+    type Seen = Arc<Mutex<Vec<(String, String, Option<String>, String)>>>;
+
+    /// Records each call and answers with a message whose id is 42.
+    async fn record(
+        Extract((seen, changed)): Extract<(Seen, Arc<tokio::sync::Notify>)>,
+        method: AxumMethod,
+        uri: Uri,
+        headers: HeaderMap,
+        body: String,
+    ) -> axum::Json<serde_json::Value> {
+        let content: InteractionResponseData = serde_json::from_str(&body).unwrap();
+        let auth = headers
+            .get("authorization")
+            .map(|a| a.to_str().unwrap().to_string());
+        seen.lock().unwrap().push((
+            method.to_string(),
+            uri.path().to_string(),
+            auth,
+            content.content.unwrap(),
+        ));
+        changed.notify_one();
+        axum::Json(serde_json::json!({ "id": "42", "channel_id": "7" }))
+    }
+
+    #[tokio::test]
+    async fn past_the_token_lifetime_updates_go_to_one_message_in_the_channel() {
+        let seen: Seen = Arc::default();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .fallback(record)
+            .with_state((seen.clone(), changed.clone()));
+        let tracker = TaskTracker::new();
+        tracker.spawn(async move { axum::serve(listener, app).await });
+        let mut config = Discord {
+            application_id: 1,
+            public_key: PublicKey(ed25519_dalek::SigningKey::from_bytes(&[1; 32]).verifying_key()),
+            token: Secret::new("bot-token"),
+            guilds: vec![2],
+            admin_role: 3,
+            api_url: DEFAULT_API_URL.into(),
+            roles: Vec::new(),
+        };
+        config.api_url = format!("http://{addr}/api/v10");
+        let bot = Bot::new(
+            config,
+            Vec::new(),
+            tracker.clone(),
+            CancellationToken::new(),
+        );
+        // An interaction received 15 minutes ago: the clock is moved on, then runs again for the
+        // real sockets.
+        tokio::time::pause();
+        let received = Instant::now();
+        tokio::time::advance(TOKEN_LIFETIME + Duration::from_secs(1)).await;
+        tokio::time::resume();
+        let (text, texts) = watch::channel(String::new());
+        let editor = edit(&bot, "interaction-token", Some(7), received, texts);
+        let steps = async {
+            for step in ["Starting **x**…", "**x** is up at `127.0.0.1:1`"] {
+                let before = seen.lock().unwrap().len();
+                text.send_replace(step.to_string());
+                while seen.lock().unwrap().len() == before {
+                    changed.notified().await;
+                }
+            }
+            drop(text);
+        };
+        tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(editor, steps)
+        })
+        .await
+        .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let bot_auth = Some("Bot bot-token".to_string());
+        assert_eq!(
+            seen,
+            [
+                (
+                    "POST".into(),
+                    "/api/v10/channels/7/messages".into(),
+                    bot_auth.clone(),
+                    "Starting **x**…".into()
+                ),
+                (
+                    "PATCH".into(),
+                    "/api/v10/channels/7/messages/42".into(),
+                    bot_auth,
+                    "**x** is up at `127.0.0.1:1`".into()
+                ),
+            ]
+        );
     }
 }
