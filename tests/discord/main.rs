@@ -423,3 +423,56 @@ async fn register_overwrites_the_command_set_of_each_guild_and_twice_is_the_same
     );
     assert!(discord.log.lock().unwrap().malformed.is_empty());
 }
+
+#[tokio::test]
+async fn a_start_that_fails_ends_its_answer_with_the_reason() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let dir = temp_dir("discord-failure");
+    let app = gateway(&dir)
+        .service(
+            svc("broken")
+                .wake_timeout("10s")
+                .process(
+                    &["sh", "-c", "echo 'no world file' >&2; exit 3"],
+                    free_addr(),
+                )
+                .tcp(ANY_PORT),
+        )
+        .raw(
+            &discord_table(
+                &discord.url,
+                &hex(key.verifying_key().as_bytes()),
+                BOT_TOKEN,
+            )
+            .replace("services = [\"echo\"]", "services = [\"broken\"]"),
+        )
+        .start()
+        .await;
+    let answer = interact(
+        app.api_addr(),
+        &key,
+        &command("start", Some("broken"), &[ADMIN], GUILD, false),
+    )
+    .await;
+    assert_eq!(
+        answer.kind,
+        twilight_model::http::interaction::InteractionResponseType::DeferredChannelMessageWithSource
+    );
+    let calls = discord
+        .until("saying broken failed", |c| {
+            c.body
+                .as_str()
+                .is_some_and(|t| t.contains("**broken** failed: "))
+        })
+        .await;
+    let last = calls.last().unwrap().body.as_str().unwrap().to_string();
+    let reason = app.service("broken").unwrap().status().last_error.unwrap();
+    assert!(
+        last.ends_with(&format!("**broken** failed: {reason}")),
+        "{last}"
+    );
+    assert!(reason.contains("exit"), "{reason}");
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+    app.shutdown().await;
+}
