@@ -139,7 +139,13 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
     match permission {
         Permission::View => private(&status_line(service)),
         action => {
-            let channel = interaction.channel.as_ref().map(|c| c.id.get());
+            #[allow(deprecated)]
+            let channel = interaction
+                .channel
+                .as_ref()
+                .map(|c| c.id)
+                .or(interaction.channel_id)
+                .map(|c| c.get());
             follow::spawn(
                 bot,
                 service.clone(),

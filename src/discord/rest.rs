@@ -27,7 +27,8 @@ const MAX_RATE_LIMITED: usize = 5;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// A call to Discord: its method, its path under the API URL, and the route it is limited by.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the route only.
+#[derive(Clone)]
 pub struct Call {
     pub method: Method,
     /// The path, which may hold an interaction token: never logged.
@@ -57,6 +58,12 @@ impl Call {
             path: format!("/webhooks/{application}/{token}{rest}"),
             bot: false,
         }
+    }
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Call({})", self.route)
     }
 }
 
@@ -242,4 +249,96 @@ fn retry_after(answer: &Answer) -> (Duration, bool) {
         Duration::try_from_secs_f64(seconds).unwrap_or(Duration::from_secs(1)),
         global,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_debug_output_leave_the_tokens_out() {
+        let call = Call::interaction(
+            Method::PATCH,
+            12,
+            "interaction-secret",
+            "/messages/@original",
+        );
+        assert_eq!(
+            call.path,
+            "/webhooks/12/interaction-secret/messages/@original"
+        );
+        assert_eq!(call.route, "PATCH /webhooks/12/…/messages/@original");
+        assert!(!format!("{call:?}").contains("interaction-secret"));
+        let rest = Rest::new("https://discord.com/api/v10/", Secret::new("bot-secret"));
+        assert_eq!(format!("{rest:?}"), "Rest(https://discord.com/api/v10)");
+        let auth = rest.headers(true);
+        let (_, value) = auth
+            .iter()
+            .find(|(n, _)| n == header::AUTHORIZATION)
+            .unwrap();
+        assert!(value.is_sensitive());
+        assert!(
+            !rest
+                .headers(false)
+                .iter()
+                .any(|(n, _)| n == header::AUTHORIZATION)
+        );
+    }
+
+    #[test]
+    fn a_429_asks_for_its_body_retry_after_else_its_header() {
+        let answer = |body: &str, header: Option<&str>| {
+            let mut headers = hyper::HeaderMap::new();
+            if let Some(h) = header {
+                headers.insert(header::RETRY_AFTER, h.parse().unwrap());
+            }
+            Answer {
+                status: hyper::StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                body: Bytes::from(body.to_string()),
+            }
+        };
+        assert_eq!(
+            retry_after(&answer(
+                r#"{"retry_after": 0.25, "global": false}"#,
+                Some("1")
+            )),
+            (Duration::from_millis(250), false)
+        );
+        assert_eq!(
+            retry_after(&answer(r#"{"retry_after": 2, "global": true}"#, None)),
+            (Duration::from_secs(2), true)
+        );
+        assert_eq!(
+            retry_after(&answer("", Some("3"))),
+            (Duration::from_secs(3), false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_bucket_holds_its_route_back_until_it_resets() {
+        let rest = Rest::new("http://127.0.0.1:9", Secret::new("t"));
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        headers.insert("x-ratelimit-reset-after", "2.5".parse().unwrap());
+        let answer = Answer {
+            status: hyper::StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+        };
+        rest.note_limits("PATCH /a", &answer);
+        let start = Instant::now();
+        rest.wait_turn("PATCH /b").await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "another route is not held back"
+        );
+        rest.wait_turn("PATCH /a").await;
+        assert_eq!(start.elapsed(), Duration::from_millis(2500));
+        // A global limit holds back every route.
+        rest.block("", Duration::from_secs(1));
+        rest.wait_turn("PATCH /b").await;
+        assert_eq!(start.elapsed(), Duration::from_millis(3500));
+    }
 }
