@@ -221,6 +221,26 @@ impl App {
             )
             .with_listener_metrics(connections.metrics.clone()),
         );
+        // Discord's interactions carry their own signature: outside the API's token check.
+        let router = match &config.discord {
+            Some(discord) => {
+                info!(
+                    path = crate::discord::PATH,
+                    guilds = discord.guilds.len(),
+                    "Discord interactions endpoint ready."
+                );
+                router.merge(
+                    crate::discord::Bot::new(
+                        discord.clone(),
+                        services.clone(),
+                        background.clone(),
+                        stop_background.child_token(),
+                    )
+                    .router(),
+                )
+            }
+            None => router,
+        };
         let api_stop = stop_background.clone();
         let served = router.clone();
         background.spawn(async move {

@@ -93,6 +93,11 @@ enum Command {
         #[arg(long, env = "WAKEGATE_CONFIG", default_value = "wakegate.toml")]
         config: PathBuf,
     },
+    /// The Discord bot's setup.
+    Discord {
+        #[command(subcommand)]
+        action: DiscordAction,
+    },
     /// The demo's backend: a tiny web (or echo) server. Used by `demo` and the tests.
     #[command(hide = true)]
     DemoBackend {
@@ -104,6 +109,17 @@ enum Command {
         /// Echo bytes back instead of answering HTTP.
         #[arg(long)]
         echo: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DiscordAction {
+    /// Write the slash commands to every guild in [discord] `guilds` (a bulk overwrite: running
+    /// it again changes nothing).
+    Register {
+        /// The config file.
+        #[arg(long, env = "WAKEGATE_CONFIG", default_value = "wakegate.toml")]
+        config: PathBuf,
     },
 }
 
@@ -247,6 +263,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 )
             })?;
             println!("{}", serde_json::to_string_pretty(&policy)?);
+        }
+        Command::Discord {
+            action: DiscordAction::Register { config },
+        } => {
+            let path = config;
+            let config = config::load(&path)?;
+            let discord = config.discord.with_context(|| {
+                format!(
+                    "{} has no [discord] table; add one with application_id, public_key, token and guilds (see the README's Discord section)",
+                    path.display()
+                )
+            })?;
+            for line in runtime()?.block_on(crate::discord::command::register(&discord))? {
+                println!("{line}");
+            }
         }
         Command::DemoBackend {
             listen,

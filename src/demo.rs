@@ -86,6 +86,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
             policy: Default::default(),
         }],
         notify: Vec::new(),
+        discord: None,
     };
     let app = App::start(config).await?;
     let mut events = app.subscribe();

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod discord;
 pub mod event;
 pub mod health;
 pub mod listener;

@@ -1,6 +1,7 @@
 //! The HTTP API on `gateway.api`: services and what they cost, actions (wake, sleep, leases),
 //! events (history, SSE, WebSocket), Prometheus metrics and the dashboard. Bearer tokens with
-//! roles guard everything but `/healthz` and the dashboard page itself.
+//! roles guard everything but `/healthz` and the dashboard page itself. (`app` merges the
+//! Discord interactions route beside these, outside the token check: it is signed instead.)
 
 pub mod config;
 pub mod events;

@@ -36,6 +36,8 @@ pub struct Config {
     pub services: Vec<Service>,
     /// Where events are delivered (`[[notify]]`).
     pub notify: Vec<crate::notify::Target>,
+    /// The Discord bot (`[discord]`), when there is one.
+    pub discord: Option<crate::discord::Discord>,
 }
 
 /// Settings of the daemon itself.
@@ -133,11 +135,13 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         }
     };
     let notify = crate::notify::read_targets(root.remove("notify"), services.as_deref(), problems);
+    let discord =
+        crate::discord::config::read_discord(root.remove("discord"), services.as_deref(), problems);
     for (key, _) in root.iter() {
         problems.add(
             Some(key.span()),
             format!("unknown top-level key `{}`", key.get_ref()),
-            "the top level holds only [gateway], [[service]] and [[notify]] tables",
+            "the top level holds only [gateway], [[service]], [[notify]] and [discord] tables",
         );
     }
     let gateway = read_gateway(gateway?, tokens, problems);
@@ -146,6 +150,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         gateway: gateway?,
         services,
         notify: notify?,
+        discord: discord?,
     };
     check_binds(&config, problems);
     Some(config)

@@ -130,7 +130,19 @@ impl Client {
         headers: Vec<(HeaderName, HeaderValue)>,
         body: Bytes,
     ) -> Result<Answer, String> {
-        let exchange = self.exchange(endpoint, headers, body);
+        self.send(Method::POST, endpoint, headers, body).await
+    }
+
+    /// Sends one request (Discord's REST API also wants PATCH and PUT); an error is a sentence
+    /// without the URL. A `User-Agent` among `headers` replaces wakegate's.
+    pub async fn send(
+        &self,
+        method: Method,
+        endpoint: &Endpoint,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> Result<Answer, String> {
+        let exchange = self.exchange(method, endpoint, headers, body);
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(format!(
@@ -143,6 +155,7 @@ impl Client {
 
     async fn exchange(
         &self,
+        method: Method,
         endpoint: &Endpoint,
         headers: Vec<(HeaderName, HeaderValue)>,
         body: Bytes,
@@ -156,15 +169,17 @@ impl Client {
         let _ = tcp.set_nodelay(true);
 
         let mut request = Request::builder()
-            .method(Method::POST)
+            .method(method)
             .uri(endpoint.target.as_str())
             .header(header::HOST, endpoint.authority.as_str())
-            .header(
-                header::USER_AGENT,
-                concat!("wakegate/", env!("CARGO_PKG_VERSION")),
-            )
             // One request per connection: the connection ends with the answer.
             .header(header::CONNECTION, "close");
+        if !headers.iter().any(|(name, _)| name == header::USER_AGENT) {
+            request = request.header(
+                header::USER_AGENT,
+                concat!("wakegate/", env!("CARGO_PKG_VERSION")),
+            );
+        }
         for (name, value) in headers {
             request = request.header(name, value);
         }

@@ -7,7 +7,7 @@
 //! `http` is the client, `discord` and `webhook` shape the requests.
 
 mod discord;
-mod http;
+pub(crate) mod http;
 mod outbox;
 mod webhook;
 
