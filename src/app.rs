@@ -16,8 +16,9 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::listener::Connections;
 use crate::listener::config::Listen;
-use crate::service::ServiceHandle;
+use crate::service::{Registry, ServiceHandle};
 use crate::store::Store;
+use crate::template::Templates;
 use crate::{api, backend, health, listener, notify, service};
 
 /// What a bound socket serves.
@@ -33,7 +34,11 @@ enum Bound {
 /// A running gateway.
 pub struct App {
     router: axum::Router,
+    /// The configured services.
     services: Vec<ServiceHandle>,
+    /// Every running service, the created ones included.
+    registry: Registry,
+    templates: Templates,
     listeners: Vec<(String, SocketAddr)>,
     api: SocketAddr,
     events: broadcast::Sender<Event>,
@@ -150,12 +155,29 @@ impl App {
             })
             .collect();
 
+        let connections = Connections::new();
+        let registry = Registry::new(services.clone());
+        // The services created from templates before a restart are created again, and
+        // reconcile like the others.
+        let templates = Templates::new(
+            config.templates.clone(),
+            registry.clone(),
+            store.clone(),
+            config.gateway.data_dir.clone(),
+            background.clone(),
+            stop_background.clone(),
+            connections.clone(),
+        );
+        let restored = templates
+            .restore()
+            .await
+            .context("cannot read the services created from templates")?;
+
         // Clients wait in the listen backlog until every service knows what really runs.
-        for service in &services {
+        for service in services.iter().chain(&restored) {
             service.reconciled().await;
         }
 
-        let connections = Connections::new();
         let mut listeners = Vec::new();
         let accepting = TaskTracker::new();
         let handle = |name: &str| services.iter().find(|s| s.name() == name).unwrap().clone();
@@ -213,13 +235,14 @@ impl App {
         info!(api = %format!("http://{api}"), "API ready.");
         let router = api::router(
             api::Api::new(
-                services.clone(),
+                registry.clone(),
                 store.clone(),
                 events.clone(),
                 config.gateway.tokens.clone(),
                 config.gateway.cors_origins.clone(),
             )
-            .with_listener_metrics(connections.metrics.clone()),
+            .with_listener_metrics(connections.metrics.clone())
+            .with_templates(templates.clone()),
         );
         let api_stop = stop_background.clone();
         let served = router.clone();
@@ -243,6 +266,8 @@ impl App {
         Ok(App {
             router,
             services,
+            registry,
+            templates,
             listeners,
             api,
             events,
@@ -263,12 +288,27 @@ impl App {
         self.services.iter().find(|s| s.name() == name)
     }
 
+    /// A running service by name, configured or created from a template.
+    pub fn running(&self, name: &str) -> Option<ServiceHandle> {
+        self.registry.get(name)
+    }
+
+    /// The templates and the services created from them.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
     /// Where a service's first listener is bound (the real port when the config said 0).
     pub fn listen_addr(&self, service: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
             .find(|(name, _)| name == service)
             .map(|(_, addr)| *addr)
+            .or_else(|| {
+                self.templates
+                    .view(service)
+                    .and_then(|v| v.listen.first().copied())
+            })
     }
 
     /// The API's routes, to call without a socket.
@@ -293,7 +333,8 @@ impl App {
     /// close the rest, then stop the services (each backend decides what shutdown means).
     pub async fn shutdown(self) {
         let open = self
-            .services
+            .registry
+            .all()
             .iter()
             .map(ServiceHandle::connections)
             .sum::<usize>();

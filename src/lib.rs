@@ -20,3 +20,4 @@ pub mod probe;
 pub mod schedule;
 pub mod service;
 pub mod store;
+pub mod template;
