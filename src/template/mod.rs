@@ -265,23 +265,23 @@ impl Templates {
                     template.name
                 )));
             }
-            let taken = |port: u16, backend: bool, also: Option<u16>| {
+            // Free: not given to another created service, and no other program listens on it.
+            let taken = |port: u16, also: Option<u16>| {
                 also == Some(port)
                     || live.values().any(|l| {
                         let r = &l.record;
                         r.port == Some(port) || r.backend_port == Some(port)
                     })
-                    || (!backend && std::net::TcpListener::bind(("0.0.0.0", port)).is_err())
+                    || std::net::TcpListener::bind(("0.0.0.0", port)).is_err()
             };
             let allocate = |range: &Option<std::ops::RangeInclusive<u16>>,
-                            backend: bool,
                             also: Option<u16>,
                             key: &str|
              -> Result<Option<u16>, TemplateError> {
                 let Some(range) = range else { return Ok(None) };
                 range
                     .clone()
-                    .find(|p| !taken(*p, backend, also))
+                    .find(|p| !taken(*p, also))
                     .map(Some)
                     .ok_or_else(|| {
                         TemplateError::Limit(format!(
@@ -292,9 +292,9 @@ impl Templates {
                         ))
                     })
             };
-            let port = allocate(&template.ports, false, None, "ports")?;
+            let port = allocate(&template.ports, None, "ports")?;
             // The two ranges may overlap.
-            let backend_port = allocate(&template.backend_ports, true, port, "backend_ports")?;
+            let backend_port = allocate(&template.backend_ports, port, "backend_ports")?;
             Created {
                 id: 0,
                 name,
@@ -401,6 +401,7 @@ impl Templates {
                 .ok_or_else(|| TemplateError::Start("it was ended while it started".into()))?;
             entry.listen = listen.clone();
             entry.starting = false;
+            entry.record = record.clone();
             entry.deadline.send_replace(to_instant(record.deadline));
             (
                 entry.cancel.clone(),
