@@ -239,3 +239,84 @@ async fn a_created_service_ends_at_its_deadline_after_a_warning() {
     let (status, _) = http(api, "GET", "/api/v1/services/short", "").unwrap();
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_end_when_idle_service_ends_once_it_sleeps() {
+    let dir = temp_dir("template-idle-end");
+    let path = config(&dir, "end_when_idle = true");
+    let gate = Wakegate::start(&path);
+    let api = gate.api();
+    let (status, view) = create(api, r#"{"name": "once"}"#);
+    assert_eq!(status, 201, "{view}");
+    let mut events = gate.event_stream("once", DEADLINE).await;
+    let mut client = TcpStream::connect(listen(&view)).unwrap();
+    assert_eq!(echo_back(&mut client, b"hi"), b"hi");
+    drop(client);
+    events
+        .until("the end", |e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("ended: it went to sleep"))
+        })
+        .await;
+    assert!(echo_servers(backend(&view)).is_empty());
+    assert!(TcpStream::connect(listen(&view)).is_err());
+    let (status, _) = http(api, "GET", "/api/v1/services/once", "").unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_created_service_whose_process_exits_fails_with_the_reason_and_is_destroyed() {
+    let dir = temp_dir("template-fails");
+    let base = free_addr().port();
+    let template = format!(
+        r#"
+[[template]]
+name = "broken"
+ports = "{base}-{}"
+
+[template.service.backend]
+type = "process"
+command = ["sh", "-c", "echo no world for {{name}}; exit 3"]
+address = "127.0.0.1:9"
+
+[[template.service.listen]]
+type = "tcp"
+bind = "127.0.0.1:{{port}}"
+"#,
+        base + 9
+    );
+    let path = gateway(&dir)
+        .service(svc("fixed").exec_true(free_addr()).tcp(free_addr()))
+        .raw(&template)
+        .write(&dir.join("wakegate.toml"));
+    let gate = Wakegate::start(&path);
+    let api = gate.api();
+    let (status, text) = http(api, "POST", "/api/v1/templates/broken/create", "{}").unwrap();
+    assert_eq!(status, 201, "{text}");
+    let view: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(view["name"], "broken-1");
+    let mut events = gate.event_stream("broken-1", DEADLINE).await;
+    let client = tokio::net::TcpStream::connect(listen(&view)).await.unwrap();
+    closed_by_gateway(client).await;
+    let failed = events.until_state("failed").await;
+    let reason = failed.last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("exit"), "{reason}");
+    let shown = gate.service("broken-1");
+    assert_eq!(shown["state"], "failed");
+    assert!(
+        shown["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no world for broken-1"),
+        "{shown}"
+    );
+    let (status, body) = http(api, "DELETE", "/api/v1/services/broken-1", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(TcpStream::connect(listen(&view)).is_err());
+    let (status, _) = http(api, "GET", "/api/v1/services/broken-1", "").unwrap();
+    assert_eq!(status, 404);
+}

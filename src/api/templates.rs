@@ -148,3 +148,27 @@ pub(super) async fn extend(
     let handle = api.service(&name)?;
     Ok(Json(api.view(&handle).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(role: Role, templates: Option<&[&str]>) -> Caller {
+        Caller {
+            name: "bot".into(),
+            role,
+            templates: templates.map(|t| t.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_token_limited_to_some_templates_may_use_only_those() {
+        assert!(may_use(&caller(Role::Operate, None), "mc").is_ok());
+        assert!(may_use(&caller(Role::Operate, Some(&["mc"])), "mc").is_ok());
+        let refused = may_use(&caller(Role::Operate, Some(&["mc"])), "web").unwrap_err();
+        assert!(matches!(refused, ApiError::NotAllowed(_)));
+        assert!(refused.to_string().contains("template `web`"), "{refused}");
+        // An admin token may use them all.
+        assert!(may_use(&caller(Role::Admin, Some(&["mc"])), "web").is_ok());
+    }
+}

@@ -298,11 +298,17 @@ fn read_template(
             ok = false;
         }
     }
-    // Checked as it would be created, with sample values.
+    // Checked as it would be created, with sample values (a stand-in port where the range is
+    // missing, reported above).
     let sample = Values {
         name: format!("{name}-1"),
-        port: template.ports.as_ref().map(|r| *r.start()),
-        backend_port: template.backend_ports.as_ref().map(|r| *r.start()),
+        port: Some(template.ports.as_ref().map_or(30000, |r| *r.start())),
+        backend_port: Some(
+            template
+                .backend_ports
+                .as_ref()
+                .map_or(30001, |r| *r.start()),
+        ),
     };
     match template.service(&sample) {
         Ok(service) => {

@@ -482,6 +482,10 @@ impl Templates {
     /// Ends a created service: its listeners close, its backend is stopped, it leaves the
     /// registry and its record is marked ended (kept for history).
     pub async fn end(&self, name: &str, why: &str, by: &str) -> Result<Created, TemplateError> {
+        // A service that stops because wakegate does has not ended: the next start runs it.
+        if self.0.stop.is_cancelled() {
+            return Err(TemplateError::Conflict("wakegate is shutting down".into()));
+        }
         let (record, cancel, listening) = {
             let mut live = self.live();
             let Some(entry) = live.get_mut(name) else {
