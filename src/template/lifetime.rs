@@ -53,16 +53,17 @@ mod tests {
 
     const MIN: Duration = Duration::from_secs(60);
 
-    /// Runs the task; the warnings it sent, each with the (paused) time it was sent at.
+    /// The warnings sent, each with the (paused) time it was sent at.
+    type Sent = Arc<Mutex<Vec<(Duration, Instant)>>>;
+
+    /// Runs the task; the warnings it sends go to `Sent`.
     fn start(
         deadline: watch::Receiver<Instant>,
         warnings: Vec<Duration>,
-    ) -> (
-        Arc<Mutex<Vec<(Duration, Instant)>>>,
-        tokio::task::JoinHandle<bool>,
-    ) {
+    ) -> (Sent, tokio::task::JoinHandle<bool>) {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let log = sent.clone();
+        // A test's task, awaited by the test.
         #[allow(clippy::disallowed_methods)]
         let task = tokio::spawn(async move {
             run(deadline, &warnings, |left| {
