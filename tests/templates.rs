@@ -320,3 +320,44 @@ bind = "127.0.0.1:{{port}}"
     let (status, _) = http(api, "GET", "/api/v1/services/broken-1", "").unwrap();
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_creates_extends_and_destroys() {
+    let dir = temp_dir("template-cli");
+    let path = config(&dir, "max_lifetime = \"5h\"");
+    let gate = Wakegate::start(&path);
+    let api = gate.api().to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(WAKEGATE)
+            .args(args)
+            .args(["--api", &api])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["create", "echo", "--name", "cli", "--owner", "dan"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("created cli from template echo for dan: listening on 127.0.0.1:"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&["extend", "cli", "10m"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("cli now ends at "), "{out}");
+    let (ok, _, err) = cli(&["extend", "cli", "2h"]);
+    assert!(!ok);
+    assert!(err.contains("max_lifetime"), "{err}");
+    let (ok, _, err) = cli(&["destroy", "fixed"]);
+    assert!(!ok);
+    assert!(err.contains("409") && err.contains("configured"), "{err}");
+    let (ok, out, err) = cli(&["destroy", "cli"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "destroyed cli");
+    let (ok, _, err) = cli(&["destroy", "cli"]);
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
+}
