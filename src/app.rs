@@ -25,10 +25,27 @@ use crate::{api, backend, health, listener, notify, service};
 enum Bound {
     /// The service, and its per-address cap.
     Tcp(String, u32),
-    /// The services sharing it, with their listener entries.
-    Minecraft(Vec<(String, crate::listener::minecraft::config::Minecraft)>),
-    /// The services sharing it, with their listener entries.
-    Http(Vec<(String, crate::listener::http::config::Http)>),
+    /// The bind of its entries, and the services sharing it with their entries (none yet
+    /// for a socket only templates use).
+    Minecraft(
+        SocketAddr,
+        Vec<(String, crate::listener::minecraft::config::Minecraft)>,
+    ),
+    /// The same for `http`.
+    Http(
+        SocketAddr,
+        Vec<(String, crate::listener::http::config::Http)>,
+    ),
+}
+
+/// A bound socket ready to serve once the services have reconciled.
+enum Ready {
+    Tcp(String, u32),
+    Minecraft(Arc<listener::minecraft::Table>),
+    Http(
+        Arc<listener::http::Table>,
+        Option<tokio_rustls::TlsAcceptor>,
+    ),
 }
 
 /// A running gateway.
@@ -64,7 +81,7 @@ impl App {
                 // (config checked that they can); port 0 always means a socket of its own.
                 if let Listen::Minecraft(m) = listen {
                     let shared = bound.iter_mut().find_map(|(b, _)| match b {
-                        Bound::Minecraft(group) if bind.port() != 0 && group[0].1.bind == bind => {
+                        Bound::Minecraft(at, group) if bind.port() != 0 && *at == bind => {
                             Some(group)
                         }
                         _ => None,
@@ -77,9 +94,7 @@ impl App {
                 // The same for http entries.
                 if let Listen::Http(h) = listen {
                     let shared = bound.iter_mut().find_map(|(b, _)| match b {
-                        Bound::Http(group) if bind.port() != 0 && group[0].1.bind == bind => {
-                            Some(group)
-                        }
+                        Bound::Http(at, group) if bind.port() != 0 && *at == bind => Some(group),
                         _ => None,
                     });
                     if let Some(group) = shared {
@@ -98,9 +113,36 @@ impl App {
                         Bound::Tcp(service.name.clone(), listen.max_connections_per_address())
                     }
                     Listen::Minecraft(m) => {
-                        Bound::Minecraft(vec![(service.name.clone(), m.clone())])
+                        Bound::Minecraft(bind, vec![(service.name.clone(), m.clone())])
                     }
-                    Listen::Http(h) => Bound::Http(vec![(service.name.clone(), (**h).clone())]),
+                    Listen::Http(h) => {
+                        Bound::Http(bind, vec![(service.name.clone(), (**h).clone())])
+                    }
+                };
+                bound.push((what, socket));
+            }
+        }
+        // The shared sockets templates route to by hostname, unless a service has them.
+        for template in &config.templates {
+            for listen in template.shared_listeners() {
+                let bind = listen.bind();
+                let had = bound.iter().any(|(b, _)| match (b, &listen) {
+                    (Bound::Minecraft(at, _), Listen::Minecraft(_))
+                    | (Bound::Http(at, _), Listen::Http(_)) => *at == bind,
+                    _ => false,
+                });
+                if had {
+                    continue;
+                }
+                let socket = TcpListener::bind(bind).await.with_context(|| {
+                    format!(
+                        "cannot listen on {bind} for template `{}`; is another program using that port?",
+                        template.name
+                    )
+                })?;
+                let what = match listen {
+                    Listen::Minecraft(_) => Bound::Minecraft(bind, Vec::new()),
+                    _ => Bound::Http(bind, Vec::new()),
                 };
                 bound.push((what, socket));
             }
@@ -108,8 +150,7 @@ impl App {
         // Certificates are read before anything starts, so a bad one fails the start.
         let mut tls = Vec::new();
         for (what, _) in &bound {
-            if let Bound::Http(group) = what {
-                let bind = group[0].1.bind;
+            if let Bound::Http(bind, group) = what {
                 let acceptor = listener::http::tls_acceptor(group.iter().map(|(_, h)| h))
                     .with_context(|| format!("cannot set up TLS on {bind}"))?;
                 tls.push(acceptor);
@@ -157,16 +198,61 @@ impl App {
 
         let connections = Connections::new();
         let registry = Registry::new(services.clone());
+        let handle = |name: &str| services.iter().find(|s| s.name() == name).unwrap().clone();
+        // The routing tables, before the templates' services join them.
+        let mut listeners = Vec::new();
+        let mut shared = listener::SharedTables::default();
+        let mut ready = Vec::new();
+        for (what, socket) in bound {
+            let addr = socket.local_addr()?;
+            let what = match what {
+                Bound::Tcp(name, cap) => {
+                    info!(service = %name, bind = %addr, "Listening.");
+                    listeners.push((name.clone(), addr));
+                    Ready::Tcp(name, cap)
+                }
+                Bound::Minecraft(bind, group) => {
+                    let mut routes = Vec::new();
+                    for (name, config) in group {
+                        info!(service = %name, bind = %addr, hostnames = ?config.hostnames, "Listening for Minecraft.");
+                        routes.push(listener::minecraft::Route {
+                            service: handle(&name),
+                            config,
+                        });
+                        listeners.push((name, addr));
+                    }
+                    let table = listener::minecraft::routes(routes);
+                    shared.minecraft.push((bind, table.clone()));
+                    Ready::Minecraft(table)
+                }
+                Bound::Http(bind, group) => {
+                    let mut routes = Vec::new();
+                    let tls = tls.next().flatten();
+                    for (name, config) in group {
+                        info!(service = %name, bind = %addr, hostnames = ?config.hostnames, tls = tls.is_some(), "Listening for HTTP.");
+                        routes.push(listener::http::Route::new(handle(&name), config));
+                        listeners.push((name, addr));
+                    }
+                    let table = listener::http::routes(routes);
+                    shared.http.push((bind, table.clone()));
+                    Ready::Http(table, tls)
+                }
+            };
+            ready.push((what, socket));
+        }
         // The services created from templates before a restart are created again, and
         // reconcile like the others.
         let templates = Templates::new(
             config.templates.clone(),
-            registry.clone(),
-            store.clone(),
-            config.gateway.data_dir.clone(),
-            background.clone(),
-            stop_background.clone(),
-            connections.clone(),
+            crate::template::Wiring {
+                registry: registry.clone(),
+                store: store.clone(),
+                data_dir: config.gateway.data_dir.clone(),
+                tracker: background.clone(),
+                stop: stop_background.clone(),
+                connections: connections.clone(),
+                shared,
+            },
         );
         let restored = templates
             .restore()
@@ -178,52 +264,22 @@ impl App {
             service.reconciled().await;
         }
 
-        let mut listeners = Vec::new();
         let accepting = TaskTracker::new();
-        let handle = |name: &str| services.iter().find(|s| s.name() == name).unwrap().clone();
-        for (what, socket) in bound {
-            let addr = socket.local_addr()?;
+        for (what, socket) in ready {
             match what {
-                Bound::Tcp(name, cap) => {
-                    info!(service = %name, bind = %addr, "Listening.");
+                Ready::Tcp(name, cap) => {
                     accepting.spawn(listener::tcp::run(
                         socket,
                         handle(&name),
                         connections.clone(),
                         cap,
                     ));
-                    listeners.push((name, addr));
                 }
-                Bound::Minecraft(group) => {
-                    let mut routes = Vec::new();
-                    for (name, config) in group {
-                        info!(service = %name, bind = %addr, hostnames = ?config.hostnames, "Listening for Minecraft.");
-                        routes.push(listener::minecraft::Route {
-                            service: handle(&name),
-                            config,
-                        });
-                        listeners.push((name, addr));
-                    }
-                    accepting.spawn(listener::minecraft::run(
-                        socket,
-                        listener::minecraft::routes(routes),
-                        connections.clone(),
-                    ));
+                Ready::Minecraft(table) => {
+                    accepting.spawn(listener::minecraft::run(socket, table, connections.clone()));
                 }
-                Bound::Http(group) => {
-                    let mut routes = Vec::new();
-                    let tls = tls.next().flatten();
-                    for (name, config) in group {
-                        info!(service = %name, bind = %addr, hostnames = ?config.hostnames, tls = tls.is_some(), "Listening for HTTP.");
-                        routes.push(listener::http::Route::new(handle(&name), config));
-                        listeners.push((name, addr));
-                    }
-                    accepting.spawn(listener::http::run(
-                        socket,
-                        listener::http::routes(routes),
-                        tls,
-                        connections.clone(),
-                    ));
+                Ready::Http(table, tls) => {
+                    accepting.spawn(listener::http::run(socket, table, tls, connections.clone()));
                 }
             }
         }

@@ -361,3 +361,85 @@ async fn the_cli_creates_extends_and_destroys() {
     assert!(!ok);
     assert!(err.contains("404"), "{err}");
 }
+
+/// `GET /` with a `Host` header: the status code.
+fn get_host(addr: SocketAddr, host: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn created_services_join_and_leave_a_shared_http_socket_by_hostname() {
+    let dir = temp_dir("template-http");
+    let shared = free_addr();
+    let base = free_addr().port();
+    let template = format!(
+        r#"
+[[template]]
+name = "site"
+backend_ports = "{base}-{}"
+
+[template.service]
+idle_timeout = "1h"
+
+[template.service.backend]
+type = "process"
+command = ["{WAKEGATE}", "demo-backend", "--listen", "127.0.0.1:{{backend_port}}"]
+address = "127.0.0.1:{{backend_port}}"
+
+[[template.service.listen]]
+type = "http"
+bind = "{shared}"
+hostnames = ["{{name}}.test"]
+strategy = "block"
+"#,
+        base + 9
+    );
+    let path = gateway(&dir)
+        .service(svc("fixed").exec_true(free_addr()).tcp(free_addr()))
+        .raw(&template)
+        .write(&dir.join("wakegate.toml"));
+    let mut gate = Wakegate::start(&path);
+    let api = gate.api();
+    assert_eq!(get_host(shared, "one.test"), 404);
+    for name in ["one", "two"] {
+        let (status, text) = http(
+            api,
+            "POST",
+            "/api/v1/templates/site/create",
+            &format!(r#"{{"name": "{name}"}}"#),
+        )
+        .unwrap();
+        assert_eq!(status, 201, "{text}");
+        let view: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(view["created"]["listen"][0], shared.to_string());
+    }
+    assert_eq!(get_host(shared, "one.test"), 200);
+    assert_eq!(get_host(shared, "two.test"), 200);
+    assert_eq!(get_host(shared, "three.test"), 404);
+
+    let (status, body) = http(api, "DELETE", "/api/v1/services/one", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get_host(shared, "one.test"), 404, "its route outlived it");
+    assert_eq!(get_host(shared, "two.test"), 200);
+
+    // After a kill -9, `two` is routed again and its server adopted.
+    gate.kill();
+    let gate = Wakegate::start(&path);
+    assert_eq!(get_host(shared, "two.test"), 200);
+    assert_eq!(get_host(shared, "one.test"), 404);
+    assert_eq!(starts_in_log(&dir, "two"), 1, "a second copy was started");
+    assert_eq!(gate.service("two")["state"], "awake");
+}

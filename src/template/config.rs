@@ -81,6 +81,28 @@ impl Template {
         }
     }
 
+    /// The sample values a template is checked with.
+    fn sample(&self) -> Values {
+        Values {
+            name: format!("{}-1", self.name),
+            port: Some(self.ports.as_ref().map_or(30000, |r| *r.start())),
+            backend_port: Some(self.backend_ports.as_ref().map_or(30001, |r| *r.start())),
+        }
+    }
+
+    /// Its `http` and `minecraft` entries (their bind is the same for every created service):
+    /// the shared sockets its services join by hostname.
+    pub fn shared_listeners(&self) -> Vec<Listen> {
+        self.service(&self.sample())
+            .map(|s| {
+                s.listeners
+                    .into_iter()
+                    .filter(|l| !matches!(l, Listen::Tcp { .. }))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether the skeleton uses a placeholder.
     fn uses(&self, placeholder: &str) -> bool {
         fn any(value: &toml::Value, placeholder: &str) -> bool {
@@ -300,37 +322,55 @@ fn read_template(
     }
     // Checked as it would be created, with sample values (a stand-in port where the range is
     // missing, reported above).
-    let sample = Values {
-        name: format!("{name}-1"),
-        port: Some(template.ports.as_ref().map_or(30000, |r| *r.start())),
-        backend_port: Some(
-            template
-                .backend_ports
-                .as_ref()
-                .map_or(30001, |r| *r.start()),
-        ),
-    };
+    let sample = template.sample();
     match template.service(&sample) {
         Ok(service) => {
+            for listen in &service.listeners {
+                let (hostnames, tls) = match listen {
+                    Listen::Tcp { .. } => continue,
+                    Listen::Http(h) => (&h.hostnames, h.tls.is_some()),
+                    Listen::Minecraft(m) => (&m.hostnames, false),
+                };
+                let problem = if listen.bind().port() == 0 {
+                    Some((
+                        "shares a socket on port 0".to_string(),
+                        "give its http or minecraft listener a fixed port, e.g. bind = \"0.0.0.0:443\"",
+                    ))
+                } else if !hostnames.iter().any(|h| h.contains(&sample.name)) {
+                    Some((
+                        "has an http or minecraft listener without {name} in its hostnames"
+                            .to_string(),
+                        "every created service needs its own hostname on a shared socket, e.g. hostnames = [\"{name}.mc.example.com\"]",
+                    ))
+                } else if tls {
+                    Some((
+                        "has an http listener with TLS".to_string(),
+                        "certificates are read at start: put a configured service with the certificate (a wildcard) on the same bind, or a TLS proxy in front",
+                    ))
+                } else {
+                    None
+                };
+                if let Some((what, hint)) = problem {
+                    problems.add(
+                        Some(service_span.clone()),
+                        format!("template `{name}` {what}"),
+                        hint,
+                    );
+                    ok = false;
+                }
+            }
             if service
                 .listeners
                 .iter()
-                .any(|l| !matches!(l, Listen::Tcp { .. }))
+                .any(|l| matches!(l, Listen::Tcp { .. }) && l.bind().port() != 0)
+                && !template.uses("{port}")
             {
-                problems.add(
-                    Some(service_span),
-                    format!("template `{name}` has a listener other than `tcp`"),
-                    "a created service listens on a `tcp` listener of its own, e.g. bind = \"0.0.0.0:{port}\" with ports = \"30000-30100\"",
-                );
-                ok = false;
-            }
-            if service.listeners.iter().any(|l| l.bind().port() != 0) && !template.uses("{port}") {
                 problems.add(
                     Some(name_span.clone()),
                     format!(
                         "every service created from template `{name}` would bind the same port"
                     ),
-                    "bind its listener to {port} and give the template a `ports` range",
+                    "bind its tcp listener to {port} and give the template a `ports` range",
                 );
                 ok = false;
             }

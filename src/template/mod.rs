@@ -21,8 +21,8 @@ use tracing::{info, warn};
 
 use self::config::{Template, Values, valid_name};
 use crate::event::{Kind, NewEvent, State};
-use crate::listener::Connections;
 use crate::listener::config::Listen;
+use crate::listener::{Connections, SharedTables};
 use crate::service::{Registry, ServiceHandle};
 use crate::store::{Created, Store};
 use crate::{backend, health, listener, service};
@@ -94,6 +94,19 @@ struct Live {
     starting: bool,
 }
 
+/// What created services are run with: the gateway's registry, store, trackers and sockets.
+pub struct Wiring {
+    pub registry: Registry,
+    pub store: Arc<Store>,
+    pub data_dir: PathBuf,
+    /// Their tasks' tracker, and the token that stops them with wakegate.
+    pub tracker: TaskTracker,
+    pub stop: CancellationToken,
+    pub connections: Connections,
+    /// The shared sockets they join by hostname.
+    pub shared: SharedTables,
+}
+
 /// The templates, and the services created from them.
 #[derive(Clone)]
 pub struct Templates(Arc<Inner>);
@@ -106,27 +119,22 @@ struct Inner {
     tracker: TaskTracker,
     stop: CancellationToken,
     connections: Connections,
+    /// The shared sockets created services join by hostname.
+    shared: SharedTables,
     live: Mutex<HashMap<String, Live>>,
 }
 
 impl Templates {
-    pub fn new(
-        templates: Vec<Template>,
-        registry: Registry,
-        store: Arc<Store>,
-        data_dir: PathBuf,
-        tracker: TaskTracker,
-        stop: CancellationToken,
-        connections: Connections,
-    ) -> Templates {
+    pub fn new(templates: Vec<Template>, with: Wiring) -> Templates {
         Templates(Arc::new(Inner {
             templates,
-            registry,
-            store,
-            data_dir,
-            tracker,
-            stop,
-            connections,
+            registry: with.registry,
+            store: with.store,
+            data_dir: with.data_dir,
+            tracker: with.tracker,
+            stop: with.stop,
+            connections: with.connections,
+            shared: with.shared,
             live: Mutex::new(HashMap::new()),
         }))
     }
@@ -390,10 +398,24 @@ impl Templates {
             })?;
             sockets.push((socket, listen.max_connections_per_address()));
         }
-        let listen: Vec<SocketAddr> = sockets
+        let mut listen: Vec<SocketAddr> = sockets
             .iter()
             .filter_map(|(s, _)| s.local_addr().ok())
             .collect();
+        for l in &config.listeners {
+            let found = match l {
+                Listen::Tcp { .. } => continue,
+                Listen::Http(_) => self.0.shared.http(l.bind()).is_some(),
+                Listen::Minecraft(_) => self.0.shared.minecraft(l.bind()).is_some(),
+            };
+            if !found {
+                return Err(TemplateError::Start(format!(
+                    "no shared socket on {}; restart wakegate after changing the template",
+                    l.bind()
+                )));
+            }
+            listen.push(l.bind());
+        }
         let (cancel, listening, deadline) = {
             let mut live = self.live();
             let entry = live
@@ -419,6 +441,28 @@ impl Templates {
         );
         health::spawn_for(&config, &handle, &inner.tracker, &cancel);
         inner.registry.add(handle.clone());
+        // Its hostnames on the shared sockets (they leave when it ends).
+        for l in &config.listeners {
+            match l {
+                Listen::Tcp { .. } => {}
+                Listen::Http(h) => {
+                    if let Some(table) = inner.shared.http(h.bind) {
+                        info!(service = %handle.name(), bind = %h.bind, hostnames = ?h.hostnames, "Listening for HTTP.");
+                        table.add(listener::http::Route::new(handle.clone(), (**h).clone()));
+                    }
+                }
+                Listen::Minecraft(m) => {
+                    if let Some(table) = inner.shared.minecraft(m.bind) {
+                        info!(service = %handle.name(), bind = %m.bind, hostnames = ?m.hostnames, "Listening for Minecraft.");
+                        let route = listener::minecraft::Route {
+                            service: handle.clone(),
+                            config: m.clone(),
+                        };
+                        table.add(route.entry());
+                    }
+                }
+            }
+        }
         for (socket, cap) in sockets {
             let (handle, connections, listening) =
                 (handle.clone(), inner.connections.clone(), listening.clone());
@@ -510,6 +554,12 @@ impl Templates {
             )
         };
         listening.cancel();
+        for (_, table) in &self.0.shared.http {
+            table.remove(|r| r.service.name() == name);
+        }
+        for (_, table) in &self.0.shared.minecraft {
+            table.remove(|e| e.service().name() == name);
+        }
         if let Some(handle) = self.0.registry.get(name) {
             self.event(name, Kind::Action, format!("ending: {why} ({by})"));
             stop(&handle, by).await;
