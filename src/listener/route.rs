@@ -18,7 +18,9 @@ pub struct Routes<R> {
     routes: Vec<Arc<R>>,
     /// Takes the hosts no entry names.
     default: Option<usize>,
-    lone_takes_all: bool,
+    /// The entry that takes every host because it was alone at start (see [`Routes::new`]):
+    /// it keeps them when others join, and entries that join never become one.
+    lone: Option<Arc<R>>,
 }
 
 /// A socket's routes, replaced whole when an entry is added or removed: a reader takes the
@@ -41,7 +43,7 @@ impl<R: Named> Table<R> {
         let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
         let mut routes = current.routes.clone();
         routes.push(Arc::new(entry));
-        *current = Arc::new(Routes::with(routes, current.lone_takes_all));
+        *current = Arc::new(Routes::with(routes, current.lone.clone()));
     }
 
     /// Removes the entries `gone` picks.
@@ -53,7 +55,7 @@ impl<R: Named> Table<R> {
             .filter(|r| !gone(r))
             .cloned()
             .collect();
-        *current = Arc::new(Routes::with(routes, current.lone_takes_all));
+        *current = Arc::new(Routes::with(routes, current.lone.clone()));
     }
 }
 
@@ -63,19 +65,24 @@ impl<R: Named> Routes<R> {
     /// a lone entry takes them all; a browser always names the site, so an http entry that
     /// lists hostnames gets only those, even alone on its socket.
     pub fn new(routes: Vec<R>, lone_takes_all: bool) -> Routes<R> {
-        Routes::with(routes.into_iter().map(Arc::new).collect(), lone_takes_all)
+        let routes: Vec<Arc<R>> = routes.into_iter().map(Arc::new).collect();
+        let lone = (lone_takes_all && routes.len() == 1).then(|| routes[0].clone());
+        Routes::with(routes, lone)
     }
 
-    fn with(routes: Vec<Arc<R>>, lone_takes_all: bool) -> Routes<R> {
+    fn with(routes: Vec<Arc<R>>, lone: Option<Arc<R>>) -> Routes<R> {
         let default = routes
             .iter()
             .position(|r| r.is_default())
             .or_else(|| routes.iter().position(|r| r.hostnames().is_empty()))
-            .or((lone_takes_all && routes.len() == 1).then_some(0));
+            .or_else(|| {
+                let lone = lone.as_ref()?;
+                routes.iter().position(|r| Arc::ptr_eq(r, lone))
+            });
         Routes {
             routes,
             default,
-            lone_takes_all,
+            lone,
         }
     }
 
@@ -185,6 +192,22 @@ mod tests {
         assert!(table.load().find("a").is_none());
         assert_eq!(table.load().find("b").map(|(i, _)| i), Some(0));
         assert!(before.find("a").is_some());
+    }
+
+    #[test]
+    fn a_lone_entry_keeps_every_host_when_others_join_and_a_joining_one_never_takes_them() {
+        let table = Table::new(Routes::new(vec![entry(&["mc.example.com"], false)], true));
+        table.add(entry(&["a.mc.example.com"], false));
+        assert_eq!(table.load().find("1.2.3.4").map(|(i, _)| i), Some(0));
+        assert_eq!(
+            table.load().find("a.mc.example.com").map(|(i, _)| i),
+            Some(1)
+        );
+        // A socket that only templates use: nobody takes the hosts nobody names.
+        let table = Table::new(Routes::new(Vec::new(), true));
+        table.add(entry(&["a.mc.example.com"], false));
+        assert!(table.load().find("b.mc.example.com").is_none());
+        assert!(table.load().find("a.mc.example.com").is_some());
     }
 
     #[test]
