@@ -16,24 +16,46 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::listener::Connections;
 use crate::listener::config::Listen;
-use crate::service::ServiceHandle;
+use crate::service::{Registry, ServiceHandle};
 use crate::store::Store;
+use crate::template::Templates;
 use crate::{api, backend, health, listener, notify, service};
 
 /// What a bound socket serves.
 enum Bound {
     /// The service, and its per-address cap.
     Tcp(String, u32),
-    /// The services sharing it, with their listener entries.
-    Minecraft(Vec<(String, crate::listener::minecraft::config::Minecraft)>),
-    /// The services sharing it, with their listener entries.
-    Http(Vec<(String, crate::listener::http::config::Http)>),
+    /// The bind of its entries, and the services sharing it with their entries (none yet
+    /// for a socket only templates use).
+    Minecraft(
+        SocketAddr,
+        Vec<(String, crate::listener::minecraft::config::Minecraft)>,
+    ),
+    /// The same for `http`.
+    Http(
+        SocketAddr,
+        Vec<(String, crate::listener::http::config::Http)>,
+    ),
+}
+
+/// A bound socket ready to serve once the services have reconciled.
+enum Ready {
+    Tcp(String, u32),
+    Minecraft(Arc<listener::minecraft::Table>),
+    Http(
+        Arc<listener::http::Table>,
+        Option<tokio_rustls::TlsAcceptor>,
+    ),
 }
 
 /// A running gateway.
 pub struct App {
     router: axum::Router,
+    /// The configured services.
     services: Vec<ServiceHandle>,
+    /// Every running service, the created ones included.
+    registry: Registry,
+    templates: Templates,
     listeners: Vec<(String, SocketAddr)>,
     api: SocketAddr,
     events: broadcast::Sender<Event>,
@@ -59,7 +81,7 @@ impl App {
                 // (config checked that they can); port 0 always means a socket of its own.
                 if let Listen::Minecraft(m) = listen {
                     let shared = bound.iter_mut().find_map(|(b, _)| match b {
-                        Bound::Minecraft(group) if bind.port() != 0 && group[0].1.bind == bind => {
+                        Bound::Minecraft(at, group) if bind.port() != 0 && *at == bind => {
                             Some(group)
                         }
                         _ => None,
@@ -72,9 +94,7 @@ impl App {
                 // The same for http entries.
                 if let Listen::Http(h) = listen {
                     let shared = bound.iter_mut().find_map(|(b, _)| match b {
-                        Bound::Http(group) if bind.port() != 0 && group[0].1.bind == bind => {
-                            Some(group)
-                        }
+                        Bound::Http(at, group) if bind.port() != 0 && *at == bind => Some(group),
                         _ => None,
                     });
                     if let Some(group) = shared {
@@ -93,9 +113,36 @@ impl App {
                         Bound::Tcp(service.name.clone(), listen.max_connections_per_address())
                     }
                     Listen::Minecraft(m) => {
-                        Bound::Minecraft(vec![(service.name.clone(), m.clone())])
+                        Bound::Minecraft(bind, vec![(service.name.clone(), m.clone())])
                     }
-                    Listen::Http(h) => Bound::Http(vec![(service.name.clone(), (**h).clone())]),
+                    Listen::Http(h) => {
+                        Bound::Http(bind, vec![(service.name.clone(), (**h).clone())])
+                    }
+                };
+                bound.push((what, socket));
+            }
+        }
+        // The shared sockets templates route to by hostname, unless a service has them.
+        for template in &config.templates {
+            for listen in template.shared_listeners() {
+                let bind = listen.bind();
+                let had = bound.iter().any(|(b, _)| match (b, &listen) {
+                    (Bound::Minecraft(at, _), Listen::Minecraft(_))
+                    | (Bound::Http(at, _), Listen::Http(_)) => *at == bind,
+                    _ => false,
+                });
+                if had {
+                    continue;
+                }
+                let socket = TcpListener::bind(bind).await.with_context(|| {
+                    format!(
+                        "cannot listen on {bind} for template `{}`; is another program using that port?",
+                        template.name
+                    )
+                })?;
+                let what = match listen {
+                    Listen::Minecraft(_) => Bound::Minecraft(bind, Vec::new()),
+                    _ => Bound::Http(bind, Vec::new()),
                 };
                 bound.push((what, socket));
             }
@@ -103,8 +150,7 @@ impl App {
         // Certificates are read before anything starts, so a bad one fails the start.
         let mut tls = Vec::new();
         for (what, _) in &bound {
-            if let Bound::Http(group) = what {
-                let bind = group[0].1.bind;
+            if let Bound::Http(bind, group) = what {
                 let acceptor = listener::http::tls_acceptor(group.iter().map(|(_, h)| h))
                     .with_context(|| format!("cannot set up TLS on {bind}"))?;
                 tls.push(acceptor);
@@ -150,29 +196,22 @@ impl App {
             })
             .collect();
 
-        // Clients wait in the listen backlog until every service knows what really runs.
-        for service in &services {
-            service.reconciled().await;
-        }
-
         let connections = Connections::new();
-        let mut listeners = Vec::new();
-        let accepting = TaskTracker::new();
+        let registry = Registry::new(services.clone());
         let handle = |name: &str| services.iter().find(|s| s.name() == name).unwrap().clone();
+        // The routing tables, before the templates' services join them.
+        let mut listeners = Vec::new();
+        let mut shared = listener::SharedTables::default();
+        let mut ready = Vec::new();
         for (what, socket) in bound {
             let addr = socket.local_addr()?;
-            match what {
+            let what = match what {
                 Bound::Tcp(name, cap) => {
                     info!(service = %name, bind = %addr, "Listening.");
-                    accepting.spawn(listener::tcp::run(
-                        socket,
-                        handle(&name),
-                        connections.clone(),
-                        cap,
-                    ));
-                    listeners.push((name, addr));
+                    listeners.push((name.clone(), addr));
+                    Ready::Tcp(name, cap)
                 }
-                Bound::Minecraft(group) => {
+                Bound::Minecraft(bind, group) => {
                     let mut routes = Vec::new();
                     for (name, config) in group {
                         info!(service = %name, bind = %addr, hostnames = ?config.hostnames, "Listening for Minecraft.");
@@ -182,13 +221,11 @@ impl App {
                         });
                         listeners.push((name, addr));
                     }
-                    accepting.spawn(listener::minecraft::run(
-                        socket,
-                        listener::minecraft::routes(routes),
-                        connections.clone(),
-                    ));
+                    let table = listener::minecraft::routes(routes);
+                    shared.minecraft.push((bind, table.clone()));
+                    Ready::Minecraft(table)
                 }
-                Bound::Http(group) => {
+                Bound::Http(bind, group) => {
                     let mut routes = Vec::new();
                     let tls = tls.next().flatten();
                     for (name, config) in group {
@@ -196,12 +233,53 @@ impl App {
                         routes.push(listener::http::Route::new(handle(&name), config));
                         listeners.push((name, addr));
                     }
-                    accepting.spawn(listener::http::run(
+                    let table = listener::http::routes(routes);
+                    shared.http.push((bind, table.clone()));
+                    Ready::Http(table, tls)
+                }
+            };
+            ready.push((what, socket));
+        }
+        // The services created from templates before a restart are created again, and
+        // reconcile like the others.
+        let templates = Templates::new(
+            config.templates.clone(),
+            crate::template::Wiring {
+                registry: registry.clone(),
+                store: store.clone(),
+                data_dir: config.gateway.data_dir.clone(),
+                tracker: background.clone(),
+                stop: stop_background.clone(),
+                connections: connections.clone(),
+                shared,
+            },
+        );
+        let restored = templates
+            .restore()
+            .await
+            .context("cannot read the services created from templates")?;
+
+        // Clients wait in the listen backlog until every service knows what really runs.
+        for service in services.iter().chain(&restored) {
+            service.reconciled().await;
+        }
+
+        let accepting = TaskTracker::new();
+        for (what, socket) in ready {
+            match what {
+                Ready::Tcp(name, cap) => {
+                    accepting.spawn(listener::tcp::run(
                         socket,
-                        listener::http::routes(routes),
-                        tls,
+                        handle(&name),
                         connections.clone(),
+                        cap,
                     ));
+                }
+                Ready::Minecraft(table) => {
+                    accepting.spawn(listener::minecraft::run(socket, table, connections.clone()));
+                }
+                Ready::Http(table, tls) => {
+                    accepting.spawn(listener::http::run(socket, table, tls, connections.clone()));
                 }
             }
         }
@@ -213,13 +291,14 @@ impl App {
         info!(api = %format!("http://{api}"), "API ready.");
         let router = api::router(
             api::Api::new(
-                services.clone(),
+                registry.clone(),
                 store.clone(),
                 events.clone(),
                 config.gateway.tokens.clone(),
                 config.gateway.cors_origins.clone(),
             )
-            .with_listener_metrics(connections.metrics.clone()),
+            .with_listener_metrics(connections.metrics.clone())
+            .with_templates(templates.clone()),
         );
         // Discord's interactions carry their own signature: outside the API's token check.
         let router = match &config.discord {
@@ -263,6 +342,8 @@ impl App {
         Ok(App {
             router,
             services,
+            registry,
+            templates,
             listeners,
             api,
             events,
@@ -283,12 +364,27 @@ impl App {
         self.services.iter().find(|s| s.name() == name)
     }
 
+    /// A running service by name, configured or created from a template.
+    pub fn running(&self, name: &str) -> Option<ServiceHandle> {
+        self.registry.get(name)
+    }
+
+    /// The templates and the services created from them.
+    pub fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
     /// Where a service's first listener is bound (the real port when the config said 0).
     pub fn listen_addr(&self, service: &str) -> Option<SocketAddr> {
         self.listeners
             .iter()
             .find(|(name, _)| name == service)
             .map(|(_, addr)| *addr)
+            .or_else(|| {
+                self.templates
+                    .view(service)
+                    .and_then(|v| v.listen.first().copied())
+            })
     }
 
     /// The API's routes, to call without a socket.
@@ -313,7 +409,8 @@ impl App {
     /// close the rest, then stop the services (each backend decides what shutdown means).
     pub async fn shutdown(self) {
         let open = self
-            .services
+            .registry
+            .all()
             .iter()
             .map(ServiceHandle::connections)
             .sum::<usize>();

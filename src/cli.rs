@@ -69,6 +69,31 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Create a service from a [[template]].
+    Create {
+        template: String,
+        /// Its name (default: the template's name and a number).
+        #[arg(long)]
+        name: Option<String>,
+        /// Who it is for (default: the API token's name); max_per_owner counts by it.
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop and end a service created from a template (its record is kept).
+    Destroy {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Move the deadline of a service created from a template later, e.g. `extend mc-1 1h`.
+    Extend {
+        name: String,
+        duration: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Show recent events; with --follow, every new one as it happens.
     Events {
         /// Keep printing new events.
@@ -211,10 +236,15 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let config = config::load(&file)?;
             println!(
-                "{}: ok ({} service{})",
+                "{}: ok ({} service{}{})",
                 file.display(),
                 config.services.len(),
-                if config.services.len() == 1 { "" } else { "s" }
+                if config.services.len() == 1 { "" } else { "s" },
+                match config.templates.len() {
+                    0 => String::new(),
+                    1 => ", 1 template".to_string(),
+                    n => format!(", {n} templates"),
+                }
             );
         }
         Command::Config {
@@ -235,6 +265,33 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             return runtime()?.block_on(client::steer(
                 &client, &name, "sleep", "asleep", wait, api.json,
             ));
+        }
+        Command::Create {
+            template,
+            name,
+            owner,
+            api,
+        } => {
+            let client = api.client()?;
+            return runtime()?.block_on(client::create(
+                &client,
+                &template,
+                name.as_deref(),
+                owner.as_deref(),
+                api.json,
+            ));
+        }
+        Command::Destroy { name, api } => {
+            let client = api.client()?;
+            return runtime()?.block_on(client::destroy(&client, &name, api.json));
+        }
+        Command::Extend {
+            name,
+            duration,
+            api,
+        } => {
+            let client = api.client()?;
+            return runtime()?.block_on(client::extend(&client, &name, &duration, api.json));
         }
         Command::Events {
             follow,

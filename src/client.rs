@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::Method;
 use hyper::body::{Bytes, Incoming};
 use serde::Deserialize;
@@ -74,6 +74,16 @@ impl Client {
         method: Method,
         path: &str,
     ) -> anyhow::Result<(hyper::Response<Incoming>, JoinHandle<()>)> {
+        self.send_body(method, path, None).await
+    }
+
+    /// Sends a request with a JSON body, if given.
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<(hyper::Response<Incoming>, JoinHandle<()>)> {
         let unreachable = || {
             format!(
                 "cannot reach the wakegate API at {}; is `wakegate run` running? Pass --api HOST:PORT if it listens elsewhere",
@@ -99,8 +109,15 @@ impl Client {
         if let Some(token) = &self.token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        let body = match body {
+            Some(body) => {
+                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(body.to_string()))
+            }
+            None => Full::new(Bytes::new()),
+        };
         let response = sender
-            .send_request(request.body(Empty::<Bytes>::new())?)
+            .send_request(request.body(body)?)
             .await
             .with_context(unreachable)?;
         Ok((response, driver))
@@ -108,7 +125,17 @@ impl Client {
 
     /// A JSON answer, or the API's error message.
     async fn json(&self, method: Method, path: &str) -> anyhow::Result<serde_json::Value> {
-        let (response, driver) = self.send(method, path).await?;
+        self.json_with(method, path, None).await
+    }
+
+    /// [`json`](Self::json), sending a JSON body.
+    async fn json_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let (response, driver) = self.send_body(method, path, body).await?;
         let code = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         driver.abort();
@@ -384,4 +411,84 @@ pub async fn events(
         print(&serde_json::from_str(&data)?);
     }
     bail!("the event stream ended: wakegate stopped")
+}
+
+/// `wakegate create TEMPLATE [--name N] [--owner O]`: prints the new service's name, where it
+/// listens and its deadline.
+pub async fn create(
+    client: &Client,
+    template: &str,
+    name: Option<&str>,
+    owner: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "name": name, "owner": owner });
+    let value = client
+        .json_with(
+            Method::POST,
+            &format!("/api/v1/templates/{template}/create"),
+            Some(&body),
+        )
+        .await?;
+    if json {
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let created = &value["created"];
+    let listen: Vec<&str> = created["listen"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    println!(
+        "created {} from template {} for {}: listening on {}, ends at {}",
+        value["name"].as_str().unwrap_or("?"),
+        created["template"].as_str().unwrap_or(template),
+        created["owner"].as_str().unwrap_or("?"),
+        if listen.is_empty() {
+            "-".to_string()
+        } else {
+            listen.join(", ")
+        },
+        created["deadline"].as_str().unwrap_or("?"),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wakegate destroy NAME`: stops a created service and ends it.
+pub async fn destroy(client: &Client, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let value = client
+        .json(Method::DELETE, &format!("/api/v1/services/{name}"))
+        .await?;
+    if json {
+        println!("{value}");
+    } else {
+        println!("destroyed {name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wakegate extend NAME DURATION`: moves a created service's deadline later.
+pub async fn extend(
+    client: &Client,
+    name: &str,
+    duration: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "duration": duration });
+    let value = client
+        .json_with(
+            Method::POST,
+            &format!("/api/v1/services/{name}/extend"),
+            Some(&body),
+        )
+        .await?;
+    if json {
+        println!("{value}");
+    } else {
+        println!(
+            "{name} now ends at {}",
+            value["created"]["deadline"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -28,6 +28,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
         .context("cannot find a free port for the demo server")?;
     let data_dir = std::env::temp_dir().join("wakegate-demo");
     let config = Config {
+        templates: Vec::new(),
         gateway: Gateway {
             data_dir: data_dir.clone(),
             api,

@@ -21,3 +21,4 @@ pub mod probe;
 pub mod schedule;
 pub mod service;
 pub mod store;
+pub mod template;

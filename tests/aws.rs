@@ -1060,6 +1060,91 @@ fn ecs_task_mode_runs_one_task_finds_it_after_a_kill_and_stops_it() {
     );
 }
 
+/// A template in ECS task mode: each created service runs its own task, found again after a
+/// `kill -9` of wakegate, and stopped when destroyed.
+#[test]
+fn an_ecs_task_template_runs_one_task_per_created_service_and_stops_it_when_destroyed() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let word = unique("tpl");
+    let (cluster, family, subnet, group) = ecs_fixtures(&aws, &word);
+    let dir = temp_dir("aws-ecs-template");
+    let base = free_addr().port();
+    // moto's tasks route nowhere: the local echo server plays every task's server.
+    let template = format!(
+        r#"
+[[template]]
+name = "game"
+ports = "{base}-{}"
+
+[template.service]
+idle_timeout = "1h"
+
+[template.service.backend]
+type = "ecs"
+cluster = "{cluster}"
+mode = "task"
+task_definition = "{family}"
+subnets = ["{subnet}"]
+security_groups = ["{group}"]
+address = "{}"
+endpoint_url = "{}"
+
+[[template.service.listen]]
+type = "tcp"
+bind = "127.0.0.1:{{port}}"
+"#,
+        base + 9,
+        echo.addr,
+        aws.proxy.url
+    );
+    let config = write_config(
+        &dir,
+        gateway(&dir)
+            .service(svc("fixed").exec_true(free_addr()).tcp(free_addr()))
+            .raw(&template),
+    );
+    let first = start(&config);
+    let (status, body) = http(
+        first.api(),
+        "POST",
+        "/api/v1/templates/game/create",
+        r#"{"name": "game-ann", "owner": "ann"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    let listen: SocketAddr = view["created"]["listen"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        aws.proxy.recorded.count("ecs:RunTask"),
+        0,
+        "started before a client"
+    );
+    assert_eq!(echo_through(listen, b"first"), b"first");
+    assert_eq!(aws.proxy.recorded.count("ecs:RunTask"), 1);
+    let mut first = first;
+    first.kill();
+
+    // Created again, and its task found through the ARN in the store: no second RunTask.
+    let mut second = start(&config);
+    second.wait_for("found the backend running");
+    assert_eq!(echo_through(listen, b"again"), b"again");
+    assert_eq!(aws.proxy.recorded.count("ecs:RunTask"), 1);
+    assert_eq!(second.service("game-ann")["created"]["owner"], "ann");
+
+    let (status, body) = http(second.api(), "DELETE", "/api/v1/services/game-ann", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(aws.proxy.recorded.count("ecs:StopTask"), 1);
+    assert!(
+        TcpStream::connect(listen).is_err(),
+        "its listener outlived it"
+    );
+}
+
 #[test]
 fn status_shows_awake_hours_and_the_money_saved() {
     let aws = Aws::new();

@@ -15,6 +15,9 @@ pub struct Token {
     pub name: String,
     pub secret: Secret,
     pub role: Role,
+    /// The templates it may create, destroy and extend services of (with `operate`); `None`:
+    /// every template. An `admin` token may use them all.
+    pub templates: Option<Vec<String>>,
 }
 
 /// What a token may do; each role includes the ones before it.
@@ -36,6 +39,7 @@ pub(crate) struct TokenConfig {
     name: Spanned<String>,
     secret: Spanned<String>,
     role: Role,
+    templates: Option<Vec<String>>,
 }
 
 /// Checks the tokens (`None` for a table that could not be read, already reported) and that an
@@ -63,6 +67,7 @@ pub(crate) fn read_tokens(
                 name: t.name.into_inner(),
                 secret,
                 role: t.role,
+                templates: t.templates,
             }),
             Ok(_) => {
                 problems.add(

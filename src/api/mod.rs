@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod events;
+mod templates;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,8 +23,9 @@ use tracing::error;
 use self::config::{Role, Token};
 use crate::event::{self, Event, State as ServiceState};
 use crate::metrics;
-use crate::service::{Denied, Gone, ServiceHandle};
+use crate::service::{Denied, Gone, Registry, ServiceHandle};
 use crate::store::{Lease, Store};
+use crate::template::{CreatedView, Templates};
 
 /// The dashboard: one self-contained page, embedded in the binary.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -34,7 +36,9 @@ const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// What every handler shares.
 #[derive(Clone)]
 pub struct Api {
-    services: Arc<[ServiceHandle]>,
+    services: Registry,
+    /// The templates and their created services (none in tests that build the API alone).
+    templates: Option<Templates>,
     store: Arc<Store>,
     events: broadcast::Sender<Event>,
     tokens: Arc<[Token]>,
@@ -45,14 +49,15 @@ pub struct Api {
 
 impl Api {
     pub fn new(
-        services: Vec<ServiceHandle>,
+        services: Registry,
         store: Arc<Store>,
         events: broadcast::Sender<Event>,
         tokens: Vec<Token>,
         cors_origins: Vec<String>,
     ) -> Api {
         Api {
-            services: services.into(),
+            services,
+            templates: None,
             store,
             events,
             tokens: tokens.into(),
@@ -67,11 +72,28 @@ impl Api {
         self
     }
 
-    fn service(&self, name: &str) -> Result<&ServiceHandle, ApiError> {
+    /// Serves the templates' routes with these.
+    pub fn with_templates(mut self, templates: Templates) -> Api {
+        self.templates = Some(templates);
+        self
+    }
+
+    fn service(&self, name: &str) -> Result<ServiceHandle, ApiError> {
         self.services
-            .iter()
-            .find(|s| s.name() == name)
+            .get(name)
             .ok_or_else(|| ApiError::NoSuchService(name.to_string()))
+    }
+
+    /// A service as the API shows it.
+    async fn view(&self, service: &ServiceHandle) -> Result<ServiceView, ApiError> {
+        let mut view = ServiceView::read(service, &self.store).await?;
+        view.created = self.created(service.name());
+        Ok(view)
+    }
+
+    /// What a created service adds to its view.
+    fn created(&self, name: &str) -> Option<CreatedView> {
+        self.templates.as_ref().and_then(|t| t.view(name))
     }
 }
 
@@ -80,6 +102,8 @@ impl Api {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The templates it may use, if only some (see [`Token::templates`]).
+    pub templates: Option<Vec<String>>,
 }
 
 /// Errors as JSON, with a message that says what to do.
@@ -99,6 +123,15 @@ pub enum ApiError {
     },
     #[error("{0}")]
     BadRequest(String),
+    /// A template, or a created service, that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The token may not use this template.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A template's limit (per owner, in total, its ports) is reached.
+    #[error("{0}")]
+    Limit(String),
     #[error(
         "service `{service}` has no lease #{id} in force; GET /api/v1/services/{service}/leases lists them"
     )]
@@ -139,9 +172,12 @@ impl From<Gone> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self {
-            ApiError::NoSuchService(_) | ApiError::NoSuchLease { .. } => StatusCode::NOT_FOUND,
+            ApiError::NoSuchService(_) | ApiError::NoSuchLease { .. } | ApiError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden { .. } | ApiError::NotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::ShuttingDown | ApiError::StoreUnavailable(_) => {
@@ -171,7 +207,16 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/me", get(me))
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(list))
-        .route("/api/v1/services/{name}", get(one))
+        .route(
+            "/api/v1/services/{name}",
+            get(one).delete(templates::destroy),
+        )
+        .route("/api/v1/services/{name}/extend", post(templates::extend))
+        .route("/api/v1/templates", get(templates::list))
+        .route(
+            "/api/v1/templates/{template}/create",
+            post(templates::create),
+        )
         .route("/api/v1/services/{name}/wake", post(wake))
         .route("/api/v1/services/{name}/sleep", post(sleep))
         .route(
@@ -232,6 +277,7 @@ async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) 
         Caller {
             name: "local".into(),
             role: Role::Admin,
+            templates: None,
         }
     } else {
         let Some(presented) = presented_token(&request) else {
@@ -256,6 +302,7 @@ async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) 
         Caller {
             name: token.name.clone(),
             role: token.role,
+            templates: token.templates.clone(),
         }
     };
     if caller.role < needed {
@@ -337,7 +384,7 @@ async fn healthz(State(api): State<Api>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(api): State<Api>) -> impl IntoResponse {
-    let mut text = metrics::render(&api.services);
+    let mut text = metrics::render(&api.services.all());
     let health = api.store.health();
     metrics::render_store(
         &mut text,
@@ -391,6 +438,9 @@ pub struct ServiceView {
     /// running it all the time.
     pub cost_saved_30d: Option<f64>,
     pub leases: Vec<Lease>,
+    /// For a service created from a template: its template, owner, creation and deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<CreatedView>,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -442,6 +492,7 @@ impl ServiceView {
                 .hourly_cost()
                 .map(|cost| cost * (window_hours - awake_seconds_30d / 3600.0).max(0.0)),
             leases: status.leases,
+            created: None,
         })
     }
 
@@ -478,8 +529,9 @@ fn running_seconds(
 }
 
 async fn list(State(api): State<Api>) -> Result<Json<Vec<ServiceView>>, ApiError> {
-    let services = api.services.clone();
-    api.store
+    let services = api.services.all();
+    let mut views = api
+        .store
         .read(move |store| {
             Ok(services
                 .iter()
@@ -487,17 +539,18 @@ async fn list(State(api): State<Api>) -> Result<Json<Vec<ServiceView>>, ApiError
                 .collect::<Result<Vec<_>, _>>())
         })
         .await
-        .map_err(ApiError::internal)?
-        .map(Json)
+        .map_err(ApiError::internal)??;
+    for view in &mut views {
+        view.created = api.created(&view.name);
+    }
+    Ok(Json(views))
 }
 
 async fn one(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<Json<ServiceView>, ApiError> {
-    ServiceView::read(api.service(&name)?, &api.store)
-        .await
-        .map(Json)
+    api.view(&api.service(&name)?).await.map(Json)
 }
 
 async fn wake(
@@ -509,10 +562,7 @@ async fn wake(
     service
         .wake(&format!("API token {}", caller.name))
         .await??;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ServiceView::read(service, &api.store).await?),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(api.view(&service).await?)))
 }
 
 async fn sleep(
@@ -524,10 +574,7 @@ async fn sleep(
     service
         .sleep(&format!("API token {}", caller.name))
         .await??;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ServiceView::read(service, &api.store).await?),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(api.view(&service).await?)))
 }
 
 async fn leases(

@@ -38,6 +38,8 @@ pub struct Config {
     pub notify: Vec<crate::notify::Target>,
     /// The Discord bot (`[discord]`), when there is one.
     pub discord: Option<crate::discord::Discord>,
+    /// What services may be created from at run time (`[[template]]`).
+    pub templates: Vec<crate::template::config::Template>,
 }
 
 /// Settings of the daemon itself.
@@ -137,11 +139,23 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
     let notify = crate::notify::read_targets(root.remove("notify"), services.as_deref(), problems);
     let discord =
         crate::discord::config::read_discord(root.remove("discord"), services.as_deref(), problems);
+    let templates = match root.remove("template") {
+        // The skeletons are kept as plain values, to be filled at each creation.
+        Some(value) => {
+            let owned = toml::from_str::<toml::Table>(source).ok();
+            crate::template::config::read_templates(
+                value,
+                owned.as_ref().and_then(|t| t.get("template")),
+                problems,
+            )
+        }
+        None => Some(Vec::new()),
+    };
     for (key, _) in root.iter() {
         problems.add(
             Some(key.span()),
             format!("unknown top-level key `{}`", key.get_ref()),
-            "the top level holds only [gateway], [[service]], [[notify]] and [discord] tables",
+            "the top level holds only [gateway], [[service]], [[template]], [[notify]] and [discord] tables",
         );
     }
     let gateway = read_gateway(gateway?, tokens, problems);
@@ -151,6 +165,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         services,
         notify: notify?,
         discord: discord?,
+        templates: templates?,
     };
     check_binds(&config, problems);
     Some(config)

@@ -28,6 +28,27 @@ use tracing::debug;
 pub use self::admission::Listening;
 use crate::metrics::{ListenerMetrics, Refusal};
 
+/// The routing tables of the shared `http` and `minecraft` sockets, by the bind of their
+/// entries, which services created from templates join and leave.
+#[derive(Clone, Default)]
+pub struct SharedTables {
+    pub http: Vec<(SocketAddr, Arc<http::Table>)>,
+    pub minecraft: Vec<(SocketAddr, Arc<minecraft::Table>)>,
+}
+
+impl SharedTables {
+    pub fn http(&self, bind: SocketAddr) -> Option<&Arc<http::Table>> {
+        self.http.iter().find(|(b, _)| *b == bind).map(|(_, t)| t)
+    }
+
+    pub fn minecraft(&self, bind: SocketAddr) -> Option<&Arc<minecraft::Table>> {
+        self.minecraft
+            .iter()
+            .find(|(b, _)| *b == bind)
+            .map(|(_, t)| t)
+    }
+}
+
 /// What client connections share: their tracker, and the two steps of a graceful shutdown.
 #[derive(Clone)]
 pub struct Connections {

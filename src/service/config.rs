@@ -250,7 +250,7 @@ pub(crate) fn read_services(
     all_ok.then_some(services)
 }
 
-fn read_service(
+pub(crate) fn read_service(
     item: Spanned<DeValue<'_>>,
     problems: &mut Problems<'_>,
 ) -> Option<(Service, Range<usize>)> {

@@ -17,6 +17,7 @@ mod core;
 mod fake;
 mod gate;
 pub mod policy;
+mod registry;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +35,7 @@ use crate::store::Lease;
 
 pub use actor::spawn;
 use gate::{ConnectionGuard, Shared};
+pub use registry::Registry;
 
 /// What a service looks like right now; published on a `watch` channel.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,7 @@
 //! [`Store::read`]. An event is committed before it is published, so what a client saw is
 //! never lost; while the store cannot write, events wait in memory and `/healthz` says why.
 
+mod created;
 mod sqlite;
 mod writer;
 
@@ -18,6 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::event::{self, Event, NewEvent, from_millis, to_millis};
 use writer::{Op, Writer};
 
+pub use created::Created;
 pub use writer::{Failing, Health, MAX_PENDING};
 
 /// How long a read waits for the writes handed over before it.
@@ -180,6 +182,27 @@ impl Store {
             reply,
         });
         answered(answer).await
+    }
+
+    /// Stores a created service's record (new when its id is 0) and returns its id; committed
+    /// before it returns, or an error at once while the store cannot write.
+    pub async fn save_created(&self, record: &Created) -> anyhow::Result<i64> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.ask(Op::Created {
+            record: record.clone(),
+            reply,
+        });
+        answered(answer).await
+    }
+
+    /// The created services not ended, oldest first.
+    pub fn live_created(&self) -> anyhow::Result<Vec<Created>> {
+        self.with(created::live)
+    }
+
+    /// The newest record of a created service's name, live or ended.
+    pub fn latest_created(&self, name: &str) -> anyhow::Result<Option<Created>> {
+        self.with(|c| created::latest(c, name))
     }
 
     /// Moves a notification target's cursor forward (never back) to `id`, with the next write;

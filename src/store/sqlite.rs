@@ -63,6 +63,23 @@ const MIGRATIONS: &[M<'static>] = &[
         PRIMARY KEY (service, key)
     );",
     ),
+    // Services created from a [[template]] at run time; an ended one is kept for history, so a
+    // name is unique only among the live ones.
+    M::up(
+        "CREATE TABLE created_services (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT NOT NULL,
+        template     TEXT NOT NULL,
+        owner        TEXT NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        deadline_ms  INTEGER NOT NULL,
+        ended_ms     INTEGER,
+        end_reason   TEXT,
+        port         INTEGER,
+        backend_port INTEGER
+    );
+    CREATE UNIQUE INDEX created_services_live ON created_services (name) WHERE ended_ms IS NULL;",
+    ),
 ];
 
 /// How long the writer waits for another process's write lock before the attempt counts as

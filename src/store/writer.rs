@@ -22,6 +22,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{error, info, warn};
 
+use super::created::{self, Created};
 use super::sqlite;
 use crate::event::{Event, NewEvent};
 
@@ -59,12 +60,20 @@ pub(super) enum Op {
         value: Option<String>,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// A created service's record, new or changed.
+    Created {
+        record: Created,
+        reply: oneshot::Sender<Result<i64, String>>,
+    },
 }
 
 impl Op {
     /// Whether a caller waits for it (it is then answered, never retried).
     fn answered(&self) -> bool {
-        matches!(self, Op::AddLease { .. } | Op::BackendValue { .. })
+        matches!(
+            self,
+            Op::AddLease { .. } | Op::BackendValue { .. } | Op::Created { .. }
+        )
     }
 
     /// Answers a waiting caller with why the store cannot write.
@@ -73,6 +82,7 @@ impl Op {
         match self {
             Op::AddLease { reply, .. } => drop(reply.send(Err(why))),
             Op::BackendValue { reply, .. } => drop(reply.send(Err(why))),
+            Op::Created { reply, .. } => drop(reply.send(Err(why))),
             Op::Event { .. } | Op::EndLease { .. } => {}
         }
     }
@@ -340,7 +350,8 @@ enum Step {
 /// What a committed op gives back.
 enum Written {
     Event(Event),
-    Lease(oneshot::Sender<Result<i64, String>>, i64),
+    /// A new row's id, to the caller waiting for it.
+    Id(oneshot::Sender<Result<i64, String>>, i64),
     Value(oneshot::Sender<Result<(), String>>),
     Nothing,
 }
@@ -437,7 +448,7 @@ impl Pipe {
                     events += 1;
                     let _ = self.shared.events.send(event);
                 }
-                Written::Lease(reply, id) => drop(reply.send(Ok(id))),
+                Written::Id(reply, id) => drop(reply.send(Ok(id))),
                 Written::Value(reply) => drop(reply.send(Ok(()))),
                 Written::Nothing => {}
             }
@@ -558,6 +569,7 @@ fn write(
                 sqlite::set_backend_value(&tx, service, key, value.as_deref())?;
                 0
             }
+            Op::Created { record, .. } => created::save(&tx, record)?,
         };
         ids.push(id);
     }
@@ -584,8 +596,9 @@ fn written(op: Op, id: i64) -> Written {
             reason: event.reason,
             detail: event.detail,
         }),
-        Op::AddLease { reply, .. } => Written::Lease(reply, id),
+        Op::AddLease { reply, .. } => Written::Id(reply, id),
         Op::BackendValue { reply, .. } => Written::Value(reply),
+        Op::Created { reply, .. } => Written::Id(reply, id),
         Op::EndLease { .. } => Written::Nothing,
     }
 }

@@ -85,9 +85,12 @@ impl Named for Route {
 /// unless it says `default = true`.
 pub type Routes = route::Routes<Route>;
 
+/// The routing table of one socket, which services created from templates join and leave.
+pub type Table = route::Table<Route>;
+
 /// The routing table of one socket's entries.
-pub fn routes(routes: Vec<Route>) -> Routes {
-    route::Routes::new(routes, false)
+pub fn routes(routes: Vec<Route>) -> Arc<Table> {
+    Arc::new(route::Table::new(route::Routes::new(routes, false)))
 }
 
 /// Builds the TLS acceptor of a socket whose entries have certificates: each entry's own for
@@ -114,7 +117,7 @@ pub fn tls_acceptor<'a>(
 
 /// What every connection of one socket shares.
 struct Server {
-    routes: Routes,
+    routes: Arc<Table>,
     proxy: Proxy,
     /// Whether clients arrive over TLS (told to the backend in X-Forwarded-Proto).
     tls: bool,
@@ -132,14 +135,16 @@ struct Server {
 /// Accepts clients until `connections.stop_accepting` fires.
 pub async fn run(
     listener: TcpListener,
-    routes: Routes,
+    routes: Arc<Table>,
     tls: Option<TlsAcceptor>,
     connections: Connections,
 ) {
     let bind = listener
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-    let entries = || routes.iter().map(|r| &r.config);
+    // From the entries at start; those that join later share these.
+    let first = routes.load();
+    let entries = || first.iter().map(|r| &r.config);
     let cap = super::admission::shared_cap(entries().map(|c| c.max_connections_per_address));
     let listening = Listening::new("http", bind, cap, &connections.metrics);
     let head_timeout = entries().map(|c| c.head_timeout).max().unwrap_or_default();
@@ -293,7 +298,8 @@ impl Server {
         peer: SocketAddr,
     ) -> Response<Body> {
         let host = request_host(&request);
-        let Some((index, route)) = self.routes.find(&host) else {
+        let routes = self.routes.load();
+        let Some((index, route)) = routes.find(&host) else {
             debug!(host, "No service has this host name.");
             return text(
                 StatusCode::NOT_FOUND,
@@ -313,7 +319,8 @@ impl Server {
             let status = service.status();
             return match (status.state, status.address) {
                 (State::Awake, Some(address)) => {
-                    self.forward(index, request, address, peer, None).await
+                    self.forward(routes.shared(index), request, address, peer, None)
+                        .await
                 }
                 _ => self.unavailable(
                     route,
@@ -379,7 +386,7 @@ impl Server {
             }
         };
         let address = ticket.address;
-        self.forward(index, request, address, peer, Some(ticket))
+        self.forward(routes.shared(index), request, address, peer, Some(ticket))
             .await
     }
 
@@ -431,7 +438,7 @@ impl Server {
     /// until the response body is sent, and with an upgraded connection as long as it is open.
     async fn forward(
         self: &Arc<Self>,
-        index: usize,
+        route: Arc<Route>,
         request: Request<Incoming>,
         address: SocketAddr,
         peer: SocketAddr,
@@ -466,24 +473,22 @@ impl Server {
                 // wakegate's own shortage, not the backend's failure: no re-check.
                 let why = format!("{peer}: cannot connect to the backend: {e}");
                 self.listening.refusals.refuse(Refusal::FdExhausted, why);
-                let route = self.routes.get(index);
                 self.unavailable(
-                    route,
+                    &route,
                     "The gateway is out of file descriptors. Try again shortly.\n".to_string(),
                 )
             }
             Err(ProxyError::Timeout) => {
                 // Not even a connection: as good a reason as a refusal to check it is there.
-                self.recheck(index, address);
+                self.recheck(route, address);
                 text(
                     StatusCode::GATEWAY_TIMEOUT,
                     "The server did not answer in time.\n".to_string(),
                 )
             }
             Err(e) => {
-                let route = &self.routes.get(index);
                 warn!(service = route.service.name(), backend = %address, error = %e, "The backend did not answer a request; answering 502.");
-                self.recheck(index, address);
+                self.recheck(route, address);
                 text(
                     StatusCode::BAD_GATEWAY,
                     "The server did not answer. Try again shortly.\n".to_string(),
@@ -495,18 +500,11 @@ impl Server {
     /// After a request the backend failed, checks that it still accepts connections; if not,
     /// the service is told its backend is unhealthy, which restarts it (within the crash-loop
     /// breaker). One check at a time per service.
-    fn recheck(self: &Arc<Self>, index: usize, address: SocketAddr) {
-        if self
-            .routes
-            .get(index)
-            .rechecking
-            .swap(true, Ordering::AcqRel)
-        {
+    fn recheck(self: &Arc<Self>, route: Arc<Route>, address: SocketAddr) {
+        if route.rechecking.swap(true, Ordering::AcqRel) {
             return;
         }
-        let server = self.clone();
         self.connections.tracker.spawn(async move {
-            let route = server.routes.get(index);
             if let Err(e) = probe::run(&Check::default(), address, None).await {
                 let reason =
                     format!("the backend stopped answering HTTP requests ({e}); restarting it");

@@ -49,7 +49,8 @@ pub(super) async fn answer(
         _ => String::new(),
     };
     let hostname = hostname.trim_end_matches('.');
-    let Some((_, route)) = socket.routes.find(hostname) else {
+    let routes = socket.routes.load();
+    let Some((_, route)) = routes.find(hostname) else {
         let why = format!("{peer} asked for `{hostname}` (legacy ping)");
         socket.listening.refusals.refuse(Refusal::UnknownHost, why);
         let text = format!("§cunknown server `{hostname}`");

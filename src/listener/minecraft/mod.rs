@@ -59,26 +59,36 @@ impl Named for Entry {
     }
 }
 
-/// The services behind one socket, found by hostname. A lone service takes every hostname.
-pub fn routes(routes: Vec<Route>) -> Routes {
-    let entries = routes
-        .into_iter()
-        .map(|r| Entry {
-            limiter: r.config.wake_rate.map(RateLimiter::new),
-            cache: r.config.status_cache.map(StatusCache::new),
-            service: r.service,
-            config: r.config,
-        })
-        .collect();
-    route::Routes::new(entries, true)
+impl Route {
+    /// The entry of a routing table.
+    pub fn entry(self) -> Entry {
+        Entry {
+            limiter: self.config.wake_rate.map(RateLimiter::new),
+            cache: self.config.status_cache.map(StatusCache::new),
+            service: self.service,
+            config: self.config,
+        }
+    }
 }
 
-/// The services behind one socket.
-pub type Routes = route::Routes<Entry>;
+impl Entry {
+    pub fn service(&self) -> &ServiceHandle {
+        &self.service
+    }
+}
+
+/// The services behind one socket, found by hostname. A lone service takes every hostname.
+pub fn routes(routes: Vec<Route>) -> Arc<Table> {
+    let entries = routes.into_iter().map(Route::entry).collect();
+    Arc::new(route::Table::new(route::Routes::new(entries, true)))
+}
+
+/// The services behind one socket, which services created from templates join and leave.
+pub type Table = route::Table<Entry>;
 
 /// What every connection of one socket shares.
 struct Socket {
-    routes: Routes,
+    routes: Arc<Table>,
     listening: Arc<Listening>,
     /// The most generous `head_timeout` of the entries: for the handshake, before a route is
     /// known.
@@ -86,13 +96,15 @@ struct Socket {
 }
 
 /// Accepts clients until `connections.stop_accepting` fires.
-pub async fn run(listener: TcpListener, routes: Routes, connections: Connections) {
+pub async fn run(listener: TcpListener, routes: Arc<Table>, connections: Connections) {
     let bind = listener
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    // From the entries at start; those that join later share these.
+    let first = routes.load();
     let cap =
-        super::admission::shared_cap(routes.iter().map(|e| e.config.max_connections_per_address));
-    let head_timeout = routes
+        super::admission::shared_cap(first.iter().map(|e| e.config.max_connections_per_address));
+    let head_timeout = first
         .iter()
         .map(|e| e.config.head_timeout)
         .max()
@@ -165,7 +177,8 @@ async fn talk(
         read => read?,
     };
     let hostname = handshake.address.hostname().to_owned();
-    let Some((_, route)) = socket.routes.find(&hostname) else {
+    let routes = socket.routes.load();
+    let Some((_, route)) = routes.find(&hostname) else {
         let why = format!("{peer} asked for `{hostname}`");
         socket.listening.refusals.refuse(Refusal::UnknownHost, why);
         let text = format!("§cunknown server `{hostname}`");
