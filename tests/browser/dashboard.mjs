@@ -87,8 +87,10 @@ async function main(browser) {
   step = 'signing in with the operate token';
   await id('token-input').fill(token);
   await id('token-save').click();
-  const stored = await page.evaluate(() => localStorage.getItem('wakegate.token'));
-  if (stored !== token) throw new Error('the token was not kept in localStorage');
+  // The page checks the token against the API before it keeps it: wait for that.
+  await page
+    .waitForFunction((t) => localStorage.getItem('wakegate.token') === t, token, { timeout: 15000 })
+    .catch(() => { throw new Error('the token was not kept in localStorage'); });
 
   step = `seeing \`${name}\` asleep`;
   await card.and(page.locator('[data-state="asleep"]')).waitFor();
