@@ -190,6 +190,28 @@ impl Templates {
         })
     }
 
+    /// The names of the live created services (not starting or ending).
+    pub fn live_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .live()
+            .values()
+            .filter(|l| !l.starting && !l.ending)
+            .map(|l| l.record.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The store the created services are kept in (for what other parts keep beside them).
+    pub fn store(&self) -> Arc<Store> {
+        self.0.store.clone()
+    }
+
+    /// The template names, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.0.templates.iter().map(|t| t.name.clone()).collect()
+    }
+
     /// The template a live created service was made from.
     pub fn template_of(&self, name: &str) -> Option<String> {
         self.live().get(name).map(|l| l.record.template.clone())

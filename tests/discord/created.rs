@@ -1,0 +1,373 @@
+//! `/wakegate create|destroy|extend` on a `process` template (the demo echo server), each
+//! created server with its private channel in the configured category, against the stand-in.
+
+use super::common::*;
+use super::standin::*;
+use axum::http::Method;
+use ed25519_dalek::SigningKey;
+use twilight_model::channel::permission_overwrite::{PermissionOverwrite, PermissionOverwriteType};
+use twilight_model::guild::Permissions;
+use twilight_model::http::interaction::InteractionResponseType;
+use twilight_model::id::Id;
+
+/// The category the servers' channels are opened in.
+const CATEGORY: u64 = 700_000_000_000_000_030;
+/// May create servers from template `game` (and nothing else).
+const CREATOR: u64 = 700_000_000_000_000_103;
+/// Another member, with the viewer role only.
+const OTHER: u64 = 700_000_000_000_000_501;
+
+/// A gateway with the bot, channels in `CATEGORY`, and template `game` (one server per member).
+async fn gateway_with_templates(
+    name: &str,
+    key: &SigningKey,
+    discord: &Discord,
+) -> wakegate::app::App {
+    let dir = temp_dir(name);
+    let base = free_addr().port();
+    let template = format!(
+        r#"
+[[template]]
+name = "game"
+ports = "{}-{}"
+backend_ports = "{}-{}"
+lifetime = "1h"
+max_per_owner = 1
+
+[template.service]
+idle_timeout = "10m"
+
+[template.service.backend]
+type = "process"
+command = ["{WAKEGATE}", "demo-backend", "--echo", "--listen", "127.0.0.1:{{backend_port}}"]
+address = "127.0.0.1:{{backend_port}}"
+
+[[template.service.listen]]
+type = "tcp"
+bind = "127.0.0.1:{{port}}"
+"#,
+        base,
+        base + 9,
+        base + 10,
+        base + 19
+    );
+    let table = discord_table(
+        &discord.url,
+        &hex(key.verifying_key().as_bytes()),
+        BOT_TOKEN,
+    )
+    .replace(
+        "[discord]\n",
+        &format!("[discord]\ncategory = \"{CATEGORY}\"\non_end = \"delete\"\n"),
+    );
+    gateway(&dir)
+        .service(svc("echo").exec_true(free_addr()).tcp(ANY_PORT))
+        .raw(&template)
+        .raw(&table)
+        .raw(&format!(
+            "\n[[discord.role]]\nid = \"{CREATOR}\"\ntemplates = [\"game\"]\nallow = [\"create\"]\n"
+        ))
+        .start()
+        .await
+}
+
+fn choice_names(answer: &twilight_model::http::interaction::InteractionResponse) -> Vec<String> {
+    answer
+        .data
+        .as_ref()
+        .and_then(|d| d.choices.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.name)
+        .collect()
+}
+
+fn is_status(c: &Call) -> bool {
+    c.path.contains("/channels/") && c.body.as_str().is_some_and(|t| t.contains("Owner: <@"))
+}
+
+#[tokio::test]
+async fn create_opens_a_private_channel_with_one_edited_status_message_and_destroy_deletes_it() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let app = gateway_with_templates("discord-create", &key, &discord).await;
+    let api = app.api_addr();
+
+    // Autocomplete lists what the member may use.
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "create",
+            &[("template", "")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            Some("template"),
+        ),
+    )
+    .await;
+    assert_eq!(choice_names(&answer), ["game"]);
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "create",
+            &[("template", "")],
+            &[VIEWER],
+            GUILD,
+            OTHER,
+            Some("template"),
+        ),
+    )
+    .await;
+    assert!(choice_names(&answer).is_empty());
+
+    // A member without the role is refused, the role named.
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "create",
+            &[("template", "game")],
+            &[VIEWER],
+            GUILD,
+            OTHER,
+            None,
+        ),
+    )
+    .await;
+    assert!(ephemeral(&answer), "{answer:?}");
+    let text = content(&answer);
+    assert!(
+        text.contains(&format!("<@&{CREATOR}>")) && text.contains(&format!("<@&{ADMIN}>")),
+        "{text}"
+    );
+
+    // Create: deferred, then edited until the new server is up.
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "create",
+            &[("template", "game")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        answer.kind,
+        InteractionResponseType::DeferredChannelMessageWithSource
+    );
+    discord
+        .until("saying game-1 is up", |c| {
+            c.path.contains("/webhooks/")
+                && c.body
+                    .as_str()
+                    .is_some_and(|t| t.contains("**game-1** is up at"))
+        })
+        .await;
+    let service = app.running("game-1").expect("game-1 was created");
+    let address = service.status().address.unwrap();
+    // The status message follows the server to awake, by edits.
+    let calls = discord
+        .until("editing the status to awake", |c| {
+            c.method == Method::PATCH
+                && is_status(c)
+                && c.body.as_str().unwrap().contains("**game-1** is awake")
+        })
+        .await;
+
+    // The channel: in the category, hidden from @everyone, open to the owner and the admins.
+    let created: Vec<&Call> = calls
+        .iter()
+        .filter(|c| {
+            c.method == Method::POST && c.path == format!("/api/v10/guilds/{GUILD}/channels")
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "{calls:#?}");
+    let body = &created[0].body;
+    let new: NewChannel = serde_json::from_value(body.clone()).unwrap();
+    assert_eq!(new.kind, twilight_model::channel::ChannelType::GuildText);
+    assert!(new.topic.unwrap().contains("game-1"));
+    assert_eq!(new.permission_overwrites.len(), 3);
+    assert_eq!(body["name"], "game-1");
+    assert_eq!(body["parent_id"], CATEGORY.to_string());
+    let mut overwrites: Vec<PermissionOverwrite> =
+        serde_json::from_value(body["permission_overwrites"].clone()).unwrap();
+    overwrites.sort_by_key(|o| o.id);
+    let open =
+        Permissions::VIEW_CHANNEL | Permissions::SEND_MESSAGES | Permissions::READ_MESSAGE_HISTORY;
+    let mut expected = vec![
+        PermissionOverwrite {
+            allow: Permissions::empty(),
+            deny: Permissions::VIEW_CHANNEL,
+            id: Id::new(GUILD),
+            kind: PermissionOverwriteType::Role,
+        },
+        PermissionOverwrite {
+            allow: open,
+            deny: Permissions::empty(),
+            id: Id::new(MEMBER),
+            kind: PermissionOverwriteType::Member,
+        },
+        PermissionOverwrite {
+            allow: open,
+            deny: Permissions::empty(),
+            id: Id::new(ADMIN),
+            kind: PermissionOverwriteType::Role,
+        },
+    ];
+    expected.sort_by_key(|o| o.id);
+    assert_eq!(overwrites, expected);
+
+    // One status message, posted once, then only edited.
+    let statuses: Vec<&Call> = calls.iter().filter(|c| is_status(c)).collect();
+    let posted: Vec<&&Call> = statuses
+        .iter()
+        .filter(|c| c.method == Method::POST)
+        .collect();
+    assert_eq!(posted.len(), 1, "{statuses:#?}");
+    let channel = posted[0].path.split('/').nth(4).unwrap().to_string();
+    assert!(statuses.len() >= 2, "{statuses:#?}");
+    let edited: std::collections::BTreeSet<&str> = statuses[1..]
+        .iter()
+        .map(|c| {
+            assert_eq!(c.method, Method::PATCH);
+            c.path.rsplit('/').next().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        edited.len(),
+        1,
+        "every edit is of the same message: {statuses:#?}"
+    );
+    let last = statuses.last().unwrap().body.as_str().unwrap();
+    assert!(last.contains(&format!("at `{address}`")), "{last}");
+    assert!(last.contains(&format!("Owner: <@{MEMBER}>")), "{last}");
+    assert!(last.contains("Ends <t:"), "{last}");
+    // The transitions are posted in the channel too (the status may show awake first).
+    discord
+        .until("posting the transition to awake in the channel", |c| {
+            c.method == Method::POST
+                && c.path == format!("/api/v10/channels/{channel}/messages")
+                && c.body.as_str().is_some_and(|t| t.starts_with("· awake"))
+        })
+        .await;
+
+    // One server per member: the second is refused, privately, and nothing is created.
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "create",
+            &[("template", "game")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert!(ephemeral(&answer), "{answer:?}");
+    assert!(content(&answer).contains("already"), "{answer:?}");
+    assert!(app.running("game-2").is_none());
+
+    // Destroy: the owner may, another member may not (and is not offered it).
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "destroy",
+            &[("server", "")],
+            &[VIEWER],
+            GUILD,
+            OTHER,
+            Some("server"),
+        ),
+    )
+    .await;
+    assert!(choice_names(&answer).is_empty());
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "destroy",
+            &[("server", "game-1")],
+            &[VIEWER],
+            GUILD,
+            OTHER,
+            None,
+        ),
+    )
+    .await;
+    assert!(
+        ephemeral(&answer) && content(&answer).contains("not yours"),
+        "{answer:?}"
+    );
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "destroy",
+            &[("server", "")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            Some("server"),
+        ),
+    )
+    .await;
+    assert_eq!(choice_names(&answer), ["game-1"]);
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "destroy",
+            &[("server", "game-1")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        answer.kind,
+        InteractionResponseType::DeferredChannelMessageWithSource
+    );
+    let calls = discord
+        .until("deleting the channel", |c| {
+            c.method == Method::DELETE && c.path == format!("/api/v10/channels/{channel}")
+        })
+        .await;
+    assert!(app.running("game-1").is_none());
+    let statuses: Vec<&Call> = calls.iter().filter(|c| is_status(c)).collect();
+    assert_eq!(
+        statuses.iter().filter(|c| c.method == Method::POST).count(),
+        1,
+        "{statuses:#?}"
+    );
+    assert!(
+        statuses
+            .last()
+            .unwrap()
+            .body
+            .as_str()
+            .unwrap()
+            .contains("has ended"),
+        "{statuses:#?}"
+    );
+    discord
+        .until("saying game-1 is destroyed", |c| {
+            c.body
+                .as_str()
+                .is_some_and(|t| t.contains("**game-1** is destroyed"))
+        })
+        .await;
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+    app.shutdown().await;
+}
