@@ -25,6 +25,7 @@ use crate::service::ServiceHandle;
 /// The store keys of a created server's channel and status message.
 const CHANNEL_KEY: &str = "discord.channel";
 const MESSAGE_KEY: &str = "discord.message";
+const GUILD_KEY: &str = "discord.guild";
 
 /// The owner string of a server created by a Discord member.
 pub(super) fn owner(user: u64) -> String {
@@ -64,8 +65,8 @@ pub(super) fn overwrites(guild: u64, owner: u64, admin_role: u64) -> Vec<Permiss
 }
 
 /// Keeps the channel of created server `name` from now until it ends (or wakegate stops);
-/// `guild` is where it was created (the first configured guild for one restored).
-pub(super) fn spawn(bot: &Bot, name: &str) {
+/// `guild` is where it was created (for one restored: the guild stored with it).
+pub(super) fn spawn(bot: &Bot, name: &str, guild: Option<u64>) {
     let inner = &bot.inner;
     let (Some(category), Some(templates)) = (inner.config.category, &inner.templates) else {
         return;
@@ -83,13 +84,13 @@ pub(super) fn spawn(bot: &Bot, name: &str) {
     let cancel = inner.cancel.clone();
     inner.tasks.spawn(async move {
         tokio::select! {
-            () = keep(&bot, service, category, owner) => {}
+            () = keep(&bot, service, category, owner, guild) => {}
             () = cancel.cancelled() => {}
         }
     });
 }
 
-async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64) {
+async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64, guild: Option<u64>) {
     let inner = &bot.inner;
     let Some(templates) = &inner.templates else {
         return;
@@ -105,10 +106,12 @@ async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64) {
             .flatten()
             .and_then(|v| v.parse::<u64>().ok())
     };
+    let guild = guild
+        .or_else(|| stored(GUILD_KEY))
+        .unwrap_or(inner.config.guilds[0]);
     let channel = match stored(CHANNEL_KEY) {
         Some(channel) => channel,
         None => {
-            let guild = inner.config.guilds[0];
             let body = json!({
                 "name": name,
                 "type": 0,
@@ -121,10 +124,15 @@ async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64) {
             else {
                 return;
             };
-            if let Err(e) = store
-                .set_backend_value(&name, CHANNEL_KEY, Some(&channel.to_string()))
-                .await
-            {
+            let kept = async {
+                store
+                    .set_backend_value(&name, GUILD_KEY, Some(&guild.to_string()))
+                    .await?;
+                store
+                    .set_backend_value(&name, CHANNEL_KEY, Some(&channel.to_string()))
+                    .await
+            };
+            if let Err(e) = kept.await {
                 warn!(service = %name, error = %e, "Cannot keep the Discord channel's id: a restart will open another channel.");
             }
             info!(service = %name, channel, "Opened the server's Discord channel.");
@@ -161,7 +169,7 @@ async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64) {
         };
         post(bot, channel, &line, &name).await;
     }
-    for key in [CHANNEL_KEY, MESSAGE_KEY] {
+    for key in [GUILD_KEY, CHANNEL_KEY, MESSAGE_KEY] {
         if let Err(e) = store.set_backend_value(&name, key, None).await {
             warn!(service = %name, error = %e, "Cannot forget the Discord channel's ids.");
         }
@@ -173,7 +181,7 @@ async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64) {
         ),
         OnEnd::Archive => {
             // The owner keeps reading it; only the admin role may still write.
-            let mut overwrites = overwrites(inner.config.guilds[0], owner, inner.config.admin_role);
+            let mut overwrites = overwrites(guild, owner, inner.config.admin_role);
             overwrites[1].allow = Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY;
             overwrites[1].deny = Permissions::SEND_MESSAGES;
             let body = json!({

@@ -30,6 +30,7 @@ pub(super) struct Asked<'a> {
     pub who: String,
     pub token: &'a str,
     pub channel: Option<u64>,
+    pub guild: Option<u64>,
 }
 
 impl Asked<'_> {
@@ -131,17 +132,18 @@ pub(super) fn answer(bot: &Bot, asked: Asked<'_>) -> InteractionResponse {
             template.to_string(),
             string_option(asked.options, "name").map(str::to_lowercase),
         );
-        let (bot, token, channel, who) = (
+        let (bot, token, channel, guild, who) = (
             bot.clone(),
             asked.token.to_string(),
             asked.channel,
+            asked.guild,
             asked.who,
         );
         let tasks = bot.inner.tasks.clone();
         tasks.spawn(async move {
             match templates.create(&template, name, &owner, &who).await {
                 Ok(service) => {
-                    channel::spawn(&bot, service.name());
+                    channel::spawn(&bot, service.name(), guild);
                     follow::spawn(&bot, service, Permission::Start, token, channel, who);
                 }
                 Err(e) => {

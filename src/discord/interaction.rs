@@ -91,6 +91,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
             who,
             token: &interaction.token,
             channel,
+            guild: interaction.guild_id.map(|g| g.get()),
         };
         return if autocomplete {
             choices(created::choices(bot, &asked))

@@ -3,9 +3,11 @@
 //! is the authentication there, not an API token). `/wakegate status|start|stop` act on the
 //! configured services as the member's roles allow; a start or stop is answered at once and its
 //! answer edited as the service moves (`follow`), through Discord's REST API (`rest`).
+//! `/wakegate create|destroy|extend` act on templates (`created`), and each server a member
+//! creates gets a private channel with a status message kept up to date (`channel`).
 //!
 //! `config` reads `[discord]`, `verify` checks signatures, `command` holds the command set and
-//! `wakegate discord register`, `interaction` answers.
+//! `wakegate discord register`, `interaction` answers, `reply` holds the texts.
 
 mod channel;
 pub mod command;
@@ -87,7 +89,7 @@ impl Bot {
             }),
         };
         for name in templates.live_names() {
-            channel::spawn(&bot, &name);
+            channel::spawn(&bot, &name, None);
         }
         bot
     }

@@ -23,7 +23,13 @@ async fn gateway_with_templates(
     key: &SigningKey,
     discord: &Discord,
 ) -> wakegate::app::App {
-    let dir = temp_dir(name);
+    config_with_templates(&temp_dir(name), key, discord)
+        .start()
+        .await
+}
+
+/// The config of [`gateway_with_templates`], its store in `dir`.
+fn config_with_templates(dir: &std::path::Path, key: &SigningKey, discord: &Discord) -> Config {
     let base = free_addr().port();
     let template = format!(
         r#"
@@ -60,15 +66,13 @@ bind = "127.0.0.1:{{port}}"
         "[discord]\n",
         &format!("[discord]\ncategory = \"{CATEGORY}\"\non_end = \"delete\"\n"),
     );
-    gateway(&dir)
+    gateway(dir)
         .service(svc("echo").exec_true(free_addr()).tcp(ANY_PORT))
         .raw(&template)
         .raw(&table)
         .raw(&format!(
             "\n[[discord.role]]\nid = \"{CREATOR}\"\ntemplates = [\"game\"]\nallow = [\"create\"]\n"
         ))
-        .start()
-        .await
 }
 
 fn choice_names(answer: &twilight_model::http::interaction::InteractionResponse) -> Vec<String> {
@@ -366,6 +370,85 @@ async fn create_opens_a_private_channel_with_one_edited_status_message_and_destr
             c.body
                 .as_str()
                 .is_some_and(|t| t.contains("**game-1** is destroyed"))
+        })
+        .await;
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn after_a_restart_the_same_status_message_is_edited_in_the_same_channel() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let config = config_with_templates(&temp_dir("discord-restart"), &key, &discord);
+    let app = config.start().await;
+    let answer = interact(
+        app.api_addr(),
+        &key,
+        &command_as(
+            "create",
+            &[("template", "game")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        answer.kind,
+        InteractionResponseType::DeferredChannelMessageWithSource
+    );
+    let calls = discord
+        .until("editing the status to awake", |c| {
+            c.method == Method::PATCH
+                && is_status(c)
+                && c.body.as_str().unwrap().contains("**game-1** is awake")
+        })
+        .await;
+    let status = calls.iter().find(|c| is_status(c)).unwrap();
+    assert_eq!(status.method, Method::POST);
+    let edit = calls.iter().rev().find(|c| is_status(c)).unwrap();
+    let message_path = edit.path.clone();
+    let channel = message_path.split('/').nth(4).unwrap().to_string();
+    app.shutdown().await;
+
+    let before = discord.calls().len();
+    let app = config.start().await;
+    let calls = discord
+        .until("editing the same status message after the restart", |c| {
+            c.method == Method::PATCH && c.path == message_path && c.at > edit.at
+        })
+        .await;
+    let after = &calls[before..];
+    assert!(
+        after
+            .iter()
+            .all(|c| c.method != Method::POST || !(is_status(c) || c.path.contains("/guilds/"))),
+        "no second channel or status message: {after:#?}"
+    );
+
+    // Destroyed after the restart: the same channel is deleted.
+    let answer = interact(
+        app.api_addr(),
+        &key,
+        &command_as(
+            "destroy",
+            &[("server", "game-1")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        answer.kind,
+        InteractionResponseType::DeferredChannelMessageWithSource
+    );
+    discord
+        .until("deleting the channel", |c| {
+            c.method == Method::DELETE && c.path == format!("/api/v10/channels/{channel}")
         })
         .await;
     assert!(discord.log.lock().unwrap().malformed.is_empty());
