@@ -21,11 +21,7 @@ use super::config::OnEnd;
 use super::rest::Call;
 use crate::event::{Kind, State};
 use crate::service::ServiceHandle;
-
-/// The store keys of a created server's channel and status message.
-const CHANNEL_KEY: &str = "discord.channel";
-const MESSAGE_KEY: &str = "discord.message";
-const GUILD_KEY: &str = "discord.guild";
+use crate::store::{CreatedChannel, Store};
 
 /// The owner string of a server created by a Discord member.
 pub(super) fn owner(user: u64) -> String {
@@ -77,6 +73,7 @@ pub(super) fn spawn(bot: &Bot, name: &str, guild: Option<u64>) {
     let Some(owner) = member(&view.owner) else {
         return;
     };
+    let record = view.id;
     let Some(service) = inner.services.get(name) else {
         return;
     };
@@ -84,13 +81,20 @@ pub(super) fn spawn(bot: &Bot, name: &str, guild: Option<u64>) {
     let cancel = inner.cancel.clone();
     inner.tasks.spawn(async move {
         tokio::select! {
-            () = keep(&bot, service, category, owner, guild) => {}
+            () = keep(&bot, service, record, category, owner, guild) => {}
             () = cancel.cancelled() => {}
         }
     });
 }
 
-async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64, guild: Option<u64>) {
+async fn keep(
+    bot: &Bot,
+    service: ServiceHandle,
+    record: i64,
+    category: u64,
+    owner: u64,
+    guild: Option<u64>,
+) {
     let inner = &bot.inner;
     let Some(templates) = &inner.templates else {
         return;
@@ -99,19 +103,17 @@ async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64, guil
     let name = service.name().to_string();
     // Subscribed first: no event between the status message and the loop is missed.
     let mut events = service.subscribe();
-    let stored = |key| {
-        store
-            .backend_value(&name, key)
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok())
+    let kept = match store.created_channel(record) {
+        Ok(kept) => kept,
+        Err(e) => {
+            warn!(service = %name, error = %e, "Cannot read the server's Discord channel from the store: another is opened.");
+            None
+        }
     };
-    let guild = guild
-        .or_else(|| stored(GUILD_KEY))
-        .unwrap_or(inner.config.guilds[0]);
-    let channel = match stored(CHANNEL_KEY) {
-        Some(channel) => channel,
+    let mut kept = match kept {
+        Some(kept) => kept,
         None => {
+            let guild = guild.unwrap_or(inner.config.guilds[0]);
             let body = json!({
                 "name": name,
                 "type": 0,
@@ -124,26 +126,26 @@ async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64, guil
             else {
                 return;
             };
-            let kept = async {
-                store
-                    .set_backend_value(&name, GUILD_KEY, Some(&guild.to_string()))
-                    .await?;
-                store
-                    .set_backend_value(&name, CHANNEL_KEY, Some(&channel.to_string()))
-                    .await
-            };
-            if let Err(e) = kept.await {
-                warn!(service = %name, error = %e, "Cannot keep the Discord channel's id: a restart will open another channel.");
-            }
             info!(service = %name, channel, "Opened the server's Discord channel.");
-            channel
+            let kept = CreatedChannel {
+                guild,
+                channel,
+                message: None,
+            };
+            keep_ids(&store, record, &name, Some(kept)).await;
+            kept
         }
     };
-    let mut message = stored(MESSAGE_KEY);
+    let (guild, channel) = (kept.guild, kept.channel);
     let mut ended: Option<String> = None;
     loop {
         let status = status_text(bot, &service, owner, ended.as_deref());
-        message = post_status(bot, channel, message, &status, &name).await;
+        if let Some(message) = post_status(bot, channel, kept.message, &status, &name).await
+            && kept.message != Some(message)
+        {
+            kept.message = Some(message);
+            keep_ids(&store, record, &name, Some(kept)).await;
+        }
         if ended.is_some() {
             break;
         }
@@ -169,11 +171,7 @@ async fn keep(bot: &Bot, service: ServiceHandle, category: u64, owner: u64, guil
         };
         post(bot, channel, &line, &name).await;
     }
-    for key in [GUILD_KEY, CHANNEL_KEY, MESSAGE_KEY] {
-        if let Err(e) = store.set_backend_value(&name, key, None).await {
-            warn!(service = %name, error = %e, "Cannot forget the Discord channel's ids.");
-        }
-    }
+    keep_ids(&store, record, &name, None).await;
     let (call, body) = match inner.config.on_end {
         OnEnd::Delete => (
             Call::bot(Method::DELETE, format!("/channels/{channel}")),
@@ -241,16 +239,14 @@ async fn post_status(
         return Some(id);
     }
     let call = Call::bot(Method::POST, format!("/channels/{channel}/messages"));
-    let id = id_of(bot, &call, &body, "post the server's status message").await?;
-    if let Some(templates) = &bot.inner.templates
-        && let Err(e) = templates
-            .store()
-            .set_backend_value(name, MESSAGE_KEY, Some(&id.to_string()))
-            .await
-    {
-        warn!(service = %name, error = %e, "Cannot keep the status message's id: a restart will post another.");
+    id_of(bot, &call, &body, "post the server's status message").await
+}
+
+/// Keeps (or forgets) the channel and message ids with the server's record.
+async fn keep_ids(store: &Store, record: i64, name: &str, kept: Option<CreatedChannel>) {
+    if let Err(e) = store.set_created_channel(record, kept).await {
+        warn!(service = %name, error = %e, "Cannot keep the server's Discord channel in the store: after a restart another may be opened.");
     }
-    Some(id)
 }
 
 async fn post(bot: &Bot, channel: u64, text: &str, name: &str) {

@@ -54,6 +54,9 @@ pub enum TemplateError {
 /// A created service as the API shows it beside its state.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CreatedView {
+    /// Its record's id in the store.
+    #[serde(skip)]
+    pub id: i64,
     pub template: String,
     pub owner: String,
     #[serde(serialize_with = "crate::event::rfc3339")]
@@ -180,6 +183,7 @@ impl Templates {
     /// What a created service adds to its view; `None` for a configured one.
     pub fn view(&self, name: &str) -> Option<CreatedView> {
         self.live().get(name).map(|l| CreatedView {
+            id: l.record.id,
             template: l.record.template.clone(),
             owner: l.record.owner.clone(),
             created: l.record.created,
