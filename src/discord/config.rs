@@ -179,11 +179,12 @@ struct RoleConfig {
     allow: Vec<Permission>,
 }
 
-/// Reads `[discord]` when there is one; `services` are the configured services when they could
-/// be read, to check the roles' service names against.
+/// Reads `[discord]` when there is one; `services` are the configured services and `templates`
+/// the template names when they could be read, to check the roles' names against.
 pub(crate) fn read_discord(
     value: Option<Spanned<DeValue<'_>>>,
     services: Option<&[Service]>,
+    templates: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<Option<Discord>> {
     let Some(value) = value else {
@@ -280,6 +281,30 @@ pub(crate) fn read_discord(
                             "use one of: {}, or \"*\" for every service",
                             known.join(", ")
                         ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    if let Some(templates) = templates {
+        for r in &role_configs {
+            for name in &r.templates {
+                let name_ref = name.get_ref();
+                if name_ref != "*" && !templates.iter().any(|t| t == name_ref) {
+                    problems.add(
+                        Some(name.span()),
+                        format!(
+                            "[[discord.role]] names template `{name_ref}`, which is not configured"
+                        ),
+                        &if templates.is_empty() {
+                            "add a [[template]] of that name, or leave `templates` out".to_string()
+                        } else {
+                            format!(
+                                "use one of: {}, or \"*\" for every template",
+                                templates.join(", ")
+                            )
+                        },
                     );
                     ok = false;
                 }

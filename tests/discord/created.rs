@@ -30,6 +30,16 @@ async fn gateway_with_templates(
 
 /// The config of [`gateway_with_templates`], its store in `dir`.
 fn config_with_templates(dir: &std::path::Path, key: &SigningKey, discord: &Discord) -> Config {
+    config_ending(dir, key, discord, "delete")
+}
+
+/// The config of [`gateway_with_templates`] with `on_end`.
+fn config_ending(
+    dir: &std::path::Path,
+    key: &SigningKey,
+    discord: &Discord,
+    on_end: &str,
+) -> Config {
     let base = free_addr().port();
     let template = format!(
         r#"
@@ -64,7 +74,7 @@ bind = "127.0.0.1:{{port}}"
     )
     .replace(
         "[discord]\n",
-        &format!("[discord]\ncategory = \"{CATEGORY}\"\non_end = \"delete\"\n"),
+        &format!("[discord]\ncategory = \"{CATEGORY}\"\non_end = \"{on_end}\"\n"),
     );
     gateway(dir)
         .service(svc("echo").exec_true(free_addr()).tcp(ANY_PORT))
@@ -451,6 +461,80 @@ async fn after_a_restart_the_same_status_message_is_edited_in_the_same_channel()
             c.method == Method::DELETE && c.path == format!("/api/v10/channels/{channel}")
         })
         .await;
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_on_end_archive_the_channel_is_renamed_and_read_only_for_the_owner() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let app = config_ending(&temp_dir("discord-archive"), &key, &discord, "archive")
+        .start()
+        .await;
+    let api = app.api_addr();
+    interact(
+        api,
+        &key,
+        &command_as(
+            "create",
+            &[("template", "game")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    let calls = discord
+        .until("posting the status message", |c| {
+            c.method == Method::POST && is_status(c)
+        })
+        .await;
+    let channel = calls
+        .iter()
+        .find(|c| is_status(c))
+        .unwrap()
+        .path
+        .split('/')
+        .nth(4)
+        .unwrap()
+        .to_string();
+    // The admin role may destroy any server.
+    interact(
+        api,
+        &key,
+        &command_as(
+            "destroy",
+            &[("server", "game-1")],
+            &[ADMIN],
+            GUILD,
+            OTHER,
+            None,
+        ),
+    )
+    .await;
+    let calls = discord
+        .until("archiving the channel", |c| {
+            c.method == Method::PATCH && c.path == format!("/api/v10/channels/{channel}")
+        })
+        .await;
+    let archive = calls
+        .iter()
+        .find(|c| c.path == format!("/api/v10/channels/{channel}"))
+        .unwrap();
+    let change: ChannelChange = serde_json::from_value(archive.body.clone()).unwrap();
+    assert_eq!(change.name.as_deref(), Some("ended-game-1"));
+    let overwrites = change.permission_overwrites.unwrap();
+    let owner = overwrites.iter().find(|o| o.id == Id::new(MEMBER)).unwrap();
+    assert_eq!(
+        owner.allow,
+        Permissions::VIEW_CHANNEL | Permissions::READ_MESSAGE_HISTORY
+    );
+    assert_eq!(owner.deny, Permissions::SEND_MESSAGES);
+    let everyone = overwrites.iter().find(|o| o.id == Id::new(GUILD)).unwrap();
+    assert_eq!(everyone.deny, Permissions::VIEW_CHANNEL);
+    assert!(!calls.iter().any(|c| c.method == Method::DELETE));
     assert!(discord.log.lock().unwrap().malformed.is_empty());
     app.shutdown().await;
 }

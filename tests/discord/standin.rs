@@ -138,7 +138,7 @@ impl Discord {
             )
             .route(
                 "/api/v10/channels/{channel}",
-                axum::routing::delete(delete_channel),
+                axum::routing::delete(delete_channel).patch(modify_channel),
             )
             .route(
                 "/api/v10/applications/{app}/guilds/{guild}/commands",
@@ -314,6 +314,39 @@ pub async fn create_channel(
         new.parent_id.map(|p| p.to_string()),
     ))
     .into_response()
+}
+
+/// The body of `PATCH /channels/{id}`, read with twilight-model's types.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelChange {
+    pub name: Option<String>,
+    pub permission_overwrites:
+        Option<Vec<twilight_model::channel::permission_overwrite::PermissionOverwrite>>,
+}
+
+/// `PATCH /channels/{id}`: answers the changed channel.
+pub async fn modify_channel(
+    Extract(discord): Extract<Discord>,
+    Path(channel): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let change: ChannelChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return discord.malformed(format!("PATCH channel {channel}: {e}")),
+    };
+    let path = format!("/api/v10/channels/{channel}");
+    if let Some(limited) = discord.record(
+        Method::PATCH,
+        path,
+        &headers,
+        serde_json::from_slice(&body).unwrap(),
+    ) {
+        return limited;
+    }
+    let name = change.name.unwrap_or_else(|| "unchanged".into());
+    axum::Json(channel_object(channel, GUILD, &name, None)).into_response()
 }
 
 /// `DELETE /channels/{id}`: answers the deleted channel.
