@@ -23,6 +23,9 @@ use crate::event::{Kind, State};
 use crate::service::ServiceHandle;
 use crate::store::{CreatedChannel, Store};
 
+/// How long the event that says why a server ended is waited for once its record is gone.
+const END_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The owner string of a server created by a Discord member.
 pub(super) fn owner(user: u64) -> String {
     format!("discord:{user}")
@@ -138,6 +141,7 @@ async fn keep(
     };
     let (guild, channel) = (kept.guild, kept.channel);
     let mut ended: Option<String> = None;
+    let mut gone: Option<tokio::time::Instant> = None;
     loop {
         let status = status_text(bot, &service, owner, ended.as_deref());
         if let Some(message) = post_status(bot, channel, kept.message, &status, &name).await
@@ -149,12 +153,22 @@ async fn keep(
         if ended.is_some() {
             break;
         }
-        // Ended meanwhile (before the subscription or while lagging).
-        if templates.view(&name).is_none() {
-            ended = Some("it ended".into());
-            continue;
+        // Ended (its record is gone): the end's own event, which says why, follows within
+        // moments, unless it was missed (before the subscription, or while lagging).
+        if gone.is_none() && templates.view(&name).is_none() {
+            gone = Some(tokio::time::Instant::now() + END_EVENT_WAIT);
         }
-        let event = match events.recv().await {
+        let next = match gone {
+            None => events.recv().await,
+            Some(until) => match tokio::time::timeout_at(until, events.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    ended = Some("it ended".into());
+                    continue;
+                }
+            },
+        };
+        let event = match next {
             Ok(event) if event.service == name => event,
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(_)) => continue,

@@ -30,7 +30,7 @@ async fn gateway_with_templates(
 
 /// The config of [`gateway_with_templates`], its store in `dir`.
 fn config_with_templates(dir: &std::path::Path, key: &SigningKey, discord: &Discord) -> Config {
-    config_ending(dir, key, discord, "delete")
+    config_ending(dir, key, discord, "delete", "lifetime = \"1h\"")
 }
 
 /// The config of [`gateway_with_templates`] with `on_end`.
@@ -39,6 +39,7 @@ fn config_ending(
     key: &SigningKey,
     discord: &Discord,
     on_end: &str,
+    template_keys: &str,
 ) -> Config {
     let base = free_addr().port();
     let template = format!(
@@ -47,8 +48,8 @@ fn config_ending(
 name = "game"
 ports = "{}-{}"
 backend_ports = "{}-{}"
-lifetime = "1h"
 max_per_owner = 1
+{template_keys}
 
 [template.service]
 idle_timeout = "10m"
@@ -290,6 +291,59 @@ async fn create_opens_a_private_channel_with_one_edited_status_message_and_destr
     assert!(content(&answer).contains("already"), "{answer:?}");
     assert!(app.running("game-2").is_none());
 
+    // Extend: the owner may; the answer gives the new deadline, and the channel hears of it.
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "extend",
+            &[("server", "game-1"), ("duration", "30m")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        answer.kind,
+        InteractionResponseType::DeferredChannelMessageWithSource
+    );
+    discord
+        .until("answering the extend", |c| {
+            c.path.contains("/webhooks/")
+                && c.body
+                    .as_str()
+                    .is_some_and(|t| t.contains("**game-1** now ends at"))
+        })
+        .await;
+    discord
+        .until("posting the extend in the channel", |c| {
+            c.method == Method::POST
+                && c.path == format!("/api/v10/channels/{channel}/messages")
+                && c.body
+                    .as_str()
+                    .is_some_and(|t| t.contains("deadline extended by 30m"))
+        })
+        .await;
+    let answer = interact(
+        api,
+        &key,
+        &command_as(
+            "extend",
+            &[("server", "game-1"), ("duration", "soon")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert!(
+        ephemeral(&answer) && content(&answer).contains("not a duration"),
+        "{answer:?}"
+    );
+
     // Destroy: the owner may, another member may not (and is not offered it).
     let answer = interact(
         api,
@@ -469,9 +523,15 @@ async fn after_a_restart_the_same_status_message_is_edited_in_the_same_channel()
 async fn with_on_end_archive_the_channel_is_renamed_and_read_only_for_the_owner() {
     let key = fresh_key();
     let discord = Discord::start().await;
-    let app = config_ending(&temp_dir("discord-archive"), &key, &discord, "archive")
-        .start()
-        .await;
+    let app = config_ending(
+        &temp_dir("discord-archive"),
+        &key,
+        &discord,
+        "archive",
+        "lifetime = \"1h\"",
+    )
+    .start()
+    .await;
     let api = app.api_addr();
     interact(
         api,
@@ -535,6 +595,73 @@ async fn with_on_end_archive_the_channel_is_renamed_and_read_only_for_the_owner(
     let everyone = overwrites.iter().find(|o| o.id == Id::new(GUILD)).unwrap();
     assert_eq!(everyone.deny, Permissions::VIEW_CHANNEL);
     assert!(!calls.iter().any(|c| c.method == Method::DELETE));
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deadline_warning_goes_to_the_channel_and_at_the_deadline_the_channel_is_deleted() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let app = config_ending(
+        &temp_dir("discord-deadline"),
+        &key,
+        &discord,
+        "delete",
+        "lifetime = \"3s\"\nwarnings = [\"2s\"]",
+    )
+    .start()
+    .await;
+    interact(
+        app.api_addr(),
+        &key,
+        &command_as(
+            "create",
+            &[("template", "game")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    let calls = discord
+        .until("posting the status message", |c| {
+            c.method == Method::POST && is_status(c)
+        })
+        .await;
+    let channel = calls
+        .iter()
+        .find(|c| is_status(c))
+        .unwrap()
+        .path
+        .split('/')
+        .nth(4)
+        .unwrap()
+        .to_string();
+    discord
+        .until("posting the warning in the channel", |c| {
+            c.method == Method::POST
+                && c.path == format!("/api/v10/channels/{channel}/messages")
+                && c.body
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("⚠") && t.contains("ends in"))
+        })
+        .await;
+    let calls = discord
+        .until("deleting the channel at the deadline", |c| {
+            c.method == Method::DELETE && c.path == format!("/api/v10/channels/{channel}")
+        })
+        .await;
+    let last = calls.iter().rev().find(|c| is_status(c)).unwrap();
+    assert!(
+        last.body
+            .as_str()
+            .unwrap()
+            .contains("has ended: its deadline passed"),
+        "{last:#?}"
+    );
+    assert!(app.running("game-1").is_none());
     assert!(discord.log.lock().unwrap().malformed.is_empty());
     app.shutdown().await;
 }
