@@ -665,3 +665,73 @@ async fn a_deadline_warning_goes_to_the_channel_and_at_the_deadline_the_channel_
     assert!(discord.log.lock().unwrap().malformed.is_empty());
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_server_that_cannot_start_ends_its_answer_and_its_status_with_the_reason() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let app = config_with_templates(&temp_dir("discord-broken"), &key, &discord)
+        .raw(&format!(
+            r#"
+[[template]]
+name = "broken"
+
+[template.service.backend]
+type = "process"
+command = ["{WAKEGATE}-not-installed"]
+address = "{}"
+
+[[template.service.listen]]
+type = "tcp"
+bind = "127.0.0.1:0"
+"#,
+            free_addr()
+        ))
+        .start()
+        .await;
+    // The admin role may create from every template.
+    let answer = interact(
+        app.api_addr(),
+        &key,
+        &command_as(
+            "create",
+            &[("template", "broken")],
+            &[ADMIN],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    assert_eq!(
+        answer.kind,
+        InteractionResponseType::DeferredChannelMessageWithSource
+    );
+    let calls = discord
+        .until("saying broken-1 failed", |c| {
+            c.path.contains("/webhooks/")
+                && c.body
+                    .as_str()
+                    .is_some_and(|t| t.contains("**broken-1** failed: "))
+        })
+        .await;
+    let answer = calls
+        .iter()
+        .rev()
+        .find(|c| c.path.contains("/webhooks/"))
+        .unwrap();
+    assert!(
+        answer.body.as_str().unwrap().contains("not-installed"),
+        "the reason names the command: {answer:#?}"
+    );
+    discord
+        .until("showing the failure in the status message", |c| {
+            is_status(c)
+                && c.body.as_str().is_some_and(|t| {
+                    t.contains("**broken-1** is failed") && t.contains("`/wakegate destroy`")
+                })
+        })
+        .await;
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+    app.shutdown().await;
+}
