@@ -142,9 +142,14 @@ async fn keep(
     let (guild, channel) = (kept.guild, kept.channel);
     let mut ended: Option<String> = None;
     let mut gone: Option<tokio::time::Instant> = None;
+    // What the message shows: an event that changes nothing in it costs no edit.
+    let mut shown = String::new();
     loop {
         let status = status_text(bot, &service, owner, ended.as_deref());
-        if let Some(message) = post_status(bot, channel, kept.message, &status, &name).await
+        let changed = status != shown;
+        shown = status;
+        if changed
+            && let Some(message) = post_status(bot, channel, kept.message, &shown, &name).await
             && kept.message != Some(message)
         {
             kept.message = Some(message);
