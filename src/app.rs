@@ -311,10 +311,11 @@ impl App {
                 router.merge(
                     crate::discord::Bot::new(
                         discord.clone(),
-                        services.clone(),
+                        registry.clone(),
                         background.clone(),
                         stop_background.child_token(),
                     )
+                    .with_templates(templates.clone())
                     .router(),
                 )
             }

@@ -137,8 +137,6 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         }
     };
     let notify = crate::notify::read_targets(root.remove("notify"), services.as_deref(), problems);
-    let discord =
-        crate::discord::config::read_discord(root.remove("discord"), services.as_deref(), problems);
     let templates = match root.remove("template") {
         // The skeletons are kept as plain values, to be filled at each creation.
         Some(value) => {
@@ -151,6 +149,15 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         }
         None => Some(Vec::new()),
     };
+    let template_names: Option<Vec<String>> = templates
+        .as_ref()
+        .map(|t| t.iter().map(|t| t.name.clone()).collect());
+    let discord = crate::discord::config::read_discord(
+        root.remove("discord"),
+        services.as_deref(),
+        template_names.as_deref(),
+        problems,
+    );
     for (key, _) in root.iter() {
         problems.add(
             Some(key.span()),

@@ -1,6 +1,6 @@
-//! The slash command set (`/wakegate status|start|stop`) as twilight-model types, and
-//! `wakegate discord register`, which writes it to each configured guild with a bulk overwrite.
-//! `create`, `destroy` and `extend` join the set with templates.
+//! The slash command set (`/wakegate status|start|stop|create|destroy|extend`) as twilight-model
+//! types, and `wakegate discord register`, which writes it to each configured guild with a bulk
+//! overwrite.
 
 use hyper::Method;
 use twilight_model::application::command::{
@@ -17,8 +17,8 @@ pub const NAME: &str = "wakegate";
 
 /// The command set written to every guild.
 pub fn commands(application_id: u64) -> Vec<Command> {
-    let server = |required: bool, description: &str| CommandOption {
-        autocomplete: Some(true),
+    let text = |name: &str, autocomplete: bool, required: bool, description: &str| CommandOption {
+        autocomplete: Some(autocomplete),
         channel_types: None,
         choices: None,
         description: description.to_string(),
@@ -28,13 +28,14 @@ pub fn commands(application_id: u64) -> Vec<Command> {
         max_value: None,
         min_length: Some(1),
         min_value: None,
-        name: "server".to_string(),
+        name: name.to_string(),
         name_localizations: None,
         options: None,
         file_types: None,
         required: Some(required),
     };
-    let subcommand = |name: &str, description: &str, server: CommandOption| CommandOption {
+    let server = |required: bool, description: &str| text("server", true, required, description);
+    let subcommand = |name: &str, description: &str, options: Vec<CommandOption>| CommandOption {
         autocomplete: None,
         channel_types: None,
         choices: None,
@@ -47,7 +48,7 @@ pub fn commands(application_id: u64) -> Vec<Command> {
         min_value: None,
         name: name.to_string(),
         name_localizations: None,
-        options: Some(vec![server]),
+        options: Some(options),
         file_types: None,
         required: None,
     };
@@ -56,7 +57,7 @@ pub fn commands(application_id: u64) -> Vec<Command> {
         application_id: Some(Id::new(application_id)),
         contexts: Some(vec![InteractionContextType::Guild]),
         default_member_permissions: None,
-        description: "Start, stop and look at the servers wakegate runs".to_string(),
+        description: "Start, stop, create and look at the servers wakegate runs".to_string(),
         description_localizations: None,
         dm_permission: None,
         guild_id: None,
@@ -70,17 +71,43 @@ pub fn commands(application_id: u64) -> Vec<Command> {
             subcommand(
                 "status",
                 "Show a server's state, address and players (all you may see without a name)",
-                server(false, "The server (all you may see when left out)"),
+                vec![server(false, "The server (all you may see when left out)")],
             ),
             subcommand(
                 "start",
                 "Start a server and follow it until it is up",
-                server(true, "The server to start"),
+                vec![server(true, "The server to start")],
             ),
             subcommand(
                 "stop",
                 "Stop a server and follow it until it is asleep",
-                server(true, "The server to stop"),
+                vec![server(true, "The server to stop")],
+            ),
+            subcommand(
+                "create",
+                "Create a server of your own from a template, with a private channel",
+                vec![
+                    text("template", true, true, "The template to create it from"),
+                    text(
+                        "name",
+                        false,
+                        false,
+                        "Its name (a-z, 0-9, -); made from the template's when left out",
+                    ),
+                ],
+            ),
+            subcommand(
+                "destroy",
+                "Stop and remove a server created from a template",
+                vec![server(true, "The created server to destroy")],
+            ),
+            subcommand(
+                "extend",
+                "Keep a created server longer before its deadline ends it",
+                vec![
+                    server(true, "The created server to extend"),
+                    text("duration", false, true, "How much longer, e.g. 30m or 2h"),
+                ],
             ),
         ],
         // Discord sets the real version; a new command is sent with any.

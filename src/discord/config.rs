@@ -30,6 +30,21 @@ pub struct Discord {
     /// Where Discord's REST API is (a stand-in in tests).
     pub api_url: String,
     pub roles: Vec<RoleGrant>,
+    /// The category where each created server gets its private channel; none: no channels.
+    pub category: Option<u64>,
+    /// What becomes of that channel when its server ends.
+    pub on_end: OnEnd,
+}
+
+/// What becomes of a created server's channel when the server ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEnd {
+    /// `DELETE /channels/{id}`: the channel and its messages are gone.
+    #[default]
+    Delete,
+    /// Renamed `ended-NAME` and made read-only for the owner: the history stays for the admins.
+    Archive,
 }
 
 /// The application's Ed25519 public key; its `Debug` does not print it.
@@ -48,6 +63,9 @@ pub struct RoleGrant {
     pub id: u64,
     /// Service names; `*` covers every service.
     pub services: BTreeSet<String>,
+    /// Template names (for create, and destroy/extend of what was created from them); `*`
+    /// covers every template.
+    pub templates: BTreeSet<String>,
     pub allow: BTreeSet<Permission>,
 }
 
@@ -58,7 +76,7 @@ pub enum Permission {
     View,
     Start,
     Stop,
-    /// Kept for templates (created servers): accepted in the file, not used yet.
+    /// Create a server from a template (`templates` of the role).
     Create,
     Destroy,
     Extend,
@@ -87,6 +105,28 @@ impl Discord {
                 .any(|r| roles.contains(&r.id) && r.covers(service, what))
     }
 
+    /// Whether a member with `roles` may do `what` (create, destroy, extend) with `template`.
+    pub fn allows_template(&self, roles: &[u64], template: &str, what: Permission) -> bool {
+        roles.contains(&self.admin_role)
+            || self
+                .roles
+                .iter()
+                .any(|r| roles.contains(&r.id) && r.covers_template(template, what))
+    }
+
+    /// The roles that would allow `what` with `template`, the admin role last.
+    pub fn roles_allowing_template(&self, template: &str, what: Permission) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .roles
+            .iter()
+            .filter(|r| r.covers_template(template, what))
+            .map(|r| r.id)
+            .collect();
+        ids.push(self.admin_role);
+        ids.dedup();
+        ids
+    }
+
     /// The roles that would allow `what` on `service`, the admin role last.
     pub fn roles_allowing(&self, service: &str, what: Permission) -> Vec<u64> {
         let mut ids: Vec<u64> = self
@@ -102,6 +142,11 @@ impl Discord {
 }
 
 impl RoleGrant {
+    fn covers_template(&self, template: &str, what: Permission) -> bool {
+        self.allow.contains(&what)
+            && (self.templates.contains("*") || self.templates.contains(template))
+    }
+
     fn covers(&self, service: &str, what: Permission) -> bool {
         self.allow.contains(&what)
             && (self.services.contains("*") || self.services.contains(service))
@@ -117,6 +162,9 @@ struct DiscordConfig {
     guilds: Spanned<Vec<Spanned<String>>>,
     admin_role: Spanned<String>,
     api_url: Option<Spanned<String>>,
+    category: Option<Spanned<String>>,
+    #[serde(default)]
+    on_end: OnEnd,
 }
 
 /// A `[[discord.role]]` table.
@@ -124,15 +172,19 @@ struct DiscordConfig {
 #[serde(deny_unknown_fields)]
 struct RoleConfig {
     id: Spanned<String>,
+    #[serde(default)]
     services: Vec<Spanned<String>>,
+    #[serde(default)]
+    templates: Vec<Spanned<String>>,
     allow: Vec<Permission>,
 }
 
-/// Reads `[discord]` when there is one; `services` are the configured services when they could
-/// be read, to check the roles' service names against.
+/// Reads `[discord]` when there is one; `services` are the configured services and `templates`
+/// the template names when they could be read, to check the roles' names against.
 pub(crate) fn read_discord(
     value: Option<Spanned<DeValue<'_>>>,
     services: Option<&[Service]>,
+    templates: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<Option<Discord>> {
     let Some(value) = value else {
@@ -186,6 +238,10 @@ pub(crate) fn read_discord(
     };
     let application_id = snowflake(&c.application_id, "application_id", problems);
     let admin_role = snowflake(&c.admin_role, "admin_role", problems);
+    let category = c
+        .category
+        .as_ref()
+        .map(|id| snowflake(id, "category", problems));
     let guilds: Vec<u64> = c
         .guilds
         .get_ref()
@@ -198,6 +254,7 @@ pub(crate) fn read_discord(
         roles.push(RoleGrant {
             id,
             services: r.services.iter().map(|s| s.get_ref().clone()).collect(),
+            templates: r.templates.iter().map(|s| s.get_ref().clone()).collect(),
             allow: r.allow.iter().copied().collect(),
         });
     }
@@ -224,6 +281,30 @@ pub(crate) fn read_discord(
                             "use one of: {}, or \"*\" for every service",
                             known.join(", ")
                         ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+    if let Some(templates) = templates {
+        for r in &role_configs {
+            for name in &r.templates {
+                let name_ref = name.get_ref();
+                if name_ref != "*" && !templates.iter().any(|t| t == name_ref) {
+                    problems.add(
+                        Some(name.span()),
+                        format!(
+                            "[[discord.role]] names template `{name_ref}`, which is not configured"
+                        ),
+                        &if templates.is_empty() {
+                            "add a [[template]] of that name, or leave `templates` out".to_string()
+                        } else {
+                            format!(
+                                "use one of: {}, or \"*\" for every template",
+                                templates.join(", ")
+                            )
+                        },
                     );
                     ok = false;
                 }
@@ -295,6 +376,8 @@ pub(crate) fn read_discord(
         admin_role,
         api_url,
         roles,
+        category,
+        on_end: c.on_end,
     }))
 }
 
@@ -318,6 +401,7 @@ mod tests {
         RoleGrant {
             id,
             services: services.iter().map(|s| s.to_string()).collect(),
+            templates: BTreeSet::new(),
             allow: allow.iter().copied().collect(),
         }
     }
@@ -332,6 +416,8 @@ mod tests {
             guilds: vec![2],
             admin_role: 9,
             api_url: DEFAULT_API_URL.into(),
+            category: None,
+            on_end: OnEnd::Delete,
             roles: vec![
                 grant(10, &["survival"], &[Permission::View, Permission::Start]),
                 grant(11, &["*"], &[Permission::View]),

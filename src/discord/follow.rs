@@ -260,11 +260,13 @@ mod tests {
             admin_role: 3,
             api_url: DEFAULT_API_URL.into(),
             roles: Vec::new(),
+            category: None,
+            on_end: crate::discord::config::OnEnd::Delete,
         };
         config.api_url = format!("http://{addr}/api/v10");
         let bot = Bot::new(
             config,
-            Vec::new(),
+            crate::service::Registry::default(),
             tracker.clone(),
             CancellationToken::new(),
         );

@@ -2,25 +2,19 @@
 //! Refusals and `status` are ephemeral (only the member sees them); a start or a stop is public,
 //! so the channel sees who woke what and when it is up.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use twilight_model::application::command::{CommandOptionChoice, CommandOptionChoiceValue};
+use twilight_model::application::command::CommandOptionChoice;
 use twilight_model::application::interaction::application_command::{
     CommandDataOption, CommandOptionValue,
 };
 use twilight_model::application::interaction::{Interaction, InteractionData, InteractionType};
-use twilight_model::channel::message::{AllowedMentions, MessageFlags};
 use twilight_model::http::interaction::{
     InteractionResponse, InteractionResponseData, InteractionResponseType,
 };
 
 use super::config::Permission;
-use super::{Bot, command, follow};
-use crate::event::State;
+use super::reply::{MAX_CHOICES, choice, needed, private, status_line, string_option};
+use super::{Bot, command, created, follow};
 use crate::service::ServiceHandle;
-
-/// Discord shows at most this many autocomplete choices.
-const MAX_CHOICES: usize = 25;
 
 pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionResponse {
     let autocomplete = match interaction.kind {
@@ -75,6 +69,36 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
     }) else {
         return private("Use `/wakegate status`, `/wakegate start` or `/wakegate stop`.");
     };
+    if matches!(sub, "create" | "destroy" | "extend") {
+        let user = interaction
+            .member
+            .as_ref()
+            .and_then(|m| m.user.as_ref())
+            .or(interaction.user.as_ref())
+            .map(|u| u.id.get());
+        #[allow(deprecated)]
+        let channel = interaction
+            .channel
+            .as_ref()
+            .map(|c| c.id)
+            .or(interaction.channel_id)
+            .map(|c| c.get());
+        let asked = created::Asked {
+            sub,
+            options,
+            roles: &roles,
+            user,
+            who,
+            token: &interaction.token,
+            channel,
+            guild: interaction.guild_id.map(|g| g.get()),
+        };
+        return if autocomplete {
+            choices(created::choices(bot, &asked))
+        } else {
+            created::answer(bot, asked)
+        };
+    }
     let permission = match sub {
         "status" => Permission::View,
         "start" => Permission::Start,
@@ -91,15 +115,12 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
         let names = bot
             .inner
             .services
+            .all()
             .iter()
             .map(ServiceHandle::name)
             .filter(|name| config.allows(&roles, name, permission) && name.contains(&typed))
             .take(MAX_CHOICES)
-            .map(|name| CommandOptionChoice {
-                name: name.to_string(),
-                name_localizations: None,
-                value: CommandOptionChoiceValue::String(name.to_string()),
-            })
+            .map(choice)
             .collect();
         return choices(names);
     }
@@ -109,6 +130,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
         let lines: Vec<String> = bot
             .inner
             .services
+            .all()
             .iter()
             .filter(|s| config.allows(&roles, s.name(), Permission::View))
             .map(status_line)
@@ -121,7 +143,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
         }
         return private(&lines.join("\n"));
     };
-    let Some(service) = bot.inner.services.iter().find(|s| s.name() == name) else {
+    let Some(service) = bot.inner.services.get(name) else {
         return private(&format!(
             "No server is named `{name}`; `/wakegate status` lists the ones you may see."
         ));
@@ -137,7 +159,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
         ));
     }
     match permission {
-        Permission::View => private(&status_line(service)),
+        Permission::View => private(&status_line(&service)),
         action => {
             #[allow(deprecated)]
             let channel = interaction
@@ -148,7 +170,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
                 .map(|c| c.get());
             follow::spawn(
                 bot,
-                service.clone(),
+                service,
                 action,
                 interaction.token.clone(),
                 channel,
@@ -163,83 +185,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
 }
 
 fn server_option(options: &[CommandDataOption]) -> Option<&str> {
-    options
-        .iter()
-        .find(|o| o.name == "server")
-        .and_then(|o| match &o.value {
-            CommandOptionValue::String(s) | CommandOptionValue::Focused(s, _) => Some(s.as_str()),
-            _ => None,
-        })
-}
-
-/// "That needs the role @A or @B.", with role mentions (shown as names, never pinging).
-fn needed(roles: &[u64]) -> String {
-    let mentions: Vec<String> = roles.iter().map(|r| format!("<@&{r}>")).collect();
-    format!(
-        "That needs the role {}; ask an admin of this server for it.",
-        mentions.join(" or ")
-    )
-}
-
-/// One line about a service: state, address, players, idle time.
-pub(super) fn status_line(service: &ServiceHandle) -> String {
-    let status = service.status();
-    let mut line = format!("**{}** is {}", service.name(), status.state);
-    if let Some(address) = status.address {
-        line.push_str(&format!(" at `{address}`"));
-    }
-    if let Some(players) = status.players {
-        line.push_str(&format!(
-            " · {players} player{}",
-            if players == 1 { "" } else { "s" }
-        ));
-    }
-    let connections = service.connections();
-    if status.state == State::Awake && connections > 0 {
-        line.push_str(&format!(
-            " · {connections} connection{}",
-            if connections == 1 { "" } else { "s" }
-        ));
-    }
-    if let Some(idle) = status.idle_since {
-        line.push_str(&format!(" · idle since {}", when(idle)));
-    }
-    if let Some(deadline) = status.idle_deadline {
-        line.push_str(&format!(" · stops {} if nobody comes", when(deadline)));
-    }
-    if status.state == State::Waking
-        && let Some(eta) = status.eta()
-    {
-        line.push_str(&format!(" · up in about {}s", eta.as_secs().max(1)));
-    }
-    if status.state == State::Failed
-        && let Some(error) = &status.last_error
-    {
-        line.push_str(&format!(" · {error}"));
-    }
-    line
-}
-
-/// A time as Discord shows it to each reader in their own zone ("in 5 minutes").
-fn when(time: SystemTime) -> String {
-    let seconds = time
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    format!("<t:{seconds}:R>")
-}
-
-/// An answer only the member sees, that mentions nobody.
-fn private(content: &str) -> InteractionResponse {
-    InteractionResponse {
-        kind: InteractionResponseType::ChannelMessageWithSource,
-        data: Some(InteractionResponseData {
-            content: Some(content.to_string()),
-            flags: Some(MessageFlags::EPHEMERAL),
-            allowed_mentions: Some(AllowedMentions::default()),
-            ..Default::default()
-        }),
-    }
+    string_option(options, "server")
 }
 
 fn choices(choices: Vec<CommandOptionChoice>) -> InteractionResponse {

@@ -3,14 +3,19 @@
 //! is the authentication there, not an API token). `/wakegate status|start|stop` act on the
 //! configured services as the member's roles allow; a start or stop is answered at once and its
 //! answer edited as the service moves (`follow`), through Discord's REST API (`rest`).
+//! `/wakegate create|destroy|extend` act on templates (`created`), and each server a member
+//! creates gets a private channel with a status message kept up to date (`channel`).
 //!
 //! `config` reads `[discord]`, `verify` checks signatures, `command` holds the command set and
-//! `wakegate discord register`, `interaction` answers.
+//! `wakegate discord register`, `interaction` answers, `reply` holds the texts.
 
+mod channel;
 pub mod command;
 pub mod config;
+mod created;
 mod follow;
 mod interaction;
+mod reply;
 pub mod rest;
 pub mod verify;
 
@@ -29,7 +34,8 @@ use tracing::{debug, warn};
 
 pub use config::{Discord, Permission};
 
-use crate::service::ServiceHandle;
+use crate::service::Registry;
+use crate::template::Templates;
 
 /// Where Discord sends interactions, on the API listener.
 pub const PATH: &str = "/discord/interactions";
@@ -42,7 +48,10 @@ pub struct Bot {
 
 struct Inner {
     config: Discord,
-    services: Vec<ServiceHandle>,
+    /// Read at each interaction: created services join and leave it at run time.
+    services: Registry,
+    /// Where `create`, `destroy` and `extend` go; none when wakegate runs without templates.
+    templates: Option<Templates>,
     rest: rest::Rest,
     /// Follow-ups of starts and stops run here, and end with wakegate.
     tasks: TaskTracker,
@@ -52,7 +61,7 @@ struct Inner {
 impl Bot {
     pub fn new(
         config: Discord,
-        services: Vec<ServiceHandle>,
+        services: Registry,
         tasks: TaskTracker,
         cancel: CancellationToken,
     ) -> Bot {
@@ -61,11 +70,28 @@ impl Bot {
             inner: Arc::new(Inner {
                 config,
                 services,
+                templates: None,
                 rest,
                 tasks,
                 cancel,
             }),
         }
+    }
+
+    /// The bot with `create`, `destroy` and `extend`; the private channels of the created
+    /// servers a member owns (those restored at start-up included) are kept from here on.
+    pub fn with_templates(self, templates: Templates) -> Bot {
+        let inner = Arc::into_inner(self.inner).expect("with_templates is called before use");
+        let bot = Bot {
+            inner: Arc::new(Inner {
+                templates: Some(templates.clone()),
+                ..inner
+            }),
+        };
+        for name in templates.live_names() {
+            channel::spawn(&bot, &name, None);
+        }
+        bot
     }
 
     /// The interactions route, to merge beside the API's routes (outside their token check).

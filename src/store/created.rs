@@ -92,3 +92,59 @@ fn row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Created> {
         backend_port: row.get(9)?,
     })
 }
+
+/// The Discord channel kept with a created service: the guild it is in, its id, and the id of
+/// its status message once posted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel {
+    pub guild: u64,
+    pub channel: u64,
+    pub message: Option<u64>,
+}
+
+/// Stores (or, with `None`, forgets) the channel of created service `id`.
+pub(super) fn set_channel(
+    conn: &Connection,
+    id: i64,
+    channel: Option<&Channel>,
+) -> rusqlite::Result<()> {
+    match channel {
+        Some(c) => conn.execute(
+            "INSERT INTO created_channels (created_id, guild, channel, message)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (created_id) DO UPDATE SET guild = excluded.guild,
+                channel = excluded.channel, message = excluded.message",
+            params![
+                id,
+                c.guild.to_string(),
+                c.channel.to_string(),
+                c.message.map(|m| m.to_string())
+            ],
+        )?,
+        None => conn.execute("DELETE FROM created_channels WHERE created_id = ?1", [id])?,
+    };
+    Ok(())
+}
+
+/// The channel of created service `id`, if one is kept.
+pub(super) fn channel(conn: &Connection, id: i64) -> rusqlite::Result<Option<Channel>> {
+    let parse = |text: String, i: usize| {
+        text.parse::<u64>().map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
+    conn.prepare_cached(
+        "SELECT guild, channel, message FROM created_channels WHERE created_id = ?1",
+    )?
+    .query_row([id], |row| {
+        Ok(Channel {
+            guild: parse(row.get(0)?, 0)?,
+            channel: parse(row.get(1)?, 1)?,
+            message: row
+                .get::<_, Option<String>>(2)?
+                .map(|m| parse(m, 2))
+                .transpose()?,
+        })
+    })
+    .optional()
+}

@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::event::{self, Event, NewEvent, from_millis, to_millis};
 use writer::{Op, Writer};
 
-pub use created::Created;
+pub use created::{Channel as CreatedChannel, Created};
 pub use writer::{Failing, Health, MAX_PENDING};
 
 /// How long a read waits for the writes handed over before it.
@@ -193,6 +193,24 @@ impl Store {
             reply,
         });
         answered(answer).await
+    }
+
+    /// Stores (or, with `None`, forgets) the Discord channel of created service `id` (its
+    /// record's id); committed before it returns, or an error at once while the store cannot
+    /// write.
+    pub async fn set_created_channel(
+        &self,
+        id: i64,
+        channel: Option<CreatedChannel>,
+    ) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.ask(Op::CreatedChannel { id, channel, reply });
+        answered(answer).await
+    }
+
+    /// The Discord channel kept with created service `id`.
+    pub fn created_channel(&self, id: i64) -> anyhow::Result<Option<CreatedChannel>> {
+        self.with(|c| created::channel(c, id))
     }
 
     /// The created services not ended, oldest first.

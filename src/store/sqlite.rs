@@ -80,6 +80,16 @@ const MIGRATIONS: &[M<'static>] = &[
     );
     CREATE UNIQUE INDEX created_services_live ON created_services (name) WHERE ended_ms IS NULL;",
     ),
+    // The private Discord channel of a created service and its status message (ids as text:
+    // Discord's snowflakes), so that after a restart the same message is edited.
+    M::up(
+        "CREATE TABLE created_channels (
+        created_id INTEGER PRIMARY KEY REFERENCES created_services (id),
+        guild      TEXT NOT NULL,
+        channel    TEXT NOT NULL,
+        message    TEXT
+    );",
+    ),
 ];
 
 /// How long the writer waits for another process's write lock before the attempt counts as

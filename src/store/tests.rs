@@ -151,6 +151,43 @@ async fn what_is_queued_is_written_by_close_and_ids_keep_increasing_across_reope
 }
 
 #[tokio::test]
+async fn a_created_services_channel_is_kept_and_forgotten() {
+    let dir = temp_dir("channel");
+    let store = Arc::new(Store::open(&dir).unwrap());
+    let record = crate::store::Created {
+        id: 0,
+        name: "mc-1".into(),
+        template: "mc".into(),
+        owner: "discord:5".into(),
+        created: now(),
+        deadline: now(),
+        ended: None,
+        end_reason: None,
+        port: None,
+        backend_port: None,
+    };
+    let id = store.save_created(&record).await.unwrap();
+    assert_eq!(store.created_channel(id).unwrap(), None);
+    let mut channel = CreatedChannel {
+        guild: 700_000_000_000_000_010,
+        channel: u64::MAX - 1,
+        message: None,
+    };
+    store.set_created_channel(id, Some(channel)).await.unwrap();
+    assert_eq!(store.created_channel(id).unwrap(), Some(channel));
+    channel.message = Some(700_000_000_000_009_001);
+    store.set_created_channel(id, Some(channel)).await.unwrap();
+    store.close(Duration::from_secs(1)).await;
+    // Read again after a restart.
+    let store = Arc::new(Store::open(&dir).unwrap());
+    assert_eq!(store.created_channel(id).unwrap(), Some(channel));
+    store.set_created_channel(id, None).await.unwrap();
+    assert_eq!(store.created_channel(id).unwrap(), None);
+    store.close(Duration::from_secs(1)).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn a_backend_value_is_committed_before_set_returns() {
     let dir = temp_dir("value");
     let store = Arc::new(Store::open(&dir).unwrap());

@@ -65,6 +65,12 @@ pub(super) enum Op {
         record: Created,
         reply: oneshot::Sender<Result<i64, String>>,
     },
+    /// The Discord channel kept with a created service (`None`: forget it).
+    CreatedChannel {
+        id: i64,
+        channel: Option<created::Channel>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 impl Op {
@@ -72,7 +78,10 @@ impl Op {
     fn answered(&self) -> bool {
         matches!(
             self,
-            Op::AddLease { .. } | Op::BackendValue { .. } | Op::Created { .. }
+            Op::AddLease { .. }
+                | Op::BackendValue { .. }
+                | Op::Created { .. }
+                | Op::CreatedChannel { .. }
         )
     }
 
@@ -83,6 +92,7 @@ impl Op {
             Op::AddLease { reply, .. } => drop(reply.send(Err(why))),
             Op::BackendValue { reply, .. } => drop(reply.send(Err(why))),
             Op::Created { reply, .. } => drop(reply.send(Err(why))),
+            Op::CreatedChannel { reply, .. } => drop(reply.send(Err(why))),
             Op::Event { .. } | Op::EndLease { .. } => {}
         }
     }
@@ -570,6 +580,10 @@ fn write(
                 0
             }
             Op::Created { record, .. } => created::save(&tx, record)?,
+            Op::CreatedChannel { id, channel, .. } => {
+                created::set_channel(&tx, *id, channel.as_ref())?;
+                0
+            }
         };
         ids.push(id);
     }
@@ -599,6 +613,7 @@ fn written(op: Op, id: i64) -> Written {
         Op::AddLease { reply, .. } => Written::Id(reply, id),
         Op::BackendValue { reply, .. } => Written::Value(reply),
         Op::Created { reply, .. } => Written::Id(reply, id),
+        Op::CreatedChannel { reply, .. } => Written::Value(reply),
         Op::EndLease { .. } => Written::Nothing,
     }
 }

@@ -54,6 +54,9 @@ pub enum TemplateError {
 /// A created service as the API shows it beside its state.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CreatedView {
+    /// Its record's id in the store.
+    #[serde(skip)]
+    pub id: i64,
     pub template: String,
     pub owner: String,
     #[serde(serialize_with = "crate::event::rfc3339")]
@@ -180,6 +183,7 @@ impl Templates {
     /// What a created service adds to its view; `None` for a configured one.
     pub fn view(&self, name: &str) -> Option<CreatedView> {
         self.live().get(name).map(|l| CreatedView {
+            id: l.record.id,
             template: l.record.template.clone(),
             owner: l.record.owner.clone(),
             created: l.record.created,
@@ -188,6 +192,28 @@ impl Templates {
             backend_port: l.record.backend_port,
             listen: l.listen.clone(),
         })
+    }
+
+    /// The names of the live created services (not starting or ending).
+    pub fn live_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .live()
+            .values()
+            .filter(|l| !l.starting && !l.ending)
+            .map(|l| l.record.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The store the created services are kept in (for what other parts keep beside them).
+    pub fn store(&self) -> Arc<Store> {
+        self.0.store.clone()
+    }
+
+    /// The template names, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.0.templates.iter().map(|t| t.name.clone()).collect()
     }
 
     /// The template a live created service was made from.

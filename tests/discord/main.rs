@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod created;
 mod standin;
 
 use std::time::Duration;
@@ -369,7 +370,8 @@ async fn register_overwrites_the_command_set_of_each_guild_and_twice_is_the_same
         String::from_utf8_lossy(&first.stderr)
     );
     assert_eq!(first.stdout, second.stdout);
-    let expected = |g| format!("guild {g}: 1 command set (/wakegate status|start|stop)");
+    let expected =
+        |g| format!("guild {g}: 1 command set (/wakegate status|start|stop|create|destroy|extend)");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [expected(GUILD), expected(OTHER_GUILD)]
@@ -399,8 +401,8 @@ async fn register_overwrites_the_command_set_of_each_guild_and_twice_is_the_same
     );
     assert!(calls.iter().all(|c| c.method == Method::PUT
         && c.authorization.as_deref() == Some(&format!("Bot {BOT_TOKEN}"))));
-    // The same set every time: one chat command with three subcommands whose server option
-    // autocompletes.
+    // The same set every time: one chat command with six subcommands whose first option (the
+    // server, or create's template) autocompletes.
     assert!(calls.windows(2).all(|w| w[0].body == w[1].body));
     let set: Vec<Command> = serde_json::from_value(calls[1].body.clone()).unwrap();
     assert_eq!(set.len(), 1);
@@ -418,7 +420,10 @@ async fn register_overwrites_the_command_set_of_each_guild_and_twice_is_the_same
         [
             ("status", Some(true), Some(false)),
             ("start", Some(true), Some(true)),
-            ("stop", Some(true), Some(true))
+            ("stop", Some(true), Some(true)),
+            ("create", Some(true), Some(true)),
+            ("destroy", Some(true), Some(true)),
+            ("extend", Some(true), Some(true))
         ]
     );
     assert!(discord.log.lock().unwrap().malformed.is_empty());

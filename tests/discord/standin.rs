@@ -76,6 +76,31 @@ pub struct Log {
     pub malformed: Vec<String>,
     /// Answer the next call with a 429 asking to wait this long.
     pub rate_limit_next: Option<f64>,
+    /// The last snowflake handed out for a channel or a message.
+    pub last_id: u64,
+}
+
+impl Log {
+    /// A new snowflake for a channel or message the stand-in creates.
+    fn next_id(&mut self) -> u64 {
+        self.last_id = self.last_id.max(700_000_000_000_009_000) + 1;
+        self.last_id
+    }
+}
+
+/// The body of `POST /guilds/{guild}/channels`, read with twilight-model's types; a field
+/// Discord does not know is refused.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewChannel {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: twilight_model::channel::ChannelType,
+    pub parent_id: Option<twilight_model::id::Id<twilight_model::id::marker::ChannelMarker>>,
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub permission_overwrites:
+        Vec<twilight_model::channel::permission_overwrite::PermissionOverwrite>,
 }
 
 #[derive(Clone)]
@@ -102,6 +127,18 @@ impl Discord {
             .route(
                 "/api/v10/channels/{channel}/messages",
                 axum::routing::post(message),
+            )
+            .route(
+                "/api/v10/channels/{channel}/messages/{message}",
+                axum::routing::patch(message),
+            )
+            .route(
+                "/api/v10/guilds/{guild}/channels",
+                axum::routing::post(create_channel),
+            )
+            .route(
+                "/api/v10/channels/{channel}",
+                axum::routing::delete(delete_channel).patch(modify_channel),
             )
             .route(
                 "/api/v10/applications/{app}/guilds/{guild}/commands",
@@ -186,14 +223,29 @@ pub async fn message(
         Err(e) => return discord.malformed(format!("{method} {uri}: {e}")),
     };
     let content = data.content.clone().unwrap_or_default();
-    if let Some(limited) = discord.record(method, uri.path().to_string(), &headers, json!(content))
-    {
+    if let Some(limited) = discord.record(
+        method.clone(),
+        uri.path().to_string(),
+        &headers,
+        json!(content),
+    ) {
         return limited;
     }
     // A message object as Discord documents it; read back with twilight-model to be sure.
+    // A new message gets a new id; an edit keeps the one in its path.
+    let segments: Vec<&str> = uri.path().split('/').collect();
+    let id = match (method_is_post(&segments), segments.last()) {
+        (false, Some(id)) if id.parse::<u64>().is_ok() => id.to_string(),
+        _ => discord.log.lock().unwrap().next_id().to_string(),
+    };
+    let channel = segments
+        .iter()
+        .position(|s| *s == "channels")
+        .and_then(|i| segments.get(i + 1))
+        .map_or(CHANNEL.to_string(), |c| c.to_string());
     let answer = json!({
-        "id": "700000000000009001",
-        "channel_id": CHANNEL.to_string(),
+        "id": id,
+        "channel_id": channel,
         "author": {"id": APP_ID.to_string(), "username": "wakegate", "discriminator": "0000", "avatar": null, "bot": true},
         "content": content,
         "timestamp": "2026-01-01T00:00:00.000000+00:00",
@@ -210,6 +262,108 @@ pub async fn message(
     });
     serde_json::from_value::<Message>(answer.clone()).expect("the stand-in answers a real message");
     axum::Json(answer).into_response()
+}
+
+/// Whether the path ends in `/messages` (a new message) rather than a message id (an edit).
+fn method_is_post(segments: &[&str]) -> bool {
+    segments.last() == Some(&"messages")
+}
+
+/// A guild text channel object as Discord documents it.
+fn channel_object(id: u64, guild: u64, name: &str, parent: Option<String>) -> Value {
+    let channel = json!({
+        "id": id.to_string(),
+        "type": 0,
+        "guild_id": guild.to_string(),
+        "name": name,
+        "position": 0,
+        "parent_id": parent,
+        "permission_overwrites": [],
+        "nsfw": false
+    });
+    serde_json::from_value::<twilight_model::channel::Channel>(channel.clone())
+        .expect("the stand-in answers a real channel");
+    channel
+}
+
+/// `POST /guilds/{guild}/channels`: the body must read as a channel to create.
+pub async fn create_channel(
+    Extract(discord): Extract<Discord>,
+    Path(guild): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let new: NewChannel = match serde_json::from_slice(&body) {
+        Ok(new) => new,
+        Err(e) => return discord.malformed(format!("POST channels: {e}")),
+    };
+    let path = format!("/api/v10/guilds/{guild}/channels");
+    if let Some(limited) = discord.record(
+        Method::POST,
+        path,
+        &headers,
+        serde_json::from_slice(&body).unwrap(),
+    ) {
+        return limited;
+    }
+    let id = discord.log.lock().unwrap().next_id();
+    axum::Json(channel_object(
+        id,
+        guild,
+        &new.name,
+        new.parent_id.map(|p| p.to_string()),
+    ))
+    .into_response()
+}
+
+/// The body of `PATCH /channels/{id}`, read with twilight-model's types.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelChange {
+    pub name: Option<String>,
+    pub permission_overwrites:
+        Option<Vec<twilight_model::channel::permission_overwrite::PermissionOverwrite>>,
+}
+
+/// `PATCH /channels/{id}`: answers the changed channel.
+pub async fn modify_channel(
+    Extract(discord): Extract<Discord>,
+    Path(channel): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let change: ChannelChange = match serde_json::from_slice(&body) {
+        Ok(change) => change,
+        Err(e) => return discord.malformed(format!("PATCH channel {channel}: {e}")),
+    };
+    let path = format!("/api/v10/channels/{channel}");
+    if let Some(limited) = discord.record(
+        Method::PATCH,
+        path,
+        &headers,
+        serde_json::from_slice(&body).unwrap(),
+    ) {
+        return limited;
+    }
+    let name = change.name.unwrap_or_else(|| "unchanged".into());
+    axum::Json(channel_object(channel, GUILD, &name, None)).into_response()
+}
+
+/// `DELETE /channels/{id}`: answers the deleted channel.
+pub async fn delete_channel(
+    Extract(discord): Extract<Discord>,
+    Path(channel): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !body.is_empty() {
+        return discord.malformed(format!("DELETE channel {channel} has a body"));
+    }
+    let path = format!("/api/v10/channels/{channel}");
+    if let Some(limited) = discord.record(Method::DELETE, path, &headers, Value::Null) {
+        return limited;
+    }
+    axum::Json(channel_object(channel, GUILD, "deleted", None)).into_response()
 }
 
 /// The bulk overwrite of a guild's commands: the body must read as commands.
@@ -259,15 +413,40 @@ pub fn command(
     guild: u64,
     autocomplete: bool,
 ) -> Value {
-    let options: Vec<Value> = server
-        .map(|s| {
-            let mut o = json!({"name": "server", "type": 3, "value": s});
-            if autocomplete {
+    let options: Vec<(&str, &str)> = server.map(|s| ("server", s)).into_iter().collect();
+    command_as(
+        sub,
+        &options,
+        roles,
+        guild,
+        MEMBER,
+        autocomplete.then_some("server"),
+    )
+}
+
+/// The member the interactions come from, unless a test names another.
+pub const MEMBER: u64 = 700_000_000_000_000_500;
+
+/// A `/wakegate SUB` interaction with string `options` from member `user` with `roles`; an
+/// autocomplete when `focused` names the option being typed.
+pub fn command_as(
+    sub: &str,
+    options: &[(&str, &str)],
+    roles: &[u64],
+    guild: u64,
+    user: u64,
+    focused: Option<&str>,
+) -> Value {
+    let autocomplete = focused.is_some();
+    let options: Vec<Value> = options
+        .iter()
+        .map(|(name, value)| {
+            let mut o = json!({"name": name, "type": 3, "value": value});
+            if focused == Some(*name) {
                 o["focused"] = json!(true);
             }
             o
         })
-        .into_iter()
         .collect();
     let interaction = json!({
         "id": "700000000000001000",
@@ -279,7 +458,7 @@ pub fn command(
         "channel_id": CHANNEL.to_string(),
         "channel": {"id": CHANNEL.to_string(), "type": 0},
         "member": {
-            "user": {"id": "700000000000000500", "username": "alex", "discriminator": "0", "avatar": null},
+            "user": {"id": user.to_string(), "username": "alex", "discriminator": "0", "avatar": null},
             "roles": roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
             "joined_at": "2025-01-01T00:00:00.000000+00:00",
             "deaf": false, "mute": false, "flags": 0, "permissions": "0"
