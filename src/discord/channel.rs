@@ -179,8 +179,8 @@ async fn keep(
             Err(broadcast::error::RecvError::Lagged(_)) => continue,
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        if event.kind == Kind::Progress && event.reason.starts_with("ended: ") {
-            ended = Some(event.reason.trim_start_matches("ended: ").to_string());
+        if let Some(why) = event.detail.get("ended").and_then(|v| v.as_str()) {
+            ended = Some(why.to_string());
         }
         let line = match event.kind {
             Kind::Transition => format!("· {}: {}", event.state, event.reason),

@@ -183,6 +183,8 @@ pub enum Fact {
     LeaseEnded { lease_id: i64 },
     /// A health check failed `tolerance` times; `action` is what its config says to do.
     Unhealthy { action: String },
+    /// A created service ended (its deadline, a destroy, idle), and why.
+    Ended { ended: String },
 }
 
 /// The `detail` of an event a service records: the state it left (on a transition), why, and

@@ -598,10 +598,14 @@ impl Templates {
             ..record
         };
         self.live().remove(name);
-        self.event(
+        self.event_with(
             name,
             Kind::Progress,
             format!("ended: {why}; its record is kept"),
+            crate::event::Detail::fact(crate::event::Fact::Ended {
+                ended: why.to_string(),
+            })
+            .to_value(),
         );
         info!(service = %name, reason = %why, "Ended a created service.");
         self.0
@@ -673,6 +677,10 @@ impl Templates {
 
     /// Records an event of a created service in its current state.
     fn event(&self, name: &str, kind: Kind, reason: String) {
+        self.event_with(name, kind, reason, serde_json::Value::Null);
+    }
+
+    fn event_with(&self, name: &str, kind: Kind, reason: String, detail: serde_json::Value) {
         let state = self
             .0
             .registry
@@ -684,7 +692,7 @@ impl Templates {
                 kind,
                 state,
                 reason,
-                detail: serde_json::Value::Null,
+                detail,
             },
             crate::store::now(),
             None,
