@@ -16,32 +16,7 @@ use serde_json::Value;
 /// A config with one configured service (`fixed`) and a template `echo` of the demo echo
 /// server, its listener on `{port}` and its backend on `{backend_port}`.
 fn config(dir: &Path, template_keys: &str) -> std::path::PathBuf {
-    let base = free_addr().port();
-    let template = format!(
-        r#"
-[[template]]
-name = "echo"
-ports = "{}-{}"
-backend_ports = "{}-{}"
-{template_keys}
-
-[template.service]
-idle_timeout = "2s"
-
-[template.service.backend]
-type = "process"
-command = ["{WAKEGATE}", "demo-backend", "--echo", "--listen", "127.0.0.1:{{backend_port}}"]
-address = "127.0.0.1:{{backend_port}}"
-
-[[template.service.listen]]
-type = "tcp"
-bind = "127.0.0.1:{{port}}"
-"#,
-        base,
-        base + 9,
-        base + 10,
-        base + 19
-    );
+    let template = echo_template("echo", "2s", template_keys);
     gateway(dir)
         .service(svc("fixed").exec_true(free_addr()).tcp(free_addr()))
         .raw(&template)

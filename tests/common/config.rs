@@ -451,3 +451,34 @@ pub fn echo(listen: SocketAddr, delay: &str) -> Vec<String> {
     .map(String::from)
     .to_vec()
 }
+
+/// A `[[template]]` of the demo echo server (`{port}` its listener, `{backend_port}` its
+/// backend, ten of each from a free start), with `keys` added to the template table.
+pub fn echo_template(name: &str, idle: &str, keys: &str) -> String {
+    let base = super::free_addr().port();
+    format!(
+        r#"
+[[template]]
+name = "{name}"
+ports = "{}-{}"
+backend_ports = "{}-{}"
+{keys}
+
+[template.service]
+idle_timeout = "{idle}"
+
+[template.service.backend]
+type = "process"
+command = ["{WAKEGATE}", "demo-backend", "--echo", "--listen", "127.0.0.1:{{backend_port}}"]
+address = "127.0.0.1:{{backend_port}}"
+
+[[template.service.listen]]
+type = "tcp"
+bind = "127.0.0.1:{{port}}"
+"#,
+        base,
+        base + 9,
+        base + 10,
+        base + 19
+    )
+}

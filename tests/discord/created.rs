@@ -41,32 +41,10 @@ fn config_ending(
     on_end: &str,
     template_keys: &str,
 ) -> Config {
-    let base = free_addr().port();
-    let template = format!(
-        r#"
-[[template]]
-name = "game"
-ports = "{}-{}"
-backend_ports = "{}-{}"
-max_per_owner = 1
-{template_keys}
-
-[template.service]
-idle_timeout = "10m"
-
-[template.service.backend]
-type = "process"
-command = ["{WAKEGATE}", "demo-backend", "--echo", "--listen", "127.0.0.1:{{backend_port}}"]
-address = "127.0.0.1:{{backend_port}}"
-
-[[template.service.listen]]
-type = "tcp"
-bind = "127.0.0.1:{{port}}"
-"#,
-        base,
-        base + 9,
-        base + 10,
-        base + 19
+    let template = echo_template(
+        "game",
+        "10m",
+        &format!("max_per_owner = 1\n{template_keys}"),
     );
     let table = discord_table(
         &discord.url,
