@@ -76,13 +76,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
             .and_then(|m| m.user.as_ref())
             .or(interaction.user.as_ref())
             .map(|u| u.id.get());
-        #[allow(deprecated)]
-        let channel = interaction
-            .channel
-            .as_ref()
-            .map(|c| c.id)
-            .or(interaction.channel_id)
-            .map(|c| c.get());
+        let channel = channel_of(&interaction);
         let asked = created::Asked {
             sub,
             options,
@@ -161,13 +155,7 @@ pub(super) async fn answer(bot: &Bot, interaction: Interaction) -> InteractionRe
     match permission {
         Permission::View => private(&status_line(&service)),
         action => {
-            #[allow(deprecated)]
-            let channel = interaction
-                .channel
-                .as_ref()
-                .map(|c| c.id)
-                .or(interaction.channel_id)
-                .map(|c| c.get());
+            let channel = channel_of(&interaction);
             follow::spawn(
                 bot,
                 service,
@@ -196,4 +184,15 @@ fn choices(choices: Vec<CommandOptionChoice>) -> InteractionResponse {
             ..Default::default()
         }),
     }
+}
+
+/// The channel an interaction came from (the newer `channel` object, else the older id).
+fn channel_of(interaction: &Interaction) -> Option<u64> {
+    #[allow(deprecated)]
+    let id = interaction
+        .channel
+        .as_ref()
+        .map(|c| c.id)
+        .or(interaction.channel_id);
+    id.map(|c| c.get())
 }
