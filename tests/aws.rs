@@ -1145,6 +1145,116 @@ bind = "127.0.0.1:{{port}}"
     );
 }
 
+/// An ECS task template's task is stopped at the server's deadline, and a task that never
+/// becomes ready is stopped too: nothing half-created keeps running (and costing).
+#[test]
+fn an_ecs_task_template_is_stopped_at_its_deadline_and_when_it_never_becomes_ready() {
+    let aws = Aws::new();
+    let echo = Echo::start();
+    let word = unique("tpl-end");
+    let (cluster, family, subnet, group) = ecs_fixtures(&aws, &word);
+    let dir = temp_dir("aws-ecs-template-end");
+    let base = free_addr().port();
+    // `stuck`'s tasks "listen" where nothing does: its wake times out.
+    let nowhere = free_addr();
+    let templates: String = [("brief", echo.addr, 0), ("stuck", nowhere, 5)]
+        .iter()
+        .map(|(name, address, offset)| {
+            format!(
+                r#"
+[[template]]
+name = "{name}"
+ports = "{}-{}"
+lifetime = "3s"
+warnings = []
+
+[template.service]
+idle_timeout = "1h"
+wake_timeout = "2s"
+
+[template.service.backend]
+type = "ecs"
+cluster = "{cluster}"
+mode = "task"
+task_definition = "{family}"
+subnets = ["{subnet}"]
+security_groups = ["{group}"]
+address = "{address}"
+endpoint_url = "{}"
+
+[[template.service.listen]]
+type = "tcp"
+bind = "127.0.0.1:{{port}}"
+"#,
+                base + offset,
+                base + offset + 4,
+                aws.proxy.url
+            )
+        })
+        .collect();
+    let config = write_config(
+        &dir,
+        gateway(&dir)
+            .service(svc("fixed").exec_true(free_addr()).tcp(free_addr()))
+            .raw(&templates),
+    );
+    let mut gateway = start(&config);
+    let api = gateway.api();
+    let create = |template: &str| -> SocketAddr {
+        let (status, body) = http(
+            api,
+            "POST",
+            &format!("/api/v1/templates/{template}/create"),
+            r#"{"owner": "ann"}"#,
+        )
+        .unwrap();
+        assert_eq!(status, 201, "{body}");
+        let view: Value = serde_json::from_str(&body).unwrap();
+        view["created"]["listen"][0]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+
+    let brief = create("brief");
+    assert_eq!(echo_through(brief, b"hello"), b"hello");
+    assert_eq!(aws.proxy.recorded.count("ecs:RunTask"), 1);
+    // Its client is gone, and it is not idle for long enough to sleep (1 h): only the
+    // deadline stops it.
+    gateway.wait_for("Ended a created service.");
+    assert_eq!(aws.proxy.recorded.count("ecs:StopTask"), 1);
+    assert!(
+        TcpStream::connect(brief).is_err(),
+        "its listener outlived it"
+    );
+
+    let stuck = create("stuck");
+    // The client is held through the wake, then closed when the wake fails.
+    let mut client = TcpStream::connect(stuck).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(client.read(&mut buf).unwrap_or(0), 0, "closed, not served");
+    // The failed state is recorded once the clean-up is done.
+    gateway.wait_for("state=failed");
+    assert_eq!(aws.proxy.recorded.count("ecs:RunTask"), 2);
+    let stuck_state = gateway.service("stuck-1");
+    assert_eq!(stuck_state["state"], "failed", "{stuck_state:#}");
+    assert!(
+        stuck_state["last_error"]
+            .as_str()
+            .is_some_and(|r| r.contains("not ready within wake_timeout")),
+        "{stuck_state:#}"
+    );
+    assert_eq!(
+        aws.proxy.recorded.count("ecs:StopTask"),
+        2,
+        "the task that never became ready is stopped"
+    );
+}
+
 #[test]
 fn status_shows_awake_hours_and_the_money_saved() {
     let aws = Aws::new();
