@@ -4,7 +4,8 @@
 //! server changes; its transitions and warnings are posted below it. The channel and message
 //! ids are kept in the store with the server (as its values), so after a restart the same
 //! message is edited. At the end the channel is deleted or archived (`on_end`). A Discord call
-//! that fails is logged and skipped: it never holds the server back.
+//! that fails is logged and skipped: it never holds the server back. Only the channel's creation
+//! is tried again (3 s, doubling up to 5 min) while the server lives.
 
 use hyper::Method;
 use serde_json::{Value, json};
@@ -25,6 +26,10 @@ use crate::store::{CreatedChannel, Store};
 
 /// How long the event that says why a server ended is waited for once its record is gone.
 const END_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long after a refused channel creation it is asked for again, doubling up to the most.
+const CHANNEL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(3);
+const CHANNEL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The owner string of a server created by a Discord member.
 pub(super) fn owner(user: u64) -> String {
@@ -125,9 +130,20 @@ async fn keep(
                 "permission_overwrites": overwrites(guild, owner, inner.config.admin_role),
             });
             let call = Call::bot(Method::POST, format!("/guilds/{guild}/channels"));
-            let Some(channel) = id_of(bot, &call, &body, "create the server's channel").await
-            else {
-                return;
+            // A refusal (a missing permission, Discord down) is tried again while the server
+            // lives: fixing the bot's role is enough, with no restart.
+            let mut retry = CHANNEL_RETRY_FIRST;
+            let channel = loop {
+                if let Some(channel) = id_of(bot, &call, &body, "create the server's channel").await
+                {
+                    break channel;
+                }
+                info!(service = %name, retry_in = ?retry, "The server's Discord channel will be asked for again.");
+                tokio::time::sleep(retry).await;
+                if templates.view(&name).is_none() {
+                    return;
+                }
+                retry = (retry * 2).min(CHANNEL_RETRY_MAX);
             };
             info!(service = %name, channel, "Opened the server's Discord channel.");
             let kept = CreatedChannel {

@@ -645,6 +645,44 @@ async fn a_deadline_warning_goes_to_the_channel_and_at_the_deadline_the_channel_
 }
 
 #[tokio::test]
+async fn a_refused_channel_creation_is_tried_again_while_the_server_lives() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    // The bot lacks Manage Channels at first; an admin fixes its role in the meantime.
+    discord.log.lock().unwrap().refuse_channels = 1;
+    let app = config_ending(&temp_dir("discord-refused"), &key, &discord, "delete", "")
+        .start()
+        .await;
+    interact(
+        app.api_addr(),
+        &key,
+        &command_as(
+            "create",
+            &[("template", "game")],
+            &[CREATOR],
+            GUILD,
+            MEMBER,
+            None,
+        ),
+    )
+    .await;
+    let calls = discord
+        .until(
+            "posting the status message in the channel made at last",
+            |c| c.method == Method::POST && is_status(c),
+        )
+        .await;
+    let creations: Vec<u16> = calls
+        .iter()
+        .filter(|c| c.path == format!("/api/v10/guilds/{GUILD}/channels"))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(creations, [403, 200], "refused once, then made: {calls:#?}");
+    assert!(discord.log.lock().unwrap().malformed.is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_server_that_cannot_start_ends_its_answer_and_its_status_with_the_reason() {
     let key = fresh_key();
     let discord = Discord::start().await;

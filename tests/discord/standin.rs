@@ -78,6 +78,8 @@ pub struct Log {
     pub rate_limit_next: Option<f64>,
     /// The last snowflake handed out for a channel or a message.
     pub last_id: u64,
+    /// Refuse this many channel creations as Discord does when the bot lacks Manage Channels.
+    pub refuse_channels: usize,
 }
 
 impl Log {
@@ -199,6 +201,28 @@ impl Discord {
         })
     }
 
+    /// Records a channel creation refused for a missing permission, when one is asked for.
+    fn refused(&self, path: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+        let mut log = self.log.lock().unwrap();
+        if log.refuse_channels == 0 {
+            return false;
+        }
+        log.refuse_channels -= 1;
+        log.calls.push(Call {
+            at: Instant::now(),
+            method: Method::POST,
+            path: path.to_string(),
+            authorization: headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap().to_string()),
+            body: serde_json::from_slice(body).unwrap(),
+            status: 403,
+        });
+        drop(log);
+        self.changed.send_modify(|n| *n += 1);
+        true
+    }
+
     fn malformed(&self, what: String) -> Response {
         self.log.lock().unwrap().malformed.push(what.clone());
         self.changed.send_modify(|n| *n += 1);
@@ -298,6 +322,13 @@ pub async fn create_channel(
         Err(e) => return discord.malformed(format!("POST channels: {e}")),
     };
     let path = format!("/api/v10/guilds/{guild}/channels");
+    if discord.refused(&path, &headers, &body) {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({"message": "Missing Permissions", "code": 50013})),
+        )
+            .into_response();
+    }
     if let Some(limited) = discord.record(
         Method::POST,
         path,
