@@ -166,6 +166,11 @@ impl App {
                 )
             })?;
 
+        let discord_socket = match config.discord.as_ref().and_then(|d| d.listen.as_ref()) {
+            Some(listen) => Some(crate::discord::listen::bind(listen).await?),
+            None => None,
+        };
+
         // The store publishes each event once committed.
         let events = store.publisher();
         let background = TaskTracker::new();
@@ -300,24 +305,45 @@ impl App {
             .with_listener_metrics(connections.metrics.clone())
             .with_templates(templates.clone()),
         );
-        // Discord's interactions carry their own signature: outside the API's token check.
+        // Discord's interactions carry their own signature: outside the API's token check, on
+        // the API's socket or on their own.
         let router = match &config.discord {
             Some(discord) => {
-                info!(
-                    path = crate::discord::PATH,
-                    guilds = discord.guilds.len(),
-                    "Discord interactions endpoint ready."
-                );
-                router.merge(
-                    crate::discord::Bot::new(
-                        discord.clone(),
-                        registry.clone(),
-                        background.clone(),
-                        stop_background.child_token(),
-                    )
-                    .with_templates(templates.clone())
-                    .router(),
+                let bot = crate::discord::Bot::new(
+                    discord.clone(),
+                    registry.clone(),
+                    background.clone(),
+                    stop_background.child_token(),
                 )
+                .with_templates(templates.clone())
+                .router();
+                match discord_socket {
+                    Some((socket, tls)) => {
+                        let url = format!(
+                            "{}://{}{}",
+                            if tls.is_some() { "https" } else { "http" },
+                            socket.local_addr()?,
+                            crate::discord::PATH
+                        );
+                        info!(%url, guilds = discord.guilds.len(), "Discord interactions endpoint ready.");
+                        background.spawn(crate::discord::listen::serve(
+                            socket,
+                            tls,
+                            bot,
+                            background.clone(),
+                            stop_background.clone(),
+                        ));
+                        router
+                    }
+                    None => {
+                        info!(
+                            path = crate::discord::PATH,
+                            guilds = discord.guilds.len(),
+                            "Discord interactions endpoint ready."
+                        );
+                        router.merge(bot)
+                    }
+                }
             }
             None => router,
         };

@@ -34,6 +34,8 @@ pub struct Discord {
     pub category: Option<u64>,
     /// What becomes of that channel when its server ends.
     pub on_end: OnEnd,
+    /// The interactions endpoint's own socket; none: on the API listener.
+    pub listen: Option<super::listen::Listen>,
 }
 
 /// What becomes of a created server's channel when the server ends.
@@ -165,6 +167,7 @@ struct DiscordConfig {
     category: Option<Spanned<String>>,
     #[serde(default)]
     on_end: OnEnd,
+    listen: Option<super::listen::ListenConfig>,
 }
 
 /// A `[[discord.role]]` table.
@@ -367,6 +370,14 @@ pub(crate) fn read_discord(
             }
         },
     };
+    let listen = match c.listen {
+        None => None,
+        Some(listen) => {
+            let read = super::listen::read(listen, problems);
+            ok &= read.is_some();
+            read
+        }
+    };
     let (public_key, token) = (public_key?, token?);
     ok.then_some(Some(Discord {
         application_id,
@@ -378,6 +389,7 @@ pub(crate) fn read_discord(
         roles,
         category,
         on_end: c.on_end,
+        listen,
     }))
 }
 
@@ -418,6 +430,7 @@ mod tests {
             api_url: DEFAULT_API_URL.into(),
             category: None,
             on_end: OnEnd::Delete,
+            listen: None,
             roles: vec![
                 grant(10, &["survival"], &[Permission::View, Permission::Start]),
                 grant(11, &["*"], &[Permission::View]),

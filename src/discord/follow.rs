@@ -262,6 +262,7 @@ mod tests {
             roles: Vec::new(),
             category: None,
             on_end: crate::discord::config::OnEnd::Delete,
+            listen: None,
         };
         config.api_url = format!("http://{addr}/api/v10");
         let bot = Bot::new(

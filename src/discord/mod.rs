@@ -1,6 +1,7 @@
 //! The Discord bot, with no gateway socket: Discord POSTs each interaction to
-//! `/discord/interactions` on the API listener, signed with the application's key (the signature
-//! is the authentication there, not an API token). `/wakegate status|start|stop` act on the
+//! `/discord/interactions` on the API listener, or on a socket of its own with wakegate's TLS
+//! (`listen`), signed with the application's key (the signature is the authentication there,
+//! not an API token). `/wakegate status|start|stop` act on the
 //! configured services as the member's roles allow; a start or stop is answered at once and its
 //! answer edited as the service moves (`follow`), through Discord's REST API (`rest`).
 //! `/wakegate create|destroy|extend` act on templates (`created`), and each server a member
@@ -15,6 +16,7 @@ pub mod config;
 mod created;
 mod follow;
 mod interaction;
+pub mod listen;
 mod reply;
 pub mod rest;
 pub mod verify;
@@ -37,7 +39,7 @@ pub use config::{Discord, Permission};
 use crate::service::Registry;
 use crate::template::Templates;
 
-/// Where Discord sends interactions, on the API listener.
+/// Where Discord sends interactions, on the API listener or `[discord.listen]`.
 pub const PATH: &str = "/discord/interactions";
 
 /// What the interactions endpoint shares.

@@ -97,6 +97,76 @@ async fn only_interactions_signed_recently_with_the_application_key_are_answered
 }
 
 #[tokio::test]
+async fn with_discord_listen_interactions_arrive_over_wakegates_own_tls_and_not_on_the_api() {
+    let key = fresh_key();
+    let discord = Discord::start().await;
+    let dir = temp_dir("discord-tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["bot.example.test".into()]).unwrap();
+    let (cert, cert_key) = (dir.join("bot.pem"), dir.join("bot.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&cert_key, certified.signing_key.serialize_pem()).unwrap();
+    let endpoint = free_addr();
+    let app = gateway(&dir)
+        .service(svc("echo").exec_true(free_addr()).tcp(ANY_PORT))
+        .raw(&discord_table(
+            &discord.url,
+            &hex(key.verifying_key().as_bytes()),
+            BOT_TOKEN,
+        ))
+        .raw(&format!(
+            "\n[discord.listen]\nbind = \"{endpoint}\"\ntls_cert = {cert:?}\ntls_key = {cert_key:?}\n"
+        ))
+        .start()
+        .await;
+
+    // A client that trusts only that certificate, as Discord trusts a public one.
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let over_tls = async |headers: &[(&str, String)], body: &str| {
+        let tcp = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from("bot.example.test")
+            .unwrap()
+            .to_owned();
+        let stream = connector.connect(name, tcp).await.unwrap();
+        request_over(
+            stream,
+            "bot.example.test",
+            "POST /discord/interactions",
+            headers,
+            body,
+        )
+        .await
+    };
+    let ping = json!({"id": "700000000000001000", "application_id": APP_ID.to_string(), "type": 1, "token": "t", "version": 1}).to_string();
+    let (status, body) = over_tls(&signed(&key, now_secs(), &ping), &ping).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"type": 1})
+    );
+    let (status, _) = over_tls(&signed(&fresh_key(), now_secs(), &ping), &ping).await;
+    assert_eq!(status, 401, "the signature is checked there too");
+    let start = command("start", Some("echo"), &[ADMIN], GUILD, false).to_string();
+    let (status, body) = over_tls(&signed(&key, now_secs(), &start), &start).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"type\":5"), "deferred: {body}");
+
+    // Plain HTTP on that socket gets no answer, and the API no longer takes interactions.
+    let (status, _) = post(endpoint, &signed(&key, now_secs(), &ping), &ping).await;
+    assert_eq!(status, 0, "no plain HTTP answer on a TLS socket");
+    let (status, _) = post(app.api_addr(), &signed(&key, now_secs(), &ping), &ping).await;
+    assert_eq!(status, 404);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn start_is_deferred_then_its_answer_edited_with_each_step_until_up_and_stop_likewise() {
     let key = fresh_key();
     let discord = Discord::start().await;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -523,9 +523,20 @@ pub async fn request(
     headers: &[(&str, String)],
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(api).await.unwrap();
+    let stream = TcpStream::connect(api).await.unwrap();
+    request_over(stream, &api.to_string(), line, headers, body).await
+}
+
+/// One HTTP/1.1 request over `stream` (plain or TLS), which it closes; returns status and body.
+pub async fn request_over(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    host: &str,
+    line: &str,
+    headers: &[(&str, String)],
+    body: &str,
+) -> (u16, String) {
     let mut head = format!(
-        "{line} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        "{line} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -535,11 +546,12 @@ pub async fn request(
         .write_all(format!("{head}\r\n{body}").as_bytes())
         .await
         .unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut text))
+    let mut bytes = Vec::new();
+    // A TLS peer may close without close_notify once it has answered.
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut bytes))
         .await
-        .unwrap()
         .unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let status = text
         .split(' ')
         .nth(1)

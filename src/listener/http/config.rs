@@ -195,45 +195,10 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
             ok = false;
         }
     }
-    let tls = match (c.tls_cert, c.tls_key) {
-        (None, None) => None,
-        (Some(cert), None) => {
-            problems.add(
-                Some(cert.span()),
-                "`tls_cert` is set without `tls_key`",
-                "give the certificate's private key too: tls_key = \"/etc/ssl/private/app.key\"",
-            );
-            ok = false;
-            None
-        }
-        (None, Some(key)) => {
-            problems.add(
-                Some(key.span()),
-                "`tls_key` is set without `tls_cert`",
-                "give the certificate chain too: tls_cert = \"/etc/ssl/certs/app.pem\"",
-            );
-            ok = false;
-            None
-        }
-        (Some(cert), Some(key)) => {
-            let files = TlsFiles {
-                cert: cert.get_ref().clone(),
-                key: key.get_ref().clone(),
-            };
-            match tls::load(&files) {
-                Ok(_) => Some(files),
-                Err(e) => {
-                    problems.add(
-                        Some(cert.span()),
-                        e.to_string(),
-                        "give a PEM certificate chain and the PEM private key that belongs to it",
-                    );
-                    ok = false;
-                    None
-                }
-            }
-        }
-    };
+    let tls = tls::read_files(c.tls_cert, c.tls_key, problems).unwrap_or_else(|| {
+        ok = false;
+        None
+    });
     if *c.redirect_https.get_ref() && tls.is_some() {
         problems.add(
             Some(c.redirect_https.span()),

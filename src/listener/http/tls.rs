@@ -5,12 +5,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use toml::Spanned;
+
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 
+use crate::config::diag::Problems;
 use crate::listener::route::host_matches;
 
 /// A certificate chain and its private key, PEM files.
@@ -33,6 +36,51 @@ pub enum TlsError {
         key: String,
         why: String,
     },
+}
+
+/// Reads `tls_cert` and `tls_key` of a table: both or neither, readable and belonging
+/// together. `None` when a problem was reported; `Some(None)` for plain HTTP.
+pub(crate) fn read_files(
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    problems: &mut Problems<'_>,
+) -> Option<Option<TlsFiles>> {
+    match (cert, key) {
+        (None, None) => Some(None),
+        (Some(cert), None) => {
+            problems.add(
+                Some(cert.span()),
+                "`tls_cert` is set without `tls_key`",
+                "give the certificate's private key too: tls_key = \"/etc/ssl/private/app.key\"",
+            );
+            None
+        }
+        (None, Some(key)) => {
+            problems.add(
+                Some(key.span()),
+                "`tls_key` is set without `tls_cert`",
+                "give the certificate chain too: tls_cert = \"/etc/ssl/certs/app.pem\"",
+            );
+            None
+        }
+        (Some(cert), Some(key)) => {
+            let files = TlsFiles {
+                cert: cert.get_ref().clone(),
+                key: key.get_ref().clone(),
+            };
+            match load(&files) {
+                Ok(_) => Some(Some(files)),
+                Err(e) => {
+                    problems.add(
+                        Some(cert.span()),
+                        e.to_string(),
+                        "give a PEM certificate chain and the PEM private key that belongs to it",
+                    );
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// Reads a certificate chain and its key, and checks that they belong together.
