@@ -1145,14 +1145,16 @@ bind = "127.0.0.1:{{port}}"
     );
 }
 
-/// An ECS task template's task is stopped at the server's deadline, and a task that never
-/// becomes ready is stopped too: nothing half-created keeps running (and costing).
+/// An ECS task template's task is stopped at the server's deadline and its DNS record (one per
+/// server) deleted, and a task that never becomes ready is stopped too: nothing half-created
+/// keeps running (and costing).
 #[test]
 fn an_ecs_task_template_is_stopped_at_its_deadline_and_when_it_never_becomes_ready() {
     let aws = Aws::new();
     let echo = Echo::start();
     let word = unique("tpl-end");
     let (cluster, family, subnet, group) = ecs_fixtures(&aws, &word);
+    let (zone_id, zone_name) = hosted_zone(&aws, &word);
     let dir = temp_dir("aws-ecs-template-end");
     let base = free_addr().port();
     // `stuck`'s tasks "listen" where nothing does: its wake times out.
@@ -1182,12 +1184,19 @@ security_groups = ["{group}"]
 address = "{address}"
 endpoint_url = "{}"
 
+[template.service.dns]
+zone_id = "{zone_id}"
+name = "{{name}}.{zone_name}"
+gateway_ip = "203.0.113.10"
+endpoint_url = "{}"
+
 [[template.service.listen]]
 type = "tcp"
 bind = "127.0.0.1:{{port}}"
 "#,
                 base + offset,
                 base + offset + 4,
+                aws.proxy.url,
                 aws.proxy.url
             )
         })
@@ -1220,10 +1229,20 @@ bind = "127.0.0.1:{{port}}"
     let brief = create("brief");
     assert_eq!(echo_through(brief, b"hello"), b"hello");
     assert_eq!(aws.proxy.recorded.count("ecs:RunTask"), 1);
+    let record = format!("brief-1.{zone_name}");
+    assert!(
+        a_record(&aws, &zone_id, &record).is_some(),
+        "each created server has its record"
+    );
     // Its client is gone, and it is not idle for long enough to sleep (1 h): only the
     // deadline stops it.
     gateway.wait_for("Ended a created service.");
     assert_eq!(aws.proxy.recorded.count("ecs:StopTask"), 1);
+    assert_eq!(
+        a_record(&aws, &zone_id, &record),
+        None,
+        "an ended server's record is deleted, not left pointing at the gateway"
+    );
     assert!(
         TcpStream::connect(brief).is_err(),
         "its listener outlived it"

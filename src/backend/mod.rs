@@ -134,6 +134,13 @@ pub trait Backend: Send {
         None
     }
 
+    /// Called once, after the server was stopped, when the service ends for good (a created
+    /// service destroyed or past its deadline): removes what belongs to it beside the server,
+    /// such as its DNS record.
+    async fn remove(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Called once when wakegate shuts down gracefully; returns whether the server was stopped.
     async fn shutdown(&mut self) -> Result<bool, BackendError> {
         Ok(false)

@@ -703,9 +703,18 @@ impl Actor {
         Flow::Continue
     }
 
-    /// wakegate is shutting down: release held clients and let the backend decide.
+    /// wakegate is shutting down: release held clients and let the backend decide. A service
+    /// that ends for good (stopped already) has its backend remove what is left instead.
     async fn shutdown(&mut self) {
         self.core.answer_all(|_| Err(ConnectError::ShuttingDown));
+        if self.core.shared.retiring.load(Ordering::SeqCst) {
+            let removed = self.backend.remove().await;
+            self.core.record_notes();
+            if let Err(e) = removed {
+                warn!(error = %e, "Could not remove what the ended service left beside its server.");
+            }
+            return;
+        }
         let stopped = self.backend.shutdown().await;
         self.core.record_notes();
         match stopped {

@@ -3,7 +3,7 @@
 //! its [`Ticket`] there; the count of open connections is what keeps the service in use.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::Notify;
@@ -22,6 +22,9 @@ pub(super) struct Shared {
     /// to the actor. A std lock, held for a copy only and never across an await; the actor
     /// writes it on every transition.
     gate: RwLock<Option<SocketAddr>>,
+    /// The service ends for good when its actor stops (a created service destroyed or past
+    /// its deadline): the backend removes what it made beside the server, not only stops.
+    pub(super) retiring: AtomicBool,
 }
 
 impl Shared {

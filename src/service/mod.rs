@@ -287,6 +287,17 @@ impl ServiceHandle {
         .await
     }
 
+    /// Marks it as ending for good: when its actor stops (its cancel token), the backend
+    /// removes what it made beside the server (a DNS record) instead of keeping it.
+    pub fn retire(&self) {
+        self.shared.retiring.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves once its actor has stopped.
+    pub async fn finished(&self) {
+        self.commands.closed().await;
+    }
+
     /// Stops it (ending its leases) once it is awake; returns the state it was in.
     pub async fn sleep(&self, by: &str) -> Result<Result<State, Denied>, Gone> {
         let by = by.to_string();

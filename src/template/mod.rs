@@ -586,11 +586,21 @@ impl Templates {
         for (_, table) in &self.0.shared.minecraft {
             table.remove(|e| e.service().name() == name);
         }
-        if let Some(handle) = self.0.registry.get(name) {
+        let handle = self.0.registry.get(name);
+        if let Some(handle) = &handle {
             self.event(name, Kind::Action, format!("ending: {why} ({by})"));
-            stop(&handle, by).await;
+            stop(handle, by).await;
+            handle.retire();
         }
         cancel.cancel();
+        // Its actor has the backend remove what it made beside the server (a DNS record).
+        if let Some(handle) = handle
+            && tokio::time::timeout(STOP_WAIT, handle.finished())
+                .await
+                .is_err()
+        {
+            warn!(service = %name, "The ended service's backend did not finish in time.");
+        }
         self.0.registry.remove(name);
         let ended = Created {
             ended: Some(crate::store::now()),

@@ -1,6 +1,7 @@
 //! `[service.dns]`: a Route53 A record that follows the server. On a wake it is UPSERTed to the
 //! server's new address, so clients that resolve the name reach the server directly; on sleep
-//! it points back at the gateway (or is deleted). Each change is an event.
+//! it points back at the gateway (or is deleted). When its service ends for good (a created
+//! service), it is deleted. Each change is an event.
 //!
 //! A record that cannot be changed does not fail the wake or the stop: the gateway still
 //! forwards clients that reach it. It is a warning event instead, and the next change tries again.
@@ -65,8 +66,13 @@ impl Record {
                         .await;
                 }
             }
-            OnSleep::Delete => self.delete(notes).await,
+            OnSleep::Delete => self.delete("the server sleeps", notes).await,
         }
+    }
+
+    /// Deletes the record for good: its service has ended.
+    pub async fn remove(&mut self, notes: &Notes) {
+        self.delete("the server has ended", notes).await;
     }
 
     async fn upsert(&mut self, ip: Ipv4Addr, why: &str, notes: &Notes) {
@@ -85,7 +91,7 @@ impl Record {
         }
     }
 
-    async fn delete(&mut self, notes: &Notes) {
+    async fn delete(&mut self, why: &str, notes: &Notes) {
         let name = self.config.name.clone();
         let zone = self.config.zone_id.clone();
         // A DELETE must repeat the record exactly as it is: read it first.
@@ -115,7 +121,7 @@ impl Record {
                 self.current = None;
                 let _ = notes.send(Note {
                     kind: Kind::Progress,
-                    reason: format!("DNS record {name} deleted (the server sleeps)"),
+                    reason: format!("DNS record {name} deleted ({why})"),
                     detail: json!({ "dns": { "name": name, "action": "delete" } }),
                 });
             }

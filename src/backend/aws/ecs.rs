@@ -459,6 +459,13 @@ impl Backend for EcsBackend {
         "ecs"
     }
 
+    async fn remove(&mut self) -> Result<(), BackendError> {
+        if let Some(dns) = &mut self.dns {
+            dns.remove(&self.notes).await;
+        }
+        Ok(())
+    }
+
     fn notes(&mut self) -> Option<mpsc::UnboundedReceiver<Note>> {
         self.notes_rx.take()
     }
