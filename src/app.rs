@@ -475,6 +475,9 @@ const API_DRAIN: Duration = Duration::from_secs(1);
 /// long; what still runs is found again by the next start.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     listener::nofile::raise();
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     let app = App::start(config).await?;
     shutdown_signal().await?;
     tokio::select! {

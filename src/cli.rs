@@ -235,6 +235,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             action: ConfigAction::Check { file },
         } => {
             let config = config::load(&file)?;
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} service{}{})",
                 file.display(),

@@ -138,3 +138,29 @@ fn run_reads_the_config_from_the_environment() {
         "{err}"
     );
 }
+
+#[test]
+fn a_check_that_accepts_any_certificate_passes_with_a_warning() {
+    let dir = common::temp_dir("insecure");
+    let file = common::services_only()
+        .service(
+            common::svc("web")
+                .exec_true("127.0.0.1:8080")
+                .health(
+                    common::typed("http")
+                        .set("url", "https://web.example.com/healthz")
+                        .set("insecure", true),
+                )
+                .tcp("127.0.0.1:8081"),
+        )
+        .write(&dir.join("wakegate.toml"));
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: service `web`: the health check of https://web.example.com/healthz accepts any certificate"
+        ),
+        "{stderr}"
+    );
+}

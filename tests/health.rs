@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -356,4 +357,114 @@ async fn awake_during_wakes_it_by_itself_and_a_sleep_by_hand_is_refused() {
     );
     assert_eq!(office.status().state, State::Awake);
     app.shutdown().await;
+}
+
+/// A certificate authority made by the test, and a server certificate for `localhost` that it
+/// signed, as PEM files in `dir` named after `name`: (CA, server certificate, server key).
+fn authority(dir: &std::path::Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-server.pem")),
+        dir.join(format!("{name}-server.key")),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_checks_trust_their_ca_file_send_their_headers_and_name_a_wrong_authority() {
+    let dir = temp_dir("https-checks");
+    let (ca, cert, key) = authority(&dir, "ours");
+    let (other_ca, _, _) = authority(&dir, "other");
+    // A real TLS server (Python's http.server in ssl) that wants a bearer token.
+    std::fs::write(dir.join("token"), "s3cret").unwrap();
+    let backend = free_addr();
+    let mut server = std::process::Command::new("python3")
+        .arg(flaky_server())
+        .arg(backend.port().to_string())
+        .arg(&dir)
+        .arg(&cert)
+        .arg(&key)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(backend).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS server never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("https://localhost:{}/ready", backend.port());
+    let probe = |trust: &str, value: &std::path::Path| {
+        let probe = typed("http")
+            .set("url", url.as_str())
+            .raw("headers = { Authorization = \"Bearer s3cret\" }")
+            .set("status", [200]);
+        match trust {
+            "ca_file" => probe.set("ca_file", value),
+            _ => probe.set("insecure", true),
+        }
+    };
+    let service = |name: &str, readiness: Table| {
+        svc(name)
+            .set("wake_timeout", "2s")
+            .exec_true(backend)
+            .readiness(readiness)
+            .tcp(ANY_PORT)
+    };
+    let app = gateway(&dir)
+        .service(
+            service("trusted", probe("ca_file", &ca)).health(
+                probe("ca_file", &ca)
+                    .set("body_contains", "ok")
+                    .set("interval", "100ms")
+                    .set("tolerance", 2)
+                    .set("action", "notify"),
+            ),
+        )
+        .service(service("wrong-ca", probe("ca_file", &other_ca)))
+        .service(service("anyone", probe("insecure", &ca)))
+        .start()
+        .await;
+
+    let trusted = app.service("trusted").unwrap().clone();
+    let mut events = trusted.subscribe();
+    trusted.wake("test").await.unwrap().unwrap();
+    wait_state(&trusted, State::Awake).await;
+    // The token is withdrawn: the health check's 401s are a warning naming the code.
+    std::fs::write(dir.join("token"), "changed").unwrap();
+    let seen = events_until(&mut events, |e| e.kind == Kind::Warning).await;
+    let warning = &seen.last().unwrap().reason;
+    assert!(warning.contains("answered 401"), "{warning}");
+    std::fs::write(dir.join("token"), "s3cret").unwrap();
+
+    let wrong = app.service("wrong-ca").unwrap().clone();
+    wrong.wake("test").await.unwrap().unwrap();
+    wait_state(&wrong, State::Failed).await;
+    let reason = wrong.status().last_error.unwrap_or_default();
+    assert!(
+        reason.contains("not signed by an authority the probe trusts")
+            && reason.contains("ca_file"),
+        "{reason}"
+    );
+
+    let anyone = app.service("anyone").unwrap().clone();
+    anyone.wake("test").await.unwrap().unwrap();
+    wait_state(&anyone, State::Awake).await;
+    app.shutdown().await;
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

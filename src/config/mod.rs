@@ -42,6 +42,33 @@ pub struct Config {
     pub templates: Vec<crate::template::config::Template>,
 }
 
+impl Config {
+    /// What is allowed but weakens the setup: `config check` prints it, and wakegate logs it
+    /// at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for service in &self.services {
+            let checks = std::iter::once(("readiness probe", &service.readiness))
+                .chain(service.health.iter().map(|h| ("health check", &h.check)));
+            for (what, check) in checks {
+                if let crate::probe::Probe::Http {
+                    url,
+                    https: Some(https),
+                    ..
+                } = &check.probe
+                    && https.insecure
+                {
+                    warnings.push(format!(
+                        "service `{}`: the {what} of {url} accepts any certificate (insecure = true): anyone between wakegate and the server can answer it; prefer ca_file",
+                        service.name
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+}
+
 /// Settings of the daemon itself.
 #[derive(Debug, Clone)]
 pub struct Gateway {

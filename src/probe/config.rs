@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::{Check, Probe};
+use super::{Check, Probe, tls};
 use crate::config::de::{duration, read};
 use crate::config::diag::Problems;
 
@@ -20,13 +21,17 @@ struct ProbeConfig {
     url: Option<Spanned<String>>,
     method: Option<Spanned<String>>,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     status: Vec<u16>,
     body_contains: Option<String>,
     pattern: Option<Spanned<String>>,
     #[serde(default = "default_probe_timeout", deserialize_with = "duration")]
     timeout: Duration,
+    /// PEM certificates of the authorities an `https://` URL's certificate may be signed by.
+    ca_file: Option<Spanned<PathBuf>>,
+    /// Accept any certificate of an `https://` URL.
+    insecure: Option<Spanned<bool>>,
 }
 
 fn default_probe_timeout() -> Duration {
@@ -59,6 +64,12 @@ pub(crate) fn read_probe(
             if let Some(pattern) = &c.pattern {
                 return only("pattern", problems, pattern.span());
             }
+            if let Some(ca_file) = &c.ca_file {
+                return only("ca_file", problems, ca_file.span());
+            }
+            if let Some(insecure) = &c.insecure {
+                return only("insecure", problems, insecure.span());
+            }
             if kind == "tcp" {
                 Probe::Tcp
             } else {
@@ -74,13 +85,30 @@ pub(crate) fn read_probe(
                 );
                 return None;
             };
-            if !url.get_ref().starts_with("http://") {
+            let secure = url.get_ref().starts_with("https://");
+            if !secure && !url.get_ref().starts_with("http://") {
                 problems.add(
                     Some(url.span()),
-                    format!("`{}` is not an http:// URL", url.get_ref()),
-                    "probes speak plain HTTP to the backend: use http://{address}/path",
+                    format!("`{}` is not an http:// or https:// URL", url.get_ref()),
+                    "use http://{address}/path, or https://HOST/path for a name its certificate holds",
                 );
                 return None;
+            }
+            let https = read_https(secure, c.ca_file, c.insecure, problems)?;
+            // A value may come from the environment (a token): it is never printed.
+            let mut headers = Vec::new();
+            for (name, value) in c.headers {
+                match crate::config::de::expand(value.get_ref()) {
+                    Ok(secret) => headers.push((name, secret)),
+                    Err(var) => {
+                        problems.add(
+                            Some(value.span()),
+                            format!("environment variable `{var}` is not set"),
+                            "export it before starting wakegate",
+                        );
+                        return None;
+                    }
+                }
             }
             let method = match &c.method {
                 None => hyper::Method::GET,
@@ -99,12 +127,19 @@ pub(crate) fn read_probe(
             Probe::Http {
                 url: url.into_inner(),
                 method,
-                headers: c.headers.into_iter().collect(),
+                headers,
                 status: c.status,
                 body_contains: c.body_contains,
+                https,
             }
         }
         "log" if readiness => {
+            if let Some(ca_file) = &c.ca_file {
+                return only("ca_file", problems, ca_file.span());
+            }
+            if let Some(insecure) = &c.insecure {
+                return only("insecure", problems, insecure.span());
+            }
             let Some(pattern) = c.pattern else {
                 problems.add(
                     Some(span),
@@ -151,4 +186,52 @@ pub(crate) fn read_probe(
         timeout: c.timeout,
         proxy_header: false,
     })
+}
+
+/// The TLS settings of an http probe: `None` when a problem was reported, `Some(None)` for an
+/// `http://` URL.
+fn read_https(
+    secure: bool,
+    ca_file: Option<Spanned<PathBuf>>,
+    insecure: Option<Spanned<bool>>,
+    problems: &mut Problems<'_>,
+) -> Option<Option<tls::Https>> {
+    if !secure {
+        if let Some(key) = ca_file
+            .as_ref()
+            .map(|c| ("ca_file", c.span()))
+            .or(insecure.as_ref().map(|i| ("insecure", i.span())))
+        {
+            problems.add(
+                Some(key.1),
+                format!("`{}` applies to https:// URLs only", key.0),
+                "remove it, or probe an https:// URL",
+            );
+            return None;
+        }
+        return Some(None);
+    }
+    let insecure_set = insecure.as_ref().is_some_and(|i| *i.get_ref());
+    if let (Some(ca_file), true) = (&ca_file, insecure_set) {
+        problems.add(
+            Some(ca_file.span()),
+            "`ca_file` and `insecure = true` are both set",
+            "keep ca_file (the certificate is checked against it) and remove insecure",
+        );
+        return None;
+    }
+    match tls::Https::new(
+        ca_file.as_ref().map(|c| c.get_ref().as_path()),
+        insecure_set,
+    ) {
+        Ok(https) => Some(Some(https)),
+        Err(e) => {
+            problems.add(
+                ca_file.map(|c| c.span()),
+                e,
+                "give a PEM file with the certificate of the authority that signed the server's",
+            );
+            None
+        }
+    }
 }

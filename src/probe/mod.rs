@@ -1,8 +1,10 @@
-//! Probes: how wakegate knows a backend is ready or healthy. A TCP connect, an HTTP request, a
-//! Minecraft status ping, or (for readiness of a `process` backend) a line in its log.
+//! Probes: how wakegate knows a backend is ready or healthy. A TCP connect, an HTTP or HTTPS
+//! request (`tls`), a Minecraft status ping, or (for readiness of a `process` backend) a line
+//! in its log.
 //! Readiness retries with a short backoff capped at 50 ms, so a ready backend is noticed fast.
 
 pub mod config;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +16,7 @@ use regex::Regex;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpStream;
 
+use crate::config::de::Secret;
 use crate::minecraft::{ping, proxy_header};
 
 const FIRST_RETRY: Duration = Duration::from_millis(5);
@@ -30,10 +33,13 @@ pub enum Probe {
     Http {
         url: String,
         method: hyper::Method,
-        headers: Vec<(String, String)>,
+        /// Values may come from the environment: never printed.
+        headers: Vec<(String, Secret)>,
         /// Accepted status codes; empty means any 2xx.
         status: Vec<u16>,
         body_contains: Option<String>,
+        /// How the certificate is checked, for an `https://` URL.
+        https: Option<tls::Https>,
     },
     /// A Minecraft Java status ping is answered.
     Minecraft,
@@ -124,16 +130,15 @@ pub async fn run(
                 headers,
                 status,
                 body_contains,
+                https,
             } => {
-                http(
-                    address,
-                    url,
+                let wanted = Wanted {
                     method,
                     headers,
                     status,
-                    body_contains.as_deref(),
-                )
-                .await
+                    body_contains: body_contains.as_deref(),
+                };
+                http(address, url, &wanted, https.as_ref()).await
             }
             Probe::Minecraft if check.proxy_header => {
                 minecraft_status(address, &proxy_header::v2_local()).await
@@ -155,13 +160,20 @@ pub async fn run(
         })
 }
 
+/// The request an HTTP probe sends, and the answer it wants.
+struct Wanted<'a> {
+    method: &'a hyper::Method,
+    headers: &'a [(String, Secret)],
+    /// Accepted status codes; empty means any 2xx.
+    status: &'a [u16],
+    body_contains: Option<&'a str>,
+}
+
 async fn http(
     address: SocketAddr,
     url: &str,
-    method: &hyper::Method,
-    headers: &[(String, String)],
-    status: &[u16],
-    body_contains: Option<&str>,
+    wanted: &Wanted<'_>,
+    https: Option<&tls::Https>,
 ) -> Result<Answer, String> {
     let url = url.replace("{address}", &address.to_string());
     let uri: hyper::Uri = url
@@ -171,7 +183,10 @@ async fn http(
         .authority()
         .ok_or_else(|| format!("`{url}` has no host"))?
         .to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let host = uri.host().unwrap_or_default();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if https.is_some() { 443 } else { 80 });
     let target = if uri.port().is_some() {
         authority.clone()
     } else {
@@ -180,16 +195,42 @@ async fn http(
     let stream = TcpStream::connect(&target)
         .await
         .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    match https {
+        None => exchange(stream, &url, &uri, &authority, wanted).await,
+        Some(https) => {
+            let stream = https.connect(host, stream).await?;
+            exchange(stream, &url, &uri, &authority, wanted).await
+        }
+    }
+}
+
+/// One request over `stream` (plain or TLS), and the check of its answer.
+async fn exchange<IO>(
+    stream: IO,
+    url: &str,
+    uri: &hyper::Uri,
+    authority: &str,
+    wanted: &Wanted<'_>,
+) -> Result<Answer, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Wanted {
+        method,
+        headers,
+        status,
+        body_contains,
+    } = *wanted;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP to {target} failed: {e}"))?;
+            .map_err(|e| format!("HTTP to {authority} failed: {e}"))?;
     let mut request = hyper::Request::builder()
         .method(method.clone())
         .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(hyper::header::HOST, &authority);
+        .header(hyper::header::HOST, authority);
     for (name, value) in headers {
-        request = request.header(name, value);
+        request = request.header(name, value.expose());
     }
     let request = request
         .body(Empty::<Bytes>::new())
