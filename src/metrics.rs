@@ -46,7 +46,7 @@ pub struct Metrics {
     pub refused: AtomicU64,
     /// Server-list pings wakegate answered itself while the service was not awake.
     pub status_pings: AtomicU64,
-    wakes: [AtomicU64; 6],
+    wakes: [AtomicU64; 7],
     failures: [AtomicU64; 3],
     wake_buckets: [AtomicU64; 12],
     wake_count: AtomicU64,

@@ -44,6 +44,15 @@ pub enum Status {
     Occupied(String),
 }
 
+/// When the actor reads the backend's status to notice outside changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatePoll {
+    /// While awake: a server stopped (or restarted) from a console is noticed.
+    pub awake: Option<std::time::Duration>,
+    /// While asleep: a server started from a console is noticed and adopted.
+    pub asleep: Option<std::time::Duration>,
+}
+
 /// How a backend went away on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
@@ -132,6 +141,28 @@ pub trait Backend: Send {
     /// that have nothing to add beyond their calls' results have none.
     fn notes(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Note>> {
         None
+    }
+
+    /// How often the server's real state is read, to notice what was done to it outside
+    /// wakegate (a console stop or start). Backends that cannot be changed behind wakegate's
+    /// back, or notice it by themselves (a `process` exit), are never polled.
+    fn state_poll(&self) -> StatePoll {
+        StatePoll::default()
+    }
+
+    /// When the server restarts in place (EC2 `restart = "reboot"`): how long after the reboot
+    /// it may take to go down, before readiness is waited for. `None`: a restart is a stop and
+    /// a start.
+    fn reboots(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Restarts the server in place; only called when [`Backend::reboots`] says so.
+    async fn reboot(&mut self) -> Result<(), BackendError> {
+        Err(BackendError::Other(format!(
+            "a `{}` backend cannot reboot its server",
+            self.kind()
+        )))
     }
 
     /// Called once, after the server was stopped, when the service ends for good (a created

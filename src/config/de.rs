@@ -165,11 +165,51 @@ pub(crate) fn expand_env(
     ok.then_some(out)
 }
 
-/// Expands a whole-value `${VAR}` reference; other strings are taken literally.
+/// Replaces each `${VAR}` (a name of letters, digits and `_`) with the variable's value, as in
+/// `"Bearer ${TOKEN}"`; the rest is taken literally. The error is the first unset variable.
 pub fn expand(value: &str) -> Result<Secret, String> {
-    match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
-        Some(var) => std::env::var(var).map(Secret).map_err(|_| var.to_string()),
-        None => Ok(Secret(value.to_string())),
+    expand_with(value, |var| std::env::var(var).ok())
+}
+
+fn expand_with(value: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Secret, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        let name = &after[..name_len];
+        if name.is_empty() || !after[name_len..].starts_with('}') {
+            // Not a reference: kept as written.
+            out.push_str(&rest[..start + 2]);
+            rest = after;
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        out.push_str(&lookup(name).ok_or_else(|| name.to_string())?);
+        rest = &after[name_len + 1..];
+    }
+    out.push_str(rest);
+    Ok(Secret(out))
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::*;
+
+    #[test]
+    fn references_are_replaced_wherever_they_are_and_the_rest_kept() {
+        let env = |name: &str| (name == "TOKEN").then(|| "s3cret".to_string());
+        let expand = |text: &str| expand_with(text, env).map(|s| s.expose().to_string());
+        assert_eq!(expand("${TOKEN}"), Ok("s3cret".into()));
+        assert_eq!(expand("Bearer ${TOKEN}"), Ok("Bearer s3cret".into()));
+        assert_eq!(expand("${TOKEN}:${TOKEN}"), Ok("s3cret:s3cret".into()));
+        assert_eq!(
+            expand("plain $ and ${ and ${x-y}"),
+            Ok("plain $ and ${ and ${x-y}".into())
+        );
+        assert_eq!(expand("Bearer ${UNSET}"), Err("UNSET".into()));
     }
 }
 

@@ -41,17 +41,20 @@ pub enum Trigger {
     Shutdown,
     /// A failed stop is tried again.
     Retry,
+    /// The server was found changed outside wakegate (stopped or started from a console).
+    Outside,
 }
 
 impl Trigger {
     /// The triggers that start a wake, in the order of the wake counters.
-    pub const WAKES: [Trigger; 6] = [
+    pub const WAKES: [Trigger; 7] = [
         Trigger::Client,
         Trigger::Api,
         Trigger::Lease,
         Trigger::Reconcile,
         Trigger::Schedule,
         Trigger::Restart,
+        Trigger::Outside,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Trigger {
             Trigger::Stop => "stop",
             Trigger::Shutdown => "shutdown",
             Trigger::Retry => "retry",
+            Trigger::Outside => "outside",
         }
     }
 
@@ -113,6 +117,7 @@ pub enum Cause {
     Stop,
     Shutdown,
     Retry,
+    Outside,
 }
 
 impl Cause {
@@ -132,6 +137,7 @@ impl Cause {
             Cause::Stop => Trigger::Stop,
             Cause::Shutdown => Trigger::Shutdown,
             Cause::Retry => Trigger::Retry,
+            Cause::Outside => Trigger::Outside,
         }
     }
 

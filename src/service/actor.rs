@@ -93,6 +93,8 @@ pub fn spawn(
         },
         cancel,
         adopting: false,
+        rebooting: None,
+        next_poll: None,
     };
     let span = info_span!("service", service = %service.name);
     tracker.spawn(actor.run().instrument(span));
@@ -125,20 +127,25 @@ pub(super) fn median(values: &[u64]) -> Option<u64> {
     sorted.get(sorted.len() / 2).copied()
 }
 
-struct Actor {
+pub(super) struct Actor {
     /// What "ready" means at the end of a wake.
-    readiness: Check,
+    pub(super) readiness: Check,
     /// Set once reconcile has published what it found.
     reconciled: watch::Sender<bool>,
-    backend: Box<dyn Backend>,
-    core: Core,
-    cancel: CancellationToken,
-    /// The backend was found running at start-up: the next wake only checks readiness.
-    adopting: bool,
+    pub(super) backend: Box<dyn Backend>,
+    pub(super) core: Core,
+    pub(super) cancel: CancellationToken,
+    /// The backend was found running (at start-up, or by a poll): the next wake only checks
+    /// readiness.
+    pub(super) adopting: bool,
+    /// The next wake reboots the backend in place, waiting this long for it to go down.
+    rebooting: Option<Duration>,
+    /// When the backend's state is read next (see `outside`).
+    pub(super) next_poll: Option<Instant>,
 }
 
 /// What the main loop does after a phase.
-enum Flow {
+pub(super) enum Flow {
     Continue,
     Exit,
 }
@@ -250,6 +257,7 @@ impl Actor {
     /// Asleep or failed: wait for a client, a wake request, a lease or a rule that wakes it
     /// (and retry a failed stop, or an always-on service's failed wake, with backoff).
     async fn resting(&mut self) -> Flow {
+        self.next_poll = None;
         loop {
             self.core.expire_leases();
             // Clients that arrived while the backend was busy (stopping, or being asked for
@@ -291,8 +299,12 @@ impl Actor {
             let stop_retry = policy.stop_retry.map(|b| b.at);
             let wake_retry = policy.wake_retry.map(|b| b.at);
             let schedule_change = policy.schedule_change(now);
+            let poll = self.next_poll(self.core.state());
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
+                () = sleep_until(poll) => if let Some(flow) = self.poll_asleep().await {
+                    return flow;
+                },
                 () = sleep_until(stop_retry) => {
                     self.core.transition(State::Stopping, "retrying the stop that failed".into(), Cause::Retry);
                     return Flow::Continue;
@@ -389,7 +401,14 @@ impl Actor {
             .log_file()
             .and_then(|p| std::fs::metadata(p).ok())
             .map_or(0, |m| m.len());
-        if !std::mem::take(&mut self.adopting) {
+        if let Some(grace) = self.rebooting.take() {
+            match self.reboot(grace, deadline).await {
+                Outcome::Done(Ok(())) => {}
+                Outcome::Done(Err(e)) => return Outcome::Done(Err(e)),
+                Outcome::TimedOut => return Outcome::TimedOut,
+                Outcome::Cancelled => return Outcome::Cancelled,
+            }
+        } else if !std::mem::take(&mut self.adopting) {
             match self
                 .core
                 .serve_while(
@@ -530,7 +549,16 @@ impl Actor {
     /// A restart asked for by a failing health check: within the breaker's limits, a stop
     /// followed by a wake; beyond them, a stop for good.
     fn restart(&mut self, reason: String) {
-        if self.policy().may_restart(Instant::now()) {
+        if let Some(grace) = self.backend.reboots()
+            && self.policy().may_restart(Instant::now())
+        {
+            self.rebooting = Some(grace);
+            self.core.start_wake(
+                Cause::Restart,
+                format!("rebooting: {reason}"),
+                Cause::Health.into(),
+            );
+        } else if self.policy().may_restart(Instant::now()) {
             self.core.wake_request = Some(Request {
                 cause: Cause::Restart,
                 reason: format!("restarting: {reason}"),
@@ -583,6 +611,7 @@ impl Actor {
 
     /// Awake: hand out tickets, count use, apply the rules, and stop when they say so.
     async fn awake(&mut self) -> Flow {
+        self.next_poll = None;
         loop {
             if let Some(reason) = self.core.restart_request.take() {
                 self.restart(reason);
@@ -609,8 +638,12 @@ impl Actor {
             let runtime_end = policy.runtime_end();
             let runtime_warning = policy.runtime_warning_at();
             let player_check = policy.player_check_at;
+            let poll = self.next_poll(State::Awake);
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
+                () = sleep_until(poll) => if let Some(flow) = self.poll_awake().await {
+                    return flow;
+                },
                 command = self.core.commands.recv() => match command {
                     Some(command) => self.core.handle(command),
                     None => return Flow::Exit,

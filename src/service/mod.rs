@@ -16,6 +16,7 @@ mod core;
 #[cfg(test)]
 mod fake;
 mod gate;
+mod outside;
 pub mod policy;
 mod registry;
 #[cfg(test)]

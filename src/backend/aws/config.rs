@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use crate::config::de::{duration, read};
+use crate::config::de::{duration, optional_duration, read};
 use crate::config::diag::Problems;
 
 // ---------------------------------------------------------------------------------------------
@@ -43,8 +43,24 @@ pub struct Ec2 {
     pub address: Address,
     /// How long a stop may take before it counts as failed.
     pub stop_timeout: Duration,
+    /// How a health check's restart is done.
+    pub restart: Restart,
+    /// After a reboot, how long the server may take to go down before readiness is awaited.
+    pub reboot_grace: Duration,
+    pub state_poll: crate::backend::StatePoll,
     pub api: Api,
     pub dns: Option<Dns>,
+}
+
+/// How an EC2 instance is restarted when a health check asks for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    /// StopInstances then StartInstances: a new host, and a new public IP.
+    #[default]
+    StopStart,
+    /// RebootInstances: the same host and addresses, faster.
+    Reboot,
 }
 
 /// Which instance: by id, or the one instance whose tags all match.
@@ -73,6 +89,7 @@ pub struct Ecs {
     pub mode: EcsMode,
     pub address: Address,
     pub stop_timeout: Duration,
+    pub state_poll: crate::backend::StatePoll,
     pub api: Api,
     pub dns: Option<Dns>,
 }
@@ -141,6 +158,14 @@ pub(crate) struct Ec2Config {
     endpoint_url: Option<Spanned<String>>,
     #[serde(default = "default_stop_timeout", deserialize_with = "duration")]
     stop_timeout: Duration,
+    #[serde(default)]
+    restart: Restart,
+    #[serde(default = "default_reboot_grace", deserialize_with = "duration")]
+    reboot_grace: Duration,
+    #[serde(default = "default_state_poll", deserialize_with = "duration")]
+    state_poll: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    state_poll_asleep: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +190,10 @@ pub(crate) struct EcsConfig {
     endpoint_url: Option<Spanned<String>>,
     #[serde(default = "default_stop_timeout", deserialize_with = "duration")]
     stop_timeout: Duration,
+    #[serde(default = "default_state_poll", deserialize_with = "duration")]
+    state_poll: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    state_poll_asleep: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +211,22 @@ struct DnsConfig {
 
 fn default_stop_timeout() -> Duration {
     Duration::from_secs(600)
+}
+/// An instance rebooted goes down within seconds; a minute covers a slow shutdown.
+fn default_reboot_grace() -> Duration {
+    Duration::from_secs(60)
+}
+/// A console change is noticed within a minute; Describe calls are free.
+fn default_state_poll() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `state_poll` ("0s" turns it off) and `state_poll_asleep` (off unless set).
+fn state_poll(awake: Duration, asleep: Option<Duration>) -> crate::backend::StatePoll {
+    crate::backend::StatePoll {
+        awake: (!awake.is_zero()).then_some(awake),
+        asleep: asleep.filter(|d| !d.is_zero()),
+    }
 }
 fn default_ttl() -> Spanned<i64> {
     Spanned::new(0..0, 60)
@@ -242,6 +287,9 @@ pub(crate) fn read_ec2(
         hibernate: c.hibernate,
         address: address?,
         stop_timeout: c.stop_timeout,
+        restart: c.restart,
+        reboot_grace: c.reboot_grace,
+        state_poll: state_poll(c.state_poll, c.state_poll_asleep),
         api: api?,
         dns: match dns {
             None => None,
@@ -342,6 +390,7 @@ pub(crate) fn read_ecs(
         mode: mode?,
         address: address?,
         stop_timeout: c.stop_timeout,
+        state_poll: state_poll(c.state_poll, c.state_poll_asleep),
         api: api?,
         dns: match dns {
             None => None,

@@ -14,10 +14,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::config::{Address, DnsValue, Ec2, Ec2Target};
+use super::config::{Address, DnsValue, Ec2, Ec2Target, Restart};
 use super::dns::Record;
 use super::sdk;
-use crate::backend::{Backend, BackendError, Note, Notes, Status};
+use crate::backend::{Backend, BackendError, Note, Notes, StatePoll, Status};
 use crate::event::Kind;
 
 pub struct Ec2Backend {
@@ -308,6 +308,42 @@ impl Backend for Ec2Backend {
         if let Some(dns) = &mut self.dns {
             dns.remove(&self.notes).await;
         }
+        Ok(())
+    }
+
+    fn state_poll(&self) -> StatePoll {
+        self.config.state_poll
+    }
+
+    fn reboots(&self) -> Option<Duration> {
+        (self.config.restart == Restart::Reboot).then_some(self.config.reboot_grace)
+    }
+
+    async fn reboot(&mut self) -> Result<(), BackendError> {
+        let found = self.find().await?;
+        if found.state != InstanceStateName::Running {
+            // Not running: a reboot would do nothing; a start is what it needs.
+            return self.start().await;
+        }
+        let id = found.id.clone();
+        self.client()
+            .await
+            .reboot_instances()
+            .instance_ids(&id)
+            .send()
+            .await
+            .map_err(|e| {
+                BackendError::Other(format!(
+                    "cannot reboot instance {id}: {}; check ec2:RebootInstances (see `wakegate iam-policy`)",
+                    sdk::describe(&e)
+                ))
+            })?;
+        info!(service = %self.service, instance = %id, "Instance asked to reboot.");
+        self.note(
+            Kind::Progress,
+            format!("instance {id} is rebooting"),
+            json!({ "instance": id, "step": "rebooting" }),
+        );
         Ok(())
     }
 

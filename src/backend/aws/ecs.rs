@@ -19,7 +19,7 @@ use tracing::info;
 use super::config::{Address, DnsValue, Ecs, EcsMode, RunTask};
 use super::dns::Record;
 use super::sdk;
-use crate::backend::{Backend, BackendError, Note, Notes, Status};
+use crate::backend::{Backend, BackendError, Note, Notes, StatePoll, Status};
 use crate::event::Kind;
 use crate::store::Store;
 
@@ -464,6 +464,10 @@ impl Backend for EcsBackend {
             dns.remove(&self.notes).await;
         }
         Ok(())
+    }
+
+    fn state_poll(&self) -> StatePoll {
+        self.config.state_poll
     }
 
     fn notes(&mut self) -> Option<mpsc::UnboundedReceiver<Note>> {

@@ -25,7 +25,11 @@ pub fn policy(services: &[Service]) -> Option<Value> {
             Backend::Ec2(ec2) => {
                 describe_instances = true;
                 let region = region(&ec2.api.region);
-                let actions = json!(["ec2:StartInstances", "ec2:StopInstances"]);
+                let mut actions = vec!["ec2:StartInstances", "ec2:StopInstances"];
+                if ec2.restart == crate::backend::aws::config::Restart::Reboot {
+                    actions.push("ec2:RebootInstances");
+                }
+                let actions = json!(actions);
                 statements.push(match &ec2.target {
                     Ec2Target::Id(id) => json!({
                         "Sid": format!("{sid}StartStop"),
