@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::config;
+use super::agent::AgentLink;
 use super::core::{Core, Outcome, Request, sleep_until};
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Players, Policy, Rules, backoff, round};
@@ -56,6 +57,8 @@ pub fn spawn(
         leases: store.active_leases(&service.name).unwrap_or_default(),
         players: None,
         expected_boot: median(&boots).map(Duration::from_millis),
+        agent: None,
+        pre_stop: None,
     };
     let (status_tx, status) = watch::channel(initial);
     let (reconciled_tx, reconciled) = watch::channel(false);
@@ -90,6 +93,7 @@ pub fn spawn(
             sleep_request: None,
             restart_request: None,
             policy: Policy::new(Rules::of(service), Instant::now()),
+            agent: AgentLink::new(service.agent.clone()),
         },
         cancel,
         adopting: false,
@@ -252,6 +256,7 @@ impl Actor {
     async fn resting(&mut self) -> Flow {
         loop {
             self.core.expire_leases();
+            self.core.check_agent();
             // Clients that arrived while the backend was busy (stopping, or being asked for
             // its status at start-up), and wakes asked for meanwhile, wake it now.
             self.core.waiters.retain(|w| !w.reply.is_closed());
@@ -291,8 +296,10 @@ impl Actor {
             let stop_retry = policy.stop_retry.map(|b| b.at);
             let wake_retry = policy.wake_retry.map(|b| b.at);
             let schedule_change = policy.schedule_change(now);
+            let agent_check = self.core.agent_check_at(now.wall);
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
+                () = sleep_until(agent_check) => {}
                 () = sleep_until(stop_retry) => {
                     self.core.transition(State::Stopping, "retrying the stop that failed".into(), Cause::Retry);
                     return Flow::Continue;
@@ -486,9 +493,12 @@ impl Actor {
     /// Follows the number of open connections: the idle countdown starts (again) whenever it
     /// falls to zero, and stops while a connection is open.
     fn track_idle(&mut self) {
-        // Players the backend reports count too: some may have joined without wakegate.
+        // Players the backend reports count too: some may have joined without wakegate. So do
+        // the figures of the service's agent, while its last report holds.
         let players = self.core.status.borrow().players.unwrap_or(0);
-        let unused = self.core.shared.connections.load(Ordering::Acquire) == 0 && players == 0;
+        let unused = self.core.shared.connections.load(Ordering::Acquire) == 0
+            && players == 0
+            && !self.core.agent_active();
         let idle_since = self.core.policy.track_idle(unused, Now::read());
         self.core
             .status
@@ -506,7 +516,10 @@ impl Actor {
     /// A min_players check: a warning event, or the reason to stop.
     fn check_players(&mut self) -> Option<String> {
         let connections = self.core.shared.connections.load(Ordering::Acquire) as u32;
-        let players = self.core.status.borrow().players.unwrap_or(connections);
+        let polled = self.core.status.borrow().players;
+        let players = polled
+            .or_else(|| self.core.agent_players())
+            .unwrap_or(connections);
         match self.policy().check_players(players, Instant::now()) {
             Players::Enough => None,
             Players::Stop(reason) => Some(reason),
@@ -593,6 +606,7 @@ impl Actor {
                 return Flow::Continue;
             }
             self.core.expire_leases();
+            self.core.check_agent();
             self.track_idle();
             let now = Now::read();
             let stop_at = self.core.policy.stop_at(self.core.leased_until(), now);
@@ -609,8 +623,11 @@ impl Actor {
             let runtime_end = policy.runtime_end();
             let runtime_warning = policy.runtime_warning_at();
             let player_check = policy.player_check_at;
+            let agent_check = self.core.agent_check_at(now.wall);
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
+                // The agent's last report runs out: its figures no longer count.
+                () = sleep_until(agent_check) => {}
                 command = self.core.commands.recv() => match command {
                     Some(command) => self.core.handle(command),
                     None => return Flow::Exit,
@@ -659,6 +676,10 @@ impl Actor {
 
     /// Stopping: stop the backend; clients that arrive meanwhile wake it again afterwards.
     async fn stopping(&mut self) -> Flow {
+        // The agent's pre-stop command (a world save) first, if it has one.
+        if !self.core.pre_stop(&self.cancel).await {
+            return Flow::Exit;
+        }
         let started = Instant::now();
         let result = match self
             .core
