@@ -646,7 +646,12 @@ fn render_agents<S: Source>(out: &mut String, services: &[S]) {
                 continue;
             }
             if name == "wakegate_agent_last_report_timestamp_seconds" {
-                let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", s.name(), v as f64 / 1000.0);
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\"}} {}",
+                    s.name(),
+                    v as f64 / 1000.0
+                );
             } else {
                 let _ = writeln!(out, "{name}{{service=\"{}\"}} {v}", s.name());
             }

@@ -210,15 +210,24 @@ async fn connections_straight_to_the_server_keep_it_awake_and_it_sleeps_once_the
     gateway.wake("mc");
     let awake = events.until_state("awake").await;
     let awake_at = seconds(&awake.last().unwrap()["time"]);
-    assert_eq!(gateway.service("mc")["connections"], 0, "nothing goes through wakegate");
+    assert_eq!(
+        gateway.service("mc")["connections"],
+        0,
+        "nothing goes through wakegate"
+    );
 
     // Twice the idle timeout passes while the agent reports them (the gateway sees its reports
     // arrive); the service stays awake, with no idle countdown.
-    let view = wait_view(&gateway, "mc", "a report 2 × idle_timeout after the wake", |v| {
-        v["agent"]["last_report"]
-            .as_str()
-            .is_some_and(|_| seconds(&v["agent"]["last_report"]) >= awake_at + 2.0 * idle)
-    });
+    let view = wait_view(
+        &gateway,
+        "mc",
+        "a report 2 × idle_timeout after the wake",
+        |v| {
+            v["agent"]["last_report"]
+                .as_str()
+                .is_some_and(|_| seconds(&v["agent"]["last_report"]) >= awake_at + 2.0 * idle)
+        },
+    );
     assert_eq!(view["state"], "awake", "{view:#}");
     assert_eq!(view["idle_since"], Value::Null, "{view:#}");
     let agent = &view["agent"];
@@ -237,8 +246,14 @@ async fn connections_straight_to_the_server_keep_it_awake_and_it_sleeps_once_the
     assert!(text.contains("agent on test-host: 3 connections"), "{text}");
     let (code, metrics) = http(gateway.api(), "GET", "/metrics", "").unwrap();
     assert_eq!(code, 200);
-    assert!(metrics.contains("wakegate_agent_connections{service=\"mc\"} 3"), "{metrics}");
-    assert!(metrics.contains("wakegate_agent_active{service=\"mc\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("wakegate_agent_connections{service=\"mc\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wakegate_agent_active{service=\"mc\"} 1"),
+        "{metrics}"
+    );
     promtool_check(&metrics);
 
     // The players leave; the agent reports it, and the idle timeout runs from there.
@@ -271,11 +286,7 @@ async fn the_dead_mans_switch_runs_the_shutdown_command_after_dead_man_and_not_b
     let mut events = gateway.event_stream("mc", DEADLINE).await;
     let record = dir.join("shutdown.record");
     let script = dir.join("shutdown.sh");
-    std::fs::write(
-        &script,
-        format!("date +%s.%N >> '{}'\n", record.display()),
-    )
-    .unwrap();
+    std::fs::write(&script, format!("date +%s.%N >> '{}'\n", record.display())).unwrap();
     let dead_man = 3.0;
     let mut agent = Agent::start(
         &dir,
@@ -294,7 +305,10 @@ async fn the_dead_mans_switch_runs_the_shutdown_command_after_dead_man_and_not_b
     events
         .until("the agent's first report", |e| e["kind"] == "agent")
         .await;
-    assert!(!record.exists(), "the shutdown command ran while the gateway answered");
+    assert!(
+        !record.exists(),
+        "the shutdown command ran while the gateway answered"
+    );
 
     let killed_at = now_seconds();
     gateway.kill();
@@ -317,14 +331,22 @@ async fn the_dead_mans_switch_runs_the_shutdown_command_after_dead_man_and_not_b
         after >= dead_man,
         "the shutdown command ran {after:.2}s after the gateway died, before dead_man ({dead_man}s)"
     );
-    assert!(after < dead_man + 3.0, "it ran {after:.2}s after, much later than dead_man");
+    assert!(
+        after < dead_man + 3.0,
+        "it ran {after:.2}s after, much later than dead_man"
+    );
     let why = agent.wait_for("running the shutdown command");
     assert!(why.contains("has not answered for dead_man"), "{why}");
     agent.wait_for("Cannot reach the gateway");
 }
 
 /// A gateway with tokens, and services `mc` and `other` whose stop hook writes to `order`.
-fn gateway_with_tokens(dir: &Path, backend: SocketAddr, order: &Path, pre_stop_timeout: &str) -> PathBuf {
+fn gateway_with_tokens(
+    dir: &Path,
+    backend: SocketAddr,
+    order: &Path,
+    pre_stop_timeout: &str,
+) -> PathBuf {
     let stop = format!("echo stop >> '{}'", order.display());
     gateway(dir)
         .gateway_raw(&format!(
@@ -347,7 +369,12 @@ fn gateway_with_tokens(dir: &Path, backend: SocketAddr, order: &Path, pre_stop_t
 async fn a_token_for_another_service_is_refused() {
     let dir = temp_dir("agent-refused");
     let backend = TcpListener::bind("127.0.0.1:0").unwrap();
-    let file = gateway_with_tokens(&dir, backend.local_addr().unwrap(), &dir.join("order"), "5s");
+    let file = gateway_with_tokens(
+        &dir,
+        backend.local_addr().unwrap(),
+        &dir.join("order"),
+        "5s",
+    );
     let gateway = Wakegate::start(&file);
     let api = gateway.api();
     let report = r#"{"host": "h", "connections": 1, "valid_for": "3s"}"#;
@@ -366,16 +393,24 @@ async fn a_token_for_another_service_is_refused() {
     // Nothing else either: an agent's token only reports.
     let (status, answer) = post(api, "/api/v1/services/mc/wake", AGENT_MC, "");
     assert_eq!(status, 403, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("has the agent role"), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("has the agent role"),
+        "{answer}"
+    );
     // And a read token may not report.
-    let (status, _) = post(api, "/api/v1/services/mc/report", "not-a-token-0123456789", report);
+    let (status, _) = post(
+        api,
+        "/api/v1/services/mc/report",
+        "not-a-token-0123456789",
+        report,
+    );
     assert_eq!(status, 401);
 
     // A real agent of `other` given mc's token says why in its log, and is not counted.
-    let mut agent = Agent::start(
-        &dir,
-        &agent_toml(api, "other", AGENT_MC, "ports = [1]"),
-    );
+    let mut agent = Agent::start(&dir, &agent_toml(api, "other", AGENT_MC, "ports = [1]"));
     let refused = agent.wait_for("The gateway refused the report.");
     assert!(refused.contains("403"), "{refused}");
     assert!(refused.contains("may report only for `mc`"), "{refused}");
@@ -430,7 +465,10 @@ async fn the_pre_stop_command_runs_before_the_stop_hook() {
         .find(|e| e["kind"] == "agent" && e["detail"]["ok"] == true)
         .unwrap_or_else(|| panic!("no pre-stop result; saw {seen:#?}"));
     assert_eq!(done["detail"]["exit"], "exit code 0");
-    assert!(done["detail"]["duration_ms"].as_u64().unwrap() >= 500, "{done:#}");
+    assert!(
+        done["detail"]["duration_ms"].as_u64().unwrap() >= 500,
+        "{done:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,7 +481,12 @@ async fn a_pre_stop_that_hangs_holds_the_stop_only_until_pre_stop_timeout() {
     let mut events = events_as(&gateway, "mc", OPERATE).await;
     let _agent = Agent::start(
         &dir,
-        &agent_toml(gateway.api(), "mc", AGENT_MC, "ports = [1]\npre_stop = \"sleep 30\""),
+        &agent_toml(
+            gateway.api(),
+            "mc",
+            AGENT_MC,
+            "ports = [1]\npre_stop = \"sleep 30\"",
+        ),
     );
     events
         .until("the agent's first report", |e| e["kind"] == "agent")
@@ -457,14 +500,16 @@ async fn a_pre_stop_that_hangs_holds_the_stop_only_until_pre_stop_timeout() {
         .find(|e| e["kind"] == "warning")
         .unwrap_or_else(|| panic!("no warning; saw {seen:#?}"));
     assert!(
-        warning["reason"]
-            .as_str()
-            .unwrap()
-            .contains("did not finish its pre-stop command within pre_stop_timeout (1s); stopping anyway"),
+        warning["reason"].as_str().unwrap().contains(
+            "did not finish its pre-stop command within pre_stop_timeout (1s); stopping anyway"
+        ),
         "{warning:#}"
     );
     let stopping = seen.iter().find(|e| e["state"] == "stopping").unwrap();
     let waited = seconds(&warning["time"]) - seconds(&stopping["time"]);
-    assert!((1.0..4.0).contains(&waited), "waited {waited:.2}s for a 1s pre_stop_timeout");
+    assert!(
+        (1.0..4.0).contains(&waited),
+        "waited {waited:.2}s for a 1s pre_stop_timeout"
+    );
     assert_eq!(std::fs::read_to_string(&order).unwrap(), "stop\n");
 }

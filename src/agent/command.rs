@@ -124,9 +124,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_that_hangs_is_killed_with_its_children() {
-        let ran = run("sleep 30 & sleep 30; echo never", Duration::from_millis(200))
-            .await
-            .unwrap();
+        let ran = run(
+            "sleep 30 & sleep 30; echo never",
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
         assert!(!ran.ok);
         assert_eq!(ran.exit, "killed after the timeout (200ms)");
         assert!(ran.took < Duration::from_secs(10));

@@ -122,9 +122,15 @@ struct AgentConfig {
     token: Spanned<String>,
     ca_file: Option<Spanned<PathBuf>>,
     host: Option<String>,
-    #[serde(default = "default_report_interval", deserialize_with = "spanned_duration")]
+    #[serde(
+        default = "default_report_interval",
+        deserialize_with = "spanned_duration"
+    )]
     report_interval: Spanned<Duration>,
-    #[serde(default = "default_check_interval", deserialize_with = "spanned_duration")]
+    #[serde(
+        default = "default_check_interval",
+        deserialize_with = "spanned_duration"
+    )]
     check_interval: Spanned<Duration>,
     #[serde(default)]
     ports: Vec<u16>,
@@ -183,7 +189,10 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Agent> {
         }
     };
     let span = root.span();
-    let c: AgentConfig = read(Spanned::new(span, DeValue::Table(root.into_inner())), problems)?;
+    let c: AgentConfig = read(
+        Spanned::new(span, DeValue::Table(root.into_inner())),
+        problems,
+    )?;
     let mut ok = true;
 
     let gateway = c.gateway.get_ref().trim_end_matches('/').to_string();

@@ -138,7 +138,9 @@ mod tests {
         assert!(!figures.active());
         assert_eq!(
             figures.problems,
-            ["count_command: it printed `lots`, not a number; make it print only a count, e.g. `… | wc -l`"]
+            [
+                "count_command: it printed `lots`, not a number; make it print only a count, e.g. `… | wc -l`"
+            ]
         );
     }
 }

@@ -96,9 +96,10 @@ pub async fn run(agent: Agent, stop: impl Future<Output = ()>) -> anyhow::Result
     let mut tried_at: Option<Instant> = None;
     tokio::pin!(stop);
     loop {
-        let due = agent.shutdown_command.as_ref().and_then(|_| {
-            switch.due(reach.borrow().failing_since, idle_since, tried_at)
-        });
+        let due = agent
+            .shutdown_command
+            .as_ref()
+            .and_then(|_| switch.due(reach.borrow().failing_since, idle_since, tried_at));
         tokio::select! {
             () = &mut stop => break,
             _ = tick.tick() => {
@@ -146,7 +147,9 @@ pub async fn run(agent: Agent, stop: impl Future<Output = ()>) -> anyhow::Result
     let farewell = link.report(&last);
     match tokio::time::timeout(FAREWELL_TIMEOUT, farewell).await {
         Ok(Ok(_)) => info!("Told the gateway the agent stops."),
-        _ => info!("Could not tell the gateway the agent stops; its last report expires by itself."),
+        _ => {
+            info!("Could not tell the gateway the agent stops; its last report expires by itself.")
+        }
     }
     tracker.close();
     tracker.wait().await;
@@ -185,8 +188,12 @@ async fn shut_down(agent: &Agent, command: &str, idle_since: Option<Instant>) {
     );
     match command::run(command, SHUTDOWN_TIMEOUT).await {
         Ok(ran) if ran.ok => info!(output = %ran.tail(5), "The shutdown command finished."),
-        Ok(ran) => error!(exit = %ran.exit, output = %ran.tail(5), "The shutdown command failed; trying again after dead_man."),
-        Err(e) => error!(error = %e, "Cannot run the shutdown command; trying again after dead_man."),
+        Ok(ran) => {
+            error!(exit = %ran.exit, output = %ran.tail(5), "The shutdown command failed; trying again after dead_man.")
+        }
+        Err(e) => {
+            error!(error = %e, "Cannot run the shutdown command; trying again after dead_man.")
+        }
     }
 }
 
@@ -249,8 +256,8 @@ async fn run_pre_stops(
             continue;
         }
         last = Some(request.id);
-        let timeout = humantime::parse_duration(&request.timeout)
-            .unwrap_or(Duration::from_secs(60));
+        let timeout =
+            humantime::parse_duration(&request.timeout).unwrap_or(Duration::from_secs(60));
         let result = match &command {
             Some(command) => {
                 info!(id = request.id, command = %command, "The gateway stops the service: running the pre-stop command.");
@@ -277,7 +284,11 @@ async fn run_pre_stops(
             },
         };
         if result.ok {
-            info!(id = request.id, took_ms = result.duration_ms, "The pre-stop command finished.");
+            info!(
+                id = request.id,
+                took_ms = result.duration_ms,
+                "The pre-stop command finished."
+            );
         } else {
             warn!(id = request.id, exit = %result.exit, output = %result.output, "The pre-stop command failed.");
         }

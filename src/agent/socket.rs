@@ -42,8 +42,8 @@ pub fn established(ports: &[u16]) -> Result<u32, String> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.ends_with('6') => continue,
             Err(e) => return Err(format!("cannot read {path}: {e}")),
         };
-        total += count_in(std::io::BufReader::new(file), ports)
-            .map_err(|e| format!("{path}: {e}"))?;
+        total +=
+            count_in(std::io::BufReader::new(file), ports).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(total)
 }

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use super::config;
 use super::agent::AgentLink;
+use super::config;
 use super::core::{Core, Outcome, Request, sleep_until};
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Players, Policy, Rules, backoff, round};

@@ -12,6 +12,7 @@
 
 mod actor;
 mod agent;
+mod agent_link;
 pub mod config;
 mod core;
 #[cfg(test)]
