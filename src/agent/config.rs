@@ -383,6 +383,19 @@ mod tests {
     }
 
     #[test]
+    fn the_deployed_example_is_valid() {
+        let text = include_str!("../../deploy/agent.toml")
+            .replace("${WAKEGATE_AGENT_TOKEN}", "agent-secret-0123456789");
+        let agent = parse(&text, "deploy/agent.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(agent.ports, [25565]);
+        assert_eq!(
+            agent.shutdown_command.as_deref(),
+            Some("systemctl poweroff")
+        );
+        assert!(agent.pre_stop.is_some() && agent.minecraft.is_some());
+    }
+
+    #[test]
     fn mistakes_are_reported_together() {
         let found = problems(
             "gateway = \"http://gate.example.com\"\nservice = \"Survival\"\ntoken = \"${WAKEGATE_TEST_UNSET_TOKEN}\"\nreport_interval = \"10s\"\ncheck_interval = \"20s\"\ndead_man = \"5s\"\n",

@@ -173,3 +173,108 @@ impl Link {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::*;
+
+    const TLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls");
+
+    /// A TLS server with the test certificate for `localhost`, answering one request with
+    /// `answer` as JSON; returns the request it read.
+    async fn serve_once(listener: &tokio::net::TcpListener, answer: &str) -> Option<String> {
+        let cert = CertificateDer::from_pem_file(format!("{TLS}/server.pem")).unwrap();
+        let key = PrivateKeyDer::from_pem_file(format!("{TLS}/server.key")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+            .accept(tcp)
+            .await
+            .ok()?;
+        let mut request = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&request).contains("\"valid_for\"") {
+            let n = tls.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            request.extend_from_slice(&chunk[..n]);
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        tls.write_all(response.as_bytes()).await.unwrap();
+        tls.shutdown().await.unwrap();
+        Some(String::from_utf8_lossy(&request).into_owned())
+    }
+
+    fn agent(port: u16, ca_file: Option<&str>) -> Agent {
+        let ca = ca_file.map_or(String::new(), |f| format!("ca_file = \"{TLS}/{f}\"\n"));
+        super::super::config::parse(
+            &format!(
+                "gateway = \"https://localhost:{port}\"\nservice = \"mc\"\ntoken = \"agent-secret\"\nports = [1]\n{ca}"
+            ),
+            "agent.toml",
+        )
+        .unwrap()
+    }
+
+    fn report() -> Report {
+        Report {
+            host: "mc-1".into(),
+            connections: Some(2),
+            players: None,
+            count: None,
+            valid_for: "3s".into(),
+            pre_stop: true,
+            leaving: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_go_over_https_to_a_gateway_signed_by_the_ca_file() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let answer =
+            r#"{"valid_until":"2030-01-01T00:00:00.000Z","pre_stop":{"id":7,"timeout":"1m"}}"#;
+
+        // The public roots do not know the test CA: refused, and the gateway counts as gone.
+        let public = Link::new(&agent(port, None)).unwrap();
+        let reach = public.reach();
+        let report = report();
+        let (refused, error) = tokio::join!(serve_once(&listener, answer), public.report(&report));
+        assert!(refused.is_none());
+        let error = error.unwrap_err().to_string();
+        assert!(error.starts_with("TLS with localhost failed"), "{error}");
+        assert!(reach.borrow().failing_since.is_some());
+
+        // With the CA of its certificate, the report goes through with the token.
+        let private = Link::new(&agent(port, Some("ca.pem"))).unwrap();
+        let (request, answer) =
+            tokio::join!(serve_once(&listener, answer), private.report(&report));
+        let request = request.unwrap();
+        assert!(
+            request.starts_with("POST /api/v1/services/mc/report HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("authorization: Bearer agent-secret"),
+            "{request}"
+        );
+        let answer = answer.unwrap();
+        assert_eq!(answer.pre_stop.unwrap().id, 7);
+        assert!(private.reach().borrow().failing_since.is_none());
+    }
+}
