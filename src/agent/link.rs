@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::config::{Agent, read_roots};
-use super::wire::{PreStopResult, Report, ReportAnswer, WaitAnswer};
+use super::wire::{PreStopResult, Report, ReportAnswer, WaitAnswer, WaitRequest};
 use crate::config::de::Secret;
 use crate::notify::http::{Client, Endpoint};
 
@@ -86,10 +86,10 @@ impl Link {
         self.post(&self.quick, &path, report).await
     }
 
-    /// Waits (up to the gateway's hold) for a pre-stop request.
-    pub async fn wait(&self) -> Result<WaitAnswer, LinkError> {
+    /// Waits (up to the gateway's hold) for a pre-stop request other than `seen`.
+    pub async fn wait(&self, seen: Option<u64>) -> Result<WaitAnswer, LinkError> {
         let path = format!("/api/v1/services/{}/agent/wait", self.service);
-        self.post(&self.held, &path, &serde_json::json!({})).await
+        self.post(&self.held, &path, &WaitRequest { seen }).await
     }
 
     /// Tells the gateway how the pre-stop command `id` ended.

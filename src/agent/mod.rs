@@ -205,20 +205,20 @@ async fn wait_for_requests(
     cancel: CancellationToken,
 ) {
     let mut pause = Duration::from_secs(1);
+    let mut seen = None;
     loop {
         let answer = tokio::select! {
             () = cancel.cancelled() => return,
-            answer = link.wait() => answer,
+            answer = link.wait(seen) => answer,
         };
         let rest = match answer {
             Ok(answer) => {
                 pause = Duration::from_secs(1);
                 if let Some(request) = answer.pre_stop {
+                    seen = Some(request.id);
                     let _ = requests.send(request).await;
                 }
-                // The gateway answers a pending request at once: give the command a moment
-                // to start before asking again.
-                Duration::from_millis(100)
+                Duration::ZERO
             }
             Err(e) => {
                 refused(&e);

@@ -59,8 +59,15 @@ pub struct ReportAnswer {
     pub pre_stop: Option<PreStopRequest>,
 }
 
-/// The answer to `POST /api/v1/services/{name}/agent/wait`: a pre-stop as soon as one is
-/// asked for, or none after the hold.
+/// `POST /api/v1/services/{name}/agent/wait`: the agent waits for a pre-stop other than the
+/// one it already has (`seen`), so a pre-stop under way is not handed out again and again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitRequest {
+    #[serde(default)]
+    pub seen: Option<u64>,
+}
+
+/// The answer to a wait: a pre-stop as soon as one is asked for, or none after the hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WaitAnswer {
     #[serde(default)]

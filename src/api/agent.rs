@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::{Api, ApiError};
-use crate::agent::wire::{PreStopResult, Report, ReportAnswer, WaitAnswer};
+use crate::agent::wire::{PreStopResult, Report, ReportAnswer, WaitAnswer, WaitRequest};
 use crate::event::format_time;
 
 /// How long a wait is held before it is answered with nothing (below the usual idle timeout
@@ -65,15 +65,17 @@ pub(super) async fn report(
 }
 
 /// `POST /api/v1/services/{name}/agent/wait`: answered as soon as a stop waits for the
-/// agent's pre-stop command, or with none after [`WAIT_HOLD`].
+/// agent's pre-stop command (one it has not `seen`), or with none after [`WAIT_HOLD`].
 pub(super) async fn wait(
     State(api): State<Api>,
     Path(name): Path<String>,
+    body: Result<Json<WaitRequest>, JsonRejection>,
 ) -> Result<Json<WaitAnswer>, ApiError> {
     let mut status = api.service(&name)?.watch();
+    let Json(WaitRequest { seen }) = body.map_err(|e| bad_json(e, r#"{"seen": null}"#))?;
     let asked = tokio::time::timeout(WAIT_HOLD, async {
         status
-            .wait_for(|s| s.pre_stop.is_some())
+            .wait_for(|s| s.pre_stop.as_ref().is_some_and(|p| Some(p.id) != seen))
             .await
             .map(|s| s.pre_stop.clone())
     })

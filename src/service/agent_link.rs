@@ -22,7 +22,8 @@ impl Core {
     pub(super) fn agent_report(&mut self, report: Report, valid_for: Duration) -> ReportAck {
         let now = SystemTime::now();
         let valid_for = valid_for.min(self.agent.rules.max_valid_for);
-        let mut host = report.host.clone();
+        // It goes into events and logs: one short line.
+        let mut host: String = report.host.chars().filter(|c| !c.is_control()).collect();
         host.truncate(host.floor_char_boundary(MAX_HOST));
         let agent = AgentStatus {
             host,
