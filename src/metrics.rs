@@ -593,6 +593,14 @@ impl AgentMetrics {
     }
 }
 
+/// A metric of the agents: name, type, help, and how to read it (at a time in ms).
+type AgentFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&AgentMetrics, u64) -> u64,
+);
+
 /// The agents' metrics, for the services whose agent has reported since wakegate started.
 fn render_agents<S: Source>(out: &mut String, services: &[S]) {
     let reporting: Vec<&S> = services
@@ -600,7 +608,7 @@ fn render_agents<S: Source>(out: &mut String, services: &[S]) {
         .filter(|s| s.metrics().agent.reports.load(Ordering::Relaxed) > 0)
         .collect();
     let now = epoch_ms(std::time::SystemTime::now());
-    let families: [(&str, &str, &str, fn(&AgentMetrics, u64) -> u64); 6] = [
+    let families: [AgentFamily; 6] = [
         (
             "wakegate_agent_reports_total",
             "counter",

@@ -71,7 +71,7 @@ impl Core {
             Some(reason) => self.change(|s| s.agent = Some(set), Kind::Agent, reason, fact.into()),
             None => {
                 self.status
-                    .send_if_modified(|s| std::mem::replace(&mut s.agent, Some(set)) != s.agent);
+                    .send_if_modified(|s| s.agent.replace(set) != s.agent);
             }
         }
         ReportAck {
