@@ -1,6 +1,8 @@
 //! One measurement of the host's activity: established connections on the watched ports,
 //! Minecraft players from a status ping of the local server, and the count a command prints.
-//! A figure that cannot be measured is left out (and said why), never taken as zero.
+//! A figure that cannot be measured is reported as unknown (and said why), not as zero; for
+//! the agent's own idle time it counts as no activity (a server that does not answer its
+//! status ping has nobody on it).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -120,6 +122,41 @@ mod tests {
         agent.ports = ports;
         agent.count_command = Some(count_command.to_string());
         agent
+    }
+
+    #[tokio::test]
+    async fn players_come_from_a_status_ping_of_the_server() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = server.local_addr().unwrap();
+        let json = r#"{"players":{"max":20,"online":2}}"#;
+        let answer = crate::minecraft::Clientbound::StatusResponse { json }
+            .encode(crate::minecraft::Protocol(765))
+            .unwrap();
+        let serve = async {
+            let (mut socket, _) = server.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = socket.read(&mut request).await.unwrap();
+            socket.write_all(&answer).await.unwrap();
+        };
+        let mut agent = agent("echo 0", vec![]);
+        agent.count_command = None;
+        agent.minecraft = Some(address);
+        let ((), figures) = tokio::join!(serve, measure(&agent));
+        assert_eq!(figures.players, Some(2));
+        assert_eq!(figures.describe(), "2 players");
+        assert!(figures.problems.is_empty(), "{:?}", figures.problems);
+
+        // A server that is down has no players: said, and counted as no activity.
+        drop(server);
+        let figures = measure(&agent).await;
+        assert_eq!(figures.players, None);
+        assert!(!figures.active());
+        assert!(
+            figures.problems[0].starts_with(&format!("no player count from {address}: ")),
+            "{:?}",
+            figures.problems
+        );
     }
 
     #[tokio::test]
