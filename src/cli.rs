@@ -118,6 +118,16 @@ enum Command {
         #[arg(long, env = "WAKEGATE_CONFIG", default_value = "wakegate.toml")]
         config: PathBuf,
     },
+    /// Run on the server: report its activity to the gateway, run the pre-stop command the
+    /// gateway asks for, and stop this host when the gateway is gone and nothing is in use.
+    Agent {
+        /// The agent's config file.
+        #[arg(long, env = "WAKEGATE_AGENT_CONFIG", default_value = "agent.toml")]
+        config: PathBuf,
+        /// Measure once, print what was found and exit (nothing is sent): to check the config.
+        #[arg(long)]
+        measure: bool,
+    },
     /// The Discord bot's setup.
     Discord {
         #[command(subcommand)]
@@ -323,6 +333,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 )
             })?;
             println!("{}", serde_json::to_string_pretty(&policy)?);
+        }
+        Command::Agent { config, measure } => {
+            let agent = crate::agent::config::load(&config)?;
+            let runtime = runtime()?;
+            if measure {
+                println!("{}", runtime.block_on(crate::agent::measure_once(&agent)));
+            } else {
+                runtime.block_on(crate::agent::run(agent, async {
+                    if let Err(e) = app::shutdown_signal().await {
+                        tracing::error!(error = %e, "Cannot watch for signals; stopping.");
+                    }
+                }))?;
+            }
         }
         Command::Discord {
             action: DiscordAction::Register { config },

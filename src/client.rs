@@ -197,6 +197,52 @@ struct ServiceRow {
     #[serde(default)]
     awake_seconds_30d: f64,
     cost_saved_30d: Option<f64>,
+    /// The last report of its agent (`wakegate agent` on the server).
+    #[serde(default)]
+    agent: Option<AgentRow>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AgentRow {
+    host: String,
+    last_report: String,
+    connections: Option<u32>,
+    players: Option<u32>,
+    count: Option<u64>,
+    active: bool,
+    state: String,
+}
+
+impl AgentRow {
+    /// "agent on mc-1: 3 connections, 2 players (active), last report 4s ago".
+    fn line(&self) -> String {
+        let mut figures = Vec::new();
+        let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        if let Some(n) = self.connections {
+            figures.push(plural(n.into(), "connection"));
+        }
+        if let Some(n) = self.players {
+            figures.push(plural(n.into(), "player"));
+        }
+        if let Some(n) = self.count {
+            figures.push(format!("count {n}"));
+        }
+        let figures = if figures.is_empty() {
+            "nothing measured".to_string()
+        } else {
+            figures.join(", ")
+        };
+        let how = match self.state.as_str() {
+            "reporting" if self.active => "keeps it awake".to_string(),
+            "reporting" => "idle".to_string(),
+            other => other.to_string(),
+        };
+        format!(
+            "agent on {}: {figures} ({how}), last report {} ago",
+            self.host,
+            ago(&self.last_report).unwrap_or_else(|_| self.last_report.clone())
+        )
+    }
 }
 
 /// `wakegate status [NAME]`.
@@ -248,6 +294,9 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
                 .map(|e| e.lines().next().unwrap_or(""))
                 .unwrap_or("-"),
         );
+        if let Some(agent) = &row.agent {
+            println!("{:<20} {}", "", agent.line());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

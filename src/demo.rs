@@ -85,6 +85,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
             health: Vec::new(),
             always_on: false,
             policy: Default::default(),
+            agent: Default::default(),
         }],
         notify: Vec::new(),
         discord: None,

@@ -3,6 +3,7 @@
 //! traffic once ready, and puts it back to sleep when nobody has used it for a while.
 #![deny(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod backend;

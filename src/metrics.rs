@@ -54,6 +54,8 @@ pub struct Metrics {
     awake_millis: AtomicU64,
     /// Set while the backend runs (waking, awake, stopping). Touched on transitions only.
     running_since: Mutex<Option<Instant>>,
+    /// What the service's agent last reported.
+    pub agent: AgentMetrics,
 }
 
 impl Metrics {
@@ -270,6 +272,7 @@ pub fn render<S: Source>(services: &[S]) -> String {
             let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", s.name(), value(s));
         }
     }
+    render_agents(&mut out, services);
     process(&mut out);
     out
 }
@@ -530,3 +533,136 @@ impl ListenerMetrics {
     }
 }
 // ============================ end of the listeners' block ====================================
+
+// ---- Agent metrics (`wakegate agent` reports, taken by the service's actor) ---------------
+
+/// A figure not reported.
+const NONE: u64 = u64::MAX;
+
+/// The last report of a service's agent, in atomics the actor sets on each report.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    reports: AtomicU64,
+    /// Milliseconds since the epoch; 0 before the first report.
+    last_report_ms: AtomicU64,
+    connections: AtomicU64,
+    players: AtomicU64,
+    count: AtomicU64,
+    /// Until when (ms since the epoch) its figures keep the service awake; 0 when they do not.
+    active_until_ms: AtomicU64,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> AgentMetrics {
+        AgentMetrics {
+            reports: AtomicU64::new(0),
+            last_report_ms: AtomicU64::new(0),
+            connections: AtomicU64::new(NONE),
+            players: AtomicU64::new(NONE),
+            count: AtomicU64::new(NONE),
+            active_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+fn epoch_ms(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl AgentMetrics {
+    /// Counts a report and keeps its figures.
+    pub fn report(
+        &self,
+        at: std::time::SystemTime,
+        connections: Option<u32>,
+        players: Option<u32>,
+        count: Option<u64>,
+        active_until: Option<std::time::SystemTime>,
+    ) {
+        let figure = |v: Option<u64>| v.unwrap_or(NONE);
+        self.connections
+            .store(figure(connections.map(u64::from)), Ordering::Relaxed);
+        self.players
+            .store(figure(players.map(u64::from)), Ordering::Relaxed);
+        self.count.store(figure(count), Ordering::Relaxed);
+        self.active_until_ms
+            .store(active_until.map_or(0, epoch_ms), Ordering::Relaxed);
+        self.last_report_ms.store(epoch_ms(at), Ordering::Relaxed);
+        self.reports.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A metric of the agents: name, type, help, and how to read it (at a time in ms).
+type AgentFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&AgentMetrics, u64) -> u64,
+);
+
+/// The agents' metrics, for the services whose agent has reported since wakegate started.
+fn render_agents<S: Source>(out: &mut String, services: &[S]) {
+    let reporting: Vec<&S> = services
+        .iter()
+        .filter(|s| s.metrics().agent.reports.load(Ordering::Relaxed) > 0)
+        .collect();
+    let now = epoch_ms(std::time::SystemTime::now());
+    let families: [AgentFamily; 6] = [
+        (
+            "wakegate_agent_reports_total",
+            "counter",
+            "Reports of the service's agent since wakegate started.",
+            |a, _| a.reports.load(Ordering::Relaxed),
+        ),
+        (
+            "wakegate_agent_last_report_timestamp_seconds",
+            "gauge",
+            "When the service's agent last reported (seconds since the epoch; milliseconds in the fraction).",
+            |a, _| a.last_report_ms.load(Ordering::Relaxed),
+        ),
+        (
+            "wakegate_agent_active",
+            "gauge",
+            "1 while the agent's last report keeps the service awake.",
+            |a, now| u64::from(a.active_until_ms.load(Ordering::Relaxed) > now),
+        ),
+        (
+            "wakegate_agent_connections",
+            "gauge",
+            "Established connections on the agent's ports, as last reported.",
+            |a, _| a.connections.load(Ordering::Relaxed),
+        ),
+        (
+            "wakegate_agent_players",
+            "gauge",
+            "Minecraft players on the agent's server, as last reported.",
+            |a, _| a.players.load(Ordering::Relaxed),
+        ),
+        (
+            "wakegate_agent_count",
+            "gauge",
+            "What the agent's count_command printed, as last reported.",
+            |a, _| a.count.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        header(out, name, kind, help);
+        for s in &reporting {
+            let v = value(&s.metrics().agent, now);
+            if v == NONE {
+                continue;
+            }
+            if name == "wakegate_agent_last_report_timestamp_seconds" {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\"}} {}",
+                    s.name(),
+                    v as f64 / 1000.0
+                );
+            } else {
+                let _ = writeln!(out, "{name}{{service=\"{}\"}} {v}", s.name());
+            }
+        }
+    }
+}

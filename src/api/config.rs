@@ -18,12 +18,18 @@ pub struct Token {
     /// The templates it may create, destroy and extend services of (with `operate`); `None`:
     /// every template. An `admin` token may use them all.
     pub templates: Option<Vec<String>>,
+    /// For the `agent` role: the services it may report for.
+    pub services: Vec<String>,
 }
 
-/// What a token may do; each role includes the ones before it.
+/// What a token may do; `read`, `operate` and `admin` each include the ones before them.
+/// `agent` stands apart, below them all: it may only report for its own services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Only report activity (and take pre-stop requests) for the token's `services`: the
+    /// token of a `wakegate agent`.
+    Agent,
     /// See services, events and metrics.
     Read,
     /// Also wake, sleep and hold leases.
@@ -40,6 +46,7 @@ pub(crate) struct TokenConfig {
     secret: Spanned<String>,
     role: Role,
     templates: Option<Vec<String>>,
+    services: Option<Spanned<Vec<String>>>,
 }
 
 /// Checks the tokens (`None` for a table that could not be read, already reported) and that an
@@ -54,6 +61,33 @@ pub(crate) fn read_tokens(
     let mut ok = token_configs.iter().all(Option::is_some);
     let mut names = std::collections::HashSet::new();
     for t in token_configs.into_iter().flatten() {
+        let services = match (t.role, t.services) {
+            (Role::Agent, Some(services)) if !services.get_ref().is_empty() => {
+                services.into_inner()
+            }
+            (Role::Agent, services) => {
+                problems.add(
+                    Some(services.map_or(t.name.span(), |s| s.span())),
+                    format!("agent token `{}` names no service", t.name.get_ref()),
+                    "list the services it reports for, e.g. services = [\"survival\"]",
+                );
+                ok = false;
+                Vec::new()
+            }
+            (_, Some(services)) => {
+                problems.add(
+                    Some(services.span()),
+                    format!(
+                        "token `{}` has `services`, which only an agent token has",
+                        t.name.get_ref()
+                    ),
+                    "remove `services`, or set role = \"agent\" for a token that only reports activity",
+                );
+                ok = false;
+                Vec::new()
+            }
+            (_, None) => Vec::new(),
+        };
         if !names.insert(t.name.get_ref().clone()) {
             problems.add(
                 Some(t.name.span()),
@@ -68,6 +102,7 @@ pub(crate) fn read_tokens(
                 secret,
                 role: t.role,
                 templates: t.templates,
+                services,
             }),
             Ok(_) => {
                 problems.add(
@@ -98,4 +133,27 @@ pub(crate) fn read_tokens(
         ok = false;
     }
     ok.then_some(tokens)
+}
+
+/// Every service an agent token names is configured (created services cannot have one: their
+/// names are given at run time).
+pub(crate) fn check_agent_services(
+    tokens: &[Token],
+    services: &[crate::service::config::Service],
+    problems: &mut Problems<'_>,
+) {
+    for token in tokens {
+        for name in &token.services {
+            if !services.iter().any(|s| &s.name == name) {
+                problems.add(
+                    None,
+                    format!(
+                        "agent token `{}` names service `{name}`, which is not configured",
+                        token.name
+                    ),
+                    "name the [[service]] whose host runs the agent",
+                );
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! roles guard everything but `/healthz` and the dashboard page itself. (`app` merges the
 //! Discord interactions route beside these, outside the token check: it is signed instead.)
 
+mod agent;
 pub mod config;
 pub mod events;
 mod templates;
@@ -224,6 +225,12 @@ pub fn router(api: Api) -> Router {
             get(leases).post(add_lease),
         )
         .route("/api/v1/services/{name}/leases/{id}", delete(end_lease))
+        .route("/api/v1/services/{name}/report", post(agent::report))
+        .route("/api/v1/services/{name}/agent/wait", post(agent::wait))
+        .route(
+            "/api/v1/services/{name}/agent/pre-stop/{id}",
+            post(agent::pre_stop_done),
+        )
         .route("/api/v1/events", get(events::history))
         .route("/api/v1/events/stream", get(events::sse))
         .route("/api/v1/ws", get(events::ws))
@@ -261,17 +268,20 @@ fn presented_token(request: &Request) -> Option<String> {
         .and_then(|q| q.0.access_token)
 }
 
-/// Checks the token and its role: reading needs `read`, anything else `operate`.
+/// Checks the token and its role: reading needs `read`, anything else `operate`; an `agent`
+/// token may only use the agent routes of its own services.
 async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if path == "/" || path == "/healthz" {
         return next.run(request).await;
     }
+    let agent_route = agent::route_service(path).map(str::to_string);
     let needed = if matches!(*request.method(), Method::GET | Method::HEAD) {
         Role::Read
     } else {
         Role::Operate
     };
+    let mut reports_for: &[String] = &[];
     let caller = if api.tokens.is_empty() {
         // Allowed only on loopback (checked with the config): whoever can reach it is local.
         Caller {
@@ -299,13 +309,38 @@ async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) 
             )
             .into_response();
         };
+        reports_for = &token.services;
         Caller {
             name: token.name.clone(),
             role: token.role,
             templates: token.templates.clone(),
         }
     };
-    if caller.role < needed {
+    if caller.role == Role::Agent {
+        let services = reports_for
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let refusal = match agent_route.as_deref() {
+            Some(service)
+                if request.method() == Method::POST && reports_for.iter().any(|s| s == service) =>
+            {
+                None
+            }
+            Some(service) => Some(format!(
+                "token `{}` may report only for {services}, not for service `{service}`; give the agent on that host a token of its own (role = \"agent\", services = [\"{service}\"])",
+                caller.name
+            )),
+            None => Some(format!(
+                "token `{}` has the agent role: it may only report activity for {services} (POST /api/v1/services/NAME/report); use a read or operate token for anything else",
+                caller.name
+            )),
+        };
+        if let Some(refusal) = refusal {
+            return ApiError::NotAllowed(refusal).into_response();
+        }
+    } else if caller.role < needed {
         return ApiError::Forbidden {
             name: caller.name,
             role: caller.role,
@@ -438,6 +473,8 @@ pub struct ServiceView {
     /// running it all the time.
     pub cost_saved_30d: Option<f64>,
     pub leases: Vec<Lease>,
+    /// The last report of the service's agent, if one reported since wakegate started.
+    pub agent: Option<AgentView>,
     /// For a service created from a template: its template, owner, creation and deadline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<CreatedView>,
@@ -445,9 +482,56 @@ pub struct ServiceView {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+/// The last report of a service's agent, as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    pub host: String,
+    #[serde(serialize_with = "event::rfc3339")]
+    pub last_report: SystemTime,
+    pub connections: Option<u32>,
+    pub players: Option<u32>,
+    pub count: Option<u64>,
+    /// Until when its figures count without a new report.
+    #[serde(serialize_with = "event::rfc3339")]
+    pub valid_until: SystemTime,
+    /// Its figures keep the service awake now.
+    pub active: bool,
+    /// `reporting`, `silent` (no report before `valid_until`) or `left` (it signed off).
+    pub state: &'static str,
+    /// It has a pre-stop command.
+    pub pre_stop: bool,
+    /// The id of the pre-stop a stop under way waits for.
+    pub pre_stop_pending: Option<u64>,
+}
+
+impl AgentView {
+    fn of(agent: &crate::service::AgentStatus, status: &crate::service::Status) -> AgentView {
+        let now = SystemTime::now();
+        AgentView {
+            host: agent.host.clone(),
+            last_report: agent.at,
+            connections: agent.connections,
+            players: agent.players,
+            count: agent.count,
+            valid_until: agent.valid_until,
+            active: agent.active(now),
+            state: if agent.leaving {
+                "left"
+            } else if agent.reporting(now) {
+                "reporting"
+            } else {
+                "silent"
+            },
+            pre_stop: agent.pre_stop,
+            pre_stop_pending: status.pre_stop.as_ref().map(|p| p.id),
+        }
+    }
+}
+
 impl ServiceView {
     pub fn of(handle: &ServiceHandle, store: &Store) -> Result<ServiceView, ApiError> {
         let status = handle.status();
+        let agent = status.agent.as_ref().map(|a| AgentView::of(a, &status));
         let now = SystemTime::now();
         let month_ago = now - 30 * DAY;
         let (transitions, first) = store
@@ -491,6 +575,7 @@ impl ServiceView {
             cost_saved_30d: handle
                 .hourly_cost()
                 .map(|cost| cost * (window_hours - awake_seconds_30d / 3600.0).max(0.0)),
+            agent,
             leases: status.leases,
             created: None,
         })

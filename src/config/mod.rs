@@ -194,6 +194,9 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
     }
     let gateway = read_gateway(gateway?, tokens, problems);
     let services = services?;
+    if let Some(gateway) = &gateway {
+        crate::api::config::check_agent_services(&gateway.tokens, &services, problems);
+    }
     let config = Config {
         gateway: gateway?,
         services,

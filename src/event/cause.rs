@@ -191,6 +191,30 @@ pub enum Fact {
     Unhealthy { action: String },
     /// A created service ended (its deadline, a destroy, idle), and why.
     Ended { ended: String },
+    /// What the service's agent reported when it began reporting (or signed off).
+    Agent {
+        host: String,
+        connections: Option<u32>,
+        players: Option<u32>,
+        count: Option<u64>,
+    },
+    /// The agent went silent: no report since `last_report`.
+    AgentSilent { host: String, last_report: String },
+    /// The agent was asked to run its pre-stop command (`pre_stop` is the request's id).
+    PreStop {
+        pre_stop: u64,
+        host: String,
+        timeout_ms: u64,
+    },
+    /// The agent's pre-stop command ended: `exit` as the agent says it, with the last lines
+    /// of its output.
+    PreStopDone {
+        pre_stop: u64,
+        ok: bool,
+        exit: String,
+        duration_ms: u64,
+        log_tail: String,
+    },
 }
 
 /// The `detail` of an event a service records: the state it left (on a transition), why, and

@@ -69,16 +69,20 @@ pub enum Kind {
     /// What a listener did with a player: held, transferred, kicked or denied while the
     /// service wakes; and players who joined or left, as the backend's status sample shows.
     Player,
+    /// The service's agent (`wakegate agent` on the server) began reporting, went silent or
+    /// signed off, or ran its pre-stop command.
+    Agent,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Transition,
         Kind::Progress,
         Kind::Lease,
         Kind::Action,
         Kind::Warning,
         Kind::Player,
+        Kind::Agent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -89,6 +93,7 @@ impl Kind {
             Kind::Action => "action",
             Kind::Warning => "warning",
             Kind::Player => "player",
+            Kind::Agent => "agent",
         }
     }
 

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::agent::AgentLink;
 use super::config;
 use super::core::{Core, Outcome, Request, sleep_until};
 use super::gate::{Shared, ticket};
@@ -56,6 +57,8 @@ pub fn spawn(
         leases: store.active_leases(&service.name).unwrap_or_default(),
         players: None,
         expected_boot: median(&boots).map(Duration::from_millis),
+        agent: None,
+        pre_stop: None,
     };
     let (status_tx, status) = watch::channel(initial);
     let (reconciled_tx, reconciled) = watch::channel(false);
@@ -90,6 +93,7 @@ pub fn spawn(
             sleep_request: None,
             restart_request: None,
             policy: Policy::new(Rules::of(service), Instant::now()),
+            agent: AgentLink::new(service.agent.clone()),
         },
         cancel,
         adopting: false,
@@ -260,6 +264,7 @@ impl Actor {
         self.next_poll = None;
         loop {
             self.core.expire_leases();
+            self.core.check_agent();
             // Clients that arrived while the backend was busy (stopping, or being asked for
             // its status at start-up), and wakes asked for meanwhile, wake it now.
             self.core.waiters.retain(|w| !w.reply.is_closed());
@@ -300,8 +305,10 @@ impl Actor {
             let wake_retry = policy.wake_retry.map(|b| b.at);
             let schedule_change = policy.schedule_change(now);
             let poll = self.next_poll(self.core.state());
+            let agent_check = self.core.agent_check_at(now.wall);
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
+                () = sleep_until(agent_check) => {}
                 () = sleep_until(poll) => if let Some(flow) = self.poll_asleep().await {
                     return flow;
                 },
@@ -505,9 +512,12 @@ impl Actor {
     /// Follows the number of open connections: the idle countdown starts (again) whenever it
     /// falls to zero, and stops while a connection is open.
     fn track_idle(&mut self) {
-        // Players the backend reports count too: some may have joined without wakegate.
+        // Players the backend reports count too: some may have joined without wakegate. So do
+        // the figures of the service's agent, while its last report holds.
         let players = self.core.status.borrow().players.unwrap_or(0);
-        let unused = self.core.shared.connections.load(Ordering::Acquire) == 0 && players == 0;
+        let unused = self.core.shared.connections.load(Ordering::Acquire) == 0
+            && players == 0
+            && !self.core.agent_active();
         let idle_since = self.core.policy.track_idle(unused, Now::read());
         self.core
             .status
@@ -525,7 +535,10 @@ impl Actor {
     /// A min_players check: a warning event, or the reason to stop.
     fn check_players(&mut self) -> Option<String> {
         let connections = self.core.shared.connections.load(Ordering::Acquire) as u32;
-        let players = self.core.status.borrow().players.unwrap_or(connections);
+        let polled = self.core.status.borrow().players;
+        let players = polled
+            .or_else(|| self.core.agent_players())
+            .unwrap_or(connections);
         match self.policy().check_players(players, Instant::now()) {
             Players::Enough => None,
             Players::Stop(reason) => Some(reason),
@@ -622,6 +635,7 @@ impl Actor {
                 return Flow::Continue;
             }
             self.core.expire_leases();
+            self.core.check_agent();
             self.track_idle();
             let now = Now::read();
             let stop_at = self.core.policy.stop_at(self.core.leased_until(), now);
@@ -639,8 +653,11 @@ impl Actor {
             let runtime_warning = policy.runtime_warning_at();
             let player_check = policy.player_check_at;
             let poll = self.next_poll(State::Awake);
+            let agent_check = self.core.agent_check_at(now.wall);
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
+                // The agent's last report runs out: its figures no longer count.
+                () = sleep_until(agent_check) => {}
                 () = sleep_until(poll) => if let Some(flow) = self.poll_awake().await {
                     return flow;
                 },
@@ -692,6 +709,10 @@ impl Actor {
 
     /// Stopping: stop the backend; clients that arrive meanwhile wake it again afterwards.
     async fn stopping(&mut self) -> Flow {
+        // The agent's pre-stop command (a world save) first, if it has one.
+        if !self.core.pre_stop(&self.cancel).await {
+            return Flow::Exit;
+        }
         let started = Instant::now();
         let result = match self
             .core

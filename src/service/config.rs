@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::agent::config::{ServiceAgent, read_service_agent};
 use crate::backend::config::{Backend, read_backend};
 use crate::config::de::{duration, optional_duration, read, split_type};
 use crate::config::diag::Problems;
@@ -37,6 +38,8 @@ pub struct Service {
     /// Keep it running and repair it, whatever the activity.
     pub always_on: bool,
     pub policy: Policies,
+    /// What the gateway does with the service's agent (`[service.agent]`).
+    pub agent: ServiceAgent,
 }
 
 impl Service {
@@ -268,6 +271,7 @@ pub(crate) fn read_service(
     let readiness = table.remove("readiness");
     let health = table.remove("health");
     let dns = table.remove("dns");
+    let agent = table.remove("agent");
     let always_on = matches!(
         table.get("always_on").map(|v| v.get_ref()),
         Some(DeValue::Boolean(true))
@@ -287,6 +291,7 @@ pub(crate) fn read_service(
         Some(value) => read_health(value, problems),
         None => Some(Vec::new()),
     };
+    let agent = read_service_agent(agent, problems);
 
     let backend = match backend {
         Some(value) => read_backend(value, dns, problems),
@@ -397,6 +402,7 @@ pub(crate) fn read_service(
                 max_restarts: fields.max_restarts,
                 restart_window: fields.restart_window,
             },
+            agent: agent?,
         },
         name_span,
     ))

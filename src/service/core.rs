@@ -68,6 +68,8 @@ pub(super) struct Core {
     pub(super) restart_request: Option<String>,
     /// The rules and what they remember.
     pub(super) policy: Policy,
+    /// The service's agent: its rules and the pre-stop waited for.
+    pub(super) agent: super::agent::AgentLink,
 }
 
 impl Core {
@@ -241,6 +243,16 @@ impl Core {
                     HealthAction::Restart => self.restart_request = Some(reason),
                 }
             }
+            Command::AgentReport {
+                report,
+                valid_for,
+                reply,
+            } => {
+                let _ = reply.send(self.agent_report(report, valid_for));
+            }
+            Command::PreStopDone { id, result, reply } => {
+                let _ = reply.send(self.pre_stop_done(id, result));
+            }
             Command::Note {
                 kind,
                 reason,
@@ -400,7 +412,13 @@ impl Core {
     /// Changes the status and hands over the event that says so, in one step for whoever
     /// watches: a reader that sees the change finds the event handed over (and then read from
     /// the store), and a subscriber that reads the status on the event sees the change.
-    fn change(&self, change: impl FnOnce(&mut Status), kind: Kind, reason: String, detail: Detail) {
+    pub(super) fn change(
+        &self,
+        change: impl FnOnce(&mut Status),
+        kind: Kind,
+        reason: String,
+        detail: Detail,
+    ) {
         self.status.send_modify(|s| {
             change(s);
             self.record(kind, s.state, reason, detail.to_value(), store::now());

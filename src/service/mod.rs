@@ -11,6 +11,8 @@
 //! counted or finds the gate shut and waits for the actor.
 
 mod actor;
+mod agent;
+mod agent_link;
 pub mod config;
 mod core;
 #[cfg(test)]
@@ -35,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::store::Lease;
 
 pub use actor::spawn;
+pub use agent::{AgentStatus, ReportAck};
 use gate::{ConnectionGuard, Shared};
 pub use registry::Registry;
 
@@ -59,6 +62,10 @@ pub struct Status {
     /// How long a wake is expected to take: the median of the recent wakes that started the
     /// backend (none before the first). The actor reads it at start and after each wake.
     pub expected_boot: Option<Duration>,
+    /// What the service's agent last reported, if one did since wakegate started.
+    pub agent: Option<AgentStatus>,
+    /// A pre-stop the stop under way waits for the agent to run.
+    pub pre_stop: Option<crate::agent::wire::PreStopRequest>,
 }
 
 impl Status {
@@ -160,6 +167,18 @@ enum Command {
     Unhealthy {
         action: HealthAction,
         reason: String,
+    },
+    /// A report of the service's agent, its `valid_for` read.
+    AgentReport {
+        report: crate::agent::wire::Report,
+        valid_for: Duration,
+        reply: oneshot::Sender<ReportAck>,
+    },
+    /// How the agent's pre-stop command `id` ended; the reply is false when it was not awaited.
+    PreStopDone {
+        id: u64,
+        result: crate::agent::wire::PreStopResult,
+        reply: oneshot::Sender<bool>,
     },
     /// Something a listener or a poll saw, to record as an event in the current state.
     Note {
@@ -352,6 +371,31 @@ impl ServiceHandle {
             })
             .await
             .map_err(|_| Gone)
+    }
+
+    /// Takes a report of the service's agent; its figures count as activity for `valid_for`
+    /// (bounded by `[service.agent] max_valid_for`).
+    pub async fn agent_report(
+        &self,
+        report: crate::agent::wire::Report,
+        valid_for: Duration,
+    ) -> Result<ReportAck, Gone> {
+        self.ask(|reply| Command::AgentReport {
+            report,
+            valid_for,
+            reply,
+        })
+        .await
+    }
+
+    /// Hands over how the agent's pre-stop command `id` ended; false when no stop waits for it.
+    pub async fn pre_stop_done(
+        &self,
+        id: u64,
+        result: crate::agent::wire::PreStopResult,
+    ) -> Result<bool, Gone> {
+        self.ask(|reply| Command::PreStopDone { id, result, reply })
+            .await
     }
 
     /// Reports a failing health check (see `health.rs`).
