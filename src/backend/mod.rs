@@ -29,11 +29,27 @@ use config::Backend as BackendConfig;
 pub use exec::ExecBackend;
 pub use process::ProcessBackend;
 
+/// How a sleeping server sleeps: what a wake has to undo.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SleepMode {
+    /// Stopped for real: a wake is a cold start.
+    #[default]
+    Stopped,
+    /// A container paused (`docker pause`, the cgroup freezer): it keeps its memory.
+    Paused,
+    /// A process stopped with SIGSTOP: it keeps its memory.
+    Frozen,
+}
+
 /// What a backend says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Running,
     Stopped,
+    /// The server is there but does not run: paused or frozen. It counts as asleep, and a wake
+    /// resumes it.
+    Sleeping(SleepMode),
     /// The backend has no way to tell (an `exec` backend without a `status` command).
     Unknown,
     /// The server no longer exists and cannot be started (a terminated EC2 instance): why, and
@@ -141,6 +157,11 @@ pub trait Backend: Send {
     /// that have nothing to add beyond their calls' results have none.
     fn notes(&mut self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Note>> {
         None
+    }
+
+    /// How the server sleeps once [`Backend::stop`] returns (a stop may pause or freeze it).
+    fn sleep_mode(&self) -> SleepMode {
+        SleepMode::Stopped
     }
 
     /// How often the server's real state is read, to notice what was done to it outside

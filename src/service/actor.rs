@@ -227,7 +227,7 @@ impl Actor {
                 return Flow::Continue;
             }
             BackendStatus::Running => true,
-            BackendStatus::Stopped => false,
+            BackendStatus::Stopped | BackendStatus::Sleeping(_) => false,
             // Without a way to ask, assume a service that was not asleep still runs: it then
             // gets a fresh idle countdown and is stopped if nobody uses it. Assuming the
             // opposite could leave it running forever.

@@ -54,7 +54,7 @@ impl Actor {
                 warn!(error = %e, "Cannot read the backend's state; trying again at the next poll.");
                 None
             }
-            Ok(Status::Stopped) => {
+            Ok(Status::Stopped | Status::Sleeping(_)) => {
                 let reason = "found stopped outside wakegate (from a console, or by the provider)";
                 info!("{reason}.");
                 let always_on = self.core.policy.rules.always_on;
