@@ -166,8 +166,16 @@ impl App {
                 )
             })?;
 
+        let agents_socket = match &config.gateway.agents {
+            Some(listen) => {
+                Some(crate::api::serve::bind(listen, "agents' reports", "gateway.agents").await?)
+            }
+            None => None,
+        };
         let discord_socket = match config.discord.as_ref().and_then(|d| d.listen.as_ref()) {
-            Some(listen) => Some(crate::discord::listen::bind(listen).await?),
+            Some(listen) => Some(
+                crate::api::serve::bind(listen, "Discord interactions", "discord.listen").await?,
+            ),
             None => None,
         };
 
@@ -294,17 +302,31 @@ impl App {
             warn!(api = %api, "The API has no [[gateway.token]]: anyone who can reach {api} can use it.");
         }
         info!(api = %format!("http://{api}"), "API ready.");
-        let router = api::router(
-            api::Api::new(
-                registry.clone(),
-                store.clone(),
-                events.clone(),
-                config.gateway.tokens.clone(),
-                config.gateway.cors_origins.clone(),
-            )
-            .with_listener_metrics(connections.metrics.clone())
-            .with_templates(templates.clone()),
-        );
+        let state = api::Api::new(
+            registry.clone(),
+            store.clone(),
+            events.clone(),
+            config.gateway.tokens.clone(),
+            config.gateway.cors_origins.clone(),
+        )
+        .with_listener_metrics(connections.metrics.clone())
+        .with_templates(templates.clone());
+        if let Some((socket, tls)) = agents_socket {
+            let url = format!(
+                "{}://{}",
+                if tls.is_some() { "https" } else { "http" },
+                socket.local_addr()?
+            );
+            info!(%url, "Agents' endpoint ready.");
+            background.spawn(crate::api::serve::serve(
+                socket,
+                tls,
+                api::agent_router(state.clone()),
+                background.clone(),
+                stop_background.clone(),
+            ));
+        }
+        let router = api::router(state);
         // Discord's interactions carry their own signature: outside the API's token check, on
         // the API's socket or on their own.
         let router = match &config.discord {
@@ -326,7 +348,7 @@ impl App {
                             crate::discord::PATH
                         );
                         info!(%url, guilds = discord.guilds.len(), "Discord interactions endpoint ready.");
-                        background.spawn(crate::discord::listen::serve(
+                        background.spawn(crate::api::serve::serve(
                             socket,
                             tls,
                             bot,

@@ -35,6 +35,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
             shutdown_grace: Duration::from_secs(5),
             tokens: Vec::new(),
             cors_origins: Vec::new(),
+            agents: None,
         },
         services: vec![Service {
             name: "demo".into(),

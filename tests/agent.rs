@@ -513,3 +513,89 @@ async fn a_pre_stop_that_hangs_holds_the_stop_only_until_pre_stop_timeout() {
     );
     assert_eq!(std::fs::read_to_string(&order).unwrap(), "stop\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_report_over_https_to_their_own_socket_while_the_api_stays_on_loopback() {
+    let dir = temp_dir("agent-https");
+    // A private CA the agent trusts through ca_file, and the gateway's certificate it signed.
+    let mut ca = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    for (file, pem) in [
+        ("ca.pem", ca.pem()),
+        ("gateway.pem", cert.pem()),
+        ("gateway.key", key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(file), pem).unwrap();
+    }
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let file = gateway_with_tokens(
+        &dir,
+        backend.local_addr().unwrap(),
+        &dir.join("order"),
+        "5s",
+    );
+    let agents = free_addr();
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text = text.replacen(
+        "[gateway]\n",
+        &format!(
+            "[gateway]\nagents = {{ bind = \"{agents}\", tls_cert = {:?}, tls_key = {:?} }}\n",
+            dir.join("gateway.pem"),
+            dir.join("gateway.key")
+        ),
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    let gateway = Wakegate::start(&file);
+    let api = gateway.api();
+
+    let toml = format!(
+        "gateway = \"https://localhost:{}\"\nservice = \"mc\"\ntoken = \"{AGENT_MC}\"\nhost = \"tls-host\"\nca_file = {:?}\nreport_interval = \"1s\"\ncheck_interval = \"200ms\"\nports = [1]\n",
+        agents.port(),
+        dir.join("ca.pem")
+    );
+    let _agent = Agent::start(&dir, &toml);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, view) = request(api, "GET", "/api/v1/services/mc", OPERATE, "");
+        assert_eq!(status, 200, "{view}");
+        if view["agent"]["host"] == "tls-host" {
+            assert_eq!(view["agent"]["state"], "reporting", "{view:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no report over HTTPS: {view:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Only the agents' routes are served there: the rest of the API is not, whatever the token.
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(agents).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "GET /api/v1/services/mc HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {OPERATE}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let (status, _) = request(api, "GET", "/api/v1/services/mc", OPERATE, "");
+    assert_eq!(status, 200, "the API itself is where it was");
+}

@@ -6,6 +6,7 @@
 mod agent;
 pub mod config;
 pub mod events;
+pub mod serve;
 mod templates;
 
 use std::sync::Arc;
@@ -225,18 +226,30 @@ pub fn router(api: Api) -> Router {
             get(leases).post(add_lease),
         )
         .route("/api/v1/services/{name}/leases/{id}", delete(end_lease))
-        .route("/api/v1/services/{name}/report", post(agent::report))
-        .route("/api/v1/services/{name}/agent/wait", post(agent::wait))
-        .route(
-            "/api/v1/services/{name}/agent/pre-stop/{id}",
-            post(agent::pre_stop_done),
-        )
+        .merge(agent_routes())
         .route("/api/v1/events", get(events::history))
         .route("/api/v1/events/stream", get(events::sse))
         .route("/api/v1/ws", get(events::ws))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(middleware::from_fn_with_state(api.clone(), cors))
         .with_state(api)
+}
+
+/// The agents' routes alone, with the same token check, for `[gateway.agents]`.
+pub fn agent_router(api: Api) -> Router {
+    agent_routes()
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api)
+}
+
+fn agent_routes() -> Router<Api> {
+    Router::new()
+        .route("/api/v1/services/{name}/report", post(agent::report))
+        .route("/api/v1/services/{name}/agent/wait", post(agent::wait))
+        .route(
+            "/api/v1/services/{name}/agent/pre-stop/{id}",
+            post(agent::pre_stop_done),
+        )
 }
 
 /// Compares two secrets in time that depends on their lengths only.

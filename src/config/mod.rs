@@ -80,6 +80,8 @@ pub struct Gateway {
     pub tokens: Vec<Token>,
     /// Origins allowed to call the API from a browser page served elsewhere (CORS).
     pub cors_origins: Vec<String>,
+    /// A socket of its own for the agents' reports (`[gateway.agents]`), with wakegate's TLS.
+    pub agents: Option<crate::api::serve::Listen>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +95,7 @@ struct GatewayConfig {
     shutdown_grace: Duration,
     #[serde(default)]
     cors_origins: Vec<String>,
+    agents: Option<crate::api::serve::ListenConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -102,6 +105,7 @@ impl Default for GatewayConfig {
             api: default_api(),
             shutdown_grace: default_grace(),
             cors_origins: Vec::new(),
+            agents: None,
         }
     }
 }
@@ -249,6 +253,10 @@ fn read_gateway(
     tokens: Vec<Option<TokenConfig>>,
     problems: &mut Problems<'_>,
 ) -> Option<Gateway> {
+    let agents = match c.agents {
+        None => Some(None),
+        Some(agents) => crate::api::serve::read(agents, problems).map(Some),
+    };
     let tokens = read_tokens(tokens, &c.api, problems)?;
     Some(Gateway {
         data_dir: c.data_dir,
@@ -256,6 +264,7 @@ fn read_gateway(
         shutdown_grace: c.shutdown_grace,
         tokens,
         cors_origins: c.cors_origins,
+        agents: agents?,
     })
 }
 

@@ -35,7 +35,7 @@ pub struct Discord {
     /// What becomes of that channel when its server ends.
     pub on_end: OnEnd,
     /// The interactions endpoint's own socket; none: on the API listener.
-    pub listen: Option<super::listen::Listen>,
+    pub listen: Option<crate::api::serve::Listen>,
 }
 
 /// What becomes of a created server's channel when the server ends.
@@ -167,7 +167,7 @@ struct DiscordConfig {
     category: Option<Spanned<String>>,
     #[serde(default)]
     on_end: OnEnd,
-    listen: Option<super::listen::ListenConfig>,
+    listen: Option<crate::api::serve::ListenConfig>,
 }
 
 /// A `[[discord.role]]` table.
@@ -373,7 +373,7 @@ pub(crate) fn read_discord(
     let listen = match c.listen {
         None => None,
         Some(listen) => {
-            let read = super::listen::read(listen, problems);
+            let read = crate::api::serve::read(listen, problems);
             ok &= read.is_some();
             read
         }

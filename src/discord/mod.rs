@@ -16,7 +16,6 @@ pub mod config;
 mod created;
 mod follow;
 mod interaction;
-pub mod listen;
 mod reply;
 pub mod rest;
 pub mod verify;

@@ -1,6 +1,7 @@
-//! `[discord.listen]`: the interactions endpoint on a socket of its own, where Discord can reach
-//! it, with wakegate's own TLS (`tls_cert`, `tls_key`) or plain HTTP behind a reverse proxy.
-//! The API can then stay on loopback. Only `/discord/interactions` is served there.
+//! A socket of its own for the routes that callers from elsewhere need (Discord's interactions,
+//! `[discord.listen]`; the agents' reports, `[gateway.agents]`), with wakegate's own TLS
+//! (`tls_cert`, `tls_key`) or plain HTTP behind a reverse proxy, so the API itself can stay on
+//! loopback.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,24 +29,24 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// requests are short, and a connection that sends nothing holds no socket for long.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
-/// Where the interactions endpoint listens, and its certificate.
+/// Where such a socket listens, and its certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     pub bind: SocketAddr,
     pub tls: Option<TlsFiles>,
 }
 
-/// A `[discord.listen]` table, as written.
+/// Its table (`[discord.listen]`, `[gateway.agents]`), as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ListenConfig {
+pub(crate) struct ListenConfig {
     bind: Spanned<SocketAddr>,
     tls_cert: Option<Spanned<PathBuf>>,
     tls_key: Option<Spanned<PathBuf>>,
 }
 
 /// Checks the table: the certificate and key, both or neither, read and matching.
-pub(super) fn read(c: ListenConfig, problems: &mut Problems<'_>) -> Option<Listen> {
+pub(crate) fn read(c: ListenConfig, problems: &mut Problems<'_>) -> Option<Listen> {
     let tls = tls::read_files(c.tls_cert, c.tls_key, problems)?;
     Some(Listen {
         bind: c.bind.into_inner(),
@@ -53,12 +54,17 @@ pub(super) fn read(c: ListenConfig, problems: &mut Problems<'_>) -> Option<Liste
     })
 }
 
-/// Binds the endpoint's socket and reads its certificate.
-pub async fn bind(listen: &Listen) -> anyhow::Result<(TcpListener, Option<TlsAcceptor>)> {
+/// Binds the socket and reads its certificate; `what` names it in the error (e.g. "Discord
+/// interactions", with `table` the config table to change).
+pub async fn bind(
+    listen: &Listen,
+    what: &str,
+    table: &str,
+) -> anyhow::Result<(TcpListener, Option<TlsAcceptor>)> {
     use anyhow::Context;
     let socket = TcpListener::bind(listen.bind).await.with_context(|| {
         format!(
-            "cannot listen for Discord interactions on {}; set [discord.listen] bind to a free address",
+            "cannot listen for {what} on {}; set [{table}] bind to a free address",
             listen.bind
         )
     })?;
@@ -88,7 +94,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, mostly: the client waits in the backlog meanwhile.
-                    warn!(error = %e, "Cannot accept a connection for Discord interactions.");
+                    warn!(error = %e, "Cannot accept a connection.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
