@@ -2,7 +2,8 @@
 //! encryption: the backend authenticates the player when it comes back), keeps the client in
 //! the configuration phase with keep-alives for as long as the wake takes, then sends it a
 //! Transfer packet naming this gateway. The client reconnects with intent "transfer", and the
-//! listener forwards that connection to the now-awake backend as a plain login.
+//! listener forwards that connection to the now-awake backend as a plain login. With
+//! `transfer_to = "backend"` the Transfer names the server itself instead (see `handoff`).
 //!
 //! The vanilla client gives up on a login that shows no progress for 30 s; in the
 //! configuration phase it only needs keep-alives, so a slow boot no longer drops anyone.
@@ -11,12 +12,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info};
 
 use super::End;
+use super::handoff::Handoffs;
 use crate::minecraft::{
     Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginAcknowledged,
     LoginStart, MAX_LOGIN_FRAME, Protocol,
@@ -37,6 +39,9 @@ const MAX_CONFIGURATION_FRAME: usize = 32 * 1024 + 64;
 /// How long the client has to acknowledge the login success.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client told to go elsewhere has to close its side.
+const LINGER: Duration = Duration::from_secs(5);
+
 /// A client waiting in the configuration phase.
 pub struct Waiting<'a> {
     pub reader: &'a mut FrameReader<TcpStream>,
@@ -46,16 +51,34 @@ pub struct Waiting<'a> {
     pub login: &'a LoginStart,
 }
 
+/// Where a waiting client is sent once the service is awake.
+pub enum Back<'a> {
+    /// Back to this gateway, at `public_address`.
+    Gateway { host: &'a str, port: u16 },
+    /// To the server itself (`transfer_to = "backend"`); to `fallback` (this gateway's
+    /// `public_address`) when the server cannot take it directly, or asked to join again
+    /// without one.
+    Backend {
+        handoffs: &'a Handoffs,
+        fallback: Option<(&'a str, u16)>,
+    },
+}
+
 /// How the wait ended, when the client was still there.
 pub enum Outcome {
-    /// The service is awake and the client was told to reconnect.
-    Transferred,
+    /// The service is awake and the client was told to reconnect to this gateway.
+    Transferred(String),
+    /// The service is awake and the client was sent to the server itself.
+    HandedOff(String),
+    /// The service is awake, but the client could be neither handed off nor sent back here:
+    /// it was asked to join again (and will be forwarded).
+    Rejoin(String),
     /// The wake failed; the client was disconnected with the reason.
     Failed(String),
 }
 
 impl Waiting<'_> {
-    pub async fn run(self, host: &str, port: u16) -> Result<Outcome, End> {
+    pub async fn run(self, back: Back<'_>) -> Result<Outcome, End> {
         let Waiting {
             reader,
             protocol,
@@ -64,14 +87,7 @@ impl Waiting<'_> {
             login,
         } = self;
         let name = login.name.as_str();
-        // Clients that can be transferred (1.20.5+) always send their UUID.
-        let uuid = login.uuid.unwrap_or_default();
-        let success = Clientbound::LoginSuccess { uuid, name }.encode(protocol)?;
-        reader.get_mut().write_all(&success).await?;
-        let ack = tokio::time::timeout(ACK_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
-            .await
-            .map_err(|_| CodecError::Timeout(ACK_TIMEOUT))??;
-        LoginAcknowledged::parse(ack.body(), protocol)?;
+        finish_login(reader, protocol, login).await?;
         info!(
             player = name,
             "The player waits in the configuration phase while the service wakes."
@@ -119,25 +135,97 @@ impl Waiting<'_> {
                 }
             }
         };
-        let client = reader.get_mut();
-        match ticket {
-            Ok(ticket) => {
-                // The client comes back on a new connection, which takes a ticket of its own.
-                drop(ticket);
-                let out = Clientbound::Transfer { host, port }.encode(protocol)?;
-                client.write_all(&out).await?;
-                client.shutdown().await?;
-                info!(player = name, to = %format!("{host}:{port}"), "The service is ready; transferring the player.");
-                Ok(Outcome::Transferred)
-            }
+        let ticket = match ticket {
+            Ok(ticket) => ticket,
             Err(e) => {
-                let reason = json!({ "text": format!("§cThe server could not start.\n§7{e}") });
-                let out =
-                    Clientbound::ConfigurationDisconnect { reason: &reason }.encode(protocol)?;
-                client.write_all(&out).await?;
-                client.shutdown().await?;
-                Ok(Outcome::Failed(e.to_string()))
+                let text = format!("§cThe server could not start.\n§7{e}");
+                configuration_disconnect(reader, protocol, &text).await?;
+                return Ok(Outcome::Failed(e.to_string()));
             }
-        }
+        };
+        // The ticket is held until the client has its Transfer: the service stays up meanwhile.
+        let (host, port, outcome): (String, u16, fn(String) -> Outcome) = match back {
+            Back::Gateway { host, port } => (host.to_owned(), port, Outcome::Transferred),
+            Back::Backend { handoffs, fallback } => {
+                match handoffs
+                    .decide(service, ticket.address, peer, protocol)
+                    .await
+                {
+                    Ok((host, port)) => (host, port, Outcome::HandedOff),
+                    Err(not) => match fallback {
+                        Some((host, port)) => (host.to_owned(), port, Outcome::Transferred),
+                        None => {
+                            let text = not.rejoin_text();
+                            configuration_disconnect(reader, protocol, &text).await?;
+                            return Ok(Outcome::Rejoin(not.to_string()));
+                        }
+                    },
+                }
+            }
+        };
+        send_away(reader, protocol, &host, port).await?;
+        drop(ticket);
+        info!(player = name, to = %format!("{host}:{port}"), "The service is ready; transferring the player.");
+        linger(reader).await;
+        Ok(outcome(format!("{host}:{port}")))
     }
+}
+
+/// Accepts the login (no encryption, no compression) and waits for the client to acknowledge
+/// it: the client is then in the configuration phase, where a Transfer packet is valid.
+pub(super) async fn finish_login(
+    reader: &mut FrameReader<TcpStream>,
+    protocol: Protocol,
+    login: &LoginStart,
+) -> Result<(), End> {
+    // Clients that can be transferred (1.20.5+) always send their UUID.
+    let uuid = login.uuid.unwrap_or_default();
+    let name = login.name.as_str();
+    let success = Clientbound::LoginSuccess { uuid, name }.encode(protocol)?;
+    reader.get_mut().write_all(&success).await?;
+    let ack = tokio::time::timeout(ACK_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
+        .await
+        .map_err(|_| CodecError::Timeout(ACK_TIMEOUT))??;
+    LoginAcknowledged::parse(ack.body(), protocol)?;
+    Ok(())
+}
+
+/// Sends the Transfer packet and ends wakegate's side of the connection.
+pub(super) async fn send_away(
+    reader: &mut FrameReader<TcpStream>,
+    protocol: Protocol,
+    host: &str,
+    port: u16,
+) -> Result<(), End> {
+    let out = Clientbound::Transfer { host, port }.encode(protocol)?;
+    let client = reader.get_mut();
+    client.write_all(&out).await?;
+    client.shutdown().await?;
+    Ok(())
+}
+
+/// Reads what the client still sends until it closes (up to `LINGER`). Its client information
+/// and brand follow the login acknowledgement unasked; closing with them unread would answer
+/// with a reset, which may reach the client before it has read its Transfer packet.
+pub(super) async fn linger(reader: &mut FrameReader<TcpStream>) {
+    let mut sink = [0u8; 1024];
+    let client = reader.get_mut();
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(1..) = client.read(&mut sink).await {}
+    })
+    .await;
+}
+
+/// Ends the configuration phase with `text`.
+async fn configuration_disconnect(
+    reader: &mut FrameReader<TcpStream>,
+    protocol: Protocol,
+    text: &str,
+) -> Result<(), End> {
+    let reason = json!({ "text": text });
+    let out = Clientbound::ConfigurationDisconnect { reason: &reason }.encode(protocol)?;
+    let client = reader.get_mut();
+    client.write_all(&out).await?;
+    client.shutdown().await?;
+    Ok(())
 }
