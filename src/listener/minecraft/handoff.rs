@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::config::{Handoff, private_ip};
-use super::transfer::{finish_login, linger, send_away};
+use super::configuration::{finish_login, linger, send_away};
 use super::{End, Visit};
 use crate::event::Kind;
 use crate::minecraft::{

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod config;
+mod configuration;
 mod handoff;
 mod legacy;
 pub mod status;

@@ -11,17 +11,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info};
 
 use super::End;
+use super::configuration::{configuration_disconnect, finish_login, linger, send_away};
 use super::handoff::Handoffs;
 use crate::minecraft::{
-    Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginAcknowledged,
-    LoginStart, MAX_LOGIN_FRAME, Protocol,
+    Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginStart, Protocol,
 };
 use crate::service::ServiceHandle;
 
@@ -35,12 +34,6 @@ const SILENCE: Duration = Duration::from_secs(30);
 /// The largest packet a waiting client may send: vanilla caps serverbound plugin messages at
 /// 32 KiB, and client information or known packs are far smaller.
 const MAX_CONFIGURATION_FRAME: usize = 32 * 1024 + 64;
-
-/// How long the client has to acknowledge the login success.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a client told to go elsewhere has to close its side.
-const LINGER: Duration = Duration::from_secs(5);
 
 /// A client waiting in the configuration phase.
 pub struct Waiting<'a> {
@@ -169,63 +162,4 @@ impl Waiting<'_> {
         linger(reader).await;
         Ok(outcome(format!("{host}:{port}")))
     }
-}
-
-/// Accepts the login (no encryption, no compression) and waits for the client to acknowledge
-/// it: the client is then in the configuration phase, where a Transfer packet is valid.
-pub(super) async fn finish_login(
-    reader: &mut FrameReader<TcpStream>,
-    protocol: Protocol,
-    login: &LoginStart,
-) -> Result<(), End> {
-    // Clients that can be transferred (1.20.5+) always send their UUID.
-    let uuid = login.uuid.unwrap_or_default();
-    let name = login.name.as_str();
-    let success = Clientbound::LoginSuccess { uuid, name }.encode(protocol)?;
-    reader.get_mut().write_all(&success).await?;
-    let ack = tokio::time::timeout(ACK_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
-        .await
-        .map_err(|_| CodecError::Timeout(ACK_TIMEOUT))??;
-    LoginAcknowledged::parse(ack.body(), protocol)?;
-    Ok(())
-}
-
-/// Sends the Transfer packet and ends wakegate's side of the connection.
-pub(super) async fn send_away(
-    reader: &mut FrameReader<TcpStream>,
-    protocol: Protocol,
-    host: &str,
-    port: u16,
-) -> Result<(), End> {
-    let out = Clientbound::Transfer { host, port }.encode(protocol)?;
-    let client = reader.get_mut();
-    client.write_all(&out).await?;
-    client.shutdown().await?;
-    Ok(())
-}
-
-/// Reads what the client still sends until it closes (up to `LINGER`). Its client information
-/// and brand follow the login acknowledgement unasked; closing with them unread would answer
-/// with a reset, which may reach the client before it has read its Transfer packet.
-pub(super) async fn linger(reader: &mut FrameReader<TcpStream>) {
-    let mut sink = [0u8; 1024];
-    let client = reader.get_mut();
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(1..) = client.read(&mut sink).await {}
-    })
-    .await;
-}
-
-/// Ends the configuration phase with `text`.
-async fn configuration_disconnect(
-    reader: &mut FrameReader<TcpStream>,
-    protocol: Protocol,
-    text: &str,
-) -> Result<(), End> {
-    let reason = json!({ "text": text });
-    let out = Clientbound::ConfigurationDisconnect { reason: &reason }.encode(protocol)?;
-    let client = reader.get_mut();
-    client.write_all(&out).await?;
-    client.shutdown().await?;
-    Ok(())
 }
