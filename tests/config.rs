@@ -166,7 +166,7 @@ fn a_handoff_to_a_private_address_or_with_a_short_idle_timeout_passes_with_warni
         .set("transfer_host", "direct.example.com");
     let file = common::services_only()
         .service(handoff("lan", "10.0.3.7:25565", "10m", 25601))
-        .service(handoff("quick", "203.0.113.7:25565", "40s", 25602))
+        .service(handoff("quick", "203.0.113.7:25565", "90s", 25602))
         .service(
             common::svc("named")
                 .exec_true("10.0.3.8:25565")
@@ -184,7 +184,7 @@ fn a_handoff_to_a_private_address_or_with_a_short_idle_timeout_passes_with_warni
     );
     assert!(
         stderr.contains(
-            "warning: service `quick`: transfer_to = \"backend\": handed-off players keep the service awake only through the player poll (every 30s), and idle_timeout (40s)"
+            "warning: service `quick`: transfer_to = \"backend\": handed-off players keep the service awake only through the player poll (every 30s), and idle_timeout (1m 30s)"
         ),
         "{stderr}"
     );

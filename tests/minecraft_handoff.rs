@@ -28,8 +28,10 @@ fn peers() -> PathBuf {
 fn service(name: &str, backend: SocketAddr, version: &str, accepts_transfers: bool) -> Service {
     let port = backend.port().to_string();
     let command = ["node", "peer.js", "server", &port, name, version];
+    // Long enough for a handed-off player's login at the server and the next poll, on a busy
+    // machine: until the poll counts it, nothing keeps the service awake.
     let mut service = svc(name)
-        .idle("2s")
+        .idle("5s")
         .wake_timeout("60s")
         .set("player_poll", "300ms")
         .backend(
@@ -176,11 +178,11 @@ async fn a_1_21_player_is_handed_to_the_server_and_the_player_poll_keeps_it_awak
     polled(&direct, 2).await;
     assert_eq!(direct.connections(), 0);
 
-    // With no connection through wakegate and idle_timeout = 2s, only the poll keeps it up:
-    // it is still awake well past its idle timeout.
+    // With no connection through wakegate and idle_timeout = 5s, only the poll keeps it up:
+    // it is still awake past its idle timeout.
     let mut watch = direct.watch();
     let slept = tokio::time::timeout(
-        Duration::from_secs(5),
+        Duration::from_secs(7),
         watch.wait_for(|s| s.state != State::Awake),
     )
     .await;

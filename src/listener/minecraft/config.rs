@@ -494,7 +494,7 @@ fn read_handoff(c: &MinecraftListenConfig, problems: &mut Problems<'_>) -> Optio
 /// What `config check` warns about a listener that hands players to the server itself: a
 /// backend at a fixed private address (`fixed`, for the backends that have one) that players
 /// elsewhere cannot reach, and an idle timeout too short for the player poll to notice a
-/// handed-off player in time.
+/// handed-off player in time (its login at the server, then a poll).
 pub fn handoff_warnings(
     listener: &Minecraft,
     idle_timeout: Duration,
@@ -513,9 +513,10 @@ pub fn handoff_warnings(
             "transfer_to = \"backend\" hands players to {address}, a private address: players from elsewhere are forwarded through wakegate instead; set transfer_host to the name they reach the server by"
         ));
     }
-    if idle_timeout < player_poll * 2 {
+    // The player logs in at the server (seconds, more on a busy one), then a poll sees it.
+    if idle_timeout < player_poll * 2 + Duration::from_secs(60) {
         warnings.push(format!(
-            "transfer_to = \"backend\": handed-off players keep the service awake only through the player poll (every {}), and idle_timeout ({}) may end it before the poll sees them; make idle_timeout at least twice player_poll",
+            "transfer_to = \"backend\": handed-off players keep the service awake only through the player poll (every {}), and idle_timeout ({}) may end it before the poll sees them; make idle_timeout at least twice player_poll plus a minute",
             humantime::format_duration(player_poll),
             humantime::format_duration(idle_timeout)
         ));
