@@ -151,6 +151,48 @@ fn run_reads_the_config_from_the_environment() {
 }
 
 #[test]
+fn a_handoff_to_a_private_address_or_with_a_short_idle_timeout_passes_with_warnings() {
+    let dir = common::temp_dir("handoff");
+    let handoff = |name: &str, address: &str, idle: &str, port: u16| {
+        let listen = common::listener("minecraft", format!("127.0.0.1:{port}"))
+            .set("transfer_to", "backend");
+        common::svc(name)
+            .idle(idle)
+            .exec_true(address)
+            .listen(listen)
+    };
+    let named = common::listener("minecraft", "127.0.0.1:25603")
+        .set("transfer_to", "backend")
+        .set("transfer_host", "direct.example.com");
+    let file = common::services_only()
+        .service(handoff("lan", "10.0.3.7:25565", "10m", 25601))
+        .service(handoff("quick", "203.0.113.7:25565", "90s", 25602))
+        .service(
+            common::svc("named")
+                .exec_true("10.0.3.8:25565")
+                .listen(named),
+        )
+        .write(&dir.join("wakegate.toml"));
+    let out = check(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: service `lan`: transfer_to = \"backend\" hands players to 10.0.3.7:25565, a private address: players from elsewhere are forwarded through wakegate instead; set transfer_host"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "warning: service `quick`: transfer_to = \"backend\": handed-off players keep the service awake only through the player poll (every 30s), and idle_timeout (1m 30s)"
+        ),
+        "{stderr}"
+    );
+    // Nothing else: a public address, a transfer_host and a long idle_timeout are fine.
+    assert_eq!(stderr.matches("warning:").count(), 2, "{stderr}");
+}
+
+#[test]
 fn a_check_that_accepts_any_certificate_passes_with_a_warning() {
     let dir = common::temp_dir("insecure");
     let file = common::services_only()

@@ -64,9 +64,34 @@ impl Config {
                     ));
                 }
             }
+            warnings.extend(
+                handoff_warnings(service).map(|w| format!("service `{}`: {w}", service.name)),
+            );
         }
         warnings
     }
+}
+
+/// The warnings of the `minecraft` listeners of `service` that hand players to the server.
+fn handoff_warnings(service: &Service) -> impl Iterator<Item = String> + '_ {
+    use crate::backend::config::Backend;
+    let fixed = match &service.backend {
+        Backend::Exec(exec) => Some(exec.address.as_str()),
+        Backend::Process(process) => Some(process.address.as_str()),
+        Backend::Ec2(_) | Backend::Ecs(_) => None,
+    };
+    service
+        .listeners
+        .iter()
+        .flat_map(move |listener| match listener {
+            Listen::Minecraft(m) => crate::listener::minecraft::config::handoff_warnings(
+                m,
+                service.idle_timeout,
+                service.policy.player_poll,
+                fixed,
+            ),
+            _ => Vec::new(),
+        })
 }
 
 /// Settings of the daemon itself.

@@ -1,5 +1,6 @@
 //! The `minecraft` listener's table, read into [`Minecraft`]: hostnames, the server list while
-//! asleep, what a login does while the service wakes, and who may wake it.
+//! asleep, what a login does while the service wakes, who may wake it, and whether players are
+//! handed to the server itself (`transfer_to`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -55,6 +56,30 @@ pub struct Minecraft {
     pub head_timeout: Duration,
     /// Open connections one client address may have on this socket (0: no cap).
     pub max_connections_per_address: u32,
+    /// `transfer_to = "backend"`: players who can follow a Transfer packet are handed to the
+    /// server itself instead of being forwarded (none: forwarded through wakegate).
+    pub handoff: Option<Handoff>,
+}
+
+/// Where players end up once the service is awake (`transfer_to`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferTo {
+    /// Forwarded through wakegate, which carries their traffic.
+    #[default]
+    Gateway,
+    /// Clients from 1.20.5 are sent to the server's own address with a Transfer packet.
+    Backend,
+}
+
+/// The direct handoff (`transfer_to = "backend"`): where a handed-off player is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// `transfer_host`: the name (or IP) players are sent to instead of the IP of the backend's
+    /// address, e.g. a `[service.dns]` record that follows the server's public IP.
+    pub host: Option<String>,
+    /// The port `transfer_host` names; without one, the backend's port.
+    pub port: Option<u16>,
 }
 
 /// What a login does while the service is not awake.
@@ -155,6 +180,10 @@ pub(crate) struct MinecraftListenConfig {
     head_timeout: Spanned<Duration>,
     #[serde(default = "default_max_connections_per_address")]
     max_connections_per_address: u32,
+    #[serde(default = "default_transfer_to")]
+    transfer_to: Spanned<TransferTo>,
+    #[serde(default)]
+    transfer_host: Option<Spanned<String>>,
 }
 
 /// What vanilla servers allow a client between packets before login completes.
@@ -180,6 +209,9 @@ fn default_version_name() -> String {
 }
 fn default_hold_timeout() -> Spanned<Duration> {
     Spanned::new(0..0, Duration::from_secs(25))
+}
+fn default_transfer_to() -> Spanned<TransferTo> {
+    Spanned::new(0..0, TransferTo::Gateway)
 }
 fn default_join() -> Spanned<JoinList> {
     Spanned::new(0..0, JoinList(vec![Join::Hold]))
@@ -263,12 +295,14 @@ pub(crate) fn read_minecraft(
         proxy_protocol: c.proxy_protocol,
         head_timeout,
         max_connections_per_address: c.max_connections_per_address,
+        handoff: extra.handoff,
     })
 }
 
 /// The values of a `minecraft` listener checked against each other or the file system.
 struct MinecraftExtras {
     public_address: Option<(String, u16)>,
+    handoff: Option<Handoff>,
     access: Access,
     wake_rate: Option<WakeRate>,
     icon: Option<String>,
@@ -329,11 +363,20 @@ fn read_minecraft_extras(
             }
         }
     };
-    if join.contains(&Join::Transfer) && public_address.is_none() && c.public_address.is_none() {
+    let handoff = read_handoff(c, problems);
+    ok &= handoff.is_some();
+    let handoff = handoff.flatten();
+    // With the handoff, `public_address` is only where a player goes when the server refuses
+    // transfers.
+    if join.contains(&Join::Transfer)
+        && handoff.is_none()
+        && public_address.is_none()
+        && c.public_address.is_none()
+    {
         problems.add(
             Some(c.join.span()),
             "join strategy `transfer` needs `public_address`",
-            "add public_address = \"HOST:PORT\": where players reach this gateway, the address a transferred client reconnects to",
+            "add public_address = \"HOST:PORT\": where players reach this gateway, the address a transferred client reconnects to (or hand players to the server itself with transfer_to = \"backend\")",
         );
         ok = false;
     }
@@ -403,8 +446,164 @@ fn read_minecraft_extras(
     }
     ok.then_some(MinecraftExtras {
         public_address,
+        handoff,
         access,
         wake_rate,
         icon,
     })
+}
+
+/// `transfer_to` and `transfer_host`: `Some(None)` when players are forwarded through wakegate,
+/// `None` after a problem.
+fn read_handoff(c: &MinecraftListenConfig, problems: &mut Problems<'_>) -> Option<Option<Handoff>> {
+    let backend = *c.transfer_to.get_ref() == TransferTo::Backend;
+    let mut ok = true;
+    if backend && c.proxy_protocol {
+        problems.add(
+            Some(c.transfer_to.span()),
+            "transfer_to = \"backend\" cannot be used with proxy_protocol = true",
+            "a handed-off player connects to the server without a PROXY header, which a server with proxy-protocol enabled refuses: remove one of the two",
+        );
+        ok = false;
+    }
+    let (host, port) = match &c.transfer_host {
+        None => (None, None),
+        Some(text) if !backend => {
+            problems.add(
+                Some(text.span()),
+                "transfer_host is set but players are not handed to the server",
+                "add transfer_to = \"backend\", or remove transfer_host",
+            );
+            return None;
+        }
+        Some(text) => match parse_transfer_host(text.get_ref()) {
+            Ok((host, port)) => (Some(host), port),
+            Err(why) => {
+                problems.add(
+                    Some(text.span()),
+                    format!("transfer_host `{}` {why}", text.get_ref()),
+                    "write the name or IP players reach the server by, with a port if it is not the backend's: \"direct.example.com\", \"direct.example.com:25565\" or \"[2001:db8::7]:25565\"",
+                );
+                return None;
+            }
+        },
+    };
+    ok.then(|| backend.then_some(Handoff { host, port }))
+}
+
+/// What `config check` warns about a listener that hands players to the server itself: a
+/// backend at a fixed private address (`fixed`, for the backends that have one) that players
+/// elsewhere cannot reach, and an idle timeout too short for the player poll to notice a
+/// handed-off player in time (its login at the server, then a poll).
+pub fn handoff_warnings(
+    listener: &Minecraft,
+    idle_timeout: Duration,
+    player_poll: Duration,
+    fixed: Option<&str>,
+) -> Vec<String> {
+    let Some(handoff) = &listener.handoff else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    let local = fixed
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .filter(|a| a.ip().is_loopback() || private_ip(a.ip()));
+    if let (None, Some(address)) = (&handoff.host, local) {
+        warnings.push(format!(
+            "transfer_to = \"backend\" hands players to {address}, a private address: players from elsewhere are forwarded through wakegate instead; set transfer_host to the name they reach the server by"
+        ));
+    }
+    // The player logs in at the server (seconds, more on a busy one), then a poll sees it.
+    if idle_timeout < player_poll * 2 + Duration::from_secs(60) {
+        warnings.push(format!(
+            "transfer_to = \"backend\": handed-off players keep the service awake only through the player poll (every {}), and idle_timeout ({}) may end it before the poll sees them; make idle_timeout at least twice player_poll plus a minute",
+            humantime::format_duration(player_poll),
+            humantime::format_duration(idle_timeout)
+        ));
+    }
+    warnings
+}
+
+/// A private address (RFC 1918, shared, link-local, unique local): reached from its own
+/// network only.
+pub(super) fn private_ip(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private() || v4.is_link_local() || (a == 100 && b & 0xc0 == 64)
+        }
+        std::net::IpAddr::V6(v6) => v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
+/// `host`, `host:port`, an IPv6 address, or `[IPv6]:port`.
+fn parse_transfer_host(text: &str) -> Result<(String, Option<u16>), &'static str> {
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(Some(port)),
+        _ => Err("has a port that is not a number from 1 to 65535"),
+    };
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (v6, after) = rest
+            .split_once(']')
+            .ok_or("opens a `[` it does not close")?;
+        let port = match after {
+            "" => None,
+            _ => port(
+                after
+                    .strip_prefix(':')
+                    .ok_or("has something after `]` that is not :PORT")?,
+            )?,
+        };
+        v6.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "holds something in brackets that is not an IPv6 address")?;
+        (v6, port)
+    } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        (text, None)
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, p)) => (host, port(p)?),
+            None => (text, None),
+        }
+    };
+    let name_like = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    let v6 = host.parse::<std::net::Ipv6Addr>().is_ok();
+    if host.is_empty() || host.len() > 253 || !(name_like || v6) {
+        return Err("is not a host name or an IP address");
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transfer_host_is_a_name_or_an_ip_with_an_optional_port() {
+        let ok = |text: &str| parse_transfer_host(text).unwrap();
+        let own = |host: &str, port| (host.to_string(), port);
+        assert_eq!(ok("direct.example.com"), own("direct.example.com", None));
+        assert_eq!(
+            ok("direct.example.com:25570"),
+            own("direct.example.com", Some(25570))
+        );
+        assert_eq!(ok("203.0.113.7:25565"), own("203.0.113.7", Some(25565)));
+        assert_eq!(ok("2001:db8::7"), own("2001:db8::7", None));
+        assert_eq!(ok("[2001:db8::7]"), own("2001:db8::7", None));
+        assert_eq!(ok("[2001:db8::7]:25565"), own("2001:db8::7", Some(25565)));
+        for bad in [
+            "",
+            ":25565",
+            "mc.example.com:0",
+            "mc.example.com:x",
+            "a b",
+            "[::1",
+            "[mc]:1",
+            "a:b:1",
+            "[::1]x",
+        ] {
+            assert!(parse_transfer_host(bad).is_err(), "{bad:?} was taken");
+        }
+    }
 }

@@ -5,6 +5,8 @@
 
 pub mod access;
 pub mod config;
+mod configuration;
+mod handoff;
 mod legacy;
 pub mod status;
 mod transfer;
@@ -48,6 +50,7 @@ pub struct Entry {
     config: Minecraft,
     limiter: Option<RateLimiter>,
     cache: Option<StatusCache>,
+    handoff: Option<handoff::Handoffs>,
 }
 
 impl Named for Entry {
@@ -65,6 +68,7 @@ impl Route {
         Entry {
             limiter: self.config.wake_rate.map(RateLimiter::new),
             cache: self.config.status_cache.map(StatusCache::new),
+            handoff: self.config.handoff.clone().map(handoff::Handoffs::new),
             service: self.service,
             config: self.config,
         }
@@ -287,6 +291,9 @@ impl Visit<'_> {
                 return disconnect(reader, self.handshake.protocol, text).await;
             }
         };
+        let Some(ticket) = self.hand_off(reader, &start, ticket).await? else {
+            return Ok(());
+        };
         info!(player, "Forwarding the player.");
         let header = self.proxy_header(reader);
         forward(
@@ -343,7 +350,20 @@ impl Visit<'_> {
     ) -> Result<(), End> {
         let config = &self.route.config;
         let player = start.name.as_str();
-        let (host, port) = config.public_address.clone().unwrap_or_default();
+        let gateway = config
+            .public_address
+            .as_ref()
+            .map(|(h, p)| (h.as_str(), *p));
+        let back = match &self.route.handoff {
+            Some(handoffs) => transfer::Back::Backend {
+                handoffs,
+                fallback: gateway,
+            },
+            None => {
+                let (host, port) = gateway.unwrap_or_default();
+                transfer::Back::Gateway { host, port }
+            }
+        };
         let reason = "held in the configuration phase until the server is ready".to_string();
         self.note(player, "held", reason, json!({ "strategy": "transfer" }))
             .await;
@@ -354,9 +374,18 @@ impl Visit<'_> {
             service: &self.route.service,
             login: start,
         };
-        match waiting.run(&host, port).await? {
-            transfer::Outcome::Transferred => {
-                let to = format!("{host}:{port}");
+        match waiting.run(back).await? {
+            transfer::Outcome::HandedOff(to) => {
+                let detail = json!({ "to": to, "strategy": "transfer" });
+                let reason = format!("handed to the server at {to}");
+                self.note(player, "handed_off", reason, detail).await;
+            }
+            transfer::Outcome::Rejoin(e) => {
+                let detail = json!({ "why": e, "strategy": "transfer" });
+                let reason = format!("asked to join again: {e}");
+                self.note(player, "kicked", reason, detail).await;
+            }
+            transfer::Outcome::Transferred(to) => {
                 let detail = json!({ "to": to });
                 self.note(
                     player,

@@ -2,7 +2,8 @@
 //! encryption: the backend authenticates the player when it comes back), keeps the client in
 //! the configuration phase with keep-alives for as long as the wake takes, then sends it a
 //! Transfer packet naming this gateway. The client reconnects with intent "transfer", and the
-//! listener forwards that connection to the now-awake backend as a plain login.
+//! listener forwards that connection to the now-awake backend as a plain login. With
+//! `transfer_to = "backend"` the Transfer names the server itself instead (see `handoff`).
 //!
 //! The vanilla client gives up on a login that shows no progress for 30 s; in the
 //! configuration phase it only needs keep-alives, so a slow boot no longer drops anyone.
@@ -10,16 +11,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info};
 
 use super::End;
+use super::configuration::{configuration_disconnect, finish_login, linger, send_away};
+use super::handoff::Handoffs;
 use crate::minecraft::{
-    Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginAcknowledged,
-    LoginStart, MAX_LOGIN_FRAME, Protocol,
+    Clientbound, CodecError, ConfigurationRequest, Frame, FrameReader, LoginStart, Protocol,
 };
 use crate::service::ServiceHandle;
 
@@ -34,9 +35,6 @@ const SILENCE: Duration = Duration::from_secs(30);
 /// 32 KiB, and client information or known packs are far smaller.
 const MAX_CONFIGURATION_FRAME: usize = 32 * 1024 + 64;
 
-/// How long the client has to acknowledge the login success.
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A client waiting in the configuration phase.
 pub struct Waiting<'a> {
     pub reader: &'a mut FrameReader<TcpStream>,
@@ -46,16 +44,34 @@ pub struct Waiting<'a> {
     pub login: &'a LoginStart,
 }
 
+/// Where a waiting client is sent once the service is awake.
+pub enum Back<'a> {
+    /// Back to this gateway, at `public_address`.
+    Gateway { host: &'a str, port: u16 },
+    /// To the server itself (`transfer_to = "backend"`); to `fallback` (this gateway's
+    /// `public_address`) when the server cannot take it directly, or asked to join again
+    /// without one.
+    Backend {
+        handoffs: &'a Handoffs,
+        fallback: Option<(&'a str, u16)>,
+    },
+}
+
 /// How the wait ended, when the client was still there.
 pub enum Outcome {
-    /// The service is awake and the client was told to reconnect.
-    Transferred,
+    /// The service is awake and the client was told to reconnect to this gateway.
+    Transferred(String),
+    /// The service is awake and the client was sent to the server itself.
+    HandedOff(String),
+    /// The service is awake, but the client could be neither handed off nor sent back here:
+    /// it was asked to join again (and will be forwarded).
+    Rejoin(String),
     /// The wake failed; the client was disconnected with the reason.
     Failed(String),
 }
 
 impl Waiting<'_> {
-    pub async fn run(self, host: &str, port: u16) -> Result<Outcome, End> {
+    pub async fn run(self, back: Back<'_>) -> Result<Outcome, End> {
         let Waiting {
             reader,
             protocol,
@@ -64,14 +80,7 @@ impl Waiting<'_> {
             login,
         } = self;
         let name = login.name.as_str();
-        // Clients that can be transferred (1.20.5+) always send their UUID.
-        let uuid = login.uuid.unwrap_or_default();
-        let success = Clientbound::LoginSuccess { uuid, name }.encode(protocol)?;
-        reader.get_mut().write_all(&success).await?;
-        let ack = tokio::time::timeout(ACK_TIMEOUT, reader.next_frame(MAX_LOGIN_FRAME))
-            .await
-            .map_err(|_| CodecError::Timeout(ACK_TIMEOUT))??;
-        LoginAcknowledged::parse(ack.body(), protocol)?;
+        finish_login(reader, protocol, login).await?;
         info!(
             player = name,
             "The player waits in the configuration phase while the service wakes."
@@ -119,25 +128,38 @@ impl Waiting<'_> {
                 }
             }
         };
-        let client = reader.get_mut();
-        match ticket {
-            Ok(ticket) => {
-                // The client comes back on a new connection, which takes a ticket of its own.
-                drop(ticket);
-                let out = Clientbound::Transfer { host, port }.encode(protocol)?;
-                client.write_all(&out).await?;
-                client.shutdown().await?;
-                info!(player = name, to = %format!("{host}:{port}"), "The service is ready; transferring the player.");
-                Ok(Outcome::Transferred)
-            }
+        let ticket = match ticket {
+            Ok(ticket) => ticket,
             Err(e) => {
-                let reason = json!({ "text": format!("§cThe server could not start.\n§7{e}") });
-                let out =
-                    Clientbound::ConfigurationDisconnect { reason: &reason }.encode(protocol)?;
-                client.write_all(&out).await?;
-                client.shutdown().await?;
-                Ok(Outcome::Failed(e.to_string()))
+                let text = format!("§cThe server could not start.\n§7{e}");
+                configuration_disconnect(reader, protocol, &text).await?;
+                return Ok(Outcome::Failed(e.to_string()));
             }
-        }
+        };
+        // The ticket is held until the client has its Transfer: the service stays up meanwhile.
+        let (host, port, outcome): (String, u16, fn(String) -> Outcome) = match back {
+            Back::Gateway { host, port } => (host.to_owned(), port, Outcome::Transferred),
+            Back::Backend { handoffs, fallback } => {
+                match handoffs
+                    .decide(service, ticket.address, peer, protocol)
+                    .await
+                {
+                    Ok((host, port)) => (host, port, Outcome::HandedOff),
+                    Err(not) => match fallback {
+                        Some((host, port)) => (host.to_owned(), port, Outcome::Transferred),
+                        None => {
+                            let text = not.rejoin_text();
+                            configuration_disconnect(reader, protocol, &text).await?;
+                            return Ok(Outcome::Rejoin(not.to_string()));
+                        }
+                    },
+                }
+            }
+        };
+        send_away(reader, protocol, &host, port).await?;
+        drop(ticket);
+        info!(player = name, to = %format!("{host}:{port}"), "The service is ready; transferring the player.");
+        linger(reader).await;
+        Ok(outcome(format!("{host}:{port}")))
     }
 }

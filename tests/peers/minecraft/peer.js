@@ -17,6 +17,10 @@
 // without it), parses it and appends {"source": "IP:PORT", "destination": "IP:PORT"} to FILE,
 // one JSON line each ({"local": true} for a LOCAL header, {"source": null} for none).
 //
+// A player arriving with intent 3 (transfer) is refused as vanilla refuses it by default (a
+// login disconnect `multiplayer.disconnect.transfers_disabled`, at once); with
+// ACCEPTS_TRANSFERS=1 the server takes it as a login, like vanilla with accepts-transfers=true.
+//
 // The server's status sample names the players in the world, as vanilla servers do.
 // With PEER_LOCAL_PORT=1 a joining player also prints the local port of its (first) connection,
 // as "localPort".
@@ -88,6 +92,18 @@ if (mode === 'server') {
     }
   })
   const loginPacket = require('minecraft-data')(server.version).loginPacket
+  const acceptsTransfers = process.env.ACCEPTS_TRANSFERS === '1'
+  // minecraft-protocol knows intents 1 and 2 only; its own handshake handler runs first.
+  server.on('connection', (client) => {
+    client.once('set_protocol', (packet) => {
+      if (packet.nextState !== 3) return
+      client.state = mc.states.LOGIN
+      if (!acceptsTransfers) {
+        console.log('refused a transfer')
+        client.end('', JSON.stringify({ translate: 'multiplayer.disconnect.transfers_disabled' }))
+      }
+    })
+  })
   server.on('listening', () => {
     if (!proxyLog) return console.log(`listening on 127.0.0.1:${port}`)
     const inner = server.socketServer.address().port
