@@ -73,6 +73,21 @@ pub fn parse(bytes: &[u8]) -> Parse {
     }
 }
 
+/// Whether the bytes a client sent start with a PROXY header (or a broken one), as far as
+/// they tell: `None` while they are a strict beginning of one of the two signatures (`PROXY `,
+/// or v2's 12 bytes), which a few more bytes decide.
+pub fn starts_header(bytes: &[u8]) -> Option<bool> {
+    if bytes.starts_with(V1_PREFIX) || bytes.starts_with(V2_SIGNATURE) {
+        Some(true)
+    } else if is_prefix_of_or_starts_with(bytes, V1_PREFIX)
+        || is_prefix_of_or_starts_with(bytes, V2_SIGNATURE)
+    {
+        None
+    } else {
+        Some(false)
+    }
+}
+
 /// Whether `bytes` are the start of `prefix`, or start with it.
 fn is_prefix_of_or_starts_with(bytes: &[u8], prefix: &[u8]) -> bool {
     let n = bytes.len().min(prefix.len());
@@ -461,6 +476,31 @@ mod tests {
         assert_eq!(parse(b""), Parse::Incomplete);
         assert_eq!(parse(b"PROX"), Parse::Incomplete);
         assert_eq!(parse(b"\r\n\r\n\0"), Parse::Incomplete);
+    }
+
+    #[test]
+    fn a_header_is_told_from_other_bytes_by_its_signature() {
+        let v2 = crate::minecraft::proxy_header::v2_local();
+        for header in [
+            &b"PROXY TCP4 1.2.3.4"[..],
+            b"PROXY garbage\r\n",
+            &v2,
+            &v2[..12],
+        ] {
+            assert_eq!(starts_header(header), Some(true), "{header:?}");
+        }
+        for other in [
+            &b"GET /"[..],
+            b"PRI * HTTP/2.0",
+            b"\x16\x03\x01",
+            b"\r\n\r\nX",
+            b"PROXX",
+        ] {
+            assert_eq!(starts_header(other), Some(false), "{other:?}");
+        }
+        for undecided in [&b""[..], b"P", b"PROXY", b"\r\n", &v2[..11]] {
+            assert_eq!(starts_header(undecided), None, "{undecided:?}");
+        }
     }
 
     /// A connected pair of real sockets.

@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::tls::{self, TlsFiles};
 use crate::config::de::spanned_duration;
 use crate::config::diag::Problems;
+use crate::listener::access::{AddressRules, IpNet, NETS_HINT, read_address_rules, read_list};
 use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
@@ -47,6 +48,10 @@ pub struct Http {
     pub keepalive_timeout: Duration,
     /// Open connections one client address may have on this socket (0: no cap).
     pub max_connections_per_address: u32,
+    /// Who may use the service, and how often one address may wake it.
+    pub rules: AddressRules,
+    /// Load balancers whose PROXY header names the real client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// What a request gets while its service is not awake.
@@ -98,6 +103,14 @@ pub(crate) struct HttpListenConfig {
     keepalive_timeout: Spanned<Duration>,
     #[serde(default = "default_max_connections_per_address")]
     max_connections_per_address: u32,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    wake_rate: Option<Spanned<String>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 fn default_strategy() -> Strategy {
@@ -279,6 +292,11 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
             out
         }
     };
+    let rules = read_address_rules(&c.allow, &c.deny, c.wake_rate.as_ref(), problems);
+    let trusted_proxies = read_list(&c.trusted_proxies, "trusted_proxies", NETS_HINT, problems);
+    let (Some(rules), Some(trusted_proxies)) = (rules, trusted_proxies) else {
+        return None;
+    };
     let ignore_user_agents = match c.ignore_user_agents {
         None => DEFAULT_IGNORE_USER_AGENTS
             .iter()
@@ -300,5 +318,7 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
         head_timeout: c.head_timeout.into_inner(),
         keepalive_timeout: c.keepalive_timeout.into_inner(),
         max_connections_per_address: c.max_connections_per_address,
+        rules,
+        trusted_proxies,
     })
 }

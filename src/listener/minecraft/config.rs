@@ -8,10 +8,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::access::{Access, Subject, WakeRate};
+use super::access::{Access, Subject};
 use super::status::{Text, load_icon};
 use crate::config::de::{optional_spanned_duration, spanned_duration};
 use crate::config::diag::Problems;
+use crate::listener::access::{IpNet, NETS_HINT, WakeRate, read_list, read_wake_rate};
 use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
@@ -55,6 +56,9 @@ pub struct Minecraft {
     pub head_timeout: Duration,
     /// Open connections one client address may have on this socket (0: no cap).
     pub max_connections_per_address: u32,
+    /// Load balancers whose PROXY protocol header names the real client (see
+    /// `listener::client`).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// What a login does while the service is not awake.
@@ -155,6 +159,8 @@ pub(crate) struct MinecraftListenConfig {
     head_timeout: Spanned<Duration>,
     #[serde(default = "default_max_connections_per_address")]
     max_connections_per_address: u32,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 /// What vanilla servers allow a client between packets before login completes.
@@ -263,6 +269,7 @@ pub(crate) fn read_minecraft(
         proxy_protocol: c.proxy_protocol,
         head_timeout,
         max_connections_per_address: c.max_connections_per_address,
+        trusted_proxies: extra.trusted_proxies,
     })
 }
 
@@ -272,6 +279,7 @@ struct MinecraftExtras {
     access: Access,
     wake_rate: Option<WakeRate>,
     icon: Option<String>,
+    trusted_proxies: Vec<IpNet>,
 }
 
 fn read_minecraft_extras(
@@ -337,42 +345,18 @@ fn read_minecraft_extras(
         );
         ok = false;
     }
-    let mut subjects = |list: &[Spanned<String>], which: &str| -> Vec<Subject> {
-        let mut out = Vec::new();
-        for item in list {
-            match item.get_ref().parse::<Subject>() {
-                Ok(subject) => out.push(subject),
-                Err(e) => {
-                    problems.add(
-                        Some(item.span()),
-                        format!("{which}: {e}"),
-                        "list player names (\"Steve\"), UUIDs (\"069a79f4-44e9-4726-a5be-fca90e38aaf5\") and IP addresses or ranges (\"10.0.0.0/8\", \"2001:db8::/32\")",
-                    );
-                    ok = false;
-                }
-            }
-        }
-        out
-    };
+    let hint = "list player names (\"Steve\"), UUIDs (\"069a79f4-44e9-4726-a5be-fca90e38aaf5\") and IP addresses or ranges (\"10.0.0.0/8\", \"2001:db8::/32\")";
+    let allow = read_list::<Subject>(&c.allow, "allow", hint, problems);
+    let deny = read_list::<Subject>(&c.deny, "deny", hint, problems);
+    let wake_rate = read_wake_rate(c.wake_rate.as_ref(), problems);
+    let trusted_proxies = read_list(&c.trusted_proxies, "trusted_proxies", NETS_HINT, problems);
+    ok &= allow.is_some() && deny.is_some() && wake_rate.is_ok() && trusted_proxies.is_some();
     let access = Access {
-        allow: subjects(&c.allow, "allow"),
-        deny: subjects(&c.deny, "deny"),
+        allow: allow.unwrap_or_default(),
+        deny: deny.unwrap_or_default(),
     };
-    let wake_rate = match &c.wake_rate {
-        None => None,
-        Some(text) => match text.get_ref().parse::<WakeRate>() {
-            Ok(rate) => Some(rate),
-            Err(e) => {
-                problems.add(
-                    Some(text.span()),
-                    format!("wake_rate {e}"),
-                    "write how many wakes one IP address may start per period, e.g. wake_rate = \"3/1m\"",
-                );
-                ok = false;
-                None
-            }
-        },
-    };
+    let wake_rate = wake_rate.unwrap_or_default();
+    let trusted_proxies = trusted_proxies.unwrap_or_default();
     let icon = match &c.icon {
         None => None,
         Some(path) => match load_icon(Path::new(path.get_ref())) {
@@ -406,5 +390,6 @@ fn read_minecraft_extras(
         access,
         wake_rate,
         icon,
+        trusted_proxies,
     })
 }
