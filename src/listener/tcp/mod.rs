@@ -127,8 +127,13 @@ async fn admit(client: &mut Client, socket: &Socket) -> Result<Ticket, Turned> {
         };
         client.early = match first {
             Ok(Ok(Some(taken))) => taken,
+            // Closed or reset before a byte: a port scan.
             Ok(Ok(None)) => {
                 let why = format!("{peer} for {}", service.name());
+                return Err(Turned::Refused(Refusal::NoData, why));
+            }
+            Ok(Err(First::Io(e))) if e.kind() == io::ErrorKind::ConnectionReset => {
+                let why = format!("{peer} for {} (reset)", service.name());
                 return Err(Turned::Refused(Refusal::NoData, why));
             }
             Ok(Err(First::ProxyHeader)) => {
