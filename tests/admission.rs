@@ -34,7 +34,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// nothing was answered.
 async fn scan(i: usize, gateway: SocketAddr) {
     let mut stream = connect_from([127, 0, 0, 1], gateway).await.unwrap();
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         stream.set_zero_linger().unwrap();
         return;
     }

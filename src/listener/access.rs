@@ -10,9 +10,12 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::time::Instant;
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
+use crate::config::de::read;
 use crate::config::diag::Problems;
 
 /// An IP range, IPv4 or IPv6 (`ipnet` does the matching); a lone address is a range of one.
@@ -318,23 +321,79 @@ pub(crate) fn read_wake_rate(
     }
 }
 
-/// Reads the `allow`, `deny` and `wake_rate` of a `tcp` or `http` listener.
-pub(crate) fn read_address_rules(
-    allow: &[Spanned<String>],
-    deny: &[Spanned<String>],
-    wake_rate: Option<&Spanned<String>>,
+/// The keys of a listener table about who may reach its service, the same on every listener
+/// type; `allow` and `deny` are read by the type (the `minecraft` listener takes player names
+/// and UUIDs too).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessKeys {
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub wake_rate: Option<Spanned<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+}
+
+const ACCESS_KEYS: [&str; 4] = ["allow", "deny", "wake_rate", "trusted_proxies"];
+
+/// Takes the [`AccessKeys`] out of a listener table, so that its type's struct reads the rest.
+pub(crate) fn split_access_keys<'i>(
+    value: Spanned<DeValue<'i>>,
     problems: &mut Problems<'_>,
-) -> Option<AddressRules> {
-    let allow = read_list(allow, "allow", NETS_HINT, problems);
-    let deny = read_list(deny, "deny", NETS_HINT, problems);
-    let wake_rate = read_wake_rate(wake_rate, problems);
-    Some(AddressRules {
-        lists: Lists {
-            allow: allow?,
-            deny: deny?,
-        },
-        wake_rate: wake_rate.ok()?,
-    })
+) -> Option<(AccessKeys, Spanned<DeValue<'i>>)> {
+    let span = value.span();
+    let mut table = match value.into_inner() {
+        DeValue::Table(table) => table,
+        // Not a table: the type's struct says so.
+        other => return Some((AccessKeys::default(), Spanned::new(span, other))),
+    };
+    let mut keys = DeTable::new();
+    for name in ACCESS_KEYS {
+        if let Some((key, value)) = table.remove_entry(name) {
+            keys.insert(key, value);
+        }
+    }
+    let keys = read::<AccessKeys>(Spanned::new(span.clone(), DeValue::Table(keys)), problems)?;
+    Some((keys, Spanned::new(span, DeValue::Table(table))))
+}
+
+/// The access keys as read: the lists (of rules `R`), the wake rate, the trusted proxies.
+pub(crate) type ReadKeys<R> = (Lists<R>, Option<WakeRate>, Vec<IpNet>);
+
+/// Reads the access keys of a listener whose `allow` and `deny` entries are rules `R`
+/// (`hint` says what they may be); every bad entry is a problem.
+pub(crate) fn read_access_keys<R: FromStr<Err = String>>(
+    keys: &AccessKeys,
+    hint: &str,
+    problems: &mut Problems<'_>,
+) -> Option<ReadKeys<R>> {
+    let allow = read_list(&keys.allow, "allow", hint, problems);
+    let deny = read_list(&keys.deny, "deny", hint, problems);
+    let wake_rate = read_wake_rate(keys.wake_rate.as_ref(), problems);
+    let trusted = read_list(
+        &keys.trusted_proxies,
+        "trusted_proxies",
+        NETS_HINT,
+        problems,
+    );
+    let lists = Lists {
+        allow: allow?,
+        deny: deny?,
+    };
+    Some((lists, wake_rate.ok()?, trusted?))
+}
+
+/// Reads the access keys of a `tcp` or `http` listener: its [`AddressRules`] and its trusted
+/// proxies.
+pub(crate) fn read_address_keys(
+    keys: &AccessKeys,
+    problems: &mut Problems<'_>,
+) -> Option<(AddressRules, Vec<IpNet>)> {
+    let (lists, wake_rate, trusted) = read_access_keys(keys, NETS_HINT, problems)?;
+    Some((AddressRules { lists, wake_rate }, trusted))
 }
 
 #[cfg(test)]

@@ -99,6 +99,14 @@ impl Client {
         }
     }
 
+    /// Names the proxy the client came through in `span` (a connection's span, which has an
+    /// empty `via` field).
+    pub fn record_via(&self, span: &tracing::Span) {
+        if let Some(via) = self.via {
+            span.record("via", tracing::field::display(via));
+        }
+    }
+
     /// The connection as one stream that gives the early bytes first.
     pub fn into_io(self) -> Prefixed<TcpStream> {
         Prefixed {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use toml::Spanned;
 use toml::de::DeValue;
 
+use super::access::split_access_keys;
 use super::http::config::{Http, HttpListenConfig, read_http};
 use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
 use super::tcp::config::{Tcp, TcpListenConfig, read_tcp};
@@ -60,26 +61,28 @@ pub(crate) fn read_listeners(
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
-        let listen =
-            split_type(item, "[[service.listen]]", kinds, problems).and_then(|(kind, rest)| {
-                match kind.as_str() {
-                    "tcp" => read::<TcpListenConfig>(rest, problems)
-                        .and_then(|c| read_tcp(c, problems))
-                        .map(Listen::Tcp),
-                    "minecraft" => read::<MinecraftListenConfig>(rest, problems)
-                        .and_then(|c| read_minecraft(c, problems))
-                        .map(Listen::Minecraft),
-                    "http" => read::<HttpListenConfig>(rest, problems)
-                        .and_then(|c| read_http(c, problems))
-                        .map(|h| Listen::Http(Box::new(h))),
-                    other => {
-                        problems.add(
-                            Some(rest.span()),
-                            format!("unknown listener type `{other}`"),
-                            &format!("use one of: {kinds}"),
-                        );
-                        None
-                    }
+        let listen = split_type(item, "[[service.listen]]", kinds, problems)
+            .and_then(|(kind, rest)| {
+                let (keys, rest) = split_access_keys(rest, problems)?;
+                Some((kind, keys, rest))
+            })
+            .and_then(|(kind, keys, rest)| match kind.as_str() {
+                "tcp" => read::<TcpListenConfig>(rest, problems)
+                    .and_then(|c| read_tcp(c, &keys, problems))
+                    .map(Listen::Tcp),
+                "minecraft" => read::<MinecraftListenConfig>(rest, problems)
+                    .and_then(|c| read_minecraft(c, &keys, problems))
+                    .map(Listen::Minecraft),
+                "http" => read::<HttpListenConfig>(rest, problems)
+                    .and_then(|c| read_http(c, &keys, problems))
+                    .map(|h| Listen::Http(Box::new(h))),
+                other => {
+                    problems.add(
+                        Some(rest.span()),
+                        format!("unknown listener type `{other}`"),
+                        &format!("use one of: {kinds}"),
+                    );
+                    None
                 }
             });
         match listen {

@@ -481,25 +481,25 @@ mod tests {
     #[test]
     fn a_header_is_told_from_other_bytes_by_its_signature() {
         let v2 = crate::minecraft::proxy_header::v2_local();
-        for header in [
-            &b"PROXY TCP4 1.2.3.4"[..],
-            b"PROXY garbage\r\n",
-            &v2,
-            &v2[..12],
-        ] {
-            assert_eq!(starts_header(header), Some(true), "{header:?}");
-        }
-        for other in [
-            &b"GET /"[..],
-            b"PRI * HTTP/2.0",
-            b"\x16\x03\x01",
-            b"\r\n\r\nX",
-            b"PROXX",
-        ] {
-            assert_eq!(starts_header(other), Some(false), "{other:?}");
-        }
-        for undecided in [&b""[..], b"P", b"PROXY", b"\r\n", &v2[..11]] {
-            assert_eq!(starts_header(undecided), None, "{undecided:?}");
+        let cases: [(&[u8], Option<bool>); 14] = [
+            (b"PROXY TCP4 1.2.3.4", Some(true)),
+            (b"PROXY garbage\r\n", Some(true)),
+            (&v2, Some(true)),
+            (&v2[..12], Some(true)),
+            (b"GET /", Some(false)),
+            // HTTP/2 with prior knowledge shares `PR` with a v1 header.
+            (b"PRI * HTTP/2.0", Some(false)),
+            (b"\x16\x03\x01", Some(false)),
+            (b"\r\n\r\nX", Some(false)),
+            (b"PROXX", Some(false)),
+            (b"", None),
+            (b"P", None),
+            (b"PROXY", None),
+            (b"\r\n", None),
+            (&v2[..11], None),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(starts_header(bytes), expected, "{bytes:?}");
         }
     }
 

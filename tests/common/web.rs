@@ -15,6 +15,8 @@ use super::exchange_from;
 
 /// A web server that answers every request with `xff=` and the X-Forwarded-For it got (`-`
 /// without one); it runs until the test ends.
+// A test's own tasks end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#[allow(clippy::disallowed_methods)]
 pub async fn forwarded_for_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

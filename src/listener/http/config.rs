@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::tls::{self, TlsFiles};
 use crate::config::de::spanned_duration;
 use crate::config::diag::Problems;
-use crate::listener::access::{AddressRules, IpNet, NETS_HINT, read_address_rules, read_list};
+use crate::listener::access::{AccessKeys, AddressRules, IpNet, read_address_keys};
 use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
@@ -66,7 +66,7 @@ pub enum Strategy {
     Auto,
 }
 
-/// An `http` listener table, as written.
+/// An `http` listener table, as written (less its `AccessKeys`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HttpListenConfig {
@@ -103,14 +103,6 @@ pub(crate) struct HttpListenConfig {
     keepalive_timeout: Spanned<Duration>,
     #[serde(default = "default_max_connections_per_address")]
     max_connections_per_address: u32,
-    #[serde(default)]
-    allow: Vec<Spanned<String>>,
-    #[serde(default)]
-    deny: Vec<Spanned<String>>,
-    #[serde(default)]
-    wake_rate: Option<Spanned<String>>,
-    #[serde(default)]
-    trusted_proxies: Vec<Spanned<String>>,
 }
 
 fn default_strategy() -> Strategy {
@@ -174,7 +166,11 @@ pub const DEFAULT_IGNORE_USER_AGENTS: &[&str] = &[
 
 /// Checks an `http` listener's values beyond their types; reads its page template and checks
 /// its certificate and key, so a mistake shows in `config check` rather than at start.
-pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Option<Http> {
+pub(crate) fn read_http(
+    c: HttpListenConfig,
+    keys: &AccessKeys,
+    problems: &mut Problems<'_>,
+) -> Option<Http> {
     let mut ok = true;
     let hostnames = read_hostnames(&c.hostnames, Hostnames::Http, problems);
     ok &= hostnames.is_some();
@@ -292,11 +288,7 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
             out
         }
     };
-    let rules = read_address_rules(&c.allow, &c.deny, c.wake_rate.as_ref(), problems);
-    let trusted_proxies = read_list(&c.trusted_proxies, "trusted_proxies", NETS_HINT, problems);
-    let (Some(rules), Some(trusted_proxies)) = (rules, trusted_proxies) else {
-        return None;
-    };
+    let (rules, trusted_proxies) = read_address_keys(keys, problems)?;
     let ignore_user_agents = match c.ignore_user_agents {
         None => DEFAULT_IGNORE_USER_AGENTS
             .iter()

@@ -172,9 +172,7 @@ pub async fn run(
     let serving = server.clone();
     super::accept(&listener, &listening, &connections, move |client| {
         let span = info_span!("http", peer = %client.addr, via = field::Empty);
-        if let Some(via) = client.via {
-            span.record("via", field::display(via));
-        }
+        client.record_via(&span);
         accept(client, serving.clone(), tls.clone()).instrument(span)
     })
     .await;

@@ -12,7 +12,7 @@ use super::access::{Access, Subject};
 use super::status::{Text, load_icon};
 use crate::config::de::{optional_spanned_duration, spanned_duration};
 use crate::config::diag::Problems;
-use crate::listener::access::{IpNet, NETS_HINT, WakeRate, read_list, read_wake_rate};
+use crate::listener::access::{AccessKeys, IpNet, WakeRate, read_access_keys};
 use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
@@ -110,7 +110,7 @@ impl<'de> Deserialize<'de> for JoinList {
     }
 }
 
-/// A `minecraft` listener table, as written.
+/// A `minecraft` listener table, as written (less its `AccessKeys`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MinecraftListenConfig {
@@ -139,12 +139,6 @@ pub(crate) struct MinecraftListenConfig {
     #[serde(default)]
     public_address: Option<Spanned<String>>,
     #[serde(default)]
-    allow: Vec<Spanned<String>>,
-    #[serde(default)]
-    deny: Vec<Spanned<String>>,
-    #[serde(default)]
-    wake_rate: Option<Spanned<String>>,
-    #[serde(default)]
     player_sample: Vec<String>,
     #[serde(default)]
     icon: Option<Spanned<String>>,
@@ -159,8 +153,6 @@ pub(crate) struct MinecraftListenConfig {
     head_timeout: Spanned<Duration>,
     #[serde(default = "default_max_connections_per_address")]
     max_connections_per_address: u32,
-    #[serde(default)]
-    trusted_proxies: Vec<Spanned<String>>,
 }
 
 /// What vanilla servers allow a client between packets before login completes.
@@ -198,6 +190,7 @@ fn default_kick_message() -> String {
 /// Checks a `minecraft` listener's values beyond their types.
 pub(crate) fn read_minecraft(
     c: MinecraftListenConfig,
+    keys: &AccessKeys,
     problems: &mut Problems<'_>,
 ) -> Option<Minecraft> {
     let mut ok = true;
@@ -244,7 +237,7 @@ pub(crate) fn read_minecraft(
         text(&c.motd_waking),
         text(&c.motd_failed),
     );
-    let extra = read_minecraft_extras(&c, &hostnames, problems);
+    let extra = read_minecraft_extras(&c, keys, &hostnames, problems);
     let (Some(asleep), Some(waking), Some(failed), Some(extra)) = (asleep, waking, failed, extra)
     else {
         return None;
@@ -284,6 +277,7 @@ struct MinecraftExtras {
 
 fn read_minecraft_extras(
     c: &MinecraftListenConfig,
+    keys: &AccessKeys,
     hostnames: &[String],
     problems: &mut Problems<'_>,
 ) -> Option<MinecraftExtras> {
@@ -346,17 +340,9 @@ fn read_minecraft_extras(
         ok = false;
     }
     let hint = "list player names (\"Steve\"), UUIDs (\"069a79f4-44e9-4726-a5be-fca90e38aaf5\") and IP addresses or ranges (\"10.0.0.0/8\", \"2001:db8::/32\")";
-    let allow = read_list::<Subject>(&c.allow, "allow", hint, problems);
-    let deny = read_list::<Subject>(&c.deny, "deny", hint, problems);
-    let wake_rate = read_wake_rate(c.wake_rate.as_ref(), problems);
-    let trusted_proxies = read_list(&c.trusted_proxies, "trusted_proxies", NETS_HINT, problems);
-    ok &= allow.is_some() && deny.is_some() && wake_rate.is_ok() && trusted_proxies.is_some();
-    let access = Access {
-        allow: allow.unwrap_or_default(),
-        deny: deny.unwrap_or_default(),
-    };
-    let wake_rate = wake_rate.unwrap_or_default();
-    let trusted_proxies = trusted_proxies.unwrap_or_default();
+    let read = read_access_keys::<Subject>(keys, hint, problems);
+    ok &= read.is_some();
+    let (access, wake_rate, trusted_proxies) = read.unwrap_or_default();
     let icon = match &c.icon {
         None => None,
         Some(path) => match load_icon(Path::new(path.get_ref())) {

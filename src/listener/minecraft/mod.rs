@@ -122,9 +122,7 @@ pub async fn run(listener: TcpListener, routes: Arc<Table>, connections: Connect
     let conns = connections.clone();
     super::accept(&listener, &listening, &connections, move |client| {
         let span = info_span!("minecraft", peer = %client.addr, via = field::Empty);
-        if let Some(via) = client.via {
-            span.record("via", field::display(via));
-        }
+        client.record_via(&span);
         serve(client, socket.clone(), conns.clone()).instrument(span)
     })
     .await;

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use crate::config::de::spanned_duration;
 use crate::config::diag::Problems;
-use crate::listener::access::{AddressRules, IpNet, NETS_HINT, read_address_rules, read_list};
+use crate::listener::access::{AccessKeys, AddressRules, IpNet, read_address_keys};
 use crate::listener::admission::default_max_connections_per_address;
 
 /// A `tcp` listener: forwards every byte, and wakes the service on a connection or on its
@@ -52,7 +52,7 @@ pub enum ProxyVersion {
     V2,
 }
 
-/// A `tcp` listener table, as written.
+/// A `tcp` listener table, as written (less its `AccessKeys`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TcpListenConfig {
@@ -66,14 +66,6 @@ pub(crate) struct TcpListenConfig {
         deserialize_with = "spanned_duration"
     )]
     head_timeout: Spanned<Duration>,
-    #[serde(default)]
-    allow: Vec<Spanned<String>>,
-    #[serde(default)]
-    deny: Vec<Spanned<String>>,
-    #[serde(default)]
-    wake_rate: Option<Spanned<String>>,
-    #[serde(default)]
-    trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     proxy_protocol: Option<ProxyVersion>,
 }
@@ -89,7 +81,11 @@ fn default_head_timeout() -> Spanned<Duration> {
 }
 
 /// Checks a `tcp` listener's values beyond their types.
-pub(crate) fn read_tcp(c: TcpListenConfig, problems: &mut Problems<'_>) -> Option<Tcp> {
+pub(crate) fn read_tcp(
+    c: TcpListenConfig,
+    keys: &AccessKeys,
+    problems: &mut Problems<'_>,
+) -> Option<Tcp> {
     let head_timeout = *c.head_timeout.get_ref();
     let timeout_ok = !head_timeout.is_zero() && head_timeout <= Duration::from_secs(3600);
     if !timeout_ok {
@@ -102,9 +98,7 @@ pub(crate) fn read_tcp(c: TcpListenConfig, problems: &mut Problems<'_>) -> Optio
             "give a client between 1s and 1h for its first byte; the default is 10s",
         );
     }
-    let rules = read_address_rules(&c.allow, &c.deny, c.wake_rate.as_ref(), problems);
-    let trusted = read_list(&c.trusted_proxies, "trusted_proxies", NETS_HINT, problems);
-    let (rules, trusted_proxies) = (rules?, trusted?);
+    let (rules, trusted_proxies) = read_address_keys(keys, problems)?;
     timeout_ok.then(|| Tcp {
         bind: c.bind.into_inner(),
         max_connections_per_address: c.max_connections_per_address,

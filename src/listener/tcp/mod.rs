@@ -58,9 +58,7 @@ pub async fn run(
     super::accept(&listener, &listening, &connections, move |client| {
         let service = socket.service.name();
         let span = info_span!("client", service, peer = %client.addr, via = field::Empty);
-        if let Some(via) = client.via {
-            span.record("via", field::display(via));
-        }
+        client.record_via(&span);
         serve(client, socket.clone()).instrument(span)
     })
     .await;
