@@ -23,8 +23,8 @@ use crate::{api, backend, health, listener, notify, service};
 
 /// What a bound socket serves.
 enum Bound {
-    /// The service, and its per-address cap.
-    Tcp(String, u32),
+    /// The service, and its listener.
+    Tcp(String, crate::listener::tcp::config::Tcp),
     /// The bind of its entries, and the services sharing it with their entries (none yet
     /// for a socket only templates use).
     Minecraft(
@@ -40,7 +40,7 @@ enum Bound {
 
 /// A bound socket ready to serve once the services have reconciled.
 enum Ready {
-    Tcp(String, u32),
+    Tcp(String, crate::listener::tcp::config::Tcp),
     Minecraft(Arc<listener::minecraft::Table>),
     Http(
         Arc<listener::http::Table>,
@@ -109,9 +109,7 @@ impl App {
                     )
                 })?;
                 let what = match listen {
-                    Listen::Tcp { .. } => {
-                        Bound::Tcp(service.name.clone(), listen.max_connections_per_address())
-                    }
+                    Listen::Tcp(tcp) => Bound::Tcp(service.name.clone(), tcp.clone()),
                     Listen::Minecraft(m) => {
                         Bound::Minecraft(bind, vec![(service.name.clone(), m.clone())])
                     }
@@ -219,10 +217,10 @@ impl App {
         for (what, socket) in bound {
             let addr = socket.local_addr()?;
             let what = match what {
-                Bound::Tcp(name, cap) => {
+                Bound::Tcp(name, tcp) => {
                     info!(service = %name, bind = %addr, "Listening.");
                     listeners.push((name.clone(), addr));
-                    Ready::Tcp(name, cap)
+                    Ready::Tcp(name, tcp)
                 }
                 Bound::Minecraft(bind, group) => {
                     let mut routes = Vec::new();
@@ -280,12 +278,12 @@ impl App {
         let accepting = TaskTracker::new();
         for (what, socket) in ready {
             match what {
-                Ready::Tcp(name, cap) => {
+                Ready::Tcp(name, tcp) => {
                     accepting.spawn(listener::tcp::run(
                         socket,
                         handle(&name),
                         connections.clone(),
-                        cap,
+                        tcp,
                     ));
                 }
                 Ready::Minecraft(table) => {

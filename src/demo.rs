@@ -81,6 +81,8 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
                 keepalive_timeout: crate::listener::http::config::DEFAULT_KEEPALIVE_TIMEOUT,
                 max_connections_per_address:
                     crate::listener::admission::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+                rules: Default::default(),
+                trusted_proxies: Vec::new(),
             }))],
             readiness: Default::default(),
             health: Vec::new(),

@@ -407,24 +407,31 @@ pub fn render_store(out: &mut String, store: &StoreMetrics) {
 pub enum Refusal {
     /// The client's address already had `max_connections_per_address` connections open.
     PerAddressCap,
-    /// It did not send its request head (HTTP), TLS handshake or Minecraft packet in time.
+    /// It did not send its request head (HTTP), TLS handshake, Minecraft packet, PROXY header
+    /// or (`wake_on = "data"`) first byte in time.
     HeadTimeout,
     /// It broke the protocol: a bad request, a broken request body, a failed TLS handshake.
     Malformed,
     /// The process was out of file descriptors (or socket memory) when the client arrived.
     FdExhausted,
-    /// A Minecraft login the allow or deny lists refused.
+    /// A client (a Minecraft login) the allow or deny lists refused.
     Denied,
-    /// A Minecraft login over the per-address wake rate.
+    /// A client (a Minecraft login) whose address started `wake_rate` wakes already.
     RateLimited,
     /// A Minecraft client asked for a hostname no service has.
     UnknownHost,
     /// The service could not take it: `max_held` reached, the wake failed, `block_timeout`.
     Unavailable,
+    /// A client of a `wake_on = "data"` tcp listener closed before it sent a byte, while the
+    /// service was not awake (a port scan): nothing was woken.
+    NoData,
+    /// A PROXY protocol header from an address not in `trusted_proxies`, or a trusted proxy's
+    /// connection without a valid one.
+    ProxyHeader,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::PerAddressCap,
         Refusal::HeadTimeout,
         Refusal::Malformed,
@@ -433,6 +440,8 @@ impl Refusal {
         Refusal::RateLimited,
         Refusal::UnknownHost,
         Refusal::Unavailable,
+        Refusal::NoData,
+        Refusal::ProxyHeader,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -445,6 +454,8 @@ impl Refusal {
             Refusal::RateLimited => "rate_limited",
             Refusal::UnknownHost => "unknown_host",
             Refusal::Unavailable => "unavailable",
+            Refusal::NoData => "no_data",
+            Refusal::ProxyHeader => "proxy_header",
         }
     }
 }

@@ -17,37 +17,15 @@ async fn start(dir: &std::path::Path, service: Service) -> App {
     gateway(dir).service(service).start().await
 }
 
-/// An `exec` service whose hooks run the echo server in the background, count the starts in
-/// `starts`, and take `stop_delay` to stop (like a server that saves its world first).
-fn hooked_echo(
-    name: &str,
-    dir: &std::path::Path,
-    backend: std::net::SocketAddr,
-    idle: &str,
-    stop_delay: &str,
-) -> Service {
-    let pid = dir.join(format!("{name}.echo.pid"));
-    let starts = dir.join(format!("{name}.starts"));
-    let (pid, starts) = (pid.display(), starts.display());
-    svc(name)
-        .idle(idle)
-        .wake_timeout("15s")
-        .exec(
-            &format!(
-                "echo start >> '{starts}'; '{WAKEGATE}' demo-backend --echo --listen {backend} --boot-delay 300ms >/dev/null 2>&1 & echo $! > '{pid}'"
-            ),
-            &format!("sleep {stop_delay}; kill $(cat '{pid}')"),
-            backend,
-        )
-        .backend_set("status", format!("kill -0 $(cat '{pid}' 2>/dev/null) 2>/dev/null"))
-        .tcp(ANY_PORT)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_clients_at_once_get_one_start_and_their_own_bytes() {
     let dir = temp_dir("crowd");
     let backend = free_addr();
-    let app = start(&dir, hooked_echo("crowd", &dir, backend, "2s", "0")).await;
+    let app = start(
+        &dir,
+        hooked_echo("crowd", &dir, backend, "2s", "0").tcp(ANY_PORT),
+    )
+    .await;
     let service = app.service("crowd").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let gateway = app.listen_addr("crowd").unwrap();
@@ -68,24 +46,13 @@ async fn two_hundred_clients_at_once_get_one_start_and_their_own_bytes() {
     for client in futures_join(clients).await {
         client.unwrap();
     }
-    let starts = std::fs::read_to_string(dir.join("crowd.starts")).unwrap();
     assert_eq!(
-        starts.lines().count(),
+        hook_starts(&dir, "crowd"),
         1,
         "the start hook ran more than once"
     );
     assert_eq!(service.refused(), 0);
     wait_state(&service, State::Asleep).await;
-    app.shutdown().await;
-}
-
-/// Puts every service to sleep (an `exec` backend keeps running through a shutdown), then
-/// shuts the gateway down: a test leaves no server behind.
-async fn sleep_then_shutdown(app: App) {
-    for service in app.services() {
-        service.sleep("test").await.unwrap().unwrap();
-        wait_state(service, State::Asleep).await;
-    }
     app.shutdown().await;
 }
 
@@ -194,7 +161,11 @@ async fn an_open_connection_keeps_it_awake_and_idle_counts_from_its_close() {
 async fn a_client_that_arrives_while_stopping_is_served_after_a_new_wake() {
     let dir = temp_dir("stopping");
     let backend = free_addr();
-    let app = start(&dir, hooked_echo("slowstop", &dir, backend, "300ms", "1")).await;
+    let app = start(
+        &dir,
+        hooked_echo("slowstop", &dir, backend, "300ms", "1").tcp(ANY_PORT),
+    )
+    .await;
     let service = app.service("slowstop").unwrap().clone();
     wait_state(&service, State::Asleep).await;
     let gateway = app.listen_addr("slowstop").unwrap();
@@ -212,8 +183,7 @@ async fn a_client_that_arrives_while_stopping_is_served_after_a_new_wake() {
         "{}",
         seen[1].reason
     );
-    let starts = std::fs::read_to_string(dir.join("slowstop.starts")).unwrap();
-    assert_eq!(starts.lines().count(), 2);
+    assert_eq!(hook_starts(&dir, "slowstop"), 2);
     sleep_then_shutdown(app).await;
 }
 

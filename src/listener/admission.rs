@@ -1,12 +1,14 @@
 //! What a bound socket lets in: at most `max_connections_per_address` open connections per
-//! client address (an IPv6 client by its /64, which one host usually has whole), and the
-//! socket's refusals. Applied by [`super::accept`] to every listener type alike.
+//! client address (an IPv6 client by its /64, which one host usually has whole), counted by
+//! the real client's address behind a trusted proxy; the socket's rule for PROXY headers; and
+//! its refusals. Applied by [`super::accept`] to every listener type alike.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::client::Front;
 use super::refusal::Refusals;
 use crate::metrics::ListenerMetrics;
 
@@ -29,6 +31,8 @@ pub fn shared_cap(caps: impl IntoIterator<Item = u32>) -> u32 {
 #[derive(Debug)]
 pub struct Listening {
     pub refusals: Refusals,
+    /// Which peers put a PROXY header first, and whether first bytes are checked for one.
+    pub front: Front,
     /// 0: no cap.
     cap: u32,
     /// Open connections per address; an address leaves the map with its last connection. A
@@ -50,10 +54,12 @@ impl Listening {
         kind: &'static str,
         bind: SocketAddr,
         cap: u32,
+        front: Front,
         metrics: &ListenerMetrics,
     ) -> Arc<Listening> {
         Arc::new(Listening {
             refusals: Refusals::new(kind, bind, metrics),
+            front,
             cap,
             open: Mutex::new(HashMap::new()),
         })
@@ -132,7 +138,7 @@ mod tests {
     fn an_address_gets_cap_slots_and_gets_them_back() {
         let metrics = ListenerMetrics::default();
         let bind = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listening = Listening::new("tcp", bind, 2, &metrics);
+        let listening = Listening::new("tcp", bind, 2, Front::default(), &metrics);
         let a = listening.admit(ip("10.0.0.1")).unwrap();
         let b = listening.admit(ip("::ffff:10.0.0.1")).unwrap();
         assert!(listening.admit(ip("10.0.0.1")).is_none());
@@ -157,7 +163,7 @@ mod tests {
     fn ipv6_clients_count_by_their_64() {
         let metrics = ListenerMetrics::default();
         let bind = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listening = Listening::new("http", bind, 1, &metrics);
+        let listening = Listening::new("http", bind, 1, Front::default(), &metrics);
         let _one = listening.admit(ip("2001:db8:1:2::1")).unwrap();
         assert!(listening.admit(ip("2001:db8:1:2:ffff::9")).is_none());
         assert!(listening.admit(ip("2001:db8:1:3::1")).is_some());
@@ -174,7 +180,7 @@ mod tests {
     fn no_cap_admits_everyone() {
         let metrics = ListenerMetrics::default();
         let bind = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listening = Listening::new("minecraft", bind, 0, &metrics);
+        let listening = Listening::new("minecraft", bind, 0, Front::default(), &metrics);
         let slots: Vec<Slot> = (0..1000)
             .map(|_| listening.admit(ip("10.0.0.1")).unwrap())
             .collect();

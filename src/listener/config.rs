@@ -1,15 +1,15 @@
 //! `[[service.listen]]`: where clients arrive, read into [`Listen`]. Each protocol reads its
-//! own keys (`http::config`, `minecraft::config`).
+//! own keys (`tcp::config`, `http::config`, `minecraft::config`).
 
 use std::net::SocketAddr;
 
-use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::admission::default_max_connections_per_address;
+use super::access::split_access_keys;
 use super::http::config::{Http, HttpListenConfig, read_http};
 use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
+use super::tcp::config::{Tcp, TcpListenConfig, read_tcp};
 use crate::config::de::{read, split_type};
 use crate::config::diag::Problems;
 
@@ -18,11 +18,7 @@ use crate::config::diag::Problems;
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Listen {
-    Tcp {
-        bind: SocketAddr,
-        /// Open connections one client address may have (0: no cap).
-        max_connections_per_address: u32,
-    },
+    Tcp(Tcp),
     Minecraft(Minecraft),
     Http(Box<Http>),
 }
@@ -31,7 +27,7 @@ impl Listen {
     /// The address this listener binds.
     pub fn bind(&self) -> SocketAddr {
         match self {
-            Listen::Tcp { bind, .. } => *bind,
+            Listen::Tcp(t) => t.bind,
             Listen::Minecraft(m) => m.bind,
             Listen::Http(h) => h.bind,
         }
@@ -40,23 +36,11 @@ impl Listen {
     /// Open connections one client address may have on this listener (0: no cap).
     pub fn max_connections_per_address(&self) -> u32 {
         match self {
-            Listen::Tcp {
-                max_connections_per_address,
-                ..
-            } => *max_connections_per_address,
+            Listen::Tcp(t) => t.max_connections_per_address,
             Listen::Minecraft(m) => m.max_connections_per_address,
             Listen::Http(h) => h.max_connections_per_address,
         }
     }
-}
-
-/// A `tcp` listener: where it binds, and its per-address cap.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TcpListenConfig {
-    bind: Spanned<SocketAddr>,
-    #[serde(default = "default_max_connections_per_address")]
-    max_connections_per_address: u32,
 }
 
 /// Reads the `[[service.listen]]` array; each listener is read, so that all their mistakes show.
@@ -77,27 +61,28 @@ pub(crate) fn read_listeners(
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
-        let listen =
-            split_type(item, "[[service.listen]]", kinds, problems).and_then(|(kind, rest)| {
-                match kind.as_str() {
-                    "tcp" => read::<TcpListenConfig>(rest, problems).map(|c| Listen::Tcp {
-                        bind: c.bind.into_inner(),
-                        max_connections_per_address: c.max_connections_per_address,
-                    }),
-                    "minecraft" => read::<MinecraftListenConfig>(rest, problems)
-                        .and_then(|c| read_minecraft(c, problems))
-                        .map(Listen::Minecraft),
-                    "http" => read::<HttpListenConfig>(rest, problems)
-                        .and_then(|c| read_http(c, problems))
-                        .map(|h| Listen::Http(Box::new(h))),
-                    other => {
-                        problems.add(
-                            Some(rest.span()),
-                            format!("unknown listener type `{other}`"),
-                            &format!("use one of: {kinds}"),
-                        );
-                        None
-                    }
+        let listen = split_type(item, "[[service.listen]]", kinds, problems)
+            .and_then(|(kind, rest)| {
+                let (keys, rest) = split_access_keys(rest, problems)?;
+                Some((kind, keys, rest))
+            })
+            .and_then(|(kind, keys, rest)| match kind.as_str() {
+                "tcp" => read::<TcpListenConfig>(rest, problems)
+                    .and_then(|c| read_tcp(c, &keys, problems))
+                    .map(Listen::Tcp),
+                "minecraft" => read::<MinecraftListenConfig>(rest, problems)
+                    .and_then(|c| read_minecraft(c, &keys, problems))
+                    .map(Listen::Minecraft),
+                "http" => read::<HttpListenConfig>(rest, problems)
+                    .and_then(|c| read_http(c, &keys, problems))
+                    .map(|h| Listen::Http(Box::new(h))),
+                other => {
+                    problems.add(
+                        Some(rest.span()),
+                        format!("unknown listener type `{other}`"),
+                        &format!("use one of: {kinds}"),
+                    );
+                    None
                 }
             });
         match listen {

@@ -28,7 +28,8 @@ pub async fn bidirectional(
     )
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::Result<u64> {
+/// Copies one way until `from` ends, then half-closes `to`; returns the bytes moved.
+pub async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::Result<u64> {
     let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     // A bigger pipe means fewer system calls per byte; the default (64 KiB) still works.
     let _ = rustix::pipe::fcntl_setpipe_size(&pipe_in, CHUNK);
@@ -47,6 +48,20 @@ async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::R
         total += n as u64;
         counted.fetch_add(n as u64, Ordering::Relaxed);
     }
+}
+
+/// Writes all of `bytes` to `to` (bytes read before the copy began, a PROXY header), through a
+/// shared reference, as the copy's directions hold the sockets.
+pub async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// One `splice` from `src` to `dst` once `socket` is ready for `interest`. The pipe is always

@@ -1,9 +1,12 @@
 //! Listeners: where clients arrive. One accept loop per bound socket ([`accept`]); each client
-//! gets its own task on the connections tracker, once the socket's [`Listening`] admits it
-//! (the per-address cap). Listeners whose protocol names its target share a socket among
-//! services through a [`route::Routes`] table.
+//! gets its own task on the connections tracker, where it becomes a [`Client`] (the PROXY
+//! header of a trusted proxy read) and the socket's [`Listening`] admits it (the per-address
+//! cap). Listeners whose protocol names its target share a socket among services through a
+//! [`route::Routes`] table.
 
+pub mod access;
 pub mod admission;
+pub mod client;
 pub mod config;
 pub mod copy;
 pub mod hostnames;
@@ -20,12 +23,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 pub use self::admission::Listening;
+pub use self::client::Client;
 use crate::metrics::{ListenerMetrics, Refusal};
 
 /// The routing tables of the shared `http` and `minecraft` sockets, by the bind of their
@@ -83,33 +88,59 @@ impl Default for Connections {
 /// connections close.
 const EXHAUSTED_PAUSE: Duration = Duration::from_millis(50);
 
-/// Accepts clients until `connections.stop_accepting` fires, and runs `serve(client, peer)` for
-/// each on the connections tracker, so a shutdown waits for it. A client whose address already
-/// has the socket's cap of connections open is closed at once, unanswered (cheaper than any
-/// answer, and the same for every protocol).
-pub async fn accept<S>(
+/// Accepts clients until `connections.stop_accepting` fires, and runs `serve(client)` for each
+/// on the connections tracker, so a shutdown waits for it. A client whose address already has
+/// the socket's cap of connections open is closed at once, unanswered (cheaper than any
+/// answer, and the same for every protocol). A trusted proxy's client is counted by the
+/// address its PROXY header names, once read (see [`client::arrive`]).
+pub async fn accept<F, S>(
     listener: &TcpListener,
     listening: &Arc<Listening>,
     connections: &Connections,
-    mut serve: impl FnMut(TcpStream, SocketAddr) -> S,
+    serve: F,
 ) where
+    F: Fn(Client) -> S + Send + Sync + 'static,
     S: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
     loop {
         let accepted = tokio::select! {
             () = connections.stop_accepting.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((client, peer)) => {
-                let Some(slot) = listening.admit(peer.ip()) else {
-                    drop(client);
+            Ok((stream, peer)) => {
+                let opened = Instant::now();
+                // A proxy's clients are admitted one by one, by their own addresses.
+                let slot = if listening.front.trusts(peer) {
+                    None
+                } else if let Some(slot) = listening.admit(peer.ip()) {
+                    Some(slot)
+                } else {
+                    drop(stream);
                     listening.refusals.refuse(Refusal::PerAddressCap, peer);
                     continue;
                 };
-                let served = serve(client, peer);
+                let (listening, serve) = (listening.clone(), serve.clone());
+                let close_all = connections.close_all.clone();
                 connections.tracker.spawn(async move {
-                    served.await;
+                    let arrived = tokio::select! {
+                        client = client::arrive(&listening.front, &listening.refusals, stream, peer, opened) => client,
+                        () = close_all.cancelled() => None,
+                    };
+                    let Some(client) = arrived else { return };
+                    let slot = match slot {
+                        Some(slot) => slot,
+                        None => match listening.admit(client.addr.ip()) {
+                            Some(slot) => slot,
+                            None => {
+                                let who = format_args!("{} through {peer}", client.addr);
+                                listening.refusals.refuse(Refusal::PerAddressCap, who);
+                                return;
+                            }
+                        },
+                    };
+                    serve(client).await;
                     drop(slot);
                 });
             }

@@ -73,6 +73,21 @@ pub fn parse(bytes: &[u8]) -> Parse {
     }
 }
 
+/// Whether the bytes a client sent start with a PROXY header (or a broken one), as far as
+/// they tell: `None` while they are a strict beginning of one of the two signatures (`PROXY `,
+/// or v2's 12 bytes), which a few more bytes decide.
+pub fn starts_header(bytes: &[u8]) -> Option<bool> {
+    if bytes.starts_with(V1_PREFIX) || bytes.starts_with(V2_SIGNATURE) {
+        Some(true)
+    } else if is_prefix_of_or_starts_with(bytes, V1_PREFIX)
+        || is_prefix_of_or_starts_with(bytes, V2_SIGNATURE)
+    {
+        None
+    } else {
+        Some(false)
+    }
+}
+
 /// Whether `bytes` are the start of `prefix`, or start with it.
 fn is_prefix_of_or_starts_with(bytes: &[u8], prefix: &[u8]) -> bool {
     let n = bytes.len().min(prefix.len());
@@ -461,6 +476,31 @@ mod tests {
         assert_eq!(parse(b""), Parse::Incomplete);
         assert_eq!(parse(b"PROX"), Parse::Incomplete);
         assert_eq!(parse(b"\r\n\r\n\0"), Parse::Incomplete);
+    }
+
+    #[test]
+    fn a_header_is_told_from_other_bytes_by_its_signature() {
+        let v2 = crate::minecraft::proxy_header::v2_local();
+        let cases: [(&[u8], Option<bool>); 14] = [
+            (b"PROXY TCP4 1.2.3.4", Some(true)),
+            (b"PROXY garbage\r\n", Some(true)),
+            (&v2, Some(true)),
+            (&v2[..12], Some(true)),
+            (b"GET /", Some(false)),
+            // HTTP/2 with prior knowledge shares `PR` with a v1 header.
+            (b"PRI * HTTP/2.0", Some(false)),
+            (b"\x16\x03\x01", Some(false)),
+            (b"\r\n\r\nX", Some(false)),
+            (b"PROXX", Some(false)),
+            (b"", None),
+            (b"P", None),
+            (b"PROXY", None),
+            (b"\r\n", None),
+            (&v2[..11], None),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(starts_header(bytes), expected, "{bytes:?}");
+        }
     }
 
     /// A connected pair of real sockets.

@@ -116,10 +116,16 @@ fn describe(reason: Refusal) -> &'static str {
         Refusal::FdExhausted => {
             "Cannot accept connections: out of file descriptors (raise LimitNOFILE / ulimit -Hn)"
         }
-        Refusal::Denied => "Refused logins the allow or deny lists do not let wake the service",
-        Refusal::RateLimited => "Refused logins over the wake rate of their address",
+        Refusal::Denied => "Refused clients the allow or deny lists keep out",
+        Refusal::RateLimited => "Refused clients over the wake rate of their address",
         Refusal::UnknownHost => "Closed clients that asked for a hostname no service has",
         Refusal::Unavailable => "Closed clients the service could not take",
+        Refusal::NoData => {
+            "Closed clients that left without sending a byte while the service slept (wake_on = \"data\": nothing was woken)"
+        }
+        Refusal::ProxyHeader => {
+            "Refused connections with a PROXY header from an address not in trusted_proxies, or a trusted proxy's without a valid one"
+        }
     }
 }
 

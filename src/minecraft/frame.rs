@@ -98,6 +98,12 @@ impl<R> FrameReader<R> {
         }
     }
 
+    /// A reader of a connection whose first bytes were read already (past a PROXY header):
+    /// they come first.
+    pub fn with_buffered(inner: R, buf: Vec<u8>) -> Self {
+        FrameReader { inner, buf }
+    }
+
     /// Bytes read from the connection and not yet returned in a frame.
     pub fn buffered(&self) -> &[u8] {
         &self.buf

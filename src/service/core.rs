@@ -454,6 +454,14 @@ impl Core {
         let failed = (state == State::Failed).then(|| reason.clone());
         let time = store::now();
         self.shared.metrics.entered(state);
+        // The gate first: whoever sees the new state finds the gate as it says (a listener
+        // that takes a ticket only at the open gate, `ticket_if_awake`, must not find an
+        // awake service's gate still shut).
+        let gate = match state {
+            State::Awake => self.status.borrow().address,
+            _ => None,
+        };
+        self.shared.set_gate(gate);
         // The status changes and the event is handed over in one step (see `change`).
         self.status.send_modify(|s| {
             self.record(Kind::Transition, state, reason, detail.to_value(), time);
@@ -469,7 +477,6 @@ impl Core {
                 s.last_error = failed;
             }
         });
-        self.shared.set_gate(self.status.borrow().address);
     }
 
     /// Counts a wake that started the backend among the `keep` recent ones.

@@ -265,6 +265,12 @@ impl ServiceHandle {
         self.connect_as(client, None).await
     }
 
+    /// A ticket if the service is awake and its gate open, without asking the actor: never
+    /// starts a wake nor waits (for a listener that wants more of a client before a wake).
+    pub fn ticket_if_awake(&self) -> Option<Ticket> {
+        self.shared.open_ticket()
+    }
+
     /// Like [`connect`](Self::connect), for a client whose player name is known: a wake it
     /// causes names the player.
     pub async fn connect_as(

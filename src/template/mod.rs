@@ -415,14 +415,14 @@ impl Templates {
         let config = template.service(&values).map_err(TemplateError::Start)?;
         let mut sockets = Vec::new();
         for listen in &config.listeners {
-            let Listen::Tcp { .. } = listen else { continue };
+            let Listen::Tcp(tcp) = listen else { continue };
             let bind = listen.bind();
             let socket = TcpListener::bind(bind).await.map_err(|e| {
                 TemplateError::Start(format!(
                     "cannot listen on {bind}: {e}; is another program using that port?"
                 ))
             })?;
-            sockets.push((socket, listen.max_connections_per_address()));
+            sockets.push((socket, tcp.clone()));
         }
         let mut listen: Vec<SocketAddr> = sockets
             .iter()
@@ -489,7 +489,7 @@ impl Templates {
                 }
             }
         }
-        for (socket, cap) in sockets {
+        for (socket, tcp) in sockets {
             let (handle, connections, listening) =
                 (handle.clone(), inner.connections.clone(), listening.clone());
             let bind = socket.local_addr().ok();
@@ -500,7 +500,7 @@ impl Templates {
                 }
                 info!(service = %handle.name(), bind = ?bind, "Listening.");
                 tokio::select! {
-                    () = listener::tcp::run(socket, handle, connections, cap) => {}
+                    () = listener::tcp::run(socket, handle, connections, tcp) => {}
                     () = listening.cancelled() => {}
                 }
             });

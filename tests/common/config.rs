@@ -436,6 +436,39 @@ impl Config {
     }
 }
 
+/// An `exec` service (give it its listeners) whose hooks run the echo server in the
+/// background, count the starts (see [`hook_starts`]), and take `stop_delay` to stop (like a
+/// server that saves its world first).
+pub fn hooked_echo(
+    name: &str,
+    dir: &Path,
+    backend: SocketAddr,
+    idle: &str,
+    stop_delay: &str,
+) -> Service {
+    let pid = dir.join(format!("{name}.echo.pid"));
+    let starts = dir.join(format!("{name}.starts"));
+    let (pid, starts) = (pid.display(), starts.display());
+    svc(name)
+        .idle(idle)
+        .wake_timeout("15s")
+        .exec(
+            &format!(
+                "echo start >> '{starts}'; '{WAKEGATE}' demo-backend --echo --listen {backend} --boot-delay 300ms >/dev/null 2>&1 & echo $! > '{pid}'"
+            ),
+            &format!("sleep {stop_delay}; kill $(cat '{pid}')"),
+            backend,
+        )
+        .backend_set("status", format!("kill -0 $(cat '{pid}' 2>/dev/null) 2>/dev/null"))
+}
+
+/// How often the start hook of the [`hooked_echo`] service `name` in `dir` ran.
+pub fn hook_starts(dir: &Path, name: &str) -> usize {
+    std::fs::read_to_string(dir.join(format!("{name}.starts")))
+        .map(|starts| starts.lines().count())
+        .unwrap_or(0)
+}
+
 /// The demo backend as an echo server (a `process` command), opening `listen` after `delay`.
 pub fn echo(listen: SocketAddr, delay: &str) -> Vec<String> {
     let listen = listen.to_string();

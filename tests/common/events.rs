@@ -22,6 +22,16 @@ pub async fn wait_state(service: &ServiceHandle, state: State) {
         .unwrap();
 }
 
+/// Puts every service to sleep (an `exec` backend keeps running through a shutdown), then
+/// shuts the gateway down: a test leaves no server behind.
+pub async fn sleep_then_shutdown(app: wakegate::app::App) {
+    for service in app.services() {
+        service.sleep("test").await.unwrap().unwrap();
+        wait_state(service, State::Asleep).await;
+    }
+    app.shutdown().await;
+}
+
 /// Collects transitions from `events` until one reaches `state`.
 pub async fn transitions_until(events: &mut Receiver<Event>, state: State) -> Vec<Event> {
     let mut seen = Vec::new();

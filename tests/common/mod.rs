@@ -1,7 +1,9 @@
 //! The shared language of the integration tests: temp dirs and free ports here; the config
 //! builder (`config`), the real binary as a child process (`binary`), waiting on states and
-//! typed events (`events`), the Minecraft peers (`minecraft`), and the Prometheus exposition
-//! checked by promtool (`prometheus`).
+//! typed events (`events`), the Minecraft peers (`minecraft`), the Prometheus exposition
+//! checked by promtool (`prometheus`), clients from chosen addresses with the refusals the
+//! gateway counted (`sockets`), and a web backend that says who it was told the client is
+//! (`web`).
 // Each test file uses a part of it.
 #![allow(dead_code, unused_imports)]
 
@@ -10,12 +12,16 @@ pub mod config;
 pub mod events;
 pub mod minecraft;
 pub mod prometheus;
+pub mod sockets;
+pub mod web;
 
 pub use binary::*;
 pub use config::*;
 pub use events::*;
 pub use minecraft::*;
 pub use prometheus::*;
+pub use sockets::*;
+pub use web::*;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

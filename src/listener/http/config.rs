@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::tls::{self, TlsFiles};
 use crate::config::de::spanned_duration;
 use crate::config::diag::Problems;
+use crate::listener::access::{AccessKeys, AddressRules, IpNet, read_address_keys};
 use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
@@ -47,6 +48,10 @@ pub struct Http {
     pub keepalive_timeout: Duration,
     /// Open connections one client address may have on this socket (0: no cap).
     pub max_connections_per_address: u32,
+    /// Who may use the service, and how often one address may wake it.
+    pub rules: AddressRules,
+    /// Load balancers whose PROXY header names the real client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// What a request gets while its service is not awake.
@@ -61,7 +66,7 @@ pub enum Strategy {
     Auto,
 }
 
-/// An `http` listener table, as written.
+/// An `http` listener table, as written (less its `AccessKeys`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HttpListenConfig {
@@ -161,7 +166,11 @@ pub const DEFAULT_IGNORE_USER_AGENTS: &[&str] = &[
 
 /// Checks an `http` listener's values beyond their types; reads its page template and checks
 /// its certificate and key, so a mistake shows in `config check` rather than at start.
-pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Option<Http> {
+pub(crate) fn read_http(
+    c: HttpListenConfig,
+    keys: &AccessKeys,
+    problems: &mut Problems<'_>,
+) -> Option<Http> {
     let mut ok = true;
     let hostnames = read_hostnames(&c.hostnames, Hostnames::Http, problems);
     ok &= hostnames.is_some();
@@ -244,6 +253,7 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
             out
         }
     };
+    let (rules, trusted_proxies) = read_address_keys(keys, problems)?;
     let ignore_user_agents = match c.ignore_user_agents {
         None => DEFAULT_IGNORE_USER_AGENTS
             .iter()
@@ -265,5 +275,7 @@ pub(crate) fn read_http(c: HttpListenConfig, problems: &mut Problems<'_>) -> Opt
         head_timeout: c.head_timeout.into_inner(),
         keepalive_timeout: c.keepalive_timeout.into_inner(),
         max_connections_per_address: c.max_connections_per_address,
+        rules,
+        trusted_proxies,
     })
 }

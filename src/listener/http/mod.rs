@@ -30,17 +30,19 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, field, info_span, warn};
 
 use self::config::{Http, Strategy};
 use self::deadline::{Expired, InFlight, Tracked};
 use self::proxy::{Proxy, ProxyError, ProxyTimeouts};
+use super::access::{AddressCheck, OverRate};
+use super::client::Front;
 use super::route::{self, Named};
-use super::{Connections, Listening};
+use super::{Client, Connections, Listening};
 use crate::event::State;
 use crate::metrics::Refusal;
 use crate::probe::{self, Check};
@@ -57,6 +59,8 @@ const RETRY_UNKNOWN: Duration = Duration::from_secs(5);
 pub struct Route {
     pub service: ServiceHandle,
     pub config: Http,
+    /// Its allow and deny lists, and the wakes counted per address.
+    check: AddressCheck,
     /// A readiness re-check after a failed request is under way.
     rechecking: AtomicBool,
 }
@@ -64,6 +68,7 @@ pub struct Route {
 impl Route {
     pub fn new(service: ServiceHandle, config: Http) -> Route {
         Route {
+            check: AddressCheck::new(&config.rules),
             service,
             config,
             rechecking: AtomicBool::new(false),
@@ -146,8 +151,10 @@ pub async fn run(
     let first = routes.load();
     let entries = || first.iter().map(|r| &r.config);
     let cap = super::admission::shared_cap(entries().map(|c| c.max_connections_per_address));
-    let listening = Listening::new("http", bind, cap, &connections.metrics);
     let head_timeout = entries().map(|c| c.head_timeout).max().unwrap_or_default();
+    let trusted = entries().map(|c| c.trusted_proxies.as_slice());
+    let front = Front::joined(trusted, head_timeout, true);
+    let listening = Listening::new("http", bind, cap, front, &connections.metrics);
     let keepalive_timeout = entries()
         .map(|c| c.keepalive_timeout)
         .max()
@@ -162,9 +169,11 @@ pub async fn run(
         keepalive_timeout,
         exchanges: TaskTracker::new(),
     });
-    super::accept(&listener, &listening, &connections, |client, peer| {
-        let span = info_span!("http", %peer);
-        accept(client, peer, server.clone(), tls.clone()).instrument(span)
+    let serving = server.clone();
+    super::accept(&listener, &listening, &connections, move |client| {
+        let span = info_span!("http", peer = %client.addr, via = field::Empty);
+        client.record_via(&span);
+        accept(client, serving.clone(), tls.clone()).instrument(span)
     })
     .await;
     // Upgraded connections outlive the connection tasks that made them: wait for them like
@@ -178,15 +187,11 @@ pub async fn run(
     });
 }
 
-async fn accept(
-    client: TcpStream,
-    peer: SocketAddr,
-    server: Arc<Server>,
-    tls: Option<TlsAcceptor>,
-) {
-    let _ = client.set_nodelay(true);
+async fn accept(client: Client, server: Arc<Server>, tls: Option<TlsAcceptor>) {
+    let _ = client.stream.set_nodelay(true);
     // One deadline from the opening: the TLS handshake and the first request's head.
-    let opened = Instant::now();
+    let (peer, opened) = (client.addr, client.opened);
+    let client = client.into_io();
     match tls {
         None => serve(client, peer, server, opened).await,
         Some(acceptor) => {
@@ -306,6 +311,14 @@ impl Server {
                 format!("No site named `{host}` is served here.\n"),
             );
         };
+        if let Some(denied) = route.check.denied(peer.ip()) {
+            let why = format!("{peer} for {}: {denied}", route.service.name());
+            self.listening.refusals.refuse(Refusal::Denied, why);
+            return text(
+                StatusCode::FORBIDDEN,
+                "This address may not use this site.\n".to_string(),
+            );
+        }
         if let Some(port) = route.config.redirect_https {
             return redirect(&host, port, &request);
         }
@@ -331,7 +344,14 @@ impl Server {
                 ),
             };
         }
-        if service.state() != State::Awake && self.wants_page(route, &request) {
+        // A request that joins a wake under way, or finds it awake, starts none.
+        let state = service.state();
+        if !matches!(state, State::Awake | State::Waking)
+            && let Err(refused) = route.check.wake(peer.ip())
+        {
+            return self.rate_limited(route, peer, refused);
+        }
+        if state != State::Awake && self.wants_page(route, &request) {
             let by = format!(
                 "a browser at {} ({} {host}{})",
                 peer.ip(),
@@ -422,6 +442,24 @@ impl Server {
                 ),
             ),
         }
+    }
+
+    /// 429 with Retry-After: the client's address has started its `wake_rate` of wakes.
+    fn rate_limited(&self, route: &Route, peer: SocketAddr, refused: OverRate) -> Response<Body> {
+        let why = format!("{peer} for {}: {refused}", route.service.name());
+        self.listening.refusals.refuse(Refusal::RateLimited, why);
+        let wait = refused.retry_after_secs();
+        let mut response = text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} is asleep, and your address has woken it too often. Try again in {wait} s.\n",
+                route.service.name()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(wait));
+        response
     }
 
     /// 503 with Retry-After: the expected rest of the boot.
@@ -697,6 +735,8 @@ mod tests {
             head_timeout: config::DEFAULT_HEAD_TIMEOUT,
             keepalive_timeout: config::DEFAULT_KEEPALIVE_TIMEOUT,
             max_connections_per_address: 256,
+            rules: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -9,10 +9,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::access::{Access, Subject, WakeRate};
+use super::access::{Access, Subject};
 use super::status::{Text, load_icon};
 use crate::config::de::{optional_spanned_duration, spanned_duration};
 use crate::config::diag::Problems;
+use crate::listener::access::{AccessKeys, IpNet, WakeRate, read_access_keys};
 use crate::listener::admission::default_max_connections_per_address;
 use crate::listener::hostnames::{Hostnames, read_hostnames};
 
@@ -59,6 +60,9 @@ pub struct Minecraft {
     /// `transfer_to = "backend"`: players who can follow a Transfer packet are handed to the
     /// server itself instead of being forwarded (none: forwarded through wakegate).
     pub handoff: Option<Handoff>,
+    /// Load balancers whose PROXY protocol header names the real client (see
+    /// `listener::client`).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// Where players end up once the service is awake (`transfer_to`).
@@ -131,7 +135,7 @@ impl<'de> Deserialize<'de> for JoinList {
     }
 }
 
-/// A `minecraft` listener table, as written.
+/// A `minecraft` listener table, as written (less its `AccessKeys`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MinecraftListenConfig {
@@ -159,12 +163,6 @@ pub(crate) struct MinecraftListenConfig {
     kick_message: String,
     #[serde(default)]
     public_address: Option<Spanned<String>>,
-    #[serde(default)]
-    allow: Vec<Spanned<String>>,
-    #[serde(default)]
-    deny: Vec<Spanned<String>>,
-    #[serde(default)]
-    wake_rate: Option<Spanned<String>>,
     #[serde(default)]
     player_sample: Vec<String>,
     #[serde(default)]
@@ -224,6 +222,7 @@ fn default_kick_message() -> String {
 /// Checks a `minecraft` listener's values beyond their types.
 pub(crate) fn read_minecraft(
     c: MinecraftListenConfig,
+    keys: &AccessKeys,
     problems: &mut Problems<'_>,
 ) -> Option<Minecraft> {
     let mut ok = true;
@@ -270,7 +269,7 @@ pub(crate) fn read_minecraft(
         text(&c.motd_waking),
         text(&c.motd_failed),
     );
-    let extra = read_minecraft_extras(&c, &hostnames, problems);
+    let extra = read_minecraft_extras(&c, keys, &hostnames, problems);
     let (Some(asleep), Some(waking), Some(failed), Some(extra)) = (asleep, waking, failed, extra)
     else {
         return None;
@@ -296,6 +295,7 @@ pub(crate) fn read_minecraft(
         head_timeout,
         max_connections_per_address: c.max_connections_per_address,
         handoff: extra.handoff,
+        trusted_proxies: extra.trusted_proxies,
     })
 }
 
@@ -306,10 +306,12 @@ struct MinecraftExtras {
     access: Access,
     wake_rate: Option<WakeRate>,
     icon: Option<String>,
+    trusted_proxies: Vec<IpNet>,
 }
 
 fn read_minecraft_extras(
     c: &MinecraftListenConfig,
+    keys: &AccessKeys,
     hostnames: &[String],
     problems: &mut Problems<'_>,
 ) -> Option<MinecraftExtras> {
@@ -380,42 +382,10 @@ fn read_minecraft_extras(
         );
         ok = false;
     }
-    let mut subjects = |list: &[Spanned<String>], which: &str| -> Vec<Subject> {
-        let mut out = Vec::new();
-        for item in list {
-            match item.get_ref().parse::<Subject>() {
-                Ok(subject) => out.push(subject),
-                Err(e) => {
-                    problems.add(
-                        Some(item.span()),
-                        format!("{which}: {e}"),
-                        "list player names (\"Steve\"), UUIDs (\"069a79f4-44e9-4726-a5be-fca90e38aaf5\") and IP addresses or ranges (\"10.0.0.0/8\", \"2001:db8::/32\")",
-                    );
-                    ok = false;
-                }
-            }
-        }
-        out
-    };
-    let access = Access {
-        allow: subjects(&c.allow, "allow"),
-        deny: subjects(&c.deny, "deny"),
-    };
-    let wake_rate = match &c.wake_rate {
-        None => None,
-        Some(text) => match text.get_ref().parse::<WakeRate>() {
-            Ok(rate) => Some(rate),
-            Err(e) => {
-                problems.add(
-                    Some(text.span()),
-                    format!("wake_rate {e}"),
-                    "write how many wakes one IP address may start per period, e.g. wake_rate = \"3/1m\"",
-                );
-                ok = false;
-                None
-            }
-        },
-    };
+    let hint = "list player names (\"Steve\"), UUIDs (\"069a79f4-44e9-4726-a5be-fca90e38aaf5\") and IP addresses or ranges (\"10.0.0.0/8\", \"2001:db8::/32\")";
+    let read = read_access_keys::<Subject>(keys, hint, problems);
+    ok &= read.is_some();
+    let (access, wake_rate, trusted_proxies) = read.unwrap_or_default();
     let icon = match &c.icon {
         None => None,
         Some(path) => match load_icon(Path::new(path.get_ref())) {
@@ -450,6 +420,7 @@ fn read_minecraft_extras(
         access,
         wake_rate,
         icon,
+        trusted_proxies,
     })
 }
 

@@ -19,13 +19,15 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, info, info_span};
+use tracing::{Instrument, debug, field, info, info_span};
 
-use self::access::{RateLimiter, Who};
+use self::access::Who;
 use self::config::{Join, Minecraft};
 use self::status::StatusCache;
+use super::access::RateLimiter;
+use super::client::Front;
 use super::route::{self, Named};
-use super::{Connections, Listening, copy};
+use super::{Client, Connections, Listening, copy};
 use crate::event::{Kind, State};
 use crate::metrics::Refusal;
 use crate::minecraft::ping::{self, PingError};
@@ -113,16 +115,19 @@ pub async fn run(listener: TcpListener, routes: Arc<Table>, connections: Connect
         .map(|e| e.config.head_timeout)
         .max()
         .unwrap_or(config::DEFAULT_HEAD_TIMEOUT);
-    let listening = Listening::new("minecraft", bind, cap, &connections.metrics);
+    let trusted = first.iter().map(|e| e.config.trusted_proxies.as_slice());
+    let front = Front::joined(trusted, head_timeout, true);
+    let listening = Listening::new("minecraft", bind, cap, front, &connections.metrics);
     let socket = Arc::new(Socket {
         routes,
         listening: listening.clone(),
         head_timeout,
     });
-    super::accept(&listener, &listening, &connections, |client, peer| {
-        let span = info_span!("minecraft", %peer);
-        let (socket, conns) = (socket.clone(), connections.clone());
-        serve(client, peer, socket, conns).instrument(span)
+    let conns = connections.clone();
+    super::accept(&listener, &listening, &connections, move |client| {
+        let span = info_span!("minecraft", peer = %client.addr, via = field::Empty);
+        client.record_via(&span);
+        serve(client, socket.clone(), conns.clone()).instrument(span)
     })
     .await;
 }
@@ -149,9 +154,10 @@ impl From<std::io::Error> for End {
     }
 }
 
-async fn serve(client: TcpStream, peer: SocketAddr, socket: Arc<Socket>, connections: Connections) {
-    let _ = client.set_nodelay(true);
-    let mut reader = FrameReader::new(client);
+async fn serve(client: Client, socket: Arc<Socket>, connections: Connections) {
+    let _ = client.stream.set_nodelay(true);
+    let peer = client.addr;
+    let mut reader = FrameReader::with_buffered(client.stream, client.early);
     let ended = tokio::select! {
         ended = talk(&mut reader, peer, &socket) => ended,
         () = connections.close_all.cancelled() => Err(End::Shutdown),
@@ -316,7 +322,7 @@ impl Visit<'_> {
             uuid: start.uuid,
             ip: self.peer.ip(),
         };
-        if let Some(why) = config.access.refuse(&who) {
+        if let Some(why) = config.access.refuse(|s| s.matches(&who)) {
             let detail = json!({ "why": why });
             let text = format!("player {player} from {}: {why}", self.peer);
             self.listening.refusals.refuse(Refusal::Denied, text);
