@@ -5,8 +5,9 @@
 //! Whether it is frozen is read from the kernel (state `T` in `/proc/PID/stat`), never
 //! remembered only by wakegate: a wakegate started again, after a `kill -9` too, finds the
 //! server frozen and keeps it so. SIGSTOP cannot be caught or ignored, but it takes effect
-//! when the kernel next runs the process (at once, unless it waits on a disk in state `D`):
-//! [`freeze`] returns once every process shows it, so "frozen" in the API means stopped.
+//! when the kernel next runs each thread (at once, unless one waits on a disk in state `D`):
+//! [`freeze`] returns once every thread of every process shows it, so "frozen" in the API
+//! means stopped.
 
 use std::time::Duration;
 
@@ -29,10 +30,11 @@ fn server(family: &Family, leader: Option<Pid>) -> Vec<Pid> {
     pids
 }
 
-/// Whether every process of the server is stopped by a signal (and there is one).
+/// Whether every thread of every process of the server is stopped by a signal (and there is
+/// one).
 pub fn is_frozen(family: &Family, leader: Option<Pid>) -> bool {
     let pids = server(family, leader);
-    !pids.is_empty() && pids.iter().all(|pid| state(*pid) == Some('T'))
+    !pids.is_empty() && pids.iter().all(|pid| running_threads(*pid) == Some(0))
 }
 
 /// Sends SIGSTOP to the server and returns once every one of its processes has stopped.
@@ -45,9 +47,9 @@ pub async fn freeze(family: &Family, leader: Pid) -> Result<(), String> {
     loop {
         let running: Vec<String> = server(family, Some(leader))
             .into_iter()
-            .filter_map(|pid| match state(pid) {
-                Some('T') | None => None,
-                Some(s) => Some(format!("{} (state {s})", pid.as_raw_nonzero())),
+            .filter_map(|pid| match (running_threads(pid)?, state(pid)?) {
+                (0, _) => None,
+                (_, s) => Some(format!("{} (state {s})", pid.as_raw_nonzero())),
             })
             .collect();
         if running.is_empty() {
@@ -74,7 +76,24 @@ pub fn thaw(family: &Family, leader: Pid) {
 /// The state letter of a process (field 3 of /proc/PID/stat): `R`, `S`, `D`, `T` (stopped by a
 /// signal), `Z`, …; none when it does not exist.
 pub fn state(pid: Pid) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    state_in(&format!("/proc/{}/stat", pid.as_raw_nonzero()))
+}
+
+/// How many threads of a process are not stopped by a signal; none when it does not exist.
+fn running_threads(pid: Pid) -> Option<usize> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", pid.as_raw_nonzero())).ok()?;
+    let states: Vec<char> = tasks
+        .filter_map(|task| state_in(task.ok()?.path().join("stat").to_str()?))
+        .collect();
+    if states.is_empty() {
+        return None;
+    }
+    Some(states.iter().filter(|s| **s != 'T').count())
+}
+
+/// The state letter in a `stat` file of /proc.
+fn state_in(path: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces and parentheses; the state follows it.
     stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }

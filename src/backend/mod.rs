@@ -16,6 +16,7 @@ mod freeze;
 mod pidfd;
 mod process;
 pub mod rcon;
+mod session;
 
 use std::path::Path;
 use std::sync::Arc;

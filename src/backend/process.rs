@@ -1,8 +1,9 @@
 //! `process` backend: wakegate runs the server as its own child, like lazymc does.
 //!
-//! Output goes to `<data_dir>/<service>.log`. The child leads its own process group and
-//! carries its service's mark in its environment (see [`super::family`]); a pid file
-//! (`<service>.pid`: the pid and its kernel start time) names it. A wakegate that was killed
+//! Output goes to `<data_dir>/<service>.log`. The child leads its own session and process
+//! group (see [`super::session`]) and carries its service's mark in its environment (see
+//! [`super::family`]); a pid file (`<service>.pid`: the pid and its kernel start time) names
+//! it. A wakegate that was killed
 //! with -9 finds the server again by the pid file or, failing that, by the mark, whatever
 //! wrapper started it; a reused pid is never adopted. An exit is noticed at once: `wait()` on
 //! our own child, a pidfd for an adopted one, then a pidfd on each process of the family
@@ -176,10 +177,10 @@ impl ProcessBackend {
                 StopMethod::Signal(_) | StopMethod::Rcon(_) => Stdio::null(),
             })
             .stdout(log)
-            .stderr(stderr)
-            // Its own process group: a Ctrl-C on wakegate's terminal must not reach the server;
-            // wakegate decides how it stops.
-            .process_group(0);
+            .stderr(stderr);
+        // Its own session and process group: a Ctrl-C on wakegate's terminal must not reach the
+        // server (wakegate decides how it stops), nor may wakegate's end thaw it when frozen.
+        super::session::own_session(&mut cmd);
         if let Some(cwd) = &self.config.cwd {
             cmd.current_dir(cwd);
         }
