@@ -216,6 +216,16 @@ async fn a_frozen_server_outlives_kill_9_of_wakegate_stays_frozen_and_freeze_for
     let view = second.service("survival");
     assert_eq!(view["state"], "asleep", "{view}");
     assert_eq!(view["sleep_mode"], "frozen", "{view}");
+    let table = std::process::Command::new(WAKEGATE)
+        .args(["status", "--api", &second.api().to_string()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(" asleep (frozen) "), "{table}");
+    assert!(
+        metrics(&second)
+            .contains("wakegate_service_sleep_mode{service=\"survival\",mode=\"frozen\"} 1")
+    );
     assert_eq!(motd(&mcstatus(bind.port()).await), ASLEEP);
     assert!(frozen(pid), "the restarted wakegate thawed it");
 
@@ -226,6 +236,16 @@ async fn a_frozen_server_outlives_kill_9_of_wakegate_stays_frozen_and_freeze_for
     assert_eq!(ready["detail"]["woke_from"], "frozen", "{ready}");
     assert_eq!(starts_in_log(&dir, "survival"), 1);
     assert!(alive(pid) && !frozen(pid));
+    // The resume is timed apart from cold starts; the exposition passes promtool.
+    let exposition = metrics(&second);
+    for line in [
+        "wakegate_wake_duration_seconds_count{service=\"survival\",from=\"frozen\"} 1",
+        "wakegate_wake_duration_seconds_count{service=\"survival\",from=\"stopped\"} 0",
+        "wakegate_service_sleep_mode{service=\"survival\",mode=\"frozen\"} 0",
+    ] {
+        assert!(exposition.contains(line), "no {line} in\n{exposition}");
+    }
+    promtool_check(&exposition);
     bots.quit().await;
     events.until("the second freeze", is_frozen_asleep).await;
     assert!(frozen(pid));
@@ -263,4 +283,11 @@ fn last_event_id(gateway: &Wakegate) -> i64 {
     gateway.events("survival").last().unwrap()["id"]
         .as_i64()
         .unwrap()
+}
+
+/// The gateway's Prometheus exposition.
+fn metrics(gateway: &Wakegate) -> String {
+    let (status, body) = http(gateway.api(), "GET", "/metrics", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
 }
