@@ -342,9 +342,10 @@ impl Actor {
         match self.wake_steps(deadline, &mut last_error).await {
             Outcome::Done(Ok(address)) => {
                 let took = started.elapsed();
-                let resumed = match from.in_memory() && !adopted {
-                    true => format!(" (resumed: it was {from})"),
-                    false => String::new(),
+                let resumed = if from.in_memory() && !adopted {
+                    format!(" (resumed: it was {from})")
+                } else {
+                    String::new()
                 };
                 self.policy().woke(Instant::now());
                 if !adopted {
