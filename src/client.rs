@@ -185,6 +185,9 @@ impl Client {
 struct ServiceRow {
     name: String,
     state: String,
+    /// How it sleeps (`stopped`, `paused`, `frozen`); shown with `asleep`.
+    #[serde(default)]
+    sleep_mode: Option<String>,
     since: String,
     address: Option<String>,
     connections: usize,
@@ -200,6 +203,16 @@ struct ServiceRow {
     /// The last report of its agent (`wakegate agent` on the server).
     #[serde(default)]
     agent: Option<AgentRow>,
+}
+
+impl ServiceRow {
+    /// "asleep (frozen)": the state, with how it sleeps while asleep.
+    fn state_text(&self) -> String {
+        match &self.sleep_mode {
+            Some(mode) if self.state == "asleep" => format!("asleep ({mode})"),
+            _ => self.state.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,7 +275,7 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
         serde_json::from_value(value)?
     };
     println!(
-        "{:<20} {:<9} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  LAST ERROR",
+        "{:<20} {:<16} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  LAST ERROR",
         "NAME",
         "STATE",
         "FOR",
@@ -276,9 +289,9 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
     );
     for row in rows {
         println!(
-            "{:<20} {:<9} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  {}",
+            "{:<20} {:<16} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  {}",
             row.name,
-            row.state,
+            row.state_text(),
             ago(&row.since).unwrap_or_else(|_| row.since.clone()),
             row.connections,
             row.held,

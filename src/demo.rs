@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::{self, App};
-use crate::backend::config::{Backend, OnShutdown, Process, StopMethod};
+use crate::backend::config::{Backend, OnShutdown, Process, ProcessSleep, StopMethod};
 use crate::config::{Config, Gateway};
 use crate::event::{Kind, format_time};
 use crate::listener::config::Listen;
@@ -60,6 +60,8 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
                 stop_timeout: Duration::from_secs(10),
                 on_shutdown: OnShutdown::Stop,
                 save_all: false,
+                sleep_mode: ProcessSleep::Stop,
+                freeze_for: None,
             }),
             // The http listener: a browser sees the waiting page, which opens the demo
             // server's page by itself once it is up.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::event::{State, Trigger};
+use crate::event::{SleepMode, State, Trigger};
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,10 +30,19 @@ impl Failure {
     }
 }
 
-/// Upper bounds (seconds) of the wake-duration histogram: from a local process to a VM.
-const WAKE_BUCKETS: [f64; 12] = [
-    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+/// Upper bounds (seconds) of the wake-duration histogram: from a frozen process resumed in a
+/// few milliseconds to a VM started cold.
+const WAKE_BUCKETS: [f64; 15] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// The wake-duration histogram of one sleep mode (what the wakes undid).
+#[derive(Debug, Default)]
+struct WakeHistogram {
+    buckets: [AtomicU64; WAKE_BUCKETS.len()],
+    count: AtomicU64,
+    micros: AtomicU64,
+}
 
 /// One service's counters.
 #[derive(Debug, Default)]
@@ -48,9 +57,8 @@ pub struct Metrics {
     pub status_pings: AtomicU64,
     wakes: [AtomicU64; 7],
     failures: [AtomicU64; 3],
-    wake_buckets: [AtomicU64; 12],
-    wake_count: AtomicU64,
-    wake_micros: AtomicU64,
+    /// By [`SleepMode::index`]: cold starts apart from resumes.
+    wake_durations: [WakeHistogram; 3],
     awake_millis: AtomicU64,
     /// Set while the backend runs (waking, awake, stopping). Touched on transitions only.
     running_since: Mutex<Option<Instant>>,
@@ -70,15 +78,18 @@ impl Metrics {
         self.failures[failure as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn wake_took(&self, took: Duration) {
+    /// Counts a wake from `from` (a cold start from `stopped`, a resume otherwise).
+    pub fn wake_took(&self, from: SleepMode, took: Duration) {
+        let histogram = &self.wake_durations[from.index()];
         let seconds = took.as_secs_f64();
-        for (bucket, bound) in self.wake_buckets.iter().zip(WAKE_BUCKETS) {
+        for (bucket, bound) in histogram.buckets.iter().zip(WAKE_BUCKETS) {
             if seconds <= bound {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.wake_count.fetch_add(1, Ordering::Relaxed);
-        self.wake_micros
+        histogram.count.fetch_add(1, Ordering::Relaxed);
+        histogram
+            .micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
@@ -118,6 +129,8 @@ pub trait Source {
     fn connections(&self) -> usize;
     /// Clients waiting for a wake to finish.
     fn held(&self) -> usize;
+    /// How it sleeps, while asleep.
+    fn sleep_mode(&self) -> Option<SleepMode>;
     fn metrics(&self) -> &Metrics;
 }
 
@@ -144,6 +157,23 @@ pub fn render<S: Source>(services: &[S]) -> String {
             let _ = writeln!(
                 out,
                 "wakegate_service_state{{service=\"{}\",state=\"{state}\"}} {v}",
+                s.name()
+            );
+        }
+    }
+    header(
+        &mut out,
+        "wakegate_service_sleep_mode",
+        "gauge",
+        "1 for how each asleep service sleeps (stopped, paused or frozen); 0 while awake.",
+    );
+    for s in services {
+        let current = s.sleep_mode();
+        for mode in SleepMode::ALL {
+            let v = u8::from(current == Some(mode));
+            let _ = writeln!(
+                out,
+                "wakegate_service_sleep_mode{{service=\"{}\",mode=\"{mode}\"}} {v}",
                 s.name()
             );
         }
@@ -186,35 +216,38 @@ pub fn render<S: Source>(services: &[S]) -> String {
         &mut out,
         "wakegate_wake_duration_seconds",
         "histogram",
-        "Time from the start of a wake to the backend being ready.",
+        "Time from the start of a wake to the backend being ready, by what the wake undid (from: a cold start from stopped, a resume from paused or frozen).",
     );
     for s in services {
-        let m = s.metrics();
-        for (bucket, bound) in m.wake_buckets.iter().zip(WAKE_BUCKETS) {
+        for mode in SleepMode::ALL {
+            let histogram = &s.metrics().wake_durations[mode.index()];
+            let count = histogram.count.load(Ordering::Relaxed);
+            // Cold starts always; a resume once there was one.
+            if mode.in_memory() && count == 0 {
+                continue;
+            }
+            let labels = format!("service=\"{}\",from=\"{mode}\"", s.name());
+            for (bucket, bound) in histogram.buckets.iter().zip(WAKE_BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "wakegate_wake_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                    bucket.load(Ordering::Relaxed)
+                );
+            }
             let _ = writeln!(
                 out,
-                "wakegate_wake_duration_seconds_bucket{{service=\"{}\",le=\"{bound}\"}} {}",
-                s.name(),
-                bucket.load(Ordering::Relaxed)
+                "wakegate_wake_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "wakegate_wake_duration_seconds_sum{{{labels}}} {}",
+                histogram.micros.load(Ordering::Relaxed) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "wakegate_wake_duration_seconds_count{{{labels}}} {count}"
             );
         }
-        let count = m.wake_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "wakegate_wake_duration_seconds_bucket{{service=\"{}\",le=\"+Inf\"}} {count}",
-            s.name()
-        );
-        let _ = writeln!(
-            out,
-            "wakegate_wake_duration_seconds_sum{{service=\"{}\"}} {}",
-            s.name(),
-            m.wake_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "wakegate_wake_duration_seconds_count{{service=\"{}\"}} {count}",
-            s.name()
-        );
     }
     let per_service: [PerService<S>; 8] = [
         (

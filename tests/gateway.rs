@@ -435,6 +435,7 @@ async fn the_api_reports_services_and_unknown_names_clearly() {
         .unwrap();
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(table.lines().nth(1).unwrap().starts_with("web "), "{table}");
+    assert!(table.contains(" asleep (stopped) "), "{table}");
 
     let missing = std::process::Command::new(WAKEGATE)
         .args(["status", "nope", "--api", &api])

@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 use tracing::error;
 
 use self::config::{Role, Token};
-use crate::event::{self, Event, State as ServiceState};
+use crate::event::{self, Event, SleepMode, State as ServiceState};
 use crate::metrics;
 use crate::service::{Denied, Gone, Registry, ServiceHandle};
 use crate::store::{Lease, Store};
@@ -458,6 +458,9 @@ async fn metrics(State(api): State<Api>) -> impl IntoResponse {
 pub struct ServiceView {
     pub name: String,
     pub state: ServiceState,
+    /// Asleep: how it sleeps (`stopped`, `paused` or `frozen`); waking: what the wake undoes;
+    /// otherwise: how it will sleep once stopped.
+    pub sleep_mode: SleepMode,
     #[serde(serialize_with = "event::rfc3339")]
     pub since: SystemTime,
     pub backend: &'static str,
@@ -474,10 +477,11 @@ pub struct ServiceView {
     #[serde(serialize_with = "event::rfc3339_opt")]
     pub idle_deadline: Option<SystemTime>,
     pub last_error: Option<String>,
-    /// How long its recent wakes took, oldest first.
+    /// How long its recent wakes from `sleep_mode` took, oldest first: cold starts apart from
+    /// resumes.
     pub boot_durations_ms: Vec<u64>,
-    /// The expected duration of the next wake (the median of the recent ones, as the service
-    /// publishes it).
+    /// The expected duration of the next wake (the median of the recent ones from
+    /// `sleep_mode`, as the service publishes it).
     pub eta_ms: Option<u64>,
     pub awake_seconds_day: f64,
     pub awake_seconds_30d: f64,
@@ -551,7 +555,7 @@ impl ServiceView {
             .transitions_since(handle.name(), month_ago)
             .map_err(ApiError::internal)?;
         let boot_durations_ms = store
-            .boot_durations(handle.name(), 10)
+            .boot_durations(handle.name(), status.sleep_mode, 10)
             .map_err(ApiError::internal)?;
         let awake_seconds_30d = running_seconds(&transitions, month_ago, now);
         let window_start = first.map_or(now, |f| f.max(month_ago));
@@ -563,6 +567,7 @@ impl ServiceView {
         Ok(ServiceView {
             name: handle.name().to_string(),
             state: status.state,
+            sleep_mode: status.sleep_mode,
             since: status.since,
             backend: handle.backend_kind(),
             address: status.address.map(|a| a.to_string()),

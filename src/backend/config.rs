@@ -10,7 +10,10 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::aws;
-use crate::config::de::{Secret, check_address, duration, expand, expand_env, read, split_type};
+use crate::config::de::{
+    Secret, check_address, duration, expand, expand_env, optional_spanned_duration, read,
+    split_type,
+};
 use crate::config::diag::Problems;
 
 /// How a service is started, stopped and found.
@@ -47,6 +50,22 @@ pub struct Process {
     pub on_shutdown: OnShutdown,
     /// Ask the server to `save-all` before the stop (by stdin or RCON; never with a signal).
     pub save_all: bool,
+    /// How the server sleeps when idle: stopped, or frozen with SIGSTOP.
+    pub sleep_mode: ProcessSleep,
+    /// How long it may stay frozen before it is stopped for real (`sleep_mode = "freeze"`).
+    pub freeze_for: Option<Duration>,
+}
+
+/// `sleep_mode` of a `process` backend: what an idle stop does to the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessSleep {
+    /// Stop it the configured way (`stop_command`, RCON or a signal): a wake starts it cold.
+    #[default]
+    Stop,
+    /// SIGSTOP to its process group and family: it keeps its memory, costs no CPU, and a wake
+    /// resumes it with SIGCONT.
+    Freeze,
 }
 
 /// How a `process` backend is asked to stop before it is killed.
@@ -108,6 +127,10 @@ struct ProcessConfig {
     on_shutdown: OnShutdown,
     rcon: Option<Spanned<RconConfig>>,
     save_all: Option<Spanned<bool>>,
+    #[serde(default)]
+    sleep_mode: ProcessSleep,
+    #[serde(default, deserialize_with = "optional_spanned_duration")]
+    freeze_for: Option<Spanned<Duration>>,
 }
 
 /// `[service.backend.rcon]` of a `process` backend.
@@ -248,6 +271,7 @@ fn read_process(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opti
         Some((_, rcon)) => rcon.map(StopMethod::Rcon),
         None => stop,
     };
+    let freeze_for = check_freeze_for(c.sleep_mode, c.freeze_for, problems);
     Some(Process {
         command: c.command.into_inner(),
         cwd: c.cwd,
@@ -257,7 +281,37 @@ fn read_process(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Opti
         stop_timeout: c.stop_timeout,
         on_shutdown: c.on_shutdown,
         save_all: save_all.is_some_and(|(_, on)| on),
+        sleep_mode: c.sleep_mode,
+        freeze_for: freeze_for?,
     })
+}
+
+/// `freeze_for` is for a frozen server only, and a zero limit would stop it at once.
+fn check_freeze_for(
+    mode: ProcessSleep,
+    freeze_for: Option<Spanned<Duration>>,
+    problems: &mut Problems<'_>,
+) -> Option<Option<Duration>> {
+    let Some(limit) = freeze_for else {
+        return Some(None);
+    };
+    if mode != ProcessSleep::Freeze {
+        problems.add(
+            Some(limit.span()),
+            "`freeze_for` needs `sleep_mode = \"freeze\"`",
+            "add `sleep_mode = \"freeze\"`, or remove `freeze_for`: a stopped server has nothing to thaw",
+        );
+        return None;
+    }
+    if limit.get_ref().is_zero() {
+        problems.add(
+            Some(limit.span()),
+            "`freeze_for` is zero",
+            "give how long the frozen server may keep its memory, e.g. \"12h\", or remove it to keep it frozen until the next wake",
+        );
+        return None;
+    }
+    Some(Some(limit.into_inner()))
 }
 
 const SIGTERM: i32 = 15;

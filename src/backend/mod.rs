@@ -12,9 +12,11 @@ pub mod aws;
 pub mod config;
 mod exec;
 mod family;
+mod freeze;
 mod pidfd;
 mod process;
 pub mod rcon;
+mod session;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,21 +28,10 @@ use crate::service::config::Service;
 use crate::store::Store;
 use config::Backend as BackendConfig;
 
+/// How a sleeping server sleeps; defined beside the states, which it qualifies.
+pub use crate::event::SleepMode;
 pub use exec::ExecBackend;
 pub use process::ProcessBackend;
-
-/// How a sleeping server sleeps: what a wake has to undo.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SleepMode {
-    /// Stopped for real: a wake is a cold start.
-    #[default]
-    Stopped,
-    /// A container paused (`docker pause`, the cgroup freezer): it keeps its memory.
-    Paused,
-    /// A process stopped with SIGSTOP: it keeps its memory.
-    Frozen,
-}
 
 /// What a backend says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,7 +134,8 @@ pub trait Backend: Send {
     async fn address(&mut self) -> Result<String, BackendError>;
 
     /// Resolves when the server goes away on its own. Backends that cannot notice that never
-    /// resolve. Must be cancel-safe: it is raced against other work.
+    /// resolve. Must be cancel-safe: it is raced against other work, while awake and while
+    /// asleep paused or frozen (a server killed in its sleep); never while asleep stopped.
     async fn exited(&mut self) -> Exit {
         std::future::pending().await
     }
@@ -160,8 +152,23 @@ pub trait Backend: Send {
     }
 
     /// How the server sleeps once [`Backend::stop`] returns (a stop may pause or freeze it).
+    /// Asked after each stop, and after each wake for the mode the next one will undo (the
+    /// wake-time history the ETA is drawn from).
     fn sleep_mode(&self) -> SleepMode {
         SleepMode::Stopped
+    }
+
+    /// Stops the server for real, even where [`Backend::stop`] would pause or freeze it: a
+    /// restart, the clean-up of a failed wake, the end of the sleep limit. A paused or frozen
+    /// server is resumed first, then stopped the usual way.
+    async fn stop_for_real(&mut self) -> Result<(), BackendError> {
+        self.stop().await
+    }
+
+    /// How long the server may sleep paused or frozen before it is stopped for real
+    /// (`freeze_for`); none: as long as it sleeps.
+    fn sleep_limit(&self) -> Option<std::time::Duration> {
+        None
     }
 
     /// How often the server's real state is read, to notice what was done to it outside

@@ -1,5 +1,6 @@
 //! Waiting for a process that is not our child: a pidfd turns readable when it exits.
-//! The one place in wakegate that needs `unsafe`, for tokio's fd registration.
+//! One of the two places in wakegate that need `unsafe` (with `session`), for tokio's fd
+//! registration.
 #![allow(unsafe_code)]
 
 use std::os::fd::OwnedFd;

@@ -1,8 +1,9 @@
 //! `process` backend: wakegate runs the server as its own child, like lazymc does.
 //!
-//! Output goes to `<data_dir>/<service>.log`. The child leads its own process group and
-//! carries its service's mark in its environment (see [`super::family`]); a pid file
-//! (`<service>.pid`: the pid and its kernel start time) names it. A wakegate that was killed
+//! Output goes to `<data_dir>/<service>.log`. The child leads its own session and process
+//! group (see [`super::session`]) and carries its service's mark in its environment (see
+//! [`super::family`]); a pid file (`<service>.pid`: the pid and its kernel start time) names
+//! it. A wakegate that was killed
 //! with -9 finds the server again by the pid file or, failing that, by the mark, whatever
 //! wrapper started it; a reused pid is never adopted. An exit is noticed at once: `wait()` on
 //! our own child, a pidfd for an adopted one, then a pidfd on each process of the family
@@ -17,6 +18,10 @@
 //! (which also reaches an adopted server), after an optional `save-all`. When that way fails
 //! the server gets SIGTERM, and SIGKILL after `stop_timeout`; each step is a note the service
 //! records as an event.
+//!
+//! With `sleep_mode = "freeze"`, an idle stop freezes the server instead (SIGSTOP, see
+//! [`super::freeze`]) and the next start resumes it; a stop for real (a restart, the end of
+//! `freeze_for`, wakegate's shutdown) thaws it first, then stops it the usual way.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -31,11 +36,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, Command};
 use tracing::{info, warn};
 
-use super::config::{self, OnShutdown, Process, StopMethod};
+use super::config::{self, OnShutdown, Process, ProcessSleep, StopMethod};
 use super::family::{Family, start_time};
+use super::freeze;
 use super::pidfd::ExitWatch;
 use super::rcon::{Rcon, RconError};
-use super::{Backend, BackendError, Exit, Note, Notes, Status, describe_exit, tail_of_file};
+use super::{
+    Backend, BackendError, Exit, Note, Notes, SleepMode, Status, describe_exit, tail_of_file,
+};
 use crate::event::Kind;
 
 const LOG_TAIL_LINES: usize = 15;
@@ -51,6 +59,8 @@ pub struct ProcessBackend {
     pid_path: PathBuf,
     family: Family,
     running: Option<Running>,
+    /// The server is frozen (SIGSTOP), as the kernel last said.
+    frozen: bool,
     notes: Notes,
     notes_rx: Option<tokio::sync::mpsc::UnboundedReceiver<Note>>,
 }
@@ -122,6 +132,7 @@ impl ProcessBackend {
             pid_path: data_dir.join(format!("{service}.pid")),
             family: Family::new(service, data_dir),
             running: None,
+            frozen: false,
             notes,
             notes_rx: Some(notes_rx),
         }
@@ -166,10 +177,10 @@ impl ProcessBackend {
                 StopMethod::Signal(_) | StopMethod::Rcon(_) => Stdio::null(),
             })
             .stdout(log)
-            .stderr(stderr)
-            // Its own process group: a Ctrl-C on wakegate's terminal must not reach the server;
-            // wakegate decides how it stops.
-            .process_group(0);
+            .stderr(stderr);
+        // Its own session and process group: a Ctrl-C on wakegate's terminal must not reach the
+        // server (wakegate decides how it stops), nor may wakegate's end thaw it when frozen.
+        super::session::own_session(&mut cmd);
         if let Some(cwd) = &self.config.cwd {
             cmd.current_dir(cwd);
         }
@@ -264,6 +275,7 @@ impl ProcessBackend {
         // A wrapper that forked the server and ended leaves it running: it is still ours.
         self.family.all_exited().await;
         self.running = None;
+        self.frozen = false;
         let _ = std::fs::remove_file(&self.pid_path);
         Exit {
             status,
@@ -368,35 +380,41 @@ impl Backend for ProcessBackend {
     async fn start(&mut self) -> Result<(), BackendError> {
         match self.status().await? {
             Status::Running => Ok(()),
+            Status::Sleeping(_) => {
+                self.thaw("");
+                Ok(())
+            }
             Status::Occupied(why) => Err(BackendError::Other(why)),
             _ => self.spawn(),
         }
     }
 
     async fn stop(&mut self) -> Result<(), BackendError> {
-        if self.status().await? == Status::Stopped {
-            return Ok(());
+        match self.status().await? {
+            Status::Stopped | Status::Sleeping(_) => Ok(()),
+            _ if self.config.sleep_mode == ProcessSleep::Freeze => self.freeze().await,
+            _ => self.stop_process().await,
         }
-        self.ask_to_stop().await;
-        let exit = match tokio::time::timeout(self.config.stop_timeout, self.wait_exit()).await {
-            Ok(exit) => exit,
-            Err(_) => {
-                let timeout = humantime::format_duration(self.config.stop_timeout);
-                warn!(service = %self.service, timeout = %timeout, "The process did not stop in time; killing it.");
-                self.signal(Signal::KILL);
-                self.note(
-                    Kind::Warning,
-                    format!("the process did not stop within {timeout} (stop_timeout); killed it"),
-                );
-                self.wait_exit().await
-            }
-        };
-        info!(service = %self.service, status = %exit.status, "Process stopped.");
-        self.note(
-            Kind::Progress,
-            format!("the process exited with {}", exit.status),
-        );
-        Ok(())
+    }
+
+    async fn stop_for_real(&mut self) -> Result<(), BackendError> {
+        if let Status::Sleeping(_) = self.status().await? {
+            self.thaw(" to stop it");
+        }
+        self.stop_process().await
+    }
+
+    fn sleep_mode(&self) -> SleepMode {
+        let freezes = self.config.sleep_mode == ProcessSleep::Freeze && self.running.is_some();
+        if self.frozen || freezes {
+            SleepMode::Frozen
+        } else {
+            SleepMode::Stopped
+        }
+    }
+
+    fn sleep_limit(&self) -> Option<Duration> {
+        self.config.freeze_for
     }
 
     async fn status(&mut self) -> Result<Status, BackendError> {
@@ -405,7 +423,13 @@ impl Backend for ProcessBackend {
             None => self.adopt().is_some(),
         };
         if alive {
-            return Ok(Status::Running);
+            let leader = self.running.as_ref().map(|r| r.leader);
+            self.frozen = freeze::is_frozen(&self.family, leader);
+            return Ok(if self.frozen {
+                Status::Sleeping(SleepMode::Frozen)
+            } else {
+                Status::Running
+            });
         }
         if self.running.is_some() {
             self.wait_exit().await;
@@ -435,22 +459,92 @@ impl Backend for ProcessBackend {
         self.wait_exit().await
     }
 
+    async fn remove(&mut self) -> Result<(), BackendError> {
+        // A service that ends for good leaves no frozen server behind.
+        if self.running.is_some() {
+            self.stop_for_real().await?;
+        }
+        Ok(())
+    }
+
     async fn shutdown(&mut self) -> Result<bool, BackendError> {
         match self.config.on_shutdown {
             OnShutdown::Stop => {
                 let was_running = self.running.is_some();
-                self.stop().await?;
+                // A frozen server too: nothing is left unwatched.
+                self.stop_for_real().await?;
                 Ok(was_running)
             }
             OnShutdown::Leave => {
-                // Dropping our handle neither kills nor waits: the process keeps running and the
-                // pid file stays for the next wakegate to adopt.
+                // Dropping our handle neither kills nor waits: the process keeps running (or
+                // frozen) and the pid file stays for the next wakegate to adopt.
                 if let Some(running) = self.running.take() {
-                    info!(service = %self.service, pid = running.leader.as_raw_nonzero().get(), "Leaving the process running (on_shutdown = \"leave\").");
+                    info!(service = %self.service, pid = running.leader.as_raw_nonzero().get(), "Leaving the process as it is (on_shutdown = \"leave\").");
                 }
                 Ok(false)
             }
         }
+    }
+}
+
+impl ProcessBackend {
+    /// Freezes the running server (SIGSTOP); returns once every process has stopped.
+    async fn freeze(&mut self) -> Result<(), BackendError> {
+        let Some(leader) = self.running.as_ref().map(|r| r.leader) else {
+            return Ok(());
+        };
+        freeze::freeze(&self.family, leader)
+            .await
+            .map_err(|why| BackendError::Other(format!("cannot freeze the process: {why}")))?;
+        self.frozen = true;
+        info!(service = %self.service, pid = leader.as_raw_nonzero().get(), "Process frozen (SIGSTOP).");
+        self.note(
+            Kind::Progress,
+            "froze the process (SIGSTOP): it keeps its memory and uses no CPU until the next wake"
+                .into(),
+        );
+        Ok(())
+    }
+
+    /// Resumes the frozen server (SIGCONT); `why` ends the note (" to stop it").
+    fn thaw(&mut self, why: &str) {
+        let Some(leader) = self.running.as_ref().map(|r| r.leader) else {
+            return;
+        };
+        freeze::thaw(&self.family, leader);
+        self.frozen = false;
+        info!(service = %self.service, pid = leader.as_raw_nonzero().get(), "Process resumed (SIGCONT){why}.");
+        self.note(
+            Kind::Progress,
+            format!("resumed the frozen process (SIGCONT){why}"),
+        );
+    }
+
+    /// Stops the server the configured way, and kills it after `stop_timeout`.
+    async fn stop_process(&mut self) -> Result<(), BackendError> {
+        if self.status().await? == Status::Stopped {
+            return Ok(());
+        }
+        self.ask_to_stop().await;
+        let exit = match tokio::time::timeout(self.config.stop_timeout, self.wait_exit()).await {
+            Ok(exit) => exit,
+            Err(_) => {
+                let timeout = humantime::format_duration(self.config.stop_timeout);
+                warn!(service = %self.service, timeout = %timeout, "The process did not stop in time; killing it.");
+                self.signal(Signal::KILL);
+                self.note(
+                    Kind::Warning,
+                    format!("the process did not stop within {timeout} (stop_timeout); killed it"),
+                );
+                self.wait_exit().await
+            }
+        };
+        info!(service = %self.service, status = %exit.status, "Process stopped.");
+        self.note(
+            Kind::Progress,
+            format!("the process exited with {}", exit.status),
+        );
+        Ok(())
     }
 }
 

@@ -40,6 +40,10 @@ pub(super) fn needed(roles: &[u64]) -> String {
 pub(super) fn status_line(service: &ServiceHandle) -> String {
     let status = service.status();
     let mut line = format!("**{}** is {}", service.name(), status.state);
+    // Paused or frozen: it keeps its memory, and a wake resumes it in moments.
+    if status.state == State::Asleep && status.sleep_mode.in_memory() {
+        line.push_str(&format!(" ({})", status.sleep_mode));
+    }
     if let Some(address) = status.address {
         line.push_str(&format!(" at `{address}`"));
     }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::State;
+use super::{SleepMode, State};
 use crate::store::Lease;
 
 /// What started a wake, a stop or a failure: the `trigger` of an event's detail, and the label
@@ -43,6 +43,8 @@ pub enum Trigger {
     Retry,
     /// The server was found changed outside wakegate (stopped or started from a console).
     Outside,
+    /// A paused or frozen server slept its limit (`freeze_for`) and is stopped for real.
+    SleepLimit,
 }
 
 impl Trigger {
@@ -74,6 +76,7 @@ impl Trigger {
             Trigger::Shutdown => "shutdown",
             Trigger::Retry => "retry",
             Trigger::Outside => "outside",
+            Trigger::SleepLimit => "sleep_limit",
         }
     }
 
@@ -118,6 +121,10 @@ pub enum Cause {
     Shutdown,
     Retry,
     Outside,
+    SleepLimit {
+        /// How long it slept paused or frozen.
+        slept_ms: u64,
+    },
 }
 
 impl Cause {
@@ -138,6 +145,7 @@ impl Cause {
             Cause::Shutdown => Trigger::Shutdown,
             Cause::Retry => Trigger::Retry,
             Cause::Outside => Trigger::Outside,
+            Cause::SleepLimit { .. } => Trigger::SleepLimit,
         }
     }
 
@@ -163,11 +171,14 @@ impl Cause {
 pub enum Fact {
     /// A step of a wake, and the address it concerns.
     Step { step: &'static str, address: String },
-    /// The backend is ready; `adopted` when it was found running at start-up.
+    /// The backend is ready; `adopted` when it was found running at start-up. `woke_from`:
+    /// what the wake undid (a cold start from `stopped`, a resume from `paused` or `frozen`);
+    /// the expected wake time is drawn from the wakes of the same mode.
     Ready {
         address: String,
         duration_ms: u64,
         adopted: bool,
+        woke_from: SleepMode,
     },
     /// A wake failed after this long, and the clean-up stop failed too when `cleanup_error`.
     WakeFailed {
@@ -175,8 +186,11 @@ pub enum Fact {
         #[serde(skip_serializing_if = "Option::is_none")]
         cleanup_error: Option<String>,
     },
-    /// The backend stopped after this long.
-    Took { duration_ms: u64 },
+    /// The backend stopped (or paused, or froze: `sleep_mode`) after this long.
+    Took {
+        duration_ms: u64,
+        sleep_mode: SleepMode,
+    },
     /// The backend went away on its own.
     Exit { exit: String, log_tail: String },
     /// Fewer than `min_players` are on: warning `warning` of `of`.

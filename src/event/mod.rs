@@ -51,6 +51,48 @@ impl std::fmt::Display for State {
     }
 }
 
+/// How a sleeping server sleeps: what a wake has to undo. It qualifies `asleep` on the wire
+/// (`sleep_mode` in the API, a label of the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SleepMode {
+    /// Stopped for real: a wake is a cold start.
+    #[default]
+    Stopped,
+    /// A container paused (`docker pause`, the cgroup freezer): it keeps its memory.
+    Paused,
+    /// A process stopped with SIGSTOP: it keeps its memory.
+    Frozen,
+}
+
+impl SleepMode {
+    pub const ALL: [SleepMode; 3] = [SleepMode::Stopped, SleepMode::Paused, SleepMode::Frozen];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SleepMode::Stopped => "stopped",
+            SleepMode::Paused => "paused",
+            SleepMode::Frozen => "frozen",
+        }
+    }
+
+    /// Whether the server keeps its memory (paused or frozen): a wake resumes it.
+    pub fn in_memory(self) -> bool {
+        self != SleepMode::Stopped
+    }
+
+    /// Its place in [`SleepMode::ALL`], for arrays kept per mode.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for SleepMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What an event records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

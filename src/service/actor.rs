@@ -17,15 +17,13 @@ use super::config;
 use super::core::{Core, Outcome, Request, sleep_until};
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Players, Policy, Rules, backoff, round};
+use super::sleep::{self, Sleep};
 use super::{ConnectError, ServiceHandle, Status};
-use crate::backend::{Backend, BackendError, Status as BackendStatus};
+use crate::backend::{Backend, BackendError, SleepMode, Status as BackendStatus};
 use crate::event::{Cause, Detail, Fact, Kind, State};
 use crate::metrics::Failure;
 use crate::probe::{self, Check};
 use crate::store::Store;
-
-/// How many recent wakes the expected boot time is the median of.
-const RECENT_BOOTS: usize = 10;
 
 /// Starts the actor of `service` on `tracker`; it runs until `cancel` fires. Health checks
 /// and the player poll, which drive the handle, are started apart (see `health::spawn_for`).
@@ -43,9 +41,7 @@ pub fn spawn(
     // Until the backend has been asked, the best knowledge is what was last recorded (read at
     // start-up, before any client is taken).
     let last = store.service(&service.name).ok().flatten();
-    let boots = store
-        .boot_durations(&service.name, RECENT_BOOTS)
-        .unwrap_or_default();
+    let sleep = Sleep::load(&store, &service.name);
     let initial = Status {
         state: last.as_ref().map_or(State::Asleep, |r| r.state),
         since: last.as_ref().map_or_else(SystemTime::now, |r| r.since),
@@ -56,7 +52,8 @@ pub fn spawn(
         held: 0,
         leases: store.active_leases(&service.name).unwrap_or_default(),
         players: None,
-        expected_boot: median(&boots).map(Duration::from_millis),
+        sleep_mode: SleepMode::Stopped,
+        expected_boot: sleep.expected(SleepMode::Stopped),
         agent: None,
         pre_stop: None,
     };
@@ -83,7 +80,7 @@ pub fn spawn(
             status: status_tx,
             myself: commands_tx_weak,
             tracker: tracker.clone(),
-            boots,
+            sleep,
             commands,
             notes,
             waiters: Vec::new(),
@@ -105,13 +102,6 @@ pub fn spawn(
     handle
 }
 
-/// The median of the service's recent wakes that started the backend, as stored.
-#[cfg(test)]
-pub(super) fn expected_boot(store: &Store, service: &str) -> Option<Duration> {
-    let durations = store.boot_durations(service, RECENT_BOOTS).ok()?;
-    median(&durations).map(Duration::from_millis)
-}
-
 /// How long a backend action waits for the transition before it to be stored.
 const WRITE_AHEAD: Duration = Duration::from_secs(2);
 
@@ -122,13 +112,6 @@ const WRITE_AHEAD: Duration = Duration::from_secs(2);
 async fn write_ahead<T>(store: Arc<Store>, action: impl Future<Output = T>) -> T {
     store.settled(WRITE_AHEAD).await;
     action.await
-}
-
-/// The median of some values (the upper one of an even count); none of nothing.
-pub(super) fn median(values: &[u64]) -> Option<u64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    sorted.get(sorted.len() / 2).copied()
 }
 
 pub(super) struct Actor {
@@ -227,7 +210,15 @@ impl Actor {
                 return Flow::Continue;
             }
             BackendStatus::Running => true,
-            BackendStatus::Stopped | BackendStatus::Sleeping(_) => false,
+            BackendStatus::Stopped => false,
+            BackendStatus::Sleeping(mode) => {
+                self.core.fall_asleep(
+                    mode,
+                    format!("wakegate started and found the backend {mode} ({was_text}); it stays so until a wake resumes it"),
+                    Cause::Reconcile,
+                );
+                return Flow::Continue;
+            }
             // Without a way to ask, assume a service that was not asleep still runs: it then
             // gets a fresh idle countdown and is stopped if nobody uses it. Assuming the
             // opposite could leave it running forever.
@@ -306,9 +297,15 @@ impl Actor {
             let schedule_change = policy.schedule_change(now);
             let poll = self.next_poll(self.core.state());
             let agent_check = self.core.agent_check_at(now.wall);
+            let (in_memory, sleep_limit) = (self.sleeps_in_memory(), self.sleep_limit_at());
             tokio::select! {
                 () = self.cancel.cancelled() => return Flow::Exit,
                 () = sleep_until(agent_check) => {}
+                exit = self.backend.exited(), if in_memory => self.exited_in_sleep(exit),
+                () = sleep_until(sleep_limit) => {
+                    self.sleep_limit_reached();
+                    return Flow::Continue;
+                }
                 () = sleep_until(poll) => if let Some(flow) = self.poll_asleep().await {
                     return flow;
                 },
@@ -338,35 +335,36 @@ impl Actor {
     async fn waking(&mut self) -> Flow {
         let started = Instant::now();
         let adopted = self.adopting;
+        let from = self.core.status.borrow().sleep_mode;
         let wake_timeout = self.core.policy.rules.wake_timeout;
         let deadline = started + wake_timeout;
         let mut last_error = String::new();
         match self.wake_steps(deadline, &mut last_error).await {
             Outcome::Done(Ok(address)) => {
                 let took = started.elapsed();
+                let resumed = if from.in_memory() && !adopted {
+                    format!(" (resumed: it was {from})")
+                } else {
+                    String::new()
+                };
                 self.policy().woke(Instant::now());
                 if !adopted {
-                    self.core.shared.metrics.wake_took(took);
+                    self.core.shared.metrics.wake_took(from, took);
                 }
                 // The address first, so whoever sees `awake` also sees where.
                 self.core.status.send_modify(|s| s.address = Some(address));
                 self.core.transition(
                     State::Awake,
-                    format!("backend ready at {address} after {}", round(took)),
+                    format!("backend ready at {address} after {}{resumed}", round(took)),
                     Fact::Ready {
                         address: address.to_string(),
                         duration_ms: took.as_millis() as u64,
                         adopted,
+                        woke_from: from,
                     },
                 );
                 // This wake is among the recent ones now.
-                if !adopted {
-                    self.core.booted(took, RECENT_BOOTS);
-                    let expected = median(&self.core.boots).map(Duration::from_millis);
-                    self.core.status.send_if_modified(|s| {
-                        std::mem::replace(&mut s.expected_boot, expected) != expected
-                    });
-                }
+                self.woke(from, took, adopted);
                 self.core.answer_all(|shared| Ok(ticket(shared, address)));
                 Flow::Continue
             }
@@ -435,7 +433,9 @@ impl Actor {
             Ok(a) => a,
             Err(e) => return Outcome::Done(Err(e)),
         };
-        let waiting_for = match &self.readiness.probe {
+        let from = self.core.status.borrow().sleep_mode;
+        let readiness = sleep::readiness(&self.readiness, from);
+        let waiting_for = match &readiness.probe {
             probe::Probe::Tcp => format!("waiting for {address} to accept connections"),
             probe::Probe::Http { url, .. } => format!(
                 "waiting for {url} to answer",
@@ -454,7 +454,7 @@ impl Actor {
             }
             .into(),
         );
-        let readiness = &self.readiness;
+        let readiness = &readiness;
         let backend = &mut self.backend;
         let ready = async {
             let resolved = probe::resolve(&address)
@@ -485,7 +485,7 @@ impl Actor {
         // wake never leaves a server running unnoticed.
         let cleanup = self
             .core
-            .serve_while(self.backend.stop(), None, &self.cancel)
+            .serve_while(self.backend.stop_for_real(), None, &self.cancel)
             .await;
         self.core.record_notes();
         let mut cleanup_error = None;
@@ -571,7 +571,11 @@ impl Actor {
                 format!("rebooting: {reason}"),
                 Cause::Health.into(),
             );
-        } else if self.policy().may_restart(Instant::now()) {
+            return;
+        }
+        // A restart or a stop for good stops it for real: pausing it would restart nothing.
+        self.core.sleep.for_real = true;
+        if self.policy().may_restart(Instant::now()) {
             self.core.wake_request = Some(Request {
                 cause: Cause::Restart,
                 reason: format!("restarting: {reason}"),
@@ -714,10 +718,11 @@ impl Actor {
             return Flow::Exit;
         }
         let started = Instant::now();
+        let stop = sleep::stop(&mut self.backend, self.core.sleep.for_real);
         let result = match self
             .core
             .serve_while(
-                write_ahead(self.core.store.clone(), self.backend.stop()),
+                write_ahead(self.core.store.clone(), stop),
                 None,
                 &self.cancel,
             )
@@ -728,20 +733,14 @@ impl Actor {
         };
         self.core.record_notes();
         match result {
-            Ok(()) => {
+            Ok(mode) => {
                 self.policy().stop_retry = None;
                 match self.policy().fail_after_stop.take() {
                     Some(reason) => {
                         self.core.wake_request = None;
                         self.core.transition(State::Failed, reason, Cause::Breaker);
                     }
-                    None => self.core.transition(
-                        State::Asleep,
-                        format!("backend stopped after {}", round(started.elapsed())),
-                        Fact::Took {
-                            duration_ms: started.elapsed().as_millis() as u64,
-                        },
-                    ),
+                    None => self.stopped(mode, started),
                 }
             }
             Err(e) => {

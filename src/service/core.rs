@@ -18,7 +18,7 @@ use super::config::HealthAction;
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Policy};
 use super::{Command, ConnectError, Denied, Status, Ticket};
-use crate::backend::Note;
+use crate::backend::{Note, SleepMode};
 use crate::event::{Cause, Detail, Fact, Kind, NewEvent, State};
 use crate::store::{self, Lease, Store};
 
@@ -55,8 +55,8 @@ pub(super) struct Core {
     pub(super) myself: mpsc::WeakSender<Command>,
     /// Where the actor's own tasks run (a lease being written).
     pub(super) tracker: tokio_util::task::TaskTracker,
-    /// How long the recent wakes that started the backend took, oldest first.
-    pub(super) boots: Vec<u64>,
+    /// How it sleeps: the recent wakes from each sleep mode, since when it sleeps.
+    pub(super) sleep: super::sleep::Sleep,
     /// What the backend reports from inside its calls (see [`crate::backend::Note`]).
     pub(super) notes: Option<mpsc::UnboundedReceiver<Note>>,
     pub(super) waiters: Vec<Waiter>,
@@ -444,8 +444,36 @@ impl Core {
         self.emit(Kind::Action, reason, Detail::default());
     }
 
-    /// Moves to `state`, recording why (the detail gets the state it left).
+    /// Moves to `state`, recording why (the detail gets the state it left). Asleep or failed,
+    /// the server is taken to be stopped for real; see [`fall_asleep`](Self::fall_asleep).
     pub(super) fn transition(&mut self, state: State, reason: String, detail: impl Into<Detail>) {
+        let mode = matches!(state, State::Asleep | State::Failed).then_some(SleepMode::Stopped);
+        self.transition_as(state, mode, reason, detail);
+    }
+
+    /// Moves to `asleep`, the server sleeping `mode` (stopped, paused or frozen).
+    pub(super) fn fall_asleep(
+        &mut self,
+        mode: SleepMode,
+        reason: String,
+        detail: impl Into<Detail>,
+    ) {
+        self.transition_as(State::Asleep, Some(mode), reason, detail);
+    }
+
+    /// Moves to `state`; with `mode`, the server sleeps that way, and the expected wake time
+    /// is that of a wake from it (both published with the state, in one change).
+    fn transition_as(
+        &mut self,
+        state: State,
+        mode: Option<SleepMode>,
+        reason: String,
+        detail: impl Into<Detail>,
+    ) {
+        if mode.is_some() {
+            self.sleep.since = Instant::now();
+        }
+        let expected = mode.map(|mode| self.sleep.expected(mode));
         let previous = self.state();
         let detail = Detail {
             previous: Some(previous),
@@ -467,6 +495,10 @@ impl Core {
             self.record(Kind::Transition, state, reason, detail.to_value(), time);
             s.state = state;
             s.since = time;
+            if let (Some(mode), Some(expected)) = (mode, expected) {
+                s.sleep_mode = mode;
+                s.expected_boot = expected;
+            }
             if state != State::Awake {
                 s.address = None;
                 s.idle_since = None;
@@ -477,13 +509,6 @@ impl Core {
                 s.last_error = failed;
             }
         });
-    }
-
-    /// Counts a wake that started the backend among the `keep` recent ones.
-    pub(super) fn booted(&mut self, took: std::time::Duration, keep: usize) {
-        self.boots.push(took.as_millis() as u64);
-        let extra = self.boots.len().saturating_sub(keep);
-        self.boots.drain(..extra);
     }
 
     /// Starts a wake, counting what started it.

@@ -1,7 +1,7 @@
 //! A scripted backend for the actor's tests: starts, stops and status answers are set by the
 //! test, every call is recorded, and the server "listens" on a real socket bound to port 0 so
 //! the readiness probe connects for real. Its calls take no time unless told to, so tests run
-//! on paused time.
+//! on paused time. Told to, its stop pauses or freezes the server instead ([`Fake::sleeps`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -11,13 +11,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendError, Exit, Status};
+use crate::backend::{Backend, BackendError, Exit, SleepMode, Status};
 
 /// A call the actor made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
     Start,
+    /// A start that resumed a paused or frozen server.
+    Resume,
     Stop,
+    /// A stop for real of a backend that pauses or freezes.
+    StopForReal,
     Status,
 }
 
@@ -28,6 +32,9 @@ struct Script {
     start_failures: VecDeque<String>,
     stop_failures: VecDeque<String>,
     start_takes: Duration,
+    /// How a stop leaves the server (None: stopped).
+    sleeps: Option<SleepMode>,
+    sleep_limit: Option<Duration>,
 }
 
 /// The test's side: what to answer, and what was asked.
@@ -58,6 +65,8 @@ impl Fake {
             start_failures: VecDeque::new(),
             stop_failures: VecDeque::new(),
             start_takes: Duration::ZERO,
+            sleeps: None,
+            sleep_limit: None,
         }));
         let (crashes, crashed) = mpsc::unbounded_channel();
         let fake = Fake {
@@ -105,9 +114,16 @@ impl Fake {
         script.stop_failures.push_back(message.into());
     }
 
-    /// Each start takes this long (on the test's clock).
+    /// Each start takes this long (on the test's clock); a resume takes no time.
     pub fn start_takes(&self, duration: Duration) {
         self.script.lock().unwrap().start_takes = duration;
+    }
+
+    /// A stop pauses or freezes the server (`mode`), until `limit` if given.
+    pub fn sleeps(&self, mode: SleepMode, limit: Option<Duration>) {
+        let mut script = self.script.lock().unwrap();
+        script.sleeps = Some(mode);
+        script.sleep_limit = limit;
     }
 
     /// The server goes away on its own, as if it exited with `status`.
@@ -130,12 +146,20 @@ impl Backend for FakeBackend {
     async fn start(&mut self) -> Result<(), BackendError> {
         let takes = {
             let mut script = self.script.lock().unwrap();
-            script.calls.push(Call::Start);
             if let Some(message) = script.start_failures.pop_front() {
+                script.calls.push(Call::Start);
                 return Err(BackendError::Other(message));
             }
+            let resumes = matches!(script.status, Status::Sleeping(_));
+            script
+                .calls
+                .push(if resumes { Call::Resume } else { Call::Start });
             script.status = Status::Running;
-            script.start_takes
+            if resumes {
+                Duration::ZERO
+            } else {
+                script.start_takes
+            }
         };
         tokio::time::sleep(takes).await;
         Ok(())
@@ -147,8 +171,37 @@ impl Backend for FakeBackend {
         if let Some(message) = script.stop_failures.pop_front() {
             return Err(BackendError::Other(message));
         }
+        script.status = match script.sleeps {
+            Some(mode) => Status::Sleeping(mode),
+            None => Status::Stopped,
+        };
+        Ok(())
+    }
+
+    async fn stop_for_real(&mut self) -> Result<(), BackendError> {
+        if self.script.lock().unwrap().sleeps.is_none() {
+            return self.stop().await;
+        }
+        let mut script = self.script.lock().unwrap();
+        script.calls.push(Call::StopForReal);
+        if let Some(message) = script.stop_failures.pop_front() {
+            return Err(BackendError::Other(message));
+        }
         script.status = Status::Stopped;
         Ok(())
+    }
+
+    fn sleep_mode(&self) -> SleepMode {
+        let script = self.script.lock().unwrap();
+        match script.status {
+            Status::Sleeping(mode) => mode,
+            Status::Stopped => SleepMode::Stopped,
+            _ => script.sleeps.unwrap_or_default(),
+        }
+    }
+
+    fn sleep_limit(&self) -> Option<Duration> {
+        self.script.lock().unwrap().sleep_limit
     }
 
     async fn status(&mut self) -> Result<Status, BackendError> {

@@ -18,9 +18,13 @@ mod core;
 #[cfg(test)]
 mod fake;
 mod gate;
+mod in_memory;
 mod outside;
 pub mod policy;
 mod registry;
+mod sleep;
+#[cfg(test)]
+mod sleep_tests;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use self::config::HealthAction;
-use crate::event::{Cause, Event, Kind, State};
+use crate::event::{Cause, Event, Kind, SleepMode, State};
 use crate::metrics::Metrics;
 use crate::store::Lease;
 
@@ -59,8 +63,11 @@ pub struct Status {
     pub leases: Vec<Lease>,
     /// Players online, as the backend last answered a Minecraft status ping, while awake.
     pub players: Option<u32>,
-    /// How long a wake is expected to take: the median of the recent wakes that started the
-    /// backend (none before the first). The actor reads it at start and after each wake.
+    /// How the server sleeps: asleep, how it sleeps now (stopped, paused or frozen); waking,
+    /// what the wake undoes; otherwise, how it will sleep once stopped.
+    pub sleep_mode: SleepMode,
+    /// How long a wake is expected to take: the median of the recent wakes from `sleep_mode`
+    /// (none before the first). The actor reads it at start, and whenever the mode changes.
     pub expected_boot: Option<Duration>,
     /// What the service's agent last reported, if one did since wakegate started.
     pub agent: Option<AgentStatus>,
@@ -434,6 +441,11 @@ impl crate::metrics::Source for ServiceHandle {
 
     fn held(&self) -> usize {
         self.status.borrow().held
+    }
+
+    fn sleep_mode(&self) -> Option<SleepMode> {
+        let status = self.status.borrow();
+        (status.state == State::Asleep).then_some(status.sleep_mode)
     }
 
     fn metrics(&self) -> &Metrics {

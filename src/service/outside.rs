@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::actor::{Actor, Flow};
 use super::core::Outcome;
-use crate::backend::{BackendError, Status};
+use crate::backend::{BackendError, SleepMode, Status};
 use crate::event::{Cause, Kind, State};
 use crate::probe;
 
@@ -54,8 +54,13 @@ impl Actor {
                 warn!(error = %e, "Cannot read the backend's state; trying again at the next poll.");
                 None
             }
-            Ok(Status::Stopped | Status::Sleeping(_)) => {
-                let reason = "found stopped outside wakegate (from a console, or by the provider)";
+            Ok(found @ (Status::Stopped | Status::Sleeping(_))) => {
+                let mode = match found {
+                    Status::Sleeping(mode) => mode,
+                    _ => SleepMode::Stopped,
+                };
+                let reason =
+                    format!("found {mode} outside wakegate (from a console, or by the provider)");
                 info!("{reason}.");
                 let always_on = self.core.policy.rules.always_on;
                 if always_on && self.core.policy.may_restart(Instant::now()) {
@@ -68,8 +73,7 @@ impl Actor {
                     let reason = format!("{reason}; {}", self.core.policy.crash_loop());
                     self.core.transition(State::Failed, reason, Cause::Outside);
                 } else {
-                    self.core
-                        .transition(State::Asleep, reason.to_string(), Cause::Outside);
+                    self.core.fall_asleep(mode, reason, Cause::Outside);
                 }
                 Some(Flow::Continue)
             }
@@ -140,6 +144,18 @@ impl Actor {
                     Cause::Outside.into(),
                 );
                 Some(Flow::Continue)
+            }
+            Ok(found @ (Status::Stopped | Status::Sleeping(_))) => {
+                let mode = match found {
+                    Status::Sleeping(mode) => mode,
+                    _ => SleepMode::Stopped,
+                };
+                let was = self.core.status.borrow().sleep_mode;
+                if mode != was && self.core.state() == State::Asleep {
+                    let reason = format!("found {mode} outside wakegate (it was {was})");
+                    self.core.fall_asleep(mode, reason, Cause::Outside);
+                }
+                None
             }
             Ok(_) => None,
             Err(e) => {

@@ -18,10 +18,10 @@ use crate::config::parse;
 use crate::event::{Cause, Event, Kind, State};
 use crate::store::Store;
 
-const MIN: Duration = Duration::from_secs(60);
-const HOUR: Duration = Duration::from_secs(3600);
+pub(super) const MIN: Duration = Duration::from_secs(60);
+pub(super) const HOUR: Duration = Duration::from_secs(3600);
 /// Far beyond any test's timers: a test that waits this long on paused time has hung.
-const NEVER: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(super) const NEVER: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A service named `web` with these extra `[[service]]` keys, behind a TCP listener.
 fn service(keys: &str) -> config::Service {
@@ -48,21 +48,21 @@ bind = "127.0.0.1:0"
 }
 
 /// A running actor, its fake backend and its events.
-struct Running {
-    handle: ServiceHandle,
-    fake: Fake,
+pub(super) struct Running {
+    pub(super) handle: ServiceHandle,
+    pub(super) fake: Fake,
     events: broadcast::Receiver<Event>,
-    store: Arc<Store>,
+    pub(super) store: Arc<Store>,
     _cancel: tokio_util::sync::DropGuard,
 }
 
 impl Running {
-    async fn start(keys: &str) -> Running {
+    pub(super) async fn start(keys: &str) -> Running {
         Running::start_with(keys, |_| {}).await
     }
 
     /// Starts the actor once `script` has set the fake up (its answer at start-up, …).
-    async fn start_with(keys: &str, script: impl FnOnce(&Fake)) -> Running {
+    pub(super) async fn start_with(keys: &str, script: impl FnOnce(&Fake)) -> Running {
         let store = Arc::new(Store::in_memory().unwrap());
         let events = store.publisher().subscribe();
         let (fake, backend) = Fake::new();
@@ -86,7 +86,7 @@ impl Running {
     }
 
     /// Waits until the service is in `state`; returns when (on the test's clock).
-    async fn reach(&self, state: State) -> Instant {
+    pub(super) async fn reach(&self, state: State) -> Instant {
         let mut watch = self.handle.watch();
         tokio::time::timeout(NEVER, watch.wait_for(|s| s.state == state))
             .await
@@ -96,13 +96,13 @@ impl Running {
     }
 
     /// Wakes it through the API and waits until it is awake.
-    async fn wake(&self) -> Instant {
+    pub(super) async fn wake(&self) -> Instant {
         self.handle.wake("test").await.unwrap().unwrap();
         self.reach(State::Awake).await
     }
 
     /// The next event that matches.
-    async fn next(&mut self, wanted: impl Fn(&Event) -> bool) -> Event {
+    pub(super) async fn next(&mut self, wanted: impl Fn(&Event) -> bool) -> Event {
         let events = &mut self.events;
         tokio::time::timeout(NEVER, async {
             loop {
@@ -117,7 +117,7 @@ impl Running {
     }
 
     /// The next transition into `state`.
-    async fn entered(&mut self, state: State) -> Event {
+    pub(super) async fn entered(&mut self, state: State) -> Event {
         self.next(|e| e.kind == Kind::Transition && e.state == state)
             .await
     }
@@ -368,7 +368,7 @@ async fn the_expected_boot_is_the_median_of_the_recent_wakes() {
     assert_eq!(web.handle.status().eta(), Some(expected));
     // A new actor over the same store knows it from the start.
     assert_eq!(
-        super::actor::expected_boot(&web.store, "web"),
+        super::sleep::expected_boot(&web.store, "web", crate::backend::SleepMode::Stopped),
         Some(expected)
     );
 }
@@ -393,8 +393,8 @@ async fn a_failed_start_fails_the_wake_and_the_held_client() {
 
 #[test]
 fn the_median_of_nothing_is_none() {
-    assert_eq!(super::actor::median(&[5, 1, 9]), Some(5));
-    assert_eq!(super::actor::median(&[]), None);
+    assert_eq!(super::sleep::median(&[5, 1, 9]), Some(5));
+    assert_eq!(super::sleep::median(&[]), None);
 }
 
 #[tokio::test(start_paused = true)]

@@ -312,9 +312,15 @@ impl Store {
         self.with(|c| sqlite::transitions_since(c, service, since))
     }
 
-    /// How long the last `limit` wakes that started the backend took, oldest first.
-    pub fn boot_durations(&self, service: &str, limit: usize) -> anyhow::Result<Vec<u64>> {
-        self.with(|c| sqlite::boot_durations(c, service, limit))
+    /// How long the last `limit` wakes from `woke_from` took (cold starts from `stopped`,
+    /// resumes from `paused` or `frozen`), oldest first; adopted servers are not counted.
+    pub fn boot_durations(
+        &self,
+        service: &str,
+        woke_from: event::SleepMode,
+        limit: usize,
+    ) -> anyhow::Result<Vec<u64>> {
+        self.with(|c| sqlite::boot_durations(c, service, woke_from.as_str(), limit))
     }
 
     /// Leases of a service that have neither expired nor been ended.

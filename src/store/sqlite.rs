@@ -326,17 +326,22 @@ pub(super) fn transitions_since(
 pub(super) fn boot_durations(
     conn: &Connection,
     service: &str,
+    woke_from: &str,
     limit: usize,
 ) -> rusqlite::Result<Vec<u64>> {
+    // Wakes recorded before sleep modes existed were all cold starts.
     let mut stmt = conn.prepare_cached(
         "SELECT json_extract(detail, '$.duration_ms') FROM events
          WHERE service = ?1 AND kind = 'transition' AND state = 'awake'
            AND json_extract(detail, '$.adopted') IS NOT 1
            AND json_extract(detail, '$.duration_ms') IS NOT NULL
+           AND IFNULL(json_extract(detail, '$.woke_from'), 'stopped') = ?3
          ORDER BY id DESC LIMIT ?2",
     )?;
     let mut durations: Vec<u64> = stmt
-        .query_map(params![service, limit as i64], |row| row.get::<_, i64>(0))?
+        .query_map(params![service, limit as i64, woke_from], |row| {
+            row.get::<_, i64>(0)
+        })?
         .filter_map(|d| d.ok().map(|d| d.max(0) as u64))
         .collect();
     durations.reverse();

@@ -96,6 +96,8 @@ async function main(browser) {
   await card.and(page.locator('[data-state="asleep"]')).waitFor();
   const badge = (await id(`state-${name}`).textContent()).trim();
   if (badge !== 'asleep') throw new Error(`the state badge says "${badge}"`);
+  const mode = (await id(`sleep-mode-${name}`).textContent()).trim();
+  if (mode !== 'stopped') throw new Error(`the sleep mode under the badge says "${mode}"`);
   await id('live').and(page.locator('[data-status="live"]')).waitFor();
   note(`the card shows \`${name}\` asleep and the live stream is open`);
 
@@ -113,6 +115,7 @@ async function main(browser) {
   await id(`idle-${name}`).filter({ hasText: /\d+[sm]/ }).waitFor();
   const after = (await id(`state-${name}`).textContent()).trim();
   if (after !== 'awake') throw new Error(`the state badge says "${after}"`);
+  if (await id(`sleep-mode-${name}`).isVisible()) throw new Error('a sleep mode is shown while awake');
   note(`the card shows \`${name}\` awake; sleeps in ${await id(`idle-${name}`).textContent()}`);
 
   step = 'taking the screenshots';
