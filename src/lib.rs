@@ -14,6 +14,7 @@ pub mod demo;
 pub mod discord;
 pub mod event;
 pub mod health;
+pub mod launch;
 pub mod listener;
 pub mod metrics;
 pub mod minecraft;
