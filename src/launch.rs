@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::event::{Kind, NewEvent, State};
 use crate::listener::config::Listen;
 use crate::listener::{Connections, SharedTables};
 use crate::service::config::Service;
@@ -162,4 +163,20 @@ pub async fn finish(
         warn!(service = %name, "The service's backend did not finish in time.");
     }
     with.registry.remove(name);
+}
+
+/// Records an event of a service started at run time, in the state it is in (`asleep` when it
+/// does not run, or not yet).
+pub fn event(with: &Wiring, name: &str, kind: Kind, reason: String, detail: serde_json::Value) {
+    let state = with
+        .registry
+        .get(name)
+        .map_or(State::Asleep, |h| h.state());
+    let event = NewEvent {
+        kind,
+        state,
+        reason,
+        detail,
+    };
+    with.store.record(name, event, crate::store::now(), None);
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod discord;
+pub mod discovery;
 pub mod event;
 pub mod health;
 pub mod launch;

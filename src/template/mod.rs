@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::config::{Template, Values, valid_name};
-use crate::event::{Kind, NewEvent, State};
+use crate::event::{Kind, State};
 use crate::service::ServiceHandle;
 use crate::store::{Created, Store};
 use crate::launch;
@@ -582,23 +582,7 @@ impl Templates {
     }
 
     fn event_with(&self, name: &str, kind: Kind, reason: String, detail: serde_json::Value) {
-        let state = self
-            .0
-            .with
-            .registry
-            .get(name)
-            .map_or(State::Asleep, |h| h.state());
-        self.0.with.store.record(
-            name,
-            NewEvent {
-                kind,
-                state,
-                reason,
-                detail,
-            },
-            crate::store::now(),
-            None,
-        );
+        launch::event(&self.0.with, name, kind, reason, detail);
     }
 }
 

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error;
-use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, EventMessage};
-use bollard::query_parameters::{EventsOptions, LogsOptions};
+use bollard::models::{
+    ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary, EventMessage,
+};
+use bollard::query_parameters::{EventsOptions, ListContainersOptions, LogsOptions};
 use futures_util::{Stream, StreamExt};
 
 /// A connection to the Docker API, and where it is (for messages).
@@ -119,6 +121,54 @@ pub fn not_found(e: &Error) -> bool {
             ..
         }
     )
+}
+
+/// How long an answer naming a state Docker does not have is asked again.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// Runs `call` until its answer can be read. Podman names a state Docker does not have for a
+/// moment after a container exits (`stopped`: exited, not cleaned up yet), which bollard's
+/// types refuse; such an answer is asked again (for up to 5 s) until the state settles.
+async fn settled<T, F, Fut>(mut call: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match call().await {
+            Err(Error::JsonDataError { message, .. })
+                if message.contains("unknown variant")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// Inspects a container (by id or name), its state settled.
+pub async fn inspect(client: &Docker, container: &str) -> Result<ContainerInspectResponse, Error> {
+    settled(|| client.inspect_container(container, None)).await
+}
+
+/// Lists containers, every state included, matching `filters`; their states settled.
+pub async fn list(
+    client: &Docker,
+    filters: HashMap<String, Vec<String>>,
+) -> Result<Vec<ContainerSummary>, Error> {
+    settled(|| {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        };
+        client.list_containers(Some(options))
+    })
+    .await
 }
 
 /// What a container is doing, in the terms wakegate acts on.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig, PortBinding};
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 use serde_json::json;
@@ -114,12 +114,7 @@ impl DockerBackend {
             Select::Name(name) => name.clone(),
             Select::Labels(_) | Select::Created => {
                 let filters = HashMap::from([("label".to_string(), self.label_filter())]);
-                let options = ListContainersOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                };
-                let found = match client.list_containers(Some(options)).await {
+                let found = match engine::list(&client, filters).await {
                     Ok(found) => found,
                     Err(e) => return Err(self.failed("list containers", &e)),
                 };
@@ -148,7 +143,7 @@ impl DockerBackend {
                 }
             }
         };
-        match client.inspect_container(&id, None).await {
+        match engine::inspect(&client, &id).await {
             Ok(info) => Ok(Lookup::Found(Box::new(info))),
             Err(e) if engine::not_found(&e) => Ok(Lookup::Missing(format!(
                 "no container matches: {select} does not exist"
@@ -254,7 +249,7 @@ impl DockerBackend {
                 log_tail: String::new(),
             };
         };
-        match client.inspect_container(id, None).await {
+        match engine::inspect(&client, id).await {
             Ok(info) => Exit {
                 status: engine::describe_exit(&info),
                 log_tail: engine::log_tail(&client, id, LOG_LINES).await,
@@ -584,7 +579,7 @@ impl Backend for DockerBackend {
                     let id = self.watch.as_ref().map(|w| w.id.clone()).unwrap_or_default();
                     let client = self.engine.as_ref().map(|e| e.client.clone());
                     let runs = match client {
-                        Some(client) => match client.inspect_container(&id, None).await {
+                        Some(client) => match engine::inspect(&client, &id).await {
                             Ok(info) => run_state(&info) != Run::Stopped,
                             Err(_) => false,
                         },

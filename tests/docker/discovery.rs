@@ -1,0 +1,1 @@
+//! `[discovery.docker]`: services from container labels.
