@@ -11,6 +11,7 @@ mod common;
 mod discovery;
 mod fixtures;
 
+use std::net::TcpStream;
 use std::time::Instant;
 
 use common::*;
@@ -267,4 +268,44 @@ fn api_post(api: std::net::SocketAddr, path: &str, body: &str) -> serde_json::Va
     let (status, text) = http(api, "POST", path, body).unwrap();
     assert!(status < 300, "POST {path}: {status} {text}");
     serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn an_unreachable_socket_fails_run_and_wakes_naming_where_it_was_tried() {
+    use std::io::Read;
+    let dir = temp_dir("docker-nosocket");
+    let missing = dir.join("no-such.sock").display().to_string();
+
+    // [discovery.docker] cannot start without the API: `run` says so, and where it looked.
+    let config = gateway(&dir).raw(&format!("[discovery.docker]\nsocket = {missing:?}\n"));
+    let file = config.write(&dir.join("discovery.toml"));
+    let out = std::process::Command::new(WAKEGATE)
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the Docker API") && stderr.contains(&missing),
+        "{stderr}"
+    );
+
+    // A docker backend's wake fails with the same words, and the client is let go.
+    let listen = free_addr();
+    let backend = typed("docker")
+        .set("socket", missing.as_str())
+        .set("container", "web")
+        .set("port", 80i64);
+    let config = gateway(&dir).service(svc("web").backend(backend).tcp(listen));
+    let mut gateway = start(&dir, &config);
+    let mut client = TcpStream::connect(listen).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    let failed = gateway.wait_for("Wake failed.");
+    assert!(
+        failed.contains("cannot reach the Docker API") && failed.contains(&missing),
+        "{failed}"
+    );
 }
