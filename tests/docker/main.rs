@@ -309,3 +309,51 @@ fn an_unreachable_socket_fails_run_and_wakes_naming_where_it_was_tried() {
         "{failed}"
     );
 }
+
+#[test]
+fn container_readiness_waits_for_the_healthcheck_to_say_healthy() {
+    let podman = podman();
+    let tag = Tag::new("health");
+    let name = tag.name("web");
+    let (port, listen) = (free_addr().port(), free_addr());
+    let command = httpd(port);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    // Its server answers at once; its HEALTHCHECK passes only once /tmp/ready exists.
+    let health = ["--health-cmd", "test -f /tmp/ready", "--health-interval", "1h"];
+    tag.create(&name, &health, &command);
+    let dir = temp_dir("docker-health");
+    let config = gateway(&dir).service(
+        svc("web")
+            .backend(docker_backend(&name, port))
+            .readiness(typed("container"))
+            .tcp(listen),
+    );
+    let mut gateway = start(&dir, &config);
+    gateway.wait_for("found the backend stopped");
+    gateway.wake("web");
+    gateway.wait_for("waiting for the container's HEALTHCHECK to say healthy");
+
+    // Without systemd, Podman runs no health timer: the test runs each check, as the timer
+    // would. A failing one keeps the wake waiting, though the server answers.
+    let _ = podman.try_cli(&["healthcheck", "run", &name]);
+    assert_eq!(get_direct(port), PAGE);
+    assert_eq!(gateway.service("web")["state"], "waking");
+
+    podman.cli(&["exec", &name, "touch", "/tmp/ready"]);
+    podman.cli(&["healthcheck", "run", &name]);
+    gateway.wait_for("backend ready at");
+    assert_eq!(gateway.service("web")["state"], "awake");
+    assert_eq!(get(listen), PAGE);
+}
+
+/// GETs the page from the container's server itself, not through wakegate, once it listens
+/// (it was just started).
+fn get_direct(port: u16) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + DEADLINE;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    get(addr)
+}
