@@ -47,17 +47,24 @@ pub struct Sockets {
 
 /// Binds the service's `tcp` listeners and checks that the shared sockets of its `http` and
 /// `minecraft` listeners exist (`missing` says how to get one).
-pub async fn bind(config: &Service, shared: &SharedTables, missing: &str) -> Result<Sockets, String> {
+pub async fn bind(
+    config: &Service,
+    shared: &SharedTables,
+    missing: &str,
+) -> Result<Sockets, String> {
     let mut tcp = Vec::new();
     for listen in &config.listeners {
         let Listen::Tcp { .. } = listen else { continue };
         let bind = listen.bind();
-        let socket = TcpListener::bind(bind)
-            .await
-            .map_err(|e| format!("cannot listen on {bind}: {e}; is another program using that port?"))?;
+        let socket = TcpListener::bind(bind).await.map_err(|e| {
+            format!("cannot listen on {bind}: {e}; is another program using that port?")
+        })?;
         tcp.push((socket, listen.max_connections_per_address()));
     }
-    let mut listen: Vec<SocketAddr> = tcp.iter().filter_map(|(s, _)| s.local_addr().ok()).collect();
+    let mut listen: Vec<SocketAddr> = tcp
+        .iter()
+        .filter_map(|(s, _)| s.local_addr().ok())
+        .collect();
     for l in &config.listeners {
         let found = match l {
             Listen::Tcp { .. } => continue,
@@ -168,10 +175,7 @@ pub async fn finish(
 /// Records an event of a service started at run time, in the state it is in (`asleep` when it
 /// does not run, or not yet).
 pub fn event(with: &Wiring, name: &str, kind: Kind, reason: String, detail: serde_json::Value) {
-    let state = with
-        .registry
-        .get(name)
-        .map_or(State::Asleep, |h| h.state());
+    let state = with.registry.get(name).map_or(State::Asleep, |h| h.state());
     let event = NewEvent {
         kind,
         state,

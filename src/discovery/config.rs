@@ -37,7 +37,8 @@ impl Discovery {
             return Vec::new();
         };
         let http = docker.http.iter().map(|b| (*b, false));
-        http.chain(docker.minecraft.iter().map(|b| (*b, true))).collect()
+        http.chain(docker.minecraft.iter().map(|b| (*b, true)))
+            .collect()
     }
 }
 
@@ -100,7 +101,11 @@ pub(crate) fn read_discovery(
         docker: Some(DockerDiscovery {
             socket: socket?,
             http: docker.http.into_iter().map(Spanned::into_inner).collect(),
-            minecraft: docker.minecraft.into_iter().map(Spanned::into_inner).collect(),
+            minecraft: docker
+                .minecraft
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
         }),
     })
 }

@@ -57,7 +57,10 @@ pub async fn start(config: &DockerDiscovery, with: Wiring) -> anyhow::Result<()>
     // Events are read from this moment on: a container created while the list is read is
     // seen by both, and added once.
     let since = now();
-    discovery.sync().await.map_err(|e| anyhow!("[discovery.docker]: {e}"))?;
+    discovery
+        .sync()
+        .await
+        .map_err(|e| anyhow!("[discovery.docker]: {e}"))?;
     let tracker = discovery.with.tracker.clone();
     tracker.spawn(discovery.follow(since));
     Ok(())
@@ -159,7 +162,8 @@ impl Discovery {
             Err(bad) => {
                 warn!(container = %container_name, label = %bad.label, value = %bad.value, reason = %bad.why, "A label of this container does not parse; the container is skipped.");
                 let reason = format!("container {container_name} is skipped: its {bad}");
-                let detail = json!({ "container": container_name, "label": bad.label, "value": bad.value });
+                let detail =
+                    json!({ "container": container_name, "label": bad.label, "value": bad.value });
                 launch::event(&self.with, &name, Kind::Warning, reason, detail);
                 return;
             }
@@ -177,7 +181,9 @@ impl Discovery {
         if self.with.registry.get(&name).is_some() {
             return skip(
                 self,
-                format!("a service named `{name}` runs already; give the container another wakegate.name"),
+                format!(
+                    "a service named `{name}` runs already; give the container another wakegate.name"
+                ),
             );
         }
         let missing = "list it in [discovery.docker] `http` or `minecraft`, or leave wakegate.bind out to take the first";
@@ -198,7 +204,13 @@ impl Discovery {
         );
         info!(service = %name, container = %container_name, "Discovered a service from a container's labels.");
         let reason = format!("discovered from the labels of container {container_name}");
-        launch::event(&self.with, &name, Kind::Action, reason, json!({ "container": container_name }));
+        launch::event(
+            &self.with,
+            &name,
+            Kind::Action,
+            reason,
+            json!({ "container": container_name }),
+        );
     }
 
     /// Takes the service of a removed container away: its listeners first, then the rest.
@@ -207,8 +219,17 @@ impl Discovery {
             return;
         };
         launch::unlisten(&self.with, &live.name, &live.listening);
-        let reason = format!("its container {} was removed: the service is taken away", engine::short(id));
-        launch::event(&self.with, &live.name, Kind::Action, reason, serde_json::Value::Null);
+        let reason = format!(
+            "its container {} was removed: the service is taken away",
+            engine::short(id)
+        );
+        launch::event(
+            &self.with,
+            &live.name,
+            Kind::Action,
+            reason,
+            serde_json::Value::Null,
+        );
         let handle = self.with.registry.get(&live.name);
         launch::finish(&self.with, &live.name, handle, &live.cancel, FINISH_WAIT).await;
         info!(service = %live.name, "Took a discovered service away: its container was removed.");

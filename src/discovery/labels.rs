@@ -55,7 +55,9 @@ pub struct Container<'a> {
 impl Container<'_> {
     /// The service's name: `wakegate.name`, else the container's name.
     pub fn service_name(&self) -> &str {
-        self.labels.get("wakegate.name").map_or(self.name, String::as_str)
+        self.labels
+            .get("wakegate.name")
+            .map_or(self.name, String::as_str)
     }
 }
 
@@ -79,20 +81,24 @@ pub fn service_table(
     {
         return Err(bad(
             unknown,
-            format!("unknown label; the labels read are {}", LABELS[..12].join(", ")),
+            format!(
+                "unknown label; the labels read are {}",
+                LABELS[..12].join(", ")
+            ),
         ));
     }
     let name = container.service_name();
     if !valid_name(name) {
-        let why = format!(
-            "`{name}` is not a service name: names use only a-z, 0-9 and '-' (at most 63)"
-        );
+        let why =
+            format!("`{name}` is not a service name: names use only a-z, 0-9 and '-' (at most 63)");
         return Err(match labels.get("wakegate.name") {
             Some(_) => bad("wakegate.name", why),
             None => BadLabel {
                 label: "wakegate.name".into(),
                 value: String::new(),
-                why: format!("{why}; the container's name is used when the label is missing, so set it"),
+                why: format!(
+                    "{why}; the container's name is used when the label is missing, so set it"
+                ),
             },
         });
     }
@@ -243,8 +249,10 @@ mod tests {
     }
 
     fn table(labels: &[(&str, &str)]) -> Result<toml::Table, BadLabel> {
-        let labels: HashMap<String, String> =
-            labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let labels: HashMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let container = Container {
             id: "0123abcd",
             name: "web",
@@ -259,7 +267,10 @@ mod tests {
             (ENABLE, "true"),
             ("wakegate.name", "blog"),
             ("wakegate.listen", "http"),
-            ("wakegate.hostname", "blog.example.com, www.blog.example.com"),
+            (
+                "wakegate.hostname",
+                "blog.example.com, www.blog.example.com",
+            ),
             ("wakegate.port", "80"),
             ("wakegate.network", "web"),
             ("wakegate.idle_timeout", "15m"),
@@ -293,22 +304,65 @@ mod tests {
         .unwrap();
         let service = crate::service::config::from_table(&table).unwrap();
         assert_eq!(service.name, "web");
-        assert_eq!(service.listeners[0].bind(), "127.0.0.1:4000".parse().unwrap());
+        assert_eq!(
+            service.listeners[0].bind(),
+            "127.0.0.1:4000".parse().unwrap()
+        );
     }
 
     #[test]
     fn each_bad_label_is_named() {
         for (labels, label, why) in [
-            (vec![("wakegate.port", "http")], "wakegate.port", "not a port"),
-            (vec![("wakegate.port", "80"), ("wakegate.idle_timeout", "soon")], "wakegate.idle_timeout", "not a duration"),
-            (vec![("wakegate.port", "80"), ("wakegate.listen", "udp")], "wakegate.listen", "tcp, http or minecraft"),
-            (vec![("wakegate.port", "80"), ("wakegate.idle", "5m")], "wakegate.idle", "unknown label"),
-            (vec![("wakegate.port", "80"), ("wakegate.name", "Web_1")], "wakegate.name", "not a service name"),
-            (vec![("wakegate.bind", "1.2.3.4:5")], "wakegate.port", "missing"),
+            (
+                vec![("wakegate.port", "http")],
+                "wakegate.port",
+                "not a port",
+            ),
+            (
+                vec![("wakegate.port", "80"), ("wakegate.idle_timeout", "soon")],
+                "wakegate.idle_timeout",
+                "not a duration",
+            ),
+            (
+                vec![("wakegate.port", "80"), ("wakegate.listen", "udp")],
+                "wakegate.listen",
+                "tcp, http or minecraft",
+            ),
+            (
+                vec![("wakegate.port", "80"), ("wakegate.idle", "5m")],
+                "wakegate.idle",
+                "unknown label",
+            ),
+            (
+                vec![("wakegate.port", "80"), ("wakegate.name", "Web_1")],
+                "wakegate.name",
+                "not a service name",
+            ),
+            (
+                vec![("wakegate.bind", "1.2.3.4:5")],
+                "wakegate.port",
+                "missing",
+            ),
             (vec![("wakegate.port", "80")], "wakegate.bind", "missing"),
-            (vec![("wakegate.port", "80"), ("wakegate.listen", "minecraft")], "wakegate.listen", "no shared minecraft socket"),
-            (vec![("wakegate.port", "80"), ("wakegate.bind", "1.2.3.4:5"), ("wakegate.sleep_mode", "freeze")], "wakegate.sleep_mode", "stop or pause"),
-            (vec![("wakegate.port", "80"), ("wakegate.bind", "localhost")], "wakegate.bind", "not IP:PORT"),
+            (
+                vec![("wakegate.port", "80"), ("wakegate.listen", "minecraft")],
+                "wakegate.listen",
+                "no shared minecraft socket",
+            ),
+            (
+                vec![
+                    ("wakegate.port", "80"),
+                    ("wakegate.bind", "1.2.3.4:5"),
+                    ("wakegate.sleep_mode", "freeze"),
+                ],
+                "wakegate.sleep_mode",
+                "stop or pause",
+            ),
+            (
+                vec![("wakegate.port", "80"), ("wakegate.bind", "localhost")],
+                "wakegate.bind",
+                "not IP:PORT",
+            ),
         ] {
             let err = table(&labels).unwrap_err();
             assert_eq!(err.label, label, "{labels:?}: {err}");

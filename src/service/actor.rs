@@ -127,7 +127,10 @@ async fn write_ahead<T>(store: Arc<Store>, action: impl Future<Output = T>) -> T
 /// Returns once the backend says its server's own health check passes (a container's
 /// HEALTHCHECK), asking again with the probes' backoff; an error of the backend (the container
 /// exited) ends the wake. The caller bounds it with the wake's deadline.
-async fn own_health(backend: &mut dyn Backend, last_error: &mut String) -> Result<(), BackendError> {
+async fn own_health(
+    backend: &mut dyn Backend,
+    last_error: &mut String,
+) -> Result<(), BackendError> {
     let mut backoff = probe::Backoff::new();
     loop {
         match backend.healthy().await? {
@@ -459,7 +462,9 @@ impl Actor {
                 format!("waiting for {address} to answer a Minecraft status ping")
             }
             probe::Probe::LogLine(p) => format!("waiting for a log line matching `{p}`"),
-            probe::Probe::Container => "waiting for the container's HEALTHCHECK to say healthy".into(),
+            probe::Probe::Container => {
+                "waiting for the container's HEALTHCHECK to say healthy".into()
+            }
         };
         self.core.progress(
             waiting_for,
@@ -476,7 +481,9 @@ impl Actor {
                 .await
                 .map_err(BackendError::Other)?;
             if let probe::Probe::Container = readiness.probe {
-                return own_health(backend.as_mut(), last_error).await.map(|()| resolved);
+                return own_health(backend.as_mut(), last_error)
+                    .await
+                    .map(|()| resolved);
             }
             let log = backend.log_file().map(|p| p.to_path_buf());
             let cursor = log.as_deref().map(|path| probe::LogCursor {

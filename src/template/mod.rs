@@ -18,9 +18,9 @@ use tracing::{info, warn};
 
 use self::config::{Template, Values, valid_name};
 use crate::event::{Kind, State};
+use crate::launch;
 use crate::service::ServiceHandle;
 use crate::store::{Created, Store};
-use crate::launch;
 
 /// How long an end waits for the backend to stop before it records the service ended anyway.
 const STOP_WAIT: Duration = Duration::from_secs(600);

@@ -49,7 +49,12 @@ fn labelled_containers_come_and_go_as_services_and_a_bad_label_is_skipped() {
 
     // One container is there before wakegate starts.
     let (early_port, early_listen) = (free_addr().port(), free_addr());
-    labelled(&tag, "early", early_port, &labels(&early, early_listen, early_port, &[]));
+    labelled(
+        &tag,
+        "early",
+        early_port,
+        &labels(&early, early_listen, early_port, &[]),
+    );
     // A configured service, with a connection that must live through the others' changes.
     let steady_backend = free_addr();
     let steady_listen = free_addr();
@@ -59,7 +64,10 @@ fn labelled_containers_come_and_go_as_services_and_a_bad_label_is_skipped() {
                 .process(&echo(steady_backend, "0s"), steady_backend)
                 .tcp(steady_listen),
         )
-        .raw(&format!("[discovery.docker]\nsocket = {:?}\n", podman.url()));
+        .raw(&format!(
+            "[discovery.docker]\nsocket = {:?}\n",
+            podman.url()
+        ));
     let mut gateway = start(&dir, &config);
     let found = gateway.wait_for("Discovered a service");
     assert!(found.contains(&early), "{found}");
@@ -115,7 +123,13 @@ fn labelled_containers_come_and_go_as_services_and_a_bad_label_is_skipped() {
     podman.cli(&["rm", "--force", "--time", "0", &late_container]);
     let gone = gateway.wait_for("Took a discovered service away");
     assert!(gone.contains(&late), "{gone}");
-    let (status, _) = http(gateway.api(), "GET", &format!("/api/v1/services/{late}"), "").unwrap();
+    let (status, _) = http(
+        gateway.api(),
+        "GET",
+        &format!("/api/v1/services/{late}"),
+        "",
+    )
+    .unwrap();
     assert_eq!(status, 404);
     assert!(TcpStream::connect(late_listen).is_err());
 

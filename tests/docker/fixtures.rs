@@ -131,7 +131,13 @@ impl Podman {
             .status()
             .unwrap();
         assert!(status.success());
-        self.cli(&["import", "--change", "ENV PATH=/bin", &tar.display().to_string(), IMAGE]);
+        self.cli(&[
+            "import",
+            "--change",
+            "ENV PATH=/bin",
+            &tar.display().to_string(),
+            IMAGE,
+        ]);
     }
 
     /// Runs the Podman CLI (as a user would by hand) and returns what it printed, trimmed.
@@ -155,7 +161,14 @@ impl Podman {
 
     /// A container's state (`running`, `paused`, `exited`…), `None` when it does not exist.
     pub fn state(&self, container: &str) -> Option<String> {
-        let out = self.try_cli(&["inspect", "--type", "container", "--format", "{{.State.Status}}", container]);
+        let out = self.try_cli(&[
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.State.Status}}",
+            container,
+        ]);
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -175,8 +188,18 @@ impl Podman {
 
     /// The names of the containers carrying `label=value`.
     pub fn named(&self, label: &str, value: &str) -> Vec<String> {
-        let list = self.cli(&["ps", "-a", "--filter", &format!("label={label}={value}"), "--format", "{{.Names}}"]);
-        list.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+        let list = self.cli(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label={label}={value}"),
+            "--format",
+            "{{.Names}}",
+        ]);
+        list.lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect()
     }
 }
 
@@ -208,7 +231,16 @@ impl Tag {
     /// an init (so a stop's SIGTERM reaches the server): `extra` options, then the command.
     pub fn create(&self, name: &str, extra: &[&str], command: &[&str]) {
         let label = self.label();
-        let mut args = vec!["create", "--name", name, "--label", &label, "--init", "--network", "host"];
+        let mut args = vec![
+            "create",
+            "--name",
+            name,
+            "--label",
+            &label,
+            "--init",
+            "--network",
+            "host",
+        ];
         args.extend_from_slice(extra);
         args.push(IMAGE);
         args.extend_from_slice(command);
@@ -227,9 +259,16 @@ impl Drop for Tag {
 
 /// busybox httpd serving the page on `port` of the host's loopback, in the foreground.
 pub fn httpd(port: u16) -> Vec<String> {
-    ["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h", "/www"]
-        .map(String::from)
-        .to_vec()
+    [
+        "httpd",
+        "-f",
+        "-p",
+        &format!("127.0.0.1:{port}"),
+        "-h",
+        "/www",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// GETs `/` through `addr` (HTTP/1.0 over a plain TCP listener) and returns the body.

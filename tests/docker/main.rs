@@ -45,10 +45,12 @@ fn a_client_wakes_a_stopped_container_which_is_stopped_again_when_idle() {
         transitions(&gateway, "web"),
         ["asleep", "waking", "awake", "stopping", "asleep"]
     );
-    let started = gateway
-        .events("web")
-        .into_iter()
-        .any(|e| e["reason"].as_str().unwrap_or("").contains(&format!("container {name} started")));
+    let started = gateway.events("web").into_iter().any(|e| {
+        e["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("container {name} started"))
+    });
     assert!(started, "no event says the container was started");
 }
 
@@ -153,7 +155,12 @@ fn created_from_its_image_when_missing_and_adopted_running_after_a_kill() {
     let created = gateway
         .events("made")
         .into_iter()
-        .filter(|e| e["reason"].as_str().unwrap_or("").starts_with("created container"))
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("created container")
+        })
         .count();
     assert_eq!(created, 1, "the adopting wakegate created a container");
 }
@@ -185,7 +192,10 @@ fn a_container_that_exits_while_awake_is_failed_with_its_exit_code_and_log() {
     let crashed = Instant::now();
     podman.cli(&["exec", &name, "sh", "-c", "echo now > /tmp/crash"]);
     gateway.wait_for("the backend stopped on its own while awake");
-    println!("the crash was noticed after {} ms", crashed.elapsed().as_millis());
+    println!(
+        "the crash was noticed after {} ms",
+        crashed.elapsed().as_millis()
+    );
     let failed = gateway
         .events("web")
         .into_iter()
@@ -249,8 +259,16 @@ bind = "127.0.0.1:{{port}}"
         .service(svc("placeholder").exec_true("127.0.0.1:9").tcp(ANY_PORT))
         .raw(&template);
     let gateway = start(&dir, &config);
-    let created = api_post(gateway.api(), "/api/v1/templates/game/create", r#"{"name":"g1"}"#);
-    let listen: std::net::SocketAddr = created["created"]["listen"][0].as_str().unwrap().parse().unwrap();
+    let created = api_post(
+        gateway.api(),
+        "/api/v1/templates/game/create",
+        r#"{"name":"g1"}"#,
+    );
+    let listen: std::net::SocketAddr = created["created"]["listen"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let name = tag.name("g1");
 
     assert_eq!(get(listen), PAGE);
@@ -319,7 +337,12 @@ fn container_readiness_waits_for_the_healthcheck_to_say_healthy() {
     let command = httpd(port);
     let command: Vec<&str> = command.iter().map(String::as_str).collect();
     // Its server answers at once; its HEALTHCHECK passes only once /tmp/ready exists.
-    let health = ["--health-cmd", "test -f /tmp/ready", "--health-interval", "1h"];
+    let health = [
+        "--health-cmd",
+        "test -f /tmp/ready",
+        "--health-interval",
+        "1h",
+    ];
     tag.create(&name, &health, &command);
     let dir = temp_dir("docker-health");
     let config = gateway(&dir).service(

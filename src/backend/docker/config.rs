@@ -174,7 +174,10 @@ fn default_stop_timeout() -> Duration {
 }
 
 /// Reads a `docker` backend table (without its `type`).
-pub(crate) fn read_docker(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_>) -> Option<Docker> {
+pub(crate) fn read_docker(
+    rest: Spanned<DeValue<'_>>,
+    problems: &mut Problems<'_>,
+) -> Option<Docker> {
     let span = rest.span();
     let c: DockerConfig = read(rest, problems)?;
     let mut ok = true;
@@ -219,7 +222,13 @@ pub(crate) fn read_docker(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_
             None
         }
     };
-    let address = read_address(c.address, c.port, c.network.as_ref(), span.clone(), problems);
+    let address = read_address(
+        c.address,
+        c.port,
+        c.network.as_ref(),
+        span.clone(),
+        problems,
+    );
     let pause = match &c.sleep_mode {
         None => false,
         Some(mode) => match mode.get_ref().as_str() {
@@ -301,7 +310,9 @@ pub(crate) fn read_docker(rest: Spanned<DeValue<'_>>, problems: &mut Problems<'_
 pub(crate) fn check_socket(socket: Spanned<String>, problems: &mut Problems<'_>) -> Option<String> {
     let text = socket.get_ref().trim();
     let valid = text.starts_with('/')
-        || text.strip_prefix("unix://").is_some_and(|p| p.starts_with('/'))
+        || text
+            .strip_prefix("unix://")
+            .is_some_and(|p| p.starts_with('/'))
         || ["tcp://", "http://"]
             .iter()
             .any(|p| text.strip_prefix(p).is_some_and(|rest| rest.contains(':')));
@@ -327,7 +338,9 @@ fn read_address(
     problems: &mut Problems<'_>,
 ) -> Option<Address> {
     match (address, port) {
-        (Some(address), None) => crate::config::de::check_address(address, problems).map(Address::Fixed),
+        (Some(address), None) => {
+            crate::config::de::check_address(address, problems).map(Address::Fixed)
+        }
         (Some(_), Some(port)) => {
             problems.add(
                 Some(port.span()),

@@ -44,7 +44,9 @@ pub fn usual_sockets() -> Vec<String> {
 /// [`usual_sockets`] that exists. The error names every place tried.
 pub fn locate(socket: Option<&str>) -> Result<String, String> {
     let host = std::env::var("DOCKER_HOST").ok();
-    choose(socket, host.as_deref(), &usual_sockets(), |p| Path::new(p).exists())
+    choose(socket, host.as_deref(), &usual_sockets(), |p| {
+        Path::new(p).exists()
+    })
 }
 
 fn choose(
@@ -236,7 +238,10 @@ pub fn describe_exit(info: &ContainerInspectResponse) -> String {
     if state.and_then(|s| s.oom_killed).unwrap_or(false) {
         text.push_str(" (killed: out of memory)");
     }
-    if let Some(error) = state.and_then(|s| s.error.as_deref()).filter(|e| !e.is_empty()) {
+    if let Some(error) = state
+        .and_then(|s| s.error.as_deref())
+        .filter(|e| !e.is_empty())
+    {
         text.push_str(&format!(" ({error})"));
     }
     text
@@ -292,7 +297,12 @@ pub fn event_of(event: &EventMessage) -> Option<(String, String)> {
     let id = event.actor.as_ref()?.id.clone()?;
     let action = event.action.clone()?;
     // Docker may add details after a colon ("exec_start: sh").
-    let action = action.split(':').next().unwrap_or_default().trim().to_string();
+    let action = action
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let action = if action == "remove" {
         "destroy".to_string()
     } else {
@@ -315,20 +325,28 @@ mod tests {
         let running = inspect(serde_json::json!({"Status": "running", "Running": true}));
         assert_eq!(run_state(&running), Run::Running);
         // Podman keeps Status "running" with Paused set on some versions.
-        let paused = inspect(serde_json::json!({"Status": "running", "Running": true, "Paused": true}));
+        let paused =
+            inspect(serde_json::json!({"Status": "running", "Running": true, "Paused": true}));
         assert_eq!(run_state(&paused), Run::Paused);
         let paused = inspect(serde_json::json!({"Status": "paused", "Paused": true}));
         assert_eq!(run_state(&paused), Run::Paused);
         for status in ["created", "exited", "dead"] {
-            assert_eq!(run_state(&inspect(serde_json::json!({"Status": status}))), Run::Stopped);
+            assert_eq!(
+                run_state(&inspect(serde_json::json!({"Status": status}))),
+                Run::Stopped
+            );
         }
         assert_eq!(name_of(&running), "mc");
     }
 
     #[test]
     fn an_exit_is_said_with_its_code_and_an_out_of_memory_kill() {
-        let info = inspect(serde_json::json!({"Status": "exited", "ExitCode": 137, "OOMKilled": true}));
-        assert_eq!(describe_exit(&info), "exit code 137 (killed: out of memory)");
+        let info =
+            inspect(serde_json::json!({"Status": "exited", "ExitCode": 137, "OOMKilled": true}));
+        assert_eq!(
+            describe_exit(&info),
+            "exit code 137 (killed: out of memory)"
+        );
         let info = ContainerInspectResponse {
             state: Some(ContainerState {
                 exit_code: Some(3),
@@ -352,7 +370,10 @@ mod tests {
         let usual: Vec<String> = ["/a.sock", "/b.sock"].map(String::from).to_vec();
         let only_b = |p: &str| p == "/b.sock";
         let pick = |socket, host| choose(socket, host, &usual, only_b);
-        assert_eq!(pick(Some("/x.sock"), Some("tcp://h:2375")).unwrap(), "/x.sock");
+        assert_eq!(
+            pick(Some("/x.sock"), Some("tcp://h:2375")).unwrap(),
+            "/x.sock"
+        );
         assert_eq!(pick(None, Some("tcp://h:2375")).unwrap(), "tcp://h:2375");
         assert_eq!(pick(None, Some(" ")).unwrap(), "/b.sock");
         let err = choose(None, None, &usual, |_| false).unwrap_err();

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig, PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, StopContainerOptions,
 };
@@ -95,7 +97,10 @@ impl DockerBackend {
             .engine
             .take()
             .map_or_else(|| "the Docker API".to_string(), |e| e.at);
-        BackendError::Other(format!("cannot {what}: {} (Docker API at {at})", describe(e)))
+        BackendError::Other(format!(
+            "cannot {what}: {} (Docker API at {at})",
+            describe(e)
+        ))
     }
 
     fn note(&self, kind: Kind, reason: String, detail: serde_json::Value) {
@@ -129,7 +134,11 @@ impl DockerBackend {
                         let list: Vec<String> = many
                             .iter()
                             .map(|c| {
-                                let name = c.names.as_ref().and_then(|n| n.first()).map_or("?", |n| n.trim_start_matches('/'));
+                                let name = c
+                                    .names
+                                    .as_ref()
+                                    .and_then(|n| n.first())
+                                    .map_or("?", |n| n.trim_start_matches('/'));
                                 let state = c.state.map_or_else(|| "?".into(), |s| s.to_string());
                                 format!("{name} ({state})")
                             })
@@ -328,12 +337,17 @@ fn address_of(info: &ContainerInspectResponse, address: &Address) -> Result<Stri
                 Some(ip) if ip.contains(':') => Ok(format!("[{ip}]:{port}")),
                 Some(ip) => Ok(format!("{ip}:{port}")),
                 None => {
-                    let mut on: Vec<&str> =
-                        networks.map(|n| n.keys().map(String::as_str).collect()).unwrap_or_default();
+                    let mut on: Vec<&str> = networks
+                        .map(|n| n.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
                     on.sort_unstable();
                     Err(format!(
                         "container {name} has no IP on network `{network}` (it is on: {}); attach it to `{network}`, or set `network` to one of those",
-                        if on.is_empty() { "none".to_string() } else { on.join(", ") }
+                        if on.is_empty() {
+                            "none".to_string()
+                        } else {
+                            on.join(", ")
+                        }
                     ))
                 }
             }
@@ -501,7 +515,9 @@ impl Backend for DockerBackend {
             info!(service = %self.service, container = %name, "Container removed.");
             self.note(
                 Kind::Progress,
-                format!("container {name} removed (remove = true); it is created again at the next wake"),
+                format!(
+                    "container {name} removed (remove = true); it is created again at the next wake"
+                ),
                 json!({ "container": name, "step": "removed" }),
             );
         }
@@ -530,7 +546,12 @@ impl Backend for DockerBackend {
         let info = self.running().await?;
         let name = name_of(&info);
         let health = info.state.as_ref().and_then(|s| s.health.as_ref());
-        let Some(health) = health.filter(|h| !matches!(h.status, None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY))) else {
+        let Some(health) = health.filter(|h| {
+            !matches!(
+                h.status,
+                None | Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY)
+            )
+        }) else {
             return Err(BackendError::Other(format!(
                 "container {name} has no HEALTHCHECK; give its image one (or `--health-cmd`), or use another readiness type"
             )));
@@ -576,7 +597,11 @@ impl Backend for DockerBackend {
                     }
                     // A die replayed from before this start, or followed by a restart, is no
                     // exit: only a container that does not run now has exited.
-                    let id = self.watch.as_ref().map(|w| w.id.clone()).unwrap_or_default();
+                    let id = self
+                        .watch
+                        .as_ref()
+                        .map(|w| w.id.clone())
+                        .unwrap_or_default();
                     let client = self.engine.as_ref().map(|e| e.client.clone());
                     let runs = match client {
                         Some(client) => match engine::inspect(&client, &id).await {

@@ -26,7 +26,8 @@ bind = "127.0.0.1:0"
 }
 
 fn docker(backend: &str) -> Docker {
-    let config = crate::config::parse(&service(backend), "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        crate::config::parse(&service(backend), "test.toml").unwrap_or_else(|e| panic!("{e}"));
     let Backend::Docker(docker) = config.services[0].backend.clone() else {
         panic!("not docker")
     };
@@ -60,7 +61,10 @@ stop_timeout = "2m""#,
     );
     assert_eq!(
         d.select,
-        Select::Labels(vec![("app".into(), "mc".into()), ("tier".into(), "games".into())])
+        Select::Labels(vec![
+            ("app".into(), "mc".into()),
+            ("tier".into(), "games".into())
+        ])
     );
     assert_eq!(
         d.address,
@@ -97,7 +101,10 @@ init = true"#,
     assert_eq!(create.env[0].1.expose(), "TRUE");
     assert_eq!(create.ports.len(), 2);
     assert_eq!(create.volumes.len(), 2);
-    assert_eq!(create.labels, vec![("owner".to_string(), "ops".to_string())]);
+    assert_eq!(
+        create.labels,
+        vec![("owner".to_string(), "ops".to_string())]
+    );
     assert!(create.init);
 }
 
@@ -105,18 +112,36 @@ init = true"#,
 fn each_mistake_is_told_with_what_to_do() {
     for (backend, message) in [
         ("port = 80", "names no container"),
-        ("container = \"a\"\nlabels = { x = \"y\" }\nport = 80", "both `container` and `labels`"),
+        (
+            "container = \"a\"\nlabels = { x = \"y\" }\nport = 80",
+            "both `container` and `labels`",
+        ),
         ("labels = {}\nport = 80", "`labels` is empty"),
         ("container = \"a\"", "does not say where the server listens"),
-        ("container = \"a\"\nport = 80\naddress = \"h:1\"", "both `address` and `port`"),
-        ("container = \"a\"\nport = 80\nsleep_mode = \"freeze\"", "unknown sleep_mode `freeze`"),
-        ("container = \"a\"\nport = 80\nremove = true", "`remove = true` needs an `image`"),
+        (
+            "container = \"a\"\nport = 80\naddress = \"h:1\"",
+            "both `address` and `port`",
+        ),
+        (
+            "container = \"a\"\nport = 80\nsleep_mode = \"freeze\"",
+            "unknown sleep_mode `freeze`",
+        ),
+        (
+            "container = \"a\"\nport = 80\nremove = true",
+            "`remove = true` needs an `image`",
+        ),
         (
             "image = \"x\"\nport = 80\nremove = true\nsleep_mode = \"pause\"",
             "cannot go together",
         ),
-        ("container = \"a\"\nport = 80\nsocket = \"docker.sock\"", "not a Unix socket path"),
-        ("container = \"a\"\nport = 80\n[service.backend.create]\ninit = true", "needs an `image`"),
+        (
+            "container = \"a\"\nport = 80\nsocket = \"docker.sock\"",
+            "not a Unix socket path",
+        ),
+        (
+            "container = \"a\"\nport = 80\n[service.backend.create]\ninit = true",
+            "needs an `image`",
+        ),
         (
             "image = \"x\"\nport = 80\n[service.backend.create]\nports = [\"http\"]",
             "not a port mapping",
@@ -152,22 +177,36 @@ type = "container"
 type = "tcp"
 bind = "127.0.0.1:0"
 "#;
-    let err = crate::config::parse(src, "test.toml").unwrap_err().to_string();
+    let err = crate::config::parse(src, "test.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("needs a docker backend"), "{err}");
     let ok = service("container = \"a\"\nport = 80\n[service.readiness]\ntype = \"container\"");
     let config = crate::config::parse(&ok, "test.toml").unwrap();
-    assert!(matches!(config.services[0].readiness.probe, crate::probe::Probe::Container));
+    assert!(matches!(
+        config.services[0].readiness.probe,
+        crate::probe::Probe::Container
+    ));
 }
 
 #[test]
 fn port_mappings_read_as_docker_run_p() {
     let map = |t: &str| PortMap::parse(t);
     let m = map("8080:80").unwrap();
-    assert_eq!((m.container.as_str(), m.host_ip, m.host_port), ("80/tcp", None, Some(8080)));
+    assert_eq!(
+        (m.container.as_str(), m.host_ip, m.host_port),
+        ("80/tcp", None, Some(8080))
+    );
     let m = map("127.0.0.1:8080:80").unwrap();
-    assert_eq!((m.host_ip.as_deref(), m.host_port), (Some("127.0.0.1"), Some(8080)));
+    assert_eq!(
+        (m.host_ip.as_deref(), m.host_port),
+        (Some("127.0.0.1"), Some(8080))
+    );
     let m = map("127.0.0.1::80").unwrap();
-    assert_eq!((m.host_ip.as_deref(), m.host_port), (Some("127.0.0.1"), None));
+    assert_eq!(
+        (m.host_ip.as_deref(), m.host_port),
+        (Some("127.0.0.1"), None)
+    );
     let m = map("[::1]:8080:80").unwrap();
     assert_eq!(m.host_ip.as_deref(), Some("::1"));
     assert_eq!(map("19132/udp").unwrap().container, "19132/udp");
@@ -198,14 +237,38 @@ fn the_address_is_read_from_the_network_or_the_published_port() {
         network: n.into(),
         port,
     };
-    assert_eq!(address_of(&info, &network("games", 25565)).unwrap(), "10.89.0.5:25565");
-    assert_eq!(address_of(&info, &network("host", 25565)).unwrap(), "127.0.0.1:25565");
+    assert_eq!(
+        address_of(&info, &network("games", 25565)).unwrap(),
+        "10.89.0.5:25565"
+    );
+    assert_eq!(
+        address_of(&info, &network("host", 25565)).unwrap(),
+        "127.0.0.1:25565"
+    );
     let err = address_of(&info, &network("podman", 25565)).unwrap_err();
-    assert!(err.contains("no IP on network `podman`") && err.contains("games, podman"), "{err}");
-    assert_eq!(address_of(&info, &Address::Published(25565)).unwrap(), "127.0.0.1:31000");
-    assert_eq!(address_of(&info, &Address::Published(8080)).unwrap(), "127.0.0.2:8081");
-    assert_eq!(address_of(&info, &Address::Published(9000)).unwrap(), "[::1]:9001");
+    assert!(
+        err.contains("no IP on network `podman`") && err.contains("games, podman"),
+        "{err}"
+    );
+    assert_eq!(
+        address_of(&info, &Address::Published(25565)).unwrap(),
+        "127.0.0.1:31000"
+    );
+    assert_eq!(
+        address_of(&info, &Address::Published(8080)).unwrap(),
+        "127.0.0.2:8081"
+    );
+    assert_eq!(
+        address_of(&info, &Address::Published(9000)).unwrap(),
+        "[::1]:9001"
+    );
     let err = address_of(&info, &Address::Published(7000)).unwrap_err();
-    assert!(err.contains("publishes no host port for its port 7000/tcp"), "{err}");
-    assert_eq!(address_of(&info, &Address::Fixed("mc:1".into())).unwrap(), "mc:1");
+    assert!(
+        err.contains("publishes no host port for its port 7000/tcp"),
+        "{err}"
+    );
+    assert_eq!(
+        address_of(&info, &Address::Fixed("mc:1".into())).unwrap(),
+        "mc:1"
+    );
 }
