@@ -128,9 +128,7 @@ pub fn service_table(
         backend.insert("network".into(), network.as_str().into());
     }
     if let Some(address) = labels.get("wakegate.address") {
-        let valid = address
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        let valid = crate::config::de::is_host_port(address);
         if !valid {
             return Err(bad("wakegate.address", "not host:port".into()));
         }

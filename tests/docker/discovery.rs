@@ -28,12 +28,8 @@ fn labels(name: &str, bind: std::net::SocketAddr, port: u16, more: &[&str]) -> V
 
 /// Creates a labelled container serving the page on `port`.
 fn labelled(tag: &Tag, what: &str, port: u16, labels: &[String]) -> String {
-    let name = tag.name(what);
     let extra: Vec<&str> = labels.iter().map(String::as_str).collect();
-    let command = httpd(port);
-    let command: Vec<&str> = command.iter().map(String::as_str).collect();
-    tag.create(&name, &extra, &command);
-    name
+    tag.serving(what, port, &extra)
 }
 
 #[test]

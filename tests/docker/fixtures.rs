@@ -248,6 +248,18 @@ impl Tag {
     }
 }
 
+impl Tag {
+    /// Creates a container serving the page on `port` (busybox httpd), with `extra` options;
+    /// returns its name.
+    pub fn serving(&self, what: &str, port: u16, extra: &[&str]) -> String {
+        let name = self.name(what);
+        let command = httpd(port);
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        self.create(&name, extra, &command);
+        name
+    }
+}
+
 impl Drop for Tag {
     fn drop(&mut self) {
         let podman = podman();

@@ -21,11 +21,8 @@ use fixtures::*;
 fn a_client_wakes_a_stopped_container_which_is_stopped_again_when_idle() {
     let podman = podman();
     let tag = Tag::new("wake");
-    let name = tag.name("web");
     let (port, listen) = (free_addr().port(), free_addr());
-    let command = httpd(port);
-    let command: Vec<&str> = command.iter().map(String::as_str).collect();
-    tag.create(&name, &[], &command);
+    let name = tag.serving("web", port, &[]);
     let dir = temp_dir("docker-wake");
     let config = gateway(&dir).service(
         svc("web")
@@ -69,11 +66,8 @@ fn woke_in(gateway: &Wakegate, service: &str, nth: usize) -> u64 {
 fn paused_when_idle_resumed_by_a_client_and_found_paused_after_a_kill() {
     let podman = podman();
     let tag = Tag::new("pause");
-    let name = tag.name("web");
     let (port, listen) = (free_addr().port(), free_addr());
-    let command = httpd(port);
-    let command: Vec<&str> = command.iter().map(String::as_str).collect();
-    tag.create(&name, &[], &command);
+    let name = tag.serving("web", port, &[]);
     let dir = temp_dir("docker-pause");
     let config = gateway(&dir).service(
         svc("web")
@@ -151,7 +145,7 @@ fn created_from_its_image_when_missing_and_adopted_running_after_a_kill() {
     assert_eq!(get(listen), PAGE);
     gateway.wait_for("backend stopped after");
     assert_eq!(podman.state(&name).as_deref(), Some("exited"));
-    assert_eq!(podman.named("wakegate.service", "made"), [name.clone()]);
+    assert_eq!(podman.named("wakegate.service", "made"), [name]);
     let created = gateway
         .events("made")
         .into_iter()
@@ -332,10 +326,7 @@ fn an_unreachable_socket_fails_run_and_wakes_naming_where_it_was_tried() {
 fn container_readiness_waits_for_the_healthcheck_to_say_healthy() {
     let podman = podman();
     let tag = Tag::new("health");
-    let name = tag.name("web");
     let (port, listen) = (free_addr().port(), free_addr());
-    let command = httpd(port);
-    let command: Vec<&str> = command.iter().map(String::as_str).collect();
     // Its server answers at once; its HEALTHCHECK passes only once /tmp/ready exists.
     let health = [
         "--health-cmd",
@@ -343,7 +334,7 @@ fn container_readiness_waits_for_the_healthcheck_to_say_healthy() {
         "--health-interval",
         "1h",
     ];
-    tag.create(&name, &health, &command);
+    let name = tag.serving("web", port, &health);
     let dir = temp_dir("docker-health");
     let config = gateway(&dir).service(
         svc("web")

@@ -103,6 +103,16 @@ impl DockerBackend {
         ))
     }
 
+    /// Logs a step done to the container and records it as a progress note.
+    fn step(&self, container: &str, step: &str) {
+        info!(service = %self.service, container = %container, "Container {step}.");
+        self.note(
+            Kind::Progress,
+            format!("container {container} {step}"),
+            json!({ "container": container, "step": step }),
+        );
+    }
+
     fn note(&self, kind: Kind, reason: String, detail: serde_json::Value) {
         let _ = self.notes.send(Note {
             kind,
@@ -248,6 +258,23 @@ impl DockerBackend {
             json!({ "container": shown, "image": create.image, "step": "created" }),
         );
         Ok(created.id)
+    }
+
+    /// Removes a container (stopped, or killed if it still runs); one already gone is fine.
+    async fn remove_container(&mut self, id: &str, name: &str) -> Result<(), BackendError> {
+        let client = self.engine().await?.client.clone();
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match client.remove_container(id, Some(options)).await {
+            Ok(()) => {
+                self.step(name, "removed");
+                Ok(())
+            }
+            Err(e) if engine::not_found(&e) => Ok(()),
+            Err(e) => Err(self.failed(&format!("remove container {name}"), &e)),
+        }
     }
 
     /// Why a container that went away went: its exit and the last lines of its log.
@@ -407,7 +434,7 @@ impl Backend for DockerBackend {
                 if let Err(e) = client.start_container(&id, None).await {
                     return Err(self.failed("start the container just created", &e));
                 }
-                info!(service = %self.service, container = %engine::short(&id), "Container started.");
+                self.step(engine::short(&id), "started");
                 return Ok(());
             }
             Lookup::Ambiguous(why) => return Err(BackendError::Other(why)),
@@ -420,23 +447,13 @@ impl Backend for DockerBackend {
                 if let Err(e) = client.unpause_container(&id).await {
                     return Err(self.failed(&format!("unpause container {name}"), &e));
                 }
-                info!(service = %self.service, container = %name, "Container unpaused.");
-                self.note(
-                    Kind::Progress,
-                    format!("container {name} unpaused"),
-                    json!({ "container": name, "step": "unpaused" }),
-                );
+                self.step(&name, "unpaused");
             }
             Run::Stopped => {
                 if let Err(e) = client.start_container(&id, None).await {
                     return Err(self.failed(&format!("start container {name}"), &e));
                 }
-                info!(service = %self.service, container = %name, "Container started.");
-                self.note(
-                    Kind::Progress,
-                    format!("container {name} started"),
-                    json!({ "container": name, "step": "started" }),
-                );
+                self.step(&name, "started");
             }
             Run::Removing => {
                 return Err(BackendError::Other(format!(
@@ -466,7 +483,7 @@ impl Backend for DockerBackend {
                 if let Err(e) = client.pause_container(&id).await {
                     return Err(self.failed(&format!("pause container {name}"), &e));
                 }
-                info!(service = %self.service, container = %name, "Container paused.");
+                self.step(&name, "paused");
             }
             self.slept = match state {
                 Run::Running | Run::Paused => SleepMode::Paused,
@@ -503,23 +520,7 @@ impl Backend for DockerBackend {
             info!(service = %self.service, container = %name, "Container stopped.");
         }
         if self.config.remove {
-            let options = RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            };
-            match client.remove_container(&id, Some(options)).await {
-                Ok(()) => {}
-                Err(e) if engine::not_found(&e) => {}
-                Err(e) => return Err(self.failed(&format!("remove container {name}"), &e)),
-            }
-            info!(service = %self.service, container = %name, "Container removed.");
-            self.note(
-                Kind::Progress,
-                format!(
-                    "container {name} removed (remove = true); it is created again at the next wake"
-                ),
-                json!({ "container": name, "step": "removed" }),
-            );
+            self.remove_container(&id, &name).await?;
         }
         self.slept = SleepMode::Stopped;
         Ok(())
@@ -647,23 +648,7 @@ impl Backend for DockerBackend {
             return Ok(());
         }
         let (id, name) = (info.id.clone().unwrap_or_default(), name_of(&info));
-        let client = self.engine().await?.client.clone();
-        let options = RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        };
-        match client.remove_container(&id, Some(options)).await {
-            Ok(()) => {
-                self.note(
-                    Kind::Progress,
-                    format!("container {name}, created for this service, removed"),
-                    json!({ "container": name, "step": "removed" }),
-                );
-                Ok(())
-            }
-            Err(e) if engine::not_found(&e) => Ok(()),
-            Err(e) => Err(self.failed(&format!("remove container {name}"), &e)),
-        }
+        self.remove_container(&id, &name).await
     }
 }
 
