@@ -247,12 +247,21 @@ pub fn describe_exit(info: &ContainerInspectResponse) -> String {
     text
 }
 
-/// When the container last started, in seconds since the epoch (none if it never did).
-pub fn started_at(info: &ContainerInspectResponse) -> Option<i64> {
+/// When the container last started, in nanoseconds since the epoch (none if it never did).
+pub fn started_at(info: &ContainerInspectResponse) -> Option<i128> {
     let text = info.state.as_ref()?.started_at.as_deref()?;
     let at: jiff::Timestamp = text.parse().ok()?;
     // The engine's "never" is year 1.
-    (at.as_second() > 0).then_some(at.as_second())
+    (at.as_second() > 0).then_some(at.as_nanosecond())
+}
+
+/// When an event happened, in nanoseconds since the epoch.
+pub fn event_time(event: &EventMessage) -> i128 {
+    match (event.time_nano, event.time) {
+        (Some(nanos), _) => i128::from(nanos),
+        (None, Some(secs)) => i128::from(secs) * 1_000_000_000,
+        (None, None) => 0,
+    }
 }
 
 /// The last `lines` lines of a container's output (stdout and stderr), oldest first; empty
@@ -360,7 +369,7 @@ mod tests {
     #[test]
     fn the_start_time_is_read_and_never_is_none() {
         let info = inspect(serde_json::json!({"StartedAt": "2026-01-02T03:04:05.123456789Z"}));
-        assert_eq!(started_at(&info), Some(1_767_323_045));
+        assert_eq!(started_at(&info), Some(1_767_323_045_123_456_789));
         let info = inspect(serde_json::json!({"StartedAt": "0001-01-01T00:00:00Z"}));
         assert_eq!(started_at(&info), None);
     }

@@ -40,6 +40,8 @@ pub struct DockerBackend {
     watch: Option<Watch>,
     /// How the container sleeps since the last stop.
     slept: SleepMode,
+    /// The time of the last exit event `exited` looked into.
+    looked_into: i128,
     notes: Notes,
     notes_rx: Option<mpsc::UnboundedReceiver<Note>>,
 }
@@ -48,6 +50,8 @@ pub struct DockerBackend {
 struct Watch {
     id: String,
     events: Events,
+    /// When the container started: an exit replayed from before is an earlier run's.
+    started: i128,
 }
 
 /// What a look for the container found.
@@ -72,6 +76,7 @@ impl DockerBackend {
             config,
             engine: None,
             watch: None,
+            looked_into: 0,
             notes,
             notes_rx: Some(notes_rx),
         }
@@ -327,9 +332,14 @@ impl DockerBackend {
         if let Some(client) = client {
             // From its start on: an exit between the look above and the stream's opening
             // is replayed, not missed.
-            let since = engine::started_at(&info);
+            let started = engine::started_at(&info).unwrap_or(0);
+            let since = (started > 0).then(|| (started / 1_000_000_000) as i64);
             let events = engine::events(&client, since, &[("container", id.clone())]);
-            self.watch = Some(Watch { id, events });
+            self.watch = Some(Watch {
+                id,
+                events,
+                started,
+            });
         }
         Ok(())
     }
@@ -593,28 +603,19 @@ impl Backend for DockerBackend {
                     let Some((_, action)) = engine::event_of(&event) else {
                         continue;
                     };
-                    if !matches!(action.as_str(), "die" | "destroy" | "oom") {
+                    // One from before this start, or one already looked into (the stream
+                    // opened again replays it), says nothing new.
+                    let at = engine::event_time(&event);
+                    let started = self.watch.as_ref().map_or(0, |w| w.started);
+                    let old = at < started || at <= self.looked_into;
+                    if !matches!(action.as_str(), "die" | "destroy") || old {
                         continue;
                     }
-                    // A die replayed from before this start, or followed by a restart, is no
-                    // exit: only a container that does not run now has exited.
-                    let id = self
-                        .watch
-                        .as_ref()
-                        .map(|w| w.id.clone())
-                        .unwrap_or_default();
-                    let client = self.engine.as_ref().map(|e| e.client.clone());
-                    let runs = match client {
-                        Some(client) => match engine::inspect(&client, &id).await {
-                            Ok(info) => run_state(&info) != Run::Stopped,
-                            Err(_) => false,
-                        },
-                        None => false,
-                    };
-                    if !runs {
-                        self.watch = None;
-                        return self.exit_of(&id).await;
-                    }
+                    self.looked_into = at;
+                    // The stream is let go before anything is awaited, so a call cancelled
+                    // from here on loses nothing: the look at the container opening it again
+                    // is what tells whether it exited (a die followed by a restart is none).
+                    self.watch = None;
                 }
                 Some(Err(e)) => {
                     warn!(service = %self.service, error = %describe(&e), "The Docker event stream failed; opening it again.");
