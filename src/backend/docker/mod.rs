@@ -46,9 +46,8 @@ pub struct DockerBackend {
     notes_rx: Option<mpsc::UnboundedReceiver<Note>>,
 }
 
-/// The events of one running container.
+/// The event stream of one running container.
 struct Watch {
-    id: String,
     events: Events,
     /// When the container started: an exit replayed from before is an earlier run's.
     started: i128,
@@ -333,13 +332,9 @@ impl DockerBackend {
             // From its start on: an exit between the look above and the stream's opening
             // is replayed, not missed.
             let started = engine::started_at(&info).unwrap_or(0);
-            let since = (started > 0).then(|| (started / 1_000_000_000) as i64);
+            let since = (started > 0).then_some((started / 1_000_000_000) as i64);
             let events = engine::events(&client, since, &[("container", id.clone())]);
-            self.watch = Some(Watch {
-                id,
-                events,
-                started,
-            });
+            self.watch = Some(Watch { events, started });
         }
         Ok(())
     }
