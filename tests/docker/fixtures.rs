@@ -106,14 +106,31 @@ impl Podman {
         answer.starts_with("HTTP/1.") && answer.contains("OK")
     }
 
-    /// Builds the rootfs (busybox with its applet links, the page, /tmp) and imports it.
+    /// Builds the rootfs (busybox with its applet links, the page, /tmp) and imports it,
+    /// unless the image of the same busybox and page is there from an earlier run.
     fn import_image(&self, dir: &Path) {
+        use sha2::Digest;
+        let busybox = std::fs::read("/bin/busybox")
+            .expect("/bin/busybox is missing: run scripts/test, which installs busybox-static");
+        let mut hash = sha2::Sha256::new();
+        hash.update(&busybox);
+        hash.update(PAGE);
+        let made_of: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let label = format!("{{{{index .Config.Labels \"{TEST_LABEL}.rootfs\"}}}}");
+        let out = self.try_cli(&["image", "inspect", "--format", &label, IMAGE]);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == made_of {
+            return;
+        }
         let root = dir.join("rootfs");
         for sub in ["bin", "www", "tmp"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-            .expect("/bin/busybox is missing: run scripts/test, which installs busybox-static");
+        std::fs::write(root.join("bin/busybox"), &busybox).unwrap();
+        std::fs::set_permissions(
+            root.join("bin/busybox"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
         for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
             if applet != "busybox" {
@@ -131,13 +148,20 @@ impl Podman {
             .status()
             .unwrap();
         assert!(status.success());
-        self.cli(&[
+        let made_of = format!("LABEL {TEST_LABEL}.rootfs={made_of}");
+        let tar_path = tar.display().to_string();
+        let args = [
             "import",
             "--change",
             "ENV PATH=/bin",
-            &tar.display().to_string(),
+            "--change",
+            &made_of,
+            &tar_path,
             IMAGE,
-        ]);
+        ];
+        self.cli(&args);
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_file(&tar);
     }
 
     /// Runs the Podman CLI (as a user would by hand) and returns what it printed, trimmed.
