@@ -120,30 +120,42 @@ impl App {
                 bound.push((what, socket));
             }
         }
-        // The shared sockets templates route to by hostname, unless a service has them.
-        for template in &config.templates {
-            for listen in template.shared_listeners() {
-                let bind = listen.bind();
-                let had = bound.iter().any(|(b, _)| match (b, &listen) {
-                    (Bound::Minecraft(at, _), Listen::Minecraft(_))
-                    | (Bound::Http(at, _), Listen::Http(_)) => *at == bind,
-                    _ => false,
-                });
-                if had {
-                    continue;
-                }
-                let socket = TcpListener::bind(bind).await.with_context(|| {
-                    format!(
-                        "cannot listen on {bind} for template `{}`; is another program using that port?",
-                        template.name
-                    )
-                })?;
-                let what = match listen {
-                    Listen::Minecraft(_) => Bound::Minecraft(bind, Vec::new()),
-                    _ => Bound::Http(bind, Vec::new()),
-                };
-                bound.push((what, socket));
+        // The shared sockets templates and discovered services route to by hostname, unless a
+        // service has them.
+        let shared_binds = config
+            .templates
+            .iter()
+            .flat_map(|t| {
+                let owner = format!("template `{}`", t.name);
+                t.shared_listeners()
+                    .into_iter()
+                    .map(move |l| (owner.clone(), l.bind(), matches!(l, Listen::Minecraft(_))))
+            })
+            .chain(
+                config
+                    .discovery
+                    .shared_binds()
+                    .into_iter()
+                    .map(|(bind, minecraft)| ("[discovery.docker]".to_string(), bind, minecraft)),
+            );
+        for (owner, bind, minecraft) in shared_binds {
+            let had = bound.iter().any(|(b, _)| match b {
+                Bound::Minecraft(at, _) => minecraft && *at == bind,
+                Bound::Http(at, _) => !minecraft && *at == bind,
+                Bound::Tcp(..) => false,
+            });
+            if had {
+                continue;
             }
+            let socket = TcpListener::bind(bind).await.with_context(|| {
+                format!("cannot listen on {bind} for {owner}; is another program using that port?")
+            })?;
+            let what = if minecraft {
+                Bound::Minecraft(bind, Vec::new())
+            } else {
+                Bound::Http(bind, Vec::new())
+            };
+            bound.push((what, socket));
         }
         // Certificates are read before anything starts, so a bad one fails the start.
         let mut tls = Vec::new();
@@ -253,22 +265,24 @@ impl App {
         }
         // The services created from templates before a restart are created again, and
         // reconcile like the others.
-        let templates = Templates::new(
-            config.templates.clone(),
-            crate::template::Wiring {
-                registry: registry.clone(),
-                store: store.clone(),
-                data_dir: config.gateway.data_dir.clone(),
-                tracker: background.clone(),
-                stop: stop_background.clone(),
-                connections: connections.clone(),
-                shared,
-            },
-        );
+        let wiring = crate::launch::Wiring {
+            registry: registry.clone(),
+            store: store.clone(),
+            data_dir: config.gateway.data_dir.clone(),
+            tracker: background.clone(),
+            stop: stop_background.clone(),
+            connections: connections.clone(),
+            shared,
+        };
+        let templates = Templates::new(config.templates.clone(), wiring.clone());
         let restored = templates
             .restore()
             .await
             .context("cannot read the services created from templates")?;
+        // The services of labelled containers, then the engine's events.
+        if let Some(docker) = &config.discovery.docker {
+            crate::discovery::docker::start(docker, wiring).await?;
+        }
 
         // Clients wait in the listen backlog until every service knows what really runs.
         for service in services.iter().chain(&restored) {

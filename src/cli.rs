@@ -249,7 +249,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} service{}{})",
+                "{}: ok ({} service{}{}{})",
                 file.display(),
                 config.services.len(),
                 if config.services.len() == 1 { "" } else { "s" },
@@ -257,6 +257,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     0 => String::new(),
                     1 => ", 1 template".to_string(),
                     n => format!(", {n} templates"),
+                },
+                if config.discovery.docker.is_some() {
+                    ", services from container labels"
+                } else {
+                    ""
                 }
             );
         }

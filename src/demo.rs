@@ -29,6 +29,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
     let data_dir = std::env::temp_dir().join("wakegate-demo");
     let config = Config {
         templates: Vec::new(),
+        discovery: Default::default(),
         gateway: Gateway {
             data_dir: data_dir.clone(),
             api,

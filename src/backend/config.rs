@@ -1,5 +1,6 @@
 //! `[service.backend]`: which backend runs a service, read into [`Backend`]. The `exec` and
-//! `process` backends (with RCON) are read here; `ec2` and `ecs` by [`aws::config`].
+//! `process` backends (with RCON) are read here; `ec2` and `ecs` by [`aws::config`], `docker`
+//! by [`docker::config`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use super::aws;
+use super::{aws, docker};
 use crate::config::de::{
     Secret, check_address, duration, expand, expand_env, optional_spanned_duration, read,
     split_type,
@@ -25,6 +26,8 @@ pub enum Backend {
     Ec2(aws::config::Ec2),
     /// An ECS service or task (`aws` feature).
     Ecs(aws::config::Ecs),
+    /// A Docker (or Podman) container.
+    Docker(docker::config::Docker),
 }
 
 /// User hook commands run by `sh -c`.
@@ -158,7 +161,7 @@ pub(crate) fn read_backend(
     dns: Option<Spanned<DeValue<'_>>>,
     problems: &mut Problems<'_>,
 ) -> Option<Backend> {
-    let kinds = "exec, process, ec2, ecs";
+    let kinds = "exec, process, ec2, ecs, docker";
     let Some((kind, rest)) = split_type(value, "[service.backend]", kinds, problems) else {
         // The record's own mistakes show whatever the backend's.
         if let Some(table) = dns {
@@ -172,6 +175,7 @@ pub(crate) fn read_backend(
         "ecs" => return aws::config::read_ecs(rest, dns, problems).map(Backend::Ecs),
         "exec" => read_exec(rest, problems).map(Backend::Exec),
         "process" => read_process(rest, problems).map(Backend::Process),
+        "docker" => docker::config::read_docker(rest, problems).map(Backend::Docker),
         other => {
             problems.add(
                 Some(type_span),

@@ -1,6 +1,6 @@
 //! Backends: how a service is started, stopped, asked for its status and found. One file per
-//! kind (`exec`, `process`), the AWS ones in `aws/`, their config in `config`; the service actor
-//! only sees the [`Backend`] trait.
+//! kind (`exec`, `process`), the AWS ones in `aws/`, containers in `docker/`, their config in
+//! `config`; the service actor only sees the [`Backend`] trait.
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -10,6 +10,7 @@ pub mod aws;
 #[path = "aws_missing.rs"]
 pub mod aws;
 pub mod config;
+pub mod docker;
 mod exec;
 mod family;
 mod freeze;
@@ -102,6 +103,15 @@ fn tail_suffix(tail: &str) -> String {
     }
 }
 
+/// What the server's own health check says (a container's HEALTHCHECK), for
+/// `readiness.type = "container"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Not healthy yet (starting, or failing its checks): why, in words.
+    NotYet(String),
+}
+
 /// Something a backend did or met inside a call that went on anyway (a save before a stop, a
 /// stop that fell back to a signal, a DNS change); the service actor records each as an event
 /// in the state it is in.
@@ -138,6 +148,15 @@ pub trait Backend: Send {
     /// asleep paused or frozen (a server killed in its sleep); never while asleep stopped.
     async fn exited(&mut self) -> Exit {
         std::future::pending().await
+    }
+
+    /// What the server's own health check says, for a readiness that waits for it. Backends
+    /// whose servers have none say so.
+    async fn healthy(&mut self) -> Result<Health, BackendError> {
+        Err(BackendError::Other(format!(
+            "a `{}` backend has no health check of its own; use another readiness type",
+            self.kind()
+        )))
     }
 
     /// The file the server's output goes to, for readiness by a log line.
@@ -216,6 +235,7 @@ pub fn build(service: &Service, data_dir: &Path, store: &Arc<Store>) -> Box<dyn 
         BackendConfig::Ecs(c) => {
             Box::new(aws::ecs::EcsBackend::new(name, c.clone(), store.clone()))
         }
+        BackendConfig::Docker(c) => Box::new(docker::DockerBackend::new(name, c.clone())),
     }
 }
 

@@ -121,16 +121,19 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Whether `text` is `host:port` with a host and a port above 0.
+pub(crate) fn is_host_port(text: &str) -> bool {
+    text.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// A backend address must be `host:port`; the host is resolved on every wake.
 pub(crate) fn check_address(
     address: Spanned<String>,
     problems: &mut Problems<'_>,
 ) -> Option<String> {
     let text = address.get_ref();
-    let valid = text
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
-    if valid {
+    if is_host_port(text) {
         Some(address.into_inner())
     } else {
         problems.add(

@@ -40,6 +40,8 @@ pub struct Config {
     pub discord: Option<crate::discord::Discord>,
     /// What services may be created from at run time (`[[template]]`).
     pub templates: Vec<crate::template::config::Template>,
+    /// Where services are discovered at run time (`[discovery]`).
+    pub discovery: crate::discovery::config::Discovery,
 }
 
 impl Config {
@@ -78,6 +80,10 @@ fn handoff_warnings(service: &Service) -> impl Iterator<Item = String> + '_ {
     let fixed = match &service.backend {
         Backend::Exec(exec) => Some(exec.address.as_str()),
         Backend::Process(process) => Some(process.address.as_str()),
+        Backend::Docker(docker) => match &docker.address {
+            crate::backend::docker::config::Address::Fixed(address) => Some(address.as_str()),
+            _ => None,
+        },
         Backend::Ec2(_) | Backend::Ecs(_) => None,
     };
     service
@@ -181,8 +187,12 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         Some(value) => read_gateway_tables(value, problems),
         None => (Some(GatewayConfig::default()), Vec::new()),
     };
+    let discovery = crate::discovery::config::read_discovery(root.remove("discovery"), problems);
+    let discovers = discovery.as_ref().is_some_and(|d| d.docker.is_some());
     let services = match root.remove("service") {
         Some(value) => read_services(value, problems),
+        // Services discovered from containers may be all there is.
+        None if discovers => Some(Vec::new()),
         None => {
             problems.add(
                 None,
@@ -218,7 +228,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         problems.add(
             Some(key.span()),
             format!("unknown top-level key `{}`", key.get_ref()),
-            "the top level holds only [gateway], [[service]], [[template]], [[notify]] and [discord] tables",
+            "the top level holds only [gateway], [[service]], [[template]], [[notify]], [discord] and [discovery] tables",
         );
     }
     let gateway = read_gateway(gateway?, tokens, problems);
@@ -232,6 +242,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         notify: notify?,
         discord: discord?,
         templates: templates?,
+        discovery: discovery?,
     };
     check_binds(&config, problems);
     Some(config)

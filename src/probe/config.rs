@@ -39,7 +39,7 @@ fn default_probe_timeout() -> Duration {
 }
 
 /// Reads a probe of `kind` from a table without its `type`.
-/// `readiness` allows the `log` probe, which only a wake can wait for.
+/// `readiness` allows the `log` and `container` probes, which only a wake can wait for.
 pub(crate) fn read_probe(
     kind: &str,
     rest: Spanned<DeValue<'_>>,
@@ -167,9 +167,21 @@ pub(crate) fn read_probe(
                 }
             }
         }
+        "container" if readiness => {
+            let set = [
+                ("url", c.url.as_ref().map(|v| v.span())),
+                ("pattern", c.pattern.as_ref().map(|v| v.span())),
+                ("ca_file", c.ca_file.as_ref().map(|v| v.span())),
+                ("insecure", c.insecure.as_ref().map(|v| v.span())),
+            ];
+            if let Some((key, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
+                return only(key, problems, span);
+            }
+            Probe::Container
+        }
         other => {
             let kinds = if readiness {
-                "tcp, http, minecraft, log"
+                "tcp, http, minecraft, log, container"
             } else {
                 "tcp, http, minecraft"
             };

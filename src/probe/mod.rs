@@ -1,6 +1,6 @@
 //! Probes: how wakegate knows a backend is ready or healthy. A TCP connect, an HTTP or HTTPS
-//! request (`tls`), a Minecraft status ping, or (for readiness of a `process` backend) a line
-//! in its log.
+//! request (`tls`), a Minecraft status ping, or (for readiness only) a line in a `process`
+//! backend's log or a container's own HEALTHCHECK (asked of the backend by the actor).
 //! Readiness retries with a short backoff capped at 50 ms, so a ready backend is noticed fast.
 
 pub mod config;
@@ -45,6 +45,9 @@ pub enum Probe {
     Minecraft,
     /// A line matching the pattern appears in the backend's log after the start.
     LogLine(Regex),
+    /// The container's own HEALTHCHECK says healthy: the backend answers it
+    /// (`Backend::healthy`), not a probe of wakegate's.
+    Container,
 }
 
 /// A probe and how long one attempt may take.
@@ -93,6 +96,28 @@ pub async fn resolve(address: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("backend address {address} resolved to nothing; check the name"))
 }
 
+/// The pauses between two tries of a readiness check: from 5 ms, doubling to 50 ms.
+#[derive(Debug)]
+pub struct Backoff(Duration);
+
+impl Backoff {
+    pub fn new() -> Backoff {
+        Backoff(FIRST_RETRY)
+    }
+
+    /// Waits before the next try.
+    pub async fn pause(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_RETRY);
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
 /// Returns once the check passes, retrying with a short backoff. The caller bounds it with a
 /// deadline; the last failure is kept in `last_error` for the message.
 pub async fn ready(
@@ -101,14 +126,13 @@ pub async fn ready(
     log: Option<LogCursor<'_>>,
     last_error: &mut String,
 ) {
-    let mut pause = FIRST_RETRY;
+    let mut backoff = Backoff::new();
     loop {
         match run(check, address, log.clone()).await {
             Ok(_) => return,
             Err(e) => *last_error = e,
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_RETRY);
+        backoff.pause().await;
     }
 }
 
@@ -148,6 +172,7 @@ pub async fn run(
                 Some(log) => log_line(pattern, log).await,
                 None => Err("this backend has no log to read".into()),
             },
+            Probe::Container => Err("the container's health is asked of its backend".into()),
         }
     };
     tokio::time::timeout(check.timeout, attempt)

@@ -114,6 +114,23 @@ async fn write_ahead<T>(store: Arc<Store>, action: impl Future<Output = T>) -> T
     action.await
 }
 
+/// Returns once the backend says its server's own health check passes (a container's
+/// HEALTHCHECK), asking again with the probes' backoff; an error of the backend (the container
+/// exited) ends the wake. The caller bounds it with the wake's deadline.
+async fn own_health(
+    backend: &mut dyn Backend,
+    last_error: &mut String,
+) -> Result<(), BackendError> {
+    let mut backoff = probe::Backoff::new();
+    loop {
+        match backend.healthy().await? {
+            crate::backend::Health::Healthy => return Ok(()),
+            crate::backend::Health::NotYet(why) => *last_error = why,
+        }
+        backoff.pause().await;
+    }
+}
+
 pub(super) struct Actor {
     /// What "ready" means at the end of a wake.
     pub(super) readiness: Check,
@@ -445,6 +462,9 @@ impl Actor {
                 format!("waiting for {address} to answer a Minecraft status ping")
             }
             probe::Probe::LogLine(p) => format!("waiting for a log line matching `{p}`"),
+            probe::Probe::Container => {
+                "waiting for the container's HEALTHCHECK to say healthy".into()
+            }
         };
         self.core.progress(
             waiting_for,
@@ -460,6 +480,11 @@ impl Actor {
             let resolved = probe::resolve(&address)
                 .await
                 .map_err(BackendError::Other)?;
+            if let probe::Probe::Container = readiness.probe {
+                return own_health(backend.as_mut(), last_error)
+                    .await
+                    .map(|()| resolved);
+            }
             let log = backend.log_file().map(|p| p.to_path_buf());
             let cursor = log.as_deref().map(|path| probe::LogCursor {
                 path,

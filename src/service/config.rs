@@ -277,11 +277,12 @@ pub(crate) fn read_service(
         Some(DeValue::Boolean(true))
     );
     let fields = read::<ServiceConfig>(Spanned::new(span.clone(), DeValue::Table(table)), problems);
+    let readiness_span = readiness.as_ref().map(|r| r.span());
     let readiness = match readiness {
         Some(value) => split_type(
             value,
             "[service.readiness]",
-            "tcp, http, minecraft, log",
+            "tcp, http, minecraft, log, container",
             problems,
         )
         .and_then(|(kind, rest)| read_probe(&kind, rest, true, problems)),
@@ -317,6 +318,17 @@ pub(crate) fn read_service(
             None
         }
     };
+    if let (Some(check), Some(backend)) = (&readiness, &backend)
+        && matches!(check.probe, crate::probe::Probe::Container)
+        && !matches!(backend, Backend::Docker(_))
+    {
+        problems.add(
+            readiness_span,
+            "readiness type \"container\" needs a docker backend",
+            "only a container has a HEALTHCHECK of its own; use a tcp, http or minecraft readiness",
+        );
+        return None;
+    }
     let fields = fields?;
     let name_span = fields.name.span();
     let name = fields.name.into_inner();
@@ -406,6 +418,36 @@ pub(crate) fn read_service(
         },
         name_span,
     ))
+}
+
+/// Reads a service from a whole TOML table (the keys of a `[[service]]`, its name included),
+/// for services made at run time (from a template, from a container's labels); an `Err` lists
+/// every problem with its hint.
+pub fn from_table(table: &toml::Table) -> Result<Service, String> {
+    let text = toml::to_string(table).map_err(|e| e.to_string())?;
+    let mut problems = Problems::new(&text);
+    let service = match DeTable::parse(&text) {
+        Ok(root) => {
+            let span = root.span();
+            read_service(
+                Spanned::new(span, DeValue::Table(root.into_inner())),
+                &mut problems,
+            )
+        }
+        Err(e) => {
+            problems.add_toml(e);
+            None
+        }
+    };
+    let problems = problems.into_sorted();
+    match service {
+        Some((service, _)) if problems.is_empty() => Ok(service),
+        _ => Err(problems
+            .iter()
+            .map(|p| format!("{} ({})", p.message, p.hint))
+            .collect::<Vec<_>>()
+            .join("; ")),
+    }
 }
 
 fn read_windows(texts: Vec<Spanned<String>>, problems: &mut Problems<'_>) -> Option<Vec<Window>> {

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
 use crate::config::de::{duration, optional_duration, read};
 use crate::config::diag::Problems;
 use crate::listener::config::Listen;
-use crate::service::config::{Service, read_service};
+use crate::service::config::Service;
 
 /// A template services are created from at run time.
 #[derive(Debug, Clone)]
@@ -55,30 +55,7 @@ impl Template {
             fill(value, values);
         }
         table.insert("name".into(), toml::Value::String(values.name.clone()));
-        let text = toml::to_string(&table).map_err(|e| e.to_string())?;
-        let mut problems = Problems::new(&text);
-        let service = match DeTable::parse(&text) {
-            Ok(root) => {
-                let span = root.span();
-                read_service(
-                    Spanned::new(span, DeValue::Table(root.into_inner())),
-                    &mut problems,
-                )
-            }
-            Err(e) => {
-                problems.add_toml(e);
-                None
-            }
-        };
-        let problems = problems.into_sorted();
-        match service {
-            Some((service, _)) if problems.is_empty() => Ok(service),
-            _ => Err(problems
-                .iter()
-                .map(|p| format!("{} ({})", p.message, p.hint))
-                .collect::<Vec<_>>()
-                .join("; ")),
-        }
+        crate::service::config::from_table(&table)
     }
 
     /// The sample values a template is checked with.

@@ -1,7 +1,7 @@
 //! Services created from a `[[template]]` at run time, and ended at their deadline, by
 //! `destroy`, or (`end_when_idle`) once they go to sleep. [`Templates`] creates each one's
-//! actor, health tasks and `tcp` listener beside the configured services, adds it to the
-//! [`Registry`] the API reads, and keeps its record in the store, so a restart of wakegate
+//! actor, health tasks and `tcp` listener beside the configured services (through
+//! [`crate::launch`]), adds it to the [`Registry`](crate::service::Registry) the API reads, and keeps its record in the store, so a restart of wakegate
 //! creates it again (its actor then reconciles and adopts what runs).
 
 pub mod config;
@@ -9,23 +9,18 @@ pub mod lifetime;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use self::config::{Template, Values, valid_name};
-use crate::event::{Kind, NewEvent, State};
-use crate::listener::config::Listen;
-use crate::listener::{Connections, SharedTables};
-use crate::service::{Registry, ServiceHandle};
+use crate::event::{Kind, State};
+use crate::launch;
+use crate::service::ServiceHandle;
 use crate::store::{Created, Store};
-use crate::{backend, health, listener, service};
 
 /// How long an end waits for the backend to stop before it records the service ended anyway.
 const STOP_WAIT: Duration = Duration::from_secs(600);
@@ -97,18 +92,8 @@ struct Live {
     starting: bool,
 }
 
-/// What created services are run with: the gateway's registry, store, trackers and sockets.
-pub struct Wiring {
-    pub registry: Registry,
-    pub store: Arc<Store>,
-    pub data_dir: PathBuf,
-    /// Their tasks' tracker, and the token that stops them with wakegate.
-    pub tracker: TaskTracker,
-    pub stop: CancellationToken,
-    pub connections: Connections,
-    /// The shared sockets they join by hostname.
-    pub shared: SharedTables,
-}
+/// What created services are run with (see [`crate::launch`]).
+pub use crate::launch::Wiring;
 
 /// The templates, and the services created from them.
 #[derive(Clone)]
@@ -116,14 +101,7 @@ pub struct Templates(Arc<Inner>);
 
 struct Inner {
     templates: Vec<Template>,
-    registry: Registry,
-    store: Arc<Store>,
-    data_dir: PathBuf,
-    tracker: TaskTracker,
-    stop: CancellationToken,
-    connections: Connections,
-    /// The shared sockets created services join by hostname.
-    shared: SharedTables,
+    with: Wiring,
     live: Mutex<HashMap<String, Live>>,
 }
 
@@ -131,13 +109,7 @@ impl Templates {
     pub fn new(templates: Vec<Template>, with: Wiring) -> Templates {
         Templates(Arc::new(Inner {
             templates,
-            registry: with.registry,
-            store: with.store,
-            data_dir: with.data_dir,
-            tracker: with.tracker,
-            stop: with.stop,
-            connections: with.connections,
-            shared: with.shared,
+            with,
             live: Mutex::new(HashMap::new()),
         }))
     }
@@ -208,7 +180,7 @@ impl Templates {
 
     /// The store the created services are kept in (for what other parts keep beside them).
     pub fn store(&self) -> Arc<Store> {
-        self.0.store.clone()
+        self.0.with.store.clone()
     }
 
     /// The template names, in config order.
@@ -224,7 +196,7 @@ impl Templates {
     /// Creates the services of the store's live records again (at start-up); each then
     /// reconciles like any other service.
     pub async fn restore(&self) -> anyhow::Result<Vec<ServiceHandle>> {
-        let store = self.0.store.clone();
+        let store = self.0.with.store.clone();
         let records = store.read(|s| s.live_created()).await?;
         let mut handles = Vec::new();
         for record in records {
@@ -234,7 +206,7 @@ impl Templates {
             };
             let template = template.clone();
             let name = record.name.clone();
-            if self.0.registry.get(&name).is_some() {
+            if self.0.with.registry.get(&name).is_some() {
                 warn!(service = %name, "A created service has the name of a configured service: it is not run.");
                 continue;
             }
@@ -270,7 +242,7 @@ impl Templates {
                             "service name `{name}` is not allowed: names use only a-z, 0-9 and '-' (at most 63)"
                         )));
                     }
-                    if live.contains_key(&name) || self.0.registry.get(&name).is_some() {
+                    if live.contains_key(&name) || self.0.with.registry.get(&name).is_some() {
                         return Err(TemplateError::Conflict(format!(
                             "a service named `{name}` exists already; choose another name"
                         )));
@@ -279,7 +251,7 @@ impl Templates {
                 }
                 None => (1..)
                     .map(|n| format!("{}-{n}", template.name))
-                    .find(|n| !live.contains_key(n) && self.0.registry.get(n).is_none())
+                    .find(|n| !live.contains_key(n) && self.0.with.registry.get(n).is_none())
                     .expect("a free name"),
             };
             let of_template = live.values().filter(|l| l.record.template == template.name);
@@ -344,7 +316,7 @@ impl Templates {
         };
         let name = record.name.clone();
         self.reserve(record.clone());
-        let stored = match self.0.store.save_created(&record).await {
+        let stored = match self.0.with.store.save_created(&record).await {
             Ok(id) => Created { id, ..record },
             Err(e) => {
                 self.live().remove(&name);
@@ -362,7 +334,7 @@ impl Templates {
                     end_reason: Some(format!("could not be created: {e}")),
                     ..stored
                 };
-                if let Err(e) = self.0.store.save_created(&ended).await {
+                if let Err(e) = self.0.with.store.save_created(&ended).await {
                     warn!(service = %name, error = %e, "Cannot record that this service was not created.");
                 }
                 return Err(e);
@@ -384,7 +356,7 @@ impl Templates {
     /// Reserves a record's name and ports before it is started.
     fn reserve(&self, record: Created) {
         let (deadline, _) = watch::channel(tokio::time::Instant::now());
-        let cancel = self.0.stop.child_token();
+        let cancel = self.0.with.stop.child_token();
         let listening = cancel.child_token();
         self.live().insert(
             record.name.clone(),
@@ -413,41 +385,20 @@ impl Templates {
             backend_port: record.backend_port,
         };
         let config = template.service(&values).map_err(TemplateError::Start)?;
-        let mut sockets = Vec::new();
-        for listen in &config.listeners {
-            let Listen::Tcp(tcp) = listen else { continue };
-            let bind = listen.bind();
-            let socket = TcpListener::bind(bind).await.map_err(|e| {
-                TemplateError::Start(format!(
-                    "cannot listen on {bind}: {e}; is another program using that port?"
-                ))
-            })?;
-            sockets.push((socket, tcp.clone()));
-        }
-        let mut listen: Vec<SocketAddr> = sockets
-            .iter()
-            .filter_map(|(s, _)| s.local_addr().ok())
-            .collect();
-        for l in &config.listeners {
-            let found = match l {
-                Listen::Tcp { .. } => continue,
-                Listen::Http(_) => self.0.shared.http(l.bind()).is_some(),
-                Listen::Minecraft(_) => self.0.shared.minecraft(l.bind()).is_some(),
-            };
-            if !found {
-                return Err(TemplateError::Start(format!(
-                    "no shared socket on {}; restart wakegate after changing the template",
-                    l.bind()
-                )));
-            }
-            listen.push(l.bind());
-        }
+        let inner = &self.0;
+        let sockets = launch::bind(
+            &config,
+            &inner.with.shared,
+            "restart wakegate after changing the template",
+        )
+        .await
+        .map_err(TemplateError::Start)?;
         let (cancel, listening, deadline) = {
             let mut live = self.live();
             let entry = live
                 .get_mut(&record.name)
                 .ok_or_else(|| TemplateError::Start("it was ended while it started".into()))?;
-            entry.listen = listen.clone();
+            entry.listen = sockets.listen.clone();
             entry.starting = false;
             entry.record = record.clone();
             entry.deadline.send_replace(to_instant(record.deadline));
@@ -457,59 +408,12 @@ impl Templates {
                 entry.deadline.subscribe(),
             )
         };
-        let inner = &self.0;
-        let handle = service::spawn(
-            &config,
-            backend::build(&config, &inner.data_dir, &inner.store),
-            inner.store.clone(),
-            &inner.tracker,
-            cancel.clone(),
-        );
-        health::spawn_for(&config, &handle, &inner.tracker, &cancel);
-        inner.registry.add(handle.clone());
-        // Its hostnames on the shared sockets (they leave when it ends).
-        for l in &config.listeners {
-            match l {
-                Listen::Tcp { .. } => {}
-                Listen::Http(h) => {
-                    if let Some(table) = inner.shared.http(h.bind) {
-                        info!(service = %handle.name(), bind = %h.bind, hostnames = ?h.hostnames, "Listening for HTTP.");
-                        table.add(listener::http::Route::new(handle.clone(), (**h).clone()));
-                    }
-                }
-                Listen::Minecraft(m) => {
-                    if let Some(table) = inner.shared.minecraft(m.bind) {
-                        info!(service = %handle.name(), bind = %m.bind, hostnames = ?m.hostnames, "Listening for Minecraft.");
-                        let route = listener::minecraft::Route {
-                            service: handle.clone(),
-                            config: m.clone(),
-                        };
-                        table.add(route.entry());
-                    }
-                }
-            }
-        }
-        for (socket, tcp) in sockets {
-            let (handle, connections, listening) =
-                (handle.clone(), inner.connections.clone(), listening.clone());
-            let bind = socket.local_addr().ok();
-            inner.tracker.spawn(async move {
-                tokio::select! {
-                    () = handle.reconciled() => {}
-                    () = listening.cancelled() => return,
-                }
-                info!(service = %handle.name(), bind = ?bind, "Listening.");
-                tokio::select! {
-                    () = listener::tcp::run(socket, handle, connections, tcp) => {}
-                    () = listening.cancelled() => {}
-                }
-            });
-        }
+        let handle = launch::launch(&inner.with, &config, sockets, &cancel, &listening);
         // The deadline, and its warnings.
         let (this, name, warnings) = (self.clone(), record.name.clone(), template.warnings.clone());
         let warned = handle.clone();
         let stop = cancel.clone();
-        inner.tracker.spawn(async move {
+        inner.with.tracker.spawn(async move {
             let reached = tokio::select! {
                 reached = lifetime::run(deadline, &warnings, |left| {
                     let reason = format!(
@@ -528,7 +432,7 @@ impl Templates {
         if template.end_when_idle {
             let (this, name, mut status) = (self.clone(), record.name.clone(), handle.watch());
             let stop = cancel.clone();
-            inner.tracker.spawn(async move {
+            inner.with.tracker.spawn(async move {
                 let asleep_after_use = async {
                     let _ = status.wait_for(|s| s.state == State::Awake).await;
                     status.wait_for(|s| s.state == State::Asleep).await.is_ok()
@@ -553,13 +457,13 @@ impl Templates {
     /// registry and its record is marked ended (kept for history).
     pub async fn end(&self, name: &str, why: &str, by: &str) -> Result<Created, TemplateError> {
         // A service that stops because wakegate does has not ended: the next start runs it.
-        if self.0.stop.is_cancelled() {
+        if self.0.with.stop.is_cancelled() {
             return Err(TemplateError::Conflict("wakegate is shutting down".into()));
         }
         let (record, cancel, listening) = {
             let mut live = self.live();
             let Some(entry) = live.get_mut(name) else {
-                return Err(if self.0.registry.get(name).is_some() {
+                return Err(if self.0.with.registry.get(name).is_some() {
                     TemplateError::Conflict(format!(
                         "service `{name}` is configured, not created from a template; only created services can be destroyed (remove it from the config instead)"
                     ))
@@ -579,29 +483,14 @@ impl Templates {
                 entry.listening.clone(),
             )
         };
-        listening.cancel();
-        for (_, table) in &self.0.shared.http {
-            table.remove(|r| r.service.name() == name);
-        }
-        for (_, table) in &self.0.shared.minecraft {
-            table.remove(|e| e.service().name() == name);
-        }
-        let handle = self.0.registry.get(name);
+        launch::unlisten(&self.0.with, name, &listening);
+        let handle = self.0.with.registry.get(name);
         if let Some(handle) = &handle {
             self.event(name, Kind::Action, format!("ending: {why} ({by})"));
             stop(handle, by).await;
-            handle.retire();
         }
-        cancel.cancel();
         // Its actor has the backend remove what it made beside the server (a DNS record).
-        if let Some(handle) = handle
-            && tokio::time::timeout(STOP_WAIT, handle.finished())
-                .await
-                .is_err()
-        {
-            warn!(service = %name, "The ended service's backend did not finish in time.");
-        }
-        self.0.registry.remove(name);
+        launch::finish(&self.0.with, name, handle, &cancel, STOP_WAIT).await;
         let ended = Created {
             ended: Some(crate::store::now()),
             end_reason: Some(why.to_string()),
@@ -619,6 +508,7 @@ impl Templates {
         );
         info!(service = %name, reason = %why, "Ended a created service.");
         self.0
+            .with
             .store
             .save_created(&ended)
             .await
@@ -636,7 +526,7 @@ impl Templates {
         let record = {
             let live = self.live();
             let Some(entry) = live.get(name) else {
-                return Err(if self.0.registry.get(name).is_some() {
+                return Err(if self.0.with.registry.get(name).is_some() {
                     TemplateError::Conflict(format!(
                         "service `{name}` is configured, not created from a template; it has no deadline"
                     ))
@@ -661,6 +551,7 @@ impl Templates {
             }
         };
         self.0
+            .with
             .store
             .save_created(&record)
             .await
@@ -691,22 +582,7 @@ impl Templates {
     }
 
     fn event_with(&self, name: &str, kind: Kind, reason: String, detail: serde_json::Value) {
-        let state = self
-            .0
-            .registry
-            .get(name)
-            .map_or(State::Asleep, |h| h.state());
-        self.0.store.record(
-            name,
-            NewEvent {
-                kind,
-                state,
-                reason,
-                detail,
-            },
-            crate::store::now(),
-            None,
-        );
+        launch::event(&self.0.with, name, kind, reason, detail);
     }
 }
 

@@ -1,0 +1,188 @@
+//! Starting a service while wakegate runs, and taking it away again: what the services
+//! created from a `[[template]]` and those discovered from container labels share. A service
+//! gets its actor, its health tasks, its own `tcp` sockets (served once it has reconciled) or
+//! its routes on the shared `http`/`minecraft` sockets, and a place in the [`Registry`] the
+//! API reads; taking it away closes its listeners first, so no new client reaches it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::event::{Kind, NewEvent, State};
+use crate::listener::config::Listen;
+use crate::listener::{Connections, SharedTables};
+use crate::service::config::Service;
+use crate::service::{Registry, ServiceHandle};
+use crate::store::Store;
+use crate::{backend, health, listener, service};
+
+/// What services started at run time are run with: the gateway's registry, store, trackers
+/// and sockets.
+#[derive(Clone)]
+pub struct Wiring {
+    pub registry: Registry,
+    pub store: Arc<Store>,
+    pub data_dir: PathBuf,
+    /// Their tasks' tracker, and the token that stops them with wakegate.
+    pub tracker: TaskTracker,
+    pub stop: CancellationToken,
+    pub connections: Connections,
+    /// The shared sockets they join by hostname.
+    pub shared: SharedTables,
+}
+
+/// A service's own `tcp` sockets, bound before anything of it starts (a port in use fails
+/// it then), and every address it listens on.
+#[derive(Debug)]
+pub struct Sockets {
+    tcp: Vec<(TcpListener, crate::listener::tcp::config::Tcp)>,
+    pub listen: Vec<SocketAddr>,
+}
+
+/// Binds the service's `tcp` listeners and checks that the shared sockets of its `http` and
+/// `minecraft` listeners exist (`missing` says how to get one).
+pub async fn bind(
+    config: &Service,
+    shared: &SharedTables,
+    missing: &str,
+) -> Result<Sockets, String> {
+    let mut tcp = Vec::new();
+    for listen in &config.listeners {
+        let Listen::Tcp(config) = listen else {
+            continue;
+        };
+        let bind = listen.bind();
+        let socket = TcpListener::bind(bind).await.map_err(|e| {
+            format!("cannot listen on {bind}: {e}; is another program using that port?")
+        })?;
+        tcp.push((socket, config.clone()));
+    }
+    let mut listen: Vec<SocketAddr> = tcp
+        .iter()
+        .filter_map(|(s, _)| s.local_addr().ok())
+        .collect();
+    for l in &config.listeners {
+        let found = match l {
+            Listen::Tcp { .. } => continue,
+            Listen::Http(_) => shared.http(l.bind()).is_some(),
+            Listen::Minecraft(_) => shared.minecraft(l.bind()).is_some(),
+        };
+        if !found {
+            return Err(format!("no shared socket on {}; {missing}", l.bind()));
+        }
+        listen.push(l.bind());
+    }
+    Ok(Sockets { tcp, listen })
+}
+
+/// Starts the actor, its health tasks, its routes on the shared sockets and (once it has
+/// reconciled) its own sockets' accept loops, and adds it to the registry. `cancel` ends all
+/// of it; `listening`, a child of it, the listeners only.
+pub fn launch(
+    with: &Wiring,
+    config: &Service,
+    sockets: Sockets,
+    cancel: &CancellationToken,
+    listening: &CancellationToken,
+) -> ServiceHandle {
+    let handle = service::spawn(
+        config,
+        backend::build(config, &with.data_dir, &with.store),
+        with.store.clone(),
+        &with.tracker,
+        cancel.clone(),
+    );
+    health::spawn_for(config, &handle, &with.tracker, cancel);
+    with.registry.add(handle.clone());
+    // Its hostnames on the shared sockets (they leave when it is taken away).
+    for l in &config.listeners {
+        match l {
+            Listen::Tcp { .. } => {}
+            Listen::Http(h) => {
+                if let Some(table) = with.shared.http(h.bind) {
+                    info!(service = %handle.name(), bind = %h.bind, hostnames = ?h.hostnames, "Listening for HTTP.");
+                    table.add(listener::http::Route::new(handle.clone(), (**h).clone()));
+                }
+            }
+            Listen::Minecraft(m) => {
+                if let Some(table) = with.shared.minecraft(m.bind) {
+                    info!(service = %handle.name(), bind = %m.bind, hostnames = ?m.hostnames, "Listening for Minecraft.");
+                    let route = listener::minecraft::Route {
+                        service: handle.clone(),
+                        config: m.clone(),
+                    };
+                    table.add(route.entry());
+                }
+            }
+        }
+    }
+    for (socket, cap) in sockets.tcp {
+        let (handle, connections, listening) =
+            (handle.clone(), with.connections.clone(), listening.clone());
+        let bind = socket.local_addr().ok();
+        with.tracker.spawn(async move {
+            tokio::select! {
+                () = handle.reconciled() => {}
+                () = listening.cancelled() => return,
+            }
+            info!(service = %handle.name(), bind = ?bind, "Listening.");
+            tokio::select! {
+                () = listener::tcp::run(socket, handle, connections, cap) => {}
+                () = listening.cancelled() => {}
+            }
+        });
+    }
+    handle
+}
+
+/// Closes a service's own sockets and takes its routes off the shared ones: no new client
+/// reaches it (those connected go on).
+pub fn unlisten(with: &Wiring, name: &str, listening: &CancellationToken) {
+    listening.cancel();
+    for (_, table) in &with.shared.http {
+        table.remove(|r| r.service.name() == name);
+    }
+    for (_, table) in &with.shared.minecraft {
+        table.remove(|e| e.service().name() == name);
+    }
+}
+
+/// Ends what is left of a service: its tasks are cancelled, its actor has its backend remove
+/// what it made for it (waited for, up to `wait`), and it leaves the registry.
+pub async fn finish(
+    with: &Wiring,
+    name: &str,
+    handle: Option<ServiceHandle>,
+    cancel: &CancellationToken,
+    wait: Duration,
+) {
+    if let Some(handle) = &handle {
+        handle.retire();
+    }
+    cancel.cancel();
+    if let Some(handle) = handle
+        && tokio::time::timeout(wait, handle.finished()).await.is_err()
+    {
+        warn!(service = %name, "The service's backend did not finish in time.");
+    }
+    with.registry.remove(name);
+}
+
+/// Records an event of a service started at run time, in the state it is in (`asleep` when it
+/// does not run, or not yet).
+pub fn event(with: &Wiring, name: &str, kind: Kind, reason: String, detail: serde_json::Value) {
+    let state = with.registry.get(name).map_or(State::Asleep, |h| h.state());
+    let event = NewEvent {
+        kind,
+        state,
+        reason,
+        detail,
+    };
+    with.store.record(name, event, crate::store::now(), None);
+}
