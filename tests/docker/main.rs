@@ -81,7 +81,7 @@ fn paused_when_idle_resumed_by_a_client_and_found_paused_after_a_kill() {
 
     // A cold start first, then a pause when idle.
     assert_eq!(get(listen), PAGE);
-    gateway.wait_for("backend stopped after");
+    gateway.wait_for("backend paused after");
     assert_eq!(podman.state(&name).as_deref(), Some("paused"));
 
     // The next client resumes it, in the time an unpause takes.
@@ -97,11 +97,11 @@ fn paused_when_idle_resumed_by_a_client_and_found_paused_after_a_kill() {
     assert_eq!(podman.state(&name).as_deref(), Some("running"));
 
     // Paused again, then wakegate dies: the next one finds it paused (asleep) and resumes it.
-    gateway.wait_for("backend stopped after");
+    gateway.wait_for("backend paused after");
     assert_eq!(podman.state(&name).as_deref(), Some("paused"));
     gateway.kill();
     let mut gateway = Wakegate::start(&file);
-    gateway.wait_for("found the backend stopped");
+    gateway.wait_for("found the backend paused");
     assert_eq!(podman.state(&name).as_deref(), Some("paused"));
     assert_eq!(get(listen), PAGE);
     gateway.wait_for(&format!("container {name} unpaused"));
