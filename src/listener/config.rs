@@ -1,5 +1,5 @@
 //! `[[service.listen]]`: where clients arrive, read into [`Listen`]. Each protocol reads its
-//! own keys (`tcp::config`, `http::config`, `minecraft::config`).
+//! own keys (`tcp::config`, `http::config`, `minecraft::config`, `udp::config`).
 
 use std::net::SocketAddr;
 
@@ -10,6 +10,7 @@ use super::access::split_access_keys;
 use super::http::config::{Http, HttpListenConfig, read_http};
 use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
 use super::tcp::config::{Tcp, TcpListenConfig, read_tcp};
+use super::udp::config::{Udp, UdpListenConfig, read_udp};
 use crate::config::de::{read, split_type};
 use crate::config::diag::Problems;
 
@@ -21,6 +22,7 @@ pub enum Listen {
     Tcp(Tcp),
     Minecraft(Minecraft),
     Http(Box<Http>),
+    Udp(Udp),
 }
 
 impl Listen {
@@ -30,6 +32,7 @@ impl Listen {
             Listen::Tcp(t) => t.bind,
             Listen::Minecraft(m) => m.bind,
             Listen::Http(h) => h.bind,
+            Listen::Udp(u) => u.bind,
         }
     }
 
@@ -39,7 +42,13 @@ impl Listen {
             Listen::Tcp(t) => t.max_connections_per_address,
             Listen::Minecraft(m) => m.max_connections_per_address,
             Listen::Http(h) => h.max_connections_per_address,
+            Listen::Udp(_) => 0,
         }
+    }
+
+    /// Whether it binds a UDP socket: UDP ports are apart from TCP ones.
+    pub fn is_udp(&self) -> bool {
+        matches!(self, Listen::Udp(_))
     }
 }
 
@@ -57,7 +66,7 @@ pub(crate) fn read_listeners(
         );
         return None;
     };
-    let kinds = "tcp, http, minecraft";
+    let kinds = "tcp, http, minecraft, udp";
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
@@ -76,6 +85,9 @@ pub(crate) fn read_listeners(
                 "http" => read::<HttpListenConfig>(rest, problems)
                     .and_then(|c| read_http(c, &keys, problems))
                     .map(|h| Listen::Http(Box::new(h))),
+                "udp" => read::<UdpListenConfig>(rest, problems)
+                    .and_then(|c| read_udp(c, &keys, problems))
+                    .map(Listen::Udp),
                 other => {
                     problems.add(
                         Some(rest.span()),

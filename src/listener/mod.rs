@@ -17,6 +17,7 @@ pub mod proxy_protocol;
 pub mod refusal;
 pub mod route;
 pub mod tcp;
+pub mod udp;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! Probes: how wakegate knows a backend is ready or healthy. A TCP connect, an HTTP or HTTPS
-//! request (`tls`), a Minecraft status ping, or (for readiness of a `process` backend) a line
+//! request (`tls`), a Minecraft status ping, a UDP datagram answered, or (for readiness of a `process` backend) a line
 //! in its log.
 //! Readiness retries with a short backoff capped at 50 ms, so a ready backend is noticed fast.
 
@@ -45,6 +45,8 @@ pub enum Probe {
     Minecraft,
     /// A line matching the pattern appears in the backend's log after the start.
     LogLine(Regex),
+    /// A UDP datagram with `payload` gets any reply (from the backend's `port`, when given).
+    Udp { payload: Vec<u8>, port: Option<u16> },
 }
 
 /// A probe and how long one attempt may take.
@@ -144,6 +146,13 @@ pub async fn run(
                 minecraft_status(address, &proxy_header::v2_local()).await
             }
             Probe::Minecraft => minecraft_status(address, &[]).await,
+            Probe::Udp { payload, port } => {
+                let mut to = address;
+                if let Some(port) = port {
+                    to.set_port(*port);
+                }
+                udp(to, payload).await
+            }
             Probe::LogLine(pattern) => match log {
                 Some(log) => log_line(pattern, log).await,
                 None => Err("this backend has no log to read".into()),
@@ -277,6 +286,28 @@ async fn minecraft_status(address: SocketAddr, header: &[u8]) -> Result<Answer, 
         players: players.online,
         sample: players.sample,
     })
+}
+
+/// Sends `payload` to `address` and waits for any datagram back; sent again every second, for
+/// a backend that drops what arrives before it is ready.
+async fn udp(address: SocketAddr, payload: &[u8]) -> Result<Answer, String> {
+    let socket = crate::listener::udp::session::connect(address)
+        .await
+        .map_err(|e| format!("cannot open a UDP socket to {address}: {e}"))?;
+    let mut buf = [0u8; 1];
+    loop {
+        socket
+            .send(payload)
+            .await
+            .map_err(|e| format!("cannot send to udp {address}: {e}"))?;
+        match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await {
+            // A reply longer than the buffer is cut short, and still a reply.
+            Ok(Ok(_)) => return Ok(Answer::default()),
+            // The port is closed (an ICMP error came back): not ready.
+            Ok(Err(e)) => return Err(format!("udp {address} does not answer: {e}")),
+            Err(_) => continue,
+        }
+    }
 }
 
 /// Looks for a matching line in what the log gained since the start.

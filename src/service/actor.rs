@@ -445,6 +445,7 @@ impl Actor {
                 format!("waiting for {address} to answer a Minecraft status ping")
             }
             probe::Probe::LogLine(p) => format!("waiting for a log line matching `{p}`"),
+            probe::Probe::Udp { .. } => format!("waiting for udp {address} to answer"),
         };
         self.core.progress(
             waiting_for,

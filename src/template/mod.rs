@@ -430,7 +430,8 @@ impl Templates {
             .collect();
         for l in &config.listeners {
             let found = match l {
-                Listen::Tcp { .. } => continue,
+                // Refused in templates by config check.
+                Listen::Tcp { .. } | Listen::Udp(_) => continue,
                 Listen::Http(_) => self.0.shared.http(l.bind()).is_some(),
                 Listen::Minecraft(_) => self.0.shared.minecraft(l.bind()).is_some(),
             };
@@ -470,7 +471,7 @@ impl Templates {
         // Its hostnames on the shared sockets (they leave when it ends).
         for l in &config.listeners {
             match l {
-                Listen::Tcp { .. } => {}
+                Listen::Tcp { .. } | Listen::Udp(_) => {}
                 Listen::Http(h) => {
                     if let Some(table) = inner.shared.http(h.bind) {
                         info!(service = %handle.name(), bind = %h.bind, hostnames = ?h.hostnames, "Listening for HTTP.");
