@@ -41,12 +41,14 @@ enum Bound {
 /// What a bound UDP socket serves.
 enum Datagrams {
     Udp(crate::listener::udp::config::Udp),
+    Bedrock(crate::listener::bedrock::config::Bedrock),
 }
 
 impl Datagrams {
     fn of(listen: &Listen) -> Option<Datagrams> {
         match listen {
             Listen::Udp(u) => Some(Datagrams::Udp(u.clone())),
+            Listen::Bedrock(b) => Some(Datagrams::Bedrock(b.clone())),
             _ => None,
         }
     }
@@ -141,7 +143,7 @@ impl App {
                     Listen::Http(h) => {
                         Bound::Http(bind, vec![(service.name.clone(), (**h).clone())])
                     }
-                    Listen::Udp(_) => unreachable!("bound above"),
+                    Listen::Udp(_) | Listen::Bedrock(_) => unreachable!("bound above"),
                 };
                 bound.push((what, socket));
             }
@@ -281,6 +283,9 @@ impl App {
             let addr = socket.local_addr()?;
             match what {
                 Datagrams::Udp(_) => info!(service = %name, bind = %addr, "Listening for UDP."),
+                Datagrams::Bedrock(_) => {
+                    info!(service = %name, bind = %addr, "Listening for Minecraft Bedrock.")
+                }
             }
             listeners.push((name.clone(), addr));
         }
@@ -335,6 +340,14 @@ impl App {
                         handle(&name),
                         connections.clone(),
                         udp,
+                    ));
+                }
+                Datagrams::Bedrock(bedrock) => {
+                    accepting.spawn(listener::bedrock::run(
+                        socket,
+                        handle(&name),
+                        connections.clone(),
+                        bedrock,
                     ));
                 }
             }

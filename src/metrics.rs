@@ -432,8 +432,8 @@ pub enum Refusal {
     MaxSessions,
     /// A datagram past the bound of its session's queue while the backend woke: dropped.
     QueueFull,
-    /// A datagram that may not wake the service (`wake_on` of a `udp` listener, anything but a
-    /// join on a `bedrock` one) while it was not awake: dropped.
+    /// A datagram that may not start a session (not `wake_on` of a `udp` listener while the
+    /// service was not awake; anything but a join on a `bedrock` one): dropped.
     NoWake,
 }
 

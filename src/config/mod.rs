@@ -373,7 +373,7 @@ fn check_binds(config: &Config, problems: &mut Problems<'_>) {
             let (hostnames, default) = match listen {
                 Listen::Minecraft(m) => (&m.hostnames, m.default),
                 Listen::Http(h) => (&h.hostnames, h.default),
-                Listen::Tcp { .. } | Listen::Udp(_) => continue,
+                Listen::Tcp { .. } | Listen::Udp(_) | Listen::Bedrock(_) => continue,
             };
             if default || hostnames.is_empty() {
                 defaults.push(*name);

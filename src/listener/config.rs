@@ -7,6 +7,7 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::access::split_access_keys;
+use super::bedrock::config::{Bedrock, BedrockListenConfig, read_bedrock};
 use super::http::config::{Http, HttpListenConfig, read_http};
 use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
 use super::tcp::config::{Tcp, TcpListenConfig, read_tcp};
@@ -23,6 +24,7 @@ pub enum Listen {
     Minecraft(Minecraft),
     Http(Box<Http>),
     Udp(Udp),
+    Bedrock(Bedrock),
 }
 
 impl Listen {
@@ -33,6 +35,7 @@ impl Listen {
             Listen::Minecraft(m) => m.bind,
             Listen::Http(h) => h.bind,
             Listen::Udp(u) => u.bind,
+            Listen::Bedrock(b) => b.bind,
         }
     }
 
@@ -42,13 +45,13 @@ impl Listen {
             Listen::Tcp(t) => t.max_connections_per_address,
             Listen::Minecraft(m) => m.max_connections_per_address,
             Listen::Http(h) => h.max_connections_per_address,
-            Listen::Udp(_) => 0,
+            Listen::Udp(_) | Listen::Bedrock(_) => 0,
         }
     }
 
     /// Whether it binds a UDP socket: UDP ports are apart from TCP ones.
     pub fn is_udp(&self) -> bool {
-        matches!(self, Listen::Udp(_))
+        matches!(self, Listen::Udp(_) | Listen::Bedrock(_))
     }
 }
 
@@ -66,7 +69,7 @@ pub(crate) fn read_listeners(
         );
         return None;
     };
-    let kinds = "tcp, http, minecraft, udp";
+    let kinds = "tcp, http, minecraft, udp, bedrock";
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
@@ -88,6 +91,9 @@ pub(crate) fn read_listeners(
                 "udp" => read::<UdpListenConfig>(rest, problems)
                     .and_then(|c| read_udp(c, &keys, problems))
                     .map(Listen::Udp),
+                "bedrock" => read::<BedrockListenConfig>(rest, problems)
+                    .and_then(|c| read_bedrock(c, &keys, problems))
+                    .map(Listen::Bedrock),
                 other => {
                     problems.add(
                         Some(rest.span()),

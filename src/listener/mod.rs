@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod bedrock;
 pub mod client;
 pub mod config;
 pub mod copy;

@@ -128,7 +128,7 @@ fn describe(reason: Refusal) -> &'static str {
             "Dropped datagrams past the queue of their session while the service woke"
         }
         Refusal::NoWake => {
-            "Dropped datagrams that may not wake the service while it slept (wake_on, or no join)"
+            "Dropped datagrams that may not start a session (wake_on while the service slept; on bedrock, anything but a join)"
         }
         Refusal::ProxyHeader => {
             "Refused connections with a PROXY header from an address not in trusted_proxies, or a trusted proxy's without a valid one"

@@ -60,15 +60,33 @@ pub(crate) fn read_probe(
         );
         None
     };
-    if kind != "udp" {
-        if let Some(payload) = &c.payload {
-            return only("payload", problems, payload.span());
-        }
-        if let Some(port) = &c.port {
-            return only("port", problems, port.span());
-        }
+    if kind != "udp"
+        && let Some(payload) = &c.payload
+    {
+        return only("payload", problems, payload.span());
+    }
+    if kind != "udp"
+        && kind != "bedrock"
+        && let Some(port) = &c.port
+    {
+        return only("port", problems, port.span());
     }
     let probe = match kind {
+        "bedrock" => {
+            for (key, span) in [
+                ("url", c.url.as_ref().map(|u| u.span())),
+                ("pattern", c.pattern.as_ref().map(|p| p.span())),
+                ("ca_file", c.ca_file.as_ref().map(|c| c.span())),
+                ("insecure", c.insecure.as_ref().map(|i| i.span())),
+            ] {
+                if let Some(span) = span {
+                    return only(key, problems, span);
+                }
+            }
+            Probe::Bedrock {
+                port: c.port.map(Spanned::into_inner),
+            }
+        }
         "udp" => {
             for (key, span) in [
                 ("url", c.url.as_ref().map(|u| u.span())),
@@ -223,9 +241,9 @@ pub(crate) fn read_probe(
         }
         other => {
             let kinds = if readiness {
-                "tcp, http, minecraft, udp, log"
+                "tcp, http, minecraft, bedrock, udp, log"
             } else {
-                "tcp, http, minecraft, udp"
+                "tcp, http, minecraft, bedrock, udp"
             };
             problems.add(
                 Some(span),

@@ -1,5 +1,5 @@
 //! Probes: how wakegate knows a backend is ready or healthy. A TCP connect, an HTTP or HTTPS
-//! request (`tls`), a Minecraft status ping, a UDP datagram answered, or (for readiness of a `process` backend) a line
+//! request (`tls`), a Minecraft (Java or Bedrock) status ping, a UDP datagram answered, or (for readiness of a `process` backend) a line
 //! in its log.
 //! Readiness retries with a short backoff capped at 50 ms, so a ready backend is noticed fast.
 
@@ -47,6 +47,8 @@ pub enum Probe {
     LogLine(Regex),
     /// A UDP datagram with `payload` gets any reply (from the backend's `port`, when given).
     Udp { payload: Vec<u8>, port: Option<u16> },
+    /// A Minecraft Bedrock unconnected ping is answered (on the backend's `port`, when given).
+    Bedrock { port: Option<u16> },
 }
 
 /// A probe and how long one attempt may take.
@@ -152,6 +154,13 @@ pub async fn run(
                     to.set_port(*port);
                 }
                 udp(to, payload).await
+            }
+            Probe::Bedrock { port } => {
+                let mut to = address;
+                if let Some(port) = port {
+                    to.set_port(*port);
+                }
+                bedrock_status(to).await
             }
             Probe::LogLine(pattern) => match log {
                 Some(log) => log_line(pattern, log).await,
@@ -308,6 +317,17 @@ async fn udp(address: SocketAddr, payload: &[u8]) -> Result<Answer, String> {
             Err(_) => continue,
         }
     }
+}
+
+/// A Bedrock unconnected ping, and the players its pong counts.
+async fn bedrock_status(address: SocketAddr) -> Result<Answer, String> {
+    let pong = crate::bedrock::ping::status(address, Duration::from_millis(500))
+        .await
+        .map_err(|e| format!("Bedrock ping of udp {address} failed: {e}"))?;
+    Ok(Answer {
+        players: Some(pong.advert.online),
+        sample: None,
+    })
 }
 
 /// Looks for a matching line in what the log gained since the start.

@@ -446,6 +446,9 @@ impl Actor {
             }
             probe::Probe::LogLine(p) => format!("waiting for a log line matching `{p}`"),
             probe::Probe::Udp { .. } => format!("waiting for udp {address} to answer"),
+            probe::Probe::Bedrock { .. } => {
+                format!("waiting for {address} to answer a Bedrock ping")
+            }
         };
         self.core.progress(
             waiting_for,

@@ -328,10 +328,10 @@ fn read_template(
             for listen in &service.listeners {
                 let (hostnames, tls) = match listen {
                     Listen::Tcp { .. } => continue,
-                    Listen::Udp(_) => {
+                    Listen::Udp(_) | Listen::Bedrock(_) => {
                         problems.add(
                             Some(service_span.clone()),
-                            format!("template `{name}` has a udp listener"),
+                            format!("template `{name}` has a udp or bedrock listener"),
                             "services created from templates take tcp, http and minecraft listeners only; configure a UDP service as a [[service]]",
                         );
                         ok = false;

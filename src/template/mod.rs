@@ -431,7 +431,7 @@ impl Templates {
         for l in &config.listeners {
             let found = match l {
                 // Refused in templates by config check.
-                Listen::Tcp { .. } | Listen::Udp(_) => continue,
+                Listen::Tcp { .. } | Listen::Udp(_) | Listen::Bedrock(_) => continue,
                 Listen::Http(_) => self.0.shared.http(l.bind()).is_some(),
                 Listen::Minecraft(_) => self.0.shared.minecraft(l.bind()).is_some(),
             };
@@ -471,7 +471,7 @@ impl Templates {
         // Its hostnames on the shared sockets (they leave when it ends).
         for l in &config.listeners {
             match l {
-                Listen::Tcp { .. } | Listen::Udp(_) => {}
+                Listen::Tcp { .. } | Listen::Udp(_) | Listen::Bedrock(_) => {}
                 Listen::Http(h) => {
                     if let Some(table) = inner.shared.http(h.bind) {
                         info!(service = %handle.name(), bind = %h.bind, hostnames = ?h.hostnames, "Listening for HTTP.");

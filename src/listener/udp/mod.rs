@@ -19,6 +19,7 @@ use self::session::{Limits, MAX_DATAGRAM, Sessions};
 use super::access::AddressCheck;
 use super::client::Front;
 use super::{Connections, Listening};
+use crate::event::State;
 use crate::service::ServiceHandle;
 
 /// Receives datagrams until `connections.stop_accepting` fires; the sessions live on until
@@ -50,11 +51,13 @@ pub async fn run(socket: UdpSocket, service: ServiceHandle, connections: Connect
         match received {
             Ok((n, peer)) => {
                 let data = Bytes::copy_from_slice(&buf[..n]);
-                let may_wake = config
-                    .wake_on
-                    .as_ref()
-                    .is_none_or(|prefix| data.starts_with(prefix));
-                sessions.deliver(peer, data, may_wake);
+                let may_start = match &config.wake_on {
+                    None => true,
+                    Some(prefix) => {
+                        data.starts_with(prefix) || sessions.service().state() == State::Awake
+                    }
+                };
+                sessions.deliver(peer, data, may_start);
             }
             // An ICMP error from an earlier reply (the client's port closed), and the like.
             Err(e) => debug!(error = %e, "Cannot receive a datagram."),

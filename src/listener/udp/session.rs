@@ -96,9 +96,9 @@ impl Sessions {
         self.check.denied(ip)
     }
 
-    /// Hands a datagram from `peer` to its session, starting one if there is none. While the
-    /// service is not awake only a datagram that `may_wake` starts a session (and a wake).
-    pub fn deliver(self: &Arc<Self>, peer: SocketAddr, data: Bytes, may_wake: bool) {
+    /// Hands a datagram from `peer` to its session, starting one if there is none and the
+    /// datagram `may_start` one (and so a wake, while the service is not awake).
+    pub fn deliver(self: &Arc<Self>, peer: SocketAddr, data: Bytes, may_start: bool) {
         let refusals = &self.listening.refusals;
         let mut live = self.live.lock().unwrap();
         let data = match live.get(&peer) {
@@ -119,8 +119,8 @@ impl Sessions {
             let why = format_args!("{peer} for {}: {denied}", self.service.name());
             return refusals.refuse(Refusal::Denied, why);
         }
-        if !may_wake && self.service.state() != State::Awake {
-            let why = format_args!("{peer} while {} was not awake", self.service.name());
+        if !may_start {
+            let why = format_args!("{peer} for {}", self.service.name());
             return refusals.refuse(Refusal::NoWake, why);
         }
         if live.len() >= self.limits.max_sessions as usize {
