@@ -109,7 +109,12 @@ pub struct Pong {
 impl Pong {
     pub fn encode(&self) -> Vec<u8> {
         let text = self.advert.to_string();
-        let text = &text.as_bytes()[..text.len().min(MAX_ADVERT)];
+        // Cut at a character, so that what is sent stays UTF-8.
+        let end = (0..=text.len().min(MAX_ADVERT))
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        let text = &text.as_bytes()[..end];
         let mut out = Vec::with_capacity(35 + text.len());
         out.push(UNCONNECTED_PONG);
         out.extend_from_slice(&self.time.to_be_bytes());

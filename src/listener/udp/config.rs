@@ -78,7 +78,7 @@ pub fn parse_bytes(text: &str) -> Result<Vec<u8>, String> {
         ));
     };
     let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("`{text}` has an odd number of hex digits"));
     }
     digits
