@@ -38,6 +38,22 @@ enum Bound {
     ),
 }
 
+/// What a bound UDP socket serves.
+enum Datagrams {
+    Udp(crate::listener::udp::config::Udp),
+    Bedrock(crate::listener::bedrock::config::Bedrock),
+}
+
+impl Datagrams {
+    fn of(listen: &Listen) -> Option<Datagrams> {
+        match listen {
+            Listen::Udp(u) => Some(Datagrams::Udp(u.clone())),
+            Listen::Bedrock(b) => Some(Datagrams::Bedrock(b.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// A bound socket ready to serve once the services have reconciled.
 enum Ready {
     Tcp(String, crate::listener::tcp::config::Tcp),
@@ -74,9 +90,20 @@ impl App {
     pub async fn start(config: Config) -> anyhow::Result<App> {
         let store = Arc::new(Store::open(&config.gateway.data_dir)?);
         let mut bound: Vec<(Bound, TcpListener)> = Vec::new();
+        let mut datagrams: Vec<(String, Datagrams, tokio::net::UdpSocket)> = Vec::new();
         for service in &config.services {
             for listen in &service.listeners {
                 let bind = listen.bind();
+                if let Some(what) = Datagrams::of(listen) {
+                    let socket = tokio::net::UdpSocket::bind(bind).await.with_context(|| {
+                        format!(
+                            "cannot listen on udp {bind} for service `{}`; is another program using that port?",
+                            service.name
+                        )
+                    })?;
+                    datagrams.push((service.name.clone(), what, socket));
+                    continue;
+                }
                 // Minecraft entries of several services with the same bind share one socket
                 // (config checked that they can); port 0 always means a socket of its own.
                 if let Listen::Minecraft(m) = listen {
@@ -116,6 +143,7 @@ impl App {
                     Listen::Http(h) => {
                         Bound::Http(bind, vec![(service.name.clone(), (**h).clone())])
                     }
+                    Listen::Udp(_) | Listen::Bedrock(_) => unreachable!("bound above"),
                 };
                 bound.push((what, socket));
             }
@@ -263,6 +291,16 @@ impl App {
             };
             ready.push((what, socket));
         }
+        for (name, what, socket) in &datagrams {
+            let addr = socket.local_addr()?;
+            match what {
+                Datagrams::Udp(_) => info!(service = %name, bind = %addr, "Listening for UDP."),
+                Datagrams::Bedrock(_) => {
+                    info!(service = %name, bind = %addr, "Listening for Minecraft Bedrock.")
+                }
+            }
+            listeners.push((name.clone(), addr));
+        }
         // The services created from templates before a restart are created again, and
         // reconcile like the others.
         let wiring = crate::launch::Wiring {
@@ -305,6 +343,26 @@ impl App {
                 }
                 Ready::Http(table, tls) => {
                     accepting.spawn(listener::http::run(socket, table, tls, connections.clone()));
+                }
+            }
+        }
+        for (name, what, socket) in datagrams {
+            match what {
+                Datagrams::Udp(udp) => {
+                    accepting.spawn(listener::udp::run(
+                        socket,
+                        handle(&name),
+                        connections.clone(),
+                        udp,
+                    ));
+                }
+                Datagrams::Bedrock(bedrock) => {
+                    accepting.spawn(listener::bedrock::run(
+                        socket,
+                        handle(&name),
+                        connections.clone(),
+                        bedrock,
+                    ));
                 }
             }
         }

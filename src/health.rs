@@ -18,7 +18,7 @@ use crate::service::ServiceHandle;
 use crate::service::config::{self, Health};
 
 /// Starts everything that watches an awake service on `tracker`: its health checks, and the
-/// player poll of a service behind a `minecraft` listener.
+/// player poll of a service behind a `minecraft` or `bedrock` listener.
 pub fn spawn_for(
     config: &config::Service,
     service: &ServiceHandle,
@@ -26,8 +26,15 @@ pub fn spawn_for(
     cancel: &CancellationToken,
 ) {
     spawn(&config.health, service, tracker, cancel);
-    if let Some(every) = config.player_poll() {
-        spawn_player_poll(every, config.proxy_protocol(), service, tracker, cancel);
+    if let Some((every, probe)) = config.player_poll() {
+        spawn_player_poll(
+            every,
+            probe,
+            config.proxy_protocol(),
+            service,
+            tracker,
+            cancel,
+        );
     }
 }
 
@@ -44,17 +51,19 @@ pub fn spawn(
 }
 
 /// Asks the backend of an awake Minecraft service how many players are on, every `every`
-/// (first right after the wake), and tells the actor: players count as activity. With
-/// `proxy`, each ping starts with a PROXY v2 LOCAL header, for a server that requires one.
+/// (first right after the wake), and tells the actor: players count as activity. `probe` is
+/// a Java status ping or a Bedrock unconnected ping. With `proxy`, each Java ping starts with
+/// a PROXY v2 LOCAL header, for a server that requires one.
 pub fn spawn_player_poll(
     every: Duration,
+    probe: probe::Probe,
     proxy: bool,
     service: &ServiceHandle,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) {
     let check = crate::probe::Check {
-        probe: crate::probe::Probe::Minecraft,
+        probe,
         timeout: Duration::from_secs(5),
         proxy_header: proxy,
     };

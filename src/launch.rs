@@ -70,6 +70,12 @@ pub async fn bind(
     for l in &config.listeners {
         let found = match l {
             Listen::Tcp { .. } => continue,
+            Listen::Udp(_) | Listen::Bedrock(_) => {
+                return Err(format!(
+                    "the udp or bedrock listener on {} cannot be added at run time (templates, container labels): configure the service in the file",
+                    l.bind()
+                ));
+            }
             Listen::Http(_) => shared.http(l.bind()).is_some(),
             Listen::Minecraft(_) => shared.minecraft(l.bind()).is_some(),
         };
@@ -103,7 +109,7 @@ pub fn launch(
     // Its hostnames on the shared sockets (they leave when it is taken away).
     for l in &config.listeners {
         match l {
-            Listen::Tcp { .. } => {}
+            Listen::Tcp { .. } | Listen::Udp(_) | Listen::Bedrock(_) => {}
             Listen::Http(h) => {
                 if let Some(table) = with.shared.http(h.bind) {
                     info!(service = %handle.name(), bind = %h.bind, hostnames = ?h.hostnames, "Listening for HTTP.");

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod bedrock;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -461,10 +461,17 @@ pub enum Refusal {
     /// A PROXY protocol header from an address not in `trusted_proxies`, or a trusted proxy's
     /// connection without a valid one.
     ProxyHeader,
+    /// A new client of a `udp` or `bedrock` listener that already had `max_sessions` live.
+    MaxSessions,
+    /// A datagram past the bound of its session's queue while the backend woke: dropped.
+    QueueFull,
+    /// A datagram that may not start a session (not `wake_on` of a `udp` listener while the
+    /// service was not awake; anything but a join on a `bedrock` one): dropped.
+    NoWake,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::PerAddressCap,
         Refusal::HeadTimeout,
         Refusal::Malformed,
@@ -475,6 +482,9 @@ impl Refusal {
         Refusal::Unavailable,
         Refusal::NoData,
         Refusal::ProxyHeader,
+        Refusal::MaxSessions,
+        Refusal::QueueFull,
+        Refusal::NoWake,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -489,6 +499,9 @@ impl Refusal {
             Refusal::Unavailable => "unavailable",
             Refusal::NoData => "no_data",
             Refusal::ProxyHeader => "proxy_header",
+            Refusal::MaxSessions => "max_sessions",
+            Refusal::QueueFull => "queue_full",
+            Refusal::NoWake => "no_wake",
         }
     }
 }

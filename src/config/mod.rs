@@ -304,11 +304,12 @@ fn read_gateway(
     })
 }
 
-/// Two listeners of any services cannot share a plain TCP socket. `minecraft` listeners may
+/// Two listeners of any services cannot share a plain TCP socket, nor a UDP one. `minecraft` listeners may
 /// share one, and so may `http` listeners (each type only with its own, and TLS for all or
 /// none), as long as every hostname names one service and at most one takes the rest.
 fn check_binds(config: &Config, problems: &mut Problems<'_>) {
-    let mut groups: BTreeMap<SocketAddr, Vec<(&str, &Listen)>> = BTreeMap::new();
+    // UDP ports are apart from TCP ones: a udp and a tcp listener may share a number.
+    let mut groups: BTreeMap<(bool, SocketAddr), Vec<(&str, &Listen)>> = BTreeMap::new();
     for service in &config.services {
         for listen in &service.listeners {
             // Port 0 asks the system for a free port: those never collide.
@@ -316,13 +317,22 @@ fn check_binds(config: &Config, problems: &mut Problems<'_>) {
                 continue;
             }
             groups
-                .entry(listen.bind())
+                .entry((listen.is_udp(), listen.bind()))
                 .or_default()
                 .push((&service.name, listen));
         }
     }
-    for (bind, group) in groups {
+    for ((udp, bind), group) in groups {
         if group.len() < 2 {
+            continue;
+        }
+        if udp {
+            let (a, b) = (group[0].0, group[1].0);
+            problems.add(
+                None,
+                format!("services `{a}` and `{b}` both listen on udp {bind}"),
+                "give each udp or bedrock listener its own port",
+            );
             continue;
         }
         if let Some(tcp) = group
@@ -374,7 +384,7 @@ fn check_binds(config: &Config, problems: &mut Problems<'_>) {
             let (hostnames, default) = match listen {
                 Listen::Minecraft(m) => (&m.hostnames, m.default),
                 Listen::Http(h) => (&h.hostnames, h.default),
-                Listen::Tcp { .. } => continue,
+                Listen::Tcp { .. } | Listen::Udp(_) | Listen::Bedrock(_) => continue,
             };
             if default || hostnames.is_empty() {
                 defaults.push(*name);

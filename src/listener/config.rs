@@ -1,5 +1,5 @@
 //! `[[service.listen]]`: where clients arrive, read into [`Listen`]. Each protocol reads its
-//! own keys (`tcp::config`, `http::config`, `minecraft::config`).
+//! own keys (`tcp::config`, `http::config`, `minecraft::config`, `udp::config`).
 
 use std::net::SocketAddr;
 
@@ -7,9 +7,11 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::access::split_access_keys;
+use super::bedrock::config::{Bedrock, BedrockListenConfig, read_bedrock};
 use super::http::config::{Http, HttpListenConfig, read_http};
 use super::minecraft::config::{Minecraft, MinecraftListenConfig, read_minecraft};
 use super::tcp::config::{Tcp, TcpListenConfig, read_tcp};
+use super::udp::config::{Udp, UdpListenConfig, read_udp};
 use crate::config::de::{read, split_type};
 use crate::config::diag::Problems;
 
@@ -21,6 +23,8 @@ pub enum Listen {
     Tcp(Tcp),
     Minecraft(Minecraft),
     Http(Box<Http>),
+    Udp(Udp),
+    Bedrock(Bedrock),
 }
 
 impl Listen {
@@ -30,6 +34,8 @@ impl Listen {
             Listen::Tcp(t) => t.bind,
             Listen::Minecraft(m) => m.bind,
             Listen::Http(h) => h.bind,
+            Listen::Udp(u) => u.bind,
+            Listen::Bedrock(b) => b.bind,
         }
     }
 
@@ -39,7 +45,13 @@ impl Listen {
             Listen::Tcp(t) => t.max_connections_per_address,
             Listen::Minecraft(m) => m.max_connections_per_address,
             Listen::Http(h) => h.max_connections_per_address,
+            Listen::Udp(_) | Listen::Bedrock(_) => 0,
         }
+    }
+
+    /// Whether it binds a UDP socket: UDP ports are apart from TCP ones.
+    pub fn is_udp(&self) -> bool {
+        matches!(self, Listen::Udp(_) | Listen::Bedrock(_))
     }
 }
 
@@ -57,7 +69,7 @@ pub(crate) fn read_listeners(
         );
         return None;
     };
-    let kinds = "tcp, http, minecraft";
+    let kinds = "tcp, http, minecraft, udp, bedrock";
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
@@ -76,6 +88,12 @@ pub(crate) fn read_listeners(
                 "http" => read::<HttpListenConfig>(rest, problems)
                     .and_then(|c| read_http(c, &keys, problems))
                     .map(|h| Listen::Http(Box::new(h))),
+                "udp" => read::<UdpListenConfig>(rest, problems)
+                    .and_then(|c| read_udp(c, &keys, problems))
+                    .map(Listen::Udp),
+                "bedrock" => read::<BedrockListenConfig>(rest, problems)
+                    .and_then(|c| read_bedrock(c, &keys, problems))
+                    .map(Listen::Bedrock),
                 other => {
                     problems.add(
                         Some(rest.span()),

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod bedrock;
 pub mod client;
 pub mod config;
 pub mod copy;
@@ -17,6 +18,7 @@ pub mod proxy_protocol;
 pub mod refusal;
 pub mod route;
 pub mod tcp;
+pub mod udp;
 
 use std::io;
 use std::net::SocketAddr;

@@ -123,6 +123,13 @@ fn describe(reason: Refusal) -> &'static str {
         Refusal::NoData => {
             "Closed clients that left without sending a byte while the service slept (wake_on = \"data\": nothing was woken)"
         }
+        Refusal::MaxSessions => "Refused new clients: the listener has max_sessions live",
+        Refusal::QueueFull => {
+            "Dropped datagrams past the queue of their session while the service woke"
+        }
+        Refusal::NoWake => {
+            "Dropped datagrams that may not start a session (wake_on while the service slept; on bedrock, anything but a join)"
+        }
         Refusal::ProxyHeader => {
             "Refused connections with a PROXY header from an address not in trusted_proxies, or a trusted proxy's without a valid one"
         }

@@ -32,6 +32,10 @@ struct ProbeConfig {
     ca_file: Option<Spanned<PathBuf>>,
     /// Accept any certificate of an `https://` URL.
     insecure: Option<Spanned<bool>>,
+    /// What a `udp` probe sends (`hex:…` or `text:…`).
+    payload: Option<Spanned<String>>,
+    /// The port a `udp` probe sends to, when not the backend address's.
+    port: Option<Spanned<u16>>,
 }
 
 fn default_probe_timeout() -> Duration {
@@ -56,7 +60,75 @@ pub(crate) fn read_probe(
         );
         None
     };
+    if kind != "udp"
+        && let Some(payload) = &c.payload
+    {
+        return only("payload", problems, payload.span());
+    }
+    if kind != "udp"
+        && kind != "bedrock"
+        && let Some(port) = &c.port
+    {
+        return only("port", problems, port.span());
+    }
     let probe = match kind {
+        "bedrock" => {
+            for (key, span) in [
+                ("url", c.url.as_ref().map(|u| u.span())),
+                ("pattern", c.pattern.as_ref().map(|p| p.span())),
+                ("ca_file", c.ca_file.as_ref().map(|c| c.span())),
+                ("insecure", c.insecure.as_ref().map(|i| i.span())),
+            ] {
+                if let Some(span) = span {
+                    return only(key, problems, span);
+                }
+            }
+            Probe::Bedrock {
+                port: c.port.map(Spanned::into_inner),
+            }
+        }
+        "udp" => {
+            for (key, span) in [
+                ("url", c.url.as_ref().map(|u| u.span())),
+                ("pattern", c.pattern.as_ref().map(|p| p.span())),
+                ("ca_file", c.ca_file.as_ref().map(|c| c.span())),
+                ("insecure", c.insecure.as_ref().map(|i| i.span())),
+            ] {
+                if let Some(span) = span {
+                    return only(key, problems, span);
+                }
+            }
+            let Some(payload) = c.payload else {
+                problems.add(
+                    Some(span),
+                    "a udp probe needs a `payload`",
+                    "give a datagram the backend answers, e.g. payload = \"hex:…\" (a DNS query for a DNS server)",
+                );
+                return None;
+            };
+            match crate::listener::udp::config::parse_bytes(payload.get_ref()) {
+                Ok(bytes) if !bytes.is_empty() => Probe::Udp {
+                    payload: bytes,
+                    port: c.port.map(Spanned::into_inner),
+                },
+                Ok(_) => {
+                    problems.add(
+                        Some(payload.span()),
+                        "the udp probe's `payload` is empty",
+                        "give a datagram the backend answers",
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    problems.add(
+                        Some(payload.span()),
+                        e,
+                        "e.g. payload = \"hex:0001\" or payload = \"text:PING\"",
+                    );
+                    return None;
+                }
+            }
+        }
         "tcp" | "minecraft" => {
             if let Some(url) = &c.url {
                 return only("url", problems, url.span());
@@ -181,9 +253,9 @@ pub(crate) fn read_probe(
         }
         other => {
             let kinds = if readiness {
-                "tcp, http, minecraft, log, container"
+                "tcp, http, minecraft, bedrock, udp, log, container"
             } else {
-                "tcp, http, minecraft"
+                "tcp, http, minecraft, bedrock, udp"
             };
             problems.add(
                 Some(span),

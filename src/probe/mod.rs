@@ -1,6 +1,7 @@
 //! Probes: how wakegate knows a backend is ready or healthy. A TCP connect, an HTTP or HTTPS
-//! request (`tls`), a Minecraft status ping, or (for readiness only) a line in a `process`
-//! backend's log or a container's own HEALTHCHECK (asked of the backend by the actor).
+//! request (`tls`), a Minecraft (Java or Bedrock) status ping, a UDP datagram answered, or
+//! (for readiness only) a line in a `process` backend's log or a container's own HEALTHCHECK
+//! (asked of the backend by the actor).
 //! Readiness retries with a short backoff capped at 50 ms, so a ready backend is noticed fast.
 
 pub mod config;
@@ -48,6 +49,10 @@ pub enum Probe {
     /// The container's own HEALTHCHECK says healthy: the backend answers it
     /// (`Backend::healthy`), not a probe of wakegate's.
     Container,
+    /// A UDP datagram with `payload` gets any reply (from the backend's `port`, when given).
+    Udp { payload: Vec<u8>, port: Option<u16> },
+    /// A Minecraft Bedrock unconnected ping is answered (on the backend's `port`, when given).
+    Bedrock { port: Option<u16> },
 }
 
 /// A probe and how long one attempt may take.
@@ -168,6 +173,20 @@ pub async fn run(
                 minecraft_status(address, &proxy_header::v2_local()).await
             }
             Probe::Minecraft => minecraft_status(address, &[]).await,
+            Probe::Udp { payload, port } => {
+                let mut to = address;
+                if let Some(port) = port {
+                    to.set_port(*port);
+                }
+                udp(to, payload).await
+            }
+            Probe::Bedrock { port } => {
+                let mut to = address;
+                if let Some(port) = port {
+                    to.set_port(*port);
+                }
+                bedrock_status(to).await
+            }
             Probe::LogLine(pattern) => match log {
                 Some(log) => log_line(pattern, log).await,
                 None => Err("this backend has no log to read".into()),
@@ -301,6 +320,39 @@ async fn minecraft_status(address: SocketAddr, header: &[u8]) -> Result<Answer, 
     Ok(Answer {
         players: players.online,
         sample: players.sample,
+    })
+}
+
+/// Sends `payload` to `address` and waits for any datagram back; sent again every second, for
+/// a backend that drops what arrives before it is ready.
+async fn udp(address: SocketAddr, payload: &[u8]) -> Result<Answer, String> {
+    let socket = crate::listener::udp::session::connect(address)
+        .await
+        .map_err(|e| format!("cannot open a UDP socket to {address}: {e}"))?;
+    let mut buf = [0u8; 1];
+    loop {
+        socket
+            .send(payload)
+            .await
+            .map_err(|e| format!("cannot send to udp {address}: {e}"))?;
+        match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await {
+            // A reply longer than the buffer is cut short, and still a reply.
+            Ok(Ok(_)) => return Ok(Answer::default()),
+            // The port is closed (an ICMP error came back): not ready.
+            Ok(Err(e)) => return Err(format!("udp {address} does not answer: {e}")),
+            Err(_) => continue,
+        }
+    }
+}
+
+/// A Bedrock unconnected ping, and the players its pong counts.
+async fn bedrock_status(address: SocketAddr) -> Result<Answer, String> {
+    let pong = crate::bedrock::ping::status(address, Duration::from_millis(500))
+        .await
+        .map_err(|e| format!("Bedrock ping of udp {address} failed: {e}"))?;
+    Ok(Answer {
+        players: Some(pong.advert.online),
+        sample: None,
     })
 }
 

@@ -465,6 +465,10 @@ impl Actor {
             probe::Probe::Container => {
                 "waiting for the container's HEALTHCHECK to say healthy".into()
             }
+            probe::Probe::Udp { .. } => format!("waiting for udp {address} to answer"),
+            probe::Probe::Bedrock { .. } => {
+                format!("waiting for {address} to answer a Bedrock ping")
+            }
         };
         self.core.progress(
             waiting_for,

@@ -51,12 +51,27 @@ impl Service {
             .any(|l| matches!(l, Listen::Minecraft(m) if m.proxy_protocol))
     }
 
-    /// How often to ask the backend for its players: only behind a `minecraft` listener.
-    pub fn player_poll(&self) -> Option<Duration> {
-        self.listeners
+    /// How often to ask the backend for its players, and how: only behind a `minecraft`
+    /// listener (a Java status ping, which also counts a Geyser server's Bedrock players) or
+    /// else a `bedrock` one (an unconnected ping to its backend port).
+    pub fn player_poll(&self) -> Option<(Duration, crate::probe::Probe)> {
+        let every = self.policy.player_poll;
+        if self
+            .listeners
             .iter()
             .any(|l| matches!(l, Listen::Minecraft(_)))
-            .then_some(self.policy.player_poll)
+        {
+            return Some((every, crate::probe::Probe::Minecraft));
+        }
+        self.listeners.iter().find_map(|l| match l {
+            Listen::Bedrock(b) => Some((
+                every,
+                crate::probe::Probe::Bedrock {
+                    port: b.backend_port,
+                },
+            )),
+            _ => None,
+        })
     }
 }
 

@@ -74,7 +74,7 @@ impl Template {
             .map(|s| {
                 s.listeners
                     .into_iter()
-                    .filter(|l| !matches!(l, Listen::Tcp { .. }))
+                    .filter(|l| !matches!(l, Listen::Tcp { .. }) && !l.is_udp())
                     .collect()
             })
             .unwrap_or_default()
@@ -305,6 +305,15 @@ fn read_template(
             for listen in &service.listeners {
                 let (hostnames, tls) = match listen {
                     Listen::Tcp { .. } => continue,
+                    Listen::Udp(_) | Listen::Bedrock(_) => {
+                        problems.add(
+                            Some(service_span.clone()),
+                            format!("template `{name}` has a udp or bedrock listener"),
+                            "services created from templates take tcp, http and minecraft listeners only; configure a UDP service as a [[service]]",
+                        );
+                        ok = false;
+                        continue;
+                    }
                     Listen::Http(h) => (&h.hostnames, h.tls.is_some()),
                     Listen::Minecraft(m) => (&m.hostnames, false),
                 };
