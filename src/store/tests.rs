@@ -240,6 +240,7 @@ async fn created_services_channel_is_kept_and_forgotten(db: &Db) {
     channel.message = Some(700_000_000_000_009_001);
     store.set_created_channel(id, Some(channel)).await.unwrap();
     store.close(Duration::from_secs(1)).await;
+    drop(store);
     // Read again after a restart.
     let store = db.open().await;
     assert_eq!(store.created_channel(id).unwrap(), Some(channel));
@@ -591,4 +592,35 @@ async fn an_unreachable_postgres_store_says_where_and_why_without_the_password()
     assert!(error.contains("no_such_database"), "{error}");
     assert!(error.contains("does not exist"), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
+}
+
+/// Until several gateways can share a database, a second one is refused, saying so; once the
+/// first is gone the database is free again.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_postgres_database_is_refused_until_the_first_is_gone() {
+    let url = postgres_server::shared().database("second");
+    let db = Db::Postgres(url.clone());
+    let first = db.open().await;
+    let location = Location::Postgres(Secret::new(url));
+    let connect = {
+        let location = location.clone();
+        move || Store::connect(&location, std::path::Path::new("/nonexistent"))
+    };
+    let error = tokio::task::spawn_blocking(connect.clone())
+        .await
+        .unwrap()
+        .err()
+        .expect("a second gateway got the database");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains(
+            ": another wakegate gateway uses this database (its connection: server process "
+        ),
+        "{error}"
+    );
+    assert!(error.contains("cannot share one database yet"), "{error}");
+    first.close(Duration::from_secs(1)).await;
+    drop(first);
+    let second = tokio::task::spawn_blocking(connect).await.unwrap().unwrap();
+    drop(second);
 }

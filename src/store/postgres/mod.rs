@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Error, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, Error, SqlSafeStr};
 
 use super::created::{Channel, Created};
 use super::engine::{Engine, Op};
@@ -77,27 +77,40 @@ impl Postgres {
             let pool = PgPoolOptions::new()
                 .max_connections(CONNECTIONS)
                 .acquire_timeout(ACQUIRE)
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await
                 .map_err(|e| ("connect", e.to_string()))?;
             migrator()
                 .run(&pool)
                 .await
                 .map_err(|e| ("bring the schema up to date in", e.to_string()))?;
-            Ok::<_, (&'static str, String)>(pool)
+            let guard = one_gateway(&options).await?;
+            Ok::<_, (&'static str, String)>((pool, guard))
         });
-        let pool = match connected {
-            Ok(Ok(pool)) => pool,
-            Ok(Err((what, why))) => anyhow::bail!(
+        let failed = match connected {
+            Ok(Ok((pool, guard))) => {
+                // Held, with its lock, until the runtime shuts down with the store.
+                runtime.spawn(async move {
+                    let _held = guard;
+                    std::future::pending::<()>().await;
+                });
+                tracing::info!(store = %location, "The store is in PostgreSQL; its schema is up to date.");
+                return Ok(Postgres {
+                    pool,
+                    runtime: Some(runtime),
+                });
+            }
+            Ok(Err(("use", why))) => {
+                anyhow::anyhow!("cannot use the PostgreSQL store at {location}: {why}")
+            }
+            Ok(Err((what, why))) => anyhow::anyhow!(
                 "cannot {what} the PostgreSQL store at {location}: {why}; check that the server runs and that [gateway] store names it"
             ),
-            Err(e) => return Err(e),
+            Err(e) => e,
         };
-        tracing::info!(store = %location, "The store is in PostgreSQL; its schema is up to date.");
-        Ok(Postgres {
-            pool,
-            runtime: Some(runtime),
-        })
+        // Not dropped: that blocks, which the caller's async context does not allow.
+        runtime.shutdown_background();
+        Err(failed)
     }
 
     /// Runs a query on the store's runtime and waits for it.
@@ -123,6 +136,58 @@ impl Drop for Postgres {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The key of the advisory lock a gateway holds on its database ("wakegate" in ASCII).
+const ONE_GATEWAY: i64 = 0x7761_6b65_6761_7465;
+/// How long a gateway waits for another to let go of the database (one that was just stopped
+/// or killed lets go as soon as the server sees its connection close).
+const ONE_GATEWAY_WAIT: &str = "10s";
+
+/// Until several gateways can share a database (each service owned by one, through a lease:
+/// not yet), one gateway per database: a session lock on a connection of its own, taken here
+/// and held as long as the store lives. Two gateways driving the same services would wake
+/// and stop them twice. A restart of the server drops the lock (it is not taken again).
+async fn one_gateway(options: &PgConnectOptions) -> Result<PgConnection, (&'static str, String)> {
+    let lock = async {
+        let mut conn = PgConnection::connect_with(options).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "SET lock_timeout = '{ONE_GATEWAY_WAIT}'"
+        )))
+        .execute(&mut conn)
+        .await?;
+        let taken = sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(ONE_GATEWAY)
+            .execute(&mut conn)
+            .await;
+        Ok::<_, Error>((conn, taken))
+    };
+    let (mut conn, taken) = lock.await.map_err(|e| ("connect", e.to_string()))?;
+    let Err(e) = taken else {
+        return Ok(conn);
+    };
+    if e.as_database_error().and_then(|d| d.code()).as_deref() != Some("55P03") {
+        return Err(("lock", e.to_string()));
+    }
+    let holder: Option<(i32, String)> = sqlx::query_as(
+        "SELECT a.pid, COALESCE(host(a.client_addr), 'a Unix socket') FROM pg_locks l
+         JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+         LIMIT 1",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .unwrap_or(None);
+    let who = holder.map_or_else(String::new, |(pid, from)| {
+        format!(" (its connection: server process {pid}, from {from})")
+    });
+    Err((
+        "use",
+        format!(
+            "another wakegate gateway uses this database{who} and did not let go within {ONE_GATEWAY_WAIT}; several gateways cannot share one database yet: give each its own, or stop the other"
+        ),
+    ))
 }
 
 /// Runs `future` on `runtime` and waits for its output on a channel (never `block_on`, which
