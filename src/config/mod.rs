@@ -104,7 +104,7 @@ fn handoff_warnings(service: &Service) -> impl Iterator<Item = String> + '_ {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     pub data_dir: PathBuf,
-    /// Where the store lives: SQLite in the data dir, or a shared PostgreSQL database.
+    /// Where the store lives: SQLite in the data dir, or a PostgreSQL database.
     pub store: crate::store::Location,
     pub api: SocketAddr,
     /// How long open connections may go on after SIGINT/SIGTERM before they are closed.

@@ -1,5 +1,5 @@
 //! `[gateway] store`: where the store lives. `"sqlite"` (the default) is `wakegate.db` in the
-//! data dir; a `postgres://` URL is a PostgreSQL database that several gateways may share. The
+//! data dir; a `postgres://` URL is a PostgreSQL database (one gateway per database, for now). The
 //! URL's `${VAR}`s are expanded (the password from the environment), and it is never printed
 //! back: what is shown is [`Location::describe`], without the password.
 

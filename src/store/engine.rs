@@ -1,6 +1,6 @@
 //! What the store asks of a database: commit a batch of writes in one transaction, and answer
 //! the reads. Two engines answer it: SQLite in the data dir (`sqlite`), the default, and
-//! PostgreSQL (`postgres`), which several gateways can share. The calls block: the writer
+//! PostgreSQL (`postgres`), a server of its own. The calls block: the writer
 //! runs them on a blocking thread, reads come through `Store::read` (a blocking thread too).
 
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! The store: the event log, each service's last known state, leases, notification cursors,
 //! created services and backends' values. One [`engine::Engine`] holds them: the embedded
-//! SQLite database in the data dir (`sqlite`, the default) or a PostgreSQL database that
-//! several gateways share (`postgres`). Nothing on an async worker waits for the database:
+//! SQLite database in the data dir (`sqlite`, the default) or a PostgreSQL database
+//! (`postgres`), one gateway per database until gateways can share one. Nothing on an async worker waits for the database:
 //! writes go, in order, to the writer (`writer`), reads run on the engine from async code
 //! through [`Store::read`]. An event is committed before it is published, so what a client saw is
 //! never lost; while the store cannot write, events wait in memory and `/healthz` says why.

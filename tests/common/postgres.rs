@@ -143,13 +143,15 @@ fn watchdog(server: &Server) {
         data = server.dir.join("data").display(),
         dir = server.dir.display(),
     );
-    Command::new("sh")
-        .args(["-c", &stop])
+    // The shell puts the loop in the background and exits: the loop outlives this process.
+    let started = Command::new("sh")
+        .args(["-c", &format!("( {stop} ) >/dev/null 2>&1 &")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("cannot start the PostgreSQL watchdog");
+    assert!(started.success());
 }
 
 impl Server {

@@ -1,4 +1,4 @@
-//! The PostgreSQL engine of the store, for gateways that share their state: the same tables as
+//! The PostgreSQL engine of the store, the state on a server of its own: the same tables as
 //! SQLite (versioned migrations in `migrations/`, run by sqlx under its advisory lock, so two
 //! gateways starting together do not both migrate), through a small sqlx pool.
 //!
