@@ -122,6 +122,9 @@ fn the_image_builds_runs_a_config_from_a_volume_and_the_demo() {
     let volume = format!("{}:/etc/wakegate/wakegate.toml:ro", path.display());
     podman.cli(&[
         "run",
+        // Kept in a file, for `podman logs`, with no journald to send them to.
+        "--log-driver",
+        "k8s-file",
         "--detach",
         "--name",
         &name,
@@ -150,7 +153,9 @@ fn the_image_builds_runs_a_config_from_a_volume_and_the_demo() {
     // A stop is a graceful shutdown (STOPSIGNAL SIGTERM through the init), exit code 0.
     podman.cli(&["stop", "--time", "30", &name]);
     let exit = podman.cli(&["inspect", "--format", "{{.State.ExitCode}}", &name]);
-    let logs = podman.cli(&["logs", &name]);
+    // The container's stderr, where wakegate logs, comes out on podman's own.
+    let out = podman.try_cli(&["logs", &name]);
+    let logs = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(exit, "0", "{logs}");
     assert!(logs.contains("Stopped."), "{logs}");
 
@@ -159,6 +164,9 @@ fn the_image_builds_runs_a_config_from_a_volume_and_the_demo() {
     let name = tag.name("demo");
     podman.cli(&[
         "run",
+        // Kept in a file, for `podman logs`, with no journald to send them to.
+        "--log-driver",
+        "k8s-file",
         "--detach",
         "--name",
         &name,
@@ -185,4 +193,6 @@ fn the_image_builds_runs_a_config_from_a_volume_and_the_demo() {
     let exit = podman.cli(&["inspect", "--format", "{{.State.ExitCode}}", &name]);
     assert_eq!(exit, "0", "{}", podman.cli(&["logs", &name]));
     let _ = podman.try_cli(&["rmi", "--force", &image]);
+    // The build's intermediate stages, left untagged.
+    let _ = podman.try_cli(&["image", "prune", "--force"]);
 }
