@@ -485,7 +485,7 @@ fn table(rows: &[Row]) -> String {
     );
     let line = |cells: [&str; 5]| {
         let text = format!(
-            "{:<40}{:<22}{:<22}{:<22}{}",
+            "{:<52}{:<25}{:<25}{:<25}{}",
             cells[0], cells[1], cells[2], cells[3], cells[4]
         );
         format!("{}\n", text.trim_end())
