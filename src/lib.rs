@@ -25,4 +25,5 @@ pub mod probe;
 pub mod schedule;
 pub mod service;
 pub mod store;
+pub mod systemd;
 pub mod template;
