@@ -12,7 +12,6 @@ use tokio::task::JoinSet;
 use wakegate::bedrock::{MAGIC, MAX_OFFLINE, Pong, ping as raknet_ping};
 use wakegate::event::State;
 
-use super::common::*;
 use super::*;
 
 /// Source addresses of the flood.
@@ -71,7 +70,7 @@ async fn garbage_and_ten_thousand_pings_wake_nothing_and_leave_it_serving() {
         let len = 1 + noise.below(1400);
         garbage.push(noise.bytes(len));
     }
-    let (mut sent, mut burst) = (0u64, 0usize);
+    let (mut sent, mut burst, mut count) = (0u64, 0usize, 0usize);
     for (i, datagram) in garbage.iter().enumerate() {
         sockets[i % sockets.len()]
             .send_to(datagram, gw.addr)
@@ -79,8 +78,11 @@ async fn garbage_and_ten_thousand_pings_wake_nothing_and_leave_it_serving() {
             .unwrap();
         sent += 1;
         burst += datagram.len();
-        if burst > 32 * 1024 || i + 1 == garbage.len() {
-            burst = 0;
+        count += 1;
+        // Well within the listener's receive buffer (208 KiB; a small datagram takes about a
+        // KiB of it).
+        if burst > 32 * 1024 || count == 50 || i + 1 == garbage.len() {
+            (burst, count) = (0, 0);
             let deadline = tokio::time::Instant::now() + DEADLINE;
             loop {
                 let counted = gw.refused("malformed").await + gw.refused("no_wake").await;

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 
 use wakegate::event::State;
 
-use super::common::*;
 use super::*;
 
 /// The Java edition the server and the Java bots speak.

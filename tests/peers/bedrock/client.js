@@ -6,7 +6,8 @@
 //                                          (MS: milliseconds since the client started), stays
 //                                          HOLD_MS, then leaves; exits 1 on an error.
 // CONNECT_TIMEOUT_MS sets how long the client waits for the server to answer its connection
-// requests (bedrock-protocol's connectTimeout; 20000 here).
+// requests (bedrock-protocol's connectTimeout; 20000 here). With GO_ON_STDIN=1 a join prints
+// "ready" once loaded and starts when a line comes on stdin (so that a test can time it).
 const bedrock = require('bedrock-protocol')
 
 const [mode, host, port] = [process.argv[2], process.argv[3], Number(process.argv[4])]
@@ -19,6 +20,15 @@ if (mode === 'ping') {
     process.exit(1)
   })
 } else {
+  if (process.env.GO_ON_STDIN === '1') {
+    console.log('ready')
+    process.stdin.once('data', join)
+  } else {
+    join()
+  }
+}
+
+function join () {
   const [version, username, hold] = [process.argv[5], process.argv[6], Number(process.argv[7])]
   const connectTimeout = Number(process.env.CONNECT_TIMEOUT_MS || 20000)
   const began = process.hrtime.bigint()
