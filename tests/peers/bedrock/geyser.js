@@ -3,8 +3,9 @@
 // runs inside a Java server. As with Geyser, Bedrock players are players of the Java server:
 // its status ping counts them.
 //   node geyser.js JAVA_PORT BEDROCK_PORT JAVA_VERSION BEDROCK_VERSION
-// Prints vanilla's `Done (…)!` line once both editions take players, and one JSON line per
-// player who joins or leaves ({"joined": NAME, "edition": …} / {"left": …}).
+// Prints vanilla's `Done (…)!` line once the Java server takes players (the Bedrock one
+// listens from the start), and one JSON line per player who joins or leaves
+// ({"joined": NAME, "edition": …} / {"left": …}).
 'use strict'
 const path = require('path')
 const bedrock = require('bedrock-protocol')
