@@ -410,10 +410,7 @@ async fn bedrock(dir: &Path, peers: &Path) -> anyhow::Result<Joins> {
                 .arg(BEDROCK_VERSION),
             dir,
         )?;
-        let pong = wakegate::bedrock::ping::status(loopback(port), POLL);
-        tokio::time::timeout(PATIENCE, pong)
-            .await
-            .context("the hand-started server never answered a ping")??;
+        first_pong(loopback(port)).await?;
         let boot = launched.elapsed().as_secs_f64() * 1e3;
         server.check_running()?;
         let ms = join(peers, port, &format!("First{i}")).await?;
@@ -446,6 +443,23 @@ async fn bedrock(dir: &Path, peers: &Path) -> anyhow::Result<Joins> {
         warm,
         warm_direct,
     })
+}
+
+/// Waits for the first pong of a server that is starting: until it binds its port, a ping
+/// meets a closed port (ECONNREFUSED), and is sent again.
+async fn first_pong(server: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let ping = wakegate::bedrock::ping::status(server, POLL);
+        if let Ok(Ok(_)) = tokio::time::timeout(POLL * 5, ping).await {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the server started by hand never answered a ping"
+        );
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// One bedrock-protocol bot joining 127.0.0.1:`port`: ms from its client's creation to its

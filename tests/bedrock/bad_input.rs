@@ -112,7 +112,7 @@ async fn garbage_and_ten_thousand_pings_wake_nothing_and_leave_it_serving() {
             let mut answered = 0u32;
             let mut buf = vec![0u8; 2048];
             for n in 0..100u64 {
-                let time = (i as u64) << 32 | n;
+                let time = ((i as u64) << 32) | n;
                 socket
                     .send_to(&raknet_ping(time, i as u64), addr)
                     .await
