@@ -226,6 +226,7 @@ mod tests {
         assert_eq!(
             found,
             [
+                "1:1: missing key `address`",
                 "2:1: unknown key `idle_timout`: did you mean `idle_timeout`?",
                 "3:16: `10 minutes` is not a duration: `minutes` is not a unit",
                 "4:9: invalid value: integer `-1`, expected u32",
