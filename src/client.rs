@@ -306,7 +306,9 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
         })
         .collect();
     // Text columns to the left, figures to the right.
-    let right = [false, false, false, true, true, true, false, true, true, true];
+    let right = [
+        false, false, false, true, true, true, false, true, true, true,
+    ];
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             cells
@@ -369,7 +371,11 @@ fn error_lines(error: &str) -> Vec<String> {
             if skipped == 1 { "" } else { "s" }
         ));
     }
-    out.extend(rest[skipped..].iter().map(|l| format!("  {}", l.trim_end())));
+    out.extend(
+        rest[skipped..]
+            .iter()
+            .map(|l| format!("  {}", l.trim_end())),
+    );
     out
 }
 
@@ -385,7 +391,10 @@ fn ago(since: &str) -> anyhow::Result<String> {
         .duration_since(since)
         .unwrap_or_default()
         .as_secs();
-    Ok(crate::human::duration(Duration::from_secs(elapsed)))
+    Ok(match elapsed {
+        0 => "0s".to_string(),
+        n => crate::human::duration(Duration::from_secs(n)),
+    })
 }
 
 /// "is awake", "has failed": a state on the wire as said of a service.
@@ -500,14 +509,23 @@ fn event_line(event: &serde_json::Value, id_width: usize) -> String {
     } else {
         format!("…{}", event["kind"].as_str().unwrap_or(""))
     };
-    format!(
-        "{:>id_width$}  {}  {:<16} {:<10} {}",
+    let head = format!(
+        "{:>id_width$}  {}  {:<16} {:<10} ",
         event["id"].as_i64().unwrap_or(0),
         time.get(..19).unwrap_or(time).replace('T', " "),
         event["service"].as_str().unwrap_or(""),
         state,
-        event["reason"].as_str().unwrap_or("")
-    )
+    );
+    // A reason that quotes a server's output goes on below, under the reason's column.
+    let indent = " ".repeat(head.chars().count() + 2);
+    let mut lines = event["reason"].as_str().unwrap_or("").lines();
+    let mut text = format!("{head}{}", lines.next().unwrap_or(""));
+    for line in lines {
+        text.push('\n');
+        text.push_str(&indent);
+        text.push_str(line.trim_end());
+    }
+    text
 }
 
 /// The columns event ids up to `last` take: at least 6, so that the ids that follow keep to

@@ -20,7 +20,8 @@ use crate::listener::http::config::{
 use crate::service::config::Service;
 
 /// The API address the CLI reaches without `--api`.
-const DEFAULT_API: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7070);
+const DEFAULT_API: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7070);
 
 /// Runs the demo until Ctrl-C. `hourly_cost` is what an hour of the demo server pretends to
 /// cost, so that the money sleeping saves shows.
@@ -173,9 +174,8 @@ fn own_command() -> String {
         return "wakegate".into();
     };
     let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::canonicalize(dir.join("wakegate")).is_ok_and(|found| found == exe)
-        })
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::canonicalize(dir.join("wakegate")).is_ok_and(|found| found == exe))
     });
     if on_path {
         return "wakegate".into();

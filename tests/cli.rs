@@ -54,35 +54,70 @@ fn clients_read_only_the_api_address_and_show_the_whole_last_error_in_columns() 
     for attempt in 1..=2 {
         let out = client(&config, &["wake", "broken", "--wait"]);
         let said = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "attempt {attempt}: {said}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "attempt {attempt}: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(said.contains("failed"), "{said}");
     }
     let out = client(&config, &["status", "--json", "broken"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let error = view["last_error"].as_str().unwrap();
     assert!(error.contains("Error: disk full on attempt 2"), "{error}");
-    assert!(!error.contains("attempt 1"), "the first attempt's output: {error}");
-    assert!(!error.contains("--- wakegate starts"), "wakegate's own header: {error}");
+    assert!(
+        !error.contains("attempt 1"),
+        "the first attempt's output: {error}"
+    );
+    assert!(
+        !error.contains("--- wakegate starts"),
+        "wakegate's own header: {error}"
+    );
 
     let out = client(&config, &["status"]);
     let table = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = table.lines().collect();
     let header = lines[0];
     let row = lines.iter().find(|l| l.starts_with("broken ")).unwrap();
-    assert!(row[header.find("STATE").unwrap()..].starts_with("failed "), "{table}");
+    assert!(
+        row[header.find("STATE").unwrap()..].starts_with("failed "),
+        "{table}"
+    );
     // Every value keeps to its header's column: text starts where its header starts, figures
     // end where theirs ends.
     let row: Vec<char> = row.chars().collect();
     let blank = |i: usize| row.get(i).is_none_or(|c| *c == ' ');
     for column in ["NAME", "STATE", "FOR", "ADDRESS"] {
         let at = header.find(column).unwrap();
-        assert!(!blank(at) && (at == 0 || blank(at - 1)), "{column} is not aligned:\n{table}");
+        assert!(
+            !blank(at) && (at == 0 || blank(at - 1)),
+            "{column} is not aligned:\n{table}"
+        );
     }
-    for column in ["CONNS", "HELD", "PLAYERS", "AWAKE 24H", "AWAKE 30D", "SAVED 30D"] {
+    for column in [
+        "CONNS",
+        "HELD",
+        "PLAYERS",
+        "AWAKE 24H",
+        "AWAKE 30D",
+        "SAVED 30D",
+    ] {
         let end = header.find(column).unwrap() + column.len();
-        assert!(!blank(end - 1) && blank(end), "{column} is not aligned:\n{table}");
+        assert!(
+            !blank(end - 1) && blank(end),
+            "{column} is not aligned:\n{table}"
+        );
     }
     // The last error in full below its row: what happened, then the server's last words.
     let at = lines.iter().position(|l| l.starts_with("broken ")).unwrap();
@@ -97,19 +132,30 @@ fn clients_read_only_the_api_address_and_show_the_whole_last_error_in_columns() 
         "{table}"
     );
 
-    // Event ids are right-aligned in one column.
+    // Event ids are right-aligned in one column; a reason's quoted output goes on below, under
+    // the reason.
     let out = client(&config, &["events", "--limit", "50"]);
     let events = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{events}");
     let lines: Vec<&str> = events.lines().collect();
     assert!(lines.len() >= 6, "{events}");
+    let reason_at = lines[0].find("wakegate started").unwrap();
     for line in &lines {
         let (id, rest) = line.split_at(6);
+        let an_event = id.trim_start().parse::<u64>().is_ok() && rest.starts_with("  ");
+        let more = line[..reason_at].trim().is_empty() && line.len() > reason_at;
         assert!(
-            id.trim_start().parse::<u64>().is_ok() && rest.starts_with("  "),
-            "not an id in a 6-wide column: {line:?}\n{events}"
+            an_event || more,
+            "neither an event nor its reason: {line:?}\n{events}"
         );
     }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.trim() == "Error: disk full on attempt 2"
+                && l.find('E').unwrap() >= reason_at),
+        "{events}"
+    );
     assert!(
         events.contains("wake requested by API token ops"),
         "{events}"
@@ -128,6 +174,10 @@ fn a_client_of_an_api_bound_to_every_address_reaches_it_on_loopback() {
     let _gateway = Wakegate::start_with(&config, |c| c.env("WAKEGATE_TEST_CLI_SECRET", SECRET));
     let out = client(&config, &["status", "web"]);
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{table}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(table.lines().nth(1).unwrap().starts_with("web "), "{table}");
 }

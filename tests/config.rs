@@ -142,7 +142,8 @@ fn every_warning_file_passes_with_its_expected_warnings() {
 
 #[test]
 fn five_mistakes_are_reported_in_one_run() {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/invalid/five-mistakes.toml");
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/invalid/five-mistakes.toml");
     let out = check(&file);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -152,7 +153,11 @@ fn five_mistakes_are_reported_in_one_run() {
         .filter_map(|l| l.strip_prefix(&format!("{}:", file.display())))
         .map(|l| l.split(": ").next().unwrap())
         .collect();
-    assert_eq!(places, ["13:1", "14:16", "16:8", "20:13", "34:8"], "{stderr}");
+    assert_eq!(
+        places,
+        ["13:1", "14:16", "16:8", "20:13", "34:8"],
+        "{stderr}"
+    );
     assert!(stderr.contains(": 5 problems found"), "{stderr}");
 }
 

@@ -28,7 +28,9 @@ fn browse(addr: SocketAddr) -> (u16, String) {
 /// The address after `prefix` in `line` ("open http://127.0.0.1:41234 — …").
 fn address_after(line: &str, prefix: &str) -> SocketAddr {
     let rest = line.split(prefix).nth(1).unwrap();
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
     rest[..end].parse().unwrap()
 }
 
@@ -45,7 +47,15 @@ fn the_demo_shows_the_waiting_page_wakes_serves_its_page_and_sleeps_again() {
     // dir of its own (the demo keeps it in the temp dir).
     let mut demo = Wakegate::spawn(
         Command::new(WAKEGATE)
-            .args(["demo", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--idle", "1s"])
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--idle",
+                "1s",
+            ])
             .env("TMPDIR", &dir)
             .current_dir(&dir),
     );
@@ -75,7 +85,10 @@ fn the_demo_shows_the_waiting_page_wakes_serves_its_page_and_sleeps_again() {
         if code == 200 {
             break body;
         }
-        assert!(Instant::now() < deadline, "the demo never woke: {code} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "the demo never woke: {code} {body}"
+        );
         // The page polls too; this is a browser's reload, not a wait for an event.
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
@@ -91,7 +104,10 @@ fn the_demo_shows_the_waiting_page_wakes_serves_its_page_and_sleeps_again() {
 
     // The commands the hints print work as printed: status shows the money saved, and a wake
     // from the terminal says how long the recent wakes took.
-    let out = Command::new(&status[0]).args(&status[1..]).output().unwrap();
+    let out = Command::new(&status[0])
+        .args(&status[1..])
+        .output()
+        .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{table}");
     let header = table.lines().next().unwrap();

@@ -186,10 +186,9 @@ pub fn parse_with_warnings(
     let agent = parse_into(source, &mut problems);
     let (problems, warnings) = problems.into_parts();
     match agent {
-        Some(agent) if problems.is_empty() => Ok((
-            agent,
-            warnings.iter().map(|w| w.one_line(origin)).collect(),
-        )),
+        Some(agent) if problems.is_empty() => {
+            Ok((agent, warnings.iter().map(|w| w.one_line(origin)).collect()))
+        }
         _ => Err(ConfigError::Invalid {
             path: origin.to_string(),
             problems,

@@ -80,7 +80,11 @@ pub(crate) fn read_tokens(
                         ok = false;
                     }
                 }
-                services.into_inner().into_iter().map(Spanned::into_inner).collect()
+                services
+                    .into_inner()
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect()
             }
             (Role::Agent, services) => {
                 problems.add(
@@ -145,4 +149,3 @@ pub(crate) fn read_tokens(
     }
     ok.then_some(tokens)
 }
-

@@ -678,9 +678,7 @@ async fn wake(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = api.service(&name)?;
-    service
-        .wake(&caller.by())
-        .await??;
+    service.wake(&caller.by()).await??;
     Ok((StatusCode::ACCEPTED, Json(api.view(&service).await?)))
 }
 
@@ -690,9 +688,7 @@ async fn sleep(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = api.service(&name)?;
-    service
-        .sleep(&caller.by())
-        .await??;
+    service.sleep(&caller.by()).await??;
     Ok((StatusCode::ACCEPTED, Json(api.view(&service).await?)))
 }
 

@@ -104,7 +104,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .map_err(|_| not("the number is too large"))?;
         rest = &rest[digits..];
         if rest.starts_with('.') || rest.starts_with(',') {
-            return Err(not("use whole numbers, e.g. \"1h30m\" rather than \"1.5h\""));
+            return Err(not(
+                "use whole numbers, e.g. \"1h30m\" rather than \"1.5h\"",
+            ));
         }
         let unit: String = rest
             .chars()
@@ -227,9 +229,20 @@ pub(crate) fn secret(
 /// `DB_PASSWORD`, `AWS_SECRET_ACCESS_KEY`): its value written inline is warned about.
 pub(crate) fn looks_secret(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["token", "secret", "password", "passwd", "credential", "api_key", "apikey", "private_key", "authorization", "cookie"]
-        .iter()
-        .any(|word| name.contains(word))
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "api_key",
+        "apikey",
+        "private_key",
+        "authorization",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 /// Replaces `"${VAR}"` values with the variable's value, keeping them secret; a value written

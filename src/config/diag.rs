@@ -131,7 +131,12 @@ impl<'a> Problems<'a> {
     }
 
     /// Records a warning: the file is valid, but this is unwise.
-    pub(crate) fn warn(&mut self, span: Option<Range<usize>>, message: impl Into<String>, hint: &str) {
+    pub(crate) fn warn(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: &str,
+    ) {
         let Some((line, column)) = self.place(span) else {
             return;
         };
@@ -245,10 +250,17 @@ mod tests {
 
     #[test]
     fn a_misspelt_key_is_told_its_likely_name() {
-        let (message, hint) =
-            explain("unknown field `idle_timout`, expected one of `name`, `idle_timeout`, `min_awake`");
-        assert_eq!(message, "unknown key `idle_timout`: did you mean `idle_timeout`?");
-        assert_eq!(hint, "fix its spelling; the keys here are: name, idle_timeout, min_awake");
+        let (message, hint) = explain(
+            "unknown field `idle_timout`, expected one of `name`, `idle_timeout`, `min_awake`",
+        );
+        assert_eq!(
+            message,
+            "unknown key `idle_timout`: did you mean `idle_timeout`?"
+        );
+        assert_eq!(
+            hint,
+            "fix its spelling; the keys here are: name, idle_timeout, min_awake"
+        );
         let (message, _) = explain("unknown field `colour`, expected `start` or `stop`");
         assert_eq!(message, "unknown key `colour`");
         let (_, hint) = explain("unknown variant `admn`, expected one of `read`, `admin`");

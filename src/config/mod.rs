@@ -222,7 +222,14 @@ pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
 }
 
 /// The tables the top level holds.
-const TOP_LEVEL: [&str; 6] = ["gateway", "service", "template", "notify", "discord", "discovery"];
+const TOP_LEVEL: [&str; 6] = [
+    "gateway",
+    "service",
+    "template",
+    "notify",
+    "discord",
+    "discovery",
+];
 
 /// Reads every part of the file, each apart, and checks across them with whatever could be
 /// read: a mistake in one part never hides those of another.

@@ -154,10 +154,10 @@ fn take_out(
         DeValue::Array(items) => {
             let mut hit = None;
             for (i, v) in items.iter_mut().enumerate() {
-                if matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_)) {
-                    if let Some(found) = take_out(v, span) {
-                        return Some(found);
-                    }
+                if matches!(v.get_ref(), DeValue::Table(_) | DeValue::Array(_))
+                    && let Some(found) = take_out(v, span)
+                {
+                    return Some(found);
                 }
                 if v.span() == *span || within(&v.span()) {
                     hit = Some(i);
@@ -241,7 +241,14 @@ mod tests {
     fn a_missing_key_does_not_hide_the_others() {
         let found = problems_of("idle_timeout = \"10\"\n");
         assert_eq!(found.len(), 3, "{found:#?}");
-        assert!(found[0].ends_with("missing key `address`") || found[0].ends_with("missing key `name`"));
-        assert!(found.iter().any(|p| p == "1:16: `10` is not a duration: it has no unit"), "{found:#?}");
+        assert!(
+            found[0].ends_with("missing key `address`") || found[0].ends_with("missing key `name`")
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p == "1:16: `10` is not a duration: it has no unit"),
+            "{found:#?}"
+        );
     }
 }

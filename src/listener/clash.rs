@@ -55,7 +55,10 @@ fn check_group(udp: bool, bind: SocketAddr, group: &[Member<'_>], problems: &mut
         );
         return;
     }
-    if let Some(tcp) = group.iter().position(|(_, l, _)| matches!(l, Listen::Tcp(_))) {
+    if let Some(tcp) = group
+        .iter()
+        .position(|(_, l, _)| matches!(l, Listen::Tcp(_)))
+    {
         let other = if tcp == 0 { 1 } else { 0 };
         let (first, second) = (group[tcp.min(other)], group[tcp.max(other)]);
         problems.add(
@@ -87,7 +90,11 @@ fn check_group(udp: bool, bind: SocketAddr, group: &[Member<'_>], problems: &mut
         let secure = group.iter().find(|(_, l, _)| tls(l));
         if let (Some(plain), Some(secure)) = (plain, secure) {
             let later = plain.2.start.max(secure.2.start);
-            let at = if plain.2.start == later { plain.2 } else { secure.2 };
+            let at = if plain.2.start == later {
+                plain.2
+            } else {
+                secure.2
+            };
             problems.add(
                 Some(at.clone()),
                 format!(

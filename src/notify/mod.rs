@@ -366,7 +366,13 @@ fn read_target(
 /// and password, or a query).
 fn read_url(url: &Spanned<String>, kind: &str, problems: &mut Problems<'_>) -> Option<Secret> {
     let text = url.get_ref();
-    let authority = text.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    let authority = text
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
     let value = if kind == "discord" || authority.contains('@') || text.contains('?') {
         de::secret(url, &format!("the {kind} URL"), problems)?
     } else {
