@@ -444,16 +444,12 @@ pub async fn steer(
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut line = format!("{action} requested");
-    if let (Some(eta), false) = (eta, json) {
-        let expected = format!(
+    // The spinner counts against it; a log of lines says it once.
+    if let (Some(eta), false, false) = (eta, json, spinner) {
+        println!(
             "{name}: expected to be awake in about {} (the recent wakes)",
             crate::human::duration(eta)
         );
-        if spinner {
-            line = format!("{line}, about {} expected", crate::human::duration(eta));
-        } else {
-            println!("{expected}");
-        }
     }
     let mut frame = 0;
     loop {
