@@ -125,6 +125,8 @@ fn the_demo_shows_the_waiting_page_wakes_serves_its_page_and_sleeps_again() {
         said.contains("demo: expected to be awake in about 2"),
         "no ETA in:\n{said}"
     );
+    // With no token, the API's caller is told as what it is.
+    demo.wait_for("wake requested by an API client on this host");
     demo.wait_for("awake");
     assert!(demo.stop(DEADLINE).success(), "{}", demo.output());
 }

@@ -325,6 +325,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn durations_follow_one_grammar() {
+        let secs = |s: u64| Ok(Duration::from_secs(s));
+        assert_eq!(parse_duration("30s"), secs(30));
+        assert_eq!(parse_duration("10m"), secs(600));
+        assert_eq!(parse_duration("1h30m"), secs(5400));
+        assert_eq!(parse_duration("1h 30m"), secs(5400));
+        assert_eq!(parse_duration("2d"), secs(172_800));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0s"), secs(0));
+        for (text, why) in [
+            ("10 minutes", "`minutes` is not a unit"),
+            ("10", "it has no unit"),
+            ("10min", "`min` is not a unit"),
+            ("1.5h", "use whole numbers"),
+            ("10 m", "write the unit right after the number (\"10m\")"),
+            ("-5s", "`-5s` is not a number"),
+            ("", "it is empty"),
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(
+                e.starts_with(&format!("`{text}` is not a duration: {why}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn secrets_expand_and_never_print() {
         // PATH is set for every test process; setting a variable of our own would need unsafe.
         let path = std::env::var("PATH").unwrap();
