@@ -163,15 +163,22 @@ fn clients_read_only_the_api_address_and_show_the_whole_last_error_in_columns() 
 }
 
 #[test]
-fn a_client_of_an_api_bound_to_every_address_reaches_it_on_loopback() {
+fn a_client_of_an_api_bound_to_every_address_reaches_it_on_loopback_and_an_inline_token_is_warned_about()
+ {
     let dir = temp_dir("cli-any");
     let api = free_addr();
     let config = gateway(&dir)
         .set("api", format!("0.0.0.0:{}", api.port()))
         .service(svc("web").exec_true(free_addr()).tcp(ANY_PORT))
-        .raw("[[gateway.token]]\nname = \"ops\"\nrole = \"admin\"\nsecret = \"${WAKEGATE_TEST_CLI_SECRET}\"\n")
+        // Written inline: allowed, with a warning at start.
+        .raw(&format!(
+            "[[gateway.token]]\nname = \"ops\"\nrole = \"admin\"\nsecret = \"{SECRET}\"\n"
+        ))
         .write(&dir.join("wakegate.toml"));
-    let _gateway = Wakegate::start_with(&config, |c| c.env("WAKEGATE_TEST_CLI_SECRET", SECRET));
+    let mut gateway = Wakegate::start(&config);
+    let warning = gateway.wait_for("the secret of token `ops` is written in the file");
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(!gateway.output().contains(SECRET), "{}", gateway.output());
     let out = client(&config, &["status", "web"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -180,4 +187,32 @@ fn a_client_of_an_api_bound_to_every_address_reaches_it_on_loopback() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(table.lines().nth(1).unwrap().starts_with("web "), "{table}");
+}
+
+#[test]
+fn an_agent_token_written_inline_is_warned_about_and_never_printed() {
+    let dir = temp_dir("cli-agent");
+    let file = dir.join("agent.toml");
+    std::fs::write(
+        &file,
+        "gateway = \"http://127.0.0.1:9\"\nservice = \"survival\"\ntoken = \"inline-agent-token-0123456789\"\nports = [25565]\n",
+    )
+    .unwrap();
+    let out = Command::new(WAKEGATE)
+        .args(["agent", "--measure", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(
+        all.contains("agent.toml:3:9: the agent `token` is written in the file"),
+        "{all}"
+    );
+    assert!(!all.contains("inline-agent-token"), "{all}");
 }
