@@ -480,7 +480,8 @@ pub async fn steer(
         let reached = event["kind"] == "transition" && event["state"] == goal;
         let failed = event["kind"] == "transition" && event["state"] == "failed";
         if spinner {
-            line = reason.clone();
+            // The spinner's line holds one line: a quoted output shows once it ends.
+            line = reason.lines().next().unwrap_or("").to_string();
             if reached || failed {
                 print!("\r\x1b[2K");
                 let mark = if reached { '✓' } else { '✗' };

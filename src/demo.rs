@@ -173,9 +173,11 @@ fn own_command() -> String {
     let Ok(exe) = std::env::current_exe() else {
         return "wakegate".into();
     };
+    // The `wakegate` a shell runs is the first one on PATH.
     let on_path = std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path)
-            .any(|dir| std::fs::canonicalize(dir.join("wakegate")).is_ok_and(|found| found == exe))
+            .find_map(|dir| std::fs::canonicalize(dir.join("wakegate")).ok())
+            .is_some_and(|found| found == exe)
     });
     if on_path {
         return "wakegate".into();
