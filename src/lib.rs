@@ -16,6 +16,7 @@ pub mod discord;
 pub mod discovery;
 pub mod event;
 pub mod health;
+pub mod human;
 pub mod launch;
 pub mod listener;
 pub mod metrics;
