@@ -1,21 +1,30 @@
 //! The sleep-mode benchmark: how long a wake takes from each way a server can sleep, on the
 //! same server program, in one run: a cold start (`sleep_mode = "stop"`) against a resume from
-//! a freeze (`sleep_mode = "freeze"`: SIGCONT). Two programs: wakegate's demo echo server, a
-//! native program that opens its port at once (the floor of any cold start), and flying-squid,
-//! a Minecraft server in Node that takes a second or two to boot (left out, and said so, when
-//! tests/peers/minecraft is not installed).
+//! a freeze (`sleep_mode = "freeze"`: SIGCONT), and the same program in a container of the
+//! `docker` backend: a cold start of the container (`docker stop`, then start) against an
+//! unpause (`sleep_mode = "pause"`). Two programs: wakegate's demo echo server, a native
+//! program that opens its port at once (the floor of any cold start), and flying-squid, a
+//! Minecraft server in Node that takes a second or two to boot (left out, and said so, when
+//! tests/peers/minecraft is not installed; and run as a process only, the test image having
+//! no Node).
+//!
+//! The containers run on Podman's Docker-compatible API, started here as the container tests
+//! start it (tests/docker/podman.rs, shared): the busybox image, with the very wakegate binary
+//! measured as a process and the host's libraries mounted read-only, on the host network.
+//! Left out, and said so, when Podman is not installed (scripts/test installs it).
 //!
 //! Each wake is measured twice: by a client, from its connect to wakegate's listener to the
 //! first byte of the server's answer (an echo; a Minecraft status answer); and by wakegate,
 //! the `duration_ms` of its `awake` event (from the start of the wake to ready), whose
 //! `woke_from` is checked to be the mode measured.
 //!
-//! The third mode, `docker pause`, comes with the docker backend: a [`Mode`] of its own, run
-//! on a container of the same echo server, fills the third column of the table.
-//!
 //! `bench/run` runs this file after the TCP and event benchmarks; `cargo bench --bench sleep`
 //! runs it alone.
 
+// Shared with the container tests, which use more of it than this file does.
+#[allow(dead_code)]
+#[path = "../tests/docker/podman.rs"]
+mod podman;
 mod support;
 
 use std::net::SocketAddr;
@@ -46,25 +55,45 @@ enum Mode {
     Stop,
     /// Frozen with SIGSTOP: each wake is a SIGCONT.
     Freeze,
+    /// A container stopped for real: each wake starts it.
+    ContainerStop,
+    /// A container paused: each wake unpauses it.
+    Pause,
 }
 
 impl Mode {
-    const ALL: [Mode; 2] = [Mode::Stop, Mode::Freeze];
+    const ALL: [Mode; 4] = [Mode::Stop, Mode::Freeze, Mode::ContainerStop, Mode::Pause];
 
     /// Its `sleep_mode` in the config.
     fn key(self) -> &'static str {
         match self {
-            Mode::Stop => "stop",
+            Mode::Stop | Mode::ContainerStop => "stop",
             Mode::Freeze => "freeze",
+            Mode::Pause => "pause",
         }
     }
 
     /// The `sleep_mode` the API shows while asleep, and the `woke_from` of the next wake.
     fn asleep(self) -> &'static str {
         match self {
-            Mode::Stop => "stopped",
+            Mode::Stop | Mode::ContainerStop => "stopped",
             Mode::Freeze => "frozen",
+            Mode::Pause => "paused",
         }
+    }
+
+    /// The service's name part: a process or a container.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Stop => "stop",
+            Mode::Freeze => "freeze",
+            Mode::ContainerStop => "container-stop",
+            Mode::Pause => "container-pause",
+        }
+    }
+
+    fn in_container(self) -> bool {
+        matches!(self, Mode::ContainerStop | Mode::Pause)
     }
 }
 
@@ -158,19 +187,38 @@ async fn run() -> anyhow::Result<String> {
         ),
     }
     let peers = peers().unwrap_or_default();
+    let containers = match Containers::start(&dir.0) {
+        Ok(containers) => Some(containers),
+        Err(why) => {
+            progress(&format!("no containers measured: {why:#}"));
+            None
+        }
+    };
     let mut rows = Vec::new();
     for program in programs {
+        let modes: Vec<Mode> = Mode::ALL
+            .into_iter()
+            .filter(|mode| {
+                !mode.in_container() || (program == Program::Echo && containers.is_some())
+            })
+            .collect();
         // Stopped when dropped (SIGTERM): it stops its servers, a frozen one too.
-        let mut gateway = Gateway::start(&dir.0, program, &peers).await?;
+        let mut gateway =
+            Gateway::start(&dir.0, program, &peers, &modes, containers.as_ref()).await?;
         let mut row = Row {
             program,
             client: Default::default(),
             wakegate: Default::default(),
         };
-        for mode in Mode::ALL {
-            let service = format!("{}-{}", program.name(), mode.key());
+        for mode in modes {
+            let service = format!("{}-{}", program.name(), mode.name());
             // The first wake of each is not counted: it leaves a freezing service frozen.
-            gateway.wake_once(&service, program, Mode::Stop).await?;
+            let first = if mode.in_container() {
+                Mode::ContainerStop
+            } else {
+                Mode::Stop
+            };
+            gateway.wake_once(&service, program, first).await?;
             for i in 1..=program.runs() {
                 let (client, woke) = gateway.wake_once(&service, program, mode).await?;
                 progress(&format!(
@@ -187,6 +235,73 @@ async fn run() -> anyhow::Result<String> {
     Ok(table(&rows))
 }
 
+/// Podman's API for the container modes, and the containers made on it: removed when dropped.
+struct Containers {
+    podman: podman::Podman,
+    label: String,
+}
+
+impl Containers {
+    fn start(dir: &Path) -> anyhow::Result<Containers> {
+        ensure!(
+            Command::new("podman").arg("--version").output().is_ok(),
+            "podman is not installed (scripts/test installs it)"
+        );
+        let podman_dir = dir.join("podman");
+        std::fs::create_dir_all(&podman_dir)?;
+        let podman = podman::Podman::start(&podman_dir);
+        Ok(Containers {
+            podman,
+            label: format!("wakegate-bench={}", std::process::id()),
+        })
+    }
+
+    /// Creates the container of the echo server answering on `backend` (the host network),
+    /// the wakegate binary and the host's libraries mounted read-only into the test image;
+    /// returns its name.
+    fn echo(&self, mode: Mode, backend: SocketAddr) -> String {
+        let name = format!("wg-bench-{}-{}", std::process::id(), mode.name());
+        let binary = format!("{WAKEGATE}:/wakegate:ro");
+        let listen = backend.to_string();
+        let mut args = vec![
+            "create",
+            "--name",
+            &name,
+            "--label",
+            &self.label,
+            "--init",
+            "--network",
+            "host",
+            "-v",
+            &binary,
+        ];
+        for libraries in ["/usr:/usr:ro", "/lib:/lib:ro", "/lib64:/lib64:ro"] {
+            args.extend(["-v", libraries]);
+        }
+        args.extend([
+            podman::IMAGE,
+            "/wakegate",
+            "demo-backend",
+            "--echo",
+            "--listen",
+            &listen,
+        ]);
+        self.podman.cli(&args);
+        name
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        let (label, value) = self.label.split_once('=').unwrap_or_default();
+        for name in self.podman.named(label, value) {
+            let _ = self
+                .podman
+                .try_cli(&["rm", "--force", "--time", "0", &name]);
+        }
+    }
+}
+
 /// A running `wakegate run` with one service per mode for one program, asleep between wakes.
 struct Gateway {
     proc: Proc,
@@ -196,14 +311,14 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start(dir: &Path, program: Program, peers: &Path) -> anyhow::Result<Gateway> {
-        let [
-            api_port,
-            listen_stop,
-            listen_freeze,
-            backend_stop,
-            backend_freeze,
-        ] = free_ports()?;
+    async fn start(
+        dir: &Path,
+        program: Program,
+        peers: &Path,
+        modes: &[Mode],
+        containers: Option<&Containers>,
+    ) -> anyhow::Result<Gateway> {
+        let [api_port, ports @ ..] = free_ports::<9>()?;
         let api = loopback(api_port);
         let data_dir = dir.join(format!("{}-data", program.name()));
         let mut config = format!(
@@ -211,20 +326,31 @@ impl Gateway {
             toml_string(&data_dir.display().to_string())
         );
         let mut listeners = Vec::new();
-        let ports = [(listen_stop, backend_stop), (listen_freeze, backend_freeze)];
-        for (mode, (listen, backend)) in Mode::ALL.into_iter().zip(ports) {
-            let name = format!("{}-{}", program.name(), mode.key());
+        for (&mode, pair) in modes.iter().zip(ports.chunks(2)) {
+            let (listen, backend) = (loopback(pair[0]), loopback(pair[1]));
+            let name = format!("{}-{}", program.name(), mode.name());
+            let backend_keys = match containers {
+                Some(containers) if mode.in_container() => format!(
+                    "type = \"docker\"\nsocket = {}\ncontainer = \"{}\"\nnetwork = \"host\"\n\
+                     port = {}\nsleep_mode = \"{}\"\n",
+                    toml_string(&format!("unix://{}", containers.podman.socket.display())),
+                    containers.echo(mode, backend),
+                    backend.port(),
+                    mode.key(),
+                ),
+                _ => format!(
+                    "type = \"process\"\naddress = \"{backend}\"\nsleep_mode = \"{}\"\n{}",
+                    mode.key(),
+                    program.service(backend, peers),
+                ),
+            };
             // Only the bench puts it to sleep, through the API.
             config.push_str(&format!(
                 "\n[[service]]\nname = \"{name}\"\nidle_timeout = \"1h\"\nwake_timeout = \"60s\"\n\
-                 [[service.listen]]\ntype = \"tcp\"\nbind = \"{}\"\n\
-                 [service.backend]\ntype = \"process\"\naddress = \"{}\"\nsleep_mode = \"{}\"\n{}",
-                loopback(listen),
-                loopback(backend),
-                mode.key(),
-                program.service(loopback(backend), peers),
+                 [[service.listen]]\ntype = \"tcp\"\nbind = \"{listen}\"\n\
+                 [service.backend]\n{backend_keys}",
             ));
-            listeners.push((name, loopback(listen)));
+            listeners.push((name, listen));
         }
         let path = dir.join(format!("{}.toml", program.name()));
         std::fs::write(&path, config)?;
@@ -238,7 +364,11 @@ impl Gateway {
                 .env("NO_COLOR", "1"),
             dir,
         )?;
-        for port in [listen_stop, listen_freeze, api_port] {
+        for port in listeners
+            .iter()
+            .map(|(_, addr)| addr.port())
+            .chain([api_port])
+        {
             proc.wait_listening(port).await?;
         }
         Ok(Gateway {
@@ -329,8 +459,8 @@ impl Gateway {
 #[derive(Debug)]
 struct Row {
     program: Program,
-    client: [Vec<f64>; 2],
-    wakegate: [Vec<f64>; 2],
+    client: [Vec<f64>; 4],
+    wakegate: [Vec<f64>; 4],
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -340,6 +470,9 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn cell(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "-".to_string();
+    }
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
     format!("{:.1} ({min:.1}..{max:.1})", median(values))
@@ -350,14 +483,20 @@ fn table(rows: &[Row]) -> String {
         "\nwakegate sleep-mode benchmark, loopback, {} CPUs: a wake from each sleep mode, median (min..max) ms\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let line = |cells: [&str; 4]| {
+    let line = |cells: [&str; 5]| {
         let text = format!(
-            "{:<52}{:<24}{:<24}{}",
-            cells[0], cells[1], cells[2], cells[3]
+            "{:<52}{:<25}{:<25}{:<25}{}",
+            cells[0], cells[1], cells[2], cells[3], cells[4]
         );
         format!("{}\n", text.trim_end())
     };
-    out += &line(["", "cold start (stop)", "SIGCONT (freeze)", "docker pause"]);
+    out += &line([
+        "",
+        "process: cold start",
+        "process: SIGCONT",
+        "container: cold start",
+        "container: unpause",
+    ]);
     for row in rows {
         let program = match row.program {
             Program::Echo => "echo server",
@@ -367,14 +506,17 @@ fn table(rows: &[Row]) -> String {
             ("connect → first byte", &row.client),
             ("wakegate's wake (duration_ms)", &row.wakegate),
         ] {
+            let [stop, freeze, container, pause] =
+                Mode::ALL.map(|mode| cell(&figures[mode as usize]));
             out += &line([
                 &format!("{program}: {what}"),
-                &cell(&figures[Mode::Stop as usize]),
-                &cell(&figures[Mode::Freeze as usize]),
-                "-",
+                &stop,
+                &freeze,
+                &container,
+                &pause,
             ]);
         }
     }
-    out += "\ndocker pause: the docker backend fills this column (a container of the same echo server).\n";
+    out += "\nprocess: sleep_mode \"stop\" and \"freeze\"; container: the docker backend on Podman, sleep_mode \"stop\" and \"pause\"; - not measured.\n";
     out
 }

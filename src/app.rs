@@ -567,18 +567,26 @@ const STORE_GRACE: Duration = Duration::from_secs(5);
 const API_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs the gateway until SIGINT or SIGTERM. A second signal ends a shutdown that takes too
-/// long; what still runs is found again by the next start.
+/// long; what still runs is found again by the next start. Under systemd, it is ready once
+/// every socket is bound, and keeps the watchdog fed while it serves.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Watched from the start: a signal while the services reconcile is a shutdown once they
+    // have, not the default action's abrupt end.
+    let mut signals = Signals::watch()?;
     listener::nofile::raise();
     for warning in config.warnings() {
         warn!("{warning}");
     }
     let app = App::start(config).await?;
-    shutdown_signal().await?;
+    crate::systemd::ready(app.services().len());
+    tokio::select! {
+        () = signals.next() => {}
+        () = crate::systemd::watchdog() => {}
+    }
+    crate::systemd::stopping();
     tokio::select! {
         () = app.shutdown() => {}
-        second = shutdown_signal() => {
-            second?;
+        () = signals.next() => {
             warn!("Second signal: exiting without waiting for connections and backends.");
         }
     }
@@ -587,12 +595,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received."),
-        _ = int.recv() => info!("SIGINT received."),
-    }
+    Signals::watch()?.next().await;
     Ok(())
+}
+
+/// SIGINT and SIGTERM, watched from its creation on (a signal before `next` is kept for it).
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn watch() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    pub async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => info!("SIGTERM received."),
+            _ = self.int.recv() => info!("SIGINT received."),
+        }
+    }
 }

@@ -35,9 +35,12 @@ enum Command {
         /// Where its API listens.
         #[arg(long, default_value = "127.0.0.1:7070")]
         api: SocketAddr,
-        /// How long the demo server may stay idle before it is stopped.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        /// How long the demo server may stay idle before it is stopped ("30s", "2m", "1s").
+        #[arg(long, default_value = "30s", value_parser = config::de::parse_duration)]
         idle: Duration,
+        /// What an hour of the demo server pretends to cost, to show what sleeping saves.
+        #[arg(long, default_value = "3.0")]
+        hourly_cost: f64,
     },
     /// Check or print a config file.
     Config {
@@ -139,7 +142,7 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
         /// Wait this long before listening, like a server that boots.
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "0s", value_parser = config::de::parse_duration)]
         boot_delay: Duration,
         /// Echo bytes back instead of answering HTTP.
         #[arg(long)]
@@ -164,7 +167,7 @@ struct ApiArgs {
     /// The API address (default: `api` from the config, else 127.0.0.1:7070).
     #[arg(long)]
     api: Option<String>,
-    /// The config file to read the API address from.
+    /// The config file to read the API address from (only `[gateway] api` is read).
     #[arg(long, env = "WAKEGATE_CONFIG")]
     config: Option<PathBuf>,
     /// An API token (`[[gateway.token]]`).
@@ -182,7 +185,8 @@ impl ApiArgs {
                 .trim_start_matches("http://")
                 .trim_end_matches('/')
                 .to_string(),
-            (None, Some(path)) => config::load(path)?.gateway.api.to_string(),
+            // Only the address is read: the server's secrets need not be set for a client.
+            (None, Some(path)) => config::api_address(path)?.to_string(),
             (None, None) => "127.0.0.1:7070".to_string(),
         };
         Ok(Client::new(api, self.token.clone()))
@@ -238,18 +242,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let config = config::load(&config)?;
             runtime()?.block_on(app::run(config))?;
         }
-        Command::Demo { listen, api, idle } => {
-            runtime()?.block_on(demo::run(listen, api, idle))?;
+        Command::Demo {
+            listen,
+            api,
+            idle,
+            hourly_cost,
+        } => {
+            runtime()?.block_on(demo::run(listen, api, idle, hourly_cost))?;
         }
         Command::Config {
             action: ConfigAction::Check { file },
         } => {
             let config = config::load(&file)?;
-            for warning in config.warnings() {
+            let warnings = config.warnings();
+            for warning in &warnings {
                 eprintln!("warning: {warning}");
             }
             println!(
-                "{}: ok ({} service{}{}{})",
+                "{}: ok ({} service{}{}{}{})",
                 file.display(),
                 config.services.len(),
                 if config.services.len() == 1 { "" } else { "s" },
@@ -262,6 +272,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     ", services from container labels"
                 } else {
                     ""
+                },
+                match warnings.len() {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_string(),
+                    n => format!(", {n} warnings"),
                 }
             );
         }
@@ -340,7 +355,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&policy)?);
         }
         Command::Agent { config, measure } => {
-            let agent = crate::agent::config::load(&config)?;
+            let (agent, warnings) = crate::agent::config::load_with_warnings(&config)?;
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
             let runtime = runtime()?;
             if measure {
                 println!("{}", runtime.block_on(crate::agent::measure_once(&agent)));

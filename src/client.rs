@@ -274,8 +274,7 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
     } else {
         serde_json::from_value(value)?
     };
-    println!(
-        "{:<20} {:<16} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  LAST ERROR",
+    let header = [
         "NAME",
         "STATE",
         "FOR",
@@ -285,33 +284,99 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
         "ADDRESS",
         "AWAKE 24H",
         "AWAKE 30D",
-        "SAVED 30D"
-    );
-    for row in rows {
-        println!(
-            "{:<20} {:<16} {:<12} {:>5} {:>5} {:>7}  {:<22} {:>9} {:>9} {:>9}  {}",
-            row.name,
-            row.state_text(),
-            ago(&row.since).unwrap_or_else(|_| row.since.clone()),
-            row.connections,
-            row.held,
-            row.players
-                .map_or_else(|| "-".to_string(), |p| p.to_string()),
-            row.address.as_deref().unwrap_or("-"),
-            hours(row.awake_seconds_day),
-            hours(row.awake_seconds_30d),
-            row.cost_saved_30d
-                .map_or_else(|| "-".to_string(), |saved| format!("{saved:.2}")),
-            row.last_error
-                .as_deref()
-                .map(|e| e.lines().next().unwrap_or(""))
-                .unwrap_or("-"),
-        );
+        "SAVED 30D",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                row.name.clone(),
+                row.state_text(),
+                ago(&row.since).unwrap_or_else(|_| row.since.clone()),
+                row.connections.to_string(),
+                row.held.to_string(),
+                row.players
+                    .map_or_else(|| "-".to_string(), |p| p.to_string()),
+                row.address.clone().unwrap_or_else(|| "-".into()),
+                hours(row.awake_seconds_day),
+                hours(row.awake_seconds_30d),
+                row.cost_saved_30d
+                    .map_or_else(|| "-".to_string(), |saved| format!("{saved:.2}")),
+            ]
+        })
+        .collect();
+    // Text columns to the left, figures to the right.
+    let right = [
+        false, false, false, true, true, true, false, true, true, true,
+    ];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .zip(right)
+            .map(|((cell, width), right)| {
+                if right {
+                    format!("{cell:>width$}")
+                } else {
+                    format!("{cell:<width$}")
+                }
+            })
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    println!("{}", line(&header));
+    let indent = " ".repeat(widths[0] + 2);
+    for (row, cells) in rows.iter().zip(&cells) {
+        println!("{}", line(cells));
+        if let Some(error) = &row.last_error {
+            for text in error_lines(error) {
+                println!("{indent}{text}");
+            }
+        }
         if let Some(agent) = &row.agent {
-            println!("{:<20} {}", "", agent.line());
+            println!("{indent}{}", agent.line());
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines of output a `last error` shows at most below its summary: the last ones, where a
+/// server says why it stopped.
+const ERROR_TAIL_LINES: usize = 8;
+
+/// A service's last error under its row: the first line (what happened), then the last lines
+/// of the output it quotes, indented.
+fn error_lines(error: &str) -> Vec<String> {
+    let mut lines = error.lines().filter(|l| !l.trim().is_empty());
+    let Some(first) = lines.next() else {
+        return Vec::new();
+    };
+    let mut out = vec![format!("last error: {first}")];
+    let rest: Vec<&str> = lines.collect();
+    let skipped = rest.len().saturating_sub(ERROR_TAIL_LINES);
+    if skipped > 0 {
+        out.push(format!(
+            "  … {skipped} earlier line{}",
+            if skipped == 1 { "" } else { "s" }
+        ));
+    }
+    out.extend(
+        rest[skipped..]
+            .iter()
+            .map(|l| format!("  {}", l.trim_end())),
+    );
+    out
 }
 
 /// Awake time in hours, e.g. "1.25h".
@@ -326,7 +391,16 @@ fn ago(since: &str) -> anyhow::Result<String> {
         .duration_since(since)
         .unwrap_or_default()
         .as_secs();
-    Ok(humantime::format_duration(Duration::from_secs(elapsed)).to_string())
+    Ok(match elapsed {
+        0 => "0s".to_string(),
+        n => crate::human::duration(Duration::from_secs(n)),
+    })
+}
+
+/// "is awake", "has failed": a state on the wire as said of a service.
+fn phrase(state: &serde_json::Value) -> String {
+    let text = state.as_str().unwrap_or("");
+    crate::event::State::parse(text).map_or_else(|| format!("is {text}"), |s| s.phrase().into())
 }
 
 /// `wakegate wake NAME [--wait]` and `wakegate sleep NAME [--wait]`: asks, then with `wait`
@@ -351,10 +425,15 @@ pub async fn steer(
         if json {
             println!("{view}");
         } else {
-            println!("{name} is {}", view["state"].as_str().unwrap_or(""));
+            println!("{name} {}", phrase(&view["state"]));
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // What the recent wakes took: the wait is told against it.
+    let eta = (goal == "awake")
+        .then(|| view["eta_ms"].as_u64().or(before["eta_ms"].as_u64()))
+        .flatten()
+        .map(Duration::from_millis);
     let mut stream = client
         .stream(&format!(
             "/api/v1/events/stream?service={name}&after={after}"
@@ -365,13 +444,25 @@ pub async fn steer(
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut line = format!("{action} requested");
+    // The spinner counts against it; a log of lines says it once.
+    if let (Some(eta), false, false) = (eta, json, spinner) {
+        println!(
+            "{name}: expected to be awake in about {} (the recent wakes)",
+            crate::human::duration(eta)
+        );
+    }
     let mut frame = 0;
     loop {
         let next = tokio::select! {
             next = stream.next() => next?,
             _ = tick.tick(), if spinner => {
                 frame = (frame + 1) % frames.len();
-                print!("\r\x1b[2K{} {name}: {line} ({}s)", frames[frame], started.elapsed().as_secs());
+                let waited = started.elapsed().as_secs();
+                let progress = match eta {
+                    Some(eta) => format!("{waited}s of about {}", crate::human::duration(eta)),
+                    None => format!("{waited}s"),
+                };
+                print!("\r\x1b[2K{} {name}: {line} ({progress})", frames[frame]);
                 let _ = std::io::stdout().flush();
                 continue;
             }
@@ -383,20 +474,18 @@ pub async fn steer(
         if json {
             println!("{event}");
         } else if !spinner {
-            println!("{}", event_line(&event));
+            println!("{}", event_line(&event, id_width(after)));
         }
         let reason = event["reason"].as_str().unwrap_or("").to_string();
         let reached = event["kind"] == "transition" && event["state"] == goal;
         let failed = event["kind"] == "transition" && event["state"] == "failed";
         if spinner {
-            line = reason.clone();
+            // The spinner's line holds one line: a quoted output shows once it ends.
+            line = reason.lines().next().unwrap_or("").to_string();
             if reached || failed {
                 print!("\r\x1b[2K");
                 let mark = if reached { '✓' } else { '✗' };
-                println!(
-                    "{mark} {name} is {}: {reason}",
-                    event["state"].as_str().unwrap_or("")
-                );
+                println!("{mark} {name} {}: {reason}", phrase(&event["state"]));
             }
         }
         if reached {
@@ -408,8 +497,8 @@ pub async fn steer(
     }
 }
 
-/// One event as a line of text.
-fn event_line(event: &serde_json::Value) -> String {
+/// One event as a line of text, its id right-aligned in `id_width` columns.
+fn event_line(event: &serde_json::Value, id_width: usize) -> String {
     let time = event["time"].as_str().unwrap_or("");
     let state = event["state"].as_str().unwrap_or("");
     let state = if event["kind"] == "transition" {
@@ -417,14 +506,29 @@ fn event_line(event: &serde_json::Value) -> String {
     } else {
         format!("…{}", event["kind"].as_str().unwrap_or(""))
     };
-    format!(
-        "{:>6}  {}  {:<16} {:<10} {}",
-        event["id"],
+    let head = format!(
+        "{:>id_width$}  {}  {:<16} {:<10} ",
+        event["id"].as_i64().unwrap_or(0),
         time.get(..19).unwrap_or(time).replace('T', " "),
         event["service"].as_str().unwrap_or(""),
         state,
-        event["reason"].as_str().unwrap_or("")
-    )
+    );
+    // A reason that quotes a server's output goes on below, under the reason's column.
+    let indent = " ".repeat(head.chars().count() + 2);
+    let mut lines = event["reason"].as_str().unwrap_or("").lines();
+    let mut text = format!("{head}{}", lines.next().unwrap_or(""));
+    for line in lines {
+        text.push('\n');
+        text.push_str(&indent);
+        text.push_str(line.trim_end());
+    }
+    text
+}
+
+/// The columns event ids up to `last` take: at least 6, so that the ids that follow keep to
+/// the same column for long.
+fn id_width(last: i64) -> usize {
+    last.max(0).to_string().len().max(6)
 }
 
 /// `wakegate events [--follow]`: the latest events (or those after an id), then with `follow`
@@ -447,11 +551,13 @@ pub async fn events(
     let page = client
         .json(Method::GET, &format!("/api/v1/events?{query}"))
         .await?;
+    // Wide enough for the ids to come, so that a followed stream stays in its columns.
+    let width = id_width(page["last_id"].as_i64().unwrap_or(0));
     let print = |event: &serde_json::Value| {
         if json {
             println!("{event}");
         } else {
-            println!("{}", event_line(event));
+            println!("{}", event_line(event, width));
         }
     };
     for event in page["events"].as_array().into_iter().flatten() {

@@ -19,8 +19,22 @@ use crate::listener::http::config::{
 };
 use crate::service::config::Service;
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow::Result<()> {
+/// The API address the CLI reaches without `--api`.
+const DEFAULT_API: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7070);
+
+/// Runs the demo until Ctrl-C. `hourly_cost` is what an hour of the demo server pretends to
+/// cost, so that the money sleeping saves shows.
+pub async fn run(
+    listen: SocketAddr,
+    api: SocketAddr,
+    idle: Duration,
+    hourly_cost: f64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        hourly_cost.is_finite() && hourly_cost >= 0.0,
+        "--hourly-cost must be a positive number, e.g. 0.17"
+    );
     let exe = std::env::current_exe().context("cannot find wakegate's own binary")?;
     // The demo server gets a free port of its own next to the gateway.
     let backend = std::net::TcpListener::bind((listen.ip(), 0))
@@ -41,7 +55,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
         },
         services: vec![Service {
             name: "demo".into(),
-            hourly_cost: None,
+            hourly_cost: Some(hourly_cost),
             idle_timeout: idle,
             min_awake: Duration::ZERO,
             wake_timeout: Duration::from_secs(30),
@@ -96,6 +110,7 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
         }],
         notify: Vec::new(),
         discord: None,
+        file_warnings: Vec::new(),
     };
     let app = App::start(config).await?;
     let mut events = app.subscribe();
@@ -109,10 +124,18 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
         "  it goes back to sleep after {} without a request.",
         humantime::format_duration(idle)
     );
+    let command = own_command();
+    let api_arg = if app.api_addr() == DEFAULT_API {
+        String::new()
+    } else {
+        format!(" --api {}", app.api_addr())
+    };
     println!(
-        "  watch it live at http://{}/ (the dashboard), or `wakegate status --api {}`",
-        app.api_addr(),
+        "  an hour awake pretends to cost {hourly_cost:.2}: what sleeping saves shows on the dashboard\n  at http://{}/ and in `{command} status{api_arg}`, from another terminal;",
         app.api_addr()
+    );
+    println!(
+        "  `{command} wake demo --wait{api_arg}` wakes it from there, and says how long it should take."
     );
     println!("  data: {}", data_dir.display());
     println!("  Ctrl-C stops the demo.");
@@ -142,6 +165,32 @@ pub async fn run(listen: SocketAddr, api: SocketAddr, idle: Duration) -> anyhow:
     }
     app.shutdown().await;
     Ok(())
+}
+
+/// How to run this very binary from the current directory, for the hints: `wakegate` when
+/// that is the one on PATH, else its path (relative when it is under the current directory,
+/// as `./target/release/wakegate` after `cargo run --release`).
+fn own_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "wakegate".into();
+    };
+    // The `wakegate` a shell runs is the first one on PATH.
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .find_map(|dir| std::fs::canonicalize(dir.join("wakegate")).ok())
+            .is_some_and(|found| found == exe)
+    });
+    if on_path {
+        return "wakegate".into();
+    }
+    let relative = std::env::current_dir()
+        .and_then(std::fs::canonicalize)
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(|p| p.to_path_buf()));
+    match relative {
+        Some(path) => format!("./{}", path.display()),
+        None => exe.display().to_string(),
+    }
 }
 
 /// The demo's backend: after `boot_delay` it listens on `listen` and answers each connection

@@ -1,5 +1,6 @@
 //! Config files: every example must pass `config check`, every file in tests/config/invalid/
-//! must fail with the messages its `# expect:` lines name.
+//! must fail with the messages its `# expect:` lines name (and none its `# reject:` lines
+//! name), every file in tests/config/warning/ must pass with the warnings its lines name.
 
 mod common;
 
@@ -74,37 +75,104 @@ fn the_printed_example_is_the_checked_one_and_passes() {
     );
 }
 
+/// The `# expect:` and `# reject:` lines of a fixture.
+fn expectations(text: &str) -> (Vec<&str>, Vec<&str>) {
+    let lines = |prefix: &str| -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .collect()
+    };
+    (lines("# expect: "), lines("# reject: "))
+}
+
+/// Checks `file` and asserts its exit code and its expectations on stdout and stderr.
+fn check_fixture(file: &Path, code: i32) {
+    let text = std::fs::read_to_string(file).unwrap();
+    let (expected, rejected) = expectations(&text);
+    assert!(
+        !expected.is_empty(),
+        "{} has no `# expect:` line",
+        file.display()
+    );
+    let out = check(file);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}: unexpected exit code:\n{all}",
+        file.display()
+    );
+    for want in expected {
+        assert!(
+            all.contains(want),
+            "{}: expected {want:?} in:\n{all}",
+            file.display()
+        );
+    }
+    for unwanted in rejected {
+        assert!(
+            !all.contains(unwanted),
+            "{}: {unwanted:?} must not be in:\n{all}",
+            file.display()
+        );
+    }
+}
+
 #[test]
 fn every_invalid_file_fails_with_its_expected_messages() {
     let invalid = toml_files("tests/config/invalid");
     assert!(!invalid.is_empty(), "tests/config/invalid/ holds no config");
     for file in invalid {
-        let text = std::fs::read_to_string(&file).unwrap();
-        let expected: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("# expect: "))
-            .collect();
-        assert!(
-            !expected.is_empty(),
-            "{} has no `# expect:` line",
-            file.display()
-        );
-        let out = check(&file);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{} passed config check",
-            file.display()
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        for want in expected {
-            assert!(
-                stderr.contains(want),
-                "{}: expected {want:?} in:\n{stderr}",
-                file.display()
-            );
-        }
+        check_fixture(&file, 1);
     }
+}
+
+#[test]
+fn every_warning_file_passes_with_its_expected_warnings() {
+    let files = toml_files("tests/config/warning");
+    assert!(!files.is_empty(), "tests/config/warning/ holds no config");
+    for file in files {
+        check_fixture(&file, 0);
+    }
+}
+
+#[test]
+fn five_mistakes_are_reported_in_one_run() {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/config/invalid/five-mistakes.toml");
+    let out = check(&file);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // One line per problem, each with its own line:column, in the order of the file.
+    let places: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{}:", file.display())))
+        .map(|l| l.split(": ").next().unwrap())
+        .collect();
+    assert_eq!(
+        places,
+        ["13:1", "14:16", "16:8", "20:13", "34:8"],
+        "{stderr}"
+    );
+    assert!(stderr.contains(": 5 problems found"), "{stderr}");
+}
+
+#[test]
+fn the_deploy_config_passes_config_check_with_the_built_in_ec2_backend() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/wakegate.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("type = \"ec2\""), "{text}");
+    assert!(!text.contains("aws ec2"), "no AWS CLI hooks: {text}");
+    let out = check(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

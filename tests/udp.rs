@@ -289,3 +289,116 @@ async fn a_denied_address_gets_nothing_and_wakes_nothing() {
     assert_answers(&recv(&other).await, 2, "y.test");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_datagrams_from_many_addresses_wake_nothing_with_wake_on() {
+    let dir = temp_dir("udp-noise");
+    let (app, addr) = gateway_with(&dir, "0", "wake_on = \"hex:be ef\"").await;
+    let sockets = udp_sources(100).await;
+    let mut noise = Noise(0x0dd_ba11);
+    // 2,000 random datagrams (none starting with the wake bytes), in bursts each counted
+    // before the next goes, so that none is lost in a buffer and the count is exact.
+    let mut sent = 0;
+    for burst in 0..40 {
+        for i in 0..50 {
+            let len = 1 + noise.below(1400);
+            let mut datagram = noise.bytes(len);
+            if datagram.starts_with(&[0xbe, 0xef]) {
+                datagram[0] = 0;
+            }
+            sockets[(burst * 50 + i) % sockets.len()]
+                .send_to(&datagram, addr)
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        until_refused(&app, "no_wake", sent).await;
+    }
+    assert_eq!(app.service("dns").unwrap().state(), State::Asleep);
+    assert!(metrics(app.api_addr()).await.contains(&format!(
+        "wakegate_listener_connections{{listener=\"{addr}\",type=\"udp\"}} 0"
+    )));
+    // A real query still wakes it and is answered.
+    let socket = client().await;
+    socket
+        .send_to(&query(0xbeef, "after.test"), addr)
+        .await
+        .unwrap();
+    assert_answers(&recv(&socket).await, 0xbeef, "after.test");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_clients_at_once_hold_at_most_max_sessions() {
+    let dir = temp_dir("udp-flood");
+    let keys = "max_sessions = 8\nsession_idle = \"5s\"";
+    let (app, addr) = gateway_with(&dir, "0", keys).await;
+    // Five sockets on each of 100 addresses: 500 clients, one query each, sent in bursts
+    // each counted before the next goes (none lost in a buffer: the counts are exact).
+    let mut sockets = Vec::new();
+    for socket in udp_sources(100).await {
+        let ip = socket.local_addr().unwrap().ip();
+        sockets.push(socket);
+        for _ in 0..4 {
+            sockets.push(UdpSocket::bind(SocketAddr::new(ip, 0)).await.unwrap());
+        }
+    }
+    let live_prefix = format!("wakegate_listener_connections{{listener=\"{addr}\",type=\"udp\"}} ");
+    let live = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&live_prefix))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    for (burst, chunk) in sockets.chunks(50).enumerate() {
+        for (i, socket) in chunk.iter().enumerate() {
+            let id = (burst * 50 + i) as u16;
+            socket
+                .send_to(&query(id, "flood.test"), addr)
+                .await
+                .unwrap();
+        }
+        let sent = (burst * 50 + chunk.len()) as u64;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let text = metrics(app.api_addr()).await;
+            let (open, refused) = (live(&text), refused(&text, None, "max_sessions"));
+            assert!(open <= 8, "{open} sessions live");
+            if open + refused == sent {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{open} sessions and {refused} refusals for {sent} clients"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let text = metrics(app.api_addr()).await;
+    assert_eq!(
+        (live(&text), refused(&text, None, "max_sessions")),
+        (8, 492)
+    );
+    // The eight sessions let in are served.
+    for (id, socket) in sockets.iter().take(8).enumerate() {
+        assert_answers(&recv(socket).await, id as u16, "flood.test");
+    }
+    // Once they have ended, the service sleeps, and a new client is served.
+    until_state(&app, State::Asleep).await;
+    let out = tokio::process::Command::new("dig")
+        .args([
+            &format!("@{}", addr.ip()),
+            "-p",
+            &addr.port().to_string(),
+            "after.test",
+            "+short",
+            "+tries=1",
+            "+time=15",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127.0.0.7");
+    app.shutdown().await;
+}

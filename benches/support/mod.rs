@@ -95,6 +95,32 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Waits until a UDP socket is bound to 127.0.0.1:`port`, read from /proc/net/udp so that
+    /// no datagram reaches the peer.
+    pub async fn wait_udp_bound(&mut self, port: u16) -> anyhow::Result<()> {
+        let local = format!("0100007F:{port:04X}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.check_running()?;
+            let table = std::fs::read_to_string("/proc/net/udp")?;
+            let bound = table
+                .lines()
+                .skip(1)
+                .any(|line| line.split_whitespace().nth(1) == Some(local.as_str()));
+            if bound {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} does not listen on udp port {port}",
+                self.name
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         if !matches!(self.child.try_wait(), Ok(None)) {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeValue;
 
-use crate::config::de::{Secret, duration, expand, read, spanned_duration};
+use crate::config::de::{Secret, duration, read, spanned_duration};
 use crate::config::diag::{ConfigError, Problems};
 use crate::notify::http::Endpoint;
 
@@ -159,20 +159,36 @@ fn default_idle_timeout() -> Duration {
 
 /// Reads and validates an agent's config file.
 pub fn load(path: &Path) -> Result<Agent, ConfigError> {
+    load_with_warnings(path).map(|(agent, _)| agent)
+}
+
+/// As [`load`], with what the file holds that is allowed but unwise (a token written inline),
+/// each as "FILE:LINE:COL: what; what to do".
+pub fn load_with_warnings(path: &Path) -> Result<(Agent, Vec<String>), ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&source, &path.display().to_string())
+    parse_with_warnings(&source, &path.display().to_string())
 }
 
 /// Validates an agent's config text; `origin` names it in messages.
 pub fn parse(source: &str, origin: &str) -> Result<Agent, ConfigError> {
+    parse_with_warnings(source, origin).map(|(agent, _)| agent)
+}
+
+/// As [`parse`], with the warnings.
+pub fn parse_with_warnings(
+    source: &str,
+    origin: &str,
+) -> Result<(Agent, Vec<String>), ConfigError> {
     let mut problems = Problems::new(source);
     let agent = parse_into(source, &mut problems);
-    let problems = problems.into_sorted();
+    let (problems, warnings) = problems.into_parts();
     match agent {
-        Some(agent) if problems.is_empty() => Ok(agent),
+        Some(agent) if problems.is_empty() => {
+            Ok((agent, warnings.iter().map(|w| w.one_line(origin)).collect()))
+        }
         _ => Err(ConfigError::Invalid {
             path: origin.to_string(),
             problems,
@@ -230,9 +246,9 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Agent> {
         );
         ok = false;
     }
-    let token = match expand(c.token.get_ref()) {
-        Ok(token) if !token.expose().is_empty() => Some(token),
-        Ok(_) => {
+    let token = match crate::config::de::secret(&c.token, "the agent `token`", problems) {
+        Some(token) if !token.expose().is_empty() => Some(token),
+        Some(_) => {
             problems.add(
                 Some(c.token.span()),
                 "the token is empty",
@@ -240,14 +256,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Agent> {
             );
             None
         }
-        Err(var) => {
-            problems.add(
-                Some(c.token.span()),
-                format!("environment variable `{var}` is not set"),
-                "export it before starting the agent (systemd: EnvironmentFile=), or write the value itself",
-            );
-            None
-        }
+        None => None,
     };
     if let Some(ca) = &c.ca_file
         && let Err(e) = read_roots(ca.get_ref())

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::de::{MIN_SECRET_LEN, Secret, expand};
+use crate::config::de::{MIN_SECRET_LEN, Secret, secret};
 use crate::config::diag::Problems;
 
 /// An API token and what it may do.
@@ -46,14 +46,17 @@ pub(crate) struct TokenConfig {
     secret: Spanned<String>,
     role: Role,
     templates: Option<Vec<String>>,
-    services: Option<Spanned<Vec<String>>>,
+    services: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// Checks the tokens (`None` for a table that could not be read, already reported) and that an
-/// API bound to `api` beyond loopback has one.
+/// API bound to `api` beyond loopback has one. `configured` are the names of the services,
+/// when they could all be read, to check the services of agent tokens against (created
+/// services cannot have one: their names are given at run time).
 pub(crate) fn read_tokens(
     token_configs: Vec<Option<TokenConfig>>,
     api: &Spanned<SocketAddr>,
+    configured: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<Vec<Token>> {
     let mut tokens = Vec::new();
@@ -63,7 +66,25 @@ pub(crate) fn read_tokens(
     for t in token_configs.into_iter().flatten() {
         let services = match (t.role, t.services) {
             (Role::Agent, Some(services)) if !services.get_ref().is_empty() => {
-                services.into_inner()
+                for name in services.get_ref() {
+                    if configured.is_some_and(|all| !all.contains(name.get_ref())) {
+                        problems.add(
+                            Some(name.span()),
+                            format!(
+                                "agent token `{}` names service `{}`, which is not configured",
+                                t.name.get_ref(),
+                                name.get_ref()
+                            ),
+                            "name the [[service]] whose host runs the agent",
+                        );
+                        ok = false;
+                    }
+                }
+                services
+                    .into_inner()
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect()
             }
             (Role::Agent, services) => {
                 problems.add(
@@ -96,30 +117,24 @@ pub(crate) fn read_tokens(
             );
             ok = false;
         }
-        match expand(t.secret.get_ref()) {
-            Ok(secret) if secret.expose().len() >= MIN_SECRET_LEN => tokens.push(Token {
+        let what = format!("the secret of token `{}`", t.name.get_ref());
+        match secret(&t.secret, &what, problems) {
+            Some(secret) if secret.expose().len() >= MIN_SECRET_LEN => tokens.push(Token {
                 name: t.name.into_inner(),
                 secret,
                 role: t.role,
                 templates: t.templates,
                 services,
             }),
-            Ok(_) => {
+            Some(_) => {
                 problems.add(
                     Some(t.secret.span()),
-                    format!("the secret of token `{}` is too short to be safe", t.name.get_ref()),
+                    format!("{what} is too short to be safe"),
                     "use at least 16 characters, e.g. from `openssl rand -hex 32`, kept in an environment variable",
                 );
                 ok = false;
             }
-            Err(var) => {
-                problems.add(
-                    Some(t.secret.span()),
-                    format!("environment variable `{var}` is not set"),
-                    "export it before starting wakegate, or write the value itself",
-                );
-                ok = false;
-            }
+            None => ok = false,
         }
     }
     let span = api.span();
@@ -133,27 +148,4 @@ pub(crate) fn read_tokens(
         ok = false;
     }
     ok.then_some(tokens)
-}
-
-/// Every service an agent token names is configured (created services cannot have one: their
-/// names are given at run time).
-pub(crate) fn check_agent_services(
-    tokens: &[Token],
-    services: &[crate::service::config::Service],
-    problems: &mut Problems<'_>,
-) {
-    for token in tokens {
-        for name in &token.services {
-            if !services.iter().any(|s| &s.name == name) {
-                problems.add(
-                    None,
-                    format!(
-                        "agent token `{}` names service `{name}`, which is not configured",
-                        token.name
-                    ),
-                    "name the [[service]] whose host runs the agent",
-                );
-            }
-        }
-    }
 }

@@ -106,6 +106,20 @@ pub struct Caller {
     pub role: Role,
     /// The templates it may use, if only some (see [`Token::templates`]).
     pub templates: Option<Vec<String>>,
+    /// No token was asked for: the API has none (it is then bound to loopback).
+    pub anonymous: bool,
+}
+
+impl Caller {
+    /// Who asked, for the reasons of events: "API token ops", or "an API client on this host"
+    /// when the API has no tokens.
+    pub fn by(&self) -> String {
+        if self.anonymous {
+            "an API client on this host".to_string()
+        } else {
+            format!("API token {}", self.name)
+        }
+    }
 }
 
 /// Errors as JSON, with a message that says what to do.
@@ -301,6 +315,7 @@ async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) 
             name: "local".into(),
             role: Role::Admin,
             templates: None,
+            anonymous: true,
         }
     } else {
         let Some(presented) = presented_token(&request) else {
@@ -327,6 +342,7 @@ async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) 
             name: token.name.clone(),
             role: token.role,
             templates: token.templates.clone(),
+            anonymous: false,
         }
     };
     if caller.role == Role::Agent {
@@ -662,9 +678,7 @@ async fn wake(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = api.service(&name)?;
-    service
-        .wake(&format!("API token {}", caller.name))
-        .await??;
+    service.wake(&caller.by()).await??;
     Ok((StatusCode::ACCEPTED, Json(api.view(&service).await?)))
 }
 
@@ -674,9 +688,7 @@ async fn sleep(
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<ServiceView>), ApiError> {
     let service = api.service(&name)?;
-    service
-        .sleep(&format!("API token {}", caller.name))
-        .await??;
+    service.sleep(&caller.by()).await??;
     Ok((StatusCode::ACCEPTED, Json(api.view(&service).await?)))
 }
 
@@ -709,7 +721,7 @@ async fn add_lease(
             e.body_text()
         ))
     })?;
-    let duration = humantime::parse_duration(&request.duration)
+    let duration = crate::config::de::parse_duration(&request.duration)
         .ok()
         .filter(|d| !d.is_zero() && *d <= MAX_LEASE)
         .ok_or_else(|| {

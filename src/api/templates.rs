@@ -86,7 +86,7 @@ pub(super) async fn create(
             "owner must be 1 to 200 characters".into(),
         ));
     }
-    let by = format!("API token {}", caller.name);
+    let by = caller.by();
     let handle = templates.create(&template, body.name, &owner, &by).await?;
     Ok((StatusCode::CREATED, Json(api.view(&handle).await?)))
 }
@@ -104,7 +104,7 @@ pub(super) async fn destroy(
             "service `{name}` is configured, not created from a template; only created services can be destroyed (remove it from the config instead)"
         )));
     }
-    let by = format!("API token {}", caller.name);
+    let by = caller.by();
     let ended = templates
         .end(&name, &format!("destroyed by {by}"), &by)
         .await?;
@@ -134,7 +134,7 @@ pub(super) async fn extend(
     if let Some(template) = templates.template_of(&name) {
         may_use(&caller, &template)?;
     }
-    let duration = humantime::parse_duration(&body.duration)
+    let duration = crate::config::de::parse_duration(&body.duration)
         .ok()
         .filter(|d| !d.is_zero() && *d <= MAX_EXTEND)
         .ok_or_else(|| {
@@ -143,7 +143,7 @@ pub(super) async fn extend(
                 body.duration
             ))
         })?;
-    let by = format!("API token {}", caller.name);
+    let by = caller.by();
     templates.extend(&name, duration, &by).await?;
     let handle = api.service(&name)?;
     Ok(Json(api.view(&handle).await?))
@@ -158,6 +158,7 @@ mod tests {
             name: "bot".into(),
             role,
             templates: templates.map(|t| t.iter().map(|s| s.to_string()).collect()),
+            anonymous: false,
         }
     }
 

@@ -12,7 +12,7 @@ use toml::de::DeValue;
 
 use super::{aws, docker};
 use crate::config::de::{
-    Secret, check_address, duration, expand, expand_env, optional_spanned_duration, read,
+    Secret, check_address, duration, expand_env, optional_spanned_duration, read, secret,
     split_type,
 };
 use crate::config::diag::Problems;
@@ -334,8 +334,8 @@ fn read_rcon(c: RconConfig, command: String, problems: &mut Problems<'_>) -> Opt
             "write where the server's RCON listens (`rcon.port` in server.properties), e.g. \"127.0.0.1:25575\"",
         );
     }
-    let password = match expand(c.password.get_ref()) {
-        Ok(password) if password.expose().is_empty() => {
+    let password = match secret(&c.password, "the RCON password", problems) {
+        Some(password) if password.expose().is_empty() => {
             problems.add(
                 Some(c.password.span()),
                 "the RCON password is empty",
@@ -343,15 +343,7 @@ fn read_rcon(c: RconConfig, command: String, problems: &mut Problems<'_>) -> Opt
             );
             None
         }
-        Ok(password) => Some(password),
-        Err(var) => {
-            problems.add(
-                Some(c.password.span()),
-                format!("environment variable `{var}` is not set"),
-                "export it before starting wakegate; it holds the server's `rcon.password`",
-            );
-            None
-        }
+        password => password,
     };
     Some(Rcon {
         address: address_ok.then(|| c.address.into_inner())?,

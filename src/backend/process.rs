@@ -48,6 +48,21 @@ use crate::event::Kind;
 
 const LOG_TAIL_LINES: usize = 15;
 
+/// The start of the line wakegate writes to the log before each start of the server.
+const RUN_HEADER: &str = "--- wakegate starts ";
+
+/// The last `lines` lines the server wrote since its last start: the log holds every run, and
+/// what an earlier one said (or the header wakegate wrote) is not why this one ended.
+fn tail_of_run(path: &std::path::Path, lines: usize) -> String {
+    let tail = tail_of_file(path, usize::MAX);
+    let run = match tail.rfind(RUN_HEADER) {
+        Some(at) => tail[at..].split_once('\n').map_or("", |(_, rest)| rest),
+        None => tail.as_str(),
+    };
+    let all: Vec<&str> = run.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// How long a connect to the backend's address may take when checking whether something
 /// else holds it.
 const OCCUPIED_CHECK: Duration = Duration::from_secs(1);
@@ -162,7 +177,7 @@ impl ProcessBackend {
             .map_err(spawn_error)?;
         let _ = writeln!(
             log,
-            "--- wakegate starts {:?} at {} ---",
+            "{RUN_HEADER}{:?} at {} ---",
             self.config.command,
             crate::event::format_time(std::time::SystemTime::now())
         );
@@ -279,7 +294,7 @@ impl ProcessBackend {
         let _ = std::fs::remove_file(&self.pid_path);
         Exit {
             status,
-            log_tail: tail_of_file(&self.log_path, LOG_TAIL_LINES),
+            log_tail: tail_of_run(&self.log_path, LOG_TAIL_LINES),
         }
     }
 
@@ -556,4 +571,28 @@ fn quoted(answer: &str) -> String {
     }
     let short: String = answer.chars().take(120).collect();
     format!(": \"{short}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tail_of_a_run_holds_only_what_the_last_start_wrote() {
+        let dir = std::env::temp_dir().join(format!("wakegate-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("broken.log");
+        std::fs::write(
+            &log,
+            "--- wakegate starts [\"./server\"] at 2026-01-01T00:00:00Z ---\nfirst attempt\nError: port taken\n\
+             --- wakegate starts [\"./server\"] at 2026-01-01T00:01:00Z ---\nsecond attempt\nError: disk full\n",
+        )
+        .unwrap();
+        assert_eq!(tail_of_run(&log, 15), "second attempt\nError: disk full");
+        assert_eq!(tail_of_run(&log, 1), "Error: disk full");
+        // The run wrote nothing yet: nothing of the one before.
+        std::fs::write(&log, "old\n--- wakegate starts [\"x\"] at now ---\n").unwrap();
+        assert_eq!(tail_of_run(&log, 15), "");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

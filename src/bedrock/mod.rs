@@ -19,6 +19,11 @@ pub const UNCONNECTED_PING_OPEN: u8 = 0x02;
 pub const OPEN_CONNECTION_REQUEST_1: u8 = 0x05;
 pub const UNCONNECTED_PONG: u8 = 0x1c;
 
+/// The longest offline message a client sends: its first open-connection request is padded to
+/// its MTU, and RakNet's largest (1492, less the IP and UDP headers) fits an Ethernet frame.
+/// Anything longer is no join a server would take (RakNet's own receive buffer is 1492 bytes).
+pub const MAX_OFFLINE: usize = 1500;
+
 /// The longest advertisement string read or written (servers send ~100 bytes).
 pub const MAX_ADVERT: usize = 1024;
 
@@ -41,6 +46,8 @@ pub enum Error {
     Other(u8),
     #[error("packet 0x{id:02x} is {len} bytes, shorter than its fields")]
     Truncated { id: u8, len: usize },
+    #[error("packet 0x{id:02x} is {len} bytes, over RakNet's largest ({MAX_OFFLINE})")]
+    Oversized { id: u8, len: usize },
     #[error("packet 0x{0:02x} lacks RakNet's offline magic")]
     NoMagic(u8),
     #[error("the pong's advertisement is {0} bytes, over {MAX_ADVERT}")]
@@ -60,6 +67,16 @@ pub fn parse(datagram: &[u8]) -> Result<Offline, Error> {
         id,
         len: datagram.len(),
     };
+    let offline = matches!(
+        id,
+        UNCONNECTED_PING | UNCONNECTED_PING_OPEN | OPEN_CONNECTION_REQUEST_1
+    );
+    if offline && datagram.len() > MAX_OFFLINE {
+        return Err(Error::Oversized {
+            id,
+            len: datagram.len(),
+        });
+    }
     match id {
         UNCONNECTED_PING | UNCONNECTED_PING_OPEN => {
             // id, time, magic, client GUID
@@ -272,6 +289,15 @@ mod tests {
             Ok(Offline::OpenRequest1 {
                 raknet: 11,
                 mtu: 1464
+            })
+        );
+        // A request padded past any MTU RakNet uses is no join.
+        datagram.resize(MAX_OFFLINE + 1, 0);
+        assert_eq!(
+            parse(&datagram),
+            Err(Error::Oversized {
+                id: OPEN_CONNECTION_REQUEST_1,
+                len: MAX_OFFLINE + 1
             })
         );
         assert_eq!(parse(&[0x84, 0, 0, 0]), Err(Error::Other(0x84)));

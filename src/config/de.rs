@@ -1,29 +1,20 @@
 //! Shared readers for the config of every subsystem: one spanned value into its file type,
-//! tagged tables, humantime durations, `"${ENV}"` secrets and `host:port` addresses.
+//! tagged tables, durations, `"${ENV}"` secrets and `host:port` addresses.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::DeValue;
 
 use super::diag::Problems;
 
 /// Minimum length of a secret that guards something (API tokens, webhook signing keys): shorter ones can be guessed.
 pub(crate) const MIN_SECRET_LEN: usize = 16;
 
-/// Deserializes one spanned value, recording its problem on failure.
-pub(crate) fn read<T: DeserializeOwned>(
-    value: Spanned<DeValue<'_>>,
-    problems: &mut Problems<'_>,
-) -> Option<T> {
-    T::deserialize(ValueDeserializer::from(value))
-        .map_err(|e| problems.add_toml(e))
-        .ok()
-}
+pub(crate) use super::recover::read;
 
 /// Splits the `type` key off a tagged table, so the rest can be read by the variant's struct.
 pub(crate) fn split_type<'i>(
@@ -61,43 +52,113 @@ pub(crate) fn split_type<'i>(
     Some((kind, Spanned::new(kind_span, DeValue::Table(table))))
 }
 
-/// Reads a humantime duration and keeps its place, for problems found after reading.
+/// Reads a duration and keeps its place, for problems found after reading.
 pub(crate) fn spanned_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Spanned<Duration>, D::Error> {
     let text = Spanned::<String>::deserialize(d)?;
     let span = text.span();
-    let value = humantime::parse_duration(text.get_ref()).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{}` is not a duration ({e}); write it like \"30s\", \"10m\" or \"1h 30m\"",
-            text.get_ref()
-        ))
-    })?;
+    let value = parse_duration(text.get_ref()).map_err(serde::de::Error::custom)?;
     Ok(Spanned::new(span, value))
 }
 
-/// Reads an optional humantime duration and keeps its place.
+/// Reads an optional duration and keeps its place.
 pub(crate) fn optional_spanned_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Spanned<Duration>>, D::Error> {
     spanned_duration(d).map(Some)
 }
 
-/// Reads an optional humantime duration.
+/// Reads an optional duration.
 pub(crate) fn optional_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
 
-/// Reads a humantime duration ("30s", "10m", "1h 30m").
+/// Reads a duration ("30s", "10m", "1h30m"); see [`parse_duration`].
 pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "`{text}` is not a duration ({e}); write it like \"30s\", \"10m\" or \"1h 30m\""
-        ))
-    })
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// The one way wakegate reads a duration, in its config, its command line and its API: one or
+/// more groups of a whole number and a unit (`ms`, `s`, `m`, `h`, `d`) with nothing between
+/// the two, as in "500ms", "30s", "10m", "1h30m", "1h 30m" or "2d"; spaces may separate the
+/// groups. The error says why the text is not one, starting "`TEXT` is not a duration".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let not = |why: &str| format!("`{text}` is not a duration: {why}");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim_start();
+    if rest.is_empty() {
+        return Err(not("it is empty; write e.g. \"30s\""));
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            let word: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            return Err(not(&format!("`{word}` is not a number")));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| not("the number is too large"))?;
+        rest = &rest[digits..];
+        if rest.starts_with('.') || rest.starts_with(',') {
+            return Err(not(
+                "use whole numbers, e.g. \"1h30m\" rather than \"1.5h\"",
+            ));
+        }
+        let unit: String = rest
+            .chars()
+            .take_while(|c| c.is_alphabetic() || *c == 'µ')
+            .collect();
+        rest = &rest[unit.len()..];
+        let one = match unit.as_str() {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            "d" => Duration::from_secs(86400),
+            "" if rest.trim_start().starts_with(|c: char| c.is_alphabetic()) => {
+                let word: String = rest
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_alphabetic())
+                    .collect();
+                return Err(not(&match word.as_str() {
+                    "ms" | "s" | "m" | "h" | "d" => {
+                        format!("write the unit right after the number (\"{number}{word}\")")
+                    }
+                    _ => not_a_unit(&word, number),
+                }));
+            }
+            "" => return Err(not("it has no unit")),
+            other => return Err(not(&not_a_unit(other, number))),
+        };
+        total = one
+            .checked_mul(u32::try_from(number).map_err(|_| not("the number is too large"))?)
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| not("it is too long"))?;
+        rest = rest.trim_start();
+    }
+    Ok(total)
+}
+
+/// Why `word` is no unit, with the one this grammar writes for it when another tool's word
+/// (`min`, `seconds`, `hours`…) was meant.
+fn not_a_unit(word: &str, number: u64) -> String {
+    let meant = match word.to_ascii_lowercase().as_str() {
+        "msec" | "msecs" | "millis" | "millisecond" | "milliseconds" => Some("ms"),
+        "sec" | "secs" | "second" | "seconds" => Some("s"),
+        "min" | "mins" | "minute" | "minutes" => Some("m"),
+        "hr" | "hrs" | "hour" | "hours" => Some("h"),
+        "day" | "days" => Some("d"),
+        _ => None,
+    };
+    match meant {
+        Some(unit) => format!("`{word}` is not a unit; write \"{number}{unit}\""),
+        None => format!("`{word}` is not a unit"),
+    }
 }
 
 /// A value that may come from `"${ENV_VAR}"` and is never printed back.
@@ -145,7 +206,64 @@ pub(crate) fn check_address(
     }
 }
 
-/// Replaces `"${VAR}"` values with the variable's value, keeping them secret.
+/// The hint for a variable that is not set: secrets stay out of the file.
+const UNSET_HINT: &str = "export it in the environment wakegate starts from (systemd: an EnvironmentFile=; a container: --env-file); a secret is read from the environment so that the file holds none";
+
+/// Reads a value that may name variables (`"${VAR}"`): an unset one is a problem.
+pub(crate) fn from_env(value: &Spanned<String>, problems: &mut Problems<'_>) -> Option<Secret> {
+    match expand(value.get_ref()) {
+        Ok(v) => Some(v),
+        Err(var) => {
+            problems.add(
+                Some(value.span()),
+                format!("environment variable `{var}` is not set"),
+                UNSET_HINT,
+            );
+            None
+        }
+    }
+}
+
+/// Reads a secret: a value written inline (no `${VAR}` in it) is taken with a warning, since
+/// anyone who reads the file has it; `what` names it in that warning ("the `secret` of token
+/// `ci`").
+pub(crate) fn secret(
+    value: &Spanned<String>,
+    what: &str,
+    problems: &mut Problems<'_>,
+) -> Option<Secret> {
+    if !value.get_ref().is_empty() && !names_variable(value.get_ref()) {
+        problems.warn(
+            Some(value.span()),
+            format!("{what} is written in the file"),
+            "whoever can read the file (a backup, a repository, a pasted config) has it: put it in an environment variable and write \"${VARIABLE}\" here",
+        );
+    }
+    from_env(value, problems)
+}
+
+/// Whether an environment variable's name says it holds a secret (`API_TOKEN`,
+/// `DB_PASSWORD`, `AWS_SECRET_ACCESS_KEY`): its value written inline is warned about.
+pub(crate) fn looks_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "api_key",
+        "apikey",
+        "private_key",
+        "authorization",
+        "cookie",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
+}
+
+/// Replaces `"${VAR}"` values with the variable's value, keeping them secret; a value written
+/// inline under a name that looks secret is warned about. Every unset variable is reported.
 pub(crate) fn expand_env(
     env: BTreeMap<String, Spanned<String>>,
     problems: &mut Problems<'_>,
@@ -153,19 +271,22 @@ pub(crate) fn expand_env(
     let mut out = Vec::new();
     let mut ok = true;
     for (key, value) in env {
-        match expand(value.get_ref()) {
-            Ok(v) => out.push((key, v)),
-            Err(var) => {
-                ok = false;
-                problems.add(
-                    Some(value.span()),
-                    format!("environment variable `{var}` is not set"),
-                    "export it before starting wakegate, or write the value itself",
-                );
-            }
+        let read = if looks_secret(&key) {
+            secret(&value, &format!("the value of `{key}`"), problems)
+        } else {
+            from_env(&value, problems)
+        };
+        match read {
+            Some(v) => out.push((key, v)),
+            None => ok = false,
         }
     }
     ok.then_some(out)
+}
+
+/// Whether `value` holds at least one `${VAR}` reference.
+fn names_variable(value: &str) -> bool {
+    expand_with(value, |_| None).is_err()
 }
 
 /// Replaces each `${VAR}` (a name of letters, digits and `_`) with the variable's value, as in
@@ -219,6 +340,35 @@ mod expand_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_follow_one_grammar() {
+        let secs = |s: u64| Ok(Duration::from_secs(s));
+        assert_eq!(parse_duration("30s"), secs(30));
+        assert_eq!(parse_duration("10m"), secs(600));
+        assert_eq!(parse_duration("1h30m"), secs(5400));
+        assert_eq!(parse_duration("1h 30m"), secs(5400));
+        assert_eq!(parse_duration("2d"), secs(172_800));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("0s"), secs(0));
+        for (text, why) in [
+            ("10 minutes", "`minutes` is not a unit; write \"10m\""),
+            ("10", "it has no unit"),
+            ("10min", "`min` is not a unit; write \"10m\""),
+            ("2 Hours", "`Hours` is not a unit; write \"2h\""),
+            ("3 fortnights", "`fortnights` is not a unit"),
+            ("1.5h", "use whole numbers"),
+            ("10 m", "write the unit right after the number (\"10m\")"),
+            ("-5s", "`-5s` is not a number"),
+            ("", "it is empty"),
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert!(
+                e.starts_with(&format!("`{text}` is not a duration: {why}")),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn secrets_expand_and_never_print() {

@@ -6,8 +6,8 @@
 
 pub mod de;
 pub mod diag;
+mod recover;
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::api::config::{Token, TokenConfig, read_tokens};
 use crate::listener::config::Listen;
-use crate::service::config::{Service, read_services};
+use crate::service::config::{Service, ServicesRead, read_services};
 use de::{duration, read};
 use diag::Problems;
 pub use diag::{ConfigError, Problem};
@@ -42,13 +42,16 @@ pub struct Config {
     pub templates: Vec<crate::template::config::Template>,
     /// Where services are discovered at run time (`[discovery]`).
     pub discovery: crate::discovery::config::Discovery,
+    /// What reading the file found allowed but unwise (a secret written inline), each as
+    /// "FILE:LINE:COL: what; what to do".
+    pub file_warnings: Vec<String>,
 }
 
 impl Config {
     /// What is allowed but weakens the setup: `config check` prints it, and wakegate logs it
     /// at start.
     pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+        let mut warnings = self.file_warnings.clone();
         for service in &self.services {
             let checks = std::iter::once(("readiness probe", &service.readiness))
                 .chain(service.health.iter().map(|h| ("health check", &h.check)));
@@ -164,13 +167,57 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&source, &path.display().to_string())
 }
 
+/// Where a client reaches the API of the gateway `path` configures: its `[gateway] api`, and
+/// nothing else of the file (whose secrets are the server's, not the client's). An API bound
+/// to every address (`0.0.0.0`, `[::]`) is reached on loopback.
+pub fn api_address(path: &Path) -> Result<SocketAddr, ConfigError> {
+    let origin = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: origin.clone(),
+        source,
+    })?;
+    let mut problems = Problems::new(&source);
+    let api = match DeTable::parse(&source) {
+        Err(e) => {
+            problems.add_toml(e);
+            None
+        }
+        Ok(root) => match root.get_ref().get("gateway").map(|g| g.get_ref()) {
+            Some(DeValue::Table(gateway)) => match gateway.get("api") {
+                Some(api) => read::<Spanned<SocketAddr>>(api.clone(), &mut problems),
+                None => Some(default_api()),
+            },
+            _ => Some(default_api()),
+        },
+    };
+    match api {
+        Some(api) if problems.is_empty() => {
+            let mut api = api.into_inner();
+            if api.ip().is_unspecified() {
+                api.set_ip(match api {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            Ok(api)
+        }
+        _ => Err(ConfigError::Invalid {
+            path: origin,
+            problems: problems.into_sorted(),
+        }),
+    }
+}
+
 /// Validates config text; `origin` names it in messages.
 pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     let mut problems = Problems::new(source);
     let config = parse_into(source, &mut problems);
-    let problems = problems.into_sorted();
+    let (problems, warnings) = problems.into_parts();
     match config {
-        Some(config) if problems.is_empty() => Ok(config),
+        Some(mut config) if problems.is_empty() => {
+            config.file_warnings = warnings.iter().map(|w| w.one_line(origin)).collect();
+            Ok(config)
+        }
         _ => Err(ConfigError::Invalid {
             path: origin.to_string(),
             problems,
@@ -178,6 +225,18 @@ pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     }
 }
 
+/// The tables the top level holds.
+const TOP_LEVEL: [&str; 6] = [
+    "gateway",
+    "service",
+    "template",
+    "notify",
+    "discord",
+    "discovery",
+];
+
+/// Reads every part of the file, each apart, and checks across them with whatever could be
+/// read: a mistake in one part never hides those of another.
 fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
     let (root, syntax) = DeTable::parse_recoverable(source);
     if !syntax.is_empty() {
@@ -193,20 +252,26 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
     };
     let discovery = crate::discovery::config::read_discovery(root.remove("discovery"), problems);
     let discovers = discovery.as_ref().is_some_and(|d| d.docker.is_some());
-    let services = match root.remove("service") {
+    let read = match root.remove("service") {
         Some(value) => read_services(value, problems),
         // Services discovered from containers may be all there is.
-        None if discovers => Some(Vec::new()),
+        None if discovers => ServicesRead {
+            services: Some(Vec::new()),
+            names: Some(Vec::new()),
+            binds: Vec::new(),
+        },
         None => {
             problems.add(
                 None,
                 "no [[service]] is configured",
                 "add at least one [[service]] with a [service.backend] and a [[service.listen]]",
             );
-            None
+            ServicesRead::default()
         }
     };
-    let notify = crate::notify::read_targets(root.remove("notify"), services.as_deref(), problems);
+    crate::listener::clash::check_binds(&read.binds, problems);
+    let names = read.names.as_deref();
+    let notify = crate::notify::read_targets(root.remove("notify"), names, problems);
     let templates = match root.remove("template") {
         // The skeletons are kept as plain values, to be filled at each creation.
         Some(value) => {
@@ -224,32 +289,32 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         .map(|t| t.iter().map(|t| t.name.clone()).collect());
     let discord = crate::discord::config::read_discord(
         root.remove("discord"),
-        services.as_deref(),
+        names,
         template_names.as_deref(),
         problems,
     );
     for (key, _) in root.iter() {
+        let key_name = key.get_ref();
+        let message = match diag::closest(key_name, &TOP_LEVEL) {
+            Some(near) => format!("unknown top-level key `{key_name}`: did you mean `{near}`?"),
+            None => format!("unknown top-level key `{key_name}`"),
+        };
         problems.add(
             Some(key.span()),
-            format!("unknown top-level key `{}`", key.get_ref()),
+            message,
             "the top level holds only [gateway], [[service]], [[template]], [[notify]], [discord] and [discovery] tables",
         );
     }
-    let gateway = read_gateway(gateway?, tokens, problems);
-    let services = services?;
-    if let Some(gateway) = &gateway {
-        crate::api::config::check_agent_services(&gateway.tokens, &services, problems);
-    }
-    let config = Config {
+    let gateway = gateway.and_then(|g| read_gateway(g, tokens, names, problems));
+    Some(Config {
         gateway: gateway?,
-        services,
+        services: read.services?,
         notify: notify?,
         discord: discord?,
         templates: templates?,
         discovery: discovery?,
-    };
-    check_binds(&config, problems);
-    Some(config)
+        file_warnings: Vec::new(),
+    })
 }
 
 /// Reads `[gateway]`, and each of its `[[gateway.token]]` tables apart, so that every mistake
@@ -291,6 +356,7 @@ fn read_gateway_tables(
 fn read_gateway(
     c: GatewayConfig,
     tokens: Vec<Option<TokenConfig>>,
+    services: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<Gateway> {
     let agents = match c.agents {
@@ -307,7 +373,7 @@ fn read_gateway(
             }
         },
     };
-    let tokens = read_tokens(tokens, &c.api, problems)?;
+    let tokens = read_tokens(tokens, &c.api, services, problems)?;
     Some(Gateway {
         data_dir: c.data_dir,
         store: store?,
@@ -317,116 +383,6 @@ fn read_gateway(
         cors_origins: c.cors_origins,
         agents: agents?,
     })
-}
-
-/// Two listeners of any services cannot share a plain TCP socket, nor a UDP one. `minecraft` listeners may
-/// share one, and so may `http` listeners (each type only with its own, and TLS for all or
-/// none), as long as every hostname names one service and at most one takes the rest.
-fn check_binds(config: &Config, problems: &mut Problems<'_>) {
-    // UDP ports are apart from TCP ones: a udp and a tcp listener may share a number.
-    let mut groups: BTreeMap<(bool, SocketAddr), Vec<(&str, &Listen)>> = BTreeMap::new();
-    for service in &config.services {
-        for listen in &service.listeners {
-            // Port 0 asks the system for a free port: those never collide.
-            if listen.bind().port() == 0 {
-                continue;
-            }
-            groups
-                .entry((listen.is_udp(), listen.bind()))
-                .or_default()
-                .push((&service.name, listen));
-        }
-    }
-    for ((udp, bind), group) in groups {
-        if group.len() < 2 {
-            continue;
-        }
-        if udp {
-            let (a, b) = (group[0].0, group[1].0);
-            problems.add(
-                None,
-                format!("services `{a}` and `{b}` both listen on udp {bind}"),
-                "give each udp or bedrock listener its own port",
-            );
-            continue;
-        }
-        if let Some(tcp) = group
-            .iter()
-            .position(|(_, l)| matches!(l, Listen::Tcp { .. }))
-        {
-            let other = if tcp == 0 { 1 } else { 0 };
-            let (a, b) = (group[tcp.min(other)].0, group[tcp.max(other)].0);
-            problems.add(
-                None,
-                format!("services `{a}` and `{b}` both listen on tcp {bind}"),
-                "give each tcp listener its own port",
-            );
-            continue;
-        }
-        let kind = |l: &Listen| match l {
-            Listen::Http(_) => "http",
-            _ => "minecraft",
-        };
-        let first_kind = kind(group[0].1);
-        if let Some((other, _)) = group.iter().find(|(_, l)| kind(l) != first_kind) {
-            problems.add(
-                None,
-                format!(
-                    "service `{}` listens for {first_kind} and `{other}` for another protocol on {bind}",
-                    group[0].0
-                ),
-                "only listeners of the same type can share a port; give each protocol its own port",
-            );
-            continue;
-        }
-        if first_kind == "http" {
-            let tls = |l: &Listen| matches!(l, Listen::Http(h) if h.tls.is_some());
-            if let Some((plain, _)) = group.iter().find(|(_, l)| !tls(l))
-                && let Some((secure, _)) = group.iter().find(|(_, l)| tls(l))
-            {
-                problems.add(
-                    None,
-                    format!(
-                        "on http {bind}, service `{secure}` speaks TLS and `{plain}` plain HTTP"
-                    ),
-                    "a shared port speaks TLS for all its services or for none: give each its tls_cert and tls_key, or use two ports",
-                );
-            }
-        }
-        let mut owners: HashMap<&str, &str> = HashMap::new();
-        let mut defaults = Vec::new();
-        for (name, listen) in &group {
-            let (hostnames, default) = match listen {
-                Listen::Minecraft(m) => (&m.hostnames, m.default),
-                Listen::Http(h) => (&h.hostnames, h.default),
-                Listen::Tcp { .. } | Listen::Udp(_) | Listen::Bedrock(_) => continue,
-            };
-            if default || hostnames.is_empty() {
-                defaults.push(*name);
-            }
-            for host in hostnames {
-                if let Some(first) = owners.insert(host, name) {
-                    problems.add(
-                        None,
-                        format!(
-                            "hostname `{host}` on {first_kind} {bind} is claimed by `{first}` and `{name}`"
-                        ),
-                        "each hostname on a shared bind must lead to one service",
-                    );
-                }
-            }
-        }
-        if defaults.len() > 1 {
-            problems.add(
-                None,
-                format!(
-                    "services `{}` all take unknown hostnames on {first_kind} {bind}",
-                    defaults.join("`, `")
-                ),
-                "on a shared bind, give every listener `hostnames` and set `default = true` on at most one",
-            );
-        }
-    }
 }
 
 #[cfg(test)]
@@ -456,7 +412,8 @@ bind = "127.0.0.1:7000"
             panic!("expected Invalid")
         };
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
-        assert_eq!(lines, vec![3, 7, 13], "{problems:#?}");
-        assert!(problems[2].message.contains("colour"));
+        // The bad name is found although the same table holds a bad duration.
+        assert_eq!(lines, vec![3, 6, 7, 13], "{problems:#?}");
+        assert!(problems[3].message.contains("colour"));
     }
 }

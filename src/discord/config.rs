@@ -10,7 +10,6 @@ use toml::de::DeValue;
 
 use crate::config::de::{self, Secret};
 use crate::config::diag::Problems;
-use crate::service::config::Service;
 
 /// Discord's REST API, version 10.
 pub const DEFAULT_API_URL: &str = "https://discord.com/api/v10";
@@ -186,7 +185,7 @@ struct RoleConfig {
 /// the template names when they could be read, to check the roles' names against.
 pub(crate) fn read_discord(
     value: Option<Spanned<DeValue<'_>>>,
-    services: Option<&[Service]>,
+    services: Option<&[String]>,
     templates: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<Option<Discord>> {
@@ -273,8 +272,8 @@ pub(crate) fn read_discord(
         for r in &role_configs {
             for name in &r.services {
                 let name_ref = name.get_ref();
-                if name_ref != "*" && !services.iter().any(|s| &s.name == name_ref) {
-                    let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                if name_ref != "*" && !services.contains(name_ref) {
+                    let known: Vec<&str> = services.iter().map(String::as_str).collect();
                     problems.add(
                         Some(name.span()),
                         format!(
@@ -315,8 +314,8 @@ pub(crate) fn read_discord(
         }
     }
     // The key is public, but it is never printed either: it is shown the same way as a secret.
-    let public_key = match de::expand(c.public_key.get_ref()) {
-        Ok(text) => match parse_public_key(text.expose()) {
+    let public_key = match de::from_env(&c.public_key, problems) {
+        Some(text) => match parse_public_key(text.expose()) {
             Some(key) => Some(PublicKey(key)),
             None => {
                 problems.add(
@@ -327,18 +326,11 @@ pub(crate) fn read_discord(
                 None
             }
         },
-        Err(var) => {
-            problems.add(
-                Some(c.public_key.span()),
-                format!("environment variable `{var}` is not set"),
-                "export it before starting wakegate, or write the value itself",
-            );
-            None
-        }
+        None => None,
     };
-    let token = match de::expand(c.token.get_ref()) {
-        Ok(token) if !token.expose().trim().is_empty() => Some(token),
-        Ok(_) => {
+    let token = match de::secret(&c.token, "the bot `token`", problems) {
+        Some(token) if !token.expose().trim().is_empty() => Some(token),
+        Some(_) => {
             problems.add(
                 Some(c.token.span()),
                 "`token` is empty",
@@ -346,14 +338,7 @@ pub(crate) fn read_discord(
             );
             None
         }
-        Err(var) => {
-            problems.add(
-                Some(c.token.span()),
-                format!("environment variable `{var}` is not set"),
-                "export it before starting wakegate, or write the value itself",
-            );
-            None
-        }
+        None => None,
     };
     let api_url = match c.api_url {
         None => DEFAULT_API_URL.to_string(),

@@ -176,9 +176,9 @@ pub(super) fn answer(bot: &Bot, asked: Asked<'_>) -> InteractionResponse {
         let Some(duration) = string_option(asked.options, "duration") else {
             return private("Say how long, for example `duration:1h`.");
         };
-        let Ok(duration) = humantime::parse_duration(duration) else {
+        let Ok(duration) = crate::config::de::parse_duration(duration) else {
             return private(&format!(
-                "`{duration}` is not a duration: write it like `30m`, `1h` or `2h 30m`."
+                "`{duration}` is not a duration: write it like `30m`, `1h` or `2h30m`."
             ));
         };
         // Extending only writes a record: it is answered once done.

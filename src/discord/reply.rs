@@ -39,7 +39,7 @@ pub(super) fn needed(roles: &[u64]) -> String {
 /// One line about a service: state, address, players, idle time.
 pub(super) fn status_line(service: &ServiceHandle) -> String {
     let status = service.status();
-    let mut line = format!("**{}** is {}", service.name(), status.state);
+    let mut line = format!("**{}** {}", service.name(), status.state.phrase());
     // Paused or frozen: it keeps its memory, and a wake resumes it in moments.
     if status.state == State::Asleep && status.sleep_mode.in_memory() {
         line.push_str(&format!(" ({})", status.sleep_mode));

@@ -229,9 +229,9 @@ fn listener(
 }
 
 fn duration(text: &str) -> Result<(), String> {
-    humantime::parse_duration(text)
+    crate::config::de::parse_duration(text)
         .map(drop)
-        .map_err(|e| format!("not a duration ({e}); write it like 30s, 10m or 1h 30m"))
+        .map_err(|e| format!("{e}; write it like 30s, 10m or 1h30m"))
 }
 
 #[cfg(test)]

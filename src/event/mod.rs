@@ -32,6 +32,17 @@ impl State {
         }
     }
 
+    /// The state as said of a service: "is awake", "has failed".
+    pub fn phrase(self) -> &'static str {
+        match self {
+            State::Asleep => "is asleep",
+            State::Waking => "is waking",
+            State::Awake => "is awake",
+            State::Stopping => "is stopping",
+            State::Failed => "has failed",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<State> {
         [
             State::Asleep,

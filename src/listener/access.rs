@@ -117,7 +117,7 @@ impl FromStr for WakeRate {
         let bad = || format!("`{text}` is not COUNT/PERIOD");
         let (count, per) = text.split_once('/').ok_or_else(bad)?;
         let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let per = humantime::parse_duration(per.trim()).map_err(|_| bad())?;
+        let per = crate::config::de::parse_duration(per.trim()).map_err(|_| bad())?;
         if count == 0 || per.is_zero() {
             return Err(format!("`{text}` allows no wake at all"));
         }

@@ -2,6 +2,7 @@
 //! own keys (`tcp::config`, `http::config`, `minecraft::config`, `udp::config`).
 
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use toml::Spanned;
 use toml::de::DeValue;
@@ -55,11 +56,22 @@ impl Listen {
     }
 }
 
-/// Reads the `[[service.listen]]` array; each listener is read, so that all their mistakes show.
+/// A listener read from the file, with its service and the place of its `bind`: what the
+/// checks across services need, even when another part of its service is wrong.
+#[derive(Debug, Clone)]
+pub(crate) struct Bind {
+    pub service: String,
+    pub listen: Listen,
+    pub span: Range<usize>,
+}
+
+/// Reads the `[[service.listen]]` array; each listener is read, so that all their mistakes
+/// show. Every listener read comes back with the place of its `bind`; the flag says whether
+/// all were.
 pub(crate) fn read_listeners(
     value: Spanned<DeValue<'_>>,
     problems: &mut Problems<'_>,
-) -> Option<Vec<Listen>> {
+) -> (Vec<(Listen, Range<usize>)>, bool) {
     let span = value.span();
     let DeValue::Array(items) = value.into_inner() else {
         problems.add(
@@ -67,12 +79,17 @@ pub(crate) fn read_listeners(
             "`listen` must be an array of tables",
             "write each listener as a [[service.listen]] table",
         );
-        return None;
+        return (Vec::new(), false);
     };
     let kinds = "tcp, http, minecraft, udp, bedrock";
     let mut listeners = Vec::new();
     let mut all_ok = true;
     for item in items {
+        let bind_span = match item.get_ref() {
+            DeValue::Table(table) => table.get("bind").map(|b| b.span()),
+            _ => None,
+        }
+        .unwrap_or_else(|| item.span());
         let listen = split_type(item, "[[service.listen]]", kinds, problems)
             .and_then(|(kind, rest)| {
                 let (keys, rest) = split_access_keys(rest, problems)?;
@@ -104,7 +121,7 @@ pub(crate) fn read_listeners(
                 }
             });
         match listen {
-            Some(l) => listeners.push(l),
+            Some(l) => listeners.push((l, bind_span)),
             None => all_ok = false,
         }
     }
@@ -114,7 +131,7 @@ pub(crate) fn read_listeners(
             "this service has no listener",
             "add a [[service.listen]] table with `type = \"tcp\"` and `bind = \"IP:PORT\"`",
         );
-        return None;
+        return (listeners, false);
     }
-    all_ok.then_some(listeners)
+    (listeners, all_ok)
 }

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admission;
 pub mod bedrock;
+pub mod clash;
 pub mod client;
 pub mod config;
 pub mod copy;

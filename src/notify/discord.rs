@@ -28,7 +28,7 @@ pub fn colour(state: State) -> u32 {
 /// The JSON Discord is sent for an event.
 pub fn message(event: &Event) -> Value {
     let title = match event.kind {
-        Kind::Transition => format!("{} is {}", event.service, event.state),
+        Kind::Transition => format!("{} {}", event.service, event.state.phrase()),
         kind => format!("{}: {}", event.service, kind.as_str()),
     };
     let mut fields = Vec::new();
@@ -105,7 +105,7 @@ mod tests {
         };
         let m = message(&event);
         let embed = &m["embeds"][0];
-        assert_eq!(embed["title"], "survival is failed");
+        assert_eq!(embed["title"], "survival has failed");
         assert_eq!(embed["color"], 0xe74c3c);
         assert_eq!(embed["description"], event.reason);
         assert_eq!(embed["timestamp"], "2023-11-14T22:13:20.000Z");

@@ -22,7 +22,6 @@ use toml::de::DeValue;
 use crate::config::de::{self, Secret};
 use crate::config::diag::Problems;
 use crate::event::{Event, Kind, State};
-use crate::service::config::Service;
 
 pub use outbox::spawn;
 pub use webhook::sign;
@@ -166,11 +165,11 @@ fn filter_words() -> String {
     )
 }
 
-/// Reads the `[[notify]]` tables; `services` are the configured services when they could be
-/// read, to check the `services` filters against.
+/// Reads the `[[notify]]` tables; `services` are the names of the configured services when
+/// they could be read, to check the `services` filters against.
 pub(crate) fn read_targets(
     value: Option<Spanned<DeValue<'_>>>,
-    services: Option<&[Service]>,
+    services: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<Vec<Target>> {
     let Some(value) = value else {
@@ -212,7 +211,7 @@ pub(crate) fn read_targets(
 
 fn read_target(
     item: Spanned<DeValue<'_>>,
-    services: Option<&[Service]>,
+    services: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<(Target, Range<usize>)> {
     let (kind, rest) = de::split_type(item, "[[notify]]", KINDS, problems)?;
@@ -249,7 +248,7 @@ fn read_target(
         None => (kind.clone(), type_span.clone()),
     };
 
-    let url = read_url(&c.url, problems);
+    let url = read_url(&c.url, &kind, problems);
 
     let kind = match (kind.as_str(), c.secret) {
         ("discord", None) => Some(TargetKind::Discord),
@@ -269,11 +268,11 @@ fn read_target(
             );
             None
         }
-        (_, Some(secret)) => match de::expand(secret.get_ref()) {
-            Ok(s) if s.expose().len() >= de::MIN_SECRET_LEN => {
+        (_, Some(secret)) => match de::secret(&secret, "the webhook `secret`", problems) {
+            Some(s) if s.expose().len() >= de::MIN_SECRET_LEN => {
                 Some(TargetKind::Webhook { secret: s })
             }
-            Ok(_) => {
+            Some(_) => {
                 problems.add(
                     Some(secret.span()),
                     "the webhook `secret` is too short to be safe",
@@ -281,21 +280,14 @@ fn read_target(
                 );
                 None
             }
-            Err(var) => {
-                problems.add(
-                    Some(secret.span()),
-                    format!("environment variable `{var}` is not set"),
-                    "export it before starting wakegate, or write the value itself",
-                );
-                None
-            }
+            None => None,
         },
     };
 
     let filter_services = c.services.map(|list| {
         let mut set = BTreeSet::new();
         for name in list {
-            let known = services.is_none_or(|all| all.iter().any(|s| &s.name == name.get_ref()));
+            let known = services.is_none_or(|all| all.contains(name.get_ref()));
             if !known {
                 problems.add(
                     Some(name.span()),
@@ -370,18 +362,21 @@ fn read_target(
 }
 
 /// Expands and checks a target's URL. The URL is never echoed: a Discord webhook URL holds its
-/// token.
-fn read_url(url: &Spanned<String>, problems: &mut Problems<'_>) -> Option<Secret> {
-    let value = match de::expand(url.get_ref()) {
-        Ok(value) => value,
-        Err(var) => {
-            problems.add(
-                Some(url.span()),
-                format!("environment variable `{var}` is not set"),
-                "export it before starting wakegate, or write the value itself",
-            );
-            return None;
-        }
+/// token (written inline, it is warned about), and another URL may hold credentials (a user
+/// and password, or a query).
+fn read_url(url: &Spanned<String>, kind: &str, problems: &mut Problems<'_>) -> Option<Secret> {
+    let text = url.get_ref();
+    let authority = text
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let value = if kind == "discord" || authority.contains('@') || text.contains('?') {
+        de::secret(url, &format!("the {kind} URL"), problems)?
+    } else {
+        de::from_env(url, problems)?
     };
     match http::Endpoint::parse(value.expose()) {
         Ok(_) => Some(value),

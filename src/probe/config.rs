@@ -169,18 +169,25 @@ pub(crate) fn read_probe(
             let https = read_https(secure, c.ca_file, c.insecure, problems)?;
             // A value may come from the environment (a token): it is never printed.
             let mut headers = Vec::new();
+            let mut headers_ok = true;
             for (name, value) in c.headers {
-                match crate::config::de::expand(value.get_ref()) {
-                    Ok(secret) => headers.push((name, secret)),
-                    Err(var) => {
-                        problems.add(
-                            Some(value.span()),
-                            format!("environment variable `{var}` is not set"),
-                            "export it before starting wakegate",
-                        );
-                        return None;
-                    }
+                let secret_header = matches!(
+                    name.to_ascii_lowercase().as_str(),
+                    "authorization" | "proxy-authorization" | "cookie"
+                ) || crate::config::de::looks_secret(&name.replace('-', "_"));
+                let read = if secret_header {
+                    let what = format!("the value of header `{name}`");
+                    crate::config::de::secret(&value, &what, problems)
+                } else {
+                    crate::config::de::from_env(&value, problems)
+                };
+                match read {
+                    Some(secret) => headers.push((name, secret)),
+                    None => headers_ok = false,
                 }
+            }
+            if !headers_ok {
+                return None;
             }
             let method = match &c.method {
                 None => hyper::Method::GET,

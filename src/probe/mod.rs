@@ -345,9 +345,12 @@ async fn udp(address: SocketAddr, payload: &[u8]) -> Result<Answer, String> {
     }
 }
 
-/// A Bedrock unconnected ping, and the players its pong counts.
+/// A Bedrock unconnected ping, and the players its pong counts. The ping goes again every
+/// 50 ms until a pong comes: a RakNet server drops the pings that reach its socket while it is
+/// still starting, and waiting half a second for each lost one made wakes ~1 s slower than the
+/// server's own boot (benches/udp.rs).
 async fn bedrock_status(address: SocketAddr) -> Result<Answer, String> {
-    let pong = crate::bedrock::ping::status(address, Duration::from_millis(500))
+    let pong = crate::bedrock::ping::status(address, Duration::from_millis(50))
         .await
         .map_err(|e| format!("Bedrock ping of udp {address} failed: {e}"))?;
     Ok(Answer {

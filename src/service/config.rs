@@ -13,7 +13,7 @@ use crate::agent::config::{ServiceAgent, read_service_agent};
 use crate::backend::config::{Backend, read_backend};
 use crate::config::de::{duration, optional_duration, read, split_type};
 use crate::config::diag::Problems;
-use crate::listener::config::{Listen, read_listeners};
+use crate::listener::config::{Bind, Listen, read_listeners};
 use crate::probe::Check;
 use crate::probe::config::read_probe;
 use crate::schedule::Window;
@@ -230,11 +230,30 @@ fn default_health_action() -> HealthAction {
     HealthAction::Restart
 }
 
+/// What the `[[service]]` tables hold, as far as they could be read.
+#[derive(Debug, Default)]
+pub(crate) struct ServicesRead {
+    /// Every service, when all could be read.
+    pub services: Option<Vec<Service>>,
+    /// The names of the services, when every name could be read: for the other tables that
+    /// name services.
+    pub names: Option<Vec<String>>,
+    /// Every listener read, of every service: for the check of their binds.
+    pub binds: Vec<Bind>,
+}
+
+/// What is known of one `[[service]]` whatever else is wrong with it.
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    pub name: Option<String>,
+    pub binds: Vec<Bind>,
+}
+
 /// Reads the `[[service]]` array; every service is read, so that all their mistakes show.
 pub(crate) fn read_services(
     value: Spanned<DeValue<'_>>,
     problems: &mut Problems<'_>,
-) -> Option<Vec<Service>> {
+) -> ServicesRead {
     let span = value.span();
     let DeValue::Array(items) = value.into_inner() else {
         problems.add(
@@ -242,13 +261,23 @@ pub(crate) fn read_services(
             "`service` must be an array of tables",
             "write each service as a [[service]] table",
         );
-        return None;
+        return ServicesRead::default();
     };
     let mut services = Vec::new();
     let mut all_ok = true;
+    let mut all_named = true;
+    let mut binds = Vec::new();
     let mut names: HashMap<String, Range<usize>> = HashMap::new();
+    let mut order = Vec::new();
     for item in items {
-        match read_service(item, problems) {
+        let mut seen = Seen::default();
+        let service = read_service(item, problems, &mut seen);
+        binds.append(&mut seen.binds);
+        match seen.name {
+            Some(name) => order.push(name),
+            None => all_named = false,
+        }
+        match service {
             Some((service, name_span)) => {
                 if names
                     .insert(service.name.clone(), name_span.clone())
@@ -265,12 +294,19 @@ pub(crate) fn read_services(
             None => all_ok = false,
         }
     }
-    all_ok.then_some(services)
+    ServicesRead {
+        services: all_ok.then_some(services),
+        names: all_named.then_some(order),
+        binds,
+    }
 }
 
+/// Reads one `[[service]]`; `seen` learns its name and listeners even when another part of it
+/// is wrong.
 pub(crate) fn read_service(
     item: Spanned<DeValue<'_>>,
     problems: &mut Problems<'_>,
+    seen: &mut Seen,
 ) -> Option<(Service, Range<usize>)> {
     let span = item.span();
     let DeValue::Table(mut table) = item.into_inner() else {
@@ -292,6 +328,7 @@ pub(crate) fn read_service(
         Some(DeValue::Boolean(true))
     );
     let fields = read::<ServiceConfig>(Spanned::new(span.clone(), DeValue::Table(table)), problems);
+    seen.name = fields.as_ref().map(|f| f.name.get_ref().clone());
     let readiness_span = readiness.as_ref().map(|r| r.span());
     let readiness = match readiness {
         Some(value) => split_type(
@@ -321,7 +358,20 @@ pub(crate) fn read_service(
         }
     };
     let listeners = match listen {
-        Some(value) => read_listeners(value, problems),
+        Some(value) => {
+            let (listeners, ok) = read_listeners(value, problems);
+            if let Some(name) = &seen.name {
+                seen.binds = listeners
+                    .iter()
+                    .map(|(listen, span)| Bind {
+                        service: name.clone(),
+                        listen: listen.clone(),
+                        span: span.clone(),
+                    })
+                    .collect();
+            }
+            ok.then(|| listeners.into_iter().map(|(l, _)| l).collect())
+        }
         // A watchdog keeps a server running that clients reach by other ways.
         None if always_on => Some(Vec::new()),
         None => {
@@ -447,6 +497,7 @@ pub fn from_table(table: &toml::Table) -> Result<Service, String> {
             read_service(
                 Spanned::new(span, DeValue::Table(root.into_inner())),
                 &mut problems,
+                &mut Seen::default(),
             )
         }
         Err(e) => {

@@ -369,9 +369,9 @@ fn open_window(windows: &[Window], now: Now) -> Option<String> {
     Some(format!("({}){until}", window.text()))
 }
 
-/// A duration for messages, to the millisecond.
+/// A duration for messages, rounded to what matters at its size.
 pub fn round(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+    crate::human::duration(d)
 }
 
 #[cfg(test)]

@@ -249,13 +249,13 @@ fn read_template(
     let backend_ports = range(&fields.backend_ports, "backend_ports");
     let mut warnings = Vec::new();
     for w in &fields.warnings {
-        match humantime::parse_duration(w.get_ref()) {
+        match crate::config::de::parse_duration(w.get_ref()) {
             Ok(d) => warnings.push(d),
             Err(e) => {
                 problems.add(
                     Some(w.span()),
-                    format!("warning `{}` is not a duration: {e}", w.get_ref()),
-                    "write durations like \"10m\" or \"30s\"",
+                    format!("warning {e}"),
+                    crate::config::diag::DURATION_HINT,
                 );
                 ok = false;
             }

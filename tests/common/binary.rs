@@ -57,7 +57,20 @@ impl Wakegate {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info");
-        let mut child = setup(command)
+        let mut gateway = Wakegate::spawn(setup(command));
+        // The API is started after every listener: then clients are taken.
+        let ready = gateway.wait_for("API ready.");
+        let api = ready.split("api=http://").nth(1).unwrap();
+        gateway.api = api.split_whitespace().next().unwrap().parse().unwrap();
+        // The lines before stay to be waited for.
+        gateway.cursor = 0;
+        gateway
+    }
+
+    /// Runs `command` (any wakegate command) with its output read line by line; returns at
+    /// once. Its API address is unknown until set with [`Wakegate::set_api`].
+    pub fn spawn(command: &mut Command) -> Wakegate {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -68,20 +81,18 @@ impl Wakegate {
         // outputs are read all along, so wakegate never blocks on a full pipe.
         forward_lines(child.stdout.take().unwrap(), tx.clone());
         forward_lines(child.stderr.take().unwrap(), tx);
-        let mut gateway = Wakegate {
+        Wakegate {
             child,
             lines,
             seen: Vec::new(),
             cursor: 0,
             api: SocketAddr::from(([127, 0, 0, 1], 1)),
-        };
-        // The API is started after every listener: then clients are taken.
-        let ready = gateway.wait_for("API ready.");
-        let api = ready.split("api=http://").nth(1).unwrap();
-        gateway.api = api.split_whitespace().next().unwrap().parse().unwrap();
-        // The lines before stay to be waited for.
-        gateway.cursor = 0;
-        gateway
+        }
+    }
+
+    /// Where its API listens, once its output said so.
+    pub fn set_api(&mut self, api: SocketAddr) {
+        self.api = api;
     }
 
     /// Its process id.

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use super::DEADLINE;
 
@@ -69,4 +69,35 @@ pub fn refused(metrics: &str, listener: Option<SocketAddr>, reason: &str) -> u64
         .iter()
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
+}
+
+/// One UDP socket on each of 127.0.0.2 ..= 127.0.0.(1 + `n`): `n` clients of their own.
+pub async fn udp_sources(n: u8) -> Vec<UdpSocket> {
+    let mut sockets = Vec::new();
+    for i in 0..n {
+        let ip = std::net::Ipv4Addr::new(127, 0, 0, 2 + i);
+        sockets.push(UdpSocket::bind((ip, 0)).await.unwrap());
+    }
+    sockets
+}
+
+/// A small deterministic generator of noise (xorshift64*): the same bytes on every run.
+pub struct Noise(pub u64);
+
+impl Noise {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
 }

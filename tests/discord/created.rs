@@ -744,7 +744,7 @@ bind = "127.0.0.1:0"
         .until("showing the failure in the status message", |c| {
             is_status(c)
                 && c.body.as_str().is_some_and(|t| {
-                    t.contains("**broken-1** is failed") && t.contains("`/wakegate destroy`")
+                    t.contains("**broken-1** has failed") && t.contains("`/wakegate destroy`")
                 })
         })
         .await;

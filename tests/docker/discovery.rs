@@ -100,15 +100,26 @@ fn labelled_containers_come_and_go_as_services_and_a_bad_label_is_skipped() {
         line.contains(&bad_container) && line.contains("wakegate.idle_timeout"),
         "{line}"
     );
-    // Its service does not exist: the event is among all the gateway's.
-    let all = api_json(gateway.api(), "GET", "/api/v1/events?limit=500");
-    let warning = all["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["service"] == bad.as_str() && e["kind"] == "warning")
-        .expect("no warning event for the skipped container")
-        .clone();
+    // Its service does not exist: the event is among all the gateway's, once stored (the
+    // log line may come first).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let warning = loop {
+        let all = api_json(gateway.api(), "GET", "/api/v1/events?limit=500");
+        let found = all["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["service"] == bad.as_str() && e["kind"] == "warning")
+            .cloned();
+        if let Some(warning) = found {
+            break warning;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning event for the skipped container"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(warning["detail"]["label"], "wakegate.idle_timeout");
     assert_eq!(warning["detail"]["container"], bad_container.as_str());
     let (status, _) = http(gateway.api(), "GET", &format!("/api/v1/services/{bad}"), "").unwrap();

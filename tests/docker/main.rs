@@ -10,6 +10,8 @@
 mod common;
 mod discovery;
 mod fixtures;
+mod image;
+mod podman;
 
 use std::net::TcpStream;
 use std::time::Instant;

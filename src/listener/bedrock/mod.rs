@@ -101,11 +101,13 @@ pub async fn run(
         };
         let data = &buf[..n];
         match bedrock::parse(data) {
-            Ok(Offline::Ping { time, .. }) => {
-                if sessions.denied(peer.ip()).is_none() {
-                    pings.answer(peer, time).await;
-                }
-            }
+            Ok(Offline::Ping { time, .. }) => match sessions.denied(peer.ip()) {
+                None => pings.answer(peer, time).await,
+                // A denied address's server list shows the server offline.
+                Some(denied) => listening
+                    .refusals
+                    .refuse(Refusal::Denied, format_args!("ping from {peer}: {denied}")),
+            },
             Ok(Offline::OpenRequest1 { .. }) => {
                 sessions.deliver(peer, Bytes::copy_from_slice(data), true);
             }
