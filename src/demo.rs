@@ -46,6 +46,7 @@ pub async fn run(
         discovery: Default::default(),
         gateway: Gateway {
             data_dir: data_dir.clone(),
+            store: crate::store::Location::Sqlite,
             api,
             shutdown_grace: Duration::from_secs(5),
             tokens: Vec::new(),

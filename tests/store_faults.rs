@@ -1,7 +1,9 @@
-//! The real binary while its SQLite store cannot write: another process holds the write lock,
-//! the filesystem is full, the filesystem is read-only. Clients must be served and `/healthz`
-//! must answer (saying "degraded") during the fault, and once it is over every event must be
-//! in the log, in order, with contiguous ids, and seen once by a live subscriber.
+//! The real binary while its store cannot write: another process holds SQLite's write lock,
+//! the filesystem is full, the filesystem is read-only, the PostgreSQL server is stopped under
+//! it. Clients must be served and `/healthz` must answer (saying "degraded") during the fault,
+//! and once it is over every event must be in the log, in order, with contiguous ids, and seen
+//! once by a live subscriber. A PostgreSQL store that cannot be reached stops `run` with where
+//! and why, never the password.
 //!
 //! The filesystem faults mount a small tmpfs, which needs root (or CAP_SYS_ADMIN): the tests
 //! run as root here and in CI, and fail, rather than skip, without it.
@@ -39,9 +41,11 @@ fn echo_server() -> SocketAddr {
 
 /// `web`, an echo server behind a TCP listener, never stopped for being idle.
 fn config(dir: &Path, data_dir: &Path, listen: SocketAddr) -> PathBuf {
-    gateway(data_dir)
-        .service(svc("web").idle("1h").exec_true(echo_server()).tcp(listen))
-        .write(&dir.join("wakegate.toml"))
+    web(data_dir, listen).write(&dir.join("wakegate.toml"))
+}
+
+fn web(data_dir: &Path, listen: SocketAddr) -> Config {
+    gateway(data_dir).service(svc("web").idle("1h").exec_true(echo_server()).tcp(listen))
 }
 
 /// A client through the gateway: it wakes the service if needed and gets its bytes back.
@@ -348,6 +352,105 @@ async fn a_read_only_data_dir_stops_the_start_with_what_to_do_and_the_history_is
     assert!(healthz(&gateway)["status"] == "ok");
     drop(gateway);
     drop(tmpfs);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The same as with SQLite's lock, the store in PostgreSQL and the server stopped (a crash:
+/// `pg_ctl stop -m immediate`) under the gateway, then started again: the pool reconnects.
+#[tokio::test]
+async fn while_the_postgres_server_is_down_clients_are_served_and_no_event_is_lost() {
+    init_logs();
+    let dir = temp_dir("store-pg-down");
+    let server = postgres::Server::start("down");
+    let listen = free_addr();
+    let file = web(&dir, listen)
+        .set("store", server.database("down").as_str())
+        .write(&dir.join("wakegate.toml"));
+    let mut gateway = Wakegate::start(&file);
+    let mut live = gateway.event_stream("web", DEADLINE).await;
+    let mut seen = live.until_state("asleep").await;
+    assert!(
+        !dir.join("wakegate.db").exists(),
+        "the store is in PostgreSQL, not in the data dir"
+    );
+
+    server.stop();
+    served(listen);
+    gateway.wait_for("The store cannot write");
+    let health = healthz(&gateway);
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["store"]["pending_events"].as_u64().unwrap() >= 1,
+        "{health}"
+    );
+    let (status, body) = http(
+        gateway.api(),
+        "POST",
+        "/api/v1/services/web/leases",
+        r#"{"duration": "1h"}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the store cannot write: "), "{body}");
+
+    server.pg_ctl("start");
+    gateway.wait_for("The store writes again");
+    seen.extend(live.until_state("awake").await);
+    assert_recovered(&gateway, &seen, &["asleep", "waking", "awake"]);
+    served(listen);
+    // A restarted gateway reads its history back from the database.
+    let before = gateway.events("web");
+    assert!(gateway.stop(DEADLINE).success());
+    let gateway = Wakegate::start(&file);
+    let after = gateway.events("web");
+    assert_eq!(after[..before.len()], before[..], "the history is intact");
+    drop(gateway);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `run` with a PostgreSQL store nobody answers for: it exits 1 at once, naming the host and
+/// what failed, and never prints the password it read from the environment.
+#[test]
+fn an_unreachable_postgres_store_stops_run_with_the_host_and_never_the_password() {
+    let dir = temp_dir("store-pg-unreachable");
+    let closed = free_addr();
+    let file = web(&dir, free_addr())
+        .set(
+            "store",
+            format!("postgres://gw:${{WAKEGATE_TEST_PGPASSWORD}}@{closed}/wake").as_str(),
+        )
+        .write(&dir.join("wakegate.toml"));
+    let mut refused = Command::new(WAKEGATE)
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("WAKEGATE_TEST_PGPASSWORD", "hunter2-in-the-env")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exit = wait_within(&mut refused, DEADLINE);
+    let mut output = String::new();
+    refused
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    refused
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(
+        output.contains(&format!(
+            "cannot connect the PostgreSQL store at postgres://gw@{closed}/wake: "
+        )),
+        "{output}"
+    );
+    assert!(output.contains("Connection refused"), "{output}");
+    assert!(!output.contains("hunter2"), "{output}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -107,6 +107,8 @@ fn handoff_warnings(service: &Service) -> impl Iterator<Item = String> + '_ {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     pub data_dir: PathBuf,
+    /// Where the store lives: SQLite in the data dir, or a PostgreSQL database.
+    pub store: crate::store::Location,
     pub api: SocketAddr,
     /// How long open connections may go on after SIGINT/SIGTERM before they are closed.
     pub shutdown_grace: Duration,
@@ -123,6 +125,7 @@ pub struct Gateway {
 struct GatewayConfig {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
+    store: Option<Spanned<String>>,
     #[serde(default = "default_api")]
     api: Spanned<SocketAddr>,
     #[serde(default = "default_grace", deserialize_with = "duration")]
@@ -136,6 +139,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             data_dir: default_data_dir(),
+            store: None,
             api: default_api(),
             shutdown_grace: default_grace(),
             cors_origins: Vec::new(),
@@ -359,9 +363,20 @@ fn read_gateway(
         None => Some(None),
         Some(agents) => crate::api::serve::read(agents, problems).map(Some),
     };
+    let store = match &c.store {
+        None => Some(crate::store::Location::Sqlite),
+        Some(text) => match crate::store::Location::parse(text.get_ref()) {
+            Ok(location) => Some(location),
+            Err((problem, hint)) => {
+                problems.add(Some(text.span()), problem, hint);
+                None
+            }
+        },
+    };
     let tokens = read_tokens(tokens, &c.api, services, problems)?;
     Some(Gateway {
         data_dir: c.data_dir,
+        store: store?,
         api: c.api.into_inner(),
         shutdown_grace: c.shutdown_grace,
         tokens,

@@ -1,24 +1,30 @@
-//! The embedded SQLite store in the data dir: the event log and each service's last known state.
-//! Nothing on an async worker waits for SQLite: writes go, in order, to the writer
-//! (`writer`), reads run on their own connection (`sqlite`), from async code through
-//! [`Store::read`]. An event is committed before it is published, so what a client saw is
+//! The store: the event log, each service's last known state, leases, notification cursors,
+//! created services and backends' values. One [`engine::Engine`] holds them: the embedded
+//! SQLite database in the data dir (`sqlite`, the default) or a PostgreSQL database
+//! (`postgres`), one gateway per database until gateways can share one. Nothing on an async worker waits for the database:
+//! writes go, in order, to the writer (`writer`), reads run on the engine from async code
+//! through [`Store::read`]. An event is committed before it is published, so what a client saw is
 //! never lost; while the store cannot write, events wait in memory and `/healthz` says why.
 
+mod config;
 mod created;
+mod engine;
+mod postgres;
 mod sqlite;
 mod writer;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::event::{self, Event, NewEvent, from_millis, to_millis};
-use writer::{Op, Writer};
+use engine::{Engine, Op};
+use writer::Writer;
 
+pub use config::Location;
 pub use created::{Channel as CreatedChannel, Created};
 pub use writer::{Failing, Health, MAX_PENDING};
 
@@ -53,13 +59,10 @@ pub struct Lease {
     pub expires: SystemTime,
 }
 
-/// A handle to the database. Reads share one connection behind a std `Mutex`: each is a short
-/// synchronous statement that never awaits while holding it, run from async code on a
-/// blocking thread ([`Store::read`]). Reads are blocking: apart from the start-up, async code
-/// calls them through [`Store::read`].
+/// A handle to the database. Reads are blocking (each a short statement on the engine): apart
+/// from the start-up, async code calls them through [`Store::read`], on a blocking thread.
 pub struct Store {
-    /// `None` in memory: reads share the writer's one connection.
-    reads: Option<Mutex<Connection>>,
+    engine: Arc<dyn Engine>,
     writer: Writer,
     events: broadcast::Sender<Event>,
 }
@@ -71,6 +74,18 @@ pub fn now() -> SystemTime {
 }
 
 impl Store {
+    /// Opens the store `[gateway] store` names: SQLite in the data dir, or a PostgreSQL
+    /// database (connected, and its schema brought up to date, before this returns).
+    pub fn connect(location: &Location, data_dir: &Path) -> anyhow::Result<Store> {
+        match location {
+            Location::Sqlite => Store::open(data_dir),
+            Location::Postgres(url) => Ok(Store::with_engine(
+                Arc::new(postgres::Postgres::connect(url)?),
+                false,
+            )),
+        }
+    }
+
     /// Opens (or creates) `wakegate.db` in `data_dir` and brings its schema up to date, with a
     /// connection for reads and one for the writer. A database locked by another process or on a full disk opens (it is
     /// written once it can be); a damaged one or an unreadable directory does not.
@@ -82,26 +97,26 @@ impl Store {
             )
         })?;
         let path = data_dir.join("wakegate.db");
-        let reads = sqlite::open_and_migrate(&path).map_err(|e| open_error(&path, e))?;
-        let write =
-            sqlite::open(&path, sqlite::WRITE_BUSY).map_err(|e| open_error(&path, e.into()))?;
-        let (events, _) = broadcast::channel(LIVE_EVENTS);
-        Ok(Store {
-            reads: Some(Mutex::new(reads)),
-            writer: Writer::new(write, path, events.clone()),
-            events,
-        })
+        let engine = sqlite::Sqlite::open(&path).map_err(|e| open_error(&path, e))?;
+        Ok(Store::with_engine(Arc::new(engine), false))
     }
 
     /// A store that lives only in memory (for tools and tests that need no history). Its
     /// writes run in the caller, so an event is published when it is handed over.
     pub fn in_memory() -> anyhow::Result<Store> {
+        Ok(Store::with_engine(
+            Arc::new(sqlite::Sqlite::in_memory()?),
+            true,
+        ))
+    }
+
+    fn with_engine(engine: Arc<dyn Engine>, inline: bool) -> Store {
         let (events, _) = broadcast::channel(LIVE_EVENTS);
-        Ok(Store {
-            writer: Writer::inline(sqlite::open_in_memory()?, events.clone()),
-            reads: None,
+        Store {
+            writer: Writer::new(engine.clone(), events.clone(), inline),
+            engine,
             events,
-        })
+        }
     }
 
     /// The channel every event is published on, once committed.
@@ -210,17 +225,17 @@ impl Store {
 
     /// The Discord channel kept with created service `id`.
     pub fn created_channel(&self, id: i64) -> anyhow::Result<Option<CreatedChannel>> {
-        self.with(|c| created::channel(c, id))
+        self.with(|e| e.created_channel(id))
     }
 
     /// The created services not ended, oldest first.
     pub fn live_created(&self) -> anyhow::Result<Vec<Created>> {
-        self.with(created::live)
+        self.with(|e| e.live_created())
     }
 
     /// The newest record of a created service's name, live or ended.
     pub fn latest_created(&self, name: &str) -> anyhow::Result<Option<Created>> {
-        self.with(|c| created::latest(c, name))
+        self.with(|e| e.latest_created(name))
     }
 
     /// Moves a notification target's cursor forward (never back) to `id`, with the next write;
@@ -267,39 +282,29 @@ impl Store {
     /// Runs a read once the writes handed over before it are committed (waiting at most
     /// [`CAUGHT_UP`], and not while the store cannot write): whoever acted, then reads, sees
     /// what the action recorded.
-    fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+    fn with<T>(&self, read: impl FnOnce(&dyn Engine) -> anyhow::Result<T>) -> anyhow::Result<T> {
         self.writer.caught_up(CAUGHT_UP);
-        let conn = self.reads().lock().unwrap();
-        Ok(read(&conn)?)
-    }
-
-    fn reads(&self) -> &Mutex<Connection> {
-        self.reads
-            .as_ref()
-            .unwrap_or_else(|| self.writer.connection())
+        read(self.engine.as_ref())
     }
 
     /// A value a backend stored for itself (see [`Store::set_backend_value`]).
     pub fn backend_value(&self, service: &str, key: &str) -> anyhow::Result<Option<String>> {
-        self.with(|c| sqlite::backend_value(c, service, key))
+        self.with(|e| e.backend_value(service, key))
     }
 
     /// The last recorded state of a service, if it was ever recorded.
     pub fn service(&self, name: &str) -> anyhow::Result<Option<ServiceRecord>> {
-        self.with(|c| sqlite::service(c, name))
+        self.with(|e| e.service(name))
     }
 
     /// The newest `limit` events, oldest first, optionally of one service.
     pub fn latest_events(&self, service: Option<&str>, limit: usize) -> anyhow::Result<Vec<Event>> {
-        self.with(|c| {
-            let after = sqlite::before_latest(c, service, limit)?;
-            sqlite::events(c, after, service, limit)
-        })
+        self.with(|e| e.latest_events(service, limit))
     }
 
     /// The id of the newest event (0 when there is none).
     pub fn last_event_id(&self) -> anyhow::Result<i64> {
-        self.with(sqlite::last_event_id)
+        self.with(|e| e.last_event_id())
     }
 
     /// The transitions of a service from `since` on, preceded by the last one before it, and
@@ -309,7 +314,7 @@ impl Store {
         service: &str,
         since: SystemTime,
     ) -> anyhow::Result<(Vec<Transition>, Option<SystemTime>)> {
-        self.with(|c| sqlite::transitions_since(c, service, since))
+        self.with(|e| e.transitions_since(service, since))
     }
 
     /// How long the last `limit` wakes from `woke_from` took (cold starts from `stopped`,
@@ -320,12 +325,12 @@ impl Store {
         woke_from: event::SleepMode,
         limit: usize,
     ) -> anyhow::Result<Vec<u64>> {
-        self.with(|c| sqlite::boot_durations(c, service, woke_from.as_str(), limit))
+        self.with(|e| e.boot_durations(service, woke_from.as_str(), limit))
     }
 
     /// Leases of a service that have neither expired nor been ended.
     pub fn active_leases(&self, service: &str) -> anyhow::Result<Vec<Lease>> {
-        self.with(|c| sqlite::active_leases(c, service))
+        self.with(|e| e.active_leases(service))
     }
 
     /// Events with an id above `after`, oldest first, optionally of one service.
@@ -335,14 +340,13 @@ impl Store {
         service: Option<&str>,
         limit: usize,
     ) -> anyhow::Result<Vec<Event>> {
-        self.with(|c| sqlite::events(c, after, service, limit))
+        self.with(|e| e.events(after, service, limit))
     }
 
     /// The cursor of a notification target: the id of the last event it is done with. A target
     /// seen for the first time starts at the newest event (it is not sent the whole history).
     pub fn notify_cursor(&self, target: &str) -> anyhow::Result<i64> {
-        let (stored, newest) =
-            self.with(|c| Ok((sqlite::notify_cursor(c, target)?, sqlite::last_event_id(c)?)))?;
+        let (stored, newest) = self.with(|e| e.notify_cursor(target))?;
         Ok(stored.unwrap_or_else(|| {
             self.set_notify_cursor(target, newest);
             newest
@@ -354,10 +358,13 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn insert_now(&self, service: &str, event: NewEvent) -> Event {
         let time = now();
-        let id = {
-            let conn = self.reads().lock().unwrap();
-            sqlite::insert_event(&conn, service, &event, time, None).unwrap()
+        let op = Op::Event {
+            service: service.to_string(),
+            event: event.clone(),
+            time,
+            last_error: None,
         };
+        let id = self.engine.commit(&[(0, op)], &Default::default()).unwrap()[0];
         Event {
             id,
             time,

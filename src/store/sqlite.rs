@@ -1,16 +1,197 @@
-//! The SQLite side of the store: the schema and its migrations, how a connection is opened,
-//! and every statement, as functions over a connection. The writer calls the writing
-//! ones on its own connection, reads run on another (WAL lets them go on while someone else
-//! holds the write lock).
+//! The SQLite engine of the store: the schema and its migrations, how a connection is opened,
+//! and every statement, as functions over a connection. The writer's commits run on a
+//! connection of their own, reads on another (WAL lets them go on while someone else holds the
+//! write lock); in memory both share one.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use rusqlite_migration::{M, Migrations};
 
+use super::created::{self, Channel, Created};
+use super::engine::{Engine, Op};
 use super::{Lease, ServiceRecord, Transition};
 use crate::event::{Event, Kind, NewEvent, State, from_millis, to_millis};
+
+/// The database file in the data dir (or in memory), as an [`Engine`].
+pub(super) struct Sqlite {
+    write: Mutex<Connection>,
+    /// `None` in memory: reads share the write connection.
+    reads: Option<Mutex<Connection>>,
+    /// Where to open a fresh write connection after a failure (`None` in memory).
+    path: Option<PathBuf>,
+}
+
+impl Sqlite {
+    /// Opens (or creates) the database at `path` and brings its schema up to date, with a
+    /// connection for reads and one for writes.
+    pub(super) fn open(path: &Path) -> anyhow::Result<Sqlite> {
+        let reads = open_and_migrate(path)?;
+        let write = open(path, WRITE_BUSY)?;
+        Ok(Sqlite {
+            write: Mutex::new(write),
+            reads: Some(Mutex::new(reads)),
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// A database that lives only in memory.
+    pub(super) fn in_memory() -> anyhow::Result<Sqlite> {
+        Ok(Sqlite {
+            write: Mutex::new(open_in_memory()?),
+            reads: None,
+            path: None,
+        })
+    }
+
+    /// Runs a read on the read connection. A std `Mutex`: each read is a short synchronous
+    /// statement, run on a blocking thread, that never awaits while holding it.
+    fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> anyhow::Result<T> {
+        let conn = self.reads.as_ref().unwrap_or(&self.write).lock().unwrap();
+        Ok(read(&conn)?)
+    }
+}
+
+impl Engine for Sqlite {
+    fn commit(
+        &self,
+        batch: &[(u64, Op)],
+        cursors: &HashMap<String, i64>,
+    ) -> Result<Vec<i64>, String> {
+        let mut conn = self.write.lock().unwrap();
+        write(&mut conn, batch, cursors).map_err(|e| e.to_string())
+    }
+
+    /// A fresh connection: one opened read-only (the filesystem was) or left in a bad state
+    /// by an I/O error does not recover by itself.
+    fn recover(&self) {
+        if let Some(path) = &self.path
+            && let Ok(conn) = open(path, WRITE_BUSY)
+        {
+            *self.write.lock().unwrap() = conn;
+        }
+    }
+
+    fn backend_value(&self, service: &str, key: &str) -> anyhow::Result<Option<String>> {
+        self.with(|c| backend_value(c, service, key))
+    }
+
+    fn service(&self, name: &str) -> anyhow::Result<Option<ServiceRecord>> {
+        self.with(|c| service(c, name))
+    }
+
+    fn latest_events(&self, service: Option<&str>, limit: usize) -> anyhow::Result<Vec<Event>> {
+        self.with(|c| {
+            let after = before_latest(c, service, limit)?;
+            events(c, after, service, limit)
+        })
+    }
+
+    fn last_event_id(&self) -> anyhow::Result<i64> {
+        self.with(last_event_id)
+    }
+
+    fn transitions_since(
+        &self,
+        service: &str,
+        since: SystemTime,
+    ) -> anyhow::Result<(Vec<Transition>, Option<SystemTime>)> {
+        self.with(|c| transitions_since(c, service, since))
+    }
+
+    fn boot_durations(
+        &self,
+        service: &str,
+        woke_from: &str,
+        limit: usize,
+    ) -> anyhow::Result<Vec<u64>> {
+        self.with(|c| boot_durations(c, service, woke_from, limit))
+    }
+
+    fn active_leases(&self, service: &str) -> anyhow::Result<Vec<Lease>> {
+        self.with(|c| active_leases(c, service))
+    }
+
+    fn events(
+        &self,
+        after: i64,
+        service: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Event>> {
+        self.with(|c| events(c, after, service, limit))
+    }
+
+    fn notify_cursor(&self, target: &str) -> anyhow::Result<(Option<i64>, i64)> {
+        self.with(|c| Ok((notify_cursor(c, target)?, last_event_id(c)?)))
+    }
+
+    fn created_channel(&self, id: i64) -> anyhow::Result<Option<Channel>> {
+        self.with(|c| created::channel(c, id))
+    }
+
+    fn live_created(&self) -> anyhow::Result<Vec<Created>> {
+        self.with(created::live)
+    }
+
+    fn latest_created(&self, name: &str) -> anyhow::Result<Option<Created>> {
+        self.with(|c| created::latest(c, name))
+    }
+}
+
+/// Writes a batch in one transaction; the ids of its rows, one per op.
+fn write(
+    conn: &mut Connection,
+    batch: &[(u64, Op)],
+    cursors: &HashMap<String, i64>,
+) -> rusqlite::Result<Vec<i64>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut ids = Vec::with_capacity(batch.len());
+    for (_, op) in batch {
+        let id = match op {
+            Op::Event {
+                service,
+                event,
+                time,
+                last_error,
+            } => insert_event(&tx, service, event, *time, last_error.as_deref())?,
+            Op::AddLease {
+                service,
+                reason,
+                by,
+                created,
+                expires,
+                ..
+            } => add_lease(&tx, service, reason, by, *created, *expires)?,
+            Op::EndLease { service, id, at } => {
+                end_lease(&tx, service, *id, *at)?;
+                0
+            }
+            Op::BackendValue {
+                service,
+                key,
+                value,
+                ..
+            } => {
+                set_backend_value(&tx, service, key, value.as_deref())?;
+                0
+            }
+            Op::Created { record, .. } => created::save(&tx, record)?,
+            Op::CreatedChannel { id, channel, .. } => {
+                created::set_channel(&tx, *id, channel.as_ref())?;
+                0
+            }
+        };
+        ids.push(id);
+    }
+    for (target, id) in cursors {
+        set_notify_cursor(&tx, target, *id)?;
+    }
+    tx.commit()?;
+    Ok(ids)
+}
 
 /// Schema changes, in order; never edit one that has shipped, add a new one.
 const MIGRATIONS: &[M<'static>] = &[
@@ -94,12 +275,12 @@ const MIGRATIONS: &[M<'static>] = &[
 
 /// How long the writer waits for another process's write lock before the attempt counts as
 /// failed (and is retried with backoff): short, so a stall shows in `/healthz` quickly.
-pub(super) const WRITE_BUSY: Duration = Duration::from_secs(1);
+const WRITE_BUSY: Duration = Duration::from_secs(1);
 /// How long a read waits for a lock (rare in WAL mode: a checkpoint, a recovery).
-pub(super) const READ_BUSY: Duration = Duration::from_secs(5);
+const READ_BUSY: Duration = Duration::from_secs(5);
 
 /// Opens the database file, checks that it is one and brings its schema up to date.
-pub(super) fn open_and_migrate(path: &Path) -> anyhow::Result<Connection> {
+fn open_and_migrate(path: &Path) -> anyhow::Result<Connection> {
     let mut conn = open(path, READ_BUSY)?;
     // Already WAL (every database wakegate made): a read, so a database locked by another
     // process still opens, as does a full disk's.
@@ -109,7 +290,7 @@ pub(super) fn open_and_migrate(path: &Path) -> anyhow::Result<Connection> {
 }
 
 /// A connection to a database whose schema is up to date.
-pub(super) fn open(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
+fn open(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -122,7 +303,7 @@ pub(super) fn open(path: &Path, busy: Duration) -> rusqlite::Result<Connection> 
 }
 
 /// A database that lives only in memory, with its schema.
-pub(super) fn open_in_memory() -> anyhow::Result<Connection> {
+fn open_in_memory() -> anyhow::Result<Connection> {
     let mut conn = Connection::open_in_memory()?;
     Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
     Ok(conn)
@@ -130,7 +311,7 @@ pub(super) fn open_in_memory() -> anyhow::Result<Connection> {
 
 /// Inserts an event and, for a transition, the service's new state (in the caller's
 /// transaction). `last_error` replaces the recorded one only when given.
-pub(super) fn insert_event(
+fn insert_event(
     conn: &Connection,
     service: &str,
     event: &NewEvent,
@@ -168,7 +349,7 @@ pub(super) fn insert_event(
     Ok(id)
 }
 
-pub(super) fn set_backend_value(
+fn set_backend_value(
     conn: &Connection,
     service: &str,
     key: &str,
@@ -188,7 +369,7 @@ pub(super) fn set_backend_value(
     Ok(())
 }
 
-pub(super) fn add_lease(
+fn add_lease(
     conn: &Connection,
     service: &str,
     reason: &str,
@@ -204,12 +385,7 @@ pub(super) fn add_lease(
     Ok(conn.last_insert_rowid())
 }
 
-pub(super) fn end_lease(
-    conn: &Connection,
-    service: &str,
-    id: i64,
-    at: SystemTime,
-) -> rusqlite::Result<()> {
+fn end_lease(conn: &Connection, service: &str, id: i64, at: SystemTime) -> rusqlite::Result<()> {
     conn.execute(
         "UPDATE leases SET ended_ms = ?3
          WHERE service = ?1 AND id = ?2 AND ended_ms IS NULL AND expires_ms > ?3",
@@ -219,7 +395,7 @@ pub(super) fn end_lease(
 }
 
 /// Moves a notification target's cursor forward (never back) to `id`.
-pub(super) fn set_notify_cursor(conn: &Connection, target: &str, id: i64) -> rusqlite::Result<()> {
+fn set_notify_cursor(conn: &Connection, target: &str, id: i64) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO notify_cursors (target, last_id, updated_ms) VALUES (?1, ?2, ?3)
          ON CONFLICT (target) DO UPDATE SET
@@ -229,7 +405,7 @@ pub(super) fn set_notify_cursor(conn: &Connection, target: &str, id: i64) -> rus
     Ok(())
 }
 
-pub(super) fn notify_cursor(conn: &Connection, target: &str) -> rusqlite::Result<Option<i64>> {
+fn notify_cursor(conn: &Connection, target: &str) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
         "SELECT last_id FROM notify_cursors WHERE target = ?1",
         [target],
@@ -238,11 +414,7 @@ pub(super) fn notify_cursor(conn: &Connection, target: &str) -> rusqlite::Result
     .optional()
 }
 
-pub(super) fn backend_value(
-    conn: &Connection,
-    service: &str,
-    key: &str,
-) -> rusqlite::Result<Option<String>> {
+fn backend_value(conn: &Connection, service: &str, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row(
         "SELECT value FROM backend_values WHERE service = ?1 AND key = ?2",
         [service, key],
@@ -251,7 +423,7 @@ pub(super) fn backend_value(
     .optional()
 }
 
-pub(super) fn service(conn: &Connection, name: &str) -> rusqlite::Result<Option<ServiceRecord>> {
+fn service(conn: &Connection, name: &str) -> rusqlite::Result<Option<ServiceRecord>> {
     let row = conn
         .query_row(
             "SELECT state, since_ms, last_error FROM services WHERE name = ?1",
@@ -275,11 +447,7 @@ pub(super) fn service(conn: &Connection, name: &str) -> rusqlite::Result<Option<
 }
 
 /// The id just before the newest `limit` events (of one service).
-pub(super) fn before_latest(
-    conn: &Connection,
-    service: Option<&str>,
-    limit: usize,
-) -> rusqlite::Result<i64> {
+fn before_latest(conn: &Connection, service: Option<&str>, limit: usize) -> rusqlite::Result<i64> {
     conn.query_row(
         "SELECT COALESCE(MIN(id) - 1, 0) FROM (SELECT id FROM events
          WHERE (?1 IS NULL OR service = ?1) ORDER BY id DESC LIMIT ?2)",
@@ -288,13 +456,13 @@ pub(super) fn before_latest(
     )
 }
 
-pub(super) fn last_event_id(conn: &Connection) -> rusqlite::Result<i64> {
+fn last_event_id(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
         row.get(0)
     })
 }
 
-pub(super) fn transitions_since(
+fn transitions_since(
     conn: &Connection,
     service: &str,
     since: SystemTime,
@@ -323,7 +491,7 @@ pub(super) fn transitions_since(
     Ok((out, first.map(from_millis)))
 }
 
-pub(super) fn boot_durations(
+fn boot_durations(
     conn: &Connection,
     service: &str,
     woke_from: &str,
@@ -348,7 +516,7 @@ pub(super) fn boot_durations(
     Ok(durations)
 }
 
-pub(super) fn active_leases(conn: &Connection, service: &str) -> rusqlite::Result<Vec<Lease>> {
+fn active_leases(conn: &Connection, service: &str) -> rusqlite::Result<Vec<Lease>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, reason, holder, created_ms, expires_ms FROM leases
          WHERE service = ?1 AND ended_ms IS NULL AND expires_ms > ?2 ORDER BY id",
@@ -365,7 +533,7 @@ pub(super) fn active_leases(conn: &Connection, service: &str) -> rusqlite::Resul
     rows.collect()
 }
 
-pub(super) fn events(
+fn events(
     conn: &Connection,
     after: i64,
     service: Option<&str>,

@@ -1,5 +1,5 @@
-//! The writer: it owns the write connection and commits, strictly in the order they were
-//! handed over, the events and the other writes. Callers never wait for SQLite: an event is
+//! The writer: it commits through the engine, strictly in the order they were handed over,
+//! the events and the other writes. Callers never wait for the database: an event is
 //! queued and published on the broadcast channel once committed. A write that fails (the
 //! database locked by another process past a short busy timeout, a full disk, a read-only or
 //! failing filesystem) stays queued and is retried in order with backoff, so nothing handed
@@ -13,18 +13,15 @@
 //! The in-memory store (tests, tools) runs the same steps inline, in the caller.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{error, info, warn};
 
-use super::created::{self, Created};
-use super::sqlite;
-use crate::event::{Event, NewEvent};
+use super::engine::{Engine, Op};
+use crate::event::Event;
 
 /// Events kept in memory while the store cannot write; past it new events are dropped.
 pub const MAX_PENDING: usize = 100_000;
@@ -33,75 +30,10 @@ const BATCH: usize = 256;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY: Duration = Duration::from_secs(5);
 
-/// A write handed to the writer.
-pub(super) enum Op {
-    Event {
-        service: String,
-        event: NewEvent,
-        time: SystemTime,
-        last_error: Option<String>,
-    },
-    AddLease {
-        service: String,
-        reason: String,
-        by: String,
-        created: SystemTime,
-        expires: SystemTime,
-        reply: oneshot::Sender<Result<i64, String>>,
-    },
-    EndLease {
-        service: String,
-        id: i64,
-        at: SystemTime,
-    },
-    BackendValue {
-        service: String,
-        key: String,
-        value: Option<String>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// A created service's record, new or changed.
-    Created {
-        record: Created,
-        reply: oneshot::Sender<Result<i64, String>>,
-    },
-    /// The Discord channel kept with a created service (`None`: forget it).
-    CreatedChannel {
-        id: i64,
-        channel: Option<created::Channel>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-}
-
-impl Op {
-    /// Whether a caller waits for it (it is then answered, never retried).
-    fn answered(&self) -> bool {
-        matches!(
-            self,
-            Op::AddLease { .. }
-                | Op::BackendValue { .. }
-                | Op::Created { .. }
-                | Op::CreatedChannel { .. }
-        )
-    }
-
-    /// Answers a waiting caller with why the store cannot write.
-    fn refuse(self, why: &str) {
-        let why = format!("the store cannot write: {why}");
-        match self {
-            Op::AddLease { reply, .. } => drop(reply.send(Err(why))),
-            Op::BackendValue { reply, .. } => drop(reply.send(Err(why))),
-            Op::Created { reply, .. } => drop(reply.send(Err(why))),
-            Op::CreatedChannel { reply, .. } => drop(reply.send(Err(why))),
-            Op::Event { .. } | Op::EndLease { .. } => {}
-        }
-    }
-}
-
 /// Why the store cannot write, since when.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Failing {
-    /// SQLite's message ("database is locked", "database or disk is full", …).
+    /// The database's message ("database is locked", "database or disk is full", "connection refused", …).
     pub error: String,
     #[serde(serialize_with = "crate::event::rfc3339")]
     pub failing_since: SystemTime,
@@ -155,47 +87,29 @@ pub(super) struct Writer {
     inline: bool,
 }
 
-/// What a write goes through: the connection, and how to get a fresh one after a failure.
+/// What a write goes through: the engine that commits it.
 struct Pipe {
-    conn: Mutex<Connection>,
-    path: Option<PathBuf>,
+    engine: Arc<dyn Engine>,
     shared: Arc<Shared>,
 }
 
 impl Writer {
-    /// A writer on its own connection to the database at `path`.
-    pub(super) fn new(conn: Connection, path: PathBuf, events: broadcast::Sender<Event>) -> Writer {
+    /// A writer that commits through `engine` on a blocking thread (`inline`: in the caller).
+    pub(super) fn new(
+        engine: Arc<dyn Engine>,
+        events: broadcast::Sender<Event>,
+        inline: bool,
+    ) -> Writer {
         let shared = Shared::new(events);
         let pipe = Pipe {
-            conn: Mutex::new(conn),
-            path: Some(path),
+            engine,
             shared: shared.clone(),
         };
         Writer {
             shared,
             pipe: Arc::new(pipe),
-            inline: false,
+            inline,
         }
-    }
-
-    /// A writer that writes in the caller.
-    pub(super) fn inline(conn: Connection, events: broadcast::Sender<Event>) -> Writer {
-        let shared = Shared::new(events);
-        let pipe = Pipe {
-            conn: Mutex::new(conn),
-            path: None,
-            shared: shared.clone(),
-        };
-        Writer {
-            shared,
-            pipe: Arc::new(pipe),
-            inline: true,
-        }
-    }
-
-    /// The connection, for the in-memory store's reads (it has only one).
-    pub(super) fn connection(&self) -> &Mutex<Connection> {
-        &self.pipe.conn
     }
 
     /// Queues an event; it is published once committed. Dropped (and counted) when
@@ -405,19 +319,9 @@ impl Pipe {
                     // is full must not turn into a flood of attempts.
                     std::thread::sleep(wait);
                     backoff = (backoff * 2).min(LONGEST_RETRY);
-                    self.reopen();
+                    self.engine.recover();
                 }
             }
-        }
-    }
-
-    /// A fresh connection after a failure: one opened read-only (the filesystem was) or
-    /// left in a bad state by an I/O error does not recover by itself.
-    fn reopen(&self) {
-        if let Some(path) = &self.path
-            && let Ok(conn) = sqlite::open(path, sqlite::WRITE_BUSY)
-        {
-            *self.conn.lock().unwrap() = conn;
         }
     }
 
@@ -433,16 +337,13 @@ impl Pipe {
         if batch.is_empty() && cursors.is_empty() {
             return Step::Idle;
         }
-        let mut conn = self.conn.lock().unwrap();
-        match write(&mut conn, &batch, &cursors) {
+        match self.engine.commit(&batch, &cursors) {
             Ok(ids) => {
-                drop(conn);
                 self.wrote(batch, ids);
                 Step::Wrote
             }
             Err(e) => {
-                drop(conn);
-                self.failed(batch, cursors, e.to_string());
+                self.failed(batch, cursors, e);
                 Step::Failed
             }
         }
@@ -540,58 +441,6 @@ impl Pipe {
         drop(self.shared.done.lock().unwrap());
         self.shared.done_moved.notify_all();
     }
-}
-
-/// Writes a batch in one transaction; the ids of its rows, one per op.
-fn write(
-    conn: &mut Connection,
-    batch: &[(u64, Op)],
-    cursors: &HashMap<String, i64>,
-) -> rusqlite::Result<Vec<i64>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut ids = Vec::with_capacity(batch.len());
-    for (_, op) in batch {
-        let id = match op {
-            Op::Event {
-                service,
-                event,
-                time,
-                last_error,
-            } => sqlite::insert_event(&tx, service, event, *time, last_error.as_deref())?,
-            Op::AddLease {
-                service,
-                reason,
-                by,
-                created,
-                expires,
-                ..
-            } => sqlite::add_lease(&tx, service, reason, by, *created, *expires)?,
-            Op::EndLease { service, id, at } => {
-                sqlite::end_lease(&tx, service, *id, *at)?;
-                0
-            }
-            Op::BackendValue {
-                service,
-                key,
-                value,
-                ..
-            } => {
-                sqlite::set_backend_value(&tx, service, key, value.as_deref())?;
-                0
-            }
-            Op::Created { record, .. } => created::save(&tx, record)?,
-            Op::CreatedChannel { id, channel, .. } => {
-                created::set_channel(&tx, *id, channel.as_ref())?;
-                0
-            }
-        };
-        ids.push(id);
-    }
-    for (target, id) in cursors {
-        sqlite::set_notify_cursor(&tx, target, *id)?;
-    }
-    tx.commit()?;
-    Ok(ids)
 }
 
 fn written(op: Op, id: i64) -> Written {

@@ -11,6 +11,7 @@ pub mod binary;
 pub mod config;
 pub mod events;
 pub mod minecraft;
+pub mod postgres;
 pub mod prometheus;
 pub mod sockets;
 pub mod web;
