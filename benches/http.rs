@@ -24,9 +24,6 @@ use support::{Proc, TempDir, free_ports, loopback, progress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The gateway under test, built with the bench profile (the release settings).
-const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
-
 /// wrk's settings: threads, open connections, seconds per run.
 const WRK_THREADS: usize = 2;
 const WRK_CONNECTIONS: usize = 32;
@@ -281,7 +278,7 @@ async fn wakegate(dir: &Path, port: u16, api_port: u16, nginx: SocketAddr) -> an
     std::fs::write(&path, config)?;
     let mut proc = Proc::spawn(
         "wakegate",
-        Command::new(WAKEGATE)
+        Command::new(support::wakegate())
             .arg("run")
             .arg("--config")
             .arg(&path)

@@ -16,7 +16,7 @@ use anyhow::Context;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::event::{self, Event, NewEvent, from_millis, to_millis};
+use crate::event::{self, Event, NewEvent, Published, from_millis, to_millis};
 use writer::{Op, Writer};
 
 pub use created::{Channel as CreatedChannel, Created};
@@ -61,7 +61,7 @@ pub struct Store {
     /// `None` in memory: reads share the writer's one connection.
     reads: Option<Mutex<Connection>>,
     writer: Writer,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
 }
 
 /// The current time at the precision the store keeps, so a reread event equals the published
@@ -105,7 +105,7 @@ impl Store {
     }
 
     /// The channel every event is published on, once committed.
-    pub fn publisher(&self) -> broadcast::Sender<Event> {
+    pub fn publisher(&self) -> broadcast::Sender<Published> {
         self.events.clone()
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use super::*;
-use crate::event::{Kind, State};
+use crate::event::{Kind, Published, State};
 
 /// Generous: the machine may be busy; a passing test never waits this long.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -29,11 +29,13 @@ fn step(n: usize) -> NewEvent {
     }
 }
 
-async fn next(live: &mut broadcast::Receiver<Event>) -> Event {
+async fn next(live: &mut broadcast::Receiver<Published>) -> Event {
     tokio::time::timeout(DEADLINE, live.recv())
         .await
         .expect("no event was published")
         .unwrap()
+        .event()
+        .clone()
 }
 
 /// Holds the database's write lock from another connection until dropped.

@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 
 use super::created::{self, Created};
 use super::sqlite;
-use crate::event::{Event, NewEvent};
+use crate::event::{Event, NewEvent, Published};
 
 /// Events kept in memory while the store cannot write; past it new events are dropped.
 pub const MAX_PENDING: usize = 100_000;
@@ -144,7 +144,7 @@ struct Shared {
     done: Mutex<u64>,
     /// Signalled when `done` moves and when writes start failing.
     done_moved: Condvar,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
 }
 
 /// The handle the store hands writes to.
@@ -164,7 +164,11 @@ struct Pipe {
 
 impl Writer {
     /// A writer on its own connection to the database at `path`.
-    pub(super) fn new(conn: Connection, path: PathBuf, events: broadcast::Sender<Event>) -> Writer {
+    pub(super) fn new(
+        conn: Connection,
+        path: PathBuf,
+        events: broadcast::Sender<Published>,
+    ) -> Writer {
         let shared = Shared::new(events);
         let pipe = Pipe {
             conn: Mutex::new(conn),
@@ -179,7 +183,7 @@ impl Writer {
     }
 
     /// A writer that writes in the caller.
-    pub(super) fn inline(conn: Connection, events: broadcast::Sender<Event>) -> Writer {
+    pub(super) fn inline(conn: Connection, events: broadcast::Sender<Published>) -> Writer {
         let shared = Shared::new(events);
         let pipe = Pipe {
             conn: Mutex::new(conn),
@@ -328,7 +332,7 @@ impl Drop for Writer {
 }
 
 impl Shared {
-    fn new(events: broadcast::Sender<Event>) -> Arc<Shared> {
+    fn new(events: broadcast::Sender<Published>) -> Arc<Shared> {
         Arc::new(Shared {
             queue: Mutex::new(Queue {
                 ops: VecDeque::new(),
@@ -456,7 +460,7 @@ impl Pipe {
             match written(op, id) {
                 Written::Event(event) => {
                     events += 1;
-                    let _ = self.shared.events.send(event);
+                    let _ = self.shared.events.send(Published::new(event));
                 }
                 Written::Id(reply, id) => drop(reply.send(Ok(id))),
                 Written::Value(reply) => drop(reply.send(Ok(()))),
