@@ -54,8 +54,6 @@ const IDLE_WINDOW: Duration = Duration::from_secs(5);
 const RSS_TARGET_MIB: f64 = 15.0;
 /// Every wait for a peer (a port, a state, one exchange, a stop) is bounded by this.
 const PATIENCE: Duration = Duration::from_secs(10);
-/// How often those waits look again.
-const POLL: Duration = Duration::from_millis(10);
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
+use tokio::net::TcpStream;
 
 use super::{Proc, loopback};
 
@@ -123,8 +124,7 @@ impl Wakegate {
 
     /// The service's state from `GET /api/v1/services/NAME`.
     pub async fn state(&self, service: &str) -> anyhow::Result<String> {
-        let view =
-            support::api_json(self.api, "GET", &format!("/api/v1/services/{service}")).await?;
+        let view = super::api_json(self.api, "GET", &format!("/api/v1/services/{service}")).await?;
         view["state"]
             .as_str()
             .map(str::to_string)

@@ -16,8 +16,10 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::{Api, ApiError};
@@ -104,7 +106,46 @@ const KEEP_ALIVE_FRAME: &[u8] = b":\n\n";
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// At most this many bytes of events go out in one write; a burst is sent in such batches.
-const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = 32 * 1024;
+
+/// A subscriber writes at most once per this: an event that comes within it of the last write
+/// waits for its end, and goes out with the others that came meanwhile. An event after a quiet
+/// moment goes out at once. So a busy stream costs each subscriber at most 100 wake-ups and
+/// writes a second, whatever the rate of events, for at most this much added latency.
+const PACE: Duration = Duration::from_millis(10);
+
+/// When a subscriber last wrote, and whether it then left events behind (a batch full).
+struct Pace {
+    last_write: Option<Instant>,
+    behind: bool,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            last_write: None,
+            behind: false,
+        }
+    }
+
+    /// Waits until the next write is due: at once after a quiet moment or a full batch, else
+    /// [`PACE`] after the last write.
+    async fn due(&self) {
+        if self.behind {
+            return;
+        }
+        if let Some(due) = self.last_write.map(|at| at + PACE)
+            && Instant::now() < due
+        {
+            tokio::time::sleep_until(due).await;
+        }
+    }
+
+    fn wrote(&mut self, full: bool) {
+        self.last_write = Some(Instant::now());
+        self.behind = full;
+    }
+}
 
 /// `GET /api/v1/events/stream`: Server-Sent Events; `Last-Event-ID` resumes after that id.
 /// Each event's frame is made once, whatever the number of subscribers (see
@@ -129,6 +170,7 @@ pub async fn sse(
         feed,
         keep_alive: Box::pin(tokio::time::sleep(KEEP_ALIVE)),
         last_sent: Instant::now(),
+        pace: Pace::new(),
     };
     let body = Body::from_stream(futures_util::stream::unfold(
         stream,
@@ -153,6 +195,7 @@ struct SseStream {
     /// Fires [`KEEP_ALIVE`] after the last write; reset only when it fires, not per event.
     keep_alive: Pin<Box<tokio::time::Sleep>>,
     last_sent: Instant,
+    pace: Pace,
 }
 
 impl SseStream {
@@ -173,9 +216,11 @@ impl SseStream {
                 }
             }
         };
+        self.pace.due().await;
         self.last_sent = Instant::now();
         let Some(second) = self.feed.next_ready().ok()? else {
-            // The usual case: the event's own shared frame, not a copy.
+            // Alone: the event's own shared frame, not a copy.
+            self.pace.wrote(false);
             return Some(sse_frame(first));
         };
         let mut batch = BytesMut::with_capacity(BATCH_BYTES);
@@ -187,6 +232,7 @@ impl SseStream {
                 None => break,
             }
         }
+        self.pace.wrote(batch.len() >= BATCH_BYTES);
         Some(batch.freeze())
     }
 }
@@ -236,29 +282,51 @@ fn subscribed(feed: &Feed, services: Option<Vec<String>>) -> serde_json::Value {
     serde_json::json!({ "type": "subscribed", "after": feed.cursor(), "services": services })
 }
 
-async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: String) {
+async fn websocket(api: Api, socket: WebSocket, mut feed: Feed, start: String) {
+    let (mut sink, mut stream) = socket.split();
+    // What the client sends is read by a task of its own, which runs only when the client
+    // sends something: polled in the loop below, the read would be tried again on every event
+    // (each try costs a read buffer's worth of zeroing). It is in a set that this task owns,
+    // so it ends with it.
+    let (texts_tx, mut texts) = mpsc::channel::<Utf8Bytes>(4);
+    let mut reader = JoinSet::new();
+    reader.spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Text(text) => {
+                    if texts_tx.send(text).await.is_err() {
+                        return;
+                    }
+                }
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
     let mut outgoing = Some(start);
+    let mut pace = Pace::new();
     loop {
         if let Some(message) = outgoing.take()
-            && socket.send(Message::Text(message.into())).await.is_err()
+            && sink.send(Message::Text(message.into())).await.is_err()
         {
             return;
         }
         let item = tokio::select! {
-            incoming = socket.recv() => {
-                outgoing = match incoming {
-                    Some(Ok(Message::Text(text))) => Some(subscribe(&api, &mut feed, &text).await),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => None,
-                };
-                continue;
-            }
+            text = texts.recv() => match text {
+                Some(text) => {
+                    outgoing = Some(subscribe(&api, &mut feed, &text).await);
+                    continue;
+                }
+                // Closed by the client, or failed.
+                None => return,
+            },
             item = feed.next() => match item {
                 Ok(item) => item,
                 Err(_) => return,
             },
         };
         // The events ready go out together: queued, then one flush (one write) for all.
+        pace.due().await;
         let mut queued = 0;
         let mut next = Some(item);
         while let Some(item) = next.take() {
@@ -274,7 +342,7 @@ async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: Strin
                 }
             };
             queued += message.len();
-            if socket.feed(Message::Text(message)).await.is_err() {
+            if sink.feed(Message::Text(message)).await.is_err() {
                 return;
             }
             if queued < BATCH_BYTES {
@@ -284,9 +352,10 @@ async fn websocket(api: Api, mut socket: WebSocket, mut feed: Feed, start: Strin
                 };
             }
         }
-        if socket.flush().await.is_err() {
+        if sink.flush().await.is_err() {
             return;
         }
+        pace.wrote(queued >= BATCH_BYTES);
     }
 }
 
