@@ -47,9 +47,11 @@ const HERD: usize = 5_000;
 const CONNECTING_AT_ONCE: usize = 200;
 /// The window in which an idle process's wake-ups are counted.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
-/// Open files each process needs: the gateway holds two sockets per connection, and before
-/// pipes were pooled it held two pipes (four descriptors) per connection more.
-const FILES_NEEDED: u64 = 6 * IDLE_CONNECTIONS as u64 + 4096;
+/// Open files each process would like: the gateway holds two sockets per connection (and,
+/// before pipes were pooled, two pipes more: four descriptors).
+const FILES_WANTED: u64 = 6 * IDLE_CONNECTIONS as u64 + 4096;
+/// Descriptors kept for everything else (listeners, the store, the bench's own).
+const FILES_SPARE: u64 = 2048;
 /// What each connection sends and expects back.
 const MESSAGE: &[u8; 32] = b"wakegate bench: idle conn ping!\n";
 /// Every wait (a connection, an echo, a state) is bounded by this.
@@ -58,7 +60,17 @@ const POLL: Duration = Duration::from_millis(10);
 
 fn main() -> anyhow::Result<()> {
     // Before anything is spawned: the peers inherit the limit.
-    raise_file_limit(FILES_NEEDED)?;
+    let files = raise_file_limit(FILES_WANTED);
+    let connections = usize::try_from(files.saturating_sub(FILES_SPARE) / 2)
+        .unwrap_or(usize::MAX)
+        .min(IDLE_CONNECTIONS);
+    ensure!(
+        connections >= HERD,
+        "this bench needs at least {} open files per process, and may have {files}; raise the \
+         hard limit (ulimit -Hn, LimitNOFILE= in systemd)",
+        2 * HERD as u64 + FILES_SPARE
+    );
+    OPEN.store(connections, std::sync::atomic::Ordering::Relaxed);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -68,27 +80,38 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the soft and, when it must, the hard limit on open files to `need`.
-fn raise_file_limit(need: u64) -> anyhow::Result<()> {
+/// How many connections part 1 opens: [`IDLE_CONNECTIONS`], or fewer when the open-file
+/// limit cannot be raised that far (the table says so).
+static OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn open_count() -> usize {
+    OPEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Raises the open-file limit toward `want` (the hard one too, which takes root with
+/// CAP_SYS_RESOURCE), else the soft one to the hard one; returns the soft limit in force.
+fn raise_file_limit(want: u64) -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    if limit.current.is_none_or(|c| c >= need) {
-        return Ok(());
+    if limit.current.is_none_or(|c| c >= want) {
+        return limit.current.unwrap_or(u64::MAX);
     }
-    let maximum = limit.maximum.map(|m| m.max(need));
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(need),
-            maximum,
-        },
-    )
-    .with_context(|| {
-        format!(
-            "this bench needs {need} open files per process; raise the hard limit \
-             (ulimit -Hn, LimitNOFILE= in systemd) or run it as root"
-        )
-    })
+    let raised = Rlimit {
+        current: Some(want),
+        maximum: limit.maximum.map(|m| m.max(want)),
+    };
+    if setrlimit(Resource::Nofile, raised).is_ok() {
+        return want;
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let to_hard = Rlimit {
+        current: Some(hard),
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, to_hard) {
+        Ok(()) => hard,
+        Err(_) => limit.current.unwrap_or(0),
+    }
 }
 
 async fn run() -> anyhow::Result<Figures> {
@@ -125,7 +148,7 @@ struct PerConnection {
 
 impl PerConnection {
     fn total_kib(&self) -> f64 {
-        self.rss_kib + self.pipe_kib / IDLE_CONNECTIONS as f64
+        self.rss_kib + self.pipe_kib / open_count() as f64
     }
 }
 
@@ -165,20 +188,21 @@ async fn open_connections(dir: &Path) -> anyhow::Result<[PerConnection; 2]> {
     ] {
         let before = rss_mib(pid)?;
         let started = Instant::now();
-        let clients = connect_all(target, IDLE_CONNECTIONS, true).await?;
+        let clients = connect_all(target, open_count(), true).await?;
         // Let the proxy finish with the last ones (their echoes are back; their tasks park).
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = rss_mib(pid)?;
         let (pipes, pipe_kib) = pipes_of(pid)?;
         let per = PerConnection {
-            rss_kib: (after - before) * 1024.0 / IDLE_CONNECTIONS as f64,
+            rss_kib: (after - before) * 1024.0 / open_count() as f64,
             pipes,
             pipe_kib,
             rss_mib: after,
         };
         progress(&format!(
-            "{IDLE_CONNECTIONS} open connections through {label} in {:.1} s: RSS {before:.1} → \
+            "{} open connections through {label} in {:.1} s: RSS {before:.1} → \
              {after:.1} MiB, {pipes} pipes ({:.0} MiB of capacity): {:.1} KiB per connection",
+            open_count(),
             started.elapsed().as_secs_f64(),
             pipe_kib / 1024.0,
             per.total_kib()
@@ -499,7 +523,7 @@ impl Figures {
             ["reference", "wakegate", "wakegate/reference"].map(String::from),
         );
         out += &row(
-            &format!("memory per open connection (KiB), {IDLE_CONNECTIONS}"),
+            &format!("memory per open connection (KiB), {} open", open_count()),
             [
                 format!("{:.1} haproxy", h.total_kib()),
                 format!("{:.1}", w.total_kib()),
@@ -550,12 +574,18 @@ impl Figures {
             ],
         );
         out += &format!(
-            "\nmemory: RSS growth from none to {IDLE_CONNECTIONS} connections open (each after a \
+            "\nmemory: RSS growth from none to {} connections open{} (each after a \
              {}-byte echo), per connection, plus every pipe the process holds at its full capacity.\n\
              asleep: wake-ups = context switches of all threads over {} s (haproxy: {} threads, \
              wakegate: {}).\n\
              herd: {HERD} clients held while the service sleeps; direct: {HERD} clients \
              connecting to the backend as it opens.\n",
+            open_count(),
+            if open_count() < IDLE_CONNECTIONS {
+                format!(" (not {IDLE_CONNECTIONS}: the open-file limit allows no more)")
+            } else {
+                String::new()
+            },
             MESSAGE.len(),
             IDLE_WINDOW.as_secs(),
             hi.threads,

@@ -292,14 +292,13 @@ async fn websocket(api: Api, socket: WebSocket, mut feed: Feed, start: String) {
     let mut reader = JoinSet::new();
     reader.spawn(async move {
         while let Some(Ok(message)) = stream.next().await {
-            match message {
-                Message::Text(text) => {
-                    if texts_tx.send(text).await.is_err() {
-                        return;
-                    }
-                }
+            let sent = match message {
+                Message::Text(text) => texts_tx.send(text).await,
                 Message::Close(_) => return,
-                _ => {}
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return;
             }
         }
     });
