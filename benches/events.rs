@@ -42,9 +42,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// The gateway under test, built with the bench profile (the release settings).
-const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
-
 /// How many WebSocket subscribers are connected during the burst.
 const SUBSCRIBERS: usize = 1_000;
 /// How many of them connect at once: more would overflow the API's accept backlog and
@@ -574,7 +571,7 @@ impl Gateway {
         std::fs::write(&path, config)?;
         let mut proc = Proc::spawn(
             "wakegate",
-            Command::new(WAKEGATE)
+            Command::new(support::wakegate())
                 .arg("run")
                 .arg("--config")
                 .arg(&path)

@@ -20,14 +20,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use support::peers::{Haproxy, Wakegate, version_of};
 use support::{Proc, TempDir, cpu_ticks, free_ports, loopback, progress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
-
-/// The gateway under test. Cargo builds it with the bench profile (the release settings) for
-/// this target, so the figures are always those of the current tree.
-const WAKEGATE: &str = env!("CARGO_BIN_EXE_wakegate");
 
 /// Length of one iperf3 stream.
 const STREAM_SECONDS: u64 = 3;
@@ -57,8 +54,6 @@ const IDLE_WINDOW: Duration = Duration::from_secs(5);
 const RSS_TARGET_MIB: f64 = 15.0;
 /// Every wait for a peer (a port, a state, one exchange, a stop) is bounded by this.
 const PATIENCE: Duration = Duration::from_secs(10);
-/// How often those waits look again.
-const POLL: Duration = Duration::from_millis(10);
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -113,7 +108,12 @@ async fn traffic(dir: &Path) -> anyhow::Result<(Triple, Triple)> {
     )?;
     let mut echo_server = Proc::spawn(
         "echo",
-        Command::new(WAKEGATE).args(["demo-backend", "--echo", "--listen", &echo.to_string()]),
+        Command::new(support::wakegate()).args([
+            "demo-backend",
+            "--echo",
+            "--listen",
+            &echo.to_string(),
+        ]),
         dir,
     )?;
     let mut haproxy = Haproxy::start(
@@ -436,167 +436,6 @@ fn clock_ticks_per_second() -> f64 {
 /// A peer that has died makes the next figure fail with a puzzling error: name it instead.
 fn all_running(peers: &mut [&mut Proc]) -> anyhow::Result<()> {
     peers.iter_mut().try_for_each(|peer| peer.check_running())
-}
-
-/// A running `wakegate run` with one `exec` service per backend (`start` and `stop` do
-/// nothing: the backend is already there, or the bench opens it itself).
-struct Wakegate {
-    proc: Proc,
-    api: SocketAddr,
-    /// Service name and where its listener is.
-    listeners: Vec<(String, SocketAddr)>,
-}
-
-impl Wakegate {
-    /// Starts wakegate with the API on `api_port` and, for each service (name, backend), a
-    /// listener on the next of `listen_ports`. Explicit ports rather than port 0: wakegate's
-    /// config check takes two `127.0.0.1:0` listeners for a clash.
-    async fn start(
-        dir: &Path,
-        name: &str,
-        api_port: u16,
-        listen_ports: &[u16],
-        services: &[(String, SocketAddr)],
-    ) -> anyhow::Result<Wakegate> {
-        ensure!(
-            listen_ports.len() == services.len(),
-            "one listen port per service"
-        );
-        let api = loopback(api_port);
-        let data_dir = dir.join(format!("{name}-data"));
-        let mut config = format!(
-            "[gateway]\ndata_dir = {}\napi = \"{api}\"\nshutdown_grace = \"1s\"\n",
-            toml::Value::from(data_dir.to_string_lossy().into_owned())
-        );
-        let mut listeners = Vec::new();
-        for ((service, backend), &port) in services.iter().zip(listen_ports) {
-            // The idle timeout is never reached in a run: the bench wakes each service at
-            // most once.
-            config.push_str(&format!(
-                "\n[[service]]\nname = \"{service}\"\nidle_timeout = \"1h\"\n\
-                 [service.backend]\ntype = \"exec\"\nstart = \"true\"\nstop = \"true\"\n\
-                 address = \"{backend}\"\n\
-                 [[service.listen]]\ntype = \"tcp\"\nbind = \"{}\"\n",
-                loopback(port)
-            ));
-            listeners.push((service.clone(), loopback(port)));
-        }
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config)?;
-        let mut proc = Proc::spawn(
-            name,
-            Command::new(WAKEGATE)
-                .arg("run")
-                .arg("--config")
-                .arg(&path)
-                // Fixed, so that a caller's RUST_LOG=debug (a log line per connection) cannot
-                // change the figures.
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1"),
-            dir,
-        )?;
-        // wakegate binds every listener before it starts serving the API: the API port is
-        // the last to open.
-        for &port in listen_ports.iter().chain([&api_port]) {
-            proc.wait_listening(port).await?;
-        }
-        Ok(Wakegate {
-            proc,
-            api,
-            listeners,
-        })
-    }
-
-    fn listener(&self, service: &str) -> anyhow::Result<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(name, _)| name == service)
-            .map(|(_, addr)| *addr)
-            .with_context(|| format!("the bench gave no listener to `{service}`"))
-    }
-
-    /// The service's state from `GET /api/v1/services/NAME`.
-    async fn state(&self, service: &str) -> anyhow::Result<String> {
-        let view =
-            support::api_json(self.api, "GET", &format!("/api/v1/services/{service}")).await?;
-        view["state"]
-            .as_str()
-            .map(str::to_string)
-            .with_context(|| format!("the API's answer has no state: {view}"))
-    }
-
-    async fn wait_state(&self, service: &str, want: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let state = self.state(service).await?;
-            if state == want {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "`{service}` is still {state}, not {want}"
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Wakes a service the way a client does, by connecting, and waits until it is awake.
-    async fn wake(&self, service: &str) -> anyhow::Result<()> {
-        let _client = TcpStream::connect(self.listener(service)?).await?;
-        self.wait_state(service, "awake").await
-    }
-}
-
-/// haproxy in the foreground in TCP mode, one frontend per route: (frontend port, server).
-struct Haproxy {
-    proc: Proc,
-}
-
-impl Haproxy {
-    async fn start(
-        dir: &Path,
-        name: &str,
-        routes: &[(u16, SocketAddr)],
-    ) -> anyhow::Result<Haproxy> {
-        let mut config = String::from(
-            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n",
-        );
-        for (port, server) in routes {
-            config.push_str(&format!(
-                "\nfrontend in{port}\n    bind 127.0.0.1:{port}\n    default_backend out{port}\n\
-                 \nbackend out{port}\n    server s {server}\n"
-            ));
-        }
-        let path = dir.join(format!("{name}.cfg"));
-        std::fs::write(&path, config)?;
-        let mut proc = Proc::spawn(
-            name,
-            Command::new("haproxy").arg("-f").arg(&path).arg("-db"),
-            dir,
-        )?;
-        for (port, _) in routes {
-            proc.wait_listening(*port).await?;
-        }
-        Ok(Haproxy { proc })
-    }
-}
-
-/// The first line `tool FLAG` prints, or why the tool cannot be used.
-fn version_of(tool: &str, flag: &str) -> anyhow::Result<String> {
-    let out = Command::new(tool).arg(flag).output().with_context(|| {
-        format!("{tool} is needed; bench/run installs it (apt-get install haproxy iperf3)")
-    })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "HAProxy version 2.6.12-1 2023/03/17 - https://…", "iperf 3.12 (cJSON 1.7.15)": keep the
-    // words up to the first that starts with a digit, the version.
-    let mut words = Vec::new();
-    for word in text.split_whitespace() {
-        words.push(word);
-        if word.starts_with(|c: char| c.is_ascii_digit()) {
-            break;
-        }
-    }
-    Ok(words.join(" "))
 }
 
 // ---------------------------------------------------------------------------------------------

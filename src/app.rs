@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::event::Event;
+use crate::event::Published;
 use crate::listener::Connections;
 use crate::listener::config::Listen;
 use crate::service::{Registry, ServiceHandle};
@@ -74,7 +74,7 @@ pub struct App {
     templates: Templates,
     listeners: Vec<(String, SocketAddr)>,
     api: SocketAddr,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
     store: Arc<Store>,
     connections: Connections,
     /// The accept loops, apart: a shutdown waits for them to let go of their sockets.
@@ -519,7 +519,7 @@ impl App {
     }
 
     /// Live events of every service.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.events.subscribe()
     }
 

@@ -91,7 +91,7 @@ async fn player(gateway: SocketAddr, name: &str, version: &str) -> (Child, Value
 
 /// The player events of `service` until one says `what` about `player`.
 async fn until_player(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    events: &mut tokio::sync::broadcast::Receiver<wakegate::event::Published>,
     service: &str,
     player: &str,
     what: &str,

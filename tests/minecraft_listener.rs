@@ -96,7 +96,7 @@ fn kicked(answer: &Value) -> String {
 /// The player events of `service` seen until one matches `done` (the channel carries every
 /// service's events).
 async fn player_events(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    events: &mut tokio::sync::broadcast::Receiver<wakegate::event::Published>,
     service: &str,
     done: impl Fn(&Event) -> bool,
 ) -> Vec<Event> {

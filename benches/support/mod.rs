@@ -2,6 +2,8 @@
 //! on loopback, and a few readings from /proc.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,6 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+
+/// The gateway under test: the binary Cargo builds with the bench profile (the release
+/// settings) for each bench target, so the figures are those of the current tree; or the one
+/// `WAKEGATE_BENCH_BIN` names, to measure another build (an older commit) the same way.
+pub fn wakegate() -> std::ffi::OsString {
+    std::env::var_os("WAKEGATE_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_wakegate").into())
+}
 
 /// How long a peer may take to start listening.
 const PATIENCE: Duration = Duration::from_secs(10);

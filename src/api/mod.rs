@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 use tracing::error;
 
 use self::config::{Role, Token};
-use crate::event::{self, Event, SleepMode, State as ServiceState};
+use crate::event::{self, Published, SleepMode, State as ServiceState};
 use crate::metrics;
 use crate::service::{Denied, Gone, Registry, ServiceHandle};
 use crate::store::{Lease, Store};
@@ -42,7 +42,7 @@ pub struct Api {
     /// The templates and their created services (none in tests that build the API alone).
     templates: Option<Templates>,
     store: Arc<Store>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
     tokens: Arc<[Token]>,
     cors_origins: Arc<[String]>,
     /// The listeners' refusals and open connections, for `/metrics`.
@@ -53,7 +53,7 @@ impl Api {
     pub fn new(
         services: Registry,
         store: Arc<Store>,
-        events: broadcast::Sender<Event>,
+        events: broadcast::Sender<Published>,
         tokens: Vec<Token>,
         cors_origins: Vec<String>,
     ) -> Api {

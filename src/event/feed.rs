@@ -1,15 +1,16 @@
 //! A feed: the ordered, gap-free sequence of events after some id, from history then live,
 //! also when a consumer falls behind the live buffer. The API streams and the notification
-//! outbox read events through it.
+//! outbox read events through it. Live events are [`Published`]: shared, never copied, per
+//! consumer.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tracing::debug;
 
-use crate::event::Event;
+use crate::event::{Event, Published};
 use crate::store::Store;
 
 /// How many events one history read returns at most.
@@ -18,7 +19,7 @@ const PAGE: usize = 500;
 /// What a feed yields.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    Event(Event),
+    Event(Published),
     /// The consumer fell behind the live buffer; the feed goes on from history after this id.
     Lagged {
         resume_after: i64,
@@ -28,20 +29,23 @@ pub enum Item {
 /// An ordered, gap-free sequence of events after some id, optionally of some services.
 pub struct Feed {
     store: Arc<Store>,
-    live: broadcast::Receiver<Event>,
+    live: broadcast::Receiver<Published>,
     services: Option<HashSet<String>>,
     /// The id of the last event looked at (delivered or filtered out).
     cursor: i64,
-    backlog: VecDeque<Event>,
+    backlog: VecDeque<Published>,
     /// Events after `cursor` may be only in the store.
     behind: bool,
+    /// A live event taken from the channel whose predecessors are still being read from the
+    /// store: kept here so that a `next` dropped meanwhile (a `select!`) loses nothing.
+    waiting: Option<Published>,
 }
 
 impl Feed {
     /// Events after `after`, or from now on without it.
     pub async fn new(
         store: Arc<Store>,
-        events: &broadcast::Sender<Event>,
+        events: &broadcast::Sender<Published>,
         services: Option<HashSet<String>>,
         after: Option<i64>,
     ) -> anyhow::Result<Feed> {
@@ -59,6 +63,7 @@ impl Feed {
                     cursor,
                     backlog: VecDeque::new(),
                     behind: false,
+                    waiting: None,
                 })
             }
         }
@@ -67,7 +72,7 @@ impl Feed {
     /// Events after `id` (read from the store first, then live).
     pub fn after(
         store: Arc<Store>,
-        events: &broadcast::Sender<Event>,
+        events: &broadcast::Sender<Published>,
         services: Option<HashSet<String>>,
         id: i64,
     ) -> Feed {
@@ -78,6 +83,7 @@ impl Feed {
             cursor: id,
             backlog: VecDeque::new(),
             behind: true,
+            waiting: None,
         }
     }
 
@@ -111,13 +117,14 @@ impl Feed {
             }
             self.cursor = event.id;
             if self.wanted(&event) {
-                self.backlog.push_back(event);
+                self.backlog.push_back(Published::new(event));
             }
         }
         Ok(complete)
     }
 
     /// The next item; waits for a live event when there is nothing older to send.
+    /// Cancel-safe: a `next` dropped before it returns loses nothing.
     pub async fn next(&mut self) -> anyhow::Result<Item> {
         loop {
             if let Some(event) = self.backlog.pop_front() {
@@ -128,29 +135,76 @@ impl Feed {
                 self.behind = !self.catch_up(None).await?;
                 continue;
             }
-            match self.live.recv().await {
-                Ok(event) if event.id <= self.cursor => {}
-                Ok(event) => {
-                    // Services publish independently: an event with a lower id may still be on
-                    // its way. It is in the store already, so take it from there first.
-                    while event.id > self.cursor + 1 && !self.catch_up(Some(event.id)).await? {}
-                    self.cursor = event.id;
-                    if self.wanted(&event) {
-                        self.backlog.push_back(event);
-                    }
+            if let Some(id) = self.waiting.as_ref().map(|e| e.id) {
+                // Services publish independently: an event with a lower id may still be on
+                // its way. It is in the store already, so take it from there first.
+                while id > self.cursor + 1 && !self.catch_up(Some(id)).await? {}
+                if let Some(event) = self.waiting.take() {
+                    self.take(event);
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    debug!(
-                        missed,
-                        "An event consumer fell behind; resuming from history."
-                    );
-                    self.behind = true;
-                    return Ok(Item::Lagged {
-                        resume_after: self.cursor,
-                    });
-                }
-                Err(RecvError::Closed) => anyhow::bail!("wakegate is shutting down"),
+                continue;
             }
+            let received = self.live.recv().await;
+            if let Some(item) = self.received(received)? {
+                return Ok(item);
+            }
+        }
+    }
+
+    /// The next item if one is ready without waiting (nothing to read from the store, no live
+    /// event to wait for): what a consumer sends along with the one `next` gave it, so that
+    /// a burst goes out in few writes.
+    pub fn next_ready(&mut self) -> anyhow::Result<Option<Item>> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                return Ok(Some(Item::Event(event)));
+            }
+            if self.behind || self.waiting.is_some() {
+                return Ok(None);
+            }
+            let received = match self.live.try_recv() {
+                Ok(event) => Ok(event),
+                Err(TryRecvError::Empty) => return Ok(None),
+                Err(TryRecvError::Lagged(missed)) => Err(RecvError::Lagged(missed)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            if let Some(item) = self.received(received)? {
+                return Ok(Some(item));
+            }
+        }
+    }
+
+    /// Takes what the live channel gave; an item when it has one to give at once.
+    fn received(&mut self, received: Result<Published, RecvError>) -> anyhow::Result<Option<Item>> {
+        match received {
+            Ok(event) if event.id <= self.cursor => Ok(None),
+            Ok(event) if event.id > self.cursor + 1 => {
+                self.waiting = Some(event);
+                Ok(None)
+            }
+            Ok(event) => {
+                self.take(event);
+                Ok(None)
+            }
+            Err(RecvError::Lagged(missed)) => {
+                debug!(
+                    missed,
+                    "An event consumer fell behind; resuming from history."
+                );
+                self.behind = true;
+                Ok(Some(Item::Lagged {
+                    resume_after: self.cursor,
+                }))
+            }
+            Err(RecvError::Closed) => anyhow::bail!("wakegate is shutting down"),
+        }
+    }
+
+    /// Moves the cursor to a live event that comes next in id order, and keeps it if wanted.
+    fn take(&mut self, event: Published) {
+        self.cursor = event.id;
+        if self.wanted(&event) {
+            self.backlog.push_back(event);
         }
     }
 }
@@ -184,7 +238,7 @@ mod tests {
         let published: Vec<i64> = (0..100)
             .map(|n| {
                 let event = record(&store, if n % 3 == 0 { "a" } else { "b" }, n);
-                let _ = events.send(event.clone());
+                let _ = events.send(event.clone().into());
                 event.id
             })
             .collect();
@@ -212,13 +266,13 @@ mod tests {
         // Two services store 1 then 2, but 2 is published first.
         let first = record(&store, "a", 1);
         let second = record(&store, "b", 2);
-        events.send(second.clone()).unwrap();
-        events.send(first.clone()).unwrap();
-        assert_eq!(feed.next().await.unwrap(), Item::Event(first));
-        assert_eq!(feed.next().await.unwrap(), Item::Event(second));
+        events.send(second.clone().into()).unwrap();
+        events.send(first.clone().into()).unwrap();
+        assert_eq!(feed.next().await.unwrap(), Item::Event(first.into()));
+        assert_eq!(feed.next().await.unwrap(), Item::Event(second.into()));
         let third = record(&store, "a", 3);
-        events.send(third.clone()).unwrap();
-        assert_eq!(feed.next().await.unwrap(), Item::Event(third));
+        events.send(third.clone().into()).unwrap();
+        assert_eq!(feed.next().await.unwrap(), Item::Event(third.into()));
     }
 
     #[tokio::test]
@@ -231,7 +285,7 @@ mod tests {
             .unwrap();
         for n in 0..6 {
             let event = record(&store, if n % 2 == 0 { "a" } else { "b" }, n);
-            let _ = events.send(event);
+            let _ = events.send(event.into());
         }
         for expected in [2, 4, 6] {
             match feed.next().await.unwrap() {

@@ -3,8 +3,10 @@
 
 pub mod cause;
 pub mod feed;
+pub mod published;
 
 pub use cause::{Cause, Detail, Fact, Trigger};
+pub use published::Published;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

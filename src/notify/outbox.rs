@@ -20,8 +20,8 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::http::{Answer, Client, Endpoint};
 use super::{Target, TargetKind, discord, webhook};
-use crate::event::Event;
 use crate::event::feed::{Feed, Item};
+use crate::event::{Event, Published};
 use crate::store::Store;
 
 /// Starts a task per target on `tracker`; they run until `cancel` fires. Each target's cursor
@@ -30,7 +30,7 @@ use crate::store::Store;
 pub fn spawn(
     targets: &[Target],
     store: &Arc<Store>,
-    events: &broadcast::Sender<Event>,
+    events: &broadcast::Sender<Published>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -75,7 +75,7 @@ struct Outbox {
     client: Client,
     endpoint: Endpoint,
     store: Arc<Store>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
     feed: Feed,
     /// The last event this target is done with (delivered, refused, or not wanted).
     done: i64,

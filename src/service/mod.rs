@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use self::config::HealthAction;
-use crate::event::{Cause, Event, Kind, SleepMode, State};
+use crate::event::{Cause, Kind, Published, SleepMode, State};
 use crate::metrics::Metrics;
 use crate::store::Lease;
 
@@ -208,7 +208,7 @@ pub struct ServiceHandle {
     hourly_cost: Option<f64>,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
     shared: Arc<Shared>,
     reconciled: watch::Receiver<bool>,
 }
@@ -242,7 +242,7 @@ impl ServiceHandle {
     }
 
     /// Live events of this service.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.events.subscribe()
     }
 

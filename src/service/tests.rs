@@ -15,7 +15,7 @@ use super::config::{self, HealthAction};
 use super::fake::{Call, Fake};
 use super::{ServiceHandle, spawn};
 use crate::config::parse;
-use crate::event::{Cause, Event, Kind, State};
+use crate::event::{Cause, Event, Kind, Published, State};
 use crate::store::Store;
 
 pub(super) const MIN: Duration = Duration::from_secs(60);
@@ -51,7 +51,7 @@ bind = "127.0.0.1:0"
 pub(super) struct Running {
     pub(super) handle: ServiceHandle,
     pub(super) fake: Fake,
-    events: broadcast::Receiver<Event>,
+    events: broadcast::Receiver<Published>,
     pub(super) store: Arc<Store>,
     _cancel: tokio_util::sync::DropGuard,
 }
@@ -108,7 +108,7 @@ impl Running {
             loop {
                 let event = events.recv().await.unwrap();
                 if wanted(&event) {
-                    return event;
+                    return event.event().clone();
                 }
             }
         })

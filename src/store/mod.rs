@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::event::{self, Event, NewEvent, from_millis, to_millis};
+use crate::event::{self, Event, NewEvent, Published, from_millis, to_millis};
 use engine::{Engine, Op};
 use writer::Writer;
 
@@ -64,7 +64,7 @@ pub struct Lease {
 pub struct Store {
     engine: Arc<dyn Engine>,
     writer: Writer,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
 }
 
 /// The current time at the precision the store keeps, so a reread event equals the published
@@ -120,7 +120,7 @@ impl Store {
     }
 
     /// The channel every event is published on, once committed.
-    pub fn publisher(&self) -> broadcast::Sender<Event> {
+    pub fn publisher(&self) -> broadcast::Sender<Published> {
         self.events.clone()
     }
 

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use super::*;
 use crate::config::de::Secret;
-use crate::event::{Kind, State};
+use crate::event::{Kind, Published, State};
 
 #[path = "../../tests/common/postgres.rs"]
 mod postgres_server;
@@ -82,11 +82,13 @@ fn step(n: usize) -> NewEvent {
     }
 }
 
-async fn next(live: &mut broadcast::Receiver<Event>) -> Event {
+async fn next(live: &mut broadcast::Receiver<Published>) -> Event {
     tokio::time::timeout(DEADLINE, live.recv())
         .await
         .expect("no event was published")
         .unwrap()
+        .event()
+        .clone()
 }
 
 /// Holds the database's write lock from another connection until dropped.

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::engine::{Engine, Op};
-use crate::event::Event;
+use crate::event::{Event, Published};
 
 /// Events kept in memory while the store cannot write; past it new events are dropped.
 pub const MAX_PENDING: usize = 100_000;
@@ -76,7 +76,7 @@ struct Shared {
     done: Mutex<u64>,
     /// Signalled when `done` moves and when writes start failing.
     done_moved: Condvar,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Published>,
 }
 
 /// The handle the store hands writes to.
@@ -97,7 +97,7 @@ impl Writer {
     /// A writer that commits through `engine` on a blocking thread (`inline`: in the caller).
     pub(super) fn new(
         engine: Arc<dyn Engine>,
-        events: broadcast::Sender<Event>,
+        events: broadcast::Sender<Published>,
         inline: bool,
     ) -> Writer {
         let shared = Shared::new(events);
@@ -242,7 +242,7 @@ impl Drop for Writer {
 }
 
 impl Shared {
-    fn new(events: broadcast::Sender<Event>) -> Arc<Shared> {
+    fn new(events: broadcast::Sender<Published>) -> Arc<Shared> {
         Arc::new(Shared {
             queue: Mutex::new(Queue {
                 ops: VecDeque::new(),
@@ -357,7 +357,7 @@ impl Pipe {
             match written(op, id) {
                 Written::Event(event) => {
                     events += 1;
-                    let _ = self.shared.events.send(event);
+                    let _ = self.shared.events.send(Published::new(event));
                 }
                 Written::Id(reply, id) => drop(reply.send(Ok(id))),
                 Written::Value(reply) => drop(reply.send(Ok(()))),

@@ -2,7 +2,7 @@
 //! `state`, `detail["trigger"]`, …) rather than by the prose of `reason`, which is for people.
 
 use tokio::sync::broadcast::Receiver;
-use wakegate::event::{Event, Kind, State};
+use wakegate::event::{Event, Kind, Published, State};
 use wakegate::service::ServiceHandle;
 
 use super::DEADLINE;
@@ -33,11 +33,11 @@ pub async fn sleep_then_shutdown(app: wakegate::app::App) {
 }
 
 /// Collects transitions from `events` until one reaches `state`.
-pub async fn transitions_until(events: &mut Receiver<Event>, state: State) -> Vec<Event> {
+pub async fn transitions_until(events: &mut Receiver<Published>, state: State) -> Vec<Event> {
     let mut seen = Vec::new();
     tokio::time::timeout(DEADLINE, async {
         loop {
-            let event = events.recv().await.unwrap();
+            let event = events.recv().await.unwrap().event().clone();
             if event.kind == Kind::Transition {
                 let done = event.state == state;
                 seen.push(event);
@@ -54,13 +54,13 @@ pub async fn transitions_until(events: &mut Receiver<Event>, state: State) -> Ve
 
 /// Collects every event of a service until one matches `done`.
 pub async fn events_until(
-    events: &mut Receiver<Event>,
+    events: &mut Receiver<Published>,
     done: impl Fn(&Event) -> bool,
 ) -> Vec<Event> {
     let mut seen = Vec::new();
     let found = tokio::time::timeout(DEADLINE, async {
         loop {
-            let event = events.recv().await.unwrap();
+            let event = events.recv().await.unwrap().event().clone();
             let stop = done(&event);
             seen.push(event);
             if stop {
@@ -75,7 +75,7 @@ pub async fn events_until(
 
 /// Waits for the next event of `events` that matches `want` and returns it; the events before
 /// it are shown if none comes.
-pub async fn wait_event(events: &mut Receiver<Event>, want: impl Fn(&Event) -> bool) -> Event {
+pub async fn wait_event(events: &mut Receiver<Published>, want: impl Fn(&Event) -> bool) -> Event {
     events_until(events, want).await.pop().unwrap()
 }
 

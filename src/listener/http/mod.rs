@@ -259,7 +259,11 @@ where
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), handler);
     tokio::pin!(connection);
+    // A token of the connection's own: the select below polls it on every wake-up of the
+    // connection, and polling the shared one would take its lock, shared by all connections.
+    let stop_accepting = connections.stop_accepting.child_token();
     let served = tokio::select! {
+        biased;
         served = connection.as_mut() => served,
         expired = flight.expired(head_timeout, keepalive_timeout) => {
             match expired {
@@ -271,7 +275,7 @@ where
             }
             return;
         }
-        () = connections.stop_accepting.cancelled() => {
+        () = stop_accepting.cancelled() => {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 served = connection.as_mut() => served,

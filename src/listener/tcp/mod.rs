@@ -88,9 +88,13 @@ async fn serve(mut client: Client, socket: Arc<Socket>) {
     };
     let _ = client.stream.set_nodelay(true);
     let _ = backend.set_nodelay(true);
+    // A token of the connection's own: the select below polls it on every wake-up of the
+    // connection, and polling the shared one would take its lock, shared by all connections.
+    let close = socket.connections.close_all.child_token();
     let copied = tokio::select! {
+        biased;
         copied = forward(&client, &backend, &ticket, socket.config.proxy_protocol) => copied,
-        () = socket.connections.close_all.cancelled() => {
+        () = close.cancelled() => {
             debug!("Closing the connection: wakegate is shutting down.");
             return;
         }
