@@ -228,7 +228,7 @@ mod tests {
             [
                 "1:1: missing key `address`",
                 "2:1: unknown key `idle_timout`: did you mean `idle_timeout`?",
-                "3:16: `10 minutes` is not a duration: `minutes` is not a unit",
+                "3:16: `10 minutes` is not a duration: `minutes` is not a unit; write \"10m\"",
                 "4:9: invalid value: integer `-1`, expected u32",
                 "6:8: invalid type: string \"x\", expected u16",
                 "7:1: unknown key `host`",
