@@ -471,13 +471,11 @@ async fn a_backend_that_closes_kept_alive_connections_loses_no_request() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let drained = Arc::new(AtomicUsize::new(0));
-    let (count, upload) = (accepted.clone(), drained.clone());
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::Relaxed);
-            let upload = upload.clone();
             tokio::spawn(async move {
                 read_head(&mut stream).await;
                 let _ = stream
