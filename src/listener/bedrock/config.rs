@@ -10,6 +10,7 @@ use toml::Spanned;
 use crate::config::de::spanned_duration;
 use crate::config::diag::Problems;
 use crate::listener::access::{AccessKeys, AddressRules, read_address_keys};
+use crate::listener::udp::config::{SessionBounds, Sessions, check_sessions};
 
 /// A `bedrock` listener: Minecraft Bedrock (RakNet over UDP).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,34 +129,21 @@ pub(crate) fn read_bedrock(
         );
         ok = false;
     }
-    let idle = *c.session_idle.get_ref();
-    if idle < Duration::from_secs(5) || idle > Duration::from_secs(3600) {
-        problems.add(
-            Some(c.session_idle.span()),
-            format!(
-                "session_idle = \"{}\" is out of range",
-                humantime::format_duration(idle)
-            ),
-            "give a player's session between 5s and 1h without traffic; the default is 30s",
-        );
-        ok = false;
-    }
-    if *c.max_sessions.get_ref() == 0 {
-        problems.add(
-            Some(c.max_sessions.span()),
-            "max_sessions = 0 lets no player in",
-            "raise it; the default is 256",
-        );
-        ok = false;
-    }
-    if !(1..=4096).contains(c.queue.get_ref()) {
-        problems.add(
-            Some(c.queue.span()),
-            format!("queue = {} is out of range", c.queue.get_ref()),
-            "keep between 1 and 4096 datagrams per session while the server wakes; the default is 64",
-        );
-        ok = false;
-    }
+    ok &= check_sessions(
+        &Sessions {
+            idle: &c.session_idle,
+            max: &c.max_sessions,
+            queue: &c.queue,
+        },
+        &SessionBounds {
+            idle: Duration::from_secs(5)..=Duration::from_secs(3600),
+            idle_hint: "give a player's session between 5s and 1h without traffic; the default is 30s",
+            who: "player",
+            max_default: 256,
+            waking: "server",
+        },
+        problems,
+    );
     let (rules, _) = read_address_keys(keys, problems)?;
     if let Some(first) = keys.trusted_proxies.first() {
         problems.add(
@@ -174,7 +162,7 @@ pub(crate) fn read_bedrock(
         version: c.version,
         max_players: c.max_players,
         ping_cache: cache,
-        session_idle: idle,
+        session_idle: c.session_idle.into_inner(),
         max_sessions: c.max_sessions.into_inner(),
         queue: c.queue.into_inner(),
         backend_port: c.backend_port,

@@ -123,34 +123,21 @@ pub(crate) fn read_udp(
             }
         },
     };
-    let idle = *c.session_idle.get_ref();
-    if idle < Duration::from_secs(1) || idle > Duration::from_secs(24 * 3600) {
-        problems.add(
-            Some(c.session_idle.span()),
-            format!(
-                "session_idle = \"{}\" is out of range",
-                humantime::format_duration(idle)
-            ),
-            "give a session between 1s and 24h without traffic before it ends; the default is 60s",
-        );
-        ok = false;
-    }
-    if *c.max_sessions.get_ref() == 0 {
-        problems.add(
-            Some(c.max_sessions.span()),
-            "max_sessions = 0 lets no client in",
-            "raise it; the default is 1024",
-        );
-        ok = false;
-    }
-    if !(1..=4096).contains(c.queue.get_ref()) {
-        problems.add(
-            Some(c.queue.span()),
-            format!("queue = {} is out of range", c.queue.get_ref()),
-            "keep between 1 and 4096 datagrams per session while the backend wakes; the default is 64",
-        );
-        ok = false;
-    }
+    ok &= check_sessions(
+        &Sessions {
+            idle: &c.session_idle,
+            max: &c.max_sessions,
+            queue: &c.queue,
+        },
+        &SessionBounds {
+            idle: Duration::from_secs(1)..=Duration::from_secs(24 * 3600),
+            idle_hint: "give a session between 1s and 24h without traffic before it ends; the default is 60s",
+            who: "client",
+            max_default: 1024,
+            waking: "backend",
+        },
+        problems,
+    );
     let (rules, _) = read_address_keys(keys, problems)?;
     if let Some(first) = keys.trusted_proxies.first() {
         problems.add(
@@ -163,12 +150,72 @@ pub(crate) fn read_udp(
     ok.then(|| Udp {
         bind: c.bind.into_inner(),
         wake_on,
-        session_idle: idle,
+        session_idle: c.session_idle.into_inner(),
         max_sessions: c.max_sessions.into_inner(),
         queue: c.queue.into_inner(),
         rules,
         backend_port: c.backend_port,
     })
+}
+
+/// The session keys the `udp` and `bedrock` listeners share, as read.
+pub(crate) struct Sessions<'a> {
+    pub idle: &'a Spanned<Duration>,
+    pub max: &'a Spanned<u32>,
+    pub queue: &'a Spanned<usize>,
+}
+
+/// What a listener type allows of its sessions, and how it names them in a problem.
+pub(crate) struct SessionBounds {
+    pub idle: std::ops::RangeInclusive<Duration>,
+    pub idle_hint: &'static str,
+    /// Who a session is: "client", "player".
+    pub who: &'static str,
+    pub max_default: u32,
+    /// What wakes while a session's datagrams wait: "backend", "server".
+    pub waking: &'static str,
+}
+
+/// Checks `session_idle`, `max_sessions` and `queue`; false (each problem added) when one is
+/// out of bounds.
+pub(crate) fn check_sessions(
+    keys: &Sessions<'_>,
+    bounds: &SessionBounds,
+    problems: &mut Problems,
+) -> bool {
+    let mut ok = true;
+    let idle = *keys.idle.get_ref();
+    if !bounds.idle.contains(&idle) {
+        problems.add(
+            Some(keys.idle.span()),
+            format!(
+                "session_idle = \"{}\" is out of range",
+                humantime::format_duration(idle)
+            ),
+            bounds.idle_hint,
+        );
+        ok = false;
+    }
+    if *keys.max.get_ref() == 0 {
+        problems.add(
+            Some(keys.max.span()),
+            format!("max_sessions = 0 lets no {} in", bounds.who),
+            &format!("raise it; the default is {}", bounds.max_default),
+        );
+        ok = false;
+    }
+    if !(1..=4096).contains(keys.queue.get_ref()) {
+        problems.add(
+            Some(keys.queue.span()),
+            format!("queue = {} is out of range", keys.queue.get_ref()),
+            &format!(
+                "keep between 1 and 4096 datagrams per session while the {} wakes; the default is 64",
+                bounds.waking
+            ),
+        );
+        ok = false;
+    }
+    ok
 }
 
 #[cfg(test)]
