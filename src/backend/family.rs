@@ -121,14 +121,15 @@ pub fn start_time(pid: Pid) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::disallowed_methods)] // a std child process stands in for a server
 
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
 
-    fn family(name: &str) -> Family {
+    /// A family named `name`, its pid files in a folder of this test process.
+    pub(in crate::backend) fn family(name: &str) -> Family {
         let dir = std::env::temp_dir().join(format!("wakegate-family-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Family::new(name, &dir)
@@ -136,7 +137,7 @@ mod tests {
 
     /// `sh -c` that starts a child of its own and waits: two processes carry the mark once it
     /// has said so.
-    fn spawn_wrapped(family: &Family) -> std::process::Child {
+    pub(in crate::backend) fn spawn_wrapped(family: &Family) -> std::process::Child {
         let (key, value) = family.env();
         let mut child = Command::new("sh")
             .args(["-c", "sleep 30 & echo forked; wait"])

@@ -103,41 +103,15 @@ mod tests {
     #![allow(clippy::disallowed_methods)] // a std child process stands in for a server
 
     use super::*;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-
-    fn family(name: &str) -> Family {
-        let dir = std::env::temp_dir().join(format!("wakegate-freeze-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Family::new(name, &dir)
-    }
-
-    /// A shell that starts a `sleep` in the background, in a group of its own, with the mark;
-    /// returned once both run.
-    fn spawn_server(family: &Family) -> (std::process::Child, Pid) {
-        let (key, value) = family.env();
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 30 & echo forked; wait"])
-            .env(key, value)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let pid = Pid::from_raw(child.id() as i32).unwrap();
-        (child, pid)
-    }
+    use crate::backend::family::tests::{family, spawn_wrapped};
+    use std::process::Command;
 
     #[tokio::test]
     async fn a_frozen_server_shows_state_t_in_every_process_until_it_is_thawed() {
         let family = family("frozen");
-        let (mut child, leader) = spawn_server(&family);
+        // A shell in a group of its own with a `sleep` it started: the group's leader is the shell.
+        let mut child = spawn_wrapped(&family);
+        let leader = Pid::from_raw(child.id() as i32).unwrap();
         assert_eq!(family.members().len(), 2);
         assert!(!is_frozen(&family, Some(leader)));
 
