@@ -169,7 +169,7 @@ pub async fn run(
 
 /// How to run this very binary from the current directory, for the hints: `wakegate` when
 /// that is the one on PATH, else its path (relative when it is under the current directory,
-/// as `./target/release/wakegate` after `cargo run --release`).
+/// as `./target/debug/wakegate` after `cargo run`).
 fn own_command() -> String {
     let Ok(exe) = std::env::current_exe() else {
         return "wakegate".into();
