@@ -482,7 +482,11 @@ pub struct ServiceView {
     pub backend: &'static str,
     /// Where the backend was found on its last wake, while awake.
     pub address: Option<String>,
+    /// Open connections through this gateway.
     pub connections: usize,
+    /// The gateway that drives it, when several share a PostgreSQL store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Players online, as the backend of a Minecraft service last said, while awake.
     pub players: Option<u32>,
     pub held: usize,
@@ -588,6 +592,7 @@ impl ServiceView {
             backend: handle.backend_kind(),
             address: status.address.map(|a| a.to_string()),
             connections: handle.connections(),
+            owner: status.owner.clone(),
             players: status.players,
             held: status.held,
             refused: handle.refused(),

@@ -56,9 +56,12 @@ pub fn spawn(
         expected_boot: sleep.expected(SleepMode::Stopped),
         agent: None,
         pre_stop: None,
+        owner: None,
     };
     let (status_tx, status) = watch::channel(initial);
     let (reconciled_tx, reconciled) = watch::channel(false);
+    // Open connections through other gateways: 0 unless it owns a shared service.
+    let remote = watch::channel(0).1;
     let shared = Arc::new(Shared::default());
     let handle = ServiceHandle {
         name: service.name.as_str().into(),
@@ -91,6 +94,8 @@ pub fn spawn(
             restart_request: None,
             policy: Policy::new(Rules::of(service), Instant::now()),
             agent: AgentLink::new(service.agent.clone()),
+            remote,
+            wake_timeout: service.wake_timeout,
         },
         cancel,
         adopting: false,
@@ -134,8 +139,9 @@ async fn own_health(
 pub(super) struct Actor {
     /// What "ready" means at the end of a wake.
     pub(super) readiness: Check,
-    /// Set once reconcile has published what it found.
-    reconciled: watch::Sender<bool>,
+    /// Set once reconcile has published what it found (or, for a gateway that does not own
+    /// the service, once it has read the owner's status).
+    pub(super) reconciled: watch::Sender<bool>,
     pub(super) backend: Box<dyn Backend>,
     pub(super) core: Core,
     pub(super) cancel: CancellationToken,
@@ -143,7 +149,7 @@ pub(super) struct Actor {
     /// readiness.
     pub(super) adopting: bool,
     /// The next wake reboots the backend in place, waiting this long for it to go down.
-    rebooting: Option<Duration>,
+    pub(super) rebooting: Option<Duration>,
     /// When the backend's state is read next (see `outside`).
     pub(super) next_poll: Option<Instant>,
 }
@@ -156,6 +162,18 @@ pub(super) enum Flow {
 
 impl Actor {
     async fn run(mut self) {
+        match self.core.store.cluster() {
+            // Shared with other gateways: drive it only while this one owns it.
+            Some(cluster) => self.run_shared(cluster).await,
+            None => {
+                self.drive().await;
+                self.shutdown().await;
+            }
+        }
+    }
+
+    /// Reconciles, then drives the backend through its states until cancelled.
+    pub(super) async fn drive(&mut self) {
         if let Flow::Continue = self.reconcile().await {
             loop {
                 let flow = match self.core.state() {
@@ -169,7 +187,6 @@ impl Actor {
                 }
             }
         }
-        self.shutdown().await;
     }
 
     fn policy(&mut self) -> &mut Policy {
@@ -545,6 +562,7 @@ impl Actor {
         // the figures of the service's agent, while its last report holds.
         let players = self.core.status.borrow().players.unwrap_or(0);
         let unused = self.core.shared.connections.load(Ordering::Acquire) == 0
+            && *self.core.remote.borrow() == 0
             && players == 0
             && !self.core.agent_active();
         let idle_since = self.core.policy.track_idle(unused, Now::read());
@@ -702,6 +720,12 @@ impl Actor {
                     // The countdown starts from this close, not from an earlier idle moment.
                     self.policy().idle_since = None;
                 }
+                // Clients through other gateways sharing the store (see `owner`).
+                Ok(()) = self.core.remote.changed() => {
+                    if *self.core.remote.borrow() == 0 {
+                        self.policy().idle_since = None;
+                    }
+                }
                 () = sleep_until(next_expiry) => {}
                 () = sleep_until(schedule_change) => {}
                 () = sleep_until(runtime_end) => {}
@@ -724,7 +748,12 @@ impl Actor {
                     // The gate shut first, then the count read: a client that took a ticket
                     // on its own since the last look keeps the service awake.
                     self.core.shared.set_gate(None);
-                    if self.core.shared.connections.load(Ordering::SeqCst) > 0 {
+                    let here = self.core.shared.connections.load(Ordering::SeqCst) > 0;
+                    if here || self.core.in_use_elsewhere().await {
+                        if !here {
+                            // The countdown starts again from now (the count heard was late).
+                            self.policy().idle_since = None;
+                        }
                         self.core.shared.set_gate(self.core.address());
                         continue;
                     }
@@ -787,7 +816,7 @@ impl Actor {
 
     /// wakegate is shutting down: release held clients and let the backend decide. A service
     /// that ends for good (stopped already) has its backend remove what is left instead.
-    async fn shutdown(&mut self) {
+    pub(super) async fn shutdown(&mut self) {
         self.core.answer_all(|_| Err(ConnectError::ShuttingDown));
         if self.core.shared.retiring.load(Ordering::SeqCst) {
             let removed = self.backend.remove().await;

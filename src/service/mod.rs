@@ -17,9 +17,11 @@ pub mod config;
 mod core;
 #[cfg(test)]
 mod fake;
+mod follow;
 mod gate;
 mod in_memory;
 mod outside;
+mod owner;
 pub mod policy;
 mod registry;
 mod sleep;
@@ -73,6 +75,8 @@ pub struct Status {
     pub agent: Option<AgentStatus>,
     /// A pre-stop the stop under way waits for the agent to run.
     pub pre_stop: Option<crate::agent::wire::PreStopRequest>,
+    /// The gateway that drives it, when several share the store (PostgreSQL).
+    pub owner: Option<String>,
 }
 
 impl Status {

@@ -1,0 +1,231 @@
+//! Two real `wakegate run` processes sharing one real PostgreSQL database (started once for
+//! this test binary, a database per test) and one data dir, driving one `process` service (the
+//! demo echo server) with a 2 s lease: one gateway owns the service, the other serves its
+//! clients; a wake is started once whichever gateway the clients reach; the owner killed with
+//! -9 in the middle of a wake or while awake is replaced within the lease time, with no second
+//! start, no orphan and no gap in the event ids.
+// A test's own threads end with the test: the daemon's rule (spawn on a tracker) is for src/.
+#![allow(clippy::disallowed_methods)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Short, so a failover is quick; renewed every third of it.
+const LEASE: Duration = Duration::from_secs(2);
+
+/// Two gateways' configs over one database and one data dir: `gw-a` and `gw-b`, each with its
+/// own listener for the echo service, whose backend boots in `boot`.
+struct Pair {
+    dir: PathBuf,
+    backend: SocketAddr,
+    listen: [SocketAddr; 2],
+    files: [PathBuf; 2],
+}
+
+impl Pair {
+    fn new(name: &str, boot: &str, idle: &str) -> Pair {
+        let dir = temp_dir(name);
+        let url = postgres::shared().database(name);
+        let backend = free_addr();
+        let listen = [free_addr(), free_addr()];
+        let files = ["gw-a", "gw-b"].map(|id| {
+            let i = usize::from(id == "gw-b");
+            gateway(&dir)
+                .set("store", url.as_str())
+                .set("id", id)
+                .set("lease", "2s")
+                .service(
+                    svc("echo")
+                        .idle(idle)
+                        .wake_timeout("20s")
+                        .process(&echo(backend, boot), backend)
+                        .tcp(listen[i]),
+                )
+                .write(&dir.join(format!("{id}.toml")))
+        });
+        Pair {
+            dir,
+            backend,
+            listen,
+            files,
+        }
+    }
+
+    /// Starts `gw-a`, which takes the service, then `gw-b`, which follows it.
+    fn start(&self) -> (Wakegate, Wakegate) {
+        let mut a = Wakegate::start(&self.files[0]);
+        a.wait_for("This gateway owns the service now");
+        let mut b = Wakegate::start(&self.files[1]);
+        b.wait_for("Another gateway owns the service; following its status.");
+        (a, b)
+    }
+
+    fn starts(&self) -> usize {
+        starts_in_log(&self.dir, "echo")
+    }
+}
+
+impl Drop for Pair {
+    /// No echo server outlives its test, whatever happened to the gateways.
+    fn drop(&mut self) {
+        for pid in echo_servers(self.backend) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Polls `check` until it holds, at most [`DEADLINE`].
+fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let give_up = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < give_up, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The ids of every event in the log, from a gateway's API, oldest first.
+fn event_ids(gateway: &Wakegate) -> Vec<i64> {
+    let page = api_json(gateway.api(), "GET", "/api/v1/events?limit=1000");
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Ids that follow each other with no gap and no repeat.
+fn assert_contiguous(ids: &[i64]) {
+    assert!(!ids.is_empty());
+    for pair in ids.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "ids not contiguous: {ids:?}");
+    }
+}
+
+fn state(gateway: &Wakegate) -> String {
+    gateway.service("echo")["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Clients that each connect, are echoed a line, and stay connected until dropped.
+fn clients(to: &[SocketAddr], per_gateway: usize) -> Vec<TcpStream> {
+    let threads: Vec<_> = (0..per_gateway * to.len())
+        .map(|n| {
+            let address = to[n % to.len()];
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(address).unwrap();
+                stream.set_read_timeout(Some(DEADLINE)).unwrap();
+                let line = format!("client {n}\n");
+                assert_eq!(echo_back(&mut stream, line.as_bytes()), line.as_bytes());
+                stream
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn a_hundred_clients_over_two_gateways_cause_one_start_and_the_last_client_on_either_keeps_it_awake()
+ {
+    let pair = Pair::new("hundred", "500ms", "1s");
+    let (mut a, mut b) = pair.start();
+
+    // Asleep: 50 clients through each gateway at once. One start, every client served.
+    let mut open = clients(&pair.listen, 50);
+    assert_eq!(pair.starts(), 1, "the backend was started more than once");
+    assert_eq!(state(&a), "awake");
+    until("the follower mirrors awake", || state(&b) == "awake");
+    // The follower wrote its own connections for the owner to count.
+    assert_eq!(b.service("echo")["connections"], 50);
+
+    // Every client on the owner goes, and all but one on the follower: the one left keeps it
+    // awake past several idle timeouts.
+    let last = open.remove(1);
+    drop(open);
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(4) {
+        assert_eq!(state(&a), "awake", "stopped under a client of the follower");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut last = last;
+    assert_eq!(echo_back(&mut last, b"still here\n"), b"still here\n");
+
+    // Once it closes, the owner stops the backend after the idle timeout.
+    drop(last);
+    a.wait_for("no connection for");
+    a.wait_for("backend stopped");
+    until("the follower mirrors asleep", || state(&b) == "asleep");
+    assert!(echo_servers(pair.backend).is_empty(), "an echo server is left");
+
+    // The follower's API shows who owns it; both show the same event log.
+    let owned = b.service("echo");
+    assert_eq!(owned["state"], "asleep");
+    assert_eq!(owned["owner"], "gw-a");
+    assert_eq!(a.service("echo")["owner"], "gw-a");
+    until("both gateways show the same log", || {
+        event_ids(&a) == event_ids(&b)
+    });
+    assert_contiguous(&event_ids(&a));
+    a.stop(DEADLINE);
+    b.wait_for("This gateway owns the service now");
+    b.stop(DEADLINE);
+}
+
+#[test]
+fn the_owner_killed_in_the_middle_of_a_wake_is_replaced_within_the_lease_without_a_second_start()
+ {
+    // A slow boot: the owner is killed while the backend starts.
+    let pair = Pair::new("midwake", "1500ms", "1s");
+    let (mut a, mut b) = pair.start();
+
+    // A client on the follower: it asks the owner, which starts the backend.
+    let follower = pair.listen[1];
+    let held = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(follower).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let back = echo_back(&mut stream, b"held\n");
+        (back, stream)
+    });
+    a.wait_for("waiting for");
+    assert_eq!(pair.starts(), 1);
+    a.kill();
+    let killed = Instant::now();
+
+    // The follower takes over within the lease time (and a third of it, its next try),
+    // adopts the backend that is booting, and serves the held client.
+    b.wait_for("This gateway owns the service now");
+    let took = killed.elapsed();
+    assert!(took < LEASE + LEASE / 3 + Duration::from_millis(700), "took {took:?}");
+    let adopted = b.wait_for("found the backend running");
+    assert!(adopted.contains("was waking"), "{adopted}");
+    let (back, stream) = held.join().unwrap();
+    assert_eq!(back, b"held\n");
+    assert_eq!(pair.starts(), 1, "the backend was started twice");
+    assert_eq!(echo_servers(pair.backend).len(), 1);
+
+    // Killed while awake too: a new gateway A' follows, B is killed, A' takes over and adopts.
+    let mut a2 = Wakegate::start(&pair.files[0]);
+    a2.wait_for("Another gateway owns the service; following its status.");
+    b.kill();
+    drop(stream);
+    a2.wait_for("This gateway owns the service now");
+    let adopted = a2.wait_for("found the backend running");
+    assert!(adopted.contains("was awake"), "{adopted}");
+    // Idle, it is stopped: no orphan.
+    a2.wait_for("no connection for");
+    a2.wait_for("backend stopped");
+    assert!(echo_servers(pair.backend).is_empty(), "an orphan is left");
+    assert_eq!(pair.starts(), 1);
+    assert_contiguous(&event_ids(&a2));
+    a2.stop(DEADLINE);
+}
