@@ -98,6 +98,10 @@ impl Store {
                 let engine = postgres::Postgres::connect(url)?;
                 let cluster = engine.cluster(member.id.clone(), member.lease);
                 let mut store = Store::with_engine(Arc::new(engine), false);
+                // Every gateway publishes every gateway's events, each once.
+                let announced = Arc::new(writer::Announced::default());
+                store.writer.share_publishing(announced.clone());
+                cluster.tail(store.events.clone(), announced);
                 store.cluster = Some(Arc::new(cluster));
                 Ok(store)
             }

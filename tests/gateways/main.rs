@@ -140,11 +140,20 @@ fn a_hundred_clients_over_two_gateways_cause_one_start_and_the_last_client_on_ei
     let pair = Pair::new("hundred", "500ms", "1s");
     let (mut a, mut b) = pair.start();
 
+    // The follower's live event stream, from now on: the owner's events reach it too.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let now = *event_ids(&b).last().unwrap();
+    let mut live = runtime.block_on(b.event_stream_after("echo", now, DEADLINE));
+
     // Asleep: 50 clients through each gateway at once. One start, every client served.
     let mut open = clients(&pair.listen, 50);
     assert_eq!(pair.starts(), 1, "the backend was started more than once");
     assert_eq!(state(&a), "awake");
     until("the follower mirrors awake", || state(&b) == "awake");
+    let heard = runtime.block_on(live.until_state("awake"));
+    let heard: Vec<i64> = heard.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert_eq!(heard[0], now + 1, "{heard:?}");
+    assert_contiguous(&heard);
     // The follower wrote its own connections for the owner to count.
     assert_eq!(b.service("echo")["connections"], 50);
 

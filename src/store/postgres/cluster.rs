@@ -44,6 +44,8 @@ pub enum Signal {
     Counts { s: String, g: String },
     /// The owner of `s` let go of it (a clean shutdown): another may take it at once.
     Released { s: String },
+    /// A gateway committed events (sent by the writing transaction, so heard after its commit).
+    Events,
     /// Not a notification: the listening connection was lost (and is being opened again), so
     /// some may have been missed; read everything again.
     #[serde(skip)]
@@ -59,7 +61,7 @@ impl Signal {
             | Signal::Sleep { s, .. }
             | Signal::Counts { s, .. }
             | Signal::Released { s } => Some(s),
-            Signal::Resync => None,
+            Signal::Events | Signal::Resync => None,
         }
     }
 }
@@ -129,6 +131,18 @@ impl Cluster {
             runtime,
             signals,
         }
+    }
+
+    /// Publishes on `events` what the other gateways write to the log, tailing it (`id >` the
+    /// last one seen) after each of their commits is heard, and at least every third of the
+    /// lease; `announced` keeps an event from being published twice (see the writer).
+    pub(crate) fn tail(
+        &self,
+        events: broadcast::Sender<crate::event::Published>,
+        announced: std::sync::Arc<crate::store::writer::Announced>,
+    ) {
+        let (pool, signals, every) = (self.pool.clone(), self.subscribe(), self.lease / 3);
+        self.runtime.spawn(tail(pool, events, announced, signals, every));
     }
 
     /// This gateway's id (`[gateway] id`).
@@ -436,6 +450,48 @@ async fn listen(pool: PgPool, signals: broadcast::Sender<Signal>) {
                 }
             }
         }
+    }
+}
+
+async fn tail(
+    pool: PgPool,
+    events: broadcast::Sender<crate::event::Published>,
+    announced: std::sync::Arc<crate::store::writer::Announced>,
+    mut signals: broadcast::Receiver<Signal>,
+    every: Duration,
+) {
+    const PAGE: usize = 500;
+    let mut last = loop {
+        match super::queries::last_event_id(&pool).await {
+            Ok(id) => break id,
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    announced.passed(last);
+    loop {
+        // Ids follow the order of commits, so what is above `last` is all that is new.
+        while let Ok(page) = super::queries::events(&pool, last, None, PAGE).await {
+            let full = page.len() == PAGE;
+            for event in page {
+                last = event.id;
+                if announced.first(event.id) {
+                    let _ = events.send(crate::event::Published::new(event));
+                }
+                announced.passed(last);
+            }
+            if !full {
+                break;
+            }
+        }
+        let new_events = async {
+            loop {
+                match signals.recv().await {
+                    Ok(Signal::Events | Signal::Resync) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(every, new_events).await;
     }
 }
 
