@@ -38,19 +38,29 @@ pub fn spawn(
         let cursor = store.notify_cursor(&target.name)?;
         let endpoint = Endpoint::parse(target.url.expose())
             .map_err(|why| anyhow::anyhow!("the url of notify target `{}` {why}", target.name))?;
-        let feed = Feed::after(store.clone(), events, None, cursor);
+        if let Some(cluster) = store.cluster() {
+            // Several gateways: one at a time delivers it, under a lease (see `turn`).
+            let span = info_span!("notify", target = %target.name);
+            let turn = super::turn::take_turns(
+                cluster,
+                target.clone(),
+                endpoint,
+                store.clone(),
+                events.clone(),
+                cancel.child_token(),
+            );
+            tracker.spawn(turn.instrument(span));
+            continue;
+        }
         info!(target = %target.name, kind = target.kind.as_str(), host = endpoint.host(), after = cursor, "Notifications start.");
-        let outbox = Outbox {
-            client: Client::new(target.timeout),
+        let outbox = Outbox::new(
+            target.clone(),
             endpoint,
-            target: target.clone(),
-            store: store.clone(),
-            events: events.clone(),
-            feed,
-            done: cursor,
-            committed: cursor,
-            cancel: cancel.child_token(),
-        };
+            store.clone(),
+            events.clone(),
+            cursor,
+            cancel.child_token(),
+        );
         let span = info_span!("notify", target = %target.name);
         tracker.spawn(outbox.run().instrument(span));
     }
@@ -70,7 +80,7 @@ enum Attempt {
     Failed(String),
 }
 
-struct Outbox {
+pub(super) struct Outbox {
     target: Target,
     client: Client,
     endpoint: Endpoint,
@@ -85,7 +95,29 @@ struct Outbox {
 }
 
 impl Outbox {
-    async fn run(mut self) {
+    /// An outbox that delivers `target` from `cursor` until `cancel` fires.
+    pub(super) fn new(
+        target: Target,
+        endpoint: Endpoint,
+        store: Arc<Store>,
+        events: broadcast::Sender<Published>,
+        cursor: i64,
+        cancel: CancellationToken,
+    ) -> Outbox {
+        Outbox {
+            client: Client::new(target.timeout),
+            feed: Feed::after(store.clone(), &events, None, cursor),
+            endpoint,
+            target,
+            store,
+            events,
+            done: cursor,
+            committed: cursor,
+            cancel,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
         let mut backoff = self.target.retry_min;
         loop {
             // Events that are not wanted move the cursor only when the feed runs dry, so a

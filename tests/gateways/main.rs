@@ -10,8 +10,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,6 +25,7 @@ const LEASE: Duration = Duration::from_secs(2);
 /// own listener for the echo service, whose backend boots in `boot`.
 struct Pair {
     dir: PathBuf,
+    hook: Hook,
     backend: SocketAddr,
     listen: [SocketAddr; 2],
     files: [PathBuf; 2],
@@ -34,6 +37,11 @@ impl Pair {
         let url = postgres::shared().database(name);
         let backend = free_addr();
         let listen = [free_addr(), free_addr()];
+        let hook = Hook::start();
+        let notify = format!(
+            "[[notify]]\ntype = \"webhook\"\nurl = \"http://{}/hook\"\nsecret = \"gateways-test-secret-0123456789\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n",
+            hook.address
+        );
         let files = ["gw-a", "gw-b"].map(|id| {
             let i = usize::from(id == "gw-b");
             gateway(&dir)
@@ -47,10 +55,12 @@ impl Pair {
                         .process(&echo(backend, boot), backend)
                         .tcp(listen[i]),
                 )
+                .raw(&notify)
                 .write(&dir.join(format!("{id}.toml")))
         });
         Pair {
             dir,
+            hook,
             backend,
             listen,
             files,
@@ -82,6 +92,69 @@ impl Drop for Pair {
     }
 }
 
+/// A webhook receiver: the event ids of the requests it answered, in order.
+struct Hook {
+    address: SocketAddr,
+    ids: Arc<Mutex<Vec<i64>>>,
+}
+
+impl Hook {
+    fn start() -> Hook {
+        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = socket.local_addr().unwrap();
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let seen = ids.clone();
+        std::thread::spawn(move || {
+            for stream in socket.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || Hook::serve(stream, &seen));
+            }
+        });
+        Hook { address, ids }
+    }
+
+    /// Answers each request of a keep-alive connection 204, noting its event id.
+    fn serve(stream: TcpStream, seen: &Mutex<Vec<i64>>) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let (mut id, mut length) = (None, 0usize);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    match name.to_ascii_lowercase().as_str() {
+                        "x-wakegate-event-id" => id = value.trim().parse::<i64>().ok(),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            seen.lock().unwrap().extend(id);
+            if writer
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
 /// Polls `check` until it holds, at most [`DEADLINE`].
 fn until(what: &str, mut check: impl FnMut() -> bool) {
     let give_up = Instant::now() + DEADLINE;
@@ -100,6 +173,31 @@ fn event_ids(gateway: &Wakegate) -> Vec<i64> {
         .iter()
         .map(|e| e["id"].as_i64().unwrap())
         .collect()
+}
+
+/// The ids of the events a webhook wants by default (all but progress), oldest first.
+fn wanted_ids(gateway: &Wakegate) -> Vec<i64> {
+    let page = api_json(gateway.api(), "GET", "/api/v1/events?limit=1000");
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] != "progress")
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Each id at its first arrival; a later repeat must be of an id already delivered, never
+/// one that overtakes.
+fn first_arrivals(ids: &[i64]) -> Vec<i64> {
+    let mut first: Vec<i64> = Vec::new();
+    for &id in ids {
+        match first.last() {
+            Some(&last) if id <= last => assert!(first.contains(&id), "{id} out of order: {ids:?}"),
+            _ => first.push(id),
+        }
+    }
+    first
 }
 
 /// Ids that follow each other with no gap and no repeat.
@@ -236,5 +334,12 @@ fn the_owner_killed_in_the_middle_of_a_wake_is_replaced_within_the_lease_without
     assert!(echo_servers(pair.backend).is_empty(), "an orphan is left");
     assert_eq!(pair.starts(), 1);
     assert_contiguous(&event_ids(&a2));
+
+    // The webhook got every event but progress, in order, across both failovers; an event
+    // whose delivery was not yet recorded when its gateway died may come twice (same id).
+    let wanted = wanted_ids(&a2);
+    until("the webhook has every event", || {
+        first_arrivals(&pair.hook.ids()) == wanted
+    });
     a2.stop(DEADLINE);
 }
