@@ -6,6 +6,7 @@
 mod agent;
 pub mod config;
 pub mod events;
+mod gateways;
 pub mod serve;
 mod templates;
 
@@ -223,6 +224,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/me", get(me))
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(list))
+        .route("/api/v1/gateways", get(gateways::list))
         .route(
             "/api/v1/services/{name}",
             get(one).delete(templates::destroy),

@@ -72,6 +72,7 @@ pub fn spawn(
         events: store.publisher(),
         shared: shared.clone(),
         reconciled,
+        gateway: store.cluster().map(|c| c.id().into()),
     };
     let actor = Actor {
         readiness: service.readiness.clone(),

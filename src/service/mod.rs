@@ -215,6 +215,8 @@ pub struct ServiceHandle {
     events: broadcast::Sender<Published>,
     shared: Arc<Shared>,
     reconciled: watch::Receiver<bool>,
+    /// This gateway's id, when several share the store.
+    gateway: Option<Arc<str>>,
 }
 
 impl ServiceHandle {
@@ -454,5 +456,10 @@ impl crate::metrics::Source for ServiceHandle {
 
     fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    fn owned(&self) -> Option<bool> {
+        let gateway = self.gateway.as_deref()?;
+        Some(self.status.borrow().owner.as_deref() == Some(gateway))
     }
 }

@@ -33,8 +33,13 @@ struct Pair {
 
 impl Pair {
     fn new(name: &str, boot: &str, idle: &str) -> Pair {
+        Pair::on(postgres::shared(), name, boot, idle)
+    }
+
+    /// As [`Pair::new`], on a server of the test's own.
+    fn on(server: &postgres::Server, name: &str, boot: &str, idle: &str) -> Pair {
         let dir = temp_dir(name);
-        let url = postgres::shared().database(name);
+        let url = server.database(name);
         let backend = free_addr();
         let listen = [free_addr(), free_addr()];
         let hook = Hook::start();
@@ -279,6 +284,24 @@ fn a_hundred_clients_over_two_gateways_cause_one_start_and_the_last_client_on_ei
     assert_eq!(owned["state"], "asleep");
     assert_eq!(owned["owner"], "gw-a");
     assert_eq!(a.service("echo")["owner"], "gw-a");
+    // So do `wakegate status` (with the gateways' leases) and each gateway's /metrics.
+    let status = std::process::Command::new(WAKEGATE)
+        .args(["status", "--api"])
+        .arg(b.api().to_string())
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(status.contains("gw-b (this one): lease"), "{status}");
+    assert!(status.contains("gw-a: lease"), "{status}");
+    assert!(status.contains("echo: gw-a, lease"), "{status}");
+    let owned = |g: &Wakegate| {
+        let (_, text) = http(g.api(), "GET", "/metrics", "").unwrap();
+        text.lines()
+            .find(|l| l.starts_with("wakegate_service_owned{service=\"echo\"}"))
+            .map(str::to_string)
+    };
+    assert_eq!(owned(&a).as_deref(), Some("wakegate_service_owned{service=\"echo\"} 1"));
+    assert_eq!(owned(&b).as_deref(), Some("wakegate_service_owned{service=\"echo\"} 0"));
     until("both gateways show the same log", || {
         event_ids(&a) == event_ids(&b)
     });
@@ -342,4 +365,38 @@ fn the_owner_killed_in_the_middle_of_a_wake_is_replaced_within_the_lease_without
         first_arrivals(&pair.hook.ids()) == wanted
     });
     a2.stop(DEADLINE);
+}
+
+#[test]
+fn the_database_restarted_under_both_gateways_they_reconnect_and_a_held_client_is_served() {
+    let server = postgres::Server::start("gateways-restart");
+    let pair = Pair::on(&server, "dbrestart", "300ms", "1s");
+    let (mut a, b) = pair.start();
+    let before = event_ids(&a);
+
+    // The database goes away: the owner cannot renew its lease and stops driving.
+    server.stop();
+    a.wait_for("Could not renew the lease on the service in time.");
+    a.wait_for("lost its lease");
+
+    // A client arrives at the follower meanwhile: held, not refused.
+    let follower = pair.listen[1];
+    let held = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(follower).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        echo_back(&mut stream, b"held\n")
+    });
+
+    // Back: one of them takes the service again, and the held client is served by one start.
+    server.pg_ctl("start");
+    assert_eq!(held.join().unwrap(), b"held\n");
+    assert_eq!(pair.starts(), 1);
+    // Nothing recorded meanwhile is lost: the log goes on from where it was, without gaps.
+    until("the wake is in the log", || {
+        let ids = event_ids(&b);
+        ids.len() > before.len() && ids[..before.len()] == before[..]
+    });
+    assert_contiguous(&event_ids(&b));
+    assert_eq!(event_ids(&a), event_ids(&b));
+    drop((a, b));
 }
