@@ -33,7 +33,10 @@ impl Actor {
                     .answer_all(|_| Err(super::ConnectError::ShuttingDown));
                 return;
             };
-            info!(gateway = cluster.id(), "This gateway owns the service now; reconciling it.");
+            info!(
+                gateway = cluster.id(),
+                "This gateway owns the service now; reconciling it."
+            );
             // Reconcile goes by what the last owner recorded, not by the mirror.
             let name = self.core.name.clone();
             let recorded = self.core.store.read(move |s| s.service(&name)).await;

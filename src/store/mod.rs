@@ -26,8 +26,8 @@ use engine::{Engine, Op};
 use writer::Writer;
 
 pub use config::{Location, Membership};
-pub use postgres::cluster::{Claim, Cluster, Member, Mirror, Ownership, Signal};
 pub use created::{Channel as CreatedChannel, Created};
+pub use postgres::cluster::{Claim, Cluster, Member, Mirror, Ownership, Signal};
 pub use writer::{Failing, Health, MAX_PENDING};
 
 /// How long a read waits for the writes handed over before it.

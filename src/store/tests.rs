@@ -683,6 +683,12 @@ async fn gateways_sharing_a_postgres_database_own_each_service_one_at_a_time() {
     let owners = ca.owners().await.unwrap();
     assert_eq!(owners.len(), 1);
     assert_eq!(owners[0].owner, "gw-a");
-    let members: Vec<String> = ca.members().await.unwrap().into_iter().map(|m| m.id).collect();
+    let members: Vec<String> = ca
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
     assert_eq!(members, ["gw-a", "gw-b"]);
 }

@@ -366,7 +366,11 @@ impl Pipe {
             match written(op, id) {
                 Written::Event(event) => {
                     events += 1;
-                    let first = self.shared.announced.get().is_none_or(|a| a.first(event.id));
+                    let first = self
+                        .shared
+                        .announced
+                        .get()
+                        .is_none_or(|a| a.first(event.id));
                     if first {
                         let _ = self.shared.events.send(Published::new(event));
                     }

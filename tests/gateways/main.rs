@@ -277,7 +277,10 @@ fn a_hundred_clients_over_two_gateways_cause_one_start_and_the_last_client_on_ei
     a.wait_for("no connection for");
     a.wait_for("backend stopped");
     until("the follower mirrors asleep", || state(&b) == "asleep");
-    assert!(echo_servers(pair.backend).is_empty(), "an echo server is left");
+    assert!(
+        echo_servers(pair.backend).is_empty(),
+        "an echo server is left"
+    );
 
     // The follower's API shows who owns it; both show the same event log.
     let owned = b.service("echo");
@@ -300,8 +303,14 @@ fn a_hundred_clients_over_two_gateways_cause_one_start_and_the_last_client_on_ei
             .find(|l| l.starts_with("wakegate_service_owned{service=\"echo\"}"))
             .map(str::to_string)
     };
-    assert_eq!(owned(&a).as_deref(), Some("wakegate_service_owned{service=\"echo\"} 1"));
-    assert_eq!(owned(&b).as_deref(), Some("wakegate_service_owned{service=\"echo\"} 0"));
+    assert_eq!(
+        owned(&a).as_deref(),
+        Some("wakegate_service_owned{service=\"echo\"} 1")
+    );
+    assert_eq!(
+        owned(&b).as_deref(),
+        Some("wakegate_service_owned{service=\"echo\"} 0")
+    );
     until("both gateways show the same log", || {
         event_ids(&a) == event_ids(&b)
     });
@@ -312,8 +321,7 @@ fn a_hundred_clients_over_two_gateways_cause_one_start_and_the_last_client_on_ei
 }
 
 #[test]
-fn the_owner_killed_in_the_middle_of_a_wake_is_replaced_within_the_lease_without_a_second_start()
- {
+fn the_owner_killed_in_the_middle_of_a_wake_is_replaced_within_the_lease_without_a_second_start() {
     // A slow boot: the owner is killed while the backend starts.
     let pair = Pair::new("midwake", "1500ms", "1s");
     let (mut a, mut b) = pair.start();
@@ -335,7 +343,10 @@ fn the_owner_killed_in_the_middle_of_a_wake_is_replaced_within_the_lease_without
     // adopts the backend that is booting, and serves the held client.
     b.wait_for("This gateway owns the service now");
     let took = killed.elapsed();
-    assert!(took < LEASE + LEASE / 3 + Duration::from_millis(700), "took {took:?}");
+    assert!(
+        took < LEASE + LEASE / 3 + Duration::from_millis(700),
+        "took {took:?}"
+    );
     let adopted = b.wait_for("found the backend running");
     assert!(adopted.contains("was waking"), "{adopted}");
     let (back, stream) = held.join().unwrap();

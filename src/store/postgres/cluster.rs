@@ -142,7 +142,8 @@ impl Cluster {
         announced: std::sync::Arc<crate::store::writer::Announced>,
     ) {
         let (pool, signals, every) = (self.pool.clone(), self.subscribe(), self.lease / 3);
-        self.runtime.spawn(tail(pool, events, announced, signals, every));
+        self.runtime
+            .spawn(tail(pool, events, announced, signals, every));
     }
 
     /// This gateway's id (`[gateway] id`).
@@ -274,9 +275,7 @@ impl Cluster {
                     .get::<Option<String>, _>(1)
                     .and_then(|s| State::parse(&s)),
                 since: row.get::<Option<i64>, _>(2).map(from_millis),
-                address: row
-                    .get::<Option<String>, _>(3)
-                    .and_then(|a| a.parse().ok()),
+                address: row.get::<Option<String>, _>(3).and_then(|a| a.parse().ok()),
                 last_error: row.get(4),
             }))
         })
@@ -403,10 +402,7 @@ fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
-async fn notify<'c>(
-    executor: impl sqlx::PgExecutor<'c>,
-    payload: &str,
-) -> Result<(), sqlx::Error> {
+async fn notify<'c>(executor: impl sqlx::PgExecutor<'c>, payload: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(payload)
