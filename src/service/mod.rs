@@ -24,6 +24,7 @@ mod outside;
 mod owner;
 pub mod policy;
 mod registry;
+mod repair;
 mod sleep;
 #[cfg(test)]
 mod sleep_tests;
