@@ -343,6 +343,7 @@ fn the_owner_killed_in_the_middle_of_a_wake_is_replaced_within_the_lease_without
     // adopts the backend that is booting, and serves the held client.
     b.wait_for("This gateway owns the service now");
     let took = killed.elapsed();
+    println!("the follower took the service {took:?} after the owner was killed");
     assert!(
         took < LEASE + LEASE / 3 + Duration::from_millis(700),
         "took {took:?}"
