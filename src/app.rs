@@ -88,9 +88,10 @@ impl App {
     /// Opens the store, binds every socket (so a port in use fails before anything starts),
     /// then starts the services, listeners and API.
     pub async fn start(config: Config) -> anyhow::Result<App> {
-        let store = Arc::new(Store::connect(
+        let store = Arc::new(Store::connect_as(
             &config.gateway.store,
             &config.gateway.data_dir,
+            &config.gateway.member,
         )?);
         let mut bound: Vec<(Bound, TcpListener)> = Vec::new();
         let mut datagrams: Vec<(String, Datagrams, tokio::net::UdpSocket)> = Vec::new();

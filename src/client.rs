@@ -348,7 +348,43 @@ pub async fn status(client: &Client, name: Option<&str>, json: bool) -> anyhow::
             println!("{indent}{}", agent.line());
         }
     }
+    if name.is_none() {
+        // Older gateways have no such route: nothing more to say then.
+        if let Ok(gateways) = client.json(Method::GET, "/api/v1/gateways").await {
+            for text in gateway_lines(&gateways) {
+                println!("{text}");
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The gateways sharing a PostgreSQL store and the owner of each service, with the time
+/// left on their leases; nothing for a gateway with a store of its own.
+fn gateway_lines(gateways: &serde_json::Value) -> Vec<String> {
+    let Some(this) = gateways["this"].as_str() else {
+        return Vec::new();
+    };
+    let left = |v: &serde_json::Value| match v["expires_in_ms"].as_i64() {
+        Some(ms) if ms >= 0 => format!("lease {:.1}s left", ms as f64 / 1000.0),
+        _ => "lease expired".to_string(),
+    };
+    let mut lines = vec![String::new(), "GATEWAYS SHARING THE STORE".to_string()];
+    for g in gateways["gateways"].as_array().into_iter().flatten() {
+        let id = g["id"].as_str().unwrap_or("?");
+        let me = if id == this { " (this one)" } else { "" };
+        lines.push(format!("  {id}{me}: {}", left(g)));
+    }
+    lines.push("OWNERS".to_string());
+    for o in gateways["owners"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  {}: {}, {}",
+            o["service"].as_str().unwrap_or("?"),
+            o["owner"].as_str().unwrap_or("?"),
+            left(o)
+        ));
+    }
+    lines
 }
 
 /// Lines of output a `last error` shows at most below its summary: the last ones, where a

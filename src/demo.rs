@@ -47,6 +47,7 @@ pub async fn run(
         gateway: Gateway {
             data_dir: data_dir.clone(),
             store: crate::store::Location::Sqlite,
+            member: Default::default(),
             api,
             shutdown_grace: Duration::from_secs(5),
             tokens: Vec::new(),

@@ -132,6 +132,10 @@ pub trait Source {
     /// How it sleeps, while asleep.
     fn sleep_mode(&self) -> Option<SleepMode>;
     fn metrics(&self) -> &Metrics;
+    /// Whether this gateway drives it, when several share the store (none otherwise).
+    fn owned(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// The Prometheus text exposition of every service and of the process.
@@ -176,6 +180,24 @@ pub fn render<S: Source>(services: &[S]) -> String {
                 "wakegate_service_sleep_mode{{service=\"{}\",mode=\"{mode}\"}} {v}",
                 s.name()
             );
+        }
+    }
+    if services.iter().any(|s| s.owned().is_some()) {
+        header(
+            &mut out,
+            "wakegate_service_owned",
+            "gauge",
+            "1 for each service this gateway drives, 0 for those another gateway sharing the store drives (its clients are served here too).",
+        );
+        for s in services {
+            if let Some(owned) = s.owned() {
+                let _ = writeln!(
+                    out,
+                    "wakegate_service_owned{{service=\"{}\"}} {}",
+                    s.name(),
+                    u8::from(owned)
+                );
+            }
         }
     }
     header(

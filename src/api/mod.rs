@@ -6,6 +6,7 @@
 mod agent;
 pub mod config;
 pub mod events;
+mod gateways;
 pub mod serve;
 mod templates;
 
@@ -223,6 +224,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/me", get(me))
         .route("/metrics", get(metrics))
         .route("/api/v1/services", get(list))
+        .route("/api/v1/gateways", get(gateways::list))
         .route(
             "/api/v1/services/{name}",
             get(one).delete(templates::destroy),
@@ -482,7 +484,11 @@ pub struct ServiceView {
     pub backend: &'static str,
     /// Where the backend was found on its last wake, while awake.
     pub address: Option<String>,
+    /// Open connections through this gateway.
     pub connections: usize,
+    /// The gateway that drives it, when several share a PostgreSQL store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Players online, as the backend of a Minecraft service last said, while awake.
     pub players: Option<u32>,
     pub held: usize,
@@ -588,6 +594,7 @@ impl ServiceView {
             backend: handle.backend_kind(),
             address: status.address.map(|a| a.to_string()),
             connections: handle.connections(),
+            owner: status.owner.clone(),
             players: status.players,
             held: status.held,
             refused: handle.refused(),

@@ -109,6 +109,8 @@ pub struct Gateway {
     pub data_dir: PathBuf,
     /// Where the store lives: SQLite in the data dir, or a PostgreSQL database.
     pub store: crate::store::Location,
+    /// This gateway among those sharing a PostgreSQL store: `id` and `lease`.
+    pub member: crate::store::Membership,
     pub api: SocketAddr,
     /// How long open connections may go on after SIGINT/SIGTERM before they are closed.
     pub shutdown_grace: Duration,
@@ -126,6 +128,11 @@ struct GatewayConfig {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     store: Option<Spanned<String>>,
+    /// This gateway's name among those sharing a PostgreSQL store.
+    id: Option<Spanned<String>>,
+    /// How long a gateway's lease on a service lasts without renewal (PostgreSQL only).
+    #[serde(default, deserialize_with = "de::optional_spanned_duration")]
+    lease: Option<Spanned<Duration>>,
     #[serde(default = "default_api")]
     api: Spanned<SocketAddr>,
     #[serde(default = "default_grace", deserialize_with = "duration")]
@@ -140,6 +147,8 @@ impl Default for GatewayConfig {
         GatewayConfig {
             data_dir: default_data_dir(),
             store: None,
+            id: None,
+            lease: None,
             api: default_api(),
             shutdown_grace: default_grace(),
             cors_origins: Vec::new(),
@@ -359,6 +368,7 @@ fn read_gateway(
     services: Option<&[String]>,
     problems: &mut Problems<'_>,
 ) -> Option<Gateway> {
+    let member = read_member(&c, problems);
     let agents = match c.agents {
         None => Some(None),
         Some(agents) => crate::api::serve::read(agents, problems).map(Some),
@@ -377,12 +387,43 @@ fn read_gateway(
     Some(Gateway {
         data_dir: c.data_dir,
         store: store?,
+        member: member?,
         api: c.api.into_inner(),
         shutdown_grace: c.shutdown_grace,
         tokens,
         cors_origins: c.cors_origins,
         agents: agents?,
     })
+}
+
+/// `id` and `lease`: who this gateway is to the others sharing its PostgreSQL store.
+fn read_member(c: &GatewayConfig, problems: &mut Problems<'_>) -> Option<crate::store::Membership> {
+    let mut member = crate::store::Membership::default();
+    let mut ok = true;
+    if let Some(id) = &c.id {
+        let text = id.get_ref();
+        if text.is_empty() || text.len() > 64 || text.chars().any(|c| c.is_control()) {
+            problems.add(
+                Some(id.span()),
+                "`id` must be 1 to 64 printable characters",
+                "name the gateway as you would a host (\"gw-1\"); each gateway sharing a store needs its own",
+            );
+            ok = false;
+        }
+        member.id = text.clone();
+    }
+    if let Some(lease) = &c.lease {
+        if *lease.get_ref() < Duration::from_secs(1) {
+            problems.add(
+                Some(lease.span()),
+                "`lease` must be at least 1s",
+                "the owner renews every third of it; 15s (the default) suits most setups",
+            );
+            ok = false;
+        }
+        member.lease = *lease.get_ref();
+    }
+    ok.then_some(member)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 mod discord;
 pub(crate) mod http;
 mod outbox;
+mod turn;
 mod webhook;
 
 use std::collections::{BTreeSet, HashMap};

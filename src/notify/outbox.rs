@@ -19,10 +19,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use super::http::{Answer, Client, Endpoint};
+use super::turn;
 use super::{Target, TargetKind, discord, webhook};
 use crate::event::feed::{Feed, Item};
 use crate::event::{Event, Published};
-use crate::store::Store;
+use crate::store::{Cluster, Store};
 
 /// Starts a task per target on `tracker`; they run until `cancel` fires. Each target's cursor
 /// is read (or set, for a new target, to the newest event) before this returns, so a new
@@ -38,23 +39,79 @@ pub fn spawn(
         let cursor = store.notify_cursor(&target.name)?;
         let endpoint = Endpoint::parse(target.url.expose())
             .map_err(|why| anyhow::anyhow!("the url of notify target `{}` {why}", target.name))?;
-        let feed = Feed::after(store.clone(), events, None, cursor);
+        if let Some(cluster) = store.cluster() {
+            // Several gateways: one at a time delivers it, under a lease (see `turn`).
+            let span = info_span!("notify", target = %target.name);
+            let turn = take_turns(
+                cluster,
+                target.clone(),
+                endpoint,
+                store.clone(),
+                events.clone(),
+                cancel.child_token(),
+            );
+            tracker.spawn(turn.instrument(span));
+            continue;
+        }
         info!(target = %target.name, kind = target.kind.as_str(), host = endpoint.host(), after = cursor, "Notifications start.");
-        let outbox = Outbox {
-            client: Client::new(target.timeout),
+        let outbox = Outbox::new(
+            target.clone(),
             endpoint,
-            target: target.clone(),
-            store: store.clone(),
-            events: events.clone(),
-            feed,
-            done: cursor,
-            committed: cursor,
-            cancel: cancel.child_token(),
-        };
+            store.clone(),
+            events.clone(),
+            cursor,
+            cancel.child_token(),
+        );
         let span = info_span!("notify", target = %target.name);
         tracker.spawn(outbox.run().instrument(span));
     }
     Ok(())
+}
+
+/// A target of a store shared by several gateways: waits for its lease (see `turn`), delivers
+/// from its stored cursor while it holds it, and waits again, until `cancel`.
+async fn take_turns(
+    cluster: Arc<Cluster>,
+    target: Target,
+    endpoint: Endpoint,
+    store: Arc<Store>,
+    events: broadcast::Sender<Published>,
+    cancel: CancellationToken,
+) {
+    let key = format!("notify:{}", target.name);
+    while let Some(claimed_at) = turn::wait_turn(&cluster, &key, &cancel).await {
+        let name = target.name.clone();
+        let cursor = match store.read(move |s| s.notify_cursor(&name)).await {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "Cannot read the target's cursor; trying again.");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(cluster.lease() / 3) => continue,
+                }
+            }
+        };
+        info!(
+            gateway = cluster.id(),
+            after = cursor,
+            "This gateway delivers the target's notifications now."
+        );
+        let term = cancel.child_token();
+        let outbox = Outbox::new(
+            target.clone(),
+            endpoint.clone(),
+            store.clone(),
+            events.clone(),
+            cursor,
+            term.clone(),
+        );
+        tokio::join!(outbox.run(), turn::renew(&cluster, &key, claimed_at, &term));
+        if cancel.is_cancelled() {
+            turn::release(&cluster, &key).await;
+            return;
+        }
+        warn!("This gateway lost the target's lease; another delivers it now.");
+    }
 }
 
 /// How one delivery attempt ended.
@@ -85,6 +142,28 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// An outbox that delivers `target` from `cursor` until `cancel` fires.
+    fn new(
+        target: Target,
+        endpoint: Endpoint,
+        store: Arc<Store>,
+        events: broadcast::Sender<Published>,
+        cursor: i64,
+        cancel: CancellationToken,
+    ) -> Outbox {
+        Outbox {
+            client: Client::new(target.timeout),
+            feed: Feed::after(store.clone(), &events, None, cursor),
+            endpoint,
+            target,
+            store,
+            events,
+            done: cursor,
+            committed: cursor,
+            cancel,
+        }
+    }
+
     async fn run(mut self) {
         let mut backoff = self.target.retry_min;
         loop {

@@ -14,7 +14,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::agent::AgentLink;
 use super::config;
-use super::core::{Core, Outcome, Request, sleep_until};
+use super::core::{Core, Outcome, sleep_until};
 use super::gate::{Shared, ticket};
 use super::policy::{Now, Players, Policy, Rules, backoff, round};
 use super::sleep::{self, Sleep};
@@ -56,9 +56,12 @@ pub fn spawn(
         expected_boot: sleep.expected(SleepMode::Stopped),
         agent: None,
         pre_stop: None,
+        owner: None,
     };
     let (status_tx, status) = watch::channel(initial);
     let (reconciled_tx, reconciled) = watch::channel(false);
+    // Open connections through other gateways: 0 unless it owns a shared service.
+    let remote = watch::channel(0).1;
     let shared = Arc::new(Shared::default());
     let handle = ServiceHandle {
         name: service.name.as_str().into(),
@@ -69,6 +72,7 @@ pub fn spawn(
         events: store.publisher(),
         shared: shared.clone(),
         reconciled,
+        gateway: store.cluster().map(|c| c.id().into()),
     };
     let actor = Actor {
         readiness: service.readiness.clone(),
@@ -91,6 +95,8 @@ pub fn spawn(
             restart_request: None,
             policy: Policy::new(Rules::of(service), Instant::now()),
             agent: AgentLink::new(service.agent.clone()),
+            remote,
+            wake_timeout: service.wake_timeout,
         },
         cancel,
         adopting: false,
@@ -134,8 +140,9 @@ async fn own_health(
 pub(super) struct Actor {
     /// What "ready" means at the end of a wake.
     pub(super) readiness: Check,
-    /// Set once reconcile has published what it found.
-    reconciled: watch::Sender<bool>,
+    /// Set once reconcile has published what it found (or, for a gateway that does not own
+    /// the service, once it has read the owner's status).
+    pub(super) reconciled: watch::Sender<bool>,
     pub(super) backend: Box<dyn Backend>,
     pub(super) core: Core,
     pub(super) cancel: CancellationToken,
@@ -143,7 +150,7 @@ pub(super) struct Actor {
     /// readiness.
     pub(super) adopting: bool,
     /// The next wake reboots the backend in place, waiting this long for it to go down.
-    rebooting: Option<Duration>,
+    pub(super) rebooting: Option<Duration>,
     /// When the backend's state is read next (see `outside`).
     pub(super) next_poll: Option<Instant>,
 }
@@ -156,6 +163,18 @@ pub(super) enum Flow {
 
 impl Actor {
     async fn run(mut self) {
+        match self.core.store.cluster() {
+            // Shared with other gateways: drive it only while this one owns it.
+            Some(cluster) => self.run_shared(cluster).await,
+            None => {
+                self.drive().await;
+                self.shutdown().await;
+            }
+        }
+    }
+
+    /// Reconciles, then drives the backend through its states until cancelled.
+    pub(super) async fn drive(&mut self) {
         if let Flow::Continue = self.reconcile().await {
             loop {
                 let flow = match self.core.state() {
@@ -169,10 +188,9 @@ impl Actor {
                 }
             }
         }
-        self.shutdown().await;
     }
 
-    fn policy(&mut self) -> &mut Policy {
+    pub(super) fn policy(&mut self) -> &mut Policy {
         &mut self.core.policy
     }
 
@@ -545,6 +563,7 @@ impl Actor {
         // the figures of the service's agent, while its last report holds.
         let players = self.core.status.borrow().players.unwrap_or(0);
         let unused = self.core.shared.connections.load(Ordering::Acquire) == 0
+            && *self.core.remote.borrow() == 0
             && players == 0
             && !self.core.agent_active();
         let idle_since = self.core.policy.track_idle(unused, Now::read());
@@ -585,73 +604,6 @@ impl Actor {
                 self.core.emit(Kind::Warning, reason, facts.into());
                 None
             }
-        }
-    }
-
-    /// A restart asked for by a failing health check: within the breaker's limits, a stop
-    /// followed by a wake; beyond them, a stop for good.
-    fn restart(&mut self, reason: String) {
-        if let Some(grace) = self.backend.reboots()
-            && self.policy().may_restart(Instant::now())
-        {
-            self.rebooting = Some(grace);
-            self.core.start_wake(
-                Cause::Restart,
-                format!("rebooting: {reason}"),
-                Cause::Health.into(),
-            );
-            return;
-        }
-        // A restart or a stop for good stops it for real: pausing it would restart nothing.
-        self.core.sleep.for_real = true;
-        if self.policy().may_restart(Instant::now()) {
-            self.core.wake_request = Some(Request {
-                cause: Cause::Restart,
-                reason: format!("restarting: {reason}"),
-            });
-            self.core.transition(
-                State::Stopping,
-                format!("restarting: {reason}"),
-                Cause::Health,
-            );
-        } else {
-            self.policy().fail_after_stop = Some(self.core.policy.crash_loop());
-            self.core.transition(
-                State::Stopping,
-                format!("stopping for good: {reason}"),
-                Cause::Breaker,
-            );
-        }
-    }
-
-    /// The backend went away on its own while awake: an always-on service restarts within the
-    /// breaker's limits; anything else is failed.
-    fn crashed(&mut self, exit: crate::backend::Exit) {
-        self.core.shared.metrics.failure(Failure::Crash);
-        let reason = BackendError::Exited { exit: exit.clone() }.to_string();
-        let detail = Detail::fact(Fact::Exit {
-            exit: exit.status,
-            log_tail: exit.log_tail,
-        });
-        let always_on = self.core.policy.rules.always_on;
-        if always_on && self.policy().may_restart(Instant::now()) {
-            self.core.start_wake(
-                Cause::Restart,
-                format!("restarting after a crash: {reason}"),
-                detail,
-            );
-        } else if always_on {
-            let reason = format!(
-                "{}; it last crashed: {reason}",
-                self.core.policy.crash_loop()
-            );
-            self.core.transition(State::Failed, reason, detail);
-        } else {
-            self.core.transition(
-                State::Failed,
-                format!("the backend stopped on its own while awake: {reason}"),
-                detail,
-            );
         }
     }
 
@@ -702,6 +654,12 @@ impl Actor {
                     // The countdown starts from this close, not from an earlier idle moment.
                     self.policy().idle_since = None;
                 }
+                // Clients through other gateways sharing the store (see `owner`).
+                Ok(()) = self.core.remote.changed() => {
+                    if *self.core.remote.borrow() == 0 {
+                        self.policy().idle_since = None;
+                    }
+                }
                 () = sleep_until(next_expiry) => {}
                 () = sleep_until(schedule_change) => {}
                 () = sleep_until(runtime_end) => {}
@@ -724,7 +682,12 @@ impl Actor {
                     // The gate shut first, then the count read: a client that took a ticket
                     // on its own since the last look keeps the service awake.
                     self.core.shared.set_gate(None);
-                    if self.core.shared.connections.load(Ordering::SeqCst) > 0 {
+                    let here = self.core.shared.connections.load(Ordering::SeqCst) > 0;
+                    if here || self.core.in_use_elsewhere().await {
+                        if !here {
+                            // The countdown starts again from now (the count heard was late).
+                            self.policy().idle_since = None;
+                        }
                         self.core.shared.set_gate(self.core.address());
                         continue;
                     }
@@ -787,7 +750,7 @@ impl Actor {
 
     /// wakegate is shutting down: release held clients and let the backend decide. A service
     /// that ends for good (stopped already) has its backend remove what is left instead.
-    async fn shutdown(&mut self) {
+    pub(super) async fn shutdown(&mut self) {
         self.core.answer_all(|_| Err(ConnectError::ShuttingDown));
         if self.core.shared.retiring.load(Ordering::SeqCst) {
             let removed = self.backend.remove().await;

@@ -70,6 +70,10 @@ pub(super) struct Core {
     pub(super) policy: Policy,
     /// The service's agent: its rules and the pre-stop waited for.
     pub(super) agent: super::agent::AgentLink,
+    /// Open connections to it through the other gateways sharing the store, while this one
+    /// owns it (see `owner`); a channel whose sender is gone (0) otherwise.
+    pub(super) remote: watch::Receiver<u64>,
+    pub(super) wake_timeout: std::time::Duration,
 }
 
 impl Core {
@@ -305,8 +309,26 @@ impl Core {
         self.status.borrow().leases.iter().map(|l| l.expires).min()
     }
 
+    /// Whether other gateways sharing the store have clients of this service now (asked of
+    /// the database, not the count last heard); when that cannot be known, it is taken to be
+    /// in use: never stopped under a client.
+    pub(super) async fn in_use_elsewhere(&self) -> bool {
+        let Some(cluster) = self.store.cluster() else {
+            return false;
+        };
+        let asked = cluster.others_connections(&self.name);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), asked).await {
+            Ok(Ok(n)) => n > 0,
+            Ok(Err(e)) => {
+                warn!(error = %e, "Cannot read the other gateways' connections; not stopping now.");
+                true
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Adds a client to the waiting list, or refuses it at once when the list is full.
-    fn hold(
+    pub(super) fn hold(
         &mut self,
         client: SocketAddr,
         player: Option<String>,
@@ -432,7 +454,7 @@ impl Core {
 
     /// Like [`emit`](Self::emit), for a detail written by someone else (a backend's note, a
     /// listener's player event).
-    fn emit_value(&self, kind: Kind, reason: String, detail: serde_json::Value) {
+    pub(super) fn emit_value(&self, kind: Kind, reason: String, detail: serde_json::Value) {
         self.record(kind, self.state(), reason, detail, store::now());
     }
 

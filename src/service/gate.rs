@@ -18,6 +18,9 @@ pub(super) struct Shared {
     pub(super) metrics: Metrics,
     /// Signalled when a connection closes, so the actor can start the idle countdown.
     pub(super) closed: Notify,
+    /// Signalled when the first connection opens (the count leaves 0), so a gateway that
+    /// shares the service with others tells its owner at once.
+    pub(super) opened: Notify,
     /// The backend's address while awake: a client takes its ticket here without a round trip
     /// to the actor. A std lock, held for a copy only and never across an await; the actor
     /// writes it on every transition.
@@ -33,7 +36,9 @@ impl Shared {
         // Counted before the gate is read; the actor closes the gate before it reads the count
         // to decide an idle stop. So either the actor sees this connection, or this sees the
         // gate closed and the count goes down again.
-        self.connections.fetch_add(1, Ordering::SeqCst);
+        if self.connections.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.opened.notify_one();
+        }
         let guard = ConnectionGuard(self.clone());
         let address = (*self.gate.read().unwrap_or_else(PoisonError::into_inner))?;
         self.metrics
@@ -68,7 +73,9 @@ impl Drop for ConnectionGuard {
 
 /// Counts a connection and hands out the backend's address (the actor's way, gate or not).
 pub(super) fn ticket(shared: &Arc<Shared>, address: SocketAddr) -> Ticket {
-    shared.connections.fetch_add(1, Ordering::AcqRel);
+    if shared.connections.fetch_add(1, Ordering::AcqRel) == 0 {
+        shared.opened.notify_one();
+    }
     shared
         .metrics
         .connections_total

@@ -17,11 +17,14 @@ pub mod config;
 mod core;
 #[cfg(test)]
 mod fake;
+mod follow;
 mod gate;
 mod in_memory;
 mod outside;
+mod owner;
 pub mod policy;
 mod registry;
+mod repair;
 mod sleep;
 #[cfg(test)]
 mod sleep_tests;
@@ -73,6 +76,8 @@ pub struct Status {
     pub agent: Option<AgentStatus>,
     /// A pre-stop the stop under way waits for the agent to run.
     pub pre_stop: Option<crate::agent::wire::PreStopRequest>,
+    /// The gateway that drives it, when several share the store (PostgreSQL).
+    pub owner: Option<String>,
 }
 
 impl Status {
@@ -211,6 +216,8 @@ pub struct ServiceHandle {
     events: broadcast::Sender<Published>,
     shared: Arc<Shared>,
     reconciled: watch::Receiver<bool>,
+    /// This gateway's id, when several share the store.
+    gateway: Option<Arc<str>>,
 }
 
 impl ServiceHandle {
@@ -450,5 +457,10 @@ impl crate::metrics::Source for ServiceHandle {
 
     fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    fn owned(&self) -> Option<bool> {
+        let gateway = self.gateway.as_deref()?;
+        Some(self.status.borrow().owner.as_deref() == Some(gateway))
     }
 }

@@ -1,13 +1,46 @@
 //! `[gateway] store`: where the store lives. `"sqlite"` (the default) is `wakegate.db` in the
-//! data dir; a `postgres://` URL is a PostgreSQL database (one gateway per database, for now). The
+//! data dir; a `postgres://` URL is a PostgreSQL database, which several gateways may share. The
 //! URL's `${VAR}`s are expanded (the password from the environment), and it is never printed
 //! back: what is shown is [`Location::describe`], without the password.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
 
 use crate::config::de::{Secret, expand};
+
+/// Who this gateway is among those sharing a PostgreSQL store (`[gateway] id` and `lease`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub id: String,
+    /// How long a lease on a service lasts unless renewed (every third of it).
+    pub lease: Duration,
+}
+
+impl Default for Membership {
+    fn default() -> Self {
+        Membership {
+            id: default_id(),
+            lease: DEFAULT_LEASE,
+        }
+    }
+}
+
+/// `[gateway] lease` unless set.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
+/// `[gateway] id` unless set: the host name and the process id. Two gateways on one host
+/// differ, and a restarted gateway is a new member: it takes nothing it held before until that
+/// lease has expired (by then the old process is surely gone) and it has reconciled.
+pub fn default_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}-{}", std::process::id())
+}
 
 /// Where the store lives.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,7 +1,8 @@
 //! The store: the event log, each service's last known state, leases, notification cursors,
 //! created services and backends' values. One [`engine::Engine`] holds them: the embedded
 //! SQLite database in the data dir (`sqlite`, the default) or a PostgreSQL database
-//! (`postgres`), one gateway per database until gateways can share one. Nothing on an async worker waits for the database:
+//! (`postgres`), which several gateways may share (`Cluster`: each service driven by one of
+//! them under a lease). Nothing on an async worker waits for the database:
 //! writes go, in order, to the writer (`writer`), reads run on the engine from async code
 //! through [`Store::read`]. An event is committed before it is published, so what a client saw is
 //! never lost; while the store cannot write, events wait in memory and `/healthz` says why.
@@ -24,8 +25,9 @@ use crate::event::{self, Event, NewEvent, Published, from_millis, to_millis};
 use engine::{Engine, Op};
 use writer::Writer;
 
-pub use config::Location;
+pub use config::{Location, Membership};
 pub use created::{Channel as CreatedChannel, Created};
+pub use postgres::cluster::{Claim, Cluster, Member, Mirror, Ownership, Signal};
 pub use writer::{Failing, Health, MAX_PENDING};
 
 /// How long a read waits for the writes handed over before it.
@@ -65,6 +67,9 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     writer: Writer,
     events: broadcast::Sender<Published>,
+    /// The gateways sharing a PostgreSQL database; none on SQLite (one gateway, always the
+    /// owner of its services).
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// The current time at the precision the store keeps, so a reread event equals the published
@@ -77,13 +82,35 @@ impl Store {
     /// Opens the store `[gateway] store` names: SQLite in the data dir, or a PostgreSQL
     /// database (connected, and its schema brought up to date, before this returns).
     pub fn connect(location: &Location, data_dir: &Path) -> anyhow::Result<Store> {
+        Store::connect_as(location, data_dir, &Membership::default())
+    }
+
+    /// As [`Store::connect`], as the gateway `member` names (its id and lease time, used only
+    /// by a PostgreSQL store, which other gateways may share).
+    pub fn connect_as(
+        location: &Location,
+        data_dir: &Path,
+        member: &Membership,
+    ) -> anyhow::Result<Store> {
         match location {
             Location::Sqlite => Store::open(data_dir),
-            Location::Postgres(url) => Ok(Store::with_engine(
-                Arc::new(postgres::Postgres::connect(url)?),
-                false,
-            )),
+            Location::Postgres(url) => {
+                let engine = postgres::Postgres::connect(url)?;
+                let cluster = engine.cluster(member.id.clone(), member.lease);
+                let mut store = Store::with_engine(Arc::new(engine), false);
+                // Every gateway publishes every gateway's events, each once.
+                let announced = Arc::new(writer::Announced::default());
+                store.writer.share_publishing(announced.clone());
+                cluster.tail(store.events.clone(), announced);
+                store.cluster = Some(Arc::new(cluster));
+                Ok(store)
+            }
         }
+    }
+
+    /// The gateways sharing this store's database, when it is PostgreSQL.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.clone()
     }
 
     /// Opens (or creates) `wakegate.db` in `data_dir` and brings its schema up to date, with a
@@ -116,6 +143,7 @@ impl Store {
             writer: Writer::new(engine.clone(), events.clone(), inline),
             engine,
             events,
+            cluster: None,
         }
     }
 

@@ -596,33 +596,99 @@ async fn an_unreachable_postgres_store_says_where_and_why_without_the_password()
     assert!(!error.contains("hunter2"), "{error}");
 }
 
-/// Until several gateways can share a database, a second one is refused, saying so; once the
-/// first is gone the database is free again.
+/// Gateways sharing a database own each service one at a time: a second one is refused the
+/// service while the first renews its lease, hears the owner's status and tells it its
+/// connections, takes the service once the lease has expired by the database's clock, and at
+/// once after a release.
 #[tokio::test]
-async fn a_second_gateway_on_the_same_postgres_database_is_refused_until_the_first_is_gone() {
-    let url = postgres_server::shared().database("second");
-    let db = Db::Postgres(url.clone());
-    let first = db.open().await;
+async fn gateways_sharing_a_postgres_database_own_each_service_one_at_a_time() {
+    let url = postgres_server::shared().database("owners");
     let location = Location::Postgres(Secret::new(url));
-    let connect = {
+    let open = |id: &str| {
         let location = location.clone();
-        move || Store::connect(&location, std::path::Path::new("/nonexistent"))
+        let member = Membership {
+            id: id.into(),
+            lease: Duration::from_secs(1),
+        };
+        tokio::task::spawn_blocking(move || {
+            Store::connect_as(&location, std::path::Path::new("/nonexistent"), &member)
+        })
     };
-    let error = tokio::task::spawn_blocking(connect.clone())
+    let a = Arc::new(open("gw-a").await.unwrap().unwrap());
+    let b = Arc::new(open("gw-b").await.unwrap().unwrap());
+    let (ca, cb) = (a.cluster().unwrap(), b.cluster().unwrap());
+    let mine = |owner: &str| Claim {
+        owner: owner.into(),
+        mine: true,
+    };
+    let theirs = |owner: &str| Claim {
+        owner: owner.into(),
+        mine: false,
+    };
+    assert_eq!(ca.claim("web").await.unwrap(), mine("gw-a"));
+    assert_eq!(cb.claim("web").await.unwrap(), theirs("gw-a"));
+    assert_eq!(ca.claim("web").await.unwrap(), mine("gw-a"), "a renewal");
+
+    // B hears A's status and reads it; B cannot publish one.
+    let mut heard = cb.subscribe();
+    let awake = Mirror {
+        owner: "gw-a".into(),
+        state: Some(State::Awake),
+        since: Some(now()),
+        address: Some("127.0.0.1:9".parse().unwrap()),
+        last_error: None,
+    };
+    // The listener may not be listening yet: publish until B hears it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        assert!(ca.publish("web", awake.clone()).await.unwrap());
+        let wait = tokio::time::timeout(Duration::from_millis(500), async {
+            loop {
+                if let Ok(Signal::Status { s }) = heard.recv().await {
+                    return s;
+                }
+            }
+        });
+        if let Ok(service) = wait.await {
+            assert_eq!(service, "web");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B never heard A");
+    }
+    assert_eq!(cb.mirror("web").await.unwrap(), Some(awake.clone()));
+    assert!(!cb.publish("web", awake.clone()).await.unwrap());
+
+    // B's clients count for A, not for B itself.
+    cb.set_connections("web", 3).await.unwrap();
+    assert_eq!(ca.others_connections("web").await.unwrap(), 3);
+    assert_eq!(cb.others_connections("web").await.unwrap(), 0);
+
+    // A stops renewing: B gets the service once A's lease has expired, not before.
+    let stopped_renewing = tokio::time::Instant::now();
+    let taken = loop {
+        let claim = cb.claim("web").await.unwrap();
+        if claim.mine {
+            break stopped_renewing.elapsed();
+        }
+        assert_eq!(claim, theirs("gw-a"));
+        assert!(stopped_renewing.elapsed() < DEADLINE, "B never took it");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(taken >= Duration::from_millis(900), "taken after {taken:?}");
+    assert_eq!(ca.claim("web").await.unwrap(), theirs("gw-b"));
+
+    // Released, it is A's again at once, though B's lease had time left.
+    assert!(cb.release("web", awake).await.unwrap());
+    assert_eq!(ca.claim("web").await.unwrap(), mine("gw-a"));
+    let owners = ca.owners().await.unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].owner, "gw-a");
+    let members: Vec<String> = ca
+        .members()
         .await
         .unwrap()
-        .err()
-        .expect("a second gateway got the database");
-    let error = format!("{error:#}");
-    assert!(
-        error.contains(
-            ": another wakegate gateway uses this database (its connection: server process "
-        ),
-        "{error}"
-    );
-    assert!(error.contains("cannot share one database yet"), "{error}");
-    first.close(Duration::from_secs(1)).await;
-    drop(first);
-    let second = tokio::task::spawn_blocking(connect).await.unwrap().unwrap();
-    drop(second);
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(members, ["gw-a", "gw-b"]);
 }

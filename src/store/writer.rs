@@ -77,6 +77,8 @@ struct Shared {
     /// Signalled when `done` moves and when writes start failing.
     done_moved: Condvar,
     events: broadcast::Sender<Published>,
+    /// Set when another publisher shares the channel (see [`Announced`]).
+    announced: std::sync::OnceLock<Arc<Announced>>,
 }
 
 /// The handle the store hands writes to.
@@ -110,6 +112,12 @@ impl Writer {
             pipe: Arc::new(pipe),
             inline,
         }
+    }
+
+    /// Shares the publishing with another publisher of the same log (the tail of a store
+    /// shared by several gateways): an event goes out once, from whichever sees it first.
+    pub(super) fn share_publishing(&self, announced: Arc<Announced>) {
+        let _ = self.shared.announced.set(announced);
     }
 
     /// Queues an event; it is published once committed. Dropped (and counted) when
@@ -260,6 +268,7 @@ impl Shared {
             done: Mutex::new(0),
             done_moved: Condvar::new(),
             events,
+            announced: std::sync::OnceLock::new(),
         })
     }
 }
@@ -357,7 +366,14 @@ impl Pipe {
             match written(op, id) {
                 Written::Event(event) => {
                     events += 1;
-                    let _ = self.shared.events.send(Published::new(event));
+                    let first = self
+                        .shared
+                        .announced
+                        .get()
+                        .is_none_or(|a| a.first(event.id));
+                    if first {
+                        let _ = self.shared.events.send(Published::new(event));
+                    }
                 }
                 Written::Id(reply, id) => drop(reply.send(Ok(id))),
                 Written::Value(reply) => drop(reply.send(Ok(()))),
@@ -464,5 +480,31 @@ fn written(op: Op, id: i64) -> Written {
         Op::Created { reply, .. } => Written::Id(reply, id),
         Op::CreatedChannel { reply, .. } => Written::Value(reply),
         Op::EndLease { .. } => Written::Nothing,
+    }
+}
+
+/// Event ids already published on this gateway's channel, when two publishers share it (the
+/// writer, and the tail that reads what other gateways wrote): whoever announces an id first
+/// publishes it, so no subscriber gets an event twice.
+#[derive(Debug, Default)]
+pub(crate) struct Announced {
+    /// Every id up to the first is published; the set holds those above it.
+    inner: Mutex<(i64, std::collections::BTreeSet<i64>)>,
+}
+
+impl Announced {
+    /// Whether `id` is announced for the first time (then the caller publishes it).
+    pub(crate) fn first(&self, id: i64) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        id > inner.0 && inner.1.insert(id)
+    }
+
+    /// Every id up to `id` has been published.
+    pub(crate) fn passed(&self, id: i64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0 = inner.0.max(id);
+        let from = inner.0 + 1;
+        let above = inner.1.split_off(&from);
+        inner.1 = above;
     }
 }

@@ -1,6 +1,7 @@
 //! The PostgreSQL engine of the store, the state on a server of its own: the same tables as
 //! SQLite (versioned migrations in `migrations/`, run by sqlx under its advisory lock, so two
-//! gateways starting together do not both migrate), through a small sqlx pool.
+//! gateways starting together do not both migrate), through a small sqlx pool; and what lets
+//! several gateways share it (`cluster`: leases on services, status and counts, notifications).
 //!
 //! The store's calls block (see `engine`); sqlx is async. The pool lives on a runtime of its
 //! own, one thread, and a call hands its future over and waits for the answer on a channel.
@@ -8,6 +9,7 @@
 //! start-up, a test on a current-thread runtime (whose only thread would otherwise be the one
 //! waiting).
 
+pub(super) mod cluster;
 mod queries;
 
 use std::borrow::Cow;
@@ -19,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, Error, SqlSafeStr};
+use sqlx::{Connection, Error, SqlSafeStr};
 
 use super::created::{Channel, Created};
 use super::engine::{Engine, Op};
@@ -30,19 +32,27 @@ use queries::Write;
 
 /// Schema changes, in order; never edit one that has shipped (sqlx refuses a changed
 /// checksum), add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "the tables of the SQLite store",
-    include_str!("migrations/0001_schema.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "the tables of the SQLite store",
+        include_str!("migrations/0001_schema.sql"),
+    ),
+    (
+        2,
+        "several gateways: service owners, their status, connection counts",
+        include_str!("migrations/0002_gateways.sql"),
+    ),
+];
 
 /// How long a call waits for a connection from the pool: past it a write counts as failed (and
 /// is retried with backoff) and `/healthz` says so; short, so a stall shows quickly.
 const ACQUIRE: Duration = Duration::from_secs(3);
 /// How long the start-up waits for the server to answer.
 const CONNECT: Duration = Duration::from_secs(10);
-/// Connections the pool keeps at most: one writer and a few readers.
-const CONNECTIONS: u32 = 6;
+/// Connections the pool keeps at most: one writer, a few readers, the listener of
+/// notifications and the leases' renewals.
+const CONNECTIONS: u32 = 8;
 
 /// A PostgreSQL database, as an [`Engine`].
 pub(super) struct Postgres {
@@ -84,24 +94,15 @@ impl Postgres {
                 .run(&pool)
                 .await
                 .map_err(|e| ("bring the schema up to date in", e.to_string()))?;
-            let guard = one_gateway(&options).await?;
-            Ok::<_, (&'static str, String)>((pool, guard))
+            Ok::<_, (&'static str, String)>(pool)
         });
         let failed = match connected {
-            Ok(Ok((pool, guard))) => {
-                // Held, with its lock, until the runtime shuts down with the store.
-                runtime.spawn(async move {
-                    let _held = guard;
-                    std::future::pending::<()>().await;
-                });
+            Ok(Ok(pool)) => {
                 tracing::info!(store = %location, "The store is in PostgreSQL; its schema is up to date.");
                 return Ok(Postgres {
                     pool,
                     runtime: Some(runtime),
                 });
-            }
-            Ok(Err(("use", why))) => {
-                anyhow::anyhow!("cannot use the PostgreSQL store at {location}: {why}")
             }
             Ok(Err((what, why))) => anyhow::anyhow!(
                 "cannot {what} the PostgreSQL store at {location}: {why}; check that the server runs and that [gateway] store names it"
@@ -128,6 +129,15 @@ impl Postgres {
     fn pool(&self) -> PgPool {
         self.pool.clone()
     }
+
+    /// Joins the gateways that share this database, as `id` with leases of `lease`.
+    pub(super) fn cluster(&self, id: String, lease: Duration) -> cluster::Cluster {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the store");
+        cluster::Cluster::join(id, lease, self.pool(), runtime.handle().clone())
+    }
 }
 
 impl Drop for Postgres {
@@ -136,58 +146,6 @@ impl Drop for Postgres {
             runtime.shutdown_background();
         }
     }
-}
-
-/// The key of the advisory lock a gateway holds on its database ("wakegate" in ASCII).
-const ONE_GATEWAY: i64 = 0x7761_6b65_6761_7465;
-/// How long a gateway waits for another to let go of the database (one that was just stopped
-/// or killed lets go as soon as the server sees its connection close).
-const ONE_GATEWAY_WAIT: &str = "10s";
-
-/// Until several gateways can share a database (each service owned by one, through a lease:
-/// not yet), one gateway per database: a session lock on a connection of its own, taken here
-/// and held as long as the store lives. Two gateways driving the same services would wake
-/// and stop them twice. A restart of the server drops the lock (it is not taken again).
-async fn one_gateway(options: &PgConnectOptions) -> Result<PgConnection, (&'static str, String)> {
-    let lock = async {
-        let mut conn = PgConnection::connect_with(options).await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "SET lock_timeout = '{ONE_GATEWAY_WAIT}'"
-        )))
-        .execute(&mut conn)
-        .await?;
-        let taken = sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(ONE_GATEWAY)
-            .execute(&mut conn)
-            .await;
-        Ok::<_, Error>((conn, taken))
-    };
-    let (mut conn, taken) = lock.await.map_err(|e| ("connect", e.to_string()))?;
-    let Err(e) = taken else {
-        return Ok(conn);
-    };
-    if e.as_database_error().and_then(|d| d.code()).as_deref() != Some("55P03") {
-        return Err(("lock", e.to_string()));
-    }
-    let holder: Option<(i32, String)> = sqlx::query_as(
-        "SELECT a.pid, COALESCE(host(a.client_addr), 'a Unix socket') FROM pg_locks l
-         JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
-           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-         LIMIT 1",
-    )
-    .fetch_optional(&mut conn)
-    .await
-    .unwrap_or(None);
-    let who = holder.map_or_else(String::new, |(pid, from)| {
-        format!(" (its connection: server process {pid}, from {from})")
-    });
-    Err((
-        "use",
-        format!(
-            "another wakegate gateway uses this database{who} and did not let go within {ONE_GATEWAY_WAIT}; several gateways cannot share one database yet: give each its own, or stop the other"
-        ),
-    ))
 }
 
 /// Runs `future` on `runtime` and waits for its output on a channel (never `block_on`, which

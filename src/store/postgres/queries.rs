@@ -116,6 +116,10 @@ pub(super) async fn commit(
                 .fetch_one(&mut *tx)
                 .await?;
         next_id = last - events;
+        // Delivered at the commit: the other gateways then read what is new (see `cluster`).
+        sqlx::query("SELECT pg_notify('wakegate', '{\"k\":\"events\"}')")
+            .execute(&mut *tx)
+            .await?;
     }
     let mut ids = Vec::with_capacity(writes.len());
     for write in &writes {
