@@ -111,6 +111,7 @@ pub async fn run(
         notify: Vec::new(),
         discord: None,
         file_warnings: Vec::new(),
+        source: Default::default(),
     };
     let app = App::start(config).await?;
     let mut events = app.subscribe();

@@ -45,6 +45,9 @@ pub struct Config {
     /// What reading the file found allowed but unwise (a secret written inline), each as
     /// "FILE:LINE:COL: what; what to do".
     pub file_warnings: Vec<String>,
+    /// What the file said, as plain TOML values (`${VAR}` not yet replaced): what a reload
+    /// compares, table by table, to tell what changed (empty for a config built in code).
+    pub source: toml::Table,
 }
 
 impl Config {
@@ -216,6 +219,8 @@ pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     match config {
         Some(mut config) if problems.is_empty() => {
             config.file_warnings = warnings.iter().map(|w| w.one_line(origin)).collect();
+            // It parsed above, so this does too.
+            config.source = source.parse().unwrap_or_default();
             Ok(config)
         }
         _ => Err(ConfigError::Invalid {
@@ -314,6 +319,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         templates: templates?,
         discovery: discovery?,
         file_warnings: Vec::new(),
+        source: toml::Table::new(),
     })
 }
 

@@ -1,0 +1,466 @@
+//! Live reload of a real `wakegate run`: SIGHUP and `wakegate reload` read the file again and
+//! apply only the difference. Connections of services the reload does not touch keep flowing,
+//! a policy change reaches the running service, added services wake, removed ones stop (or
+//! keep running when asked), a listener moves without cutting its open connections, and a
+//! broken file or a gateway-wide change changes nothing and says why.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use rustix::process::Signal;
+use serde_json::Value;
+
+/// A service whose backend is the demo echo server (a `process` backend) on `backend`,
+/// reached through a `tcp` listener on `listen`.
+fn echo_service(name: &str, listen: SocketAddr, backend: SocketAddr, idle: &str) -> Service {
+    svc(name)
+        .idle(idle)
+        .wake_timeout("15s")
+        .process(&echo(backend, "0s"), backend)
+        .tcp(listen)
+}
+
+/// A connection through the gateway that answered its first echo (the backend woke).
+fn connected(listen: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(listen).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(echo_back(&mut stream, b"hello"), b"hello");
+    stream
+}
+
+/// `wakegate reload` against a gateway; its exit code, stdout and stderr.
+fn reload_cli(gateway: &Wakegate, extra: &[&str]) -> (i32, String, String) {
+    let output = Command::new(WAKEGATE)
+        .args(["reload", "--api", &gateway.api().to_string()])
+        .args(extra)
+        .env_remove("WAKEGATE_TOKEN")
+        .env_remove("WAKEGATE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The reasons of a service's events (read from every event: a removed service's name is no
+/// longer one the API filters by).
+fn reasons(gateway: &Wakegate, name: &str) -> Vec<String> {
+    let page = api_json(gateway.api(), "GET", "/api/v1/events?limit=1000");
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["service"] == name)
+        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn write(path: &Path, config: &Config) {
+    config.write(path);
+}
+
+#[tokio::test]
+async fn a_reload_leaves_the_connections_of_untouched_services_open() {
+    let dir = temp_dir("reload-untouched");
+    let path = dir.join("wakegate.toml");
+    let (keep, keep_backend) = (free_addr(), free_addr());
+    let (other, other_backend) = (free_addr(), free_addr());
+    let (policy, policy_backend) = (free_addr(), free_addr());
+    let base = gateway(&dir)
+        .service(echo_service("keep", keep, keep_backend, "1h"))
+        .service(echo_service("policy", policy, policy_backend, "1h"));
+    write(
+        &path,
+        &base
+            .clone()
+            .service(echo_service("other", other, other_backend, "1h")),
+    );
+    let mut gateway = Wakegate::start(&path);
+    let mut stream = connected(keep);
+    let server = echo_servers(keep_backend);
+    assert_eq!(server.len(), 1, "one echo server behind `keep`");
+
+    // `other` goes, `added` comes, `policy` changes its idle timeout.
+    let (added, added_backend) = (free_addr(), free_addr());
+    let base = gateway_with_policy(&dir, keep, keep_backend, policy, policy_backend);
+    write(
+        &path,
+        &base.service(echo_service("added", added, added_backend, "1h")),
+    );
+    let mut events = gateway.event_stream("wakegate", DEADLINE).await;
+    gateway.signal(Signal::HUP);
+    let reloaded = events
+        .until("a reload event", |e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("config reloaded"))
+        })
+        .await;
+    let reason = reloaded.last().unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("1 added, 1 removed, 1 changed, 1 unchanged"),
+        "{reason}"
+    );
+    gateway.wait_for("SIGHUP received: reloading the config.");
+
+    // The open connection still carries bytes both ways, to the same server.
+    assert_eq!(
+        echo_back(&mut stream, b"after the reload"),
+        b"after the reload"
+    );
+    assert_eq!(echo_servers(keep_backend), server);
+    let transitions: Vec<Value> = gateway
+        .events("keep")
+        .into_iter()
+        .filter(|e| e["kind"] == "transition")
+        .collect();
+    assert_eq!(
+        transitions.last().unwrap()["state"],
+        "awake",
+        "`keep` never left awake: {transitions:#?}"
+    );
+    // The removed service's port refuses; the added one's serves.
+    assert_eq!(
+        TcpStream::connect(other).unwrap_err().kind(),
+        ErrorKind::ConnectionRefused
+    );
+    let mut fresh = connected(added);
+    assert_eq!(echo_back(&mut fresh, b"new"), b"new");
+    drop(gateway);
+}
+
+/// The config of the first test after its reload: `policy` with a shorter idle timeout.
+fn gateway_with_policy(
+    dir: &Path,
+    keep: SocketAddr,
+    keep_backend: SocketAddr,
+    policy: SocketAddr,
+    policy_backend: SocketAddr,
+) -> Config {
+    gateway(dir)
+        .service(echo_service("keep", keep, keep_backend, "1h"))
+        .service(echo_service("policy", policy, policy_backend, "30m"))
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_idle_timeout_to_the_running_service() {
+    let dir = temp_dir("reload-sighup");
+    let path = dir.join("wakegate.toml");
+    let (listen, backend) = (free_addr(), free_addr());
+    write(
+        &path,
+        &gateway(&dir).service(echo_service("mc", listen, backend, "1h")),
+    );
+    let mut gateway = Wakegate::start(&path);
+    let mut events = gateway.event_stream("mc", DEADLINE).await;
+    drop(connected(listen));
+    events.until_state("awake").await;
+
+    // With an hour's idle timeout it would stay awake for the whole test.
+    write(
+        &path,
+        &gateway_for(&dir).service(echo_service("mc", listen, backend, "1s")),
+    );
+    gateway.signal(Signal::HUP);
+    events
+        .until("the policy change", |e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("policy changed, applied to the running service"))
+        })
+        .await;
+    let asleep = events.until_state("asleep").await;
+    let stop = asleep
+        .iter()
+        .find(|e| e["state"] == "stopping")
+        .expect("a stopping transition");
+    assert!(
+        stop["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no connection for 1"),
+        "{stop:#?}"
+    );
+    assert!(echo_servers(backend).is_empty());
+}
+
+fn gateway_for(dir: &Path) -> Config {
+    gateway(dir)
+}
+
+#[tokio::test]
+async fn removed_services_are_stopped_or_kept_running_when_asked() {
+    let dir = temp_dir("reload-removed");
+    let path = dir.join("wakegate.toml");
+    let (stopped, stopped_backend) = (free_addr(), free_addr());
+    let (kept, kept_backend) = (free_addr(), free_addr());
+    let (stays, stays_backend) = (free_addr(), free_addr());
+    write(
+        &path,
+        &gateway(&dir)
+            .service(echo_service("stopped", stopped, stopped_backend, "1h"))
+            .service(echo_service("kept", kept, kept_backend, "1h"))
+            .service(echo_service("stays", stays, stays_backend, "1h")),
+    );
+    let gateway = Wakegate::start(&path);
+    drop(connected(stopped));
+    drop(connected(kept));
+    assert_eq!(echo_servers(stopped_backend).len(), 1);
+
+    // Without --keep-running: the backend is stopped.
+    write(
+        &path,
+        &gateway_for(&dir)
+            .service(echo_service("kept", kept, kept_backend, "1h"))
+            .service(echo_service("stays", stays, stays_backend, "1h")),
+    );
+    let (code, out, err) = reload_cli(&gateway, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("reloaded: 0 added, 1 removed, 0 changed, 2 unchanged"),
+        "{out}"
+    );
+    assert!(
+        out.contains("removed  stopped (its backend is stopped)"),
+        "{out}"
+    );
+    assert!(
+        echo_servers(stopped_backend).is_empty(),
+        "the removed backend was stopped"
+    );
+    assert!(
+        reasons(&gateway, "stopped")
+            .iter()
+            .any(|r| r.contains("removed from the config") && r.contains("its backend is stopped")),
+        "{:#?}",
+        reasons(&gateway, "stopped")
+    );
+    let (status, _) = http(gateway.api(), "GET", "/api/v1/services/stopped", "").unwrap();
+    assert_eq!(status, 404, "a removed service leaves the API");
+
+    // With --keep-running: the server goes on, and the event says so.
+    let server = echo_servers(kept_backend);
+    assert_eq!(server.len(), 1);
+    write(
+        &path,
+        &gateway_for(&dir).service(echo_service("stays", stays, stays_backend, "1h")),
+    );
+    let (code, out, err) = reload_cli(&gateway, &["--keep-running"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("removed  kept (its backend is left running)"),
+        "{out}"
+    );
+    assert_eq!(echo_servers(kept_backend), server, "still the same server");
+    assert!(
+        reasons(&gateway, "kept")
+            .iter()
+            .any(|r| r.contains("its backend is left running")),
+        "{:#?}",
+        reasons(&gateway, "kept")
+    );
+    assert_eq!(
+        TcpStream::connect(kept).unwrap_err().kind(),
+        ErrorKind::ConnectionRefused,
+        "nothing listens for it any more"
+    );
+    for pid in server {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            Signal::TERM,
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_listener_moves_without_cutting_its_open_connections() {
+    let dir = temp_dir("reload-listener");
+    let path = dir.join("wakegate.toml");
+    let (old, new, backend) = (free_addr(), free_addr(), free_addr());
+    write(
+        &path,
+        &gateway(&dir).service(echo_service("web", old, backend, "1h")),
+    );
+    let mut gateway = Wakegate::start(&path);
+    let mut open = connected(old);
+    let server = echo_servers(backend);
+
+    write(
+        &path,
+        &gateway_for(&dir).service(echo_service("web", new, backend, "1h")),
+    );
+    let (code, out, err) = reload_cli(&gateway, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("changed  web (listeners)"), "{out}");
+    assert_eq!(
+        TcpStream::connect(old).unwrap_err().kind(),
+        ErrorKind::ConnectionRefused,
+        "the old port is closed"
+    );
+    let mut moved = connected(new);
+    assert_eq!(
+        echo_back(&mut moved, b"on the new port"),
+        b"on the new port"
+    );
+    assert_eq!(echo_back(&mut open, b"still here"), b"still here");
+    assert_eq!(
+        echo_servers(backend),
+        server,
+        "the same backend, never restarted"
+    );
+    assert!(
+        reasons(&gateway, "web")
+            .iter()
+            .any(|r| r.contains(&format!("it now listens on {new}"))),
+        "{:#?}",
+        reasons(&gateway, "web")
+    );
+}
+
+#[tokio::test]
+async fn a_broken_file_changes_nothing_and_every_problem_is_named_with_its_line() {
+    let dir = temp_dir("reload-broken");
+    let path = dir.join("wakegate.toml");
+    let (listen, backend) = (free_addr(), free_addr());
+    let good = gateway(&dir).service(echo_service("svc", listen, backend, "1h"));
+    write(&path, &good);
+    let mut gateway = Wakegate::start(&path);
+    let mut open = connected(listen);
+
+    // Three mistakes: a typo'd key, a bad duration, an added service without a backend.
+    let broken = gateway_for(&dir)
+        .service(echo_service("svc", listen, backend, "1h").set("idle_timout", "5m"))
+        .service(svc("half").idle("10 minutes").tcp(free_addr()));
+    write(&path, &broken);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in\n{text}"))
+            + 1
+    };
+    let (typo, duration, half) = (
+        line_of("idle_timout"),
+        line_of("10 minutes"),
+        line_of("name = \"half\""),
+    );
+    let (status, body) = http(gateway.api(), "POST", "/api/v1/reload", "").unwrap();
+    assert_eq!(status, 422, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let lines: Vec<u64> = answer["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{answer:#}");
+    assert!(lines.contains(&(typo as u64)), "{answer:#}");
+    assert!(lines.contains(&(duration as u64)), "{answer:#}");
+    assert!(
+        lines.iter().any(|l| *l as usize >= half),
+        "the missing backend is pointed at in `half`: {answer:#}"
+    );
+    let error = answer["error"].as_str().unwrap();
+    let file = path.display().to_string();
+    for line in [typo, duration] {
+        assert!(error.contains(&format!("{file}:{line}:")), "{error}");
+    }
+    // The log says the same, and nothing changed.
+    gateway.wait_for("Config reload refused; nothing was changed");
+    let log = gateway.output();
+    assert!(log.contains(&format!("{file}:{typo}:")), "{log}");
+    assert!(log.contains(&format!("{file}:{duration}:")), "{log}");
+    assert_eq!(echo_back(&mut open, b"untouched"), b"untouched");
+    let (status, _) = http(gateway.api(), "GET", "/api/v1/services/half", "").unwrap();
+    assert_eq!(status, 404);
+    assert!(
+        reasons(&gateway, "wakegate")
+            .iter()
+            .any(|r| r.contains("config reload by an API client on this host failed")),
+        "{:#?}",
+        reasons(&gateway, "wakegate")
+    );
+
+    // The CLI: exit 1, every problem on stderr.
+    let (code, out, err) = reload_cli(&gateway, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("wakegate did not reload; nothing was changed"),
+        "{err}"
+    );
+    assert!(err.contains("3 problems found"), "{err}");
+    assert!(err.contains(&format!("{file}:{typo}:")), "{err}");
+}
+
+#[tokio::test]
+async fn a_gateway_wide_change_is_refused_naming_the_key() {
+    let dir = temp_dir("reload-gateway-wide");
+    let path = dir.join("wakegate.toml");
+    let (listen, backend) = (free_addr(), free_addr());
+    write(
+        &path,
+        &gateway(&dir).service(echo_service("svc", listen, backend, "1h")),
+    );
+    let gateway = Wakegate::start(&path);
+    write(
+        &path,
+        &gateway_for(&dir)
+            .set("shutdown_grace", "9s")
+            .service(echo_service("svc", listen, backend, "2h")),
+    );
+    let (code, out, err) = reload_cli(&gateway, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("[gateway] shutdown_grace changed; it cannot change while wakegate runs: restart wakegate to apply it"),
+        "{err}"
+    );
+    // The service's own change was not applied either.
+    assert!(
+        !reasons(&gateway, "svc")
+            .iter()
+            .any(|r| r.contains("config reloaded")),
+        "{:#?}",
+        reasons(&gateway, "svc")
+    );
+}
+
+#[tokio::test]
+async fn only_an_admin_token_may_reload() {
+    const ADMIN: &str = "reload-admin-secret-0123456789";
+    const OPERATE: &str = "reload-operate-secret-0123456789";
+    let dir = temp_dir("reload-tokens");
+    let path = dir.join("wakegate.toml");
+    let (listen, backend) = (free_addr(), free_addr());
+    let tokens = "[[gateway.token]]\nname = \"ops\"\nrole = \"admin\"\nsecret = \"${RELOAD_ADMIN}\"\n\n[[gateway.token]]\nname = \"oncall\"\nrole = \"operate\"\nsecret = \"${RELOAD_OPERATE}\"\n";
+    let config = gateway(&dir)
+        .gateway_raw(tokens)
+        .service(echo_service("svc", listen, backend, "1h"));
+    write(&path, &config);
+    let mut gateway = Wakegate::start_with(&path, |c| {
+        c.env("RELOAD_ADMIN", ADMIN).env("RELOAD_OPERATE", OPERATE)
+    });
+    let (code, out, err) = reload_cli(&gateway, &["--token", OPERATE]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("token `oncall` has the Operate role; this needs Admin"),
+        "{err}"
+    );
+    let (code, out, err) = reload_cli(&gateway, &["--token", ADMIN]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("reloaded: 0 added, 0 removed, 0 changed, 1 unchanged"),
+        "{out}"
+    );
+    let logged = gateway.wait_for("Config reloaded: 0 added");
+    assert!(logged.contains("by=API token ops"), "{logged}");
+}
