@@ -34,9 +34,9 @@ fn connected(listen: SocketAddr) -> TcpStream {
 }
 
 /// `wakegate reload` against a gateway; its exit code, stdout and stderr.
-fn reload_cli(gateway: &Wakegate, extra: &[&str]) -> (i32, String, String) {
+fn reload_cli(wakegate: &Wakegate, extra: &[&str]) -> (i32, String, String) {
     let output = Command::new(WAKEGATE)
-        .args(["reload", "--api", &gateway.api().to_string()])
+        .args(["reload", "--api", &wakegate.api().to_string()])
         .args(extra)
         .env_remove("WAKEGATE_TOKEN")
         .env_remove("WAKEGATE_CONFIG")
@@ -49,10 +49,15 @@ fn reload_cli(gateway: &Wakegate, extra: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Writes the config file.
+fn write_config(path: &Path, config: &Config) {
+    config.write(path);
+}
+
 /// The reasons of a service's events (read from every event: a removed service's name is no
 /// longer one the API filters by).
-fn reasons(gateway: &Wakegate, name: &str) -> Vec<String> {
-    let page = api_json(gateway.api(), "GET", "/api/v1/events?limit=1000");
+fn reasons(wakegate: &Wakegate, name: &str) -> Vec<String> {
+    let page = api_json(wakegate.api(), "GET", "/api/v1/events?limit=1000");
     page["events"]
         .as_array()
         .unwrap()
@@ -60,10 +65,6 @@ fn reasons(gateway: &Wakegate, name: &str) -> Vec<String> {
         .filter(|e| e["service"] == name)
         .map(|e| e["reason"].as_str().unwrap_or("").to_string())
         .collect()
-}
-
-fn write(path: &Path, config: &Config) {
-    config.write(path);
 }
 
 #[tokio::test]
@@ -76,26 +77,28 @@ async fn a_reload_leaves_the_connections_of_untouched_services_open() {
     let base = gateway(&dir)
         .service(echo_service("keep", keep, keep_backend, "1h"))
         .service(echo_service("policy", policy, policy_backend, "1h"));
-    write(
+    write_config(
         &path,
         &base
             .clone()
             .service(echo_service("other", other, other_backend, "1h")),
     );
-    let mut gateway = Wakegate::start(&path);
+    let mut wakegate = Wakegate::start(&path);
     let mut stream = connected(keep);
     let server = echo_servers(keep_backend);
     assert_eq!(server.len(), 1, "one echo server behind `keep`");
 
     // `other` goes, `added` comes, `policy` changes its idle timeout.
     let (added, added_backend) = (free_addr(), free_addr());
-    let base = gateway_with_policy(&dir, keep, keep_backend, policy, policy_backend);
-    write(
+    write_config(
         &path,
-        &base.service(echo_service("added", added, added_backend, "1h")),
+        &gateway(&dir)
+            .service(echo_service("keep", keep, keep_backend, "1h"))
+            .service(echo_service("policy", policy, policy_backend, "30m"))
+            .service(echo_service("added", added, added_backend, "1h")),
     );
-    let mut events = gateway.event_stream("wakegate", DEADLINE).await;
-    gateway.signal(Signal::HUP);
+    let mut events = wakegate.event_stream("wakegate", DEADLINE).await;
+    wakegate.signal(Signal::HUP);
     let reloaded = events
         .until("a reload event", |e| {
             e["reason"]
@@ -111,7 +114,7 @@ async fn a_reload_leaves_the_connections_of_untouched_services_open() {
         reason.contains("1 added, 1 removed, 1 changed, 1 unchanged"),
         "{reason}"
     );
-    gateway.wait_for("SIGHUP received: reloading the config.");
+    wakegate.wait_for("SIGHUP received: reloading the config.");
 
     // The open connection still carries bytes both ways, to the same server.
     assert_eq!(
@@ -119,7 +122,7 @@ async fn a_reload_leaves_the_connections_of_untouched_services_open() {
         b"after the reload"
     );
     assert_eq!(echo_servers(keep_backend), server);
-    let transitions: Vec<Value> = gateway
+    let transitions: Vec<Value> = wakegate
         .events("keep")
         .into_iter()
         .filter(|e| e["kind"] == "transition")
@@ -136,20 +139,7 @@ async fn a_reload_leaves_the_connections_of_untouched_services_open() {
     );
     let mut fresh = connected(added);
     assert_eq!(echo_back(&mut fresh, b"new"), b"new");
-    drop(gateway);
-}
-
-/// The config of the first test after its reload: `policy` with a shorter idle timeout.
-fn gateway_with_policy(
-    dir: &Path,
-    keep: SocketAddr,
-    keep_backend: SocketAddr,
-    policy: SocketAddr,
-    policy_backend: SocketAddr,
-) -> Config {
-    gateway(dir)
-        .service(echo_service("keep", keep, keep_backend, "1h"))
-        .service(echo_service("policy", policy, policy_backend, "30m"))
+    drop(wakegate);
 }
 
 #[tokio::test]
@@ -157,21 +147,21 @@ async fn sighup_applies_a_new_idle_timeout_to_the_running_service() {
     let dir = temp_dir("reload-sighup");
     let path = dir.join("wakegate.toml");
     let (listen, backend) = (free_addr(), free_addr());
-    write(
+    write_config(
         &path,
         &gateway(&dir).service(echo_service("mc", listen, backend, "1h")),
     );
-    let mut gateway = Wakegate::start(&path);
-    let mut events = gateway.event_stream("mc", DEADLINE).await;
+    let wakegate = Wakegate::start(&path);
+    let mut events = wakegate.event_stream("mc", DEADLINE).await;
     drop(connected(listen));
     events.until_state("awake").await;
 
     // With an hour's idle timeout it would stay awake for the whole test.
-    write(
+    write_config(
         &path,
-        &gateway_for(&dir).service(echo_service("mc", listen, backend, "1s")),
+        &gateway(&dir).service(echo_service("mc", listen, backend, "1s")),
     );
-    gateway.signal(Signal::HUP);
+    wakegate.signal(Signal::HUP);
     events
         .until("the policy change", |e| {
             e["reason"]
@@ -194,10 +184,6 @@ async fn sighup_applies_a_new_idle_timeout_to_the_running_service() {
     assert!(echo_servers(backend).is_empty());
 }
 
-fn gateway_for(dir: &Path) -> Config {
-    gateway(dir)
-}
-
 #[tokio::test]
 async fn removed_services_are_stopped_or_kept_running_when_asked() {
     let dir = temp_dir("reload-removed");
@@ -205,26 +191,26 @@ async fn removed_services_are_stopped_or_kept_running_when_asked() {
     let (stopped, stopped_backend) = (free_addr(), free_addr());
     let (kept, kept_backend) = (free_addr(), free_addr());
     let (stays, stays_backend) = (free_addr(), free_addr());
-    write(
+    write_config(
         &path,
         &gateway(&dir)
             .service(echo_service("stopped", stopped, stopped_backend, "1h"))
             .service(echo_service("kept", kept, kept_backend, "1h"))
             .service(echo_service("stays", stays, stays_backend, "1h")),
     );
-    let gateway = Wakegate::start(&path);
+    let wakegate = Wakegate::start(&path);
     drop(connected(stopped));
     drop(connected(kept));
     assert_eq!(echo_servers(stopped_backend).len(), 1);
 
     // Without --keep-running: the backend is stopped.
-    write(
+    write_config(
         &path,
-        &gateway_for(&dir)
+        &gateway(&dir)
             .service(echo_service("kept", kept, kept_backend, "1h"))
             .service(echo_service("stays", stays, stays_backend, "1h")),
     );
-    let (code, out, err) = reload_cli(&gateway, &[]);
+    let (code, out, err) = reload_cli(&wakegate, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("reloaded: 0 added, 1 removed, 0 changed, 2 unchanged"),
@@ -239,23 +225,23 @@ async fn removed_services_are_stopped_or_kept_running_when_asked() {
         "the removed backend was stopped"
     );
     assert!(
-        reasons(&gateway, "stopped")
+        reasons(&wakegate, "stopped")
             .iter()
             .any(|r| r.contains("removed from the config") && r.contains("its backend is stopped")),
         "{:#?}",
-        reasons(&gateway, "stopped")
+        reasons(&wakegate, "stopped")
     );
-    let (status, _) = http(gateway.api(), "GET", "/api/v1/services/stopped", "").unwrap();
+    let (status, _) = http(wakegate.api(), "GET", "/api/v1/services/stopped", "").unwrap();
     assert_eq!(status, 404, "a removed service leaves the API");
 
     // With --keep-running: the server goes on, and the event says so.
     let server = echo_servers(kept_backend);
     assert_eq!(server.len(), 1);
-    write(
+    write_config(
         &path,
-        &gateway_for(&dir).service(echo_service("stays", stays, stays_backend, "1h")),
+        &gateway(&dir).service(echo_service("stays", stays, stays_backend, "1h")),
     );
-    let (code, out, err) = reload_cli(&gateway, &["--keep-running"]);
+    let (code, out, err) = reload_cli(&wakegate, &["--keep-running"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("removed  kept (its backend is left running)"),
@@ -263,11 +249,11 @@ async fn removed_services_are_stopped_or_kept_running_when_asked() {
     );
     assert_eq!(echo_servers(kept_backend), server, "still the same server");
     assert!(
-        reasons(&gateway, "kept")
+        reasons(&wakegate, "kept")
             .iter()
             .any(|r| r.contains("its backend is left running")),
         "{:#?}",
-        reasons(&gateway, "kept")
+        reasons(&wakegate, "kept")
     );
     assert_eq!(
         TcpStream::connect(kept).unwrap_err().kind(),
@@ -287,19 +273,19 @@ async fn a_listener_moves_without_cutting_its_open_connections() {
     let dir = temp_dir("reload-listener");
     let path = dir.join("wakegate.toml");
     let (old, new, backend) = (free_addr(), free_addr(), free_addr());
-    write(
+    write_config(
         &path,
         &gateway(&dir).service(echo_service("web", old, backend, "1h")),
     );
-    let mut gateway = Wakegate::start(&path);
+    let wakegate = Wakegate::start(&path);
     let mut open = connected(old);
     let server = echo_servers(backend);
 
-    write(
+    write_config(
         &path,
-        &gateway_for(&dir).service(echo_service("web", new, backend, "1h")),
+        &gateway(&dir).service(echo_service("web", new, backend, "1h")),
     );
-    let (code, out, err) = reload_cli(&gateway, &[]);
+    let (code, out, err) = reload_cli(&wakegate, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("changed  web (listeners)"), "{out}");
     assert_eq!(
@@ -319,11 +305,11 @@ async fn a_listener_moves_without_cutting_its_open_connections() {
         "the same backend, never restarted"
     );
     assert!(
-        reasons(&gateway, "web")
+        reasons(&wakegate, "web")
             .iter()
             .any(|r| r.contains(&format!("it now listens on {new}"))),
         "{:#?}",
-        reasons(&gateway, "web")
+        reasons(&wakegate, "web")
     );
 }
 
@@ -333,15 +319,15 @@ async fn a_broken_file_changes_nothing_and_every_problem_is_named_with_its_line(
     let path = dir.join("wakegate.toml");
     let (listen, backend) = (free_addr(), free_addr());
     let good = gateway(&dir).service(echo_service("svc", listen, backend, "1h"));
-    write(&path, &good);
-    let mut gateway = Wakegate::start(&path);
+    write_config(&path, &good);
+    let mut wakegate = Wakegate::start(&path);
     let mut open = connected(listen);
 
     // Three mistakes: a typo'd key, a bad duration, an added service without a backend.
-    let broken = gateway_for(&dir)
+    let broken = gateway(&dir)
         .service(echo_service("svc", listen, backend, "1h").set("idle_timout", "5m"))
         .service(svc("half").idle("10 minutes").tcp(free_addr()));
-    write(&path, &broken);
+    write_config(&path, &broken);
     let text = std::fs::read_to_string(&path).unwrap();
     let line_of = |needle: &str| {
         text.lines()
@@ -354,7 +340,7 @@ async fn a_broken_file_changes_nothing_and_every_problem_is_named_with_its_line(
         line_of("10 minutes"),
         line_of("name = \"half\""),
     );
-    let (status, body) = http(gateway.api(), "POST", "/api/v1/reload", "").unwrap();
+    let (status, body) = http(wakegate.api(), "POST", "/api/v1/reload", "").unwrap();
     assert_eq!(status, 422, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     let lines: Vec<u64> = answer["problems"]
@@ -376,23 +362,23 @@ async fn a_broken_file_changes_nothing_and_every_problem_is_named_with_its_line(
         assert!(error.contains(&format!("{file}:{line}:")), "{error}");
     }
     // The log says the same, and nothing changed.
-    gateway.wait_for("Config reload refused; nothing was changed");
-    let log = gateway.output();
+    wakegate.wait_for("Config reload refused; nothing was changed");
+    let log = wakegate.output();
     assert!(log.contains(&format!("{file}:{typo}:")), "{log}");
     assert!(log.contains(&format!("{file}:{duration}:")), "{log}");
     assert_eq!(echo_back(&mut open, b"untouched"), b"untouched");
-    let (status, _) = http(gateway.api(), "GET", "/api/v1/services/half", "").unwrap();
+    let (status, _) = http(wakegate.api(), "GET", "/api/v1/services/half", "").unwrap();
     assert_eq!(status, 404);
     assert!(
-        reasons(&gateway, "wakegate")
+        reasons(&wakegate, "wakegate")
             .iter()
             .any(|r| r.contains("config reload by an API client on this host failed")),
         "{:#?}",
-        reasons(&gateway, "wakegate")
+        reasons(&wakegate, "wakegate")
     );
 
     // The CLI: exit 1, every problem on stderr.
-    let (code, out, err) = reload_cli(&gateway, &[]);
+    let (code, out, err) = reload_cli(&wakegate, &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("wakegate did not reload; nothing was changed"),
@@ -407,18 +393,18 @@ async fn a_gateway_wide_change_is_refused_naming_the_key() {
     let dir = temp_dir("reload-gateway-wide");
     let path = dir.join("wakegate.toml");
     let (listen, backend) = (free_addr(), free_addr());
-    write(
+    write_config(
         &path,
         &gateway(&dir).service(echo_service("svc", listen, backend, "1h")),
     );
-    let gateway = Wakegate::start(&path);
-    write(
+    let wakegate = Wakegate::start(&path);
+    write_config(
         &path,
-        &gateway_for(&dir)
+        &gateway(&dir)
             .set("shutdown_grace", "9s")
             .service(echo_service("svc", listen, backend, "2h")),
     );
-    let (code, out, err) = reload_cli(&gateway, &[]);
+    let (code, out, err) = reload_cli(&wakegate, &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("[gateway] shutdown_grace changed; it cannot change while wakegate runs: restart wakegate to apply it"),
@@ -426,11 +412,11 @@ async fn a_gateway_wide_change_is_refused_naming_the_key() {
     );
     // The service's own change was not applied either.
     assert!(
-        !reasons(&gateway, "svc")
+        !reasons(&wakegate, "svc")
             .iter()
             .any(|r| r.contains("config reloaded")),
         "{:#?}",
-        reasons(&gateway, "svc")
+        reasons(&wakegate, "svc")
     );
 }
 
@@ -445,22 +431,101 @@ async fn only_an_admin_token_may_reload() {
     let config = gateway(&dir)
         .gateway_raw(tokens)
         .service(echo_service("svc", listen, backend, "1h"));
-    write(&path, &config);
-    let mut gateway = Wakegate::start_with(&path, |c| {
+    write_config(&path, &config);
+    let mut wakegate = Wakegate::start_with(&path, |c| {
         c.env("RELOAD_ADMIN", ADMIN).env("RELOAD_OPERATE", OPERATE)
     });
-    let (code, out, err) = reload_cli(&gateway, &["--token", OPERATE]);
+    let (code, out, err) = reload_cli(&wakegate, &["--token", OPERATE]);
     assert_ne!(code, 0, "{out}{err}");
     assert!(
         err.contains("token `oncall` has the Operate role; this needs Admin"),
         "{err}"
     );
-    let (code, out, err) = reload_cli(&gateway, &["--token", ADMIN]);
+    let (code, out, err) = reload_cli(&wakegate, &["--token", ADMIN]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("reloaded: 0 added, 0 removed, 0 changed, 1 unchanged"),
         "{out}"
     );
-    let logged = gateway.wait_for("Config reloaded: 0 added");
+    let logged = wakegate.wait_for("Config reloaded: 0 added");
     assert!(logged.contains("by=API token ops"), "{logged}");
+}
+
+#[tokio::test]
+async fn a_backend_change_stops_the_old_backend_and_the_same_port_wakes_the_new_one() {
+    let dir = temp_dir("reload-backend");
+    let path = dir.join("wakegate.toml");
+    let (listen, backend) = (free_addr(), free_addr());
+    write_config(
+        &path,
+        &gateway(&dir).service(echo_service("svc", listen, backend, "1h")),
+    );
+    let wakegate = Wakegate::start(&path);
+    drop(connected(listen));
+    let old = echo_servers(backend);
+    assert_eq!(old.len(), 1);
+
+    // Another command line for the server: a backend change.
+    let changed = svc("svc")
+        .idle("1h")
+        .wake_timeout("15s")
+        .process(&echo(backend, "1ms"), backend)
+        .tcp(listen);
+    write_config(&path, &gateway(&dir).service(changed));
+    let (code, out, err) = reload_cli(&wakegate, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("changed  svc (backend)"), "{out}");
+    assert!(
+        echo_servers(backend).is_empty(),
+        "the old backend was stopped"
+    );
+    assert!(
+        reasons(&wakegate, "svc")
+            .iter()
+            .any(|r| r.contains("backend changed; the backend is stopped and its actor replaced")),
+        "{:#?}",
+        reasons(&wakegate, "svc")
+    );
+    // The same socket, served by the new actor: a client wakes the new backend.
+    let mut again = connected(listen);
+    assert_eq!(echo_back(&mut again, b"new backend"), b"new backend");
+    let new = echo_servers(backend);
+    assert_eq!(new.len(), 1);
+    assert_ne!(new, old);
+}
+
+#[tokio::test]
+async fn a_port_that_cannot_be_bound_aborts_the_whole_reload() {
+    let dir = temp_dir("reload-bind");
+    let path = dir.join("wakegate.toml");
+    let (listen, backend) = (free_addr(), free_addr());
+    write_config(
+        &path,
+        &gateway(&dir).service(echo_service("svc", listen, backend, "1h")),
+    );
+    let wakegate = Wakegate::start(&path);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    write_config(
+        &path,
+        &gateway(&dir)
+            .service(echo_service("svc", listen, backend, "2h"))
+            .service(echo_service("blocked", busy, free_addr(), "1h")),
+    );
+    let (code, out, err) = reload_cli(&wakegate, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {busy} for service `blocked`")),
+        "{err}"
+    );
+    assert!(err.contains("(nothing was changed)"), "{err}");
+    assert!(
+        !reasons(&wakegate, "svc")
+            .iter()
+            .any(|r| r.contains("config reloaded")),
+        "the other change was not applied: {:#?}",
+        reasons(&wakegate, "svc")
+    );
+    let (status, _) = http(wakegate.api(), "GET", "/api/v1/services/blocked", "").unwrap();
+    assert_eq!(status, 404);
 }

@@ -137,14 +137,13 @@ impl Reloader {
         with: Wiring,
         accepting: TaskTracker,
     ) -> Reloader {
-        let reloader = Reloader(Arc::new(Inner {
+        Reloader(Arc::new(Inner {
             path,
             with,
             accepting,
             state: tokio::sync::Mutex::new(Now { config, running }),
             listening: std::sync::Mutex::new(Vec::new()),
-        }));
-        reloader
+        }))
     }
 
     /// Starts serving every own socket (each waits for its service to reconcile).
