@@ -73,7 +73,8 @@ pub struct App {
     registry: Registry,
     templates: Templates,
     reloader: reload::Reloader,
-    /// Where each configured service listened at start.
+    /// Where each configured service listened at start (see `Reloader::listen_addr` for those
+    /// a reload moved).
     listeners: Vec<(String, SocketAddr)>,
     api: SocketAddr,
     events: broadcast::Sender<Published>,
@@ -479,6 +480,8 @@ impl App {
         })
     }
 
+    /// The configured services as started (a reload may have replaced some since: see
+    /// [`running`](Self::running)).
     pub fn services(&self) -> &[ServiceHandle] {
         &self.services
     }
@@ -499,14 +502,13 @@ impl App {
 
     /// Where a service's first listener is bound (the real port when the config said 0).
     pub fn listen_addr(&self, service: &str) -> Option<SocketAddr> {
-        self.reloader
-            .listen_addr(service)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|(name, _)| name == service)
-                    .map(|(_, addr)| *addr)
-            })
+        if let Some(moved) = self.reloader.listen_addr(service) {
+            return moved;
+        }
+        self.listeners
+            .iter()
+            .find(|(name, _)| name == service)
+            .map(|(_, addr)| *addr)
             .or_else(|| {
                 self.templates
                     .view(service)

@@ -73,7 +73,7 @@ pub struct StreamQuery {
 impl Api {
     /// A name events may be asked for: a running service's, or the gateway's own (a reload).
     fn has_events_of(&self, name: &str) -> Result<(), ApiError> {
-        if name == crate::reload::GATEWAY {
+        if name == crate::event::GATEWAY {
             return Ok(());
         }
         self.service(name).map(|_| ())

@@ -29,8 +29,7 @@ use crate::listener::config::Listen;
 use crate::service::ServiceHandle;
 use crate::service::config::Service;
 
-/// The name the gateway's own events (a reload) are recorded under.
-pub const GATEWAY: &str = "wakegate";
+pub use crate::event::GATEWAY;
 
 /// How long a reload waits for a removed or replaced backend to stop.
 const STOP_WAIT: Duration = Duration::from_secs(600);
@@ -118,9 +117,9 @@ struct Inner {
     /// Where the accept loops run (the app waits for them at shutdown).
     accepting: TaskTracker,
     state: tokio::sync::Mutex<Now>,
-    /// Where each configured service listens, for `App::listen_addr`: a std lock, held for a
-    /// copy only.
-    listening: std::sync::Mutex<Vec<(String, SocketAddr)>>,
+    /// Where the services a reload touched listen first, for `App::listen_addr`: a std lock,
+    /// held for a copy only.
+    listening: std::sync::Mutex<Vec<(String, Option<SocketAddr>)>>,
 }
 
 /// The running config and its services.
@@ -154,11 +153,11 @@ impl Reloader {
                 own.serve(&running.handle, &self.0.with.connections, &self.0.accepting);
             }
         }
-        self.note_addresses(&now);
     }
 
-    /// Where a configured service's own sockets are bound.
-    pub fn listen_addr(&self, service: &str) -> Option<SocketAddr> {
+    /// Where a service a reload added, moved or removed listens first: `None` for one no
+    /// reload touched (the app knows from its start), `Some(None)` for one removed.
+    pub fn listen_addr(&self, service: &str) -> Option<Option<SocketAddr>> {
         let listening = self.0.listening.lock().unwrap_or_else(|e| e.into_inner());
         listening
             .iter()
@@ -166,13 +165,35 @@ impl Reloader {
             .map(|(_, addr)| *addr)
     }
 
-    fn note_addresses(&self, now: &Now) {
-        let addresses = now
-            .running
+    /// Notes where the services a reload touched listen now.
+    fn note_addresses(&self, now: &Now, report: &Report) {
+        let mut listening = self.0.listening.lock().unwrap_or_else(|e| e.into_inner());
+        let touched = report
+            .added
             .iter()
-            .flat_map(|r| r.sockets.iter().map(|o| (r.config.name.clone(), o.addr)))
-            .collect();
-        *self.0.listening.lock().unwrap_or_else(|e| e.into_inner()) = addresses;
+            .chain(
+                report
+                    .changed
+                    .iter()
+                    .filter(|c| c.change.listeners)
+                    .map(|c| &c.name),
+            )
+            .chain(report.removed.iter().map(|r| &r.name));
+        for name in touched {
+            let first = now
+                .running
+                .iter()
+                .find(|r| &r.config.name == name)
+                .and_then(|r| {
+                    let mut own = r.sockets.iter();
+                    r.config.listeners.first().map(|l| match l {
+                        Listen::Http(_) | Listen::Minecraft(_) => l.bind(),
+                        _ => own.next().map_or(l.bind(), |o| o.addr),
+                    })
+                });
+            listening.retain(|(n, _)| n != name);
+            listening.push((name.clone(), first));
+        }
     }
 
     /// Reads the file again and applies what changed; `keep_running` leaves the backends of
@@ -215,8 +236,8 @@ impl Reloader {
             .with
             .store
             .record(GATEWAY, event, crate::store::now(), None);
-        if outcome.is_ok() {
-            self.note_addresses(&now);
+        if let Ok(report) = &outcome {
+            self.note_addresses(&now, report);
         }
         outcome
     }
