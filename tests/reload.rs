@@ -363,9 +363,12 @@ async fn a_broken_file_changes_nothing_and_every_problem_is_named_with_its_line(
     }
     // The log says the same, and nothing changed.
     wakegate.wait_for("Config reload refused; nothing was changed");
+    // Every problem of the answer, with its line, in the error text and in the log.
     let log = wakegate.output();
-    assert!(log.contains(&format!("{file}:{typo}:")), "{log}");
-    assert!(log.contains(&format!("{file}:{duration}:")), "{log}");
+    for line in &lines {
+        assert!(error.contains(&format!("{file}:{line}:")), "{error}");
+        assert!(log.contains(&format!("{file}:{line}:")), "{log}");
+    }
     assert_eq!(echo_back(&mut open, b"untouched"), b"untouched");
     let (status, _) = http(wakegate.api(), "GET", "/api/v1/services/half", "").unwrap();
     assert_eq!(status, 404);

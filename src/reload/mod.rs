@@ -293,7 +293,9 @@ impl Reloader {
                 continue;
             };
             let mut running = now.running.remove(at);
-            for own in &mut running.sockets {
+            // Closed now (those taken over stay open): a client is refused, not left waiting
+            // in a queue nobody accepts from while the backend stops.
+            for mut own in std::mem::take(&mut running.sockets) {
                 own.stop().await;
             }
             launch::unroute(with, name);
