@@ -603,7 +603,16 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     for warning in config.warnings() {
         warn!("{warning}");
     }
-    let app = App::start_from(config, Some(path)).await?;
+    let watch = config.gateway.watch_config;
+    let app = App::start_from(config, Some(path.clone())).await?;
+    if watch {
+        reload::watch::spawn(
+            &path,
+            app.reloader.clone(),
+            &app.background,
+            app.stop_background.clone(),
+        )?;
+    }
     crate::systemd::ready(app.registry.all().len());
     // A reload runs beside the signal watch, so a SIGTERM during a long one is not kept
     // waiting; a SIGHUP during a reload is one more reload, after it.

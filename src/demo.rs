@@ -49,6 +49,7 @@ pub async fn run(
             store: crate::store::Location::Sqlite,
             api,
             shutdown_grace: Duration::from_secs(5),
+            watch_config: false,
             tokens: Vec::new(),
             cors_origins: Vec::new(),
             agents: None,

@@ -532,3 +532,32 @@ async fn a_port_that_cannot_be_bound_aborts_the_whole_reload() {
     let (status, _) = http(wakegate.api(), "GET", "/api/v1/services/blocked", "").unwrap();
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn with_watch_config_a_change_of_the_file_reloads_it() {
+    let dir = temp_dir("reload-watch");
+    let path = dir.join("wakegate.toml");
+    let (listen, backend) = (free_addr(), free_addr());
+    let config = |idle: &str| {
+        gateway(&dir)
+            .set("watch_config", true)
+            .service(echo_service("svc", listen, backend, idle))
+    };
+    write_config(&path, &config("1h"));
+    let mut wakegate = Wakegate::start(&path);
+    wakegate.wait_for("Watching the config file");
+    let mut events = wakegate.event_stream("svc", DEADLINE).await;
+    drop(connected(listen));
+    events.until_state("awake").await;
+
+    // No signal, no command: the file's change is enough.
+    write_config(&path, &config("1s"));
+    events
+        .until("the policy change", |e| {
+            e["reason"].as_str().is_some_and(|r| {
+                r.contains("config reloaded (a change of the config file): policy changed")
+            })
+        })
+        .await;
+    events.until_state("asleep").await;
+}

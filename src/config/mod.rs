@@ -115,6 +115,8 @@ pub struct Gateway {
     pub api: SocketAddr,
     /// How long open connections may go on after SIGINT/SIGTERM before they are closed.
     pub shutdown_grace: Duration,
+    /// Reload the config when its file changes, as SIGHUP does.
+    pub watch_config: bool,
     /// Bearer tokens of the API; none means an open API, allowed only on loopback.
     pub tokens: Vec<Token>,
     /// Origins allowed to call the API from a browser page served elsewhere (CORS).
@@ -134,6 +136,8 @@ struct GatewayConfig {
     #[serde(default = "default_grace", deserialize_with = "duration")]
     shutdown_grace: Duration,
     #[serde(default)]
+    watch_config: bool,
+    #[serde(default)]
     cors_origins: Vec<String>,
     agents: Option<crate::api::serve::ListenConfig>,
 }
@@ -145,6 +149,7 @@ impl Default for GatewayConfig {
             store: None,
             api: default_api(),
             shutdown_grace: default_grace(),
+            watch_config: false,
             cors_origins: Vec::new(),
             agents: None,
         }
@@ -385,6 +390,7 @@ fn read_gateway(
         store: store?,
         api: c.api.into_inner(),
         shutdown_grace: c.shutdown_grace,
+        watch_config: c.watch_config,
         tokens,
         cors_origins: c.cors_origins,
         agents: agents?,

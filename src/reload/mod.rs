@@ -8,6 +8,7 @@
 
 pub mod diff;
 mod own;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
