@@ -2,6 +2,7 @@
 //! trackers of services, listeners, connections and the API.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::listener::config::Listen;
 use crate::service::{Registry, ServiceHandle};
 use crate::store::Store;
 use crate::template::Templates;
-use crate::{api, backend, health, listener, notify, service};
+use crate::{api, backend, health, listener, notify, reload, service};
 
 /// What a bound socket serves.
 enum Bound {
@@ -54,9 +55,8 @@ impl Datagrams {
     }
 }
 
-/// A bound socket ready to serve once the services have reconciled.
+/// A shared socket ready to serve once the services have reconciled.
 enum Ready {
-    Tcp(String, crate::listener::tcp::config::Tcp),
     Minecraft(Arc<listener::minecraft::Table>),
     Http(
         Arc<listener::http::Table>,
@@ -72,6 +72,9 @@ pub struct App {
     /// Every running service, the created ones included.
     registry: Registry,
     templates: Templates,
+    reloader: reload::Reloader,
+    /// Where each configured service listened at start (see `Reloader::listen_addr` for those
+    /// a reload moved).
     listeners: Vec<(String, SocketAddr)>,
     api: SocketAddr,
     events: broadcast::Sender<Published>,
@@ -88,6 +91,11 @@ impl App {
     /// Opens the store, binds every socket (so a port in use fails before anything starts),
     /// then starts the services, listeners and API.
     pub async fn start(config: Config) -> anyhow::Result<App> {
+        App::start_from(config, None).await
+    }
+
+    /// Like [`start`](Self::start), for a config read from `path`: a reload reads it again.
+    pub async fn start_from(config: Config, path: Option<PathBuf>) -> anyhow::Result<App> {
         let store = Arc::new(Store::connect_as(
             &config.gateway.store,
             &config.gateway.data_dir,
@@ -234,11 +242,12 @@ impl App {
             &stop_background,
         )
         .context("cannot start the notifications")?;
-        let services: Vec<ServiceHandle> = config
+        let mut running: Vec<reload::Running> = config
             .services
             .iter()
             .map(|s| {
                 let cancel = stop_background.child_token();
+                let health = cancel.child_token();
                 let handle = service::spawn(
                     s,
                     backend::build(s, &config.gateway.data_dir, &store),
@@ -246,10 +255,17 @@ impl App {
                     &background,
                     cancel.clone(),
                 );
-                health::spawn_for(s, &handle, &background, &cancel);
-                handle
+                health::spawn_for(s, &handle, &background, &health);
+                reload::Running {
+                    config: s.clone(),
+                    handle,
+                    cancel,
+                    health,
+                    sockets: Vec::new(),
+                }
             })
             .collect();
+        let services: Vec<ServiceHandle> = running.iter().map(|r| r.handle.clone()).collect();
 
         let connections = Connections::new();
         let registry = Registry::new(services.clone());
@@ -262,9 +278,10 @@ impl App {
             let addr = socket.local_addr()?;
             let what = match what {
                 Bound::Tcp(name, tcp) => {
-                    info!(service = %name, bind = %addr, "Listening.");
                     listeners.push((name.clone(), addr));
-                    Ready::Tcp(name, tcp)
+                    let own = reload::Own::new(Listen::Tcp(tcp), reload::Fd::keep_tcp(socket)?)?;
+                    own_socket(&mut running, &name, own);
+                    continue;
                 }
                 Bound::Minecraft(bind, group) => {
                     let mut routes = Vec::new();
@@ -295,15 +312,17 @@ impl App {
             };
             ready.push((what, socket));
         }
-        for (name, what, socket) in &datagrams {
-            let addr = socket.local_addr()?;
-            match what {
-                Datagrams::Udp(_) => info!(service = %name, bind = %addr, "Listening for UDP."),
-                Datagrams::Bedrock(_) => {
-                    info!(service = %name, bind = %addr, "Listening for Minecraft Bedrock.")
-                }
-            }
-            listeners.push((name.clone(), addr));
+        for (name, what, socket) in datagrams {
+            listeners.push((name.clone(), socket.local_addr()?));
+            let listen = match what {
+                Datagrams::Udp(udp) => Listen::Udp(udp),
+                Datagrams::Bedrock(bedrock) => Listen::Bedrock(bedrock),
+            };
+            own_socket(
+                &mut running,
+                &name,
+                reload::Own::new(listen, reload::Fd::keep_udp(socket)?)?,
+            );
         }
         // The services created from templates before a restart are created again, and
         // reconcile like the others.
@@ -317,6 +336,14 @@ impl App {
             shared,
         };
         let templates = Templates::new(config.templates.clone(), wiring.clone());
+        let accepting = TaskTracker::new();
+        let reloader = reload::Reloader::new(
+            path,
+            config.clone(),
+            running,
+            wiring.clone(),
+            accepting.clone(),
+        );
         let restored = templates
             .restore()
             .await
@@ -331,42 +358,15 @@ impl App {
             service.reconciled().await;
         }
 
-        let accepting = TaskTracker::new();
+        // Each own socket waits for its service to reconcile before it accepts.
+        reloader.serve_all().await;
         for (what, socket) in ready {
             match what {
-                Ready::Tcp(name, tcp) => {
-                    accepting.spawn(listener::tcp::run(
-                        socket,
-                        handle(&name),
-                        connections.clone(),
-                        tcp,
-                    ));
-                }
                 Ready::Minecraft(table) => {
                     accepting.spawn(listener::minecraft::run(socket, table, connections.clone()));
                 }
                 Ready::Http(table, tls) => {
                     accepting.spawn(listener::http::run(socket, table, tls, connections.clone()));
-                }
-            }
-        }
-        for (name, what, socket) in datagrams {
-            match what {
-                Datagrams::Udp(udp) => {
-                    accepting.spawn(listener::udp::run(
-                        socket,
-                        handle(&name),
-                        connections.clone(),
-                        udp,
-                    ));
-                }
-                Datagrams::Bedrock(bedrock) => {
-                    accepting.spawn(listener::bedrock::run(
-                        socket,
-                        handle(&name),
-                        connections.clone(),
-                        bedrock,
-                    ));
                 }
             }
         }
@@ -384,7 +384,8 @@ impl App {
             config.gateway.cors_origins.clone(),
         )
         .with_listener_metrics(connections.metrics.clone())
-        .with_templates(templates.clone());
+        .with_templates(templates.clone())
+        .with_reloader(reloader.clone());
         if let Some((socket, tls)) = agents_socket {
             let url = format!(
                 "{}://{}",
@@ -467,6 +468,7 @@ impl App {
             services,
             registry,
             templates,
+            reloader,
             listeners,
             api,
             events,
@@ -479,6 +481,8 @@ impl App {
         })
     }
 
+    /// The configured services as started (a reload may have replaced some since: see
+    /// [`running`](Self::running)).
     pub fn services(&self) -> &[ServiceHandle] {
         &self.services
     }
@@ -499,6 +503,9 @@ impl App {
 
     /// Where a service's first listener is bound (the real port when the config said 0).
     pub fn listen_addr(&self, service: &str) -> Option<SocketAddr> {
+        if let Some(moved) = self.reloader.listen_addr(service) {
+            return moved;
+        }
         self.listeners
             .iter()
             .find(|(name, _)| name == service)
@@ -508,6 +515,15 @@ impl App {
                     .view(service)
                     .and_then(|v| v.listen.first().copied())
             })
+    }
+
+    /// Reloads the config from the file the gateway was started with (see [`crate::reload`]).
+    pub async fn reload(
+        &self,
+        keep_running: bool,
+        by: &str,
+    ) -> Result<reload::Report, reload::Refusal> {
+        self.reloader.reload(keep_running, by).await
     }
 
     /// The API's routes, to call without a socket.
@@ -560,6 +576,13 @@ impl App {
     }
 }
 
+/// Gives a configured service one more own socket.
+fn own_socket(running: &mut [reload::Running], name: &str, own: reload::Own) {
+    if let Some(r) = running.iter_mut().find(|r| r.config.name == name) {
+        r.sockets.push(own);
+    }
+}
+
 /// How long a stopping wakegate keeps trying to write the events still queued while the store
 /// cannot write.
 const STORE_GRACE: Duration = Duration::from_secs(5);
@@ -567,22 +590,49 @@ const STORE_GRACE: Duration = Duration::from_secs(5);
 /// How long API requests in flight may finish once wakegate stops; event streams are cut then.
 const API_DRAIN: Duration = Duration::from_secs(1);
 
-/// Runs the gateway until SIGINT or SIGTERM. A second signal ends a shutdown that takes too
-/// long; what still runs is found again by the next start. Under systemd, it is ready once
-/// every socket is bound, and keeps the watchdog fed while it serves.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the gateway until SIGINT or SIGTERM; SIGHUP reloads `path` (see [`crate::reload`]). A
+/// second signal ends a shutdown that takes too long; what still runs is found again by the
+/// next start. Under systemd, it is ready once every socket is bound, says when it reloads,
+/// and keeps the watchdog fed while it serves.
+pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // Watched from the start: a signal while the services reconcile is a shutdown once they
-    // have, not the default action's abrupt end.
+    // have, not the default action's abrupt end (and a SIGHUP is not the end of wakegate).
     let mut signals = Signals::watch()?;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch SIGHUP")?;
     listener::nofile::raise();
     for warning in config.warnings() {
         warn!("{warning}");
     }
-    let app = App::start(config).await?;
-    crate::systemd::ready(app.services().len());
-    tokio::select! {
-        () = signals.next() => {}
-        () = crate::systemd::watchdog() => {}
+    let watch = config.gateway.watch_config;
+    let app = App::start_from(config, Some(path.clone())).await?;
+    if watch {
+        reload::watch::spawn(
+            &path,
+            app.reloader.clone(),
+            &app.background,
+            app.stop_background.clone(),
+        )?;
+    }
+    crate::systemd::ready(app.registry.all().len());
+    // A reload runs beside the signal watch, so a SIGTERM during a long one is not kept
+    // waiting; a SIGHUP during a reload is one more reload, after it.
+    let reloads = TaskTracker::new();
+    loop {
+        tokio::select! {
+            () = signals.next() => break,
+            () = crate::systemd::watchdog() => break,
+            Some(()) = hangups.recv() => {
+                info!("SIGHUP received: reloading the config.");
+                let (reloader, registry) = (app.reloader.clone(), app.registry.clone());
+                reloads.spawn(async move {
+                    crate::systemd::reloading();
+                    // The outcome is logged and recorded as an event by the reload itself.
+                    let _ = reloader.reload(false, "SIGHUP").await;
+                    crate::systemd::ready(registry.all().len());
+                });
+            }
+        }
     }
     crate::systemd::stopping();
     tokio::select! {

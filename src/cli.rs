@@ -97,6 +97,16 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Have a running gateway read its config file again and apply what changed (what SIGHUP
+    /// does); needs an admin token when the API has tokens.
+    Reload {
+        /// Leave the servers of the services the file no longer has running (else they are
+        /// stopped).
+        #[arg(long)]
+        keep_running: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Show recent events; with --follow, every new one as it happens.
     Events {
         /// Keep printing new events.
@@ -239,8 +249,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let config = config::load(&config)?;
-            runtime()?.block_on(app::run(config))?;
+            let loaded = config::load(&config)?;
+            runtime()?.block_on(app::run(loaded, config))?;
         }
         Command::Demo {
             listen,
@@ -313,6 +323,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 owner.as_deref(),
                 api.json,
             ));
+        }
+        Command::Reload { keep_running, api } => {
+            let client = api.client()?;
+            return runtime()?.block_on(client::reload(&client, keep_running, api.json));
         }
         Command::Destroy { name, api } => {
             let client = api.client()?;

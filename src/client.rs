@@ -696,3 +696,79 @@ pub async fn extend(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `wakegate reload [--keep-running]`: has the gateway read its config file again; prints what
+/// changed, or (exit 1) why nothing did, with every problem of the file and its line.
+pub async fn reload(client: &Client, keep_running: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "keep_running": keep_running });
+    let (response, driver) = client
+        .send_body(Method::POST, "/api/v1/reload", Some(&body))
+        .await?;
+    let code = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    driver.abort();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    if json {
+        println!("{value}");
+    }
+    if code == hyper::StatusCode::UNPROCESSABLE_ENTITY {
+        if !json {
+            eprintln!(
+                "wakegate did not reload; nothing was changed:\n{}",
+                value["error"].as_str().unwrap_or("?")
+            );
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    if !code.is_success() {
+        let message = value["error"]
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_string);
+        bail!("the API answered {}: {message}", code.as_u16());
+    }
+    if json {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let names = |key: &str| -> Vec<String> {
+        value[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "reloaded: {} added, {} removed, {} changed, {} unchanged",
+        names("added").len(),
+        value["removed"].as_array().map_or(0, Vec::len),
+        value["changed"].as_array().map_or(0, Vec::len),
+        value["unchanged"].as_u64().unwrap_or(0)
+    );
+    for name in names("added") {
+        println!("  added    {name}");
+    }
+    for removed in value["removed"].as_array().into_iter().flatten() {
+        let name = removed["name"].as_str().unwrap_or("?");
+        if removed["kept_running"].as_bool() == Some(true) {
+            println!("  removed  {name} (its backend is left running)");
+        } else {
+            println!("  removed  {name} (its backend is stopped)");
+        }
+    }
+    for changed in value["changed"].as_array().into_iter().flatten() {
+        let parts: Vec<&str> = ["policy", "backend", "listeners"]
+            .into_iter()
+            .filter(|p| changed[*p].as_bool() == Some(true))
+            .collect();
+        println!(
+            "  changed  {} ({})",
+            changed["name"].as_str().unwrap_or("?"),
+            parts.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -50,6 +50,7 @@ pub async fn run(
             member: Default::default(),
             api,
             shutdown_grace: Duration::from_secs(5),
+            watch_config: false,
             tokens: Vec::new(),
             cors_origins: Vec::new(),
             agents: None,
@@ -112,6 +113,7 @@ pub async fn run(
         notify: Vec::new(),
         discord: None,
         file_warnings: Vec::new(),
+        source: Default::default(),
     };
     let app = App::start(config).await?;
     let mut events = app.subscribe();

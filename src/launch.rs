@@ -97,6 +97,35 @@ pub fn launch(
     cancel: &CancellationToken,
     listening: &CancellationToken,
 ) -> ServiceHandle {
+    let handle = spawn(with, config, cancel, cancel);
+    route(with, config, &handle);
+    for (socket, cap) in sockets.tcp {
+        let (handle, connections, listening) =
+            (handle.clone(), with.connections.clone(), listening.clone());
+        let bind = socket.local_addr().ok();
+        with.tracker.spawn(async move {
+            tokio::select! {
+                () = handle.reconciled() => {}
+                () = listening.cancelled() => return,
+            }
+            info!(service = %handle.name(), bind = ?bind, "Listening.");
+            tokio::select! {
+                () = listener::tcp::run(socket, handle, connections, cap) => {}
+                () = listening.cancelled() => {}
+            }
+        });
+    }
+    handle
+}
+
+/// Starts a service's actor (ended by `cancel`) and its health checks and player poll (ended
+/// by `health`, `cancel` or a child of it), and adds it to the registry.
+pub fn spawn(
+    with: &Wiring,
+    config: &Service,
+    cancel: &CancellationToken,
+    health: &CancellationToken,
+) -> ServiceHandle {
     let handle = service::spawn(
         config,
         backend::build(config, &with.data_dir, &with.store),
@@ -104,9 +133,14 @@ pub fn launch(
         &with.tracker,
         cancel.clone(),
     );
-    health::spawn_for(config, &handle, &with.tracker, cancel);
+    health::spawn_for(config, &handle, &with.tracker, health);
     with.registry.add(handle.clone());
-    // Its hostnames on the shared sockets (they leave when it is taken away).
+    handle
+}
+
+/// Puts a service's hostnames on the shared `http` and `minecraft` sockets of its listeners
+/// (those that exist: the caller checked).
+pub fn route(with: &Wiring, config: &Service, handle: &ServiceHandle) {
     for l in &config.listeners {
         match l {
             Listen::Tcp { .. } | Listen::Udp(_) | Listen::Bedrock(_) => {}
@@ -128,35 +162,23 @@ pub fn launch(
             }
         }
     }
-    for (socket, cap) in sockets.tcp {
-        let (handle, connections, listening) =
-            (handle.clone(), with.connections.clone(), listening.clone());
-        let bind = socket.local_addr().ok();
-        with.tracker.spawn(async move {
-            tokio::select! {
-                () = handle.reconciled() => {}
-                () = listening.cancelled() => return,
-            }
-            info!(service = %handle.name(), bind = ?bind, "Listening.");
-            tokio::select! {
-                () = listener::tcp::run(socket, handle, connections, cap) => {}
-                () = listening.cancelled() => {}
-            }
-        });
-    }
-    handle
 }
 
-/// Closes a service's own sockets and takes its routes off the shared ones: no new client
-/// reaches it (those connected go on).
-pub fn unlisten(with: &Wiring, name: &str, listening: &CancellationToken) {
-    listening.cancel();
+/// Takes a service's routes off the shared sockets.
+pub fn unroute(with: &Wiring, name: &str) {
     for (_, table) in &with.shared.http {
         table.remove(|r| r.service.name() == name);
     }
     for (_, table) in &with.shared.minecraft {
         table.remove(|e| e.service().name() == name);
     }
+}
+
+/// Closes a service's own sockets and takes its routes off the shared ones: no new client
+/// reaches it (those connected go on).
+pub fn unlisten(with: &Wiring, name: &str, listening: &CancellationToken) {
+    listening.cancel();
+    unroute(with, name);
 }
 
 /// Ends what is left of a service: its tasks are cancelled, its actor has its backend remove
@@ -191,4 +213,20 @@ pub fn event(with: &Wiring, name: &str, kind: Kind, reason: String, detail: serd
         detail,
     };
     with.store.record(name, event, crate::store::now(), None);
+}
+
+/// Stops the backend through the actor and waits (up to `wait`) until it is asleep or failed.
+pub async fn stop(handle: &ServiceHandle, by: &str, wait: Duration) {
+    let mut status = handle.watch();
+    match handle.sleep(by).await {
+        Ok(Ok(State::Asleep | State::Failed)) | Err(_) => return,
+        Ok(Err(denied)) => {
+            warn!(service = %handle.name(), %denied, "The stop was refused; ending it anyway.")
+        }
+        Ok(Ok(_)) => {}
+    }
+    let stopped = status.wait_for(|s| matches!(s.state, State::Asleep | State::Failed));
+    if tokio::time::timeout(wait, stopped).await.is_err() {
+        warn!(service = %handle.name(), "The backend did not stop in time; ending the service anyway.");
+    }
 }

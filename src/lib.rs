@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod minecraft;
 pub mod notify;
 pub mod probe;
+pub mod reload;
 pub mod schedule;
 pub mod service;
 pub mod store;

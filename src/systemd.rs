@@ -1,5 +1,6 @@
 //! systemd's service notifications, for a unit of `Type=notify` (deploy/wakegate.service):
-//! READY once every socket is bound, STOPPING when a shutdown begins, and the watchdog's
+//! READY once every socket is bound, RELOADING … READY around a reload, STOPPING when a
+//! shutdown begins, and the watchdog's
 //! keep-alive when the unit sets `WatchdogSec=`. Outside systemd (no `NOTIFY_SOCKET`) each is
 //! a no-op, so `wakegate run` behaves the same in a terminal, a container or a test.
 
@@ -12,6 +13,19 @@ use tracing::{info, warn};
 pub fn ready(services: usize) {
     let status = format!("Serving {services} service(s).");
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+/// Tells systemd a reload has begun (`RELOADING=1` with the monotonic time, as
+/// `Type=notify-reload` needs); [`ready`] again says it is over.
+pub fn reloading() {
+    let mut states = vec![
+        NotifyState::Reloading,
+        NotifyState::Status("Reloading the config."),
+    ];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    send(&states);
 }
 
 /// Tells systemd a shutdown has begun (connections draining, services stopping), so it waits

@@ -60,6 +60,7 @@ fn the_units_pass_systemd_analyze_verify() {
         "NoNewPrivileges=yes",
         "StateDirectory=wakegate",
         "WatchdogSec=",
+        "ExecReload=",
     ] {
         assert!(service.contains(hardening), "the unit lost {hardening}");
     }
@@ -130,6 +131,16 @@ fn ready_once_clients_can_be_taken_a_kept_watchdog_and_stopping_on_sigterm() {
         "three keep-alives took {:?} for a 1 s watchdog",
         began.elapsed()
     );
+
+    // A reload (SIGHUP, what `systemctl reload` sends) is framed by RELOADING=1 and READY=1,
+    // RELOADING with the monotonic time `Type=notify-reload` asks for.
+    wakegate.signal(Signal::HUP);
+    let reloading = until(&socket, "RELOADING=1");
+    assert!(
+        reloading.last().unwrap().contains("MONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    until(&socket, "READY=1");
 
     wakegate.signal(Signal::TERM);
     let stopping = until(&socket, "STOPPING=1");

@@ -38,7 +38,7 @@ pub async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if let Some(name) = &q.service {
-        api.service(name)?;
+        api.has_events_of(name)?;
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let (after, service) = (q.after, q.service);
@@ -71,6 +71,14 @@ pub struct StreamQuery {
 }
 
 impl Api {
+    /// A name events may be asked for: a running service's, or the gateway's own (a reload).
+    fn has_events_of(&self, name: &str) -> Result<(), ApiError> {
+        if name == crate::event::GATEWAY {
+            return Ok(());
+        }
+        self.service(name).map(|_| ())
+    }
+
     async fn feed(
         &self,
         services: Option<Vec<String>>,
@@ -79,7 +87,7 @@ impl Api {
         let services = match services {
             Some(names) => {
                 for name in &names {
-                    self.service(name)?;
+                    self.has_events_of(name)?;
                 }
                 Some(names.into_iter().collect())
             }

@@ -7,6 +7,7 @@ mod agent;
 pub mod config;
 pub mod events;
 mod gateways;
+mod reload;
 pub mod serve;
 mod templates;
 
@@ -48,6 +49,8 @@ pub struct Api {
     cors_origins: Arc<[String]>,
     /// The listeners' refusals and open connections, for `/metrics`.
     listener_metrics: metrics::ListenerMetrics,
+    /// Reloads the gateway's config (none in tests that build the API alone).
+    reloader: Option<crate::reload::Reloader>,
 }
 
 impl Api {
@@ -66,7 +69,14 @@ impl Api {
             tokens: tokens.into(),
             cors_origins: cors_origins.into(),
             listener_metrics: metrics::ListenerMetrics::default(),
+            reloader: None,
         }
+    }
+
+    /// Serves `POST /api/v1/reload` with this.
+    pub fn with_reloader(mut self, reloader: crate::reload::Reloader) -> Api {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// Shows these listeners' metrics in `/metrics` too.
@@ -242,6 +252,7 @@ pub fn router(api: Api) -> Router {
             get(leases).post(add_lease),
         )
         .route("/api/v1/services/{name}/leases/{id}", delete(end_lease))
+        .route("/api/v1/reload", post(reload::reload))
         .merge(agent_routes())
         .route("/api/v1/events", get(events::history))
         .route("/api/v1/events/stream", get(events::sse))

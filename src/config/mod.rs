@@ -45,6 +45,9 @@ pub struct Config {
     /// What reading the file found allowed but unwise (a secret written inline), each as
     /// "FILE:LINE:COL: what; what to do".
     pub file_warnings: Vec<String>,
+    /// What the file said, as plain TOML values (`${VAR}` not yet replaced): what a reload
+    /// compares, table by table, to tell what changed (empty for a config built in code).
+    pub source: toml::Table,
 }
 
 impl Config {
@@ -114,6 +117,8 @@ pub struct Gateway {
     pub api: SocketAddr,
     /// How long open connections may go on after SIGINT/SIGTERM before they are closed.
     pub shutdown_grace: Duration,
+    /// Reload the config when its file changes, as SIGHUP does.
+    pub watch_config: bool,
     /// Bearer tokens of the API; none means an open API, allowed only on loopback.
     pub tokens: Vec<Token>,
     /// Origins allowed to call the API from a browser page served elsewhere (CORS).
@@ -138,6 +143,8 @@ struct GatewayConfig {
     #[serde(default = "default_grace", deserialize_with = "duration")]
     shutdown_grace: Duration,
     #[serde(default)]
+    watch_config: bool,
+    #[serde(default)]
     cors_origins: Vec<String>,
     agents: Option<crate::api::serve::ListenConfig>,
 }
@@ -151,6 +158,7 @@ impl Default for GatewayConfig {
             lease: None,
             api: default_api(),
             shutdown_grace: default_grace(),
+            watch_config: false,
             cors_origins: Vec::new(),
             agents: None,
         }
@@ -225,6 +233,8 @@ pub fn parse(source: &str, origin: &str) -> Result<Config, ConfigError> {
     match config {
         Some(mut config) if problems.is_empty() => {
             config.file_warnings = warnings.iter().map(|w| w.one_line(origin)).collect();
+            // It parsed above, so this does too.
+            config.source = source.parse().unwrap_or_default();
             Ok(config)
         }
         _ => Err(ConfigError::Invalid {
@@ -323,6 +333,7 @@ fn parse_into(source: &str, problems: &mut Problems<'_>) -> Option<Config> {
         templates: templates?,
         discovery: discovery?,
         file_warnings: Vec::new(),
+        source: toml::Table::new(),
     })
 }
 
@@ -390,6 +401,7 @@ fn read_gateway(
         member: member?,
         api: c.api.into_inner(),
         shutdown_grace: c.shutdown_grace,
+        watch_config: c.watch_config,
         tokens,
         cors_origins: c.cors_origins,
         agents: agents?,

@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, Serializer};
 
+/// The name the gateway's own events (a config reload) are recorded under, beside those of
+/// the services.
+pub const GATEWAY: &str = "wakegate";
+
 /// The lifecycle state of a service (`asleep → waking → awake → stopping → asleep`, or `failed`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

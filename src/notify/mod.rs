@@ -288,12 +288,14 @@ fn read_target(
     let filter_services = c.services.map(|list| {
         let mut set = BTreeSet::new();
         for name in list {
-            let known = services.is_none_or(|all| all.contains(name.get_ref()));
+            // The gateway's own events (a reload) go by its name.
+            let known = name.get_ref() == crate::event::GATEWAY
+                || services.is_none_or(|all| all.contains(name.get_ref()));
             if !known {
                 problems.add(
                     Some(name.span()),
                     format!("there is no service named `{}` to notify about", name.get_ref()),
-                    "name services of this file's [[service]] tables, or leave `services` out to hear about all of them",
+                    "name services of this file's [[service]] tables (or \"wakegate\" for the gateway's own events, a reload), or leave `services` out to hear about all of them",
                 );
                 ok = false;
             }

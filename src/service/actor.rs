@@ -63,10 +63,10 @@ pub fn spawn(
     // Open connections through other gateways: 0 unless it owns a shared service.
     let remote = watch::channel(0).1;
     let shared = Arc::new(Shared::default());
+    shared.set_hourly_cost(service.hourly_cost);
     let handle = ServiceHandle {
         name: service.name.as_str().into(),
         backend_kind: backend.kind(),
-        hourly_cost: service.hourly_cost,
         commands: commands_tx,
         status,
         events: store.publisher(),
@@ -752,6 +752,10 @@ impl Actor {
     /// that ends for good (stopped already) has its backend remove what is left instead.
     pub(super) async fn shutdown(&mut self) {
         self.core.answer_all(|_| Err(ConnectError::ShuttingDown));
+        if self.core.shared.detaching.load(Ordering::SeqCst) {
+            info!("The service left wakegate; its backend is left as it is.");
+            return;
+        }
         if self.core.shared.retiring.load(Ordering::SeqCst) {
             let removed = self.backend.remove().await;
             self.core.record_notes();

@@ -257,6 +257,18 @@ impl Core {
             Command::PreStopDone { id, result, reply } => {
                 let _ = reply.send(self.pre_stop_done(id, result));
             }
+            Command::Configure {
+                rules,
+                max_held,
+                reply,
+            } => {
+                // The timers are computed again from the new rules on the next turn of the
+                // state loop, which this command ends.
+                info!(idle_timeout = %humantime::format_duration(rules.idle_timeout), "Policies reloaded.");
+                self.policy.rules = rules;
+                self.max_held = max_held;
+                let _ = reply.send(());
+            }
             Command::Note {
                 kind,
                 reason,

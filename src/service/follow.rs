@@ -218,8 +218,10 @@ async fn handle(core: &mut Core, cluster: &Cluster, owner: Option<&str>, command
         Command::EndLease { reply, .. } => drop(reply.send(false)),
         // The owner polls the players and runs the health checks that count.
         Command::Players(_) | Command::Unhealthy { .. } => {}
+        // The new rules are kept for when this gateway takes the service.
         command @ (Command::AgentReport { .. }
         | Command::PreStopDone { .. }
+        | Command::Configure { .. }
         | Command::Note { .. }) => core.handle(command),
     }
 }

@@ -3,7 +3,7 @@
 //! its [`Ticket`] there; the count of open connections is what keeps the service in use.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::Notify;
@@ -28,6 +28,28 @@ pub(super) struct Shared {
     /// The service ends for good when its actor stops (a created service destroyed or past
     /// its deadline): the backend removes what it made beside the server, not only stops.
     pub(super) retiring: AtomicBool,
+    /// The service leaves wakegate but its server is left as it is (a reload that removes it
+    /// with `keep_running`): its actor stops without touching the backend.
+    pub(super) detaching: AtomicBool,
+    /// What an hour awake costs (`hourly_cost`), which a reload may change.
+    pub(super) hourly_cost: Cost,
+}
+
+/// An `Option<f64>` read and written without a lock: the bits of the `f64`, NaN for none.
+#[derive(Debug)]
+pub(super) struct Cost(AtomicU64);
+
+impl Default for Cost {
+    fn default() -> Cost {
+        Cost(AtomicU64::new(f64::NAN.to_bits()))
+    }
+}
+
+impl Cost {
+    pub(super) fn get(&self) -> Option<f64> {
+        let cost = f64::from_bits(self.0.load(Ordering::Relaxed));
+        (!cost.is_nan()).then_some(cost)
+    }
 }
 
 impl Shared {
@@ -45,6 +67,12 @@ impl Shared {
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
         Some(Ticket { address, guard })
+    }
+
+    /// Sets what an hour awake costs.
+    pub(super) fn set_hourly_cost(&self, cost: Option<f64>) {
+        let bits = cost.unwrap_or(f64::NAN).to_bits();
+        self.hourly_cost.0.store(bits, Ordering::Relaxed);
     }
 
     /// Opens the gate at `address`, or shuts it with `None`. Only the actor calls it.

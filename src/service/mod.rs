@@ -192,6 +192,12 @@ enum Command {
         result: crate::agent::wire::PreStopResult,
         reply: oneshot::Sender<bool>,
     },
+    /// New rules from a reloaded config (see [`ServiceHandle::reconfigure`]).
+    Configure {
+        rules: policy::Rules,
+        max_held: usize,
+        reply: oneshot::Sender<()>,
+    },
     /// Something a listener or a poll saw, to record as an event in the current state.
     Note {
         kind: Kind,
@@ -210,7 +216,6 @@ pub struct Gone;
 pub struct ServiceHandle {
     name: Arc<str>,
     backend_kind: &'static str,
-    hourly_cost: Option<f64>,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<Status>,
     events: broadcast::Sender<Published>,
@@ -230,7 +235,28 @@ impl ServiceHandle {
     }
 
     pub fn hourly_cost(&self) -> Option<f64> {
-        self.hourly_cost
+        self.shared.hourly_cost.get()
+    }
+
+    /// Applies a service's changed policies (timeouts, schedules, limits, `hourly_cost`) to
+    /// its running actor at once, without touching the backend or the open connections; the
+    /// caller checked that the backend and listeners are the same.
+    pub async fn reconfigure(&self, config: &config::Service) -> Result<(), Gone> {
+        self.shared.set_hourly_cost(config.hourly_cost);
+        let rules = policy::Rules::of(config);
+        let max_held = config.max_held;
+        self.ask(|reply| Command::Configure {
+            rules,
+            max_held,
+            reply,
+        })
+        .await
+    }
+
+    /// Marks it as leaving wakegate with its server left as it is: when its actor stops (its
+    /// cancel token), the backend is neither stopped nor removed.
+    pub fn detach(&self) {
+        self.shared.detaching.store(true, Ordering::SeqCst);
     }
 
     /// The current status.

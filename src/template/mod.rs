@@ -487,7 +487,7 @@ impl Templates {
         let handle = self.0.with.registry.get(name);
         if let Some(handle) = &handle {
             self.event(name, Kind::Action, format!("ending: {why} ({by})"));
-            stop(handle, by).await;
+            launch::stop(handle, by, STOP_WAIT).await;
         }
         // Its actor has the backend remove what it made beside the server (a DNS record).
         launch::finish(&self.0.with, name, handle, &cancel, STOP_WAIT).await;
@@ -583,22 +583,6 @@ impl Templates {
 
     fn event_with(&self, name: &str, kind: Kind, reason: String, detail: serde_json::Value) {
         launch::event(&self.0.with, name, kind, reason, detail);
-    }
-}
-
-/// Stops the backend through the actor and waits until it is asleep or failed.
-async fn stop(handle: &ServiceHandle, by: &str) {
-    let mut status = handle.watch();
-    match handle.sleep(by).await {
-        Ok(Ok(State::Asleep | State::Failed)) | Err(_) => return,
-        Ok(Err(denied)) => {
-            warn!(service = %handle.name(), %denied, "The stop was refused; ending it anyway.")
-        }
-        Ok(Ok(_)) => {}
-    }
-    let stopped = status.wait_for(|s| matches!(s.state, State::Asleep | State::Failed));
-    if tokio::time::timeout(STOP_WAIT, stopped).await.is_err() {
-        warn!(service = %handle.name(), "The backend did not stop in time; ending the service anyway.");
     }
 }
 
