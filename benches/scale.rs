@@ -58,9 +58,11 @@ const HERD: usize = 5_000;
 const FILES_SPARE: usize = 1_000;
 /// Sleeping services configured.
 const SLEEPING_SERVICES: usize = 100;
-/// How many connections are being opened at once: more would overflow the listeners' accept
-/// backlogs and measure SYN retries.
-const CONNECTING_AT_ONCE: usize = 200;
+/// How many connections are being opened at once: below 128, the accept backlog a program
+/// gets by default (std's, and so tokio's, and wakegate's before it asked for more). A client
+/// whose handshake completes while the backlog is full is left half-open: it believes it is
+/// connected, the server never accepts it.
+const CONNECTING_AT_ONCE: usize = 100;
 /// The backend's accept backlog in the herd (the kernel caps it at net.core.somaxconn).
 const BACKLOG: u32 = 4096;
 /// The window in which an idle process's wake-ups are counted.
