@@ -51,6 +51,10 @@ const CONNECTING_AT_ONCE: usize = 50;
 const SUBSCRIBER_READ_BUFFER: usize = 16 * 1024;
 /// The burst: this many events, each lease making two (taken, ended).
 const EVENTS: usize = 10_000;
+/// The goal with [`SUBSCRIBERS`] subscribers: events/s every subscriber gets, and the
+/// p99 of their delivery.
+const EVENTS_TARGET: f64 = 10_000.0;
+const P99_TARGET_MS: f64 = 50.0;
 /// Concurrent HTTP clients (one keep-alive connection each) that make the burst.
 const PRODUCERS: usize = 8;
 /// The one service, and the operate token the producers and subscribers use.
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let figures = runtime.block_on(run(files))?;
     print!("{}", figures.table());
+    support::rows::record(&[figures.row()])?;
     let problems = figures.problems();
     if !problems.is_empty() {
         bail!("the event fan-out failed: {}", problems.join("; "));
@@ -776,6 +781,41 @@ struct Figures {
 }
 
 impl Figures {
+    /// The row of `bench/run`'s summary: events every subscriber got, per second, against the
+    /// same burst with no subscriber.
+    fn row(&self) -> support::rows::Row {
+        let mut latencies: Vec<u32> = self
+            .tallies
+            .iter()
+            .flat_map(|t| t.latencies_us.iter().copied())
+            .collect();
+        latencies.sort_unstable();
+        let p99_ms = latencies.len().checked_sub(1).map_or(f64::NAN, |last| {
+            f64::from(latencies[((last as f64) * 0.99).round() as usize]) / 1e3
+        });
+        // Until every subscriber had every event: the burst, or the delivery if it was longer.
+        let rate = match self.delivery {
+            Some(d) if self.losses() == 0 => self.expected as f64 / d.max(self.burst).as_secs_f64(),
+            _ => 0.0,
+        };
+        support::rows::Row {
+            key: "events",
+            what: format!(
+                "events/s, each to all of {} WebSocket subscribers; p99 {p99_ms:.0} ms",
+                self.tallies.len()
+            ),
+            reference: "none",
+            reference_value: EVENTS as f64 / self.burst_alone.as_secs_f64(),
+            value: rate,
+            better: support::rows::Better::Higher,
+            decimals: 0,
+            goal: format!("≥ {EVENTS_TARGET} ev/s, p99 < {P99_TARGET_MS} ms"),
+            met: Some(
+                rate >= EVENTS_TARGET && p99_ms < P99_TARGET_MS && self.problems().is_empty(),
+            ),
+        }
+    }
+
     fn sum(&self, field: impl Fn(&Tally) -> u64) -> u64 {
         self.tallies.iter().map(field).sum()
     }

@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let figures = runtime.block_on(run())?;
     print!("{}", figures.table());
-    Ok(())
+    support::rows::record(&figures.rows())
 }
 
 async fn run() -> anyhow::Result<Figures> {
@@ -468,6 +468,60 @@ struct Figures {
 }
 
 impl Figures {
+    /// The rows of `bench/run`'s summary: each mode against haproxy in the same mode.
+    fn rows(&self) -> Vec<support::rows::Row> {
+        let [keep, close] = &self.results;
+        let mut rows = Vec::new();
+        for (key, what, runs, w, h) in [
+            (
+                "tcp-keepalive",
+                "HTTP keep-alive, TCP mode (req/s)",
+                keep,
+                5,
+                4,
+            ),
+            (
+                "tcp-newconn",
+                "a new connection per request, TCP mode (req/s)",
+                close,
+                5,
+                4,
+            ),
+            (
+                "http-keepalive",
+                "HTTP keep-alive, HTTP mode (req/s)",
+                keep,
+                2,
+                1,
+            ),
+            (
+                "http-newconn",
+                "a new connection per request, HTTP mode (req/s)",
+                close,
+                2,
+                1,
+            ),
+        ] {
+            rows.push(support::rows::Row {
+                key,
+                what: format!(
+                    "{what}; p99 {:.2} ms vs {:.2}",
+                    runs[w].p99_ms, runs[h].p99_ms
+                ),
+                reference: "haproxy",
+                reference_value: runs[h].rps,
+                value: runs[w].rps,
+                better: support::rows::Better::Higher,
+                decimals: 0,
+                goal: format!("≥ {RPS_TARGET}× haproxy, p99 ≤ its"),
+                met: Some(
+                    runs[w].rps >= RPS_TARGET * runs[h].rps && runs[w].p99_ms <= runs[h].p99_ms,
+                ),
+            });
+        }
+        rows
+    }
+
     fn table(&self) -> String {
         let mut out = format!("\nwakegate HTTP benchmark, loopback: {}\n\n", self.setup);
         out += &format!(

@@ -141,7 +141,7 @@ impl App {
                         continue;
                     }
                 }
-                let socket = TcpListener::bind(bind).await.with_context(|| {
+                let socket = crate::listener::bind(bind).with_context(|| {
                     format!(
                         "cannot listen on {bind} for service `{}`; is another program using that port?",
                         service.name
@@ -187,7 +187,7 @@ impl App {
             if had {
                 continue;
             }
-            let socket = TcpListener::bind(bind).await.with_context(|| {
+            let socket = crate::listener::bind(bind).with_context(|| {
                 format!("cannot listen on {bind} for {owner}; is another program using that port?")
             })?;
             let what = if minecraft {

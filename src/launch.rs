@@ -58,7 +58,7 @@ pub async fn bind(
             continue;
         };
         let bind = listen.bind();
-        let socket = TcpListener::bind(bind).await.map_err(|e| {
+        let socket = crate::listener::bind(bind).map_err(|e| {
             format!("cannot listen on {bind}: {e}; is another program using that port?")
         })?;
         tcp.push((socket, config.clone()));

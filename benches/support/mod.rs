@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod peers;
+pub mod rows;
 
 use std::fs::File;
 use std::net::SocketAddr;

@@ -4,12 +4,14 @@
 //! [`SPLICE_AFTER`] bytes it goes on with `splice(2)` through a pipe taken from a small pool,
 //! so a long transfer moves inside the kernel and never through a buffer of ours. A direction
 //! that reaches end of stream half-closes the other side and the other direction goes on, as
-//! with `copy_bidirectional`.
+//! with `copy_bidirectional` (for a caller that closes both sockets as soon as both directions
+//! end, the last one's half-close is skipped: the close says the same). A read that leaves the socket empty marks it so, as
+//! tokio's own reads do, so the next wait sleeps instead of costing a read that would block.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::net::Shutdown;
 use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
@@ -36,21 +38,64 @@ pub async fn bidirectional(
     backend: &TcpStream,
     counted: (&AtomicU64, &AtomicU64),
 ) -> io::Result<(u64, u64)> {
+    let ended = Ended::half_close_both();
     tokio::try_join!(
-        one_way(client, backend, counted.0),
-        one_way(backend, client, counted.1)
+        one_way(client, backend, counted.0, &ended),
+        one_way(backend, client, counted.1, &ended)
     )
 }
 
-/// Copies one way until `from` ends, then half-closes `to`; returns the bytes moved.
-pub async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> io::Result<u64> {
+/// How a connection's two [`one_way`] copies pass the end of a direction on.
+#[derive(Debug)]
+pub struct Ended {
+    /// Whether one direction has ended.
+    one: AtomicBool,
+    /// Whether the last direction to end skips its half-close.
+    skip_last: bool,
+}
+
+impl Ended {
+    /// Each end is passed on as a half-close.
+    pub fn half_close_both() -> Ended {
+        Ended {
+            one: AtomicBool::new(false),
+            skip_last: false,
+        }
+    }
+
+    /// For a caller that closes both sockets as soon as both directions have ended: the last
+    /// direction to end does not half-close, since the close right after says the same (a
+    /// system call saved per connection).
+    pub fn closed_after() -> Ended {
+        Ended {
+            one: AtomicBool::new(false),
+            skip_last: true,
+        }
+    }
+
+    fn pass_on(&self, to: &TcpStream) {
+        let other_ended = self.one.swap(true, Ordering::AcqRel);
+        if !(other_ended && self.skip_last) {
+            let _ = rustix::net::shutdown(to.as_fd(), Shutdown::Write);
+        }
+    }
+}
+
+/// Copies one way until `from` ends, then half-closes `to` (as `ended` says); returns the
+/// bytes moved.
+pub async fn one_way(
+    from: &TcpStream,
+    to: &TcpStream,
+    counted: &AtomicU64,
+    ended: &Ended,
+) -> io::Result<u64> {
     let mut total = 0u64;
     while total < SPLICE_AFTER {
         from.readable().await?;
         let n = match relay(from, to)? {
             Relayed::Nothing => continue,
             Relayed::End => {
-                let _ = rustix::net::shutdown(to.as_fd(), Shutdown::Write);
+                ended.pass_on(to);
                 return Ok(total);
             }
             Relayed::All(n) => n,
@@ -70,7 +115,7 @@ pub async fn one_way(from: &TcpStream, to: &TcpStream, counted: &AtomicU64) -> i
         if n == 0 {
             // End of stream: pass the half-close on; the other direction may go on. The pipe
             // is empty: it serves another connection.
-            let _ = rustix::net::shutdown(to.as_fd(), Shutdown::Write);
+            ended.pass_on(to);
             pipe.give_back();
             return Ok(total);
         }
@@ -100,11 +145,10 @@ enum Relayed {
 /// the state of an idle connection.
 fn relay(from: &TcpStream, to: &TcpStream) -> io::Result<Relayed> {
     let mut buf = [0u8; BUFFER];
-    let read = match from.try_read(&mut buf) {
-        Ok(0) => return Ok(Relayed::End),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Relayed::Nothing),
-        Err(e) => return Err(e),
+    let read = match try_read(from, &mut buf)? {
+        Some(0) => return Ok(Relayed::End),
+        Some(n) => n,
+        None => return Ok(Relayed::Nothing),
     };
     let mut written = 0;
     while written < read {
@@ -118,6 +162,30 @@ fn relay(from: &TcpStream, to: &TcpStream) -> io::Result<Relayed> {
         }
     }
     Ok(Relayed::All(read))
+}
+
+/// Reads what `from` has into `buf` without waiting; `None` if it has nothing, `Some(0)` at its
+/// end. A read shorter than `buf` has emptied the socket: its readiness is cleared then, as
+/// tokio's own reads do, so the next wait sleeps until more comes rather than costing a read
+/// that would block. Cleared within `try_io`, which clears only if no new readiness came
+/// since the read began: bytes that arrive meanwhile are never missed.
+pub fn try_read(from: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let len = buf.len();
+    let mut read = None;
+    let done = from.try_io(Interest::READABLE, || {
+        let n = rustix::io::read(from, &mut *buf)?;
+        read = Some(n);
+        if n > 0 && n < len {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        }
+    });
+    match done {
+        Ok(()) => Ok(read),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(read),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes all of `bytes` to `to` (bytes read before the copy began, a PROXY header), through a
@@ -211,16 +279,37 @@ mod tests {
     }
 
     /// A short exchange and a long transfer (past the switch to splice) both arrive whole and
-    /// in order, half-closes included, and are counted.
+    /// in order, half-closes included, and are counted; also when the last half-close is left
+    /// to the close of both sockets (as the `tcp` listener does).
     #[tokio::test]
     async fn short_and_long_transfers_arrive_whole_both_ways() {
-        for size in [5, SPLICE_AFTER as usize + 3 * CHUNK + 17] {
+        let sizes = [5, SPLICE_AFTER as usize + 3 * CHUNK + 17];
+        for (size, closed_after) in sizes.into_iter().flat_map(|n| [(n, false), (n, true)]) {
             let (mut client, client_side) = pair().await;
             let (backend_side, mut backend) = pair().await;
             let counted = (AtomicU64::new(0), AtomicU64::new(0));
             let up: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             let down: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
-            let proxy = bidirectional(&client_side, &backend_side, (&counted.0, &counted.1));
+            let counted_ref = &counted;
+            let proxy = async move {
+                let moved = if closed_after {
+                    let ended = Ended::closed_after();
+                    tokio::try_join!(
+                        one_way(&client_side, &backend_side, &counted_ref.0, &ended),
+                        one_way(&backend_side, &client_side, &counted_ref.1, &ended)
+                    )
+                } else {
+                    bidirectional(
+                        &client_side,
+                        &backend_side,
+                        (&counted_ref.0, &counted_ref.1),
+                    )
+                    .await
+                };
+                // Closed as soon as both directions have ended, as the listeners do.
+                drop((client_side, backend_side));
+                moved
+            };
             let client_io = async {
                 client.write_all(&up).await.unwrap();
                 client.shutdown().await.unwrap();

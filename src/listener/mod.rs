@@ -158,6 +158,25 @@ pub async fn accept<F, S>(
     }
 }
 
+/// The accept backlog of every listener socket (the kernel caps it at `net.core.somaxconn`).
+/// The default a program gets (128, std's and so tokio's) is too short for a herd: clients
+/// that arrive together while a service sleeps, or a load balancer's burst. Once it is full, a
+/// client whose handshake completes is left half-open: it believes it is connected, and is
+/// never accepted.
+pub const BACKLOG: u32 = 4096;
+
+/// Binds a listener socket at `at` with [`BACKLOG`], as `TcpListener::bind` would otherwise
+/// (address reuse on, so a restart is not refused while old connections linger).
+pub fn bind(at: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match at {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(at)?;
+    socket.listen(BACKLOG)
+}
+
 /// Whether an accept (or a connect) failed for want of descriptors or memory: it would fail
 /// again at once, and says nothing about the peer.
 pub(crate) fn out_of_resources(e: &io::Error) -> bool {

@@ -92,7 +92,7 @@ impl Own {
             })?;
             Fd::keep_udp(socket)
         } else {
-            let socket = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+            let socket = crate::listener::bind(bind).map_err(|e| {
                 format!("cannot listen on {bind} for service `{service}`: {e}; is another program using that port?")
             })?;
             Fd::keep_tcp(socket)

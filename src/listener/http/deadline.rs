@@ -15,15 +15,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// The requests in flight on one connection.
+/// The requests in flight on one connection. Starting and ending a request only changes these
+/// numbers: nothing is woken and no timer is set per request (a notification to the deadline
+/// and a timer set and cancelled again cost every keep-alive request two wake-ups of its
+/// connection's task); the deadline's one timer reads them when it fires (see
+/// [`InFlight::expired`]).
 #[derive(Debug)]
 pub struct InFlight {
     // A std Mutex: three numbers changed together twice per request, never across an await.
     state: Mutex<State>,
-    changed: Notify,
 }
 
 #[derive(Debug)]
@@ -53,7 +55,6 @@ impl InFlight {
                 idle_since: opened,
                 started: 0,
             }),
-            changed: Notify::new(),
         })
     }
 
@@ -64,34 +65,43 @@ impl InFlight {
         state.busy += 1;
         state.started += 1;
         drop(state);
-        self.changed.notify_waiters();
         Busy(self.clone())
     }
 
-    /// Resolves when the connection's deadline passes with no request in flight.
+    /// Resolves when the connection's deadline passes with no request in flight. Its timer is
+    /// set once and, each time it fires early (a request came or is in flight), set again to
+    /// the soonest instant the connection could expire: nothing needs to wake it meanwhile.
     pub async fn expired(&self, head: Duration, keepalive: Duration) -> Expired {
+        let mut next = match self.due(head, keepalive) {
+            Ok(at) => at,
+            Err(why) => return why,
+        };
+        let timer = tokio::time::sleep_until(next);
+        tokio::pin!(timer);
         loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the state is read, so a change after the read still wakes us.
-            changed.as_mut().enable();
-            let (busy, since, started) = {
-                let state = self.state.lock().unwrap();
-                (state.busy, state.idle_since, state.started)
+            timer.as_mut().await;
+            next = match self.due(head, keepalive) {
+                Ok(at) => at,
+                Err(why) => return why,
             };
-            if busy > 0 {
-                changed.await;
-                continue;
-            }
-            let (limit, why) = match started {
-                0 => (head, Expired::Head),
-                _ => (keepalive, Expired::KeepAlive),
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(since + limit) => return why,
-                () = changed => {}
-            }
+            timer.as_mut().reset(next);
         }
+    }
+
+    /// When to look again, or why the connection has expired now.
+    fn due(&self, head: Duration, keepalive: Duration) -> Result<Instant, Expired> {
+        let now = Instant::now();
+        let state = self.state.lock().unwrap();
+        if state.busy > 0 {
+            // Then it expires no sooner than `keepalive` after the response, which is later.
+            return Ok(now + keepalive);
+        }
+        let (limit, why) = match state.started {
+            0 => (head, Expired::Head),
+            _ => (keepalive, Expired::KeepAlive),
+        };
+        let at = state.idle_since + limit;
+        if at <= now { Err(why) } else { Ok(at) }
     }
 }
 
@@ -106,8 +116,6 @@ impl Drop for Busy {
         if state.busy == 0 {
             state.idle_since = Instant::now();
         }
-        drop(state);
-        self.0.changed.notify_waiters();
     }
 }
 

@@ -381,10 +381,15 @@ impl Server {
             }
         }
         let timeout = route.config.block_timeout;
-        // An HTTP/2 request runs in a task of its own: it must not outlive the grace period.
-        let held = tokio::select! {
-            held = tokio::time::timeout(timeout, service.connect(peer)) => held,
-            () = self.connections.close_all.cancelled() => Ok(Err(ConnectError::ShuttingDown)),
+        let held = match service.ticket_if_awake() {
+            // Awake, the usual case: no timer, and no poll of the shared shutdown token (whose
+            // lock every request would take).
+            Some(ticket) => Ok(Ok(ticket)),
+            // An HTTP/2 request runs in a task of its own: it must not outlive the grace period.
+            None => tokio::select! {
+                held = tokio::time::timeout(timeout, service.connect(peer)) => held,
+                () = self.connections.close_all.cancelled() => Ok(Err(ConnectError::ShuttingDown)),
+            },
         };
         let ticket = match held {
             Ok(Ok(ticket)) => ticket,
