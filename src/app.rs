@@ -555,6 +555,7 @@ impl App {
             .sum::<usize>();
         info!(open_connections = open, grace = %humantime::format_duration(self.grace), "Shutting down.");
         self.connections.stop_accepting.cancel();
+        self.reloader.close_sockets().await;
         self.accepting.close();
         self.accepting.wait().await;
         info!("No longer accepting connections.");

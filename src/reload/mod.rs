@@ -156,6 +156,18 @@ impl Reloader {
         }
     }
 
+    /// Closes the configured services' own sockets for good, their loops stopped first (the
+    /// kept duplicates would otherwise leave the kernel queueing new clients): a stopping
+    /// gateway refuses them. Waits for a reload in progress.
+    pub async fn close_sockets(&self) {
+        let mut now = self.0.state.lock().await;
+        for running in &mut now.running {
+            for mut own in running.sockets.drain(..) {
+                own.stop().await;
+            }
+        }
+    }
+
     /// Where a service a reload added, moved or removed listens first: `None` for one no
     /// reload touched (the app knows from its start), `Some(None)` for one removed.
     pub fn listen_addr(&self, service: &str) -> Option<Option<SocketAddr>> {
