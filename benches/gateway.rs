@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use support::peers::{Haproxy, Wakegate, version_of};
+use support::peers::{Haproxy, Sleepers, Wakegate, version_of};
 use support::{Proc, TempDir, cpu_ticks, free_ports, loopback, progress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -252,24 +252,11 @@ async fn echo_once(target: SocketAddr) -> anyhow::Result<()> {
 async fn wake_and_idle(dir: &Path) -> anyhow::Result<(Idle, Vec<Duration>)> {
     // The backends' ports are free now; the bench opens them itself during the readiness runs.
     let ports = free_ports::<{ 3 * IDLE_SERVICES + 1 }>()?;
-    let (backends, rest) = ports.split_at(IDLE_SERVICES);
-    let (listens, rest) = rest.split_at(IDLE_SERVICES);
-    let (frontends, api) = rest.split_at(IDLE_SERVICES);
-    let services: Vec<(String, SocketAddr)> = backends
-        .iter()
-        .enumerate()
-        .map(|(i, &port)| (format!("sleeper-{i}"), loopback(port)))
-        .collect();
-    let wakegate = Wakegate::start(dir, "sleepers", api[0], listens, &services).await?;
-    for (name, _) in &services {
-        wakegate.wait_state(name, "asleep").await?;
-    }
-    let routes: Vec<(u16, SocketAddr)> = frontends
-        .iter()
-        .zip(&services)
-        .map(|(&port, (_, backend))| (port, *backend))
-        .collect();
-    let haproxy = Haproxy::start(dir, "haproxy-idle", &routes).await?;
+    let Sleepers {
+        wakegate,
+        haproxy,
+        services,
+    } = Sleepers::start(dir, "sleepers", &ports).await?;
 
     let ticks = clock_ticks_per_second();
     let idle = Idle {

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use support::peers::{Haproxy, Keys, Wakegate};
+use support::peers::{Haproxy, Keys, Sleepers, Wakegate};
 use support::rows::{self, Better, Row};
 use support::{Proc, TempDir, free_ports, loopback, progress, rss_mib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -330,24 +330,9 @@ struct Idle {
 
 async fn sleeping_services(dir: &Path) -> anyhow::Result<[Idle; 2]> {
     let ports = free_ports::<{ 3 * SLEEPING_SERVICES + 1 }>()?;
-    let (backends, rest) = ports.split_at(SLEEPING_SERVICES);
-    let (listens, rest) = rest.split_at(SLEEPING_SERVICES);
-    let (frontends, api) = rest.split_at(SLEEPING_SERVICES);
-    let services: Vec<(String, SocketAddr)> = backends
-        .iter()
-        .enumerate()
-        .map(|(i, &port)| (format!("sleeper-{i}"), loopback(port)))
-        .collect();
-    let wakegate = Wakegate::start(dir, "asleep", api[0], listens, &services).await?;
-    for (name, _) in &services {
-        wakegate.wait_state(name, "asleep").await?;
-    }
-    let routes: Vec<(u16, SocketAddr)> = frontends
-        .iter()
-        .zip(&services)
-        .map(|(&port, (_, backend))| (port, *backend))
-        .collect();
-    let haproxy = Haproxy::start(dir, "haproxy-asleep", &routes).await?;
+    let Sleepers {
+        wakegate, haproxy, ..
+    } = Sleepers::start(dir, "asleep", &ports).await?;
     // Let the last start-up work and our own API requests finish. tokio's blocking threads
     // (start-up reads) linger 10 s after their last job and end: one that ends in the window
     // is left out of the count (/proc keeps nothing of it).

@@ -215,3 +215,43 @@ pub fn version_of(tool: &str, flag: &str) -> anyhow::Result<String> {
     }
     Ok(words.join(" "))
 }
+
+/// Services asleep behind one gateway, each as `sleeper-N` with its own listener, and haproxy
+/// with a TCP frontend for each of the same backends: the idle pair the benchmarks compare.
+pub struct Sleepers {
+    pub wakegate: Wakegate,
+    pub haproxy: Haproxy,
+    /// Each service's name and its backend's address (nothing listens there yet).
+    pub services: Vec<(String, SocketAddr)>,
+}
+
+impl Sleepers {
+    /// Starts them on `ports` (three per service and one for the API, all free), `name` naming
+    /// the gateway's files and `haproxy-NAME` haproxy's; returns once every service is asleep.
+    pub async fn start(dir: &Path, name: &str, ports: &[u16]) -> anyhow::Result<Sleepers> {
+        let count = ports.len() / 3;
+        let (backends, rest) = ports.split_at(count);
+        let (listens, rest) = rest.split_at(count);
+        let (frontends, api) = rest.split_at(count);
+        let services: Vec<(String, SocketAddr)> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| (format!("sleeper-{i}"), super::loopback(port)))
+            .collect();
+        let wakegate = Wakegate::start(dir, name, api[0], listens, &services).await?;
+        for (service, _) in &services {
+            wakegate.wait_state(service, "asleep").await?;
+        }
+        let routes: Vec<(u16, SocketAddr)> = frontends
+            .iter()
+            .zip(&services)
+            .map(|(&port, (_, backend))| (port, *backend))
+            .collect();
+        let haproxy = Haproxy::start(dir, &format!("haproxy-{name}"), &routes).await?;
+        Ok(Sleepers {
+            wakegate,
+            haproxy,
+            services,
+        })
+    }
+}

@@ -276,11 +276,25 @@ impl EventStream {
 }
 
 impl Drop for Wakegate {
+    /// A test that ends without stopping its gateway stops it as an operator would, with
+    /// SIGTERM: the gateway stops its backends (their `on_shutdown`), so no server a test
+    /// started outlives it. One still running after [`STOP_ON_DROP`] is killed. A test that
+    /// means a kill -9 says so with [`Wakegate::kill`].
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), Signal::TERM);
+            let give_up = Instant::now() + STOP_ON_DROP;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
+
+/// How long a dropped [`Wakegate`] may take to shut down before it is killed.
+const STOP_ON_DROP: Duration = Duration::from_secs(10);
 
 /// A plain blocking HTTP/1.1 request with a JSON body; returns the status and the body.
 pub fn http(
