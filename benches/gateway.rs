@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use support::peers::{Haproxy, Sleepers, Wakegate, version_of};
-use support::{Proc, TempDir, cpu_ticks, free_ports, loopback, progress};
+use support::{Proc, TempDir, cpu_ticks, free_ports, greet_every_connection, loopback, progress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -320,23 +320,6 @@ async fn readiness_once(
     .await
     .with_context(|| format!("no byte reached the client held by `{service}`"))??;
     Ok(t1 - t0)
-}
-
-/// The backend of the readiness runs: writes one byte to each connection it accepts. The first
-/// is usually wakegate's readiness probe, which closes at once; the held client's follows.
-/// Returns only on an accept error; the connections stay open until it is dropped.
-async fn greet_every_connection(listener: &TcpListener) -> std::io::Error {
-    let mut open = Vec::new();
-    loop {
-        match listener.accept().await {
-            Ok((mut stream, _)) => {
-                // A probe that has already gone makes this fail, which is fine.
-                let _ = stream.write_all(b"!").await;
-                open.push(stream);
-            }
-            Err(e) => return e,
-        }
-    }
 }
 
 /// What an idle process costs: its memory, and how often it ran during [`IDLE_WINDOW`].

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use support::peers::{Haproxy, Keys, Sleepers, Wakegate};
 use support::rows::{self, Better, Row};
-use support::{Proc, TempDir, free_ports, loopback, progress, rss_mib};
+use support::{Proc, TempDir, free_ports, greet_every_connection, loopback, progress, rss_mib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -442,7 +442,7 @@ async fn herd(dir: &Path, n: usize) -> anyhow::Result<Herd> {
     let direct = {
         let t0 = Instant::now();
         let listener = listen_on(backend)?;
-        let greeter = tokio::spawn(greet_every_connection(listener));
+        let greeter = tokio::spawn(async move { greet_every_connection(&listener).await });
         let clients = connect_all(backend, n, false).await?;
         let direct = t0.elapsed();
         // Closed for good before the wake below: a listener still open would make the wake
@@ -488,7 +488,7 @@ async fn herd(dir: &Path, n: usize) -> anyhow::Result<Herd> {
     let t0 = Instant::now();
     let listener = listen_on(backend)?;
     opened_tx.send_replace(Some(t0));
-    let greeter = tokio::spawn(greet_every_connection(listener));
+    let greeter = tokio::spawn(async move { greet_every_connection(&listener).await });
     let mut last = Duration::ZERO;
     let mut streams = Vec::with_capacity(n);
     while let Some(done) = held.join_next().await {
@@ -539,21 +539,6 @@ async fn wait_held(wakegate: &Wakegate, n: usize) -> anyhow::Result<()> {
             );
         }
         tokio::time::sleep(POLL).await;
-    }
-}
-
-/// The backend: writes one byte to each connection it accepts, and keeps it open.
-async fn greet_every_connection(listener: TcpListener) -> std::io::Error {
-    let mut open = Vec::new();
-    loop {
-        match listener.accept().await {
-            Ok((mut stream, _)) => {
-                // A readiness probe that has already gone makes this fail, which is fine.
-                let _ = stream.write_all(b"!").await;
-                open.push(stream);
-            }
-            Err(e) => return e,
-        }
     }
 }
 

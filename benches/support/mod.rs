@@ -258,3 +258,20 @@ pub async fn api_json(
     serde_json::from_str(body)
         .with_context(|| format!("the API answered something else than JSON: {response}"))
 }
+
+/// A backend that writes one byte to each connection it accepts and keeps them all open (a
+/// readiness probe that has already gone makes its write fail, which is fine). Returns only on
+/// an accept error; the connections close when it is dropped.
+pub async fn greet_every_connection(listener: &tokio::net::TcpListener) -> std::io::Error {
+    use tokio::io::AsyncWriteExt;
+    let mut open = Vec::new();
+    loop {
+        match listener.accept().await {
+            Ok((mut stream, _)) => {
+                let _ = stream.write_all(b"!").await;
+                open.push(stream);
+            }
+            Err(e) => return e,
+        }
+    }
+}
