@@ -53,6 +53,7 @@ pub(super) async fn release(cluster: &Cluster, key: &str) {
         since: None,
         address: None,
         last_error: None,
+        pre_stop: None,
     };
     let _ = cluster.release(key, released).await;
 }

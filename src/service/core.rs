@@ -322,15 +322,17 @@ impl Core {
     }
 
     /// Whether other gateways sharing the store have clients of this service now (asked of
-    /// the database, not the count last heard); when that cannot be known, it is taken to be
-    /// in use: never stopped under a client.
+    /// the database under the lock on the service's row, not the count last heard). When not,
+    /// the database already says `stopping`, so no gateway lets a new client through (see
+    /// `follow`); when it cannot be known, it is taken to be in use: never stopped under a
+    /// client.
     pub(super) async fn in_use_elsewhere(&self) -> bool {
         let Some(cluster) = self.store.cluster() else {
             return false;
         };
-        let asked = cluster.others_connections(&self.name);
+        let asked = cluster.stop_if_unused(&self.name);
         match tokio::time::timeout(std::time::Duration::from_secs(2), asked).await {
-            Ok(Ok(n)) => n > 0,
+            Ok(Ok(unused)) => !unused,
             Ok(Err(e)) => {
                 warn!(error = %e, "Cannot read the other gateways' connections; not stopping now.");
                 true

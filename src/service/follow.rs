@@ -1,14 +1,19 @@
 //! A gateway that does not own a shared service still serves its clients: it mirrors the
-//! owner's status (state, since, the backend's address) from the database, read again on each
-//! notification and every third of the lease; while the mirror says awake, its gate is open at
-//! that address and clients take tickets there as from a lone gateway's. A client arriving
-//! while it is not awake is held as usual, and the wake is asked of the owner through the
-//! database; the held clients get their tickets once the mirror says awake, or the owner's
-//! reason if the wake fails after they came. Its open connections are written for the owner's
-//! idle rule at once when the first opens or the last closes, and renewed with the lease.
-//! Meanwhile it tries to take the service every third of the lease, and at once when the
-//! owner releases it.
+//! owner's status (state, since, the backend's address, the leases in force, a pre-stop) from
+//! the database, read again on each notification and every third of the lease. A client
+//! arriving while it is not awake is held as usual, and the wake is asked of the owner through
+//! the database; once the mirror says awake, the first client is counted in the database under
+//! the lock on the service's row before it is let through (`Cluster::admit`), and the gate
+//! opens at the backend's address for the next ones as on a lone gateway's, until the last
+//! connection closes: so an owner deciding an idle stop either sees this gateway's client or
+//! this gateway sees it stopping. The held clients get the owner's reason if the wake fails
+//! after they came. Keep-awake leases taken or ended here are written to the database and
+//! the owner told; the agent's reports and pre-stop results that reach this gateway are passed
+//! on to the owner. Its open connections are written for the owner's idle rule whenever they
+//! change, and renewed with the lease. Meanwhile it tries to take the service every third of
+//! the lease, and at once when the owner releases it.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -17,8 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::actor::Actor;
+use super::agent::ReportAck;
 use super::core::{Core, sleep_until};
 use super::gate::ticket;
+use super::policy::Now;
 use super::{Command, ConnectError, Denied};
 use crate::event::{Cause, State};
 use crate::store::{Cluster, Mirror, Signal};
@@ -33,14 +40,20 @@ pub(super) async fn follow(
     let Actor {
         core, reconciled, ..
     } = actor;
-    let name = core.name.clone();
+    let mut f = Follower {
+        core,
+        cluster,
+        name: String::new(),
+        owner: None,
+        mirror: None,
+        gate: None,
+        published: None,
+    };
+    f.name = f.core.name.clone();
     let tick = cluster.lease() / 3;
     let mut signals = cluster.subscribe();
     let mut next_claim = Instant::now();
-    let mut owner: Option<String> = None;
-    let mut mirror: Option<Mirror> = None;
     let mut refresh = false;
-    let mut published: Option<usize> = None;
     // Since when clients are held (monotonic, and wall time to compare with the mirror's).
     let mut held_since: Option<(Instant, SystemTime)> = None;
     let mut asked_at: Option<Instant> = None;
@@ -48,25 +61,18 @@ pub(super) async fn follow(
     loop {
         if refresh {
             refresh = false;
-            match cluster.mirror(&name).await {
-                Ok(m) => {
-                    apply(core, m.as_ref(), held_since.map(|(_, wall)| wall));
-                    mirror = m;
-                }
-                Err(e) => warn!(error = %e, "Cannot read the owner's status of the service."),
-            }
+            f.refresh(held_since.map(|(_, wall)| wall)).await;
             let _ = reconciled.send(true);
         }
-        let count = core.shared.connections.load(Ordering::Acquire);
-        if published != Some(count) {
-            published = cluster
-                .set_connections(&name, count)
-                .await
-                .ok()
-                .map(|()| count);
+        if !f.core.waiters.is_empty()
+            && f.awake_at().is_some()
+            && let Some(address) = f.admit().await
+        {
+            f.core.answer_all(|shared| Ok(ticket(shared, address)));
         }
-        core.waiters.retain(|w| !w.reply.is_closed());
-        let held_deadline = match core.waiters.first() {
+        f.publish_connections().await;
+        f.core.waiters.retain(|w| !w.reply.is_closed());
+        let held_deadline = match f.core.waiters.first() {
             None => {
                 held_since = None;
                 asked_at = None;
@@ -76,21 +82,23 @@ pub(super) async fn follow(
                 let by = format!("client {}", first.client);
                 let (since, _) = *held_since.get_or_insert((Instant::now(), SystemTime::now()));
                 // As long as a wake may take, and a failover before it.
-                let deadline = since + core.wake_timeout + cluster.lease();
-                let state = mirror.as_ref().and_then(|m| m.state);
+                let patience = f.core.wake_timeout + cluster.lease();
+                let deadline = since + patience;
+                let state = f.mirror.as_ref().and_then(|m| m.state);
                 if Instant::now() >= deadline {
                     let why = format!(
                         "no gateway woke the service within {} (wake_timeout and a lease time)",
-                        humantime::format_duration(core.wake_timeout + cluster.lease())
+                        humantime::format_duration(patience)
                     );
-                    core.answer_all(|_| Err(ConnectError::WakeFailed(why.clone())));
+                    f.core
+                        .answer_all(|_| Err(ConnectError::WakeFailed(why.clone())));
                     held_since = None;
                     None
                 } else {
                     let waking = matches!(state, Some(State::Waking | State::Awake));
                     if !waking && asked_at.is_none_or(|at| at.elapsed() >= tick) {
                         asked_at = Some(Instant::now());
-                        if let Err(e) = cluster.ask_wake(&name, &by, false).await {
+                        if let Err(e) = cluster.ask_wake(&f.name, &by, false).await {
                             warn!(error = %e, "Cannot ask the owner to wake the service.");
                         }
                     }
@@ -104,15 +112,18 @@ pub(super) async fn follow(
             () = sleep_until(Some(next_claim)) => {
                 let sent = Instant::now();
                 next_claim = sent + tick;
-                match cluster.claim(&name).await {
-                    Ok(claim) if claim.mine => return Some(sent),
+                match cluster.claim(&f.name).await {
+                    Ok(claim) if claim.mine => {
+                        f.set_gate(None);
+                        return Some(sent);
+                    }
                     Ok(claim) => {
-                        if owner.as_deref() != Some(claim.owner.as_str()) {
+                        if f.owner.as_deref() != Some(claim.owner.as_str()) {
                             info!(owner = %claim.owner, "Another gateway owns the service; following its status.");
                             let who = Some(claim.owner.clone());
-                            core.status.send_if_modified(|s| std::mem::replace(&mut s.owner, who.clone()) != who);
+                            f.core.status.send_if_modified(|s| std::mem::replace(&mut s.owner, who.clone()) != who);
                         }
-                        owner = Some(claim.owner);
+                        f.owner = Some(claim.owner);
                         failing = false;
                         refresh = true;
                     }
@@ -127,38 +138,240 @@ pub(super) async fn follow(
             }
             signal = signals.recv() => match signal {
                 Err(_) | Ok(Signal::Resync) => refresh = true,
-                Ok(Signal::Status { s }) if s == name => refresh = true,
-                Ok(Signal::Released { s }) if s == name => next_claim = Instant::now(),
+                Ok(Signal::Status { s } | Signal::Leases { s, .. }) if s == f.name => refresh = true,
+                Ok(Signal::Released { s }) if s == f.name => next_claim = Instant::now(),
                 Ok(_) => {}
             },
-            command = core.commands.recv() => match command {
-                Some(command) => handle(core, cluster, owner.as_deref(), command).await,
+            command = f.core.commands.recv() => match command {
+                Some(command) => refresh |= f.handle(command).await,
                 None => return None,
             },
-            () = core.shared.opened.notified() => {}
-            () = core.shared.closed.notified() => {}
+            () = f.core.shared.opened.notified() => {}
+            () = f.core.shared.closed.notified() => {}
             () = sleep_until(held_deadline) => {}
         }
     }
 }
 
-/// Makes the status, and the gate, what the owner published; answers the held clients once
-/// it is awake, or once a wake that ended after they came has failed.
+/// What the following actor keeps between turns.
+struct Follower<'a> {
+    core: &'a mut Core,
+    cluster: &'a Cluster,
+    name: String,
+    /// The gateway that owns the service, as the last claim said.
+    owner: Option<String>,
+    /// The owner's status, as last read.
+    mirror: Option<Mirror>,
+    /// Where the gate is open: only while this gateway's clients are counted in the database
+    /// (see [`Follower::admit`]).
+    gate: Option<SocketAddr>,
+    /// The count of open connections last written to the database.
+    published: Option<usize>,
+}
+
+impl Follower<'_> {
+    /// The backend's address while the owner has it awake.
+    fn awake_at(&self) -> Option<SocketAddr> {
+        let mirror = self.mirror.as_ref()?;
+        (mirror.state == Some(State::Awake))
+            .then_some(mirror.address)
+            .flatten()
+    }
+
+    fn set_gate(&mut self, address: Option<SocketAddr>) {
+        self.gate = address;
+        self.core.shared.set_gate(address);
+    }
+
+    /// Reads the owner's status and the leases in force again, and makes them this gateway's.
+    async fn refresh(&mut self, held_since: Option<SystemTime>) {
+        match self.cluster.mirror(&self.name).await {
+            Ok(m) => {
+                apply(self.core, m.as_ref(), held_since);
+                self.mirror = m;
+            }
+            Err(e) => warn!(error = %e, "Cannot read the owner's status of the service."),
+        }
+        if self.awake_at().is_none() {
+            self.set_gate(None);
+        }
+        match self.cluster.active_leases(&self.name).await {
+            Ok(leases) => {
+                self.core.status.send_if_modified(|s| {
+                    std::mem::replace(&mut s.leases, leases.clone()) != leases
+                });
+            }
+            Err(e) => warn!(error = %e, "Cannot read the service's leases."),
+        }
+    }
+
+    /// Counts a first client in the database, under the lock the owner's idle stop takes, and
+    /// opens the gate; `None` (the clients wait) when the owner no longer has it awake.
+    async fn admit(&mut self) -> Option<SocketAddr> {
+        if let Some(address) = self.gate {
+            return Some(address);
+        }
+        match self.cluster.admit(&self.name).await {
+            Ok(Some(address)) => {
+                self.set_gate(Some(address));
+                // Written as 1; the real count follows.
+                self.published = None;
+                Some(address)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(error = %e, "Cannot count a client with the other gateways; it waits.");
+                None
+            }
+        }
+    }
+
+    /// Writes this gateway's open connections whenever they change. When the last one has
+    /// closed, the gate shuts before 0 is written, so a client that takes a ticket meanwhile
+    /// is still counted; the next first client is admitted again.
+    async fn publish_connections(&mut self) {
+        let shared = self.core.shared.clone();
+        let mut count = shared.connections.load(Ordering::SeqCst);
+        if count == 0
+            && let Some(address) = self.gate
+        {
+            self.set_gate(None);
+            count = shared.connections.load(Ordering::SeqCst);
+            if count > 0 {
+                self.set_gate(Some(address));
+            }
+        }
+        if self.published != Some(count) {
+            self.published = self
+                .cluster
+                .set_connections(&self.name, count)
+                .await
+                .ok()
+                .map(|()| count);
+        }
+    }
+
+    /// A request to a service this gateway follows: tickets at the mirrored address, wakes,
+    /// sleeps, leases and the agent's word passed on to the owner; the backend itself is left
+    /// alone. True when the mirror should be read again.
+    async fn handle(&mut self, command: Command) -> bool {
+        let (core, cluster, name) = (&mut *self.core, self.cluster, self.name.clone());
+        let state = core.state();
+        match command {
+            Command::Connect {
+                client,
+                player,
+                reply,
+            } => {
+                if self.awake_at().is_some()
+                    && let Some(address) = self.admit().await
+                {
+                    let _ = reply.send(Ok(ticket(&self.core.shared, address)));
+                    return false;
+                }
+                self.core.hold(client, player, state, reply);
+                return true;
+            }
+            Command::Wake { by, cause, reply } => {
+                if let Err(e) = cluster.ask_wake(&name, &by, cause == Cause::Api).await {
+                    warn!(error = %e, "Cannot ask the owner to wake the service.");
+                }
+                let _ = reply.send(Ok(state));
+            }
+            Command::Sleep { by, reply } => {
+                if let Err(e) = cluster.ask_sleep(&name, &by).await {
+                    warn!(error = %e, "Cannot ask the owner to put the service to sleep.");
+                }
+                let _ = reply.send(Ok(state));
+            }
+            Command::AddLease {
+                duration,
+                reason,
+                by,
+                reply,
+            } => {
+                if let Some(why) = core.policy.asleep_by_schedule(Now::read()) {
+                    let _ = reply.send(Err(Denied::Schedule(why)));
+                    return false;
+                }
+                // In the database first, where the owner (this one or the next) reads it.
+                let lease = match core.store.add_lease(&name, &reason, &by, duration).await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        let _ = reply.send(Err(Denied::Store(e.to_string())));
+                        return false;
+                    }
+                };
+                if let Err(e) = cluster.leases_changed(&name, &by).await {
+                    warn!(error = %e, "Cannot tell the owner of the new lease; it reads the leases again within a third of the lease time.");
+                }
+                let _ = reply.send(Ok(lease));
+                return true;
+            }
+            Command::EndLease { id, by, reply } => {
+                let ended = match cluster.end_lease(&name, id, &by).await {
+                    Ok(ended) => ended,
+                    Err(e) => {
+                        warn!(error = %e, "Cannot end the lease in the database.");
+                        false
+                    }
+                };
+                let _ = reply.send(ended);
+                return ended;
+            }
+            Command::AgentReport {
+                report,
+                valid_for,
+                reply,
+            } => {
+                let valid_for = valid_for.min(core.agent.rules.max_valid_for);
+                if let Err(e) = cluster.forward_report(&name, report, valid_for).await {
+                    warn!(error = %e, "Cannot pass the agent's report on to the owner.");
+                }
+                let _ = reply.send(ReportAck {
+                    valid_until: SystemTime::now() + valid_for,
+                    pre_stop: core.status.borrow().pre_stop.clone(),
+                });
+            }
+            Command::PreStopDone { id, result, reply } => {
+                let waited = core
+                    .status
+                    .borrow()
+                    .pre_stop
+                    .as_ref()
+                    .is_some_and(|p| p.id == id);
+                if waited && let Err(e) = cluster.forward_pre_stop(&name, id, result).await {
+                    warn!(error = %e, "Cannot pass the pre-stop's result on to the owner.");
+                }
+                let _ = reply.send(waited);
+            }
+            Command::LeaseAdded { lease, reply, .. } => drop(reply.send(Ok(lease))),
+            // The owner polls the players and runs the health checks that count.
+            Command::Players(_) | Command::Unhealthy { .. } => {}
+            // The new rules are kept for when this gateway takes the service.
+            command @ (Command::Configure { .. } | Command::Note { .. }) => core.handle(command),
+        }
+        false
+    }
+}
+
+/// Makes the status what the owner published; answers the held clients with the owner's
+/// reason once a wake that ended after they came has failed.
 fn apply(core: &mut Core, mirror: Option<&Mirror>, held_since: Option<SystemTime>) {
     let Some(mirror) = mirror else {
         return;
     };
     let state = mirror.state.unwrap_or_else(|| core.state());
-    let gate = (state == State::Awake).then_some(mirror.address).flatten();
-    core.shared.set_gate(gate);
+    let address = (state == State::Awake).then_some(mirror.address).flatten();
     core.status.send_if_modified(|s| {
         let before = s.clone();
         s.state = state;
         if let Some(since) = mirror.since {
             s.since = since;
         }
-        s.address = gate;
+        s.address = address;
         s.last_error = mirror.last_error.clone();
+        s.pre_stop = mirror.pre_stop.clone();
         if state != State::Awake {
             s.idle_since = None;
             s.idle_deadline = None;
@@ -166,9 +379,7 @@ fn apply(core: &mut Core, mirror: Option<&Mirror>, held_since: Option<SystemTime
         }
         *s != before
     });
-    if let Some(address) = gate {
-        core.answer_all(|shared| Ok(ticket(shared, address)));
-    } else if state == State::Failed
+    if state == State::Failed
         && let (Some(held), Some(since)) = (held_since, mirror.since)
         && since >= held
     {
@@ -177,51 +388,5 @@ fn apply(core: &mut Core, mirror: Option<&Mirror>, held_since: Option<SystemTime
             .clone()
             .unwrap_or_else(|| format!("gateway {} could not wake it", mirror.owner));
         core.answer_all(|_| Err(ConnectError::WakeFailed(why.clone())));
-    }
-}
-
-/// A request to a service this gateway follows: tickets at the mirrored address, wakes and
-/// sleeps passed on to the owner; the backend itself is left alone.
-async fn handle(core: &mut Core, cluster: &Cluster, owner: Option<&str>, command: Command) {
-    let state = core.state();
-    let name = core.name.clone();
-    match command {
-        Command::Connect {
-            client,
-            player,
-            reply,
-        } => match (state, core.address()) {
-            (State::Awake, Some(address)) => {
-                let _ = reply.send(Ok(ticket(&core.shared, address)));
-            }
-            _ => core.hold(client, player, state, reply),
-        },
-        Command::Wake { by, cause, reply } => {
-            if let Err(e) = cluster.ask_wake(&name, &by, cause == Cause::Api).await {
-                warn!(error = %e, "Cannot ask the owner to wake the service.");
-            }
-            let _ = reply.send(Ok(state));
-        }
-        Command::Sleep { by, reply } => {
-            if let Err(e) = cluster.ask_sleep(&name, &by).await {
-                warn!(error = %e, "Cannot ask the owner to put the service to sleep.");
-            }
-            let _ = reply.send(Ok(state));
-        }
-        Command::AddLease { reply, .. } => {
-            let owner = owner.unwrap_or("another gateway");
-            let _ = reply.send(Err(Denied::Rule(format!(
-                "gateway {owner} drives this service: take the lease through its API"
-            ))));
-        }
-        Command::LeaseAdded { lease, reply, .. } => drop(reply.send(Ok(lease))),
-        Command::EndLease { reply, .. } => drop(reply.send(false)),
-        // The owner polls the players and runs the health checks that count.
-        Command::Players(_) | Command::Unhealthy { .. } => {}
-        // The new rules are kept for when this gateway takes the service.
-        command @ (Command::AgentReport { .. }
-        | Command::PreStopDone { .. }
-        | Command::Configure { .. }
-        | Command::Note { .. }) => core.handle(command),
     }
 }

@@ -7,8 +7,9 @@
 //! database's expiry: the expiry is counted from before the renewal was sent), the actor stops
 //! driving at once, touching nothing more, and goes back to following.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -40,11 +41,16 @@ impl Actor {
             // Reconcile goes by what the last owner recorded, not by the mirror.
             let name = self.core.name.clone();
             let recorded = self.core.store.read(move |s| s.service(&name)).await;
+            // So do the leases: some may have been taken through another gateway.
+            let leases = cluster.active_leases(&self.core.name).await;
             self.core.status.send_modify(|s| {
                 s.owner = Some(cluster.id().to_string());
                 if let Ok(Some(record)) = recorded {
                     s.state = record.state;
                     s.since = record.since;
+                }
+                if let Ok(leases) = leases {
+                    s.leases = leases;
                 }
             });
             let term = root.child_token();
@@ -98,6 +104,7 @@ pub(super) fn mirror_of(status: &Status, owner: &str) -> Mirror {
             .then_some(status.address)
             .flatten(),
         last_error: status.last_error.clone(),
+        pre_stop: status.pre_stop.clone(),
     }
 }
 
@@ -119,8 +126,10 @@ async fn keep(
     let mut signals = cluster.subscribe();
     let mut publish = true;
     let mut published: Option<Mirror> = None;
+    let mut leases = Leases::default();
     loop {
         if publish {
+            leases.seen(&status.borrow());
             let now = mirror_of(&status.borrow_and_update(), cluster.id());
             if published.as_ref() != Some(&now) {
                 match tokio::time::timeout_at(valid_until, cluster.publish(&name, now.clone()))
@@ -152,6 +161,10 @@ async fn keep(
                         valid_until = sent + lease;
                         renew_at = sent + lease / 3;
                         count_others(&cluster, &name, &remote).await;
+                        leases.sync(&cluster, &name, &status, &actor, "another gateway", "an API client").await;
+                        // Written again even if unchanged: an idle stop's check may have
+                        // left `stopping` there and then not stopped (see `in_use_elsewhere`).
+                        published = None;
                         publish = true;
                     }
                     Ok(Ok(claim)) => {
@@ -176,8 +189,13 @@ async fn keep(
                 // Missed some: read the counts again and publish the status anew.
                 Err(_) | Ok(Signal::Resync) => {
                     count_others(&cluster, &name, &remote).await;
+                    leases.sync(&cluster, &name, &status, &actor, "another gateway", "an API client").await;
                     published = None;
                     publish = true;
+                }
+                Ok(Signal::Leases { s, g, by }) if s == name && g != cluster.id() => {
+                    let via = format!("gateway {g}");
+                    leases.sync(&cluster, &name, &status, &actor, &via, &by).await;
                 }
                 Ok(signal) if signal.service() == Some(name.as_str()) => {
                     ask(&actor, &cluster, &name, &remote, signal).await;
@@ -210,6 +228,21 @@ async fn ask(
             count_others(cluster, name, remote).await;
             return;
         }
+        Signal::Report {
+            g,
+            report,
+            valid_for_ms,
+            ..
+        } if g != cluster.id() => Command::AgentReport {
+            report,
+            valid_for: Duration::from_millis(valid_for_ms),
+            reply: oneshot::channel().0,
+        },
+        Signal::PreStopDone { g, id, result, .. } if g != cluster.id() => Command::PreStopDone {
+            id,
+            result,
+            reply: oneshot::channel().0,
+        },
         _ => return,
     };
     if let Some(actor) = actor.upgrade() {
@@ -223,5 +256,75 @@ async fn count_others(cluster: &Cluster, name: &str, remote: &watch::Sender<u64>
     let read = cluster.others_connections(name);
     if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), read).await {
         remote.send_if_modified(|r| std::mem::replace(r, n) != n);
+    }
+}
+
+/// The keep-awake leases the owner knows of, to take in those another gateway wrote to the
+/// database and drop those it ended there (the notification is a hint: they are compared on
+/// every renewal too).
+#[derive(Default)]
+struct Leases {
+    /// Every lease this owner's status has held: one that left it (ended or expired here) is
+    /// never taken in again, even if the database has not yet recorded its end.
+    known: HashSet<i64>,
+}
+
+impl Leases {
+    fn seen(&mut self, status: &Status) {
+        self.known.extend(status.leases.iter().map(|l| l.id));
+    }
+
+    /// Compares the leases in force in the database with the status's, and tells the actor
+    /// of each difference: taken by their holder through `via`, ended by `ended_by` through
+    /// `via`, as far as this gateway knows.
+    async fn sync(
+        &mut self,
+        cluster: &Cluster,
+        name: &str,
+        status: &watch::Receiver<Status>,
+        actor: &mpsc::WeakSender<Command>,
+        via: &str,
+        ended_by: &str,
+    ) {
+        let Ok(stored) = cluster.active_leases(name).await else {
+            return;
+        };
+        let mut commands = Vec::new();
+        {
+            let status = status.borrow();
+            self.seen(&status);
+            let now = SystemTime::now();
+            for lease in stored.iter().filter(|l| !self.known.contains(&l.id)) {
+                commands.push(Command::LeaseAdded {
+                    lease: lease.clone(),
+                    duration: lease
+                        .expires
+                        .duration_since(lease.created)
+                        .unwrap_or_default(),
+                    by: format!("{} through {via}", lease.by),
+                    reply: oneshot::channel().0,
+                });
+            }
+            // Ended elsewhere (one that merely expired ends here, with its own event).
+            for lease in &status.leases {
+                if lease.expires > now + Duration::from_secs(1)
+                    && !stored.iter().any(|l| l.id == lease.id)
+                {
+                    commands.push(Command::EndLease {
+                        id: lease.id,
+                        by: format!("{ended_by} through {via}"),
+                        reply: oneshot::channel().0,
+                    });
+                }
+            }
+        }
+        for command in commands {
+            if let Command::LeaseAdded { lease, .. } = &command {
+                self.known.insert(lease.id);
+            }
+            if let Some(actor) = actor.upgrade() {
+                let _ = actor.send(command).await;
+            }
+        }
     }
 }

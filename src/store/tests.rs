@@ -637,6 +637,7 @@ async fn gateways_sharing_a_postgres_database_own_each_service_one_at_a_time() {
         since: Some(now()),
         address: Some("127.0.0.1:9".parse().unwrap()),
         last_error: None,
+        pre_stop: None,
     };
     // The listener may not be listening yet: publish until B hears it.
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -692,3 +693,6 @@ async fn gateways_sharing_a_postgres_database_own_each_service_one_at_a_time() {
         .collect();
     assert_eq!(members, ["gw-a", "gw-b"]);
 }
+
+#[path = "relay_tests.rs"]
+mod relay;

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+mod relay;
+
 /// Short, so a failover is quick; renewed every third of it.
 const LEASE: Duration = Duration::from_secs(2);
 

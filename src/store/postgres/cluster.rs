@@ -19,6 +19,7 @@ use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Error, Row};
 use tokio::sync::broadcast;
 
+use crate::agent::wire::{PreStopRequest, PreStopResult, Report};
 use crate::event::{State, from_millis, to_millis};
 
 /// The one channel every gateway listens on.
@@ -44,6 +45,23 @@ pub enum Signal {
     Counts { s: String, g: String },
     /// The owner of `s` let go of it (a clean shutdown): another may take it at once.
     Released { s: String },
+    /// Gateway `g` took or ended a keep-awake lease on `s` for `by`: the owner reads the
+    /// leases in force again.
+    Leases { s: String, g: String, by: String },
+    /// A report of the agent of `s` that reached gateway `g`, for the owner to count.
+    Report {
+        s: String,
+        g: String,
+        report: Report,
+        valid_for_ms: u64,
+    },
+    /// How the pre-stop `id` of `s` ended, as the agent told gateway `g`.
+    PreStopDone {
+        s: String,
+        g: String,
+        id: u64,
+        result: PreStopResult,
+    },
     /// A gateway committed events (sent by the writing transaction, so heard after its commit).
     Events,
     /// Not a notification: the listening connection was lost (and is being opened again), so
@@ -60,7 +78,10 @@ impl Signal {
             | Signal::Wake { s, .. }
             | Signal::Sleep { s, .. }
             | Signal::Counts { s, .. }
-            | Signal::Released { s } => Some(s),
+            | Signal::Released { s }
+            | Signal::Leases { s, .. }
+            | Signal::Report { s, .. }
+            | Signal::PreStopDone { s, .. } => Some(s),
             Signal::Events | Signal::Resync => None,
         }
     }
@@ -82,6 +103,8 @@ pub struct Mirror {
     pub since: Option<SystemTime>,
     pub address: Option<SocketAddr>,
     pub last_error: Option<String>,
+    /// A pre-stop the owner waits for the agent to run.
+    pub pre_stop: Option<PreStopRequest>,
 }
 
 /// A service's owner, for `status`.
@@ -105,9 +128,9 @@ pub struct Member {
 
 /// This gateway's part in a database it shares with others.
 pub struct Cluster {
-    id: String,
+    pub(super) id: String,
     lease: Duration,
-    pool: PgPool,
+    pub(super) pool: PgPool,
     runtime: tokio::runtime::Handle,
     signals: broadcast::Sender<Signal>,
 }
@@ -161,7 +184,7 @@ impl Cluster {
         self.signals.subscribe()
     }
 
-    async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         query: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> anyhow::Result<T> {
@@ -229,11 +252,16 @@ impl Cluster {
             false => Signal::Status { s: service.clone() },
         };
         let payload = serde_json::to_string(&signal)?;
+        let pre_stop = status
+            .pre_stop
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
         self.run(async move {
             let mut tx = pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE service_owners SET state = $3, since_ms = $4, address = $5,
-                     last_error = $6,
+                     last_error = $6, pre_stop = $8,
                      expires = CASE WHEN $7 THEN clock_timestamp() - interval '1 millisecond'
                                     ELSE expires END
                  WHERE service = $1 AND owner = $2",
@@ -245,6 +273,7 @@ impl Cluster {
             .bind(status.address.map(|a| a.to_string()))
             .bind(status.last_error)
             .bind(release)
+            .bind(pre_stop)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -263,7 +292,7 @@ impl Cluster {
         let (pool, service) = (self.pool.clone(), service.to_string());
         self.run(async move {
             let row = sqlx::query(
-                "SELECT owner, state, since_ms, address, last_error FROM service_owners
+                "SELECT owner, state, since_ms, address, last_error, pre_stop FROM service_owners
                  WHERE service = $1",
             )
             .bind(&service)
@@ -277,6 +306,9 @@ impl Cluster {
                 since: row.get::<Option<i64>, _>(2).map(from_millis),
                 address: row.get::<Option<String>, _>(3).and_then(|a| a.parse().ok()),
                 last_error: row.get(4),
+                pre_stop: row
+                    .get::<Option<String>, _>(5)
+                    .and_then(|p| serde_json::from_str(&p).ok()),
             }))
         })
         .await
@@ -303,7 +335,7 @@ impl Cluster {
         .await
     }
 
-    async fn tell(&self, signal: Signal) -> anyhow::Result<()> {
+    pub(super) async fn tell(&self, signal: Signal) -> anyhow::Result<()> {
         let (pool, payload) = (self.pool.clone(), serde_json::to_string(&signal)?);
         self.run(async move { notify(&pool, &payload).await }).await
     }
@@ -398,11 +430,14 @@ impl Cluster {
     }
 }
 
-fn millis(d: Duration) -> i64 {
+pub(super) fn millis(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
 }
 
-async fn notify<'c>(executor: impl sqlx::PgExecutor<'c>, payload: &str) -> Result<(), sqlx::Error> {
+pub(super) async fn notify<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(payload)

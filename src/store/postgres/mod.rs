@@ -11,6 +11,7 @@
 
 pub(super) mod cluster;
 mod queries;
+mod relay;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -42,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "several gateways: service owners, their status, connection counts",
         include_str!("migrations/0002_gateways.sql"),
+    ),
+    (
+        3,
+        "several gateways: the owner's pre-stop request, mirrored",
+        include_str!("migrations/0003_relay.sql"),
     ),
 ];
 
