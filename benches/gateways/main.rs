@@ -125,13 +125,21 @@ fn postgres_installed() -> anyhow::Result<String> {
         .filter(|d| d.path().join("bin/initdb").exists())
         .filter_map(|d| d.file_name().to_str()?.parse::<u32>().ok())
         .max();
-    let on_path = || {
+    // Elsewhere, where `pg_config` says (libpq's development package has it without a server).
+    let pg_config = |flag: &str| {
         Command::new("pg_config")
-            .arg("--version")
+            .arg(flag)
             .output()
             .ok()
             .filter(|out| out.status.success())
             .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let on_path = || {
+        let bin = pg_config("--bindir")?;
+        Path::new(&bin)
+            .join("initdb")
+            .exists()
+            .then(|| pg_config("--version"))?
     };
     match newest {
         Some(version) => Ok(format!("PostgreSQL {version}")),
