@@ -54,6 +54,15 @@ impl Proc {
         self.child.id()
     }
 
+    /// Kills it with SIGKILL (a crash: nothing of its own runs after) and reaps it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .with_context(|| format!("cannot kill {}", self.name))?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Fails, with the end of the process's log, if it has exited.
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {

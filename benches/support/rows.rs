@@ -18,7 +18,8 @@ pub enum Better {
 pub struct Row {
     /// Orders the summary (see `bench/summary`): `stream`, `tcp-keepalive`, `tcp-newconn`,
     /// `http-keepalive`, `http-newconn`, `events`, `scale-memory`, `scale-asleep-rss`,
-    /// `scale-asleep-wakeups`, `scale-herd`.
+    /// `scale-asleep-wakeups`, `scale-herd`, `gateways-handoff`, `gateways-failover-5s`,
+    /// `gateways-failover-15s`.
     pub key: &'static str,
     /// What is measured, as the summary names it (unit included).
     pub what: String,

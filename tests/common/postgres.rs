@@ -5,8 +5,9 @@
 //! server under the gateway starts one of its own ([`Server::start`]).
 //!
 //! A server outlives nothing: a small watchdog shell stops it (and removes its directory) once
-//! the test process is gone, however it ended. The store's unit tests use this file too
-//! (`#[path]` from src/store/tests.rs), so it needs nothing from the rest of tests/common.
+//! the test process is gone, however it ended. The store's unit tests and the several-gateways
+//! benchmark use this file too (`#[path]` from src/store/tests.rs and
+//! benches/gateways/main.rs), so it needs nothing from the rest of tests/common.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
