@@ -166,13 +166,17 @@ pub async fn accept<F, S>(
 pub const BACKLOG: u32 = 4096;
 
 /// Binds a listener socket at `at` with [`BACKLOG`], as `TcpListener::bind` would otherwise
-/// (address reuse on, so a restart is not refused while old connections linger).
+/// (address reuse on, so a restart is not refused while old connections linger), and with
+/// `TCP_NODELAY`, which every connection it accepts inherits (Linux copies the listener's
+/// options to each accepted socket): small writes go out at once, a system call fewer per
+/// connection than setting it on each.
 pub fn bind(at: SocketAddr) -> io::Result<TcpListener> {
     let socket = match at {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(at)?;
     socket.listen(BACKLOG)
 }
@@ -183,4 +187,20 @@ pub(crate) fn out_of_resources(e: &io::Error) -> bool {
     use rustix::io::Errno;
     Errno::from_io_error(e)
         .is_some_and(|e| [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients are proxied with Nagle's algorithm off: the accepted socket has it from the
+    /// listener (nothing sets it per connection).
+    #[tokio::test]
+    async fn accepted_connections_have_tcp_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -188,7 +188,6 @@ pub async fn run(
 }
 
 async fn accept(client: Client, server: Arc<Server>, tls: Option<TlsAcceptor>) {
-    let _ = client.stream.set_nodelay(true);
     // One deadline from the opening: the TLS handshake and the first request's head.
     let (peer, opened) = (client.addr, client.opened);
     let client = client.into_io();

@@ -155,7 +155,6 @@ impl From<std::io::Error> for End {
 }
 
 async fn serve(client: Client, socket: Arc<Socket>, connections: Connections) {
-    let _ = client.stream.set_nodelay(true);
     let peer = client.addr;
     let mut reader = FrameReader::with_buffered(client.stream, client.early);
     let ended = tokio::select! {

@@ -86,7 +86,6 @@ async fn serve(mut client: Client, socket: Arc<Socket>) {
             return;
         }
     };
-    let _ = client.stream.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     // A token of the connection's own: the select below polls it on every wake-up of the
     // connection, and polling the shared one would take its lock, shared by all connections.
