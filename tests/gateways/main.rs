@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+mod dashboard;
 mod relay;
 
 /// Short, so a failover is quick; renewed every third of it.

@@ -23,7 +23,7 @@ use crate::agent::wire::{PreStopRequest, PreStopResult, Report};
 use crate::event::{State, from_millis, to_millis};
 
 /// The one channel every gateway listens on.
-const CHANNEL: &str = "wakegate";
+pub(super) const CHANNEL: &str = "wakegate";
 
 /// What a notification on [`CHANNEL`] tells the gateways (its JSON payload).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,9 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use sqlx::Row;
-
-use super::cluster::{Cluster, Signal, millis, notify};
+use super::cluster::{CHANNEL, Cluster, Signal, millis, notify};
 use crate::agent::wire::{PreStopResult, Report};
 use crate::event::{State, to_millis};
 use crate::store::Lease;
@@ -173,36 +171,34 @@ impl Cluster {
             s: service.clone(),
             g: me.clone(),
         })?;
+        // One statement, so one round trip: the row lock, the count and the notification
+        // (sent at its commit) in its one transaction. A data-modifying `WITH` runs whether
+        // or not the outer query reads it; it counts only when the row is there, awake.
         self.run(async move {
-            let mut tx = pool.begin().await?;
-            let row = sqlx::query(
-                "SELECT state, address FROM service_owners WHERE service = $1 FOR SHARE",
-            )
-            .bind(&service)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let address = row
-                .filter(|r| r.get::<Option<String>, _>(0).as_deref() == Some(State::Awake.as_str()))
-                .and_then(|r| r.get::<Option<String>, _>(1))
-                .and_then(|a| a.parse::<SocketAddr>().ok());
-            if address.is_none() {
-                return Ok(None);
-            }
-            sqlx::query(
-                "INSERT INTO service_counts (service, gateway, connections, expires)
-                 VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond')
-                 ON CONFLICT (service, gateway) DO UPDATE SET
-                     connections = GREATEST(service_counts.connections, 1),
-                     expires = EXCLUDED.expires",
+            let address: Option<Option<String>> = sqlx::query_scalar(
+                "WITH owner AS (
+                     SELECT address FROM service_owners
+                     WHERE service = $1 AND state = $4 FOR SHARE
+                 ), counted AS (
+                     INSERT INTO service_counts (service, gateway, connections, expires)
+                     SELECT $1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond'
+                     FROM owner
+                     ON CONFLICT (service, gateway) DO UPDATE SET
+                         connections = GREATEST(service_counts.connections, 1),
+                         expires = EXCLUDED.expires
+                     RETURNING pg_notify($5, $6)
+                 )
+                 SELECT address FROM owner",
             )
             .bind(&service)
             .bind(&me)
             .bind(lease)
-            .execute(&mut *tx)
+            .bind(State::Awake.as_str())
+            .bind(CHANNEL)
+            .bind(&payload)
+            .fetch_optional(&pool)
             .await?;
-            notify(&mut *tx, &payload).await?;
-            tx.commit().await?;
-            Ok(address)
+            Ok(address.flatten().and_then(|a| a.parse::<SocketAddr>().ok()))
         })
         .await
     }
