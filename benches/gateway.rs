@@ -325,6 +325,8 @@ async fn readiness_once(
 /// What an idle process costs: its memory, and how often it ran during [`IDLE_WINDOW`].
 struct Footprint {
     rss_mib: f64,
+    /// The part of it that is the process's own memory (heap, stacks), not mapped files.
+    anon_mib: f64,
     /// Context switches, voluntary and not, summed over all threads: each time a thread ran.
     wakeups: u64,
     cpu_ms: f64,
@@ -338,6 +340,9 @@ async fn footprint(pid: u32, ticks_per_second: f64) -> anyhow::Result<Footprint>
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib: f64 = proc_field(&status, "VmRSS:")
         .context("no VmRSS in /proc/PID/status")?
+        .parse()?;
+    let anon_kib: f64 = proc_field(&status, "RssAnon:")
+        .context("no RssAnon in /proc/PID/status")?
         .parse()?;
     let (switches_before, cpu_before) = (context_switches(pid)?, cpu_ticks(pid)?);
     tokio::time::sleep(IDLE_WINDOW).await;
@@ -356,6 +361,7 @@ async fn footprint(pid: u32, ticks_per_second: f64) -> anyhow::Result<Footprint>
         .sum();
     Ok(Footprint {
         rss_mib: rss_kib / 1024.0,
+        anon_mib: anon_kib / 1024.0,
         wakeups,
         cpu_ms: cpu_after.saturating_sub(cpu_before) as f64 * 1e3 / ticks_per_second,
         threads: switches_after.len(),
@@ -538,6 +544,12 @@ impl Figures {
                     "  OVER TARGET"
                 }
             ),
+        );
+        out += &idle(
+            "  of it anonymous (MiB)",
+            format!("{:.1}", h.anon_mib),
+            format!("{:.1}", w.anon_mib),
+            "(the rest: the program's code, mapped from the page cache)".into(),
         );
         out += &idle(
             &format!("idle wake-ups in {} s", IDLE_WINDOW.as_secs()),

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use common::*;
 use rustix::process::Signal;
@@ -127,6 +128,16 @@ fn adopted_after_sigkill(wrapper: Wrapper, lose_pid_file: bool) {
     assert_eq!(echo_back(&mut client, b"before"), b"before");
     let server = servers(backend);
     assert_eq!(server.len(), 1, "{wrapper:?}: one server runs");
+    // The store commits in the background: killed before the wake was written, the next
+    // wakegate would find `waking` recorded (and adopt it as such). Killed once it is.
+    let written = Instant::now();
+    while transitions(&first).last().map(String::as_str) != Some("awake") {
+        assert!(
+            written.elapsed() < DEADLINE,
+            "{wrapper:?}: the wake was never written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     first.kill();
     drop(client);
     assert!(
