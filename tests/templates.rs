@@ -389,6 +389,19 @@ strategy = "block"
     let mut gate = Wakegate::start(&path);
     let api = gate.api();
     assert_eq!(get_host(shared, "one.test"), 404);
+    // The socket was bound before any service joined it: it still gives a client that takes
+    // its time the default head_timeout (it once had none, and closed such a client at once).
+    {
+        use std::io::{Read, Write};
+        let mut slow = TcpStream::connect(shared).unwrap();
+        slow.set_read_timeout(Some(DEADLINE)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: one.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        slow.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    }
     for name in ["one", "two"] {
         let (status, text) = http(
             api,

@@ -281,6 +281,15 @@ impl Drop for Wakegate {
     /// started outlives it. One still running after [`STOP_ON_DROP`] is killed. A test that
     /// means a kill -9 says so with [`Wakegate::kill`].
     fn drop(&mut self) {
+        // A failing test shows what its gateway said: the last lines of its output.
+        if std::thread::panicking() {
+            self.seen.extend(self.lines.try_iter());
+            let from = self.seen.len().saturating_sub(60);
+            eprintln!("--- the gateway's last output lines ---");
+            for line in &self.seen[from..] {
+                eprintln!("{line}");
+            }
+        }
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = kill_process(Pid::from_raw(self.child.id() as i32).unwrap(), Signal::TERM);
             let give_up = Instant::now() + STOP_ON_DROP;

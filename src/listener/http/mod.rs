@@ -147,18 +147,26 @@ pub async fn run(
     let bind = listener
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-    // From the entries at start; those that join later share these.
+    // From the entries at start; those that join later share these. A socket bound before any
+    // entry (a template's, for the services it will create) takes the defaults: a zero
+    // `head_timeout` would close every client before its request could be read.
     let first = routes.load();
     let entries = || first.iter().map(|r| &r.config);
-    let cap = super::admission::shared_cap(entries().map(|c| c.max_connections_per_address));
-    let head_timeout = entries().map(|c| c.head_timeout).max().unwrap_or_default();
+    let cap = match first.iter().next() {
+        Some(_) => super::admission::shared_cap(entries().map(|c| c.max_connections_per_address)),
+        None => super::admission::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    };
+    let head_timeout = entries()
+        .map(|c| c.head_timeout)
+        .max()
+        .unwrap_or(config::DEFAULT_HEAD_TIMEOUT);
     let trusted = entries().map(|c| c.trusted_proxies.as_slice());
     let front = Front::joined(trusted, head_timeout, true);
     let listening = Listening::new("http", bind, cap, front, &connections.metrics);
     let keepalive_timeout = entries()
         .map(|c| c.keepalive_timeout)
         .max()
-        .unwrap_or_default();
+        .unwrap_or(config::DEFAULT_KEEPALIVE_TIMEOUT);
     let server = Arc::new(Server {
         routes,
         proxy: Proxy::new(ProxyTimeouts::default()),
