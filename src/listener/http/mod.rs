@@ -39,6 +39,7 @@ use tracing::{Instrument, debug, field, info_span, warn};
 use self::config::{Http, Strategy};
 use self::deadline::{Expired, InFlight, Tracked};
 use self::proxy::{Proxy, ProxyError, ProxyTimeouts};
+pub use self::tls::tls_acceptor;
 use super::access::{AddressCheck, OverRate};
 use super::client::Front;
 use super::route::{self, Named};
@@ -98,28 +99,6 @@ pub fn routes(routes: Vec<Route>) -> Arc<Table> {
     Arc::new(route::Table::new(route::Routes::new(routes, false)))
 }
 
-/// Builds the TLS acceptor of a socket whose entries have certificates: each entry's own for
-/// its hostnames, the default entry's (or the first) for other names and clients without SNI.
-pub fn tls_acceptor<'a>(
-    entries: impl IntoIterator<Item = &'a Http>,
-) -> Result<Option<TlsAcceptor>, tls::TlsError> {
-    let mut certs = Vec::new();
-    let mut default = None;
-    for entry in entries {
-        let Some(files) = &entry.tls else { continue };
-        let cert = tls::load(files)?;
-        if default.is_none() && (entry.default || entry.hostnames.is_empty()) {
-            default = Some(cert.clone());
-        }
-        certs.push((entry.hostnames.clone(), cert));
-    }
-    let Some(first) = certs.first().map(|(_, c)| c.clone()) else {
-        return Ok(None);
-    };
-    let resolver = tls::SniResolver::new(certs, default.unwrap_or(first));
-    Ok(Some(TlsAcceptor::from(tls::server_config(resolver))))
-}
-
 /// What every connection of one socket shares.
 struct Server {
     routes: Arc<Table>,
@@ -148,25 +127,21 @@ pub async fn run(
         .local_addr()
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     // From the entries at start; those that join later share these. A socket bound before any
-    // entry (a template's, for the services it will create) takes the defaults: a zero
-    // `head_timeout` would close every client before its request could be read.
+    // (a template's) takes the defaults: a zero head_timeout would close every client at once.
     let first = routes.load();
     let entries = || first.iter().map(|r| &r.config);
+    let caps = entries().map(|c| c.max_connections_per_address);
     let cap = match first.iter().next() {
-        Some(_) => super::admission::shared_cap(entries().map(|c| c.max_connections_per_address)),
+        Some(_) => super::admission::shared_cap(caps),
         None => super::admission::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     };
-    let head_timeout = entries()
-        .map(|c| c.head_timeout)
-        .max()
-        .unwrap_or(config::DEFAULT_HEAD_TIMEOUT);
+    let head_timeout = entries().map(|c| c.head_timeout).max();
+    let head_timeout = head_timeout.unwrap_or(config::DEFAULT_HEAD_TIMEOUT);
     let trusted = entries().map(|c| c.trusted_proxies.as_slice());
     let front = Front::joined(trusted, head_timeout, true);
     let listening = Listening::new("http", bind, cap, front, &connections.metrics);
-    let keepalive_timeout = entries()
-        .map(|c| c.keepalive_timeout)
-        .max()
-        .unwrap_or(config::DEFAULT_KEEPALIVE_TIMEOUT);
+    let keepalive_timeout = entries().map(|c| c.keepalive_timeout).max();
+    let keepalive_timeout = keepalive_timeout.unwrap_or(config::DEFAULT_KEEPALIVE_TIMEOUT);
     let server = Arc::new(Server {
         routes,
         proxy: Proxy::new(ProxyTimeouts::default()),
