@@ -4,6 +4,7 @@
 //! it; once awake, requests go through the reverse proxy ([`proxy`]). A request in flight and
 //! an open upgraded connection count as activity; health checkers and bots do neither.
 
+mod acceptor;
 pub mod config;
 mod deadline;
 mod headers;
@@ -36,10 +37,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, field, info_span, warn};
 
+pub use self::acceptor::tls_acceptor;
 use self::config::{Http, Strategy};
 use self::deadline::{Expired, InFlight, Tracked};
 use self::proxy::{Proxy, ProxyError, ProxyTimeouts};
-pub use self::tls::tls_acceptor;
 use super::access::{AddressCheck, OverRate};
 use super::client::Front;
 use super::route::{self, Named};

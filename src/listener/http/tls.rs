@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -161,26 +160,4 @@ pub fn server_config(resolver: SniResolver) -> Arc<rustls::ServerConfig> {
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
-}
-
-/// Builds the TLS acceptor of a socket whose entries have certificates: each entry's own for
-/// its hostnames, the default entry's (or the first) for other names and clients without SNI.
-pub fn tls_acceptor<'a>(
-    entries: impl IntoIterator<Item = &'a super::config::Http>,
-) -> Result<Option<TlsAcceptor>, TlsError> {
-    let mut certs = Vec::new();
-    let mut default = None;
-    for entry in entries {
-        let Some(files) = &entry.tls else { continue };
-        let cert = load(files)?;
-        if default.is_none() && (entry.default || entry.hostnames.is_empty()) {
-            default = Some(cert.clone());
-        }
-        certs.push((entry.hostnames.clone(), cert));
-    }
-    let Some(first) = certs.first().map(|(_, c)| c.clone()) else {
-        return Ok(None);
-    };
-    let resolver = SniResolver::new(certs, default.unwrap_or(first));
-    Ok(Some(TlsAcceptor::from(server_config(resolver))))
 }
