@@ -41,15 +41,14 @@ pub(super) async fn follow(
         core, reconciled, ..
     } = actor;
     let mut f = Follower {
+        name: core.name.clone(),
         core,
         cluster,
-        name: String::new(),
         owner: None,
         mirror: None,
         gate: None,
         published: None,
     };
-    f.name = f.core.name.clone();
     let tick = cluster.lease() / 3;
     let mut signals = cluster.subscribe();
     let mut next_claim = Instant::now();
