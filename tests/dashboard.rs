@@ -75,17 +75,7 @@ async fn a_person_wakes_a_service_from_the_dashboard() {
     let echoed = round_trip(app.listen_addr("web").unwrap(), b"hello").await;
     app.shutdown().await;
 
-    let output = run
-        .expect("the browser test did not finish in time")
-        .expect("cannot run node; scripts/test installs it, Chromium and playwright-core");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser test failed ({}); run `npm ci --prefix tests/browser` if playwright-core is missing\n{stdout}{stderr}",
-        output.status
-    );
-    println!("{stdout}");
+    browser_passed(run.expect("the browser test did not finish in time"));
 
     // The click really woke it, and only the operate token's click did.
     assert_eq!(state, State::Awake);

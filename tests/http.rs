@@ -294,17 +294,7 @@ async fn a_browser_sees_the_waiting_page_and_lands_on_the_app_by_itself() {
         .map(|e| e.time);
     app.shutdown().await;
 
-    let output = run
-        .expect("the browser test did not finish in time")
-        .expect("cannot run node; scripts/test installs it, Chromium and playwright-core");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the browser test failed ({}); run `npm ci --prefix tests/browser` if playwright-core is missing\n{stdout}{stderr}",
-        output.status
-    );
-    println!("{stdout}");
+    let stdout = browser_passed(run.expect("the browser test did not finish in time"));
     assert_eq!(state, State::Awake);
     // How long after the service became awake the browser had the app: printed, not
     // asserted (a figure for people, not a timing target).

@@ -161,3 +161,19 @@ pub async fn closed_by_gateway(mut stream: TcpStream) {
     .await
     .expect("the gateway did not close a malformed client");
 }
+
+/// What a browser script of tests/browser (run by node) said, once it passed: fails with its
+/// whole output, and how to install what it needs, when it did not.
+pub fn browser_passed(output: std::io::Result<std::process::Output>) -> String {
+    let output =
+        output.expect("cannot run node; scripts/test installs it, Chromium and playwright-core");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser test failed ({}); run `npm ci --prefix tests/browser` if playwright-core is missing\n{stdout}{stderr}",
+        output.status
+    );
+    println!("{stdout}");
+    stdout.into_owned()
+}

@@ -95,13 +95,10 @@ impl Cluster {
         id: u64,
         mut result: PreStopResult,
     ) -> anyhow::Result<()> {
-        if result.output.len() > MAX_OUTPUT {
-            let mut cut = result.output.len() - MAX_OUTPUT;
-            while !result.output.is_char_boundary(cut) {
-                cut += 1;
-            }
-            result.output.drain(..cut);
-        }
+        let cut = result
+            .output
+            .ceil_char_boundary(result.output.len().saturating_sub(MAX_OUTPUT));
+        result.output.drain(..cut);
         self.tell(Signal::PreStopDone {
             s: service.into(),
             g: self.id.clone(),
