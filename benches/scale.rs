@@ -90,18 +90,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let parts: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    for part in &parts {
-        ensure!(
-            PARTS.contains(&part.as_str()),
-            "no part `{part}`: the parts are {}",
-            PARTS.join(", ")
-        );
-    }
-    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    let wanted = support::parts(&PARTS)?;
     let figures = runtime.block_on(run(sizes, wanted))?;
     print!("{}", figures.table());
     rows::record(&figures.rows())

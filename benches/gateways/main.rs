@@ -69,18 +69,7 @@ const POLL: Duration = Duration::from_millis(10);
 const PARTS: [&str; 2] = ["handoff", "failover"];
 
 fn main() -> anyhow::Result<()> {
-    let parts: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    for part in &parts {
-        ensure!(
-            PARTS.contains(&part.as_str()),
-            "no part `{part}`: the parts are {}",
-            PARTS.join(", ")
-        );
-    }
-    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    let wanted = support::parts(&PARTS)?;
     let postgres_version = postgres_installed()?;
     // Stopped, and its directory removed, once this process is gone (its watchdog).
     let server = postgres::Server::start("bench-gateways");

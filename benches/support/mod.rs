@@ -284,3 +284,20 @@ pub async fn greet_every_connection(listener: &tokio::net::TcpListener) -> std::
         }
     }
 }
+
+/// The parts of a benchmark named on its command line (`cargo bench --bench NAME -- PART…`),
+/// each checked against `known`: whether a part is to run (all when none is named).
+pub fn parts(known: &[&str]) -> anyhow::Result<impl Fn(&str) -> bool + use<>> {
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    for part in &parts {
+        ensure!(
+            known.contains(&part.as_str()),
+            "no part `{part}`: the parts are {}",
+            known.join(", ")
+        );
+    }
+    Ok(move |part: &str| parts.is_empty() || parts.iter().any(|p| p == part))
+}
