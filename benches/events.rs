@@ -247,13 +247,7 @@ async fn run(files: u64) -> anyhow::Result<Figures> {
     drop(gateway);
 
     Ok(Figures {
-        setup: format!(
-            "{} CPUs, Linux {}, open files limit {files}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim(),
-        ),
+        setup: format!("{}, open files limit {files}", support::machine()),
         connect_time,
         before,
         last,

@@ -80,11 +80,8 @@ async fn run() -> anyhow::Result<Figures> {
 
     Ok(Figures {
         setup: format!(
-            "{} CPUs, Linux {}; {haproxy_version}; {iperf3_version}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim(),
+            "{}; {haproxy_version}; {iperf3_version}",
+            support::machine(),
         ),
         stream,
         short,

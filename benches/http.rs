@@ -126,14 +126,7 @@ async fn run() -> anyhow::Result<Figures> {
         problems.join("\n")
     );
     Ok(Figures {
-        setup: format!(
-            "{} CPUs, Linux {}; {}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim(),
-            versions.join("; "),
-        ),
+        setup: format!("{}; {}", support::machine(), versions.join("; ")),
         results: runs.map(|mode| mode.map(|r| Wrk::median(&r))),
     })
 }

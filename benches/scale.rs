@@ -138,13 +138,7 @@ async fn run(sizes: Sizes, wanted: impl Fn(&str) -> bool) -> anyhow::Result<Figu
         false => None,
     };
     Ok(Figures {
-        setup: format!(
-            "{} CPUs, Linux {}; {haproxy_version}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim(),
-        ),
+        setup: format!("{}; {haproxy_version}", support::machine()),
         sizes,
         open,
         asleep,

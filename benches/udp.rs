@@ -73,13 +73,7 @@ async fn run() -> anyhow::Result<Figures> {
         }
     };
     Ok(Figures {
-        setup: format!(
-            "{} CPUs, Linux {}; {nginx_version}",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim(),
-        ),
+        setup: format!("{}; {nginx_version}", support::machine()),
         throughput,
         latency,
         bedrock,

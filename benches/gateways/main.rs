@@ -90,13 +90,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         anyhow::Ok(Figures {
-            setup: format!(
-                "{} CPUs, Linux {}, {postgres_version}",
-                std::thread::available_parallelism().map_or(0, |n| n.get()),
-                std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                    .unwrap_or_default()
-                    .trim(),
-            ),
+            setup: format!("{}, {postgres_version}", support::machine()),
             handoff,
             failovers,
         })

@@ -301,3 +301,14 @@ pub fn parts(known: &[&str]) -> anyhow::Result<impl Fn(&str) -> bool + use<>> {
     }
     Ok(move |part: &str| parts.is_empty() || parts.iter().any(|p| p == part))
 }
+
+/// The machine in the words every benchmark's heading starts with: "2 CPUs, Linux 6.1.0".
+pub fn machine() -> String {
+    format!(
+        "{} CPUs, Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+    )
+}
