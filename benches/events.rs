@@ -778,15 +778,7 @@ impl Figures {
     /// The row of `bench/run`'s summary: events every subscriber got, per second, against the
     /// same burst with no subscriber.
     fn row(&self) -> support::rows::Row {
-        let mut latencies: Vec<u32> = self
-            .tallies
-            .iter()
-            .flat_map(|t| t.latencies_us.iter().copied())
-            .collect();
-        latencies.sort_unstable();
-        let p99_ms = latencies.len().checked_sub(1).map_or(f64::NAN, |last| {
-            f64::from(latencies[((last as f64) * 0.99).round() as usize]) / 1e3
-        });
+        let p99_ms = self.latency_ms()(0.99);
         // Until every subscriber had every event: the burst, or the delivery if it was longer.
         let rate = match self.delivery {
             Some(d) if self.losses() == 0 => self.expected as f64 / d.max(self.burst).as_secs_f64(),
@@ -880,19 +872,25 @@ impl Figures {
         problems
     }
 
-    fn table(&self) -> String {
+    /// The delivery latency at a quantile (0.99: the p99), in ms, over every subscriber's
+    /// in-order events; NaN without any.
+    fn latency_ms(&self) -> impl Fn(f64) -> f64 + use<> {
         let mut latencies: Vec<u32> = self
             .tallies
             .iter()
             .flat_map(|t| t.latencies_us.iter().copied())
             .collect();
         latencies.sort_unstable();
-        let at = |q: f64| -> f64 {
+        move |q: f64| -> f64 {
             let Some(last) = latencies.len().checked_sub(1) else {
                 return f64::NAN;
             };
             f64::from(latencies[((last as f64) * q).round() as usize]) / 1e3
-        };
+        }
+    }
+
+    fn table(&self) -> String {
+        let at = self.latency_ms();
         let lagged = self.sum(|t| t.lagged);
         let lagging = self.tallies.iter().filter(|t| t.lagged > 0).count();
         let subscribers = self.tallies.len() as u64;
